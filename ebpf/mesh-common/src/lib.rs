@@ -1,0 +1,162 @@
+//! Types shared by the mesh's kernel programs (`mesh-ebpf`) and its user space (`mesh-agent`).
+//!
+//! Everything here is `#[repr(C)]` plain data: the kernel and user space read the same bytes.
+//! With the `user` feature the types also implement `aya::Pod` so user space can use them as
+//! map keys and values.
+#![no_std]
+
+/// `AF_INET` from `<sys/socket.h>`.
+pub const AF_INET: u32 = 2;
+/// `AF_INET6` from `<sys/socket.h>`.
+pub const AF_INET6: u32 = 10;
+
+/// Name of the sockhash holding every established TCP socket of the lab, keyed by [`SockKey`].
+pub const SOCKETS_MAP: &str = "SOCKETS";
+/// Name of the per-CPU array of [`Counter`]s.
+pub const COUNTERS_MAP: &str = "COUNTERS";
+/// Capacity of the sockhash: established sockets the mesh can accelerate at once.
+pub const MAX_SOCKETS: u32 = 65_536;
+
+// ANCHOR: sock_key
+/// A TCP connection as one of its two sockets sees it.
+///
+/// Addresses are kept exactly as the kernel hands them to BPF (network byte order); ports are in
+/// host byte order. IPv4 uses `ip[0]` and leaves the rest zero; an IPv4-mapped IPv6 address
+/// (`::ffff:a.b.c.d`, a dual-stack socket talking IPv4) is stored as IPv4, so both ends of one
+/// connection always agree on the family.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockKey {
+    pub local_ip: [u32; 4],
+    pub remote_ip: [u32; 4],
+    pub local_port: u32,
+    pub remote_port: u32,
+    pub family: u32,
+}
+
+impl SockKey {
+    /// The key under which the *other* end of this connection is stored.
+    pub const fn peer(&self) -> SockKey {
+        SockKey {
+            local_ip: self.remote_ip,
+            remote_ip: self.local_ip,
+            local_port: self.remote_port,
+            remote_port: self.local_port,
+            family: self.family,
+        }
+    }
+}
+// ANCHOR_END: sock_key
+
+impl SockKey {
+    /// Builds a key from what a socket hook reads. `local_ip`/`remote_ip` are in network byte
+    /// order (IPv4 in word 0); an IPv6 socket whose ends are both IPv4-mapped becomes IPv4.
+    pub const fn new(
+        family: u32,
+        local_ip: [u32; 4],
+        remote_ip: [u32; 4],
+        local_port: u32,
+        remote_port: u32,
+    ) -> SockKey {
+        let (family, local_ip, remote_ip) =
+            if family == AF_INET || (is_v4_mapped(local_ip) && is_v4_mapped(remote_ip)) {
+                let (l, r) = if family == AF_INET {
+                    (local_ip[0], remote_ip[0])
+                } else {
+                    (local_ip[3], remote_ip[3])
+                };
+                (AF_INET, [l, 0, 0, 0], [r, 0, 0, 0])
+            } else {
+                (family, local_ip, remote_ip)
+            };
+        SockKey { local_ip, remote_ip, local_port, remote_port, family }
+    }
+}
+
+/// `::ffff:a.b.c.d`, with the words in network byte order.
+const fn is_v4_mapped(ip: [u32; 4]) -> bool {
+    ip[0] == 0 && ip[1] == 0 && ip[2] == 0xffff_u32.to_be()
+}
+
+// ANCHOR: counters
+/// Slots of the per-CPU `COUNTERS` array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// sock_ops put an established socket into the sockhash.
+    SocketsInserted = 0,
+    /// sock_ops could not insert a socket (map full, or the kernel refused it).
+    InsertFailed = 1,
+    /// sk_msg found the peer socket and redirected the message to it.
+    MsgRedirected = 2,
+    /// sk_msg found no local peer and let the message take the TCP/IP path.
+    MsgPassed = 3,
+}
+// ANCHOR_END: counters
+
+impl Counter {
+    /// Every counter, in slot order.
+    pub const ALL: [Counter; 4] = [
+        Counter::SocketsInserted,
+        Counter::InsertFailed,
+        Counter::MsgRedirected,
+        Counter::MsgPassed,
+    ];
+
+    /// Stable snake_case name, used in JSON output and metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Counter::SocketsInserted => "sockets_inserted",
+            Counter::InsertFailed => "insert_failed",
+            Counter::MsgRedirected => "msg_redirected",
+            Counter::MsgPassed => "msg_passed",
+        }
+    }
+}
+
+/// Number of slots in the `COUNTERS` array.
+pub const COUNTER_SLOTS: u32 = Counter::ALL.len() as u32;
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: SockKey is #[repr(C)], made only of u32s, with no padding.
+    unsafe impl aya::Pod for super::SockKey {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_swaps_ends_and_is_an_involution() {
+        let k = SockKey {
+            local_ip: [1, 0, 0, 0],
+            remote_ip: [2, 0, 0, 0],
+            local_port: 40000,
+            remote_port: 7000,
+            family: AF_INET,
+        };
+        let p = k.peer();
+        assert_eq!(p.local_ip, [2, 0, 0, 0]);
+        assert_eq!(p.remote_port, 40000);
+        assert_eq!(p.peer(), k);
+    }
+
+    #[test]
+    fn mapped_ipv6_folds_to_ipv4() {
+        let a = u32::from_ne_bytes([10, 77, 0, 2]);
+        let b = u32::from_ne_bytes([10, 77, 0, 3]);
+        let m = |v| [0, 0, 0xffff_u32.to_be(), v];
+        let k = SockKey::new(AF_INET6, m(a), m(b), 1, 2);
+        assert_eq!(k, SockKey::new(AF_INET, [a, 7, 7, 7], [b, 0, 0, 0], 1, 2));
+        assert_eq!(k.local_ip, [a, 0, 0, 0]);
+        let v6 = [0xfd77_0000_u32.to_be(), 0, 0, 2_u32.to_be()];
+        let k6 = SockKey::new(AF_INET6, v6, m(b), 1, 2);
+        assert_eq!((k6.family, k6.local_ip), (AF_INET6, v6));
+    }
+
+    #[test]
+    fn key_has_no_padding() {
+        assert_eq!(core::mem::size_of::<SockKey>(), 44);
+    }
+}

@@ -1,0 +1,27 @@
+//! Maps shared by the hooks. Their names come from `mesh-common`, so user space opens the same ones.
+use aya_ebpf::{
+    macros::map,
+    maps::{PerCpuArray, SockHash},
+};
+use mesh_common::{COUNTER_SLOTS, Counter, MAX_SOCKETS, SockKey};
+
+// ANCHOR: maps
+/// Every established TCP socket of the lab, keyed by the connection as that socket sees it.
+/// sock_ops fills it; sk_msg looks the peer up in it.
+#[map(name = "SOCKETS")]
+pub static SOCKETS: SockHash<SockKey> = SockHash::with_max_entries(MAX_SOCKETS, 0);
+
+/// Per-CPU event counters, one slot per [`Counter`]; user space sums the CPUs.
+#[map(name = "COUNTERS")]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
+// ANCHOR_END: maps
+
+/// Adds one to a counter on this CPU. Per-CPU slots need no atomics: a BPF program runs with
+/// migration disabled, and each CPU writes only its own copy.
+#[inline(always)]
+pub fn bump(counter: Counter) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: the pointer is this CPU's slot of a live map value.
+        unsafe { *slot += 1 };
+    }
+}

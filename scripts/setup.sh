@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Idempotent set-up for Sidecarless Lab on Debian 12 (run as root for the apt part).
+# Installs only what is missing: apt packages, the pinned Rust toolchain's components and targets,
+# bpf-linker (linked against the pinned toolchain's own libLLVM), mdbook.
+# Usage: scripts/setup.sh [--no-book]
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+toolchain=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' "$here/rust-toolchain.toml")
+cargo_home=${CARGO_HOME:-$HOME/.cargo}
+export PATH="$cargo_home/bin:$PATH"
+want_book=1
+[ "${1:-}" = "--no-book" ] && want_book=0
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+# --- apt -------------------------------------------------------------------------------------
+apt_pkgs=(iproute2 iptables bpftool procps)
+missing=()
+for p in "${apt_pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    log "missing apt packages: ${missing[*]} (run this script as root to install them)"
+    exit 1
+  fi
+  log "apt-get install ${missing[*]}"
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# --- rust toolchain ----------------------------------------------------------------------------
+command -v rustup >/dev/null || { log "rustup not found on PATH; install rustup first"; exit 1; }
+if ! rustup toolchain list | grep -q "^$toolchain"; then
+  log "rustup toolchain install $toolchain"
+  rustup toolchain install "$toolchain" --profile minimal
+fi
+installed=$(rustup component list --toolchain "$toolchain" --installed)
+for c in rust-src clippy rustfmt; do
+  grep -q "^$c" <<<"$installed" || { log "rustup component add $c"; rustup component add --toolchain "$toolchain" "$c"; }
+done
+rustup target list --toolchain "$toolchain" --installed | grep -q '^x86_64-unknown-linux-musl$' ||
+  { log "rustup target add x86_64-unknown-linux-musl"; rustup target add --toolchain "$toolchain" x86_64-unknown-linux-musl; }
+
+# --- bpf-linker against the pinned toolchain's libLLVM ------------------------------------------
+# Debian 12 has no LLVM 22; the rustup toolchain ships one. A shim prefix holds two symlinks to it:
+# libLLVM.so (for -lLLVM at link time) and the library's own SONAME (found at run time via rpath).
+if ! bpf-linker --version >/dev/null 2>&1; then
+  sysroot=$(rustup run "$toolchain" rustc --print sysroot)
+  lib=$(cd "$sysroot/lib" && ls libLLVM.so.* | head -n1)
+  major=$(sed -n 's/^libLLVM\.so\.\([0-9]*\)\..*/\1/p' <<<"$lib")
+  shim="$cargo_home/bpf-linker-llvm"
+  mkdir -p "$shim/lib"
+  ln -sfn "$sysroot/lib/$lib" "$shim/lib/libLLVM.so"
+  ln -sfn "$sysroot/lib/$lib" "$shim/lib/$lib"
+  log "cargo install bpf-linker 0.13.0 (llvm-$major, via $shim)"
+  LLVM_PREFIX="$shim" RUSTFLAGS="-C link-arg=-Wl,-rpath,$shim/lib" \
+    rustup run "$toolchain" cargo install bpf-linker --locked --version 0.13.0 \
+    --no-default-features --features "llvm-$major" --root "$cargo_home"
+  bpf-linker --version >/dev/null
+fi
+
+# --- mdbook -------------------------------------------------------------------------------------
+if [ $want_book -eq 1 ] && ! mdbook --version >/dev/null 2>&1; then
+  log "cargo install mdbook"
+  rustup run "$toolchain" cargo install mdbook --locked --version '^0.4' --root "$cargo_home"
+fi
+log "ready"
