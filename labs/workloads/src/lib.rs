@@ -1,1 +1,36 @@
-//! wip
+//! What lab pods run. Each workload is a subcommand of [`Workload`], so the same code runs as the
+//! standalone `workload` binary, inside `lab-runner` (re-executed into a pod), or in a VM.
+pub mod echo;
+pub mod rr;
+
+use clap::Subcommand;
+
+/// A workload and its arguments.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Workload {
+    /// Request/response server: reads fixed-size requests, answers fixed-size responses.
+    RrServer(rr::ServerArgs),
+    /// Request/response latency client: ping-pong over TCP, HDR histogram of round trips.
+    Rr(rr::ClientArgs),
+    /// Byte-stream echo server.
+    Echo(echo::Args),
+}
+
+impl Workload {
+    /// Runs the workload to completion (servers run until killed).
+    pub fn run(self) -> anyhow::Result<()> {
+        match self {
+            Workload::RrServer(a) => rr::serve(&a),
+            Workload::Rr(a) => {
+                let report = rr::run_client(&a)?;
+                if a.json {
+                    println!("{}", serde_json::to_string(&report)?);
+                } else {
+                    println!("{report}");
+                }
+                Ok(())
+            }
+            Workload::Echo(a) => echo::serve(&a),
+        }
+    }
+}

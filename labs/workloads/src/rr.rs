@@ -1,0 +1,271 @@
+//! `rr`: request/response latency. The client writes a fixed-size request and waits for the
+//! fixed-size response (a ping-pong), timing every round trip into an HDR histogram.
+use std::{
+    fmt,
+    io::{self, Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+/// Default request and response size: one small RPC.
+pub const DEFAULT_SIZE: usize = 64;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerArgs {
+    /// Address to listen on (`[::]` accepts IPv4 and IPv6).
+    #[arg(long, default_value = "[::]:7000")]
+    pub listen: SocketAddr,
+    /// Bytes in each request.
+    #[arg(long, default_value_t = DEFAULT_SIZE)]
+    pub request_size: usize,
+    /// Bytes in each response.
+    #[arg(long, default_value_t = DEFAULT_SIZE)]
+    pub response_size: usize,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClientArgs {
+    /// Server address.
+    #[arg(long)]
+    pub connect: SocketAddr,
+    /// Bytes in each request.
+    #[arg(long, default_value_t = DEFAULT_SIZE)]
+    pub request_size: usize,
+    /// Bytes in each response.
+    #[arg(long, default_value_t = DEFAULT_SIZE)]
+    pub response_size: usize,
+    /// Measured round trips, shared among the connections.
+    #[arg(long, default_value_t = 20_000)]
+    pub round_trips: u64,
+    /// Round trips per connection before measuring starts (caches, slow start, page faults).
+    #[arg(long, default_value_t = 200)]
+    pub warmup: u64,
+    /// Concurrent connections, one thread each.
+    #[arg(long, default_value_t = 1)]
+    pub connections: u32,
+    /// Leave Nagle's algorithm on (TCP_NODELAY is set by default).
+    #[arg(long)]
+    pub no_nodelay: bool,
+    /// Keep retrying connect() this long while the server starts.
+    #[arg(long, default_value_t = 5000)]
+    pub connect_timeout_ms: u64,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Round-trip latency percentiles, in microseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Latency {
+    pub min: f64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+    pub mean: f64,
+}
+
+/// What one rr run measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RrReport {
+    pub target: String,
+    pub connections: u32,
+    pub request_size: usize,
+    pub response_size: usize,
+    pub nodelay: bool,
+    pub round_trips: u64,
+    pub elapsed_s: f64,
+    pub round_trips_per_s: f64,
+    pub latency_us: Latency,
+}
+
+impl fmt::Display for RrReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let l = &self.latency_us;
+        writeln!(
+            f,
+            "rr {} : {} round trips of {}/{} bytes on {} connection(s), {:.0}/s",
+            self.target,
+            self.round_trips,
+            self.request_size,
+            self.response_size,
+            self.connections,
+            self.round_trips_per_s
+        )?;
+        write!(
+            f,
+            "latency us: p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}",
+            l.p50, l.p90, l.p99, l.p999, l.max
+        )
+    }
+}
+
+/// Serves rr clients until killed: each connection gets a thread that answers every
+/// `request_size`-byte request with a `response_size`-byte response.
+pub fn serve(args: &ServerArgs) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(args.listen).with_context(|| format!("bind {}", args.listen))?;
+    for conn in listener.incoming() {
+        let conn = conn.context("accept")?;
+        let (req, resp) = (args.request_size, args.response_size);
+        thread::spawn(move || answer(conn, req, resp));
+    }
+    Ok(())
+}
+
+fn answer(mut conn: TcpStream, request_size: usize, response_size: usize) -> io::Result<()> {
+    conn.set_nodelay(true)?;
+    let mut request = vec![0u8; request_size];
+    let response = vec![b'r'; response_size];
+    loop {
+        match conn.read_exact(&mut request) {
+            Ok(()) => conn.write_all(&response)?,
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Runs the client and reports the merged histogram of all connections.
+pub fn run_client(args: &ClientArgs) -> anyhow::Result<RrReport> {
+    if args.connections == 0 || args.round_trips < u64::from(args.connections) {
+        bail!("need at least one connection and one round trip per connection");
+    }
+    let per_conn = args.round_trips / u64::from(args.connections);
+    // Connect everything first, so the measured phase is only round trips.
+    let conns = (0..args.connections)
+        .map(|_| connect(args))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let start = Instant::now();
+    let workers: Vec<_> = conns
+        .into_iter()
+        .map(|conn| {
+            let a = args.clone();
+            thread::spawn(move || ping_pong(conn, &a, per_conn))
+        })
+        .collect();
+    let mut hist = new_histogram();
+    for w in workers {
+        let h = w.join().map_err(|_| anyhow::anyhow!("rr worker panicked"))??;
+        hist.add(&h).context("merge histograms")?;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    Ok(report(args, &hist, elapsed))
+}
+
+fn connect(args: &ClientArgs) -> anyhow::Result<TcpStream> {
+    let deadline = Instant::now() + Duration::from_millis(args.connect_timeout_ms);
+    loop {
+        match TcpStream::connect(args.connect) {
+            Ok(s) => {
+                s.set_nodelay(!args.no_nodelay)?;
+                return Ok(s);
+            }
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => return Err(e).with_context(|| format!("connect {}", args.connect)),
+        }
+    }
+}
+
+// ANCHOR: ping_pong
+fn ping_pong(mut conn: TcpStream, args: &ClientArgs, measured: u64) -> anyhow::Result<Histogram<u64>> {
+    let request = vec![b'q'; args.request_size];
+    let mut response = vec![0u8; args.response_size];
+    let mut hist = new_histogram();
+    for i in 0..args.warmup + measured {
+        let t0 = Instant::now();
+        conn.write_all(&request)?;
+        conn.read_exact(&mut response)?;
+        if i >= args.warmup {
+            hist.saturating_record(t0.elapsed().as_nanos() as u64);
+        }
+    }
+    Ok(hist)
+}
+// ANCHOR_END: ping_pong
+
+fn new_histogram() -> Histogram<u64> {
+    // 1 ns .. 60 s at 3 significant digits.
+    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid histogram bounds")
+}
+
+fn report(args: &ClientArgs, h: &Histogram<u64>, elapsed_s: f64) -> RrReport {
+    let us = |ns: u64| ns as f64 / 1000.0;
+    RrReport {
+        target: args.connect.to_string(),
+        connections: args.connections,
+        request_size: args.request_size,
+        response_size: args.response_size,
+        nodelay: !args.no_nodelay,
+        round_trips: h.len(),
+        elapsed_s,
+        round_trips_per_s: h.len() as f64 / elapsed_s.max(f64::EPSILON),
+        latency_us: Latency {
+            min: us(h.min()),
+            p50: us(h.value_at_quantile(0.50)),
+            p90: us(h.value_at_quantile(0.90)),
+            p99: us(h.value_at_quantile(0.99)),
+            p999: us(h.value_at_quantile(0.999)),
+            max: us(h.max()),
+            mean: h.mean() / 1000.0,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_round_trips_are_counted_and_ordered() {
+        let server = ServerArgs { listen: "127.0.0.1:0".parse().unwrap(), request_size: 32, response_size: 48 };
+        let listener = TcpListener::bind(server.listen).unwrap();
+        let addr = listener.local_addr().unwrap();
+        thread::spawn(move || {
+            for c in listener.incoming() {
+                thread::spawn(move || answer(c.unwrap(), 32, 48));
+            }
+        });
+        let args = ClientArgs {
+            connect: addr,
+            request_size: 32,
+            response_size: 48,
+            round_trips: 300,
+            warmup: 10,
+            connections: 3,
+            no_nodelay: false,
+            connect_timeout_ms: 1000,
+            json: true,
+        };
+        let r = run_client(&args).unwrap();
+        assert_eq!(r.round_trips, 300);
+        let l = r.latency_us;
+        assert!(l.min > 0.0 && l.min <= l.p50 && l.p50 <= l.p99 && l.p99 <= l.max, "{l:?}");
+        let back: RrReport = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(back, r);
+    }
+
+    #[test]
+    fn refuses_zero_connections() {
+        let args = ClientArgs {
+            connect: "127.0.0.1:9".parse().unwrap(),
+            request_size: 1,
+            response_size: 1,
+            round_trips: 1,
+            warmup: 0,
+            connections: 0,
+            no_nodelay: false,
+            connect_timeout_ms: 0,
+            json: false,
+        };
+        assert!(run_client(&args).is_err());
+    }
+}
