@@ -1,0 +1,23 @@
+//! Exit codes, in one place (also listed in `--help` and in the book).
+
+/// Everything asked for ran and passed.
+pub const OK: i32 = 0;
+/// The scenario ran and at least one of its checks failed.
+pub const SCENARIO_FAILED: i32 = 1;
+/// Bad command line: unknown scenario, bad arguments (clap uses 2 as well).
+pub const USAGE: i32 = 2;
+/// A requirement is unmet: not root, no cgroup v2, no bpffs, or the kernel refused a program.
+pub const UNMET: i32 = 3;
+/// The backend failed: a command, a namespace or a file did not behave.
+pub const BACKEND: i32 = 4;
+/// Interrupted by SIGINT or SIGTERM; the lab was torn down.
+pub const INTERRUPTED: i32 = 130;
+
+/// The table printed at the end of `--help`.
+pub const HELP: &str = "Exit codes:
+  0    ok: everything passed
+  1    a scenario ran and a check failed
+  2    usage: bad arguments or unknown scenario
+  3    requirement unmet: not root, no cgroup v2, no bpffs, program refused by the kernel
+  4    backend failure
+  130  interrupted (SIGINT/SIGTERM); the lab was torn down";

@@ -1,0 +1,171 @@
+//! Rendering: the terminal view of a scenario's events, and error reporting. The engine never
+//! prints; everything the user sees is drawn here.
+use lab_node::{Event, LabError, scenario::Outcome};
+use mesh_agent::MeshError;
+
+use crate::exit;
+
+/// Prints an error with its causes and returns the matching exit code.
+pub fn fail(e: &LabError) -> i32 {
+    let mut msg = format!("lab-runner: {e}");
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        msg.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    eprintln!("{msg}");
+    exit_code(e)
+}
+
+fn exit_code(e: &LabError) -> i32 {
+    match e {
+        LabError::NotRoot | LabError::NoCgroup2 => exit::UNMET,
+        LabError::Mesh(MeshError::NoBpffs { .. } | MeshError::StubObject | MeshError::Refused { .. }) => exit::UNMET,
+        LabError::Cancelled => exit::INTERRUPTED,
+        _ => exit::BACKEND,
+    }
+}
+
+/// The step-by-step view (or, with `--json`, silence until the outcome).
+pub struct View {
+    json: bool,
+    /// Metrics per step, in the order they came: the summary table.
+    table: Vec<(String, Vec<(String, f64, String)>)>,
+}
+
+impl View {
+    pub fn new(json: bool) -> View {
+        View { json, table: Vec::new() }
+    }
+
+    pub fn note(&self, line: &str) {
+        if !self.json {
+            println!("{line}");
+        }
+    }
+
+    pub fn event(&mut self, e: &Event) {
+        if let Event::Metric { step, name, value, unit } = e {
+            match self.table.iter_mut().find(|(s, _)| s == step) {
+                Some((_, row)) => row.push((name.clone(), *value, unit.clone())),
+                None => self.table.push((step.clone(), vec![(name.clone(), *value, unit.clone())])),
+            }
+        }
+        if self.json {
+            return;
+        }
+        match e {
+            Event::LabUp { id, pods } => {
+                println!("lab {id}");
+                for p in pods {
+                    println!("  pod {:<8} {} {}  (netns {})", p.name, p.ipv4, p.ipv6, p.netns);
+                }
+            }
+            Event::StepStarted { step, explain } => {
+                println!("\n== {step}");
+                for line in wrap(explain, 96) {
+                    println!("   {line}");
+                }
+            }
+            Event::Output { line, .. } => println!("   {line}"),
+            Event::Metric { name, value, unit, .. } => println!("   {name:<18} {}", figure(*value, unit)),
+            Event::StepPassed { step } => println!("   ok: {step}"),
+            Event::StepFailed { step, reason } => println!("   FAILED: {step}: {reason}"),
+            Event::StepSkipped { step, reason } => println!("   skipped: {step}: {reason}"),
+            Event::Cleaned { what } => println!("removed {what}"),
+        }
+    }
+
+    pub fn outcome(&self, o: &Outcome) {
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(o).expect("outcome serializes"));
+            return;
+        }
+        println!("\n== summary: scenario {} on kernel {}", o.scenario, o.kernel);
+        let columns: Vec<String> = {
+            let mut c: Vec<String> = Vec::new();
+            for (_, row) in &self.table {
+                for (name, ..) in row {
+                    if !c.contains(name) {
+                        c.push(name.clone());
+                    }
+                }
+            }
+            c
+        };
+        print!("   {:<10}", "");
+        for c in &columns {
+            print!(" {c:>15}");
+        }
+        println!();
+        for (step, row) in &self.table {
+            print!("   {step:<10}");
+            for c in &columns {
+                match row.iter().find(|(n, ..)| n == c) {
+                    Some((_, v, unit)) => print!(" {:>15}", figure(*v, unit)),
+                    None => print!(" {:>15}", "-"),
+                }
+            }
+            println!();
+        }
+        if o.passed {
+            println!("\nPASS");
+        } else {
+            println!("\nFAIL");
+            for f in &o.failures {
+                println!("   {f}");
+            }
+        }
+    }
+}
+
+fn figure(v: f64, unit: &str) -> String {
+    match unit {
+        "" => format!("{v:.0}"),
+        "x" => format!("{v:.2}x"),
+        "%" => format!("{v:.3}%"),
+        u => format!("{v:.1} {u}"),
+    }
+}
+
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines = vec![String::new()];
+    for word in text.split_whitespace() {
+        let last = lines.last_mut().expect("non-empty");
+        if !last.is_empty() && last.len() + 1 + word.len() > width {
+            lines.push(word.to_owned());
+        } else {
+            if !last.is_empty() {
+                last.push(' ');
+            }
+            last.push_str(word);
+        }
+    }
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wraps_at_word_boundaries() {
+        assert_eq!(wrap("aa bb cc", 5), vec!["aa bb", "cc"]);
+        assert_eq!(wrap("", 5), vec![""]);
+    }
+
+    #[test]
+    fn requirement_errors_map_to_unmet() {
+        assert_eq!(exit_code(&LabError::NotRoot), exit::UNMET);
+        assert_eq!(exit_code(&LabError::NoCgroup2), exit::UNMET);
+        let refused = MeshError::Refused {
+            program: "mesh_redirect",
+            source: std::io::Error::from_raw_os_error(libc::EACCES),
+            verifier_log: "R1 invalid mem access".into(),
+        };
+        let msg = LabError::Mesh(refused).to_string();
+        assert!(msg.contains("mesh_redirect") && msg.contains("verifier log") && msg.contains("R1 invalid mem access"), "{msg}");
+        assert_eq!(exit_code(&LabError::Cancelled), exit::INTERRUPTED);
+        assert_eq!(exit_code(&LabError::Timeout { what: "x".into(), seconds: 1 }), exit::BACKEND);
+    }
+}

@@ -1,0 +1,43 @@
+use std::{io, path::PathBuf};
+
+/// Why a lab could not be built, used or torn down.
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    #[error(
+        "the host backend needs root: it creates network namespaces and cgroups and loads eBPF \
+         (run it with sudo, or use a VM backend)"
+    )]
+    NotRoot,
+    #[error("no cgroup v2 hierarchy is mounted (looked for a cgroup2 entry in /proc/mounts)")]
+    NoCgroup2,
+    #[error("`{command}` failed: {stderr}")]
+    Command { command: String, stderr: String },
+    #[error("cannot run `{command}`")]
+    Spawn {
+        command: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{what} {path}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("unexpected output from `{command}`: {detail}")]
+    Parse { command: String, detail: String },
+    #[error("{what} did not finish within {seconds} s")]
+    Timeout { what: String, seconds: u64 },
+    #[error("interrupted")]
+    Cancelled,
+    #[error(transparent)]
+    Mesh(#[from] mesh_agent::MeshError),
+}
+
+impl LabError {
+    pub(crate) fn io(what: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> LabError {
+        let path = path.into();
+        move |source| LabError::Io { what, path, source }
+    }
+}

@@ -1,0 +1,24 @@
+//! What the engine reports while a scenario runs. The terminal UI, `--json` and reports all
+//! consume the same stream.
+use serde::Serialize;
+
+use crate::lab::Pod;
+
+/// One thing that happened.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// The sandbox exists.
+    LabUp { id: String, pods: Vec<Pod> },
+    /// A step began; `explain` says what it shows.
+    StepStarted { step: String, explain: String },
+    /// A line worth showing (a command's output, a counter).
+    Output { step: String, line: String },
+    /// A measured figure.
+    Metric { step: String, name: String, value: f64, unit: String },
+    StepPassed { step: String },
+    StepFailed { step: String, reason: String },
+    StepSkipped { step: String, reason: String },
+    /// Something of an earlier lab was removed.
+    Cleaned { what: String },
+}

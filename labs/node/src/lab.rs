@@ -1,0 +1,318 @@
+//! A lab: pods on the running kernel, each a network namespace plus a cgroup, and the mesh.
+use std::{
+    fmt,
+    fs::{self, File, OpenOptions},
+    io,
+    net::{Ipv4Addr, Ipv6Addr},
+    os::{fd::AsRawFd, unix::process::CommandExt},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::Duration,
+};
+
+use mesh_agent::{Mesh, mounts::BPFFS};
+use serde::Serialize;
+
+use crate::{
+    LabError, cgroup,
+    netns::{self, Packets},
+    preflight::Host,
+    process::{self, Cancel},
+};
+
+/// Prefix of every network namespace a lab creates.
+pub const NETNS_PREFIX: &str = "slab-";
+/// Name of the bridge in the node namespace.
+const BRIDGE: &str = "br0";
+/// Name reserved for the node namespace.
+const NODE: &str = "node";
+/// How long teardown waits for pod processes to die.
+const KILL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Identifies one lab: the pid of the process that owns it and a sequence number within that
+/// process. `clean` removes labs whose owner is gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub struct LabId {
+    pub owner: u32,
+    pub seq: u32,
+}
+
+impl LabId {
+    /// A new id owned by this process.
+    pub fn new() -> LabId {
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        LabId { owner: std::process::id(), seq: SEQ.fetch_add(1, Ordering::Relaxed) }
+    }
+
+    /// Parses the `OWNER-SEQ` form that [`fmt::Display`] writes.
+    pub fn parse(s: &str) -> Option<LabId> {
+        let (owner, seq) = s.split_once('-')?;
+        Some(LabId { owner: owner.parse().ok()?, seq: seq.parse().ok()? })
+    }
+
+    /// Whether the owning process still runs.
+    pub fn owner_alive(&self) -> bool {
+        Path::new("/proc").join(self.owner.to_string()).exists()
+    }
+
+    /// Network namespace of pod `pod` (or of the node, for `"node"`).
+    pub fn netns(&self, pod: &str) -> String {
+        format!("{NETNS_PREFIX}{self}-{pod}")
+    }
+
+    /// The lab's cgroup directory under the cgroup v2 root.
+    pub fn cgroup(&self, cgroup2: &Path) -> PathBuf {
+        cgroup2.join(cgroup::LABS_DIR).join(self.to_string())
+    }
+
+    /// The lab's bpffs pin directory.
+    pub fn pin_dir(&self) -> PathBuf {
+        Path::new(BPFFS).join(cgroup::LABS_DIR).join(self.to_string())
+    }
+}
+
+impl Default for LabId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for LabId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.owner, self.seq)
+    }
+}
+
+/// A pod to create.
+#[derive(Debug, Clone)]
+pub struct PodSpec {
+    pub name: String,
+}
+
+impl PodSpec {
+    pub fn new(name: &str) -> PodSpec {
+        PodSpec { name: name.to_owned() }
+    }
+}
+
+/// A pod that exists: where it lives and how to reach it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Pod {
+    pub name: String,
+    pub netns: String,
+    pub cgroup: PathBuf,
+    /// The pod's interface in its namespace.
+    pub interface: &'static str,
+    pub ipv4: Ipv4Addr,
+    pub ipv6: Ipv6Addr,
+}
+
+/// A running lab. Drop (or [`Lab::teardown`]) stops the mesh, kills the pods' processes and
+/// removes the cgroups, namespaces and pins.
+pub struct Lab {
+    id: LabId,
+    cgroup: PathBuf,
+    pods: Vec<Pod>,
+    /// Background processes (servers); reaped at teardown.
+    children: Vec<Child>,
+    mesh: Option<Mesh>,
+    torn_down: bool,
+}
+
+impl Lab {
+    /// Builds the sandbox: cgroups, the node namespace with its bridge, one namespace per pod.
+    /// A failure part-way removes what was already made.
+    pub fn create(host: &Host, pods: &[PodSpec]) -> Result<Lab, LabError> {
+        let id = LabId::new();
+        let mut lab = Lab {
+            id,
+            cgroup: id.cgroup(&host.cgroup2),
+            pods: Vec::new(),
+            children: Vec::new(),
+            mesh: None,
+            torn_down: false,
+        };
+        cgroup::create(&lab.cgroup)?;
+        let node = id.netns(NODE);
+        netns::add(&node)?;
+        netns::add_bridge(&node, BRIDGE)?;
+        for (i, spec) in pods.iter().enumerate() {
+            assert!(spec.name != NODE && spec.name.len() <= 12, "pod name {:?} is reserved or too long", spec.name);
+            let host_part = 10 + i as u8;
+            let pod = Pod {
+                name: spec.name.clone(),
+                netns: id.netns(&spec.name),
+                cgroup: lab.cgroup.join(&spec.name),
+                interface: "eth0",
+                ipv4: Ipv4Addr::new(10, 77, 0, host_part),
+                ipv6: Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, u16::from(host_part)),
+            };
+            cgroup::create(&pod.cgroup)?;
+            netns::add(&pod.netns)?;
+            lab.pods.push(pod.clone());
+            let addrs = [format!("{}/24", pod.ipv4), format!("{}/64", pod.ipv6)];
+            netns::plug(&node, BRIDGE, &format!("v-{}", pod.name), &pod.netns, &addrs)?;
+        }
+        Ok(lab)
+    }
+
+    pub fn id(&self) -> LabId {
+        self.id
+    }
+
+    pub fn pods(&self) -> &[Pod] {
+        &self.pods
+    }
+
+    /// The lab's cgroup: the mesh's sock_ops attaches here.
+    pub fn cgroup(&self) -> &Path {
+        &self.cgroup
+    }
+
+    pub fn pod(&self, name: &str) -> &Pod {
+        self.pods.iter().find(|p| p.name == name).unwrap_or_else(|| panic!("no pod {name}"))
+    }
+
+    /// Starts `cmd` in `pod` and leaves it running until teardown.
+    pub fn spawn(&mut self, pod: &str, mut cmd: Command) -> Result<u32, LabError> {
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        let child = self.start(pod, cmd)?;
+        let pid = child.id();
+        self.children.push(child);
+        Ok(pid)
+    }
+
+    /// Runs `cmd` in `pod` to completion and returns its output; fails on a non-zero exit, on
+    /// `timeout`, or when `cancel` is set (the process is killed first).
+    pub fn run(&self, pod: &str, mut cmd: Command, timeout: Duration, cancel: &Cancel) -> Result<Output, LabError> {
+        let what = process::describe(&cmd);
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let child = self.start(pod, cmd)?;
+        let out = process::wait_output(child, &what, timeout, cancel)?;
+        if out.status.success() {
+            Ok(out)
+        } else {
+            Err(LabError::Command { command: what, stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned() })
+        }
+    }
+
+    // ANCHOR: enter_pod
+    /// Spawns `cmd` inside the pod: the child joins the pod's network namespace and cgroup
+    /// between fork and exec, so every socket it makes is the pod's (and sock_ops sees it).
+    fn start(&self, pod: &str, mut cmd: Command) -> Result<Child, LabError> {
+        let pod = self.pod(pod);
+        let ns_path = Path::new(netns::NETNS_DIR).join(&pod.netns);
+        let ns = File::open(&ns_path).map_err(LabError::io("cannot open network namespace", &ns_path))?;
+        let procs_path = pod.cgroup.join("cgroup.procs");
+        let procs = OpenOptions::new()
+            .write(true)
+            .open(&procs_path)
+            .map_err(LabError::io("cannot open", &procs_path))?;
+        let (ns_fd, procs_fd) = (ns.as_raw_fd(), procs.as_raw_fd());
+        // SAFETY: the closure runs in the forked child and only makes async-signal-safe
+        // syscalls on fds that stay open until spawn() returns.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(ns_fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                // "0" moves the writing process itself into the cgroup.
+                if libc::write(procs_fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(io::Error::last_os_error());
+                }
+                // Die with the lab's owner thread, even if it is killed outright.
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let what = process::describe(&cmd);
+        cmd.spawn().map_err(|source| LabError::Spawn { command: what, source })
+    }
+    // ANCHOR_END: enter_pod
+
+    /// Packet counters of the pod's interface.
+    pub fn packets(&self, pod: &str) -> Result<Packets, LabError> {
+        let pod = self.pod(pod);
+        netns::packets(&pod.netns, pod.interface)
+    }
+
+    /// Loads and attaches the mesh to this lab's cgroup, pinning its maps in the lab's pin dir.
+    pub fn start_mesh(&mut self) -> Result<&Mesh, LabError> {
+        if self.mesh.is_none() {
+            self.mesh = Some(Mesh::start(&self.cgroup, &self.id.pin_dir())?);
+        }
+        Ok(self.mesh.as_ref().expect("just started"))
+    }
+
+    pub fn mesh(&self) -> Option<&Mesh> {
+        self.mesh.as_ref()
+    }
+
+    /// Detaches the mesh and removes its pins.
+    pub fn stop_mesh(&mut self) -> Result<(), LabError> {
+        match self.mesh.take() {
+            Some(m) => Ok(m.stop()?),
+            None => Ok(()),
+        }
+    }
+
+    /// Removes everything, reporting the first failure (it still tries every step).
+    pub fn teardown(mut self) -> Result<(), LabError> {
+        self.teardown_inner()
+    }
+
+    fn teardown_inner(&mut self) -> Result<(), LabError> {
+        if self.torn_down {
+            return Ok(());
+        }
+        self.torn_down = true;
+        let mut first: Option<LabError> = None;
+        let mut keep = |r: Result<(), LabError>| {
+            if let Err(e) = r {
+                first.get_or_insert(e);
+            }
+        };
+        keep(self.stop_mesh());
+        keep(cgroup::remove_tree(&self.cgroup, KILL_TIMEOUT));
+        for mut child in self.children.drain(..) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for pod in &self.pods {
+            keep(netns::delete(&pod.netns));
+        }
+        keep(netns::delete(&self.id.netns(NODE)));
+        let pin_dir = self.id.pin_dir();
+        if pin_dir.exists() {
+            keep(fs::remove_dir_all(&pin_dir).map_err(LabError::io("cannot remove", &pin_dir)));
+        }
+        // The shared parents go too once the last lab has left them.
+        for shared in [self.cgroup.parent(), pin_dir.parent()].into_iter().flatten() {
+            let _ = fs::remove_dir(shared);
+        }
+        first.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = self.teardown_inner();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_unique_and_round_trip() {
+        let (a, b) = (LabId::new(), LabId::new());
+        assert_ne!(a, b);
+        assert_eq!(LabId::parse(&a.to_string()), Some(a));
+        assert_eq!(LabId::parse("12-x"), None);
+        assert!(a.owner_alive());
+        assert!(a.netns("client").starts_with(NETNS_PREFIX));
+        assert!(a.netns("client").len() <= 40);
+    }
+}
