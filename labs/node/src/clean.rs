@@ -42,14 +42,24 @@ pub fn leftovers() -> Vec<Leftover> {
         }
     }
     if let Some(root) = mounts::cgroup2_root() {
-        for path in dead_lab_dirs(&root.join(cgroup::LABS_DIR)) {
+        let shared = root.join(cgroup::LABS_DIR);
+        for path in dead_lab_dirs(&shared) {
             out.insert(Leftover::Cgroup { path });
         }
+        // The shared parent too, once no live lab uses it.
+        if shared.exists() && live_lab_dirs(&shared) == 0 {
+            out.insert(Leftover::Cgroup { path: shared });
+        }
     }
-    for path in dead_lab_dirs(&Path::new(BPFFS).join(cgroup::LABS_DIR)) {
+    let shared = Path::new(BPFFS).join(cgroup::LABS_DIR);
+    for path in dead_lab_dirs(&shared) {
         out.insert(Leftover::Pins { path });
     }
-    out.into_iter().collect()
+    if shared.exists() && live_lab_dirs(&shared) == 0 {
+        out.insert(Leftover::Pins { path: shared });
+    }
+    // A path sorts after its parent: reversed, children come before parents.
+    out.into_iter().rev().collect()
 }
 
 /// Removes one leftover.
@@ -66,6 +76,13 @@ fn lab_id_of_netns(rest: &str) -> Option<LabId> {
     let mut parts = rest.splitn(3, '-');
     let (owner, seq) = (parts.next()?, parts.next()?);
     LabId::parse(&format!("{owner}-{seq}"))
+}
+
+fn live_lab_dirs(dir: &Path) -> usize {
+    let Ok(rd) = fs::read_dir(dir) else { return 0 };
+    rd.flatten()
+        .filter(|e| LabId::parse(&e.file_name().to_string_lossy()).is_some_and(|id| id.owner_alive()))
+        .count()
 }
 
 fn dead_lab_dirs(dir: &Path) -> Vec<PathBuf> {
