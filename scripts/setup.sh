@@ -66,4 +66,15 @@ if [ $want_book -eq 1 ] && ! mdbook --version >/dev/null 2>&1; then
   log "cargo install mdbook"
   rustup run "$toolchain" cargo install mdbook --locked --version '^0.4' --root "$cargo_home"
 fi
+# --- bpffs -------------------------------------------------------------------------------------
+# Labs pin their maps under /sys/fs/bpf; some machines boot without it mounted. Mounting the
+# standard bpffs is machine set-up (systemd does the same at boot), not lab state.
+if ! grep -qs ' /sys/fs/bpf bpf ' /proc/mounts; then
+  if [ "$(id -u)" -eq 0 ]; then
+    log "mount -t bpf bpf /sys/fs/bpf"
+    mkdir -p /sys/fs/bpf && mount -t bpf bpf /sys/fs/bpf
+  else
+    log "bpffs is not mounted at /sys/fs/bpf (as root: mount -t bpf bpf /sys/fs/bpf)"
+  fi
+fi
 log "ready"

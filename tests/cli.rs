@@ -23,7 +23,11 @@ fn help_lists_commands_and_exit_codes() {
 
 #[test]
 fn list_names_the_sockmap_scenario() {
-    lab_runner().arg("list").assert().success().stdout(predicate::str::starts_with("sockmap"));
+    lab_runner()
+        .arg("list")
+        .assert()
+        .success()
+        .stdout(predicate::str::starts_with("sockmap"));
     let out = lab_runner().args(["list", "--json"]).output().unwrap();
     assert!(out.status.success());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -66,7 +70,11 @@ fn the_host_backend_refuses_to_run_without_root() {
     let is_root = unsafe { libc::geteuid() } == 0;
     if !is_root {
         // Already unprivileged: run directly.
-        lab_runner().args(["scenario", "sockmap"]).assert().code(3).stderr(predicate::str::contains("needs root"));
+        lab_runner()
+            .args(["scenario", "sockmap"])
+            .assert()
+            .code(3)
+            .stderr(predicate::str::contains("needs root"));
         return;
     }
     // As root, drop to nobody with setpriv (util-linux) to see the unprivileged path.
@@ -80,6 +88,11 @@ fn the_host_backend_refuses_to_run_without_root() {
         eprintln!("SKIPPED: setpriv not available to drop root");
         return;
     };
-    assert_eq!(out.status.code(), Some(3), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("needs root"));
 }

@@ -53,7 +53,10 @@ fn remains_of(lab: &str) -> Vec<String> {
             (f[2] == "cgroup2").then(|| f[1].to_owned())
         })
         .expect("cgroup2 mounted");
-    for dir in [format!("{cgroup2}/sidecarless-lab/{lab}"), format!("/sys/fs/bpf/sidecarless-lab/{lab}")] {
+    for dir in [
+        format!("{cgroup2}/sidecarless-lab/{lab}"),
+        format!("/sys/fs/bpf/sidecarless-lab/{lab}"),
+    ] {
         if Path::new(&dir).exists() {
             left.push(dir);
         }
@@ -67,11 +70,20 @@ fn workload_processes() -> Vec<String> {
     let me = bin();
     let mut out = Vec::new();
     for e in fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(cmdline) = fs::read(e.path().join("cmdline")) else { continue };
-        let args: Vec<_> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        let Ok(cmdline) = fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<_> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
         let zombie = fs::read_to_string(e.path().join("stat")).is_ok_and(|s| s.contains(") Z "));
         if !zombie && args.len() > 1 && Path::new(&args[0]) == me && args[1] == "workload" {
-            out.push(format!("process {} {}", e.file_name().to_string_lossy(), args.join(" ")));
+            out.push(format!(
+                "process {} {}",
+                e.file_name().to_string_lossy(),
+                args.join(" ")
+            ));
         }
     }
     out
@@ -89,7 +101,8 @@ fn wait_for_line(child: &mut Child, marker: &str, timeout: Duration) {
             }
         }
     });
-    rx.recv_timeout(timeout).unwrap_or_else(|_| panic!("no line with {marker:?} within {timeout:?}"));
+    rx.recv_timeout(timeout)
+        .unwrap_or_else(|_| panic!("no line with {marker:?} within {timeout:?}"));
 }
 
 fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
@@ -112,9 +125,17 @@ fn sockmap_redirects_and_leaves_nothing_behind() {
     if !root_or_skip("sockmap_redirects_and_leaves_nothing_behind") {
         return;
     }
-    let out = Command::new(bin()).args(["scenario", "sockmap", "--json"]).output().unwrap();
+    let out = Command::new(bin())
+        .args(["scenario", "sockmap", "--json"])
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "stderr: {stderr}\nstdout: {}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stderr: {stderr}\nstdout: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let v: Value = serde_json::from_slice(&out.stdout).expect("one JSON object on stdout");
     assert_eq!(v["passed"], true);
     let r = &v["report"];
@@ -126,8 +147,14 @@ fn sockmap_redirects_and_leaves_nothing_behind() {
     // Without the mesh every message is a packet on both pods' interfaces; with it, almost none.
     let plain = r["plain"]["packets"].as_u64().unwrap();
     let mesh = r["sockmap"]["packets"].as_u64().unwrap();
-    assert!(plain >= 80_000, "plain run put only {plain} packets on the wire");
-    assert!(mesh * 100 <= plain, "mesh run: {mesh} packets vs {plain} plain");
+    assert!(
+        plain >= 80_000,
+        "plain run put only {plain} packets on the wire"
+    );
+    assert!(
+        mesh * 100 <= plain,
+        "mesh run: {mesh} packets vs {plain} plain"
+    );
     assert_eq!(r["plain"]["mesh"]["msg_redirected"], 0);
     let lab = r["lab"].as_str().unwrap();
     assert_eq!(remains_of(lab), Vec::<String>::new());
@@ -150,7 +177,10 @@ fn sigint_during_the_mesh_run_tears_everything_down() {
     wait_for_line(&mut child, "== sockmap", Duration::from_secs(120));
     thread::sleep(Duration::from_millis(300));
     let pins = format!("/sys/fs/bpf/sidecarless-lab/{lab}/SOCKETS");
-    assert!(Path::new(&pins).exists(), "mesh maps should be pinned at {pins} mid-run");
+    assert!(
+        Path::new(&pins).exists(),
+        "mesh maps should be pinned at {pins} mid-run"
+    );
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let status = wait_exit(&mut child, Duration::from_secs(30));
@@ -182,16 +212,32 @@ fn clean_removes_what_a_killed_lab_left() {
     }
     assert_eq!(workload_processes(), Vec::<String>::new());
     let left = remains_of(&lab);
-    assert!(left.iter().any(|l| l.starts_with("netns")), "expected leftovers, got {left:?}");
-    assert!(left.iter().any(|l| l.contains("/sys/fs/bpf/")), "expected pins left, got {left:?}");
+    assert!(
+        left.iter().any(|l| l.starts_with("netns")),
+        "expected leftovers, got {left:?}"
+    );
+    assert!(
+        left.iter().any(|l| l.contains("/sys/fs/bpf/")),
+        "expected pins left, got {left:?}"
+    );
 
-    let out = Command::new(bin()).args(["clean", "--json"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(bin())
+        .args(["clean", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     let found = v["found"].as_array().unwrap();
     assert!(found.len() >= 5, "clean found {found:?}"); // 3 netns, cgroup, pins
     assert_eq!(remains_of(&lab), Vec::<String>::new());
     // And it is idempotent.
     let out = Command::new(bin()).arg("clean").output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "nothing to clean");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "nothing to clean"
+    );
 }

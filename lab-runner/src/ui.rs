@@ -20,22 +20,34 @@ pub fn fail(e: &LabError) -> i32 {
 fn exit_code(e: &LabError) -> i32 {
     match e {
         LabError::NotRoot | LabError::NoCgroup2 => exit::UNMET,
-        LabError::Mesh(MeshError::NoBpffs { .. } | MeshError::StubObject | MeshError::Refused { .. }) => exit::UNMET,
+        LabError::Mesh(
+            MeshError::NoBpffs { .. } | MeshError::StubObject | MeshError::Refused { .. },
+        ) => exit::UNMET,
         LabError::Cancelled => exit::INTERRUPTED,
         _ => exit::BACKEND,
     }
+}
+
+/// One measured figure in the summary table.
+struct Figure {
+    name: String,
+    value: f64,
+    unit: String,
 }
 
 /// The step-by-step view (or, with `--json`, silence until the outcome).
 pub struct View {
     json: bool,
     /// Metrics per step, in the order they came: the summary table.
-    table: Vec<(String, Vec<(String, f64, String)>)>,
+    table: Vec<(String, Vec<Figure>)>,
 }
 
 impl View {
     pub fn new(json: bool) -> View {
-        View { json, table: Vec::new() }
+        View {
+            json,
+            table: Vec::new(),
+        }
     }
 
     pub fn note(&self, line: &str) {
@@ -45,10 +57,21 @@ impl View {
     }
 
     pub fn event(&mut self, e: &Event) {
-        if let Event::Metric { step, name, value, unit } = e {
+        if let Event::Metric {
+            step,
+            name,
+            value,
+            unit,
+        } = e
+        {
+            let fig = Figure {
+                name: name.clone(),
+                value: *value,
+                unit: unit.clone(),
+            };
             match self.table.iter_mut().find(|(s, _)| s == step) {
-                Some((_, row)) => row.push((name.clone(), *value, unit.clone())),
-                None => self.table.push((step.clone(), vec![(name.clone(), *value, unit.clone())])),
+                Some((_, row)) => row.push(fig),
+                None => self.table.push((step.clone(), vec![fig])),
             }
         }
         if self.json {
@@ -58,7 +81,10 @@ impl View {
             Event::LabUp { id, pods } => {
                 println!("lab {id}");
                 for p in pods {
-                    println!("  pod {:<8} {} {}  (netns {})", p.name, p.ipv4, p.ipv6, p.netns);
+                    println!(
+                        "  pod {:<8} {} {}  (netns {})",
+                        p.name, p.ipv4, p.ipv6, p.netns
+                    );
                 }
             }
             Event::StepStarted { step, explain } => {
@@ -68,7 +94,9 @@ impl View {
                 }
             }
             Event::Output { line, .. } => println!("   {line}"),
-            Event::Metric { name, value, unit, .. } => println!("   {name:<18} {}", figure(*value, unit)),
+            Event::Metric {
+                name, value, unit, ..
+            } => println!("   {name:<18} {}", figure(*value, unit)),
             Event::StepPassed { step } => println!("   ok: {step}"),
             Event::StepFailed { step, reason } => println!("   FAILED: {step}: {reason}"),
             Event::StepSkipped { step, reason } => println!("   skipped: {step}: {reason}"),
@@ -78,16 +106,22 @@ impl View {
 
     pub fn outcome(&self, o: &Outcome) {
         if self.json {
-            println!("{}", serde_json::to_string_pretty(o).expect("outcome serializes"));
+            println!(
+                "{}",
+                serde_json::to_string_pretty(o).expect("outcome serializes")
+            );
             return;
         }
-        println!("\n== summary: scenario {} on kernel {}", o.scenario, o.kernel);
+        println!(
+            "\n== summary: scenario {} on kernel {}",
+            o.scenario, o.kernel
+        );
         let columns: Vec<String> = {
             let mut c: Vec<String> = Vec::new();
             for (_, row) in &self.table {
-                for (name, ..) in row {
-                    if !c.contains(name) {
-                        c.push(name.clone());
+                for f in row {
+                    if !c.contains(&f.name) {
+                        c.push(f.name.clone());
                     }
                 }
             }
@@ -101,8 +135,8 @@ impl View {
         for (step, row) in &self.table {
             print!("   {step:<10}");
             for c in &columns {
-                match row.iter().find(|(n, ..)| n == c) {
-                    Some((_, v, unit)) => print!(" {:>15}", figure(*v, unit)),
+                match row.iter().find(|f| &f.name == c) {
+                    Some(f) => print!(" {:>15}", figure(f.value, &f.unit)),
                     None => print!(" {:>15}", "-"),
                 }
             }
@@ -164,8 +198,19 @@ mod tests {
             verifier_log: "R1 invalid mem access".into(),
         };
         let msg = LabError::Mesh(refused).to_string();
-        assert!(msg.contains("mesh_redirect") && msg.contains("verifier log") && msg.contains("R1 invalid mem access"), "{msg}");
+        assert!(
+            msg.contains("mesh_redirect")
+                && msg.contains("verifier log")
+                && msg.contains("R1 invalid mem access"),
+            "{msg}"
+        );
         assert_eq!(exit_code(&LabError::Cancelled), exit::INTERRUPTED);
-        assert_eq!(exit_code(&LabError::Timeout { what: "x".into(), seconds: 1 }), exit::BACKEND);
+        assert_eq!(
+            exit_code(&LabError::Timeout {
+                what: "x".into(),
+                seconds: 1
+            }),
+            exit::BACKEND
+        );
     }
 }

@@ -57,9 +57,14 @@ impl MeshError {
     /// Wraps a program error, keeping the verifier log in view when the kernel refused the load.
     pub(crate) fn program(program: &'static str, err: aya::programs::ProgramError) -> Self {
         match err {
-            aya::programs::ProgramError::LoadError { io_error, verifier_log } => {
-                MeshError::Refused { program, source: io_error, verifier_log: verifier_log.to_string() }
-            }
+            aya::programs::ProgramError::LoadError {
+                io_error,
+                verifier_log,
+            } => MeshError::Refused {
+                program,
+                source: io_error,
+                verifier_log: verifier_log.to_string(),
+            },
             source => MeshError::Program { program, source },
         }
     }

@@ -69,7 +69,13 @@ impl SockKey {
             } else {
                 (family, local_ip, remote_ip)
             };
-        SockKey { local_ip, remote_ip, local_port, remote_port, family }
+        SockKey {
+            local_ip,
+            remote_ip,
+            local_port,
+            remote_port,
+            family,
+        }
     }
 }
 

@@ -68,5 +68,11 @@ fn sock_key(ctx: &SockOpsContext, family: u32) -> SockKey {
         (local, remote)
     };
     // local_port is host byte order; remote_port holds the big-endian port in its upper half.
-    SockKey::new(family, local, remote, ctx.local_port(), u32::from_be(ctx.remote_port()))
+    SockKey::new(
+        family,
+        local,
+        remote,
+        ctx.local_port(),
+        u32::from_be(ctx.remote_port()),
+    )
 }

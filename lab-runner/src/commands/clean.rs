@@ -18,11 +18,18 @@ pub fn run(args: &CleanArgs) -> i32 {
         }
     }
     if args.json {
-        println!("{}", serde_json::json!({ "removed": if args.dry_run { 0 } else { found.len() - failed }, "found": found }));
+        println!(
+            "{}",
+            serde_json::json!({ "removed": if args.dry_run { 0 } else { found.len() - failed }, "found": found })
+        );
     } else if found.is_empty() {
         println!("nothing to clean");
     } else {
-        let verb = if args.dry_run { "would remove" } else { "removed" };
+        let verb = if args.dry_run {
+            "would remove"
+        } else {
+            "removed"
+        };
         for l in &found {
             println!("{verb} {l}");
         }

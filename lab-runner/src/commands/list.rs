@@ -5,7 +5,10 @@ use crate::{cli::ListArgs, exit};
 
 pub fn run(args: &ListArgs) -> i32 {
     if args.json {
-        println!("{}", serde_json::to_string_pretty(SCENARIOS).expect("serializable"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(SCENARIOS).expect("serializable")
+        );
     } else {
         for s in SCENARIOS {
             println!("{:<12} {}", s.name, s.summary);

@@ -15,7 +15,11 @@ use crate::{
 pub fn run(args: ScenarioArgs) -> i32 {
     let Some(info) = scenario::find(&args.name) else {
         let known: Vec<_> = scenario::SCENARIOS.iter().map(|s| s.name).collect();
-        eprintln!("lab-runner: unknown scenario {:?} (known: {}; see `lab-runner list`)", args.name, known.join(", "));
+        eprintln!(
+            "lab-runner: unknown scenario {:?} (known: {}; see `lab-runner list`)",
+            args.name,
+            known.join(", ")
+        );
         return exit::USAGE;
     };
     let Backend::Host = args.backend;
@@ -31,7 +35,10 @@ pub fn run(args: ScenarioArgs) -> i32 {
         }
     }
     let workload = match std::env::current_exe() {
-        Ok(program) => WorkloadCmd { program, prefix: vec!["workload".into()] },
+        Ok(program) => WorkloadCmd {
+            program,
+            prefix: vec!["workload".into()],
+        },
         Err(e) => {
             eprintln!("lab-runner: cannot find its own executable: {e}");
             return exit::BACKEND;
@@ -46,7 +53,10 @@ pub fn run(args: ScenarioArgs) -> i32 {
     let ctx = Context {
         host,
         workload,
-        options: Options { round_trips: args.round_trips, size: args.size },
+        options: Options {
+            round_trips: args.round_trips,
+            size: args.size,
+        },
         cancel: cancel.clone(),
         events,
     };
@@ -56,7 +66,9 @@ pub fn run(args: ScenarioArgs) -> i32 {
     for event in rx {
         view.event(&event);
     }
-    let result = engine.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+    let result = engine
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p));
     if cancel.is_cancelled() {
         eprintln!("lab-runner: interrupted; the lab was torn down");
         return exit::INTERRUPTED;
@@ -64,7 +76,11 @@ pub fn run(args: ScenarioArgs) -> i32 {
     match result {
         Ok(outcome) => {
             view.outcome(&outcome);
-            if outcome.passed { exit::OK } else { exit::SCENARIO_FAILED }
+            if outcome.passed {
+                exit::OK
+            } else {
+                exit::SCENARIO_FAILED
+            }
         }
         Err(e) => ui::fail(&e),
     }
@@ -76,12 +92,18 @@ fn watch_signals(cancel: Cancel) -> std::io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let (ready, installed) = mpsc::channel();
     thread::spawn(move || {
-        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
             Ok(rt) => rt,
             Err(e) => return drop(ready.send(Err(e))),
         };
         rt.block_on(async move {
-            let (mut int, mut term) = match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+            let (mut int, mut term) = match (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            ) {
                 (Ok(i), Ok(t)) => (i, t),
                 (Err(e), _) | (_, Err(e)) => return drop(ready.send(Err(e))),
             };
@@ -93,5 +115,7 @@ fn watch_signals(cancel: Cancel) -> std::io::Result<()> {
             cancel.cancel();
         });
     });
-    installed.recv().unwrap_or_else(|_| Err(std::io::Error::other("signal thread died")))
+    installed
+        .recv()
+        .unwrap_or_else(|_| Err(std::io::Error::other("signal thread died")))
 }

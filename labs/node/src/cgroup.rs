@@ -50,7 +50,10 @@ pub fn remove_tree(path: &Path, timeout: Duration) -> Result<(), LabError> {
             return Ok(());
         }
         if Instant::now() >= deadline {
-            return Err(LabError::Timeout { what: format!("removing cgroup {}", path.display()), seconds: timeout.as_secs() });
+            return Err(LabError::Timeout {
+                what: format!("removing cgroup {}", path.display()),
+                seconds: timeout.as_secs(),
+            });
         }
         thread::sleep(Duration::from_millis(10));
     }
@@ -62,7 +65,11 @@ fn subtree(path: &Path) -> Vec<PathBuf> {
     let mut i = 0;
     while i < out.len() {
         if let Ok(rd) = fs::read_dir(&out[i]) {
-            out.extend(rd.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()));
+            out.extend(
+                rd.flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            );
         }
         i += 1;
     }

@@ -36,7 +36,10 @@ pub enum LabError {
 }
 
 impl LabError {
-    pub(crate) fn io(what: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> LabError {
+    pub(crate) fn io(
+        what: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(io::Error) -> LabError {
         let path = path.into();
         move |source| LabError::Io { what, path, source }
     }

@@ -9,16 +9,40 @@ use crate::lab::Pod;
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
     /// The sandbox exists.
-    LabUp { id: String, pods: Vec<Pod> },
+    LabUp {
+        id: String,
+        pods: Vec<Pod>,
+    },
     /// A step began; `explain` says what it shows.
-    StepStarted { step: String, explain: String },
+    StepStarted {
+        step: String,
+        explain: String,
+    },
     /// A line worth showing (a command's output, a counter).
-    Output { step: String, line: String },
+    Output {
+        step: String,
+        line: String,
+    },
     /// A measured figure.
-    Metric { step: String, name: String, value: f64, unit: String },
-    StepPassed { step: String },
-    StepFailed { step: String, reason: String },
-    StepSkipped { step: String, reason: String },
+    Metric {
+        step: String,
+        name: String,
+        value: f64,
+        unit: String,
+    },
+    StepPassed {
+        step: String,
+    },
+    StepFailed {
+        step: String,
+        reason: String,
+    },
+    StepSkipped {
+        step: String,
+        reason: String,
+    },
     /// Something of an earlier lab was removed.
-    Cleaned { what: String },
+    Cleaned {
+        what: String,
+    },
 }

@@ -42,13 +42,19 @@ impl LabId {
     /// A new id owned by this process.
     pub fn new() -> LabId {
         static SEQ: AtomicU32 = AtomicU32::new(0);
-        LabId { owner: std::process::id(), seq: SEQ.fetch_add(1, Ordering::Relaxed) }
+        LabId {
+            owner: std::process::id(),
+            seq: SEQ.fetch_add(1, Ordering::Relaxed),
+        }
     }
 
     /// Parses the `OWNER-SEQ` form that [`fmt::Display`] writes.
     pub fn parse(s: &str) -> Option<LabId> {
         let (owner, seq) = s.split_once('-')?;
-        Some(LabId { owner: owner.parse().ok()?, seq: seq.parse().ok()? })
+        Some(LabId {
+            owner: owner.parse().ok()?,
+            seq: seq.parse().ok()?,
+        })
     }
 
     /// Whether the owning process still runs.
@@ -68,7 +74,9 @@ impl LabId {
 
     /// The lab's bpffs pin directory.
     pub fn pin_dir(&self) -> PathBuf {
-        Path::new(BPFFS).join(cgroup::LABS_DIR).join(self.to_string())
+        Path::new(BPFFS)
+            .join(cgroup::LABS_DIR)
+            .join(self.to_string())
     }
 }
 
@@ -92,7 +100,9 @@ pub struct PodSpec {
 
 impl PodSpec {
     pub fn new(name: &str) -> PodSpec {
-        PodSpec { name: name.to_owned() }
+        PodSpec {
+            name: name.to_owned(),
+        }
     }
 }
 
@@ -138,7 +148,11 @@ impl Lab {
         netns::add(&node)?;
         netns::add_bridge(&node, BRIDGE)?;
         for (i, spec) in pods.iter().enumerate() {
-            assert!(spec.name != NODE && spec.name.len() <= 12, "pod name {:?} is reserved or too long", spec.name);
+            assert!(
+                spec.name != NODE && spec.name.len() <= 12,
+                "pod name {:?} is reserved or too long",
+                spec.name
+            );
             let host_part = 10 + i as u8;
             let pod = Pod {
                 name: spec.name.clone(),
@@ -152,7 +166,13 @@ impl Lab {
             netns::add(&pod.netns)?;
             lab.pods.push(pod.clone());
             let addrs = [format!("{}/24", pod.ipv4), format!("{}/64", pod.ipv6)];
-            netns::plug(&node, BRIDGE, &format!("v-{}", pod.name), &pod.netns, &addrs)?;
+            netns::plug(
+                &node,
+                BRIDGE,
+                &format!("v-{}", pod.name),
+                &pod.netns,
+                &addrs,
+            )?;
         }
         Ok(lab)
     }
@@ -171,12 +191,17 @@ impl Lab {
     }
 
     pub fn pod(&self, name: &str) -> &Pod {
-        self.pods.iter().find(|p| p.name == name).unwrap_or_else(|| panic!("no pod {name}"))
+        self.pods
+            .iter()
+            .find(|p| p.name == name)
+            .unwrap_or_else(|| panic!("no pod {name}"))
     }
 
     /// Starts `cmd` in `pod` and leaves it running until teardown.
     pub fn spawn(&mut self, pod: &str, mut cmd: Command) -> Result<u32, LabError> {
-        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
         let child = self.start(pod, cmd)?;
         let pid = child.id();
         self.children.push(child);
@@ -185,15 +210,26 @@ impl Lab {
 
     /// Runs `cmd` in `pod` to completion and returns its output; fails on a non-zero exit, on
     /// `timeout`, or when `cancel` is set (the process is killed first).
-    pub fn run(&self, pod: &str, mut cmd: Command, timeout: Duration, cancel: &Cancel) -> Result<Output, LabError> {
+    pub fn run(
+        &self,
+        pod: &str,
+        mut cmd: Command,
+        timeout: Duration,
+        cancel: &Cancel,
+    ) -> Result<Output, LabError> {
         let what = process::describe(&cmd);
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let child = self.start(pod, cmd)?;
         let out = process::wait_output(child, &what, timeout, cancel)?;
         if out.status.success() {
             Ok(out)
         } else {
-            Err(LabError::Command { command: what, stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned() })
+            Err(LabError::Command {
+                command: what,
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            })
         }
     }
 
@@ -203,7 +239,8 @@ impl Lab {
     fn start(&self, pod: &str, mut cmd: Command) -> Result<Child, LabError> {
         let pod = self.pod(pod);
         let ns_path = Path::new(netns::NETNS_DIR).join(&pod.netns);
-        let ns = File::open(&ns_path).map_err(LabError::io("cannot open network namespace", &ns_path))?;
+        let ns = File::open(&ns_path)
+            .map_err(LabError::io("cannot open network namespace", &ns_path))?;
         let procs_path = pod.cgroup.join("cgroup.procs");
         let procs = OpenOptions::new()
             .write(true)
@@ -227,7 +264,10 @@ impl Lab {
             });
         }
         let what = process::describe(&cmd);
-        cmd.spawn().map_err(|source| LabError::Spawn { command: what, source })
+        cmd.spawn().map_err(|source| LabError::Spawn {
+            command: what,
+            source,
+        })
     }
     // ANCHOR_END: enter_pod
 
@@ -288,7 +328,10 @@ impl Lab {
             keep(fs::remove_dir_all(&pin_dir).map_err(LabError::io("cannot remove", &pin_dir)));
         }
         // The shared parents go too once the last lab has left them.
-        for shared in [self.cgroup.parent(), pin_dir.parent()].into_iter().flatten() {
+        for shared in [self.cgroup.parent(), pin_dir.parent()]
+            .into_iter()
+            .flatten()
+        {
             let _ = fs::remove_dir(shared);
         }
         first.map_or(Ok(()), Err)

@@ -29,7 +29,11 @@ impl Cancel {
     }
     /// `Err(Cancelled)` once cancelled.
     pub fn check(&self) -> Result<(), LabError> {
-        if self.is_cancelled() { Err(LabError::Cancelled) } else { Ok(()) }
+        if self.is_cancelled() {
+            Err(LabError::Cancelled)
+        } else {
+            Ok(())
+        }
     }
 }
 
@@ -55,11 +59,17 @@ pub fn run(mut cmd: Command) -> Result<Output, LabError> {
     let out = cmd
         .stdin(Stdio::null())
         .output()
-        .map_err(|source| LabError::Spawn { command: command.clone(), source })?;
+        .map_err(|source| LabError::Spawn {
+            command: command.clone(),
+            source,
+        })?;
     if out.status.success() {
         Ok(out)
     } else {
-        Err(LabError::Command { command, stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned() })
+        Err(LabError::Command {
+            command,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        })
     }
 }
 
@@ -74,7 +84,12 @@ pub fn describe(cmd: &Command) -> String {
 
 /// Waits for `child` to exit, polling so that a cancel or the deadline can interrupt it; in that
 /// case the child is killed and reaped before returning the error.
-pub fn wait_output(mut child: Child, what: &str, timeout: Duration, cancel: &Cancel) -> Result<Output, LabError> {
+pub fn wait_output(
+    mut child: Child,
+    what: &str,
+    timeout: Duration,
+    cancel: &Cancel,
+) -> Result<Output, LabError> {
     let deadline = Instant::now() + timeout;
     loop {
         match child.try_wait() {
@@ -84,12 +99,21 @@ pub fn wait_output(mut child: Child, what: &str, timeout: Duration, cancel: &Can
                     .map_err(LabError::io("cannot collect output of", what.to_owned()));
             }
             Ok(None) => {}
-            Err(source) => return Err(LabError::Io { what: "cannot wait for", path: what.into(), source }),
+            Err(source) => {
+                return Err(LabError::Io {
+                    what: "cannot wait for",
+                    path: what.into(),
+                    source,
+                });
+            }
         }
         let err = if cancel.is_cancelled() {
             Some(LabError::Cancelled)
         } else if Instant::now() >= deadline {
-            Some(LabError::Timeout { what: what.to_owned(), seconds: timeout.as_secs() })
+            Some(LabError::Timeout {
+                what: what.to_owned(),
+                seconds: timeout.as_secs(),
+            })
         } else {
             None
         };

@@ -109,7 +109,8 @@ impl fmt::Display for RrReport {
 /// Serves rr clients until killed: each connection gets a thread that answers every
 /// `request_size`-byte request with a `response_size`-byte response.
 pub fn serve(args: &ServerArgs) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(args.listen).with_context(|| format!("bind {}", args.listen))?;
+    let listener =
+        TcpListener::bind(args.listen).with_context(|| format!("bind {}", args.listen))?;
     for conn in listener.incoming() {
         let conn = conn.context("accept")?;
         let (req, resp) = (args.request_size, args.response_size);
@@ -151,7 +152,9 @@ pub fn run_client(args: &ClientArgs) -> anyhow::Result<RrReport> {
         .collect();
     let mut hist = new_histogram();
     for w in workers {
-        let h = w.join().map_err(|_| anyhow::anyhow!("rr worker panicked"))??;
+        let h = w
+            .join()
+            .map_err(|_| anyhow::anyhow!("rr worker panicked"))??;
         hist.add(&h).context("merge histograms")?;
     }
     let elapsed = start.elapsed().as_secs_f64();
@@ -176,7 +179,11 @@ fn connect(args: &ClientArgs) -> anyhow::Result<TcpStream> {
 }
 
 // ANCHOR: ping_pong
-fn ping_pong(mut conn: TcpStream, args: &ClientArgs, measured: u64) -> anyhow::Result<Histogram<u64>> {
+fn ping_pong(
+    mut conn: TcpStream,
+    args: &ClientArgs,
+    measured: u64,
+) -> anyhow::Result<Histogram<u64>> {
     let request = vec![b'q'; args.request_size];
     let mut response = vec![0u8; args.response_size];
     let mut hist = new_histogram();
@@ -226,7 +233,11 @@ mod tests {
 
     #[test]
     fn loopback_round_trips_are_counted_and_ordered() {
-        let server = ServerArgs { listen: "127.0.0.1:0".parse().unwrap(), request_size: 32, response_size: 48 };
+        let server = ServerArgs {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            request_size: 32,
+            response_size: 48,
+        };
         let listener = TcpListener::bind(server.listen).unwrap();
         let addr = listener.local_addr().unwrap();
         thread::spawn(move || {
@@ -248,7 +259,10 @@ mod tests {
         let r = run_client(&args).unwrap();
         assert_eq!(r.round_trips, 300);
         let l = r.latency_us;
-        assert!(l.min > 0.0 && l.min <= l.p50 && l.p50 <= l.p99 && l.p99 <= l.max, "{l:?}");
+        assert!(
+            l.min > 0.0 && l.min <= l.p50 && l.p50 <= l.p99 && l.p99 <= l.max,
+            "{l:?}"
+        );
         let back: RrReport = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
         assert_eq!(back, r);
     }

@@ -50,7 +50,10 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { round_trips: 20_000, size: workloads::rr::DEFAULT_SIZE }
+        Options {
+            round_trips: 20_000,
+            size: workloads::rr::DEFAULT_SIZE,
+        }
     }
 }
 
@@ -93,5 +96,7 @@ pub fn run(info: &ScenarioInfo, ctx: &Context) -> Result<Outcome, LabError> {
 
 /// `uname -r` of the running kernel.
 pub fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_owned()).unwrap_or_default()
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
 }

@@ -58,7 +58,10 @@ const EXPLAIN_IPV6: &str = "The same redirect over IPv6: the keys carry 128-bit 
 /// Runs the scenario in a fresh lab and tears the lab down, also on error.
 pub fn run(ctx: &Context) -> Result<Outcome, LabError> {
     let mut lab = Lab::create(&ctx.host, &[PodSpec::new("client"), PodSpec::new("server")])?;
-    ctx.emit(Event::LabUp { id: lab.id().to_string(), pods: lab.pods().to_vec() });
+    ctx.emit(Event::LabUp {
+        id: lab.id().to_string(),
+        pods: lab.pods().to_vec(),
+    });
     let result = steps(ctx, &mut lab);
     // Teardown errors matter (a leak is a bug) but must not hide the scenario's own error.
     let teardown = lab.teardown();
@@ -70,34 +73,54 @@ pub fn run(ctx: &Context) -> Result<Outcome, LabError> {
 fn steps(ctx: &Context, lab: &mut Lab) -> Result<Outcome, LabError> {
     let size = ctx.options.size.to_string();
     let server = lab.pod("server").clone();
-    step(ctx, "server", "Start the rr server in the server pod, listening on [::]:7000.", || {
-        let cmd = ctx.workload.command(&[
-            "rr-server",
-            "--listen",
-            &format!("[::]:{PORT}"),
-            "--request-size",
-            &size,
-            "--response-size",
-            &size,
-        ]);
-        lab.spawn("server", cmd).map(drop)
-    })?;
+    step(
+        ctx,
+        "server",
+        "Start the rr server in the server pod, listening on [::]:7000.",
+        || {
+            let cmd = ctx.workload.command(&[
+                "rr-server",
+                "--listen",
+                &format!("[::]:{PORT}"),
+                "--request-size",
+                &size,
+                "--response-size",
+                &size,
+            ]);
+            lab.spawn("server", cmd).map(drop)
+        },
+    )?;
     let v4 = SocketAddr::new(server.ipv4.into(), PORT);
     let v6 = SocketAddr::new(server.ipv6.into(), PORT);
 
-    let plain = step(ctx, "plain-tcp", EXPLAIN_PLAIN, || measure(ctx, lab, "plain-tcp", v4, ctx.options.round_trips))?;
+    let plain = step(ctx, "plain-tcp", EXPLAIN_PLAIN, || {
+        measure(ctx, lab, "plain-tcp", v4, ctx.options.round_trips)
+    })?;
     step(ctx, "mesh-on", EXPLAIN_MESH_ON, || {
         let mesh = lab.start_mesh()?;
         for (prog, hook) in PROGRAMS {
-            ctx.emit(Event::Output { step: "mesh-on".into(), line: format!("{hook}: {prog} loaded and attached") });
+            ctx.emit(Event::Output {
+                step: "mesh-on".into(),
+                line: format!("{hook}: {prog} loaded and attached"),
+            });
         }
         let pins = mesh.pin_dir().display();
-        ctx.emit(Event::Output { step: "mesh-on".into(), line: format!("maps pinned in {pins}") });
-        ctx.emit(Event::Output { step: "mesh-on".into(), line: format!("try: bpftool map dump pinned {pins}/SOCKETS") });
+        ctx.emit(Event::Output {
+            step: "mesh-on".into(),
+            line: format!("maps pinned in {pins}"),
+        });
+        ctx.emit(Event::Output {
+            step: "mesh-on".into(),
+            line: format!("try: bpftool map dump pinned {pins}/SOCKETS"),
+        });
         Ok(())
     })?;
-    let sockmap = step(ctx, "sockmap", EXPLAIN_SOCKMAP, || measure(ctx, lab, "sockmap", v4, ctx.options.round_trips))?;
-    let ipv6 = step(ctx, "ipv6", EXPLAIN_IPV6, || measure(ctx, lab, "ipv6", v6, IPV6_ROUND_TRIPS))?;
+    let sockmap = step(ctx, "sockmap", EXPLAIN_SOCKMAP, || {
+        measure(ctx, lab, "sockmap", v4, ctx.options.round_trips)
+    })?;
+    let ipv6 = step(ctx, "ipv6", EXPLAIN_IPV6, || {
+        measure(ctx, lab, "ipv6", v6, IPV6_ROUND_TRIPS)
+    })?;
     lab.stop_mesh()?;
 
     let report = Report {
@@ -145,47 +168,90 @@ pub fn checks(r: &Report) -> Vec<String> {
 
 fn verdict(ctx: &Context, r: &Report) -> Vec<String> {
     let s = "verdict";
-    ctx.emit(Event::StepStarted { step: s.into(), explain: "Compare the two runs.".into() });
+    ctx.emit(Event::StepStarted {
+        step: s.into(),
+        explain: "Compare the two runs.".into(),
+    });
     let metric = |name: &str, value: f64, unit: &str| {
-        ctx.emit(Event::Metric { step: s.into(), name: name.into(), value, unit: unit.into() })
+        ctx.emit(Event::Metric {
+            step: s.into(),
+            name: name.into(),
+            value,
+            unit: unit.into(),
+        })
     };
     metric("p50_ratio", r.p50_ratio, "x");
     metric("p99_ratio", r.p99_ratio, "x");
     metric("packet_share", r.packet_share * 100.0, "%");
-    let target = if r.p50_ratio <= P50_RATIO_TARGET { "met" } else { "NOT met" };
+    let target = if r.p50_ratio <= P50_RATIO_TARGET {
+        "met"
+    } else {
+        "NOT met"
+    };
     ctx.emit(Event::Output {
         step: s.into(),
-        line: format!("benchmark target sockmap p50 <= {P50_RATIO_TARGET}x plain p50: {target} ({:.2}x)", r.p50_ratio),
+        line: format!(
+            "benchmark target sockmap p50 <= {P50_RATIO_TARGET}x plain p50: {target} ({:.2}x)",
+            r.p50_ratio
+        ),
     });
     let failures = checks(r);
     if failures.is_empty() {
         ctx.emit(Event::StepPassed { step: s.into() });
     } else {
-        ctx.emit(Event::StepFailed { step: s.into(), reason: failures.join("; ") });
+        ctx.emit(Event::StepFailed {
+            step: s.into(),
+            reason: failures.join("; "),
+        });
     }
     failures
 }
 
 /// Runs `body` as a named step, reporting start, pass or failure.
-fn step<T>(ctx: &Context, name: &str, explain: &str, body: impl FnOnce() -> Result<T, LabError>) -> Result<T, LabError> {
+fn step<T>(
+    ctx: &Context,
+    name: &str,
+    explain: &str,
+    body: impl FnOnce() -> Result<T, LabError>,
+) -> Result<T, LabError> {
     ctx.cancel.check()?;
-    ctx.emit(Event::StepStarted { step: name.into(), explain: explain.into() });
+    ctx.emit(Event::StepStarted {
+        step: name.into(),
+        explain: explain.into(),
+    });
     match body() {
         Ok(v) => {
             ctx.emit(Event::StepPassed { step: name.into() });
             Ok(v)
         }
         Err(e) => {
-            ctx.emit(Event::StepFailed { step: name.into(), reason: e.to_string() });
+            ctx.emit(Event::StepFailed {
+                step: name.into(),
+                reason: e.to_string(),
+            });
             Err(e)
         }
     }
 }
 
 /// One rr run from the client pod to `target`, with the packets and mesh counters around it.
-fn measure(ctx: &Context, lab: &Lab, step: &str, target: SocketAddr, round_trips: u64) -> Result<Run, LabError> {
-    let packets = || -> Result<u64, LabError> { Ok(lab.packets("client")?.total() + lab.packets("server")?.total()) };
-    let counters = || -> Result<Counters, LabError> { Ok(lab.mesh().map(|m| m.counters()).transpose()?.unwrap_or_default()) };
+fn measure(
+    ctx: &Context,
+    lab: &Lab,
+    step: &str,
+    target: SocketAddr,
+    round_trips: u64,
+) -> Result<Run, LabError> {
+    let packets = || -> Result<u64, LabError> {
+        Ok(lab.packets("client")?.total() + lab.packets("server")?.total())
+    };
+    let counters = || -> Result<Counters, LabError> {
+        Ok(lab
+            .mesh()
+            .map(|m| m.counters())
+            .transpose()?
+            .unwrap_or_default())
+    };
     let size = ctx.options.size.to_string();
     let cmd = ctx.workload.command(&[
         "rr",
@@ -206,9 +272,18 @@ fn measure(ctx: &Context, lab: &Lab, step: &str, target: SocketAddr, round_trips
         command: "rr --json".into(),
         detail: format!("{e}: {}", String::from_utf8_lossy(&out.stdout)),
     })?;
-    let run = Run { rr, packets: p1 - p0, mesh: c1.since(&c0) };
+    let run = Run {
+        rr,
+        packets: p1 - p0,
+        mesh: c1.since(&c0),
+    };
     let emit = |name: &str, value: f64, unit: &str| {
-        ctx.emit(Event::Metric { step: step.into(), name: name.into(), value, unit: unit.into() })
+        ctx.emit(Event::Metric {
+            step: step.into(),
+            name: name.into(),
+            value,
+            unit: unit.into(),
+        })
     };
     emit("p50", run.rr.latency_us.p50, "us");
     emit("p99", run.rr.latency_us.p99, "us");

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Every test, from a fresh machine: set-up, formatting, lints, unit and integration tests (the
+# kernel ones included: run as root), and the book.
+#   sudo scripts/test.sh
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$here"
+scripts/setup.sh
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+# Root tests must run, not skip, here: a skip would hide a broken datapath.
+export SIDECARLESS_REQUIRE_ROOT_TESTS=1
+
+step() { printf '\n== %s\n' "$*"; }
+quiet_ebpf() { grep -v '^warning: mesh-agent@' || true; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+step "cargo clippy"
+cargo clippy --all-targets -- -D warnings 2>&1 | quiet_ebpf
+test "${PIPESTATUS[0]}" -eq 0
+step "cargo test (kernel tests run one at a time)"
+cargo test 2>&1 | quiet_ebpf
+test "${PIPESTATUS[0]}" -eq 0
+step "mdbook build + test"
+mdbook build book
+mdbook test book
+step "leftovers"
+target/debug/lab-runner clean
+echo "all tests passed"
