@@ -116,31 +116,34 @@ impl View {
             "\n== summary: scenario {} on kernel {}",
             o.scenario, o.kernel
         );
-        let columns: Vec<String> = {
-            let mut c: Vec<String> = Vec::new();
-            for (_, row) in &self.table {
-                for f in row {
-                    if !c.contains(&f.name) {
-                        c.push(f.name.clone());
-                    }
-                }
+        // Steps that measured a run (they have a p50) form the table; the rest (ratios) follow.
+        let (runs, others): (Vec<_>, Vec<_>) = self
+            .table
+            .iter()
+            .partition(|(_, row)| row.iter().any(|f| f.name == "p50"));
+        let mut columns: Vec<&str> = Vec::new();
+        for f in runs.iter().flat_map(|(_, row)| row) {
+            if !columns.contains(&f.name.as_str()) {
+                columns.push(&f.name);
             }
-            c
-        };
+        }
         print!("   {:<10}", "");
         for c in &columns {
-            print!(" {c:>15}");
+            print!(" {c:>16}");
         }
         println!();
-        for (step, row) in &self.table {
+        for (step, row) in &runs {
             print!("   {step:<10}");
             for c in &columns {
-                match row.iter().find(|f| &f.name == c) {
-                    Some(f) => print!(" {:>15}", figure(f.value, &f.unit)),
-                    None => print!(" {:>15}", "-"),
+                match row.iter().find(|f| f.name == *c) {
+                    Some(f) => print!(" {:>16}", figure(f.value, &f.unit)),
+                    None => print!(" {:>16}", "-"),
                 }
             }
             println!();
+        }
+        for f in others.iter().flat_map(|(_, row)| row) {
+            println!("   {:<27} {}", f.name, figure(f.value, &f.unit));
         }
         if o.passed {
             println!("\nPASS");

@@ -109,10 +109,15 @@ fn steps(ctx: &Context, lab: &mut Lab) -> Result<Outcome, LabError> {
             step: "mesh-on".into(),
             line: format!("maps pinned in {pins}"),
         });
-        ctx.emit(Event::Output {
-            step: "mesh-on".into(),
-            line: format!("try: bpftool map dump pinned {pins}/SOCKETS"),
-        });
+        for (map, what) in [
+            ("COUNTERS", "per-CPU counters"),
+            ("SOCKETS", "keys: the 4-tuples"),
+        ] {
+            ctx.emit(Event::Output {
+                step: "mesh-on".into(),
+                line: format!("try: bpftool map dump pinned {pins}/{map}   ({what})"),
+            });
+        }
         Ok(())
     })?;
     let sockmap = step(ctx, "sockmap", EXPLAIN_SOCKMAP, || {

@@ -1,0 +1,65 @@
+//! The book shows code from the compiled sources by `{{#include path:anchor}}`. mdbook only warns
+//! when an anchor is missing, so a renamed function would silently empty a chapter: this test
+//! makes that a failure.
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+fn book_src() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../book/src")
+}
+
+fn markdown_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for e in fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            markdown_files(&p, out);
+        } else if p.extension().is_some_and(|x| x == "md") {
+            out.push(p);
+        }
+    }
+}
+
+#[test]
+fn every_include_resolves_to_a_file_and_anchor() {
+    let mut files = Vec::new();
+    markdown_files(&book_src(), &mut files);
+    let mut checked = 0;
+    for md in files {
+        let text = fs::read_to_string(&md).unwrap();
+        for (i, line) in text.lines().enumerate() {
+            let Some(rest) = line.trim().strip_prefix("{{#include ") else { continue };
+            let spec = rest.strip_suffix("}}").unwrap_or_else(|| panic!("{}:{}: unclosed include", md.display(), i + 1));
+            let (path, anchor) = match spec.split_once(':') {
+                Some((p, a)) => (p, Some(a)),
+                None => (spec, None),
+            };
+            let target = md.parent().unwrap().join(path);
+            let src = fs::read_to_string(&target)
+                .unwrap_or_else(|e| panic!("{}:{}: cannot read {}: {e}", md.display(), i + 1, target.display()));
+            if let Some(a) = anchor {
+                assert!(
+                    src.contains(&format!("ANCHOR: {a}")) && src.contains(&format!("ANCHOR_END: {a}")),
+                    "{}:{}: anchor {a} not found in {}",
+                    md.display(),
+                    i + 1,
+                    target.display()
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 10, "only {checked} includes found");
+}
+
+#[test]
+fn every_chapter_in_the_summary_exists() {
+    let summary = fs::read_to_string(book_src().join("SUMMARY.md")).unwrap();
+    for link in summary.split("](").skip(1) {
+        let target = &link[..link.find(')').unwrap()];
+        if !target.is_empty() {
+            assert!(book_src().join(target).exists(), "SUMMARY.md links to missing {target}");
+        }
+    }
+}
