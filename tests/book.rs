@@ -29,18 +29,29 @@ fn every_include_resolves_to_a_file_and_anchor() {
     for md in files {
         let text = fs::read_to_string(&md).unwrap();
         for (i, line) in text.lines().enumerate() {
-            let Some(rest) = line.trim().strip_prefix("{{#include ") else { continue };
-            let spec = rest.strip_suffix("}}").unwrap_or_else(|| panic!("{}:{}: unclosed include", md.display(), i + 1));
+            let Some(rest) = line.trim().strip_prefix("{{#include ") else {
+                continue;
+            };
+            let spec = rest
+                .strip_suffix("}}")
+                .unwrap_or_else(|| panic!("{}:{}: unclosed include", md.display(), i + 1));
             let (path, anchor) = match spec.split_once(':') {
                 Some((p, a)) => (p, Some(a)),
                 None => (spec, None),
             };
             let target = md.parent().unwrap().join(path);
-            let src = fs::read_to_string(&target)
-                .unwrap_or_else(|e| panic!("{}:{}: cannot read {}: {e}", md.display(), i + 1, target.display()));
+            let src = fs::read_to_string(&target).unwrap_or_else(|e| {
+                panic!(
+                    "{}:{}: cannot read {}: {e}",
+                    md.display(),
+                    i + 1,
+                    target.display()
+                )
+            });
             if let Some(a) = anchor {
                 assert!(
-                    src.contains(&format!("ANCHOR: {a}")) && src.contains(&format!("ANCHOR_END: {a}")),
+                    src.contains(&format!("ANCHOR: {a}"))
+                        && src.contains(&format!("ANCHOR_END: {a}")),
                     "{}:{}: anchor {a} not found in {}",
                     md.display(),
                     i + 1,
@@ -59,7 +70,10 @@ fn every_chapter_in_the_summary_exists() {
     for link in summary.split("](").skip(1) {
         let target = &link[..link.find(')').unwrap()];
         if !target.is_empty() {
-            assert!(book_src().join(target).exists(), "SUMMARY.md links to missing {target}");
+            assert!(
+                book_src().join(target).exists(),
+                "SUMMARY.md links to missing {target}"
+            );
         }
     }
 }
