@@ -1,29 +1,19 @@
 //! Rendering: the terminal view of a scenario's events, and error reporting. The engine never
 //! prints; everything the user sees is drawn here.
 use lab_node::{Event, LabError, scenario::Outcome};
-use mesh_agent::MeshError;
 
 use crate::exit;
 
 /// Prints an error with its causes and returns the matching exit code.
 pub fn fail(e: &LabError) -> i32 {
-    let mut msg = format!("lab-runner: {e}");
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        msg.push_str(&format!(": {s}"));
-        source = s.source();
-    }
-    eprintln!("{msg}");
+    eprintln!("lab-runner: {}", lab_node::error::chain(e));
     exit_code(e)
 }
 
 fn exit_code(e: &LabError) -> i32 {
     match e {
-        LabError::NotRoot | LabError::NoCgroup2 => exit::UNMET,
-        LabError::Mesh(
-            MeshError::NoBpffs { .. } | MeshError::StubObject | MeshError::Refused { .. },
-        ) => exit::UNMET,
         LabError::Cancelled => exit::INTERRUPTED,
+        e if e.is_unmet() => exit::UNMET,
         _ => exit::BACKEND,
     }
 }
@@ -195,7 +185,7 @@ mod tests {
     fn requirement_errors_map_to_unmet() {
         assert_eq!(exit_code(&LabError::NotRoot), exit::UNMET);
         assert_eq!(exit_code(&LabError::NoCgroup2), exit::UNMET);
-        let refused = MeshError::Refused {
+        let refused = mesh_agent::MeshError::Refused {
             program: "mesh_redirect",
             source: std::io::Error::from_raw_os_error(libc::EACCES),
             verifier_log: "R1 invalid mem access".into(),

@@ -4,7 +4,7 @@ use std::{sync::mpsc, thread};
 use lab_node::{
     clean, preflight,
     process::Cancel,
-    scenario::{self, Context, Options, WorkloadCmd},
+    scenario::{self, Options, WorkloadCmd},
 };
 
 use crate::{
@@ -49,26 +49,13 @@ pub fn run(args: ScenarioArgs) -> i32 {
         eprintln!("lab-runner: cannot install signal handlers: {e}");
         return exit::BACKEND;
     }
-    let (events, rx) = mpsc::channel();
-    let ctx = Context {
-        host,
-        workload,
-        options: Options {
-            round_trips: args.round_trips,
-            size: args.size,
-        },
-        cancel: cancel.clone(),
-        events,
+    let options = Options {
+        round_trips: args.round_trips,
+        size: args.size,
     };
-    // The engine gets its own thread, which lives as long as the lab: pod processes are tied to
-    // it (PR_SET_PDEATHSIG) and die if it dies.
-    let engine = thread::spawn(move || scenario::run(info, &ctx));
-    for event in rx {
-        view.event(&event);
-    }
-    let result = engine
-        .join()
-        .unwrap_or_else(|p| std::panic::resume_unwind(p));
+    let result = scenario::execute(info, host, workload, options, cancel.clone(), |e| {
+        view.event(&e)
+    });
     if cancel.is_cancelled() {
         eprintln!("lab-runner: interrupted; the lab was torn down");
         return exit::INTERRUPTED;

@@ -36,6 +36,20 @@ pub enum LabError {
 }
 
 impl LabError {
+    /// A requirement of the machine or kernel is missing (as opposed to a fault): not root, no
+    /// cgroup v2, no bpffs, a stub build, a program the kernel refused.
+    pub fn is_unmet(&self) -> bool {
+        use mesh_agent::MeshError;
+        matches!(
+            self,
+            LabError::NotRoot
+                | LabError::NoCgroup2
+                | LabError::Mesh(
+                    MeshError::NoBpffs { .. } | MeshError::StubObject | MeshError::Refused { .. }
+                )
+        )
+    }
+
     pub(crate) fn io(
         what: &'static str,
         path: impl Into<PathBuf>,
@@ -43,4 +57,15 @@ impl LabError {
         let path = path.into();
         move |source| LabError::Io { what, path, source }
     }
+}
+
+/// The error and its causes on one line (`a: b: c`).
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        msg.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    msg
 }

@@ -1,11 +1,11 @@
 //! What the engine reports while a scenario runs. The terminal UI, `--json` and reports all
 //! consume the same stream.
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::lab::Pod;
 
 /// One thing that happened.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
     /// The sandbox exists.

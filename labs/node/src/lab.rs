@@ -12,7 +12,7 @@ use std::{
 };
 
 use mesh_agent::{Mesh, mounts::BPFFS};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{
     LabError, cgroup,
@@ -107,13 +107,13 @@ impl PodSpec {
 }
 
 /// A pod that exists: where it lives and how to reach it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Pod {
     pub name: String,
     pub netns: String,
     pub cgroup: PathBuf,
     /// The pod's interface in its namespace.
-    pub interface: &'static str,
+    pub interface: String,
     pub ipv4: Ipv4Addr,
     pub ipv6: Ipv6Addr,
 }
@@ -158,7 +158,7 @@ impl Lab {
                 name: spec.name.clone(),
                 netns: id.netns(&spec.name),
                 cgroup: lab.cgroup.join(&spec.name),
-                interface: "eth0",
+                interface: "eth0".into(),
                 ipv4: Ipv4Addr::new(10, 77, 0, host_part),
                 ipv6: Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, u16::from(host_part)),
             };
@@ -274,7 +274,7 @@ impl Lab {
     /// Packet counters of the pod's interface.
     pub fn packets(&self, pod: &str) -> Result<Packets, LabError> {
         let pod = self.pod(pod);
-        netns::packets(&pod.netns, pod.interface)
+        netns::packets(&pod.netns, &pod.interface)
     }
 
     /// Loads and attaches the mesh to this lab's cgroup, pinning its maps in the lab's pin dir.

@@ -8,8 +8,9 @@
 //! Scenarios run against a `Lab` and report through [`Event`]s; they never print.
 pub mod cgroup;
 pub mod clean;
-mod error;
+pub mod error;
 pub mod event;
+pub mod guest;
 pub mod lab;
 pub mod netns;
 pub mod preflight;

@@ -3,7 +3,7 @@ pub mod sockmap;
 
 use std::{path::PathBuf, process::Command, sync::mpsc::Sender};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{Event, LabError, preflight::Host, process::Cancel};
 
@@ -40,7 +40,7 @@ impl WorkloadCmd {
 }
 
 /// Knobs shared by scenarios.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Options {
     /// Measured round trips per latency run.
     pub round_trips: u64,
@@ -74,7 +74,7 @@ impl Context {
 }
 
 /// What a scenario concluded.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Outcome {
     pub scenario: String,
     pub kernel: String,
@@ -92,6 +92,35 @@ pub fn run(info: &ScenarioInfo, ctx: &Context) -> Result<Outcome, LabError> {
         "sockmap" => sockmap::run(ctx),
         other => unreachable!("scenario {other} is listed but has no runner"),
     }
+}
+
+/// Runs a scenario on its own engine thread and hands each event to `on_event` as it comes.
+///
+/// The engine thread lives exactly as long as the lab: pod processes are tied to it
+/// (`PR_SET_PDEATHSIG`) and die if it dies.
+pub fn execute(
+    info: &'static ScenarioInfo,
+    host: Host,
+    workload: WorkloadCmd,
+    options: Options,
+    cancel: Cancel,
+    mut on_event: impl FnMut(Event),
+) -> Result<Outcome, LabError> {
+    let (events, rx) = std::sync::mpsc::channel();
+    let ctx = Context {
+        host,
+        workload,
+        options,
+        cancel,
+        events,
+    };
+    let engine = std::thread::spawn(move || run(info, &ctx));
+    for event in rx {
+        on_event(event);
+    }
+    engine
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p))
 }
 
 /// `uname -r` of the running kernel.

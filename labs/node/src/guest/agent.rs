@@ -1,0 +1,258 @@
+//! The guest agent: serves [`protocol`](super::protocol) requests on the `lab.control`
+//! virtio-serial port, one exec or scenario at a time (a `cancel` may arrive meanwhile).
+use std::{
+    fs::{self, File, OpenOptions},
+    io::{self, BufRead, BufReader, Read, Write},
+    path::PathBuf,
+    process::{Command, Stdio},
+    sync::{Arc, Mutex},
+    thread,
+    time::Duration,
+};
+
+use super::{
+    init,
+    protocol::{CONTROL_PORT, Reply, ReplyBody, Request, RequestBody},
+};
+use crate::{
+    preflight,
+    process::Cancel,
+    scenario::{self, WorkloadCmd},
+};
+
+/// Where the image puts the workloads binary.
+pub const WORKLOAD_BIN: &str = "/bin/workload";
+
+#[derive(Clone)]
+struct Out(Arc<Mutex<File>>);
+
+impl Out {
+    fn send(&self, id: u64, body: ReplyBody) {
+        let mut line = serde_json::to_string(&Reply { id, body }).expect("reply serializes");
+        line.push('\n');
+        let mut f = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        // A host that is not listening makes this block or fail; either way nothing to do.
+        let _ = f.write_all(line.as_bytes());
+        let _ = f.flush();
+    }
+}
+
+/// Finds `/dev/vportNpM` whose name is `name`.
+fn find_port(name: &str) -> io::Result<PathBuf> {
+    for _ in 0..100 {
+        if let Ok(rd) = fs::read_dir("/sys/class/virtio-ports") {
+            for e in rd.flatten() {
+                if fs::read_to_string(e.path().join("name")).is_ok_and(|n| n.trim() == name) {
+                    return Ok(PathBuf::from("/dev").join(e.file_name()));
+                }
+            }
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    Err(io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("no virtio port named {name}"),
+    ))
+}
+
+/// Serves forever (returns only if the port cannot be opened).
+pub fn serve() -> io::Result<()> {
+    let port = find_port(CONTROL_PORT)?;
+    let file = OpenOptions::new().read(true).write(true).open(&port)?;
+    let out = Out(Arc::new(Mutex::new(file.try_clone()?)));
+    let mut reader = BufReader::new(file);
+    let running: Arc<Mutex<Option<Cancel>>> = Arc::default();
+    init::log(&format!("agent ready on {}", port.display()));
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match reader.read_line(&mut line) {
+            // No host connected: the port reads as end-of-file until one is.
+            Ok(0) => {
+                thread::sleep(Duration::from_millis(20));
+                continue;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                init::log(&format!("control port: {e}"));
+                thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        }
+        let req: Request = match serde_json::from_str(line.trim()) {
+            Ok(r) => r,
+            Err(e) => {
+                init::log(&format!("bad request {:?}: {e}", line.trim()));
+                continue;
+            }
+        };
+        let id = req.id;
+        match req.body {
+            RequestBody::Hello => out.send(
+                id,
+                ReplyBody::Ready {
+                    kernel: scenario::kernel_release(),
+                    uptime_s: uptime(),
+                },
+            ),
+            RequestBody::Cancel => {
+                if let Some(c) = running.lock().unwrap().as_ref() {
+                    c.cancel();
+                }
+            }
+            RequestBody::Poweroff => init::poweroff(),
+            body => {
+                let mut slot = running.lock().unwrap();
+                if slot.is_some() {
+                    out.send(
+                        id,
+                        ReplyBody::Error {
+                            message: "the agent is busy with another request".into(),
+                            unmet: false,
+                        },
+                    );
+                    continue;
+                }
+                let cancel = Cancel::new();
+                *slot = Some(cancel.clone());
+                let (out, running) = (out.clone(), running.clone());
+                thread::spawn(move || {
+                    let reply = match body {
+                        RequestBody::Exec { argv } => exec(id, &argv, &cancel, &out),
+                        RequestBody::Scenario { name, options } => {
+                            run_scenario(id, &name, options, cancel, &out)
+                        }
+                        _ => unreachable!("handled above"),
+                    };
+                    *running.lock().unwrap() = None;
+                    out.send(id, reply);
+                });
+            }
+        }
+    }
+}
+
+fn uptime() -> f64 {
+    fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn exec(id: u64, argv: &[String], cancel: &Cancel, out: &Out) -> ReplyBody {
+    let Some((prog, args)) = argv.split_first() else {
+        return ReplyBody::Error {
+            message: "empty command".into(),
+            unmet: false,
+        };
+    };
+    let mut child = match Command::new(prog)
+        .args(args)
+        .env("PATH", init::PATH)
+        .current_dir("/root")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            out.send(
+                id,
+                ReplyBody::Stderr {
+                    data: format!("{prog}: {e}\n"),
+                },
+            );
+            return ReplyBody::Exit { code: 127 };
+        }
+    };
+    let pumps = [
+        pump(child.stdout.take().expect("piped"), id, out.clone(), false),
+        pump(child.stderr.take().expect("piped"), id, out.clone(), true),
+    ];
+    let status = loop {
+        if cancel.is_cancelled() {
+            let _ = child.kill();
+        }
+        match child.try_wait() {
+            Ok(Some(s)) => break s,
+            Ok(None) => thread::sleep(Duration::from_millis(5)),
+            Err(e) => {
+                return ReplyBody::Error {
+                    message: format!("wait: {e}"),
+                    unmet: false,
+                };
+            }
+        }
+    };
+    for p in pumps {
+        let _ = p.join();
+    }
+    use std::os::unix::process::ExitStatusExt;
+    ReplyBody::Exit {
+        code: status
+            .code()
+            .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
+    }
+}
+
+fn pump(
+    stream: impl Read + Send + 'static,
+    id: u64,
+    out: Out,
+    stderr: bool,
+) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        let mut r = BufReader::new(stream);
+        let mut buf = Vec::new();
+        while r.read_until(b'\n', &mut buf).is_ok_and(|n| n > 0) {
+            let data = String::from_utf8_lossy(&buf).into_owned();
+            out.send(
+                id,
+                if stderr {
+                    ReplyBody::Stderr { data }
+                } else {
+                    ReplyBody::Stdout { data }
+                },
+            );
+            buf.clear();
+        }
+    })
+}
+
+fn run_scenario(
+    id: u64,
+    name: &str,
+    options: scenario::Options,
+    cancel: Cancel,
+    out: &Out,
+) -> ReplyBody {
+    let Some(info) = scenario::find(name) else {
+        return ReplyBody::Error {
+            message: format!("unknown scenario {name:?}"),
+            unmet: false,
+        };
+    };
+    let host = match preflight::check() {
+        Ok(h) => h,
+        Err(e) => {
+            return ReplyBody::Error {
+                message: e.to_string(),
+                unmet: e.is_unmet(),
+            };
+        }
+    };
+    let workload = WorkloadCmd {
+        program: WORKLOAD_BIN.into(),
+        prefix: Vec::new(),
+    };
+    match scenario::execute(info, host, workload, options, cancel, |event| {
+        out.send(id, ReplyBody::Event { event })
+    }) {
+        Ok(outcome) => ReplyBody::Outcome { outcome },
+        Err(e) => ReplyBody::Error {
+            message: crate::error::chain(&e),
+            unmet: e.is_unmet(),
+        },
+    }
+}

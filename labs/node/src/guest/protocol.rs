@@ -1,0 +1,104 @@
+//! Host <-> guest protocol: one JSON object per line over the `lab.control` virtio-serial port.
+//!
+//! The host sends a [`Request`] with an id; the guest answers with [`Reply`]s carrying the same
+//! id (several for a streaming request, ending with `exit`, `outcome` or `error`). Replies to an
+//! id the host no longer waits for are ignored, so a host that went away mid-stream cannot
+//! confuse the next one.
+use serde::{Deserialize, Serialize};
+
+use crate::{Event, scenario::Options, scenario::Outcome};
+
+/// Name of the virtio-serial port the agent serves.
+pub const CONTROL_PORT: &str = "lab.control";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Request {
+    pub id: u64,
+    #[serde(flatten)]
+    pub body: RequestBody,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum RequestBody {
+    /// Are you there? Answered with `ready`.
+    Hello,
+    /// Run a command; its output streams back, then its exit code.
+    Exec { argv: Vec<String> },
+    /// Run a scenario; its events stream back, then its outcome.
+    Scenario { name: String, options: Options },
+    /// Interrupt the running exec or scenario (the lab is torn down).
+    Cancel,
+    /// Power the VM off.
+    Poweroff,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Reply {
+    pub id: u64,
+    #[serde(flatten)]
+    pub body: ReplyBody,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ReplyBody {
+    Ready {
+        kernel: String,
+        uptime_s: f64,
+    },
+    Stdout {
+        data: String,
+    },
+    Stderr {
+        data: String,
+    },
+    Exit {
+        code: i32,
+    },
+    Event {
+        event: Event,
+    },
+    Outcome {
+        outcome: Outcome,
+    },
+    /// The request failed. `unmet` marks a missing requirement rather than a fault.
+    Error {
+        message: String,
+        unmet: bool,
+    },
+}
+
+impl ReplyBody {
+    /// Whether this reply ends its request.
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self,
+            ReplyBody::Ready { .. }
+                | ReplyBody::Exit { .. }
+                | ReplyBody::Outcome { .. }
+                | ReplyBody::Error { .. }
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_format_is_flat_json_lines() {
+        let r = Request {
+            id: 7,
+            body: RequestBody::Exec {
+                argv: vec!["uname".into(), "-r".into()],
+            },
+        };
+        let line = serde_json::to_string(&r).unwrap();
+        assert_eq!(line, r#"{"id":7,"op":"exec","argv":["uname","-r"]}"#);
+        let back: Reply = serde_json::from_str(r#"{"id":7,"kind":"exit","code":3}"#).unwrap();
+        assert!(matches!(back.body, ReplyBody::Exit { code: 3 }) && back.body.is_final());
+        let s: Reply = serde_json::from_str(r#"{"id":7,"kind":"stdout","data":"x"}"#).unwrap();
+        assert!(!s.body.is_final());
+    }
+}
