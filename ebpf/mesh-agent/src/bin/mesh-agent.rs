@@ -52,8 +52,8 @@ fn main() -> anyhow::Result<()> {
     );
     let interval = Duration::from_millis(interval_ms);
     let timeout = libc::timespec {
-        tv_sec: interval.as_secs() as libc::time_t,
-        tv_nsec: interval.subsec_nanos() as libc::c_long,
+        tv_sec: interval.as_secs() as _,
+        tv_nsec: interval.subsec_nanos() as _,
     };
     loop {
         println!("{}", serde_json::to_string(&mesh.counters()?)?);

@@ -1,0 +1,117 @@
+//! The host side of the guest protocol (`lab_node::guest::protocol`), over the unix socket
+//! QEMU exposes for the `lab.control` virtio-serial port. Every wait has a deadline.
+use std::{
+    fs,
+    io::{BufRead, BufReader, ErrorKind, Write},
+    os::unix::net::UnixStream,
+    path::{Path, PathBuf},
+    thread,
+    time::{Duration, Instant},
+};
+
+use lab_node::{
+    guest::protocol::{Reply, ReplyBody, Request, RequestBody},
+    process::Cancel,
+};
+
+use crate::VmError;
+
+/// How long a cancelled request may take to wind down (the guest tears its lab down).
+const CANCEL_GRACE: Duration = Duration::from_secs(60);
+/// Granularity of deadline and cancel checks while waiting for the guest.
+const TICK: Duration = Duration::from_millis(200);
+
+pub struct Channel {
+    stream: UnixStream,
+    reader: BufReader<UnixStream>,
+    serial_log: PathBuf,
+    next_id: u64,
+}
+
+impl Channel {
+    /// Connects to the control socket, retrying until `timeout` while QEMU creates it.
+    pub fn connect(socket: &Path, serial_log: &Path, timeout: Duration) -> Result<Channel, VmError> {
+        let deadline = Instant::now() + timeout;
+        let stream = loop {
+            match UnixStream::connect(socket) {
+                Ok(s) => break s,
+                Err(_) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+                Err(source) => return Err(VmError::Io { what: "cannot connect to the VM's control socket", path: socket.into(), source }),
+            }
+        };
+        stream.set_read_timeout(Some(TICK)).map_err(VmError::io("cannot configure", socket))?;
+        let reader = BufReader::new(stream.try_clone().map_err(VmError::io("cannot clone", socket))?);
+        // Ids start from the clock so a reply meant for an earlier client is never taken as ours.
+        let next_id = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_micros() as u64);
+        Ok(Channel { stream, reader, serial_log: serial_log.to_owned(), next_id })
+    }
+
+    fn send(&mut self, id: u64, body: RequestBody) -> Result<(), VmError> {
+        let mut line = serde_json::to_string(&Request { id, body }).expect("request serializes");
+        line.push('\n');
+        self.stream.write_all(line.as_bytes()).map_err(|_| self.gone("while sending a request"))
+    }
+
+    /// Sends `body` and returns its final reply, handing the others to `on_reply`. Fails if the
+    /// guest stays silent past `timeout`, if QEMU goes away, or (after asking the guest to stop
+    /// and letting it wind down) when `cancel` is set.
+    pub fn request(
+        &mut self,
+        body: RequestBody,
+        timeout: Duration,
+        during: &str,
+        cancel: Option<&Cancel>,
+        mut on_reply: impl FnMut(&ReplyBody),
+    ) -> Result<ReplyBody, VmError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.send(id, body)?;
+        let mut deadline = Instant::now() + timeout;
+        let mut cancelled = false;
+        let mut buf = Vec::new();
+        loop {
+            if !cancelled && cancel.is_some_and(Cancel::is_cancelled) {
+                cancelled = true;
+                self.send(id, RequestBody::Cancel)?;
+                deadline = Instant::now() + CANCEL_GRACE;
+            }
+            match self.reader.read_until(b'\n', &mut buf) {
+                Ok(0) => return Err(self.gone(during)),
+                Ok(_) if buf.ends_with(b"\n") => {
+                    let reply: Option<Reply> = serde_json::from_slice(&buf).ok();
+                    buf.clear();
+                    let Some(reply) = reply.filter(|r| r.id == id) else { continue };
+                    if reply.body.is_final() {
+                        if cancelled {
+                            return Err(VmError::Cancelled);
+                        }
+                        return Ok(reply.body);
+                    }
+                    on_reply(&reply.body);
+                }
+                Ok(_) => {}
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => {
+                    if Instant::now() >= deadline {
+                        return Err(VmError::GuestSilent {
+                            during: during.to_owned(),
+                            seconds: timeout.as_secs(),
+                            console: tail(&self.serial_log, 15),
+                        });
+                    }
+                }
+                Err(_) => return Err(self.gone(during)),
+            }
+        }
+    }
+
+    fn gone(&self, during: &str) -> VmError {
+        VmError::VmGone { during: during.to_owned(), console: tail(&self.serial_log, 15) }
+    }
+}
+
+/// The last `n` lines of a log file (empty if unreadable).
+pub fn tail(path: &Path, n: usize) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].iter().map(|l| format!("  | {l}")).collect::<Vec<_>>().join("\n")
+}

@@ -1,0 +1,70 @@
+//! A Vagrantfile for laptops: a Debian box that installs the pinned kernel packages and the lab's
+//! static binaries. Rendered with tera from `vm/templates/Vagrantfile.tera`.
+use serde::Serialize;
+
+use crate::{VmError, catalog::Kernel};
+
+const TEMPLATE: &str = include_str!("../templates/Vagrantfile.tera");
+
+/// Which Vagrant provider the file targets.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    Libvirt,
+    Virtualbox,
+}
+
+#[derive(Serialize)]
+struct Pkg<'a> {
+    name: &'a str,
+    url: String,
+    sha256: &'a str,
+    file: &'a str,
+}
+
+/// Renders the Vagrantfile. `guest_bins` is the host folder with the static binaries; it is
+/// synced into the box.
+pub fn render(kernel: &Kernel, mirror: &str, provider: Provider, guest_bins: &str) -> Result<String, VmError> {
+    let packages: Vec<Pkg> = kernel
+        .packages
+        .iter()
+        .map(|p| Pkg {
+            name: &p.name,
+            url: format!("{}/{}", mirror.trim_end_matches('/'), p.path),
+            sha256: &p.sha256,
+            file: p.file_name(),
+        })
+        .collect();
+    let mut ctx = tera::Context::new();
+    ctx.insert("kernel", &kernel.name);
+    ctx.insert("release", &kernel.release);
+    ctx.insert("provider", &provider);
+    ctx.insert("packages", &packages);
+    ctx.insert("guest_bins", guest_bins);
+    tera::Tera::one_off(TEMPLATE, &ctx, false).map_err(|e| VmError::Missing {
+        what: "Vagrantfile template".into(),
+        detail: lab_node::error::chain(&e),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::Catalog;
+
+    #[test]
+    fn renders_the_pinned_packages_with_their_checksums() {
+        let cat = Catalog::builtin();
+        let k = cat.get("7.2").unwrap();
+        let v = render(k, "http://mirror.example/debian/", Provider::Libvirt, "/src/target/musl").unwrap();
+        for p in &k.packages {
+            assert!(v.contains(&format!("http://mirror.example/debian/{}", p.path)), "{v}");
+            assert!(v.contains(&p.sha256));
+        }
+        assert!(v.contains("config.vm.provider \"libvirt\""));
+        assert!(v.contains("/src/target/musl"));
+        assert!(v.contains("7.2.13+deb14-cloud-amd64"));
+        let vb = render(cat.get("6.1").unwrap(), "http://m/debian", Provider::Virtualbox, "/b").unwrap();
+        assert!(vb.contains("config.vm.provider \"virtualbox\""));
+    }
+}
