@@ -1,4 +1,6 @@
 //! The command line: one `Command` variant per subcommand module.
+use std::path::PathBuf;
+
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::exit;
@@ -21,6 +23,21 @@ pub enum Command {
     Scenario(ScenarioArgs),
     /// List the scenarios.
     List(ListArgs),
+    /// Boot a VM on a pinned kernel and leave it running.
+    Up(UpArgs),
+    /// Show the running VM.
+    Status(StatusArgs),
+    /// Run a command in the VM; its exit code becomes ours.
+    Exec(ExecArgs),
+    /// Interactive shell in the VM (detach with Ctrl-]).
+    Shell,
+    /// Power the VM off and remove its state.
+    Down,
+    /// Every scenario on every pinned kernel: a compatibility table.
+    Matrix(MatrixArgs),
+    /// The pinned kernels: list them, fetch and verify them.
+    #[command(subcommand)]
+    Kernels(KernelsCommand),
     /// Remove what earlier labs left behind (namespaces, cgroups, pins, processes).
     Clean(CleanArgs),
     /// Run a workload (used inside pods).
@@ -31,17 +48,60 @@ pub enum Command {
 /// Where the scenario's kernel is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Backend {
+    /// A VM on a pinned kernel (QEMU); no root needed.
+    Qemu,
     /// The running kernel, in a sandbox of namespaces and cgroups (needs root).
     Host,
+}
+
+/// How the VM's CPU runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AccelArg {
+    /// KVM if a probe boot shows it works here (cached), else TCG.
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+/// Where `up` boots the VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Provider {
+    Qemu,
+    /// Render a Vagrantfile (libvirt) and run `vagrant up` if vagrant is installed.
+    Vagrant,
+}
+
+/// Options shared by everything that prepares a VM.
+#[derive(Debug, Clone, clap::Args)]
+pub struct VmArgs {
+    /// Pinned kernel (see `lab-runner kernels list`) [default: 6.1, or the running VM's].
+    #[arg(long)]
+    pub kernel: Option<String>,
+    /// Debian mirror (default: $SIDECARLESS_DEBIAN_MIRROR, else the one apt uses).
+    #[arg(long)]
+    pub mirror: Option<String>,
+    #[arg(long, value_enum, default_value_t = AccelArg::Auto)]
+    pub accel: AccelArg,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 1024)]
+    pub memory: u32,
+    #[arg(long, default_value_t = 2)]
+    pub cpus: u32,
+    /// Folder with the static guest binaries (default: target/x86_64-unknown-linux-musl/release
+    /// next to this executable's target folder).
+    #[arg(long, env = "SIDECARLESS_GUEST_BIN")]
+    pub guest_bin: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
 pub struct ScenarioArgs {
     /// Scenario name (see `lab-runner list`).
     pub name: String,
-    /// Where to run it.
-    #[arg(long, value_enum, default_value_t = Backend::Host)]
+    /// Where to run it: a VM (booted for the run unless one is up), or this machine's kernel.
+    #[arg(long, value_enum, default_value_t = Backend::Qemu)]
     pub backend: Backend,
+    #[command(flatten)]
+    pub vm: VmArgs,
     /// Measured round trips per latency run.
     #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub round_trips: u64,
@@ -51,6 +111,73 @@ pub struct ScenarioArgs {
     /// Print the outcome as one JSON object on stdout instead of the step-by-step view.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub vm: VmArgs,
+    #[arg(long, value_enum, default_value_t = Provider::Qemu)]
+    pub provider: Provider,
+    /// Print the QEMU command line and exit without booting.
+    #[arg(long)]
+    pub print_qemu: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ExecArgs {
+    /// Give up (and report) if the command has not finished after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    pub timeout: u64,
+    /// The command and its arguments.
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct MatrixArgs {
+    /// Kernels to run (comma-separated; default: all pinned).
+    #[arg(long, value_delimiter = ',')]
+    pub kernels: Vec<String>,
+    /// Scenarios to run (comma-separated; default: all).
+    #[arg(long, value_delimiter = ',')]
+    pub scenarios: Vec<String>,
+    /// Boots per kernel for the boot-time figure (the median is reported).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub boots: u32,
+    /// Where to write matrix.md and matrix.json.
+    #[arg(long, default_value = "results")]
+    pub out: PathBuf,
+    #[arg(long)]
+    pub mirror: Option<String>,
+    #[arg(long, value_enum, default_value_t = AccelArg::Auto)]
+    pub accel: AccelArg,
+    #[arg(long, env = "SIDECARLESS_GUEST_BIN")]
+    pub guest_bin: Option<PathBuf>,
+    /// Measured round trips per latency run.
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub round_trips: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KernelsCommand {
+    /// The pinned kernels and whether they are cached.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Download, verify and extract kernels (default: all).
+    Fetch {
+        names: Vec<String>,
+        #[arg(long)]
+        mirror: Option<String>,
+    },
 }
 
 #[derive(Debug, clap::Args)]

@@ -3,6 +3,7 @@ mod cli;
 mod commands;
 mod exit;
 mod ui;
+mod vmprep;
 
 use clap::Parser as _;
 

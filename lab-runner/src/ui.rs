@@ -1,6 +1,8 @@
 //! Rendering: the terminal view of a scenario's events, and error reporting. The engine never
 //! prints; everything the user sees is drawn here.
+use indicatif::{ProgressBar, ProgressStyle};
 use lab_node::{Event, LabError, scenario::Outcome};
+use lab_vm::{VmError, fetch::FetchEvent};
 
 use crate::exit;
 
@@ -15,6 +17,60 @@ fn exit_code(e: &LabError) -> i32 {
         LabError::Cancelled => exit::INTERRUPTED,
         e if e.is_unmet() => exit::UNMET,
         _ => exit::BACKEND,
+    }
+}
+
+/// Prints a VM error and returns the matching exit code.
+pub fn fail_vm(e: &VmError) -> i32 {
+    eprintln!("lab-runner: {}", lab_node::error::chain(e));
+    match e {
+        VmError::Cancelled => exit::INTERRUPTED,
+        VmError::UnknownKernel { .. } => exit::USAGE,
+        e if e.is_unmet() => exit::UNMET,
+        _ => exit::BACKEND,
+    }
+}
+
+/// Download progress bars (stderr) drawn from fetch events.
+pub struct FetchView {
+    bar: Option<ProgressBar>,
+}
+
+impl FetchView {
+    pub fn new() -> FetchView {
+        FetchView { bar: None }
+    }
+
+    pub fn event(&mut self, e: &FetchEvent) {
+        match e {
+            FetchEvent::Cached { name } => eprintln!("{name}: cached, sha256 ok"),
+            FetchEvent::Corrupt { name, actual } => {
+                eprintln!("{name}: cached copy is corrupt (sha256 {actual}); fetching it again")
+            }
+            FetchEvent::Start { name, bytes } => {
+                let bar = ProgressBar::new(*bytes);
+                bar.set_style(
+                    ProgressStyle::with_template(
+                        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+                    )
+                    .expect("valid template")
+                    .progress_chars("=> "),
+                );
+                bar.set_message(name.clone());
+                self.bar = Some(bar);
+            }
+            FetchEvent::Progress { done, .. } => {
+                if let Some(b) = &self.bar {
+                    b.set_position(*done);
+                }
+            }
+            FetchEvent::Done { name } => {
+                if let Some(b) = self.bar.take() {
+                    b.finish_and_clear();
+                }
+                eprintln!("{name}: downloaded, sha256 ok");
+            }
+        }
     }
 }
 

@@ -30,26 +30,51 @@ pub struct Channel {
 
 impl Channel {
     /// Connects to the control socket, retrying until `timeout` while QEMU creates it.
-    pub fn connect(socket: &Path, serial_log: &Path, timeout: Duration) -> Result<Channel, VmError> {
+    pub fn connect(
+        socket: &Path,
+        serial_log: &Path,
+        timeout: Duration,
+    ) -> Result<Channel, VmError> {
         let deadline = Instant::now() + timeout;
         let stream = loop {
             match UnixStream::connect(socket) {
                 Ok(s) => break s,
                 Err(_) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
-                Err(source) => return Err(VmError::Io { what: "cannot connect to the VM's control socket", path: socket.into(), source }),
+                Err(source) => {
+                    return Err(VmError::Io {
+                        what: "cannot connect to the VM's control socket",
+                        path: socket.into(),
+                        source,
+                    });
+                }
             }
         };
-        stream.set_read_timeout(Some(TICK)).map_err(VmError::io("cannot configure", socket))?;
-        let reader = BufReader::new(stream.try_clone().map_err(VmError::io("cannot clone", socket))?);
+        stream
+            .set_read_timeout(Some(TICK))
+            .map_err(VmError::io("cannot configure", socket))?;
+        let reader = BufReader::new(
+            stream
+                .try_clone()
+                .map_err(VmError::io("cannot clone", socket))?,
+        );
         // Ids start from the clock so a reply meant for an earlier client is never taken as ours.
-        let next_id = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_micros() as u64);
-        Ok(Channel { stream, reader, serial_log: serial_log.to_owned(), next_id })
+        let next_id = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_micros() as u64);
+        Ok(Channel {
+            stream,
+            reader,
+            serial_log: serial_log.to_owned(),
+            next_id,
+        })
     }
 
     fn send(&mut self, id: u64, body: RequestBody) -> Result<(), VmError> {
         let mut line = serde_json::to_string(&Request { id, body }).expect("request serializes");
         line.push('\n');
-        self.stream.write_all(line.as_bytes()).map_err(|_| self.gone("while sending a request"))
+        self.stream
+            .write_all(line.as_bytes())
+            .map_err(|_| self.gone("while sending a request"))
     }
 
     /// Sends `body` and returns its final reply, handing the others to `on_reply`. Fails if the
@@ -80,7 +105,9 @@ impl Channel {
                 Ok(_) if buf.ends_with(b"\n") => {
                     let reply: Option<Reply> = serde_json::from_slice(&buf).ok();
                     buf.clear();
-                    let Some(reply) = reply.filter(|r| r.id == id) else { continue };
+                    let Some(reply) = reply.filter(|r| r.id == id) else {
+                        continue;
+                    };
                     if reply.body.is_final() {
                         if cancelled {
                             return Err(VmError::Cancelled);
@@ -90,7 +117,12 @@ impl Channel {
                     on_reply(&reply.body);
                 }
                 Ok(_) => {}
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                    ) =>
+                {
                     if Instant::now() >= deadline {
                         return Err(VmError::GuestSilent {
                             during: during.to_owned(),
@@ -105,7 +137,10 @@ impl Channel {
     }
 
     fn gone(&self, during: &str) -> VmError {
-        VmError::VmGone { during: during.to_owned(), console: tail(&self.serial_log, 15) }
+        VmError::VmGone {
+            during: during.to_owned(),
+            console: tail(&self.serial_log, 15),
+        }
     }
 }
 
@@ -113,5 +148,9 @@ impl Channel {
 pub fn tail(path: &Path, n: usize) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].iter().map(|l| format!("  | {l}")).collect::<Vec<_>>().join("\n")
+    lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|l| format!("  | {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }

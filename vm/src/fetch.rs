@@ -14,26 +14,49 @@ use crate::{VmError, catalog::Package};
 #[derive(Debug, Clone)]
 pub enum FetchEvent {
     /// A cached copy matched its pin.
-    Cached { name: String },
+    Cached {
+        name: String,
+    },
     /// A cached copy did not match; it was deleted and is fetched again.
-    Corrupt { name: String, actual: String },
-    Start { name: String, bytes: u64 },
-    Progress { name: String, done: u64 },
-    Done { name: String },
+    Corrupt {
+        name: String,
+        actual: String,
+    },
+    Start {
+        name: String,
+        bytes: u64,
+    },
+    Progress {
+        name: String,
+        done: u64,
+    },
+    Done {
+        name: String,
+    },
 }
 
 /// Returns the path of the verified .deb, downloading it when needed.
-pub fn package(mirror: &str, pkg: &Package, cache: &Path, on: &mut dyn FnMut(FetchEvent)) -> Result<PathBuf, VmError> {
+pub fn package(
+    mirror: &str,
+    pkg: &Package,
+    cache: &Path,
+    on: &mut dyn FnMut(FetchEvent),
+) -> Result<PathBuf, VmError> {
     let dir = cache.join("debs");
     fs::create_dir_all(&dir).map_err(VmError::io("cannot create", &dir))?;
     let dest = dir.join(pkg.file_name());
     if dest.exists() {
         let actual = sha256_file(&dest)?;
         if actual == pkg.sha256 {
-            on(FetchEvent::Cached { name: pkg.name.clone() });
+            on(FetchEvent::Cached {
+                name: pkg.name.clone(),
+            });
             return Ok(dest);
         }
-        on(FetchEvent::Corrupt { name: pkg.name.clone(), actual });
+        on(FetchEvent::Corrupt {
+            name: pkg.name.clone(),
+            actual,
+        });
         fs::remove_file(&dest).map_err(VmError::io("cannot remove", &dest))?;
     }
     let url = format!("{}/{}", mirror.trim_end_matches('/'), pkg.path);
@@ -45,31 +68,54 @@ pub fn package(mirror: &str, pkg: &Package, cache: &Path, on: &mut dyn FnMut(Fet
     let actual = result?;
     if actual != pkg.sha256 {
         let _ = fs::remove_file(&part);
-        return Err(VmError::Checksum { url, expected: pkg.sha256.clone(), actual });
+        return Err(VmError::Checksum {
+            url,
+            expected: pkg.sha256.clone(),
+            actual,
+        });
     }
     fs::rename(&part, &dest).map_err(VmError::io("cannot move into place", &dest))?;
-    on(FetchEvent::Done { name: pkg.name.clone() });
+    on(FetchEvent::Done {
+        name: pkg.name.clone(),
+    });
     Ok(dest)
 }
 
 /// Streams `url` into `part`, hashing as it goes; returns the sha256.
-fn download(url: &str, pkg: &Package, part: &Path, on: &mut dyn FnMut(FetchEvent)) -> Result<String, VmError> {
-    let mut resp = ureq::get(url).call().map_err(|e| VmError::Download { url: url.to_owned(), source: Box::new(e) })?;
-    on(FetchEvent::Start { name: pkg.name.clone(), bytes: pkg.size });
+fn download(
+    url: &str,
+    pkg: &Package,
+    part: &Path,
+    on: &mut dyn FnMut(FetchEvent),
+) -> Result<String, VmError> {
+    let mut resp = ureq::get(url).call().map_err(|e| VmError::Download {
+        url: url.to_owned(),
+        source: Box::new(e),
+    })?;
+    on(FetchEvent::Start {
+        name: pkg.name.clone(),
+        bytes: pkg.size,
+    });
     let mut body = resp.body_mut().as_reader();
     let mut out = File::create(part).map_err(VmError::io("cannot create", part))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
     let mut done = 0u64;
     loop {
-        let n = body.read(&mut buf).map_err(VmError::io("cannot read the download of", part))?;
+        let n = body
+            .read(&mut buf)
+            .map_err(VmError::io("cannot read the download of", part))?;
         if n == 0 {
             break;
         }
         hasher.update(&buf[..n]);
-        out.write_all(&buf[..n]).map_err(VmError::io("cannot write", part))?;
+        out.write_all(&buf[..n])
+            .map_err(VmError::io("cannot write", part))?;
         done += n as u64;
-        on(FetchEvent::Progress { name: pkg.name.clone(), done });
+        on(FetchEvent::Progress {
+            name: pkg.name.clone(),
+            done,
+        });
     }
     out.sync_all().map_err(VmError::io("cannot sync", part))?;
     Ok(hex::encode(hasher.finalize()))
@@ -103,7 +149,10 @@ mod tests {
     fn hashes_files() {
         let p = std::env::temp_dir().join(format!("sidecarless-hash-{}", std::process::id()));
         fs::write(&p, b"abc").unwrap();
-        assert_eq!(sha256_file(&p).unwrap(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            sha256_file(&p).unwrap(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
         fs::remove_file(p).unwrap();
     }
 }

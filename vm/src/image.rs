@@ -28,6 +28,9 @@ pub const GUEST_BINARIES: &[&str] = &["lab-node", "workload", "mesh-agent"];
 /// Host tools copied in with their libraries, so `ip`, `tc` and `bpftool` work in the shell.
 pub const HOST_TOOLS: &[&str] = &["ip", "tc", "bpftool"];
 
+const PROFILE: &str =
+    "export PATH=/usr/sbin:/usr/bin:/sbin:/bin\nalias ip=/usr/sbin/ip tc=/usr/sbin/tc\n";
+
 /// What goes into an image.
 pub struct Inputs<'a> {
     /// Folder holding the static [`GUEST_BINARIES`].
@@ -67,7 +70,10 @@ impl Tree {
                 p.push('/');
             }
             p.push_str(part);
-            self.0.entry(p.clone()).or_insert(Entry { mode: 0o755, content: Content::Dir });
+            self.0.entry(p.clone()).or_insert(Entry {
+                mode: 0o755,
+                content: Content::Dir,
+            });
         }
     }
     fn parent(&mut self, path: &str) {
@@ -77,11 +83,23 @@ impl Tree {
     }
     fn file(&mut self, path: &str, mode: u32, bytes: Vec<u8>) {
         self.parent(path);
-        self.0.insert(path.trim_matches('/').to_owned(), Entry { mode, content: Content::File(bytes) });
+        self.0.insert(
+            path.trim_matches('/').to_owned(),
+            Entry {
+                mode,
+                content: Content::File(bytes),
+            },
+        );
     }
     fn symlink(&mut self, path: &str, target: &str) {
         self.parent(path);
-        self.0.insert(path.trim_matches('/').to_owned(), Entry { mode: 0o777, content: Content::Symlink(target.to_owned()) });
+        self.0.insert(
+            path.trim_matches('/').to_owned(),
+            Entry {
+                mode: 0o777,
+                content: Content::Symlink(target.to_owned()),
+            },
+        );
     }
     fn hash(&self) -> String {
         let mut h = Sha256::new();
@@ -109,12 +127,22 @@ impl Tree {
 /// already cached.
 pub fn build(inputs: &Inputs, cache: &Path) -> Result<Image, VmError> {
     let mut t = Tree::default();
-    for d in ["bin", "sbin", "usr/bin", "usr/sbin", "proc", "sys", "dev", "run", "tmp", "root", "etc", "mnt"] {
+    for d in [
+        "bin", "sbin", "usr/bin", "usr/sbin", "proc", "sys", "dev", "run", "tmp", "root", "etc",
+        "mnt",
+    ] {
         t.dir(d);
     }
     t.symlink("var/run", "/run");
-    t.file("etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\n".to_vec());
+    t.file(
+        "etc/passwd",
+        0o644,
+        b"root:x:0:0:root:/root:/bin/sh\n".to_vec(),
+    );
     t.file("etc/group", 0o644, b"root:x:0:\n".to_vec());
+    // Debian's static busybox runs its own `ip`/`tc` applets before PATH inside sh; the login
+    // shell gets the real iproute2 instead.
+    t.file("etc/profile", 0o644, PROFILE.as_bytes().to_vec());
 
     for bin in GUEST_BINARIES {
         let src = inputs.guest_bins.join(bin);
@@ -159,7 +187,11 @@ pub fn build(inputs: &Inputs, cache: &Path) -> Result<Image, VmError> {
     let base = format!("lib/modules/{}", inputs.kernel.release);
     let mut list = String::new();
     for m in inputs.modules {
-        t.file(&format!("{base}/{}", m.rel.display()), 0o644, kernel::read_module(&m.source)?);
+        t.file(
+            &format!("{base}/{}", m.rel.display()),
+            0o644,
+            kernel::read_module(&m.source)?,
+        );
         list.push_str(&format!("{}\n", m.rel.display()));
     }
     t.file("lib/modules/load.list", 0o644, list.into_bytes());
@@ -168,13 +200,21 @@ pub fn build(inputs: &Inputs, cache: &Path) -> Result<Image, VmError> {
     let dir = cache.join("images");
     let path = dir.join(format!("{}.cpio.gz", &hash[..16]));
     if path.exists() {
-        return Ok(Image { path, hash, cached: true });
+        return Ok(Image {
+            path,
+            hash,
+            cached: true,
+        });
     }
     fs::create_dir_all(&dir).map_err(VmError::io("cannot create", &dir))?;
     let part = path.with_extension("part");
     write_cpio(&t, &part).map_err(VmError::io("cannot write image", &part))?;
     fs::rename(&part, &path).map_err(VmError::io("cannot move into place", &path))?;
-    Ok(Image { path, hash, cached: false })
+    Ok(Image {
+        path,
+        hash,
+        cached: false,
+    })
 }
 
 fn write_cpio(t: &Tree, out: &Path) -> std::io::Result<()> {
@@ -213,16 +253,25 @@ pub fn which(name: &str) -> Option<PathBuf> {
 }
 
 fn busybox_applets(busybox: &Path) -> Result<Vec<String>, VmError> {
-    let out = Command::new(busybox).arg("--list").output().map_err(VmError::io("cannot run", busybox))?;
-    Ok(String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect())
+    let out = Command::new(busybox)
+        .arg("--list")
+        .output()
+        .map_err(VmError::io("cannot run", busybox))?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect())
 }
 
 /// The shared libraries `ldd` says `bin` loads, the dynamic loader included.
 fn shared_libraries(bin: &Path) -> Result<Vec<PathBuf>, VmError> {
-    let out = Command::new("ldd").arg(bin).output().map_err(|e| VmError::Missing {
-        what: "ldd".into(),
-        detail: e.to_string(),
-    })?;
+    let out = Command::new("ldd")
+        .arg(bin)
+        .output()
+        .map_err(|e| VmError::Missing {
+            what: "ldd".into(),
+            detail: e.to_string(),
+        })?;
     Ok(parse_ldd(&String::from_utf8_lossy(&out.stdout)))
 }
 
@@ -250,7 +299,10 @@ mod tests {
                     \t/lib64/ld-linux-x86-64.so.2 (0x00007f)\n";
         assert_eq!(
             parse_ldd(text),
-            [PathBuf::from("/lib/x86_64-linux-gnu/libbpf.so.1"), PathBuf::from("/lib64/ld-linux-x86-64.so.2")]
+            [
+                PathBuf::from("/lib/x86_64-linux-gnu/libbpf.so.1"),
+                PathBuf::from("/lib64/ld-linux-x86-64.so.2")
+            ]
         );
     }
 

@@ -12,7 +12,13 @@ use crate::{VmError, catalog::Kernel};
 
 /// Modules the lab loads when they are not built in: the control channel and console
 /// (virtio_pci, virtio_console), pods (veth, bridge), loss injection (sch_netem).
-pub const LAB_MODULES: &[&str] = &["virtio_pci", "virtio_console", "veth", "bridge", "sch_netem"];
+pub const LAB_MODULES: &[&str] = &[
+    "virtio_pci",
+    "virtio_console",
+    "veth",
+    "bridge",
+    "sch_netem",
+];
 
 /// The extracted kernel.
 #[derive(Debug, Clone)]
@@ -26,19 +32,30 @@ pub struct KernelFiles {
 
 /// Extracts the .debs (once; a marker records which files made the tree) and finds the parts.
 pub fn extract(kernel: &Kernel, debs: &[PathBuf], cache: &Path) -> Result<KernelFiles, VmError> {
-    let dir = cache.join("kernels").join(format!("{}-{}", kernel.name, kernel.release));
+    let dir = cache
+        .join("kernels")
+        .join(format!("{}-{}", kernel.name, kernel.release));
     let marker = dir.join(".extracted");
-    let want: String = kernel.packages.iter().map(|p| format!("{}\n", p.sha256)).collect();
+    let want: String = kernel
+        .packages
+        .iter()
+        .map(|p| format!("{}\n", p.sha256))
+        .collect();
     if fs::read_to_string(&marker).ok().as_deref() != Some(want.as_str()) {
         if dir.exists() {
             fs::remove_dir_all(&dir).map_err(VmError::io("cannot remove", &dir))?;
         }
         fs::create_dir_all(&dir).map_err(VmError::io("cannot create", &dir))?;
         for deb in debs {
-            let out = Command::new("dpkg-deb").arg("-x").arg(deb).arg(&dir).output().map_err(|e| VmError::Missing {
-                what: "dpkg-deb".into(),
-                detail: format!("{e} (install the dpkg package)"),
-            })?;
+            let out = Command::new("dpkg-deb")
+                .arg("-x")
+                .arg(deb)
+                .arg(&dir)
+                .output()
+                .map_err(|e| VmError::Missing {
+                    what: "dpkg-deb".into(),
+                    detail: format!("{e} (install the dpkg package)"),
+                })?;
             if !out.status.success() {
                 return Err(VmError::Command {
                     command: format!("dpkg-deb -x {}", deb.display()),
@@ -49,17 +66,36 @@ pub fn extract(kernel: &Kernel, debs: &[PathBuf], cache: &Path) -> Result<Kernel
         fs::write(&marker, &want).map_err(VmError::io("cannot write", &marker))?;
     }
     let find = |candidates: &[String], what: &str| {
-        candidates.iter().map(|c| dir.join(c)).find(|p| p.exists()).ok_or_else(|| VmError::Missing {
-            what: format!("{what} of kernel {}", kernel.name),
-            detail: format!("none of {candidates:?} in {}", dir.display()),
-        })
+        candidates
+            .iter()
+            .map(|c| dir.join(c))
+            .find(|p| p.exists())
+            .ok_or_else(|| VmError::Missing {
+                what: format!("{what} of kernel {}", kernel.name),
+                detail: format!("none of {candidates:?} in {}", dir.display()),
+            })
     };
     let r = &kernel.release;
     Ok(KernelFiles {
         release: r.clone(),
-        vmlinuz: find(&[format!("boot/vmlinuz-{r}"), format!("usr/lib/linux/vmlinuz-{r}")], "vmlinuz")?,
-        config: find(&[format!("boot/config-{r}"), format!("usr/lib/linux/config-{r}")], "config")?,
-        modules: find(&[format!("lib/modules/{r}"), format!("usr/lib/modules/{r}")], "modules")?,
+        vmlinuz: find(
+            &[
+                format!("boot/vmlinuz-{r}"),
+                format!("usr/lib/linux/vmlinuz-{r}"),
+            ],
+            "vmlinuz",
+        )?,
+        config: find(
+            &[
+                format!("boot/config-{r}"),
+                format!("usr/lib/linux/config-{r}"),
+            ],
+            "config",
+        )?,
+        modules: find(
+            &[format!("lib/modules/{r}"), format!("usr/lib/modules/{r}")],
+            "modules",
+        )?,
     })
 }
 
@@ -76,7 +112,10 @@ pub struct Module {
 
 /// Resolves `wanted` (module names) with their dependencies into load order, skipping those
 /// built into the kernel and those the kernel does not have (`missing`).
-pub fn resolve(files: &KernelFiles, wanted: &[&str]) -> Result<(Vec<Module>, Vec<String>), VmError> {
+pub fn resolve(
+    files: &KernelFiles,
+    wanted: &[&str],
+) -> Result<(Vec<Module>, Vec<String>), VmError> {
     let builtin: BTreeSet<String> = fs::read_to_string(files.modules.join("modules.builtin"))
         .unwrap_or_default()
         .lines()
@@ -112,12 +151,19 @@ fn visit(
         return Ok(());
     }
     let Some((rel, source)) = index.get(name) else {
-        return Err(VmError::Missing { what: format!("module {name}"), detail: "a dependency is not in the package".into() });
+        return Err(VmError::Missing {
+            what: format!("module {name}"),
+            detail: "a dependency is not in the package".into(),
+        });
     };
     for dep in depends(&read_module(source)?) {
         visit(&dep, index, builtin, seen, order)?;
     }
-    order.push(Module { name: name.to_owned(), rel: rel.clone(), source: source.clone() });
+    order.push(Module {
+        name: name.to_owned(),
+        rel: rel.clone(),
+        source: source.clone(),
+    });
     Ok(())
 }
 
@@ -135,8 +181,16 @@ fn walk(dir: &Path, root: &Path, index: &mut BTreeMap<String, (PathBuf, PathBuf)
             continue;
         }
         let fname = e.file_name().to_string_lossy().into_owned();
-        let Some(stem) = fname.strip_suffix(".ko.xz").or_else(|| fname.strip_suffix(".ko")) else { continue };
-        let rel = p.strip_prefix(root).expect("under root").with_file_name(format!("{stem}.ko"));
+        let Some(stem) = fname
+            .strip_suffix(".ko.xz")
+            .or_else(|| fname.strip_suffix(".ko"))
+        else {
+            continue;
+        };
+        let rel = p
+            .strip_prefix(root)
+            .expect("under root")
+            .with_file_name(format!("{stem}.ko"));
         index.insert(norm(stem), (rel, p));
     }
 }
@@ -159,7 +213,9 @@ pub fn read_module(path: &Path) -> Result<Vec<u8>, VmError> {
 /// The `depends=` entry of a module's .modinfo (NUL-separated key=value strings).
 fn depends(ko: &[u8]) -> Vec<String> {
     const KEY: &[u8] = b"\0depends=";
-    let Some(pos) = ko.windows(KEY.len()).position(|w| w == KEY) else { return Vec::new() };
+    let Some(pos) = ko.windows(KEY.len()).position(|w| w == KEY) else {
+        return Vec::new();
+    };
     let rest = &ko[pos + KEY.len()..];
     let end = rest.iter().position(|b| *b == 0).unwrap_or(rest.len());
     let mut s = String::new();

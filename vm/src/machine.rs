@@ -78,7 +78,15 @@ fn serial(dir: &Path) -> PathBuf {
 }
 
 /// The QEMU spec for a VM living in `dir`.
-pub fn spec(dir: &Path, qemu: PathBuf, files: &KernelFiles, image: &Image, accel: Accel, memory_mb: u32, cpus: u32) -> Spec {
+pub fn spec(
+    dir: &Path,
+    qemu: PathBuf,
+    files: &KernelFiles,
+    image: &Image,
+    accel: Accel,
+    memory_mb: u32,
+    cpus: u32,
+) -> Spec {
     Spec {
         qemu,
         accel,
@@ -101,19 +109,30 @@ impl Machine {
     /// directory removed.
     pub fn boot(o: &BootOptions) -> Result<Machine, VmError> {
         if let Some(m) = Machine::find(o.name)? {
-            return Err(VmError::AlreadyUp { name: o.name.to_owned(), kernel: m.state.kernel });
+            return Err(VmError::AlreadyUp {
+                name: o.name.to_owned(),
+                kernel: m.state.kernel,
+            });
         }
         let dir = Machine::dir_of(o.name);
         let _ = fs::remove_dir_all(&dir);
-        fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).map_err(VmError::io("cannot create", &dir))?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(VmError::io("cannot create", &dir))?;
         let qemu = qemu::find_qemu().ok_or_else(|| VmError::Missing {
             what: "qemu-system-x86_64".into(),
             detail: "not found (install qemu-system-x86)".into(),
         })?;
         let spec = spec(&dir, qemu, o.files, o.image, o.accel, o.memory_mb, o.cpus);
-        let log = fs::File::create(dir.join("qemu.log")).map_err(VmError::io("cannot create", dir.join("qemu.log")))?;
+        let log = fs::File::create(dir.join("qemu.log"))
+            .map_err(VmError::io("cannot create", dir.join("qemu.log")))?;
         let mut cmd = Command::new(&spec.qemu);
-        cmd.args(qemu::command_line(&spec)).stdin(Stdio::null()).stdout(log.try_clone().map_err(VmError::io("dup", &dir))?).stderr(log);
+        cmd.args(qemu::command_line(&spec))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(VmError::io("dup", &dir))?)
+            .stderr(log);
         let tied = o.tied;
         // SAFETY: only async-signal-safe calls between fork and exec.
         unsafe {
@@ -127,7 +146,9 @@ impl Machine {
             });
         }
         let started = Instant::now();
-        let child = cmd.spawn().map_err(VmError::io("cannot start", &spec.qemu))?;
+        let child = cmd
+            .spawn()
+            .map_err(VmError::io("cannot start", &spec.qemu))?;
         let mut m = Machine {
             dir: dir.clone(),
             state: State {
@@ -140,20 +161,31 @@ impl Machine {
             },
             child: Some(child),
         };
-        let ready = Channel::connect(&control(&dir), &serial(&dir), Duration::from_secs(10)).and_then(|mut ch| {
-            ch.request(RequestBody::Hello, o.boot_timeout(), "while booting", None, |_| {})
-        });
+        let ready = Channel::connect(&control(&dir), &serial(&dir), Duration::from_secs(10))
+            .and_then(|mut ch| {
+                ch.request(
+                    RequestBody::Hello,
+                    o.boot_timeout(),
+                    "while booting",
+                    None,
+                    |_| {},
+                )
+            });
         match ready {
             Ok(ReplyBody::Ready { kernel, .. }) => {
                 m.state.release = kernel;
                 m.state.boot_s = started.elapsed().as_secs_f64();
                 let json = serde_json::to_string_pretty(&m.state).expect("state serializes");
-                fs::write(dir.join("state.json"), json).map_err(VmError::io("cannot write", dir.join("state.json")))?;
+                fs::write(dir.join("state.json"), json)
+                    .map_err(VmError::io("cannot write", dir.join("state.json")))?;
                 Ok(m)
             }
             Ok(other) => {
                 m.kill();
-                Err(VmError::Guest { message: format!("unexpected answer while booting: {other:?}"), unmet: false })
+                Err(VmError::Guest {
+                    message: format!("unexpected answer while booting: {other:?}"),
+                    unmet: false,
+                })
             }
             Err(e) => {
                 m.kill();
@@ -175,7 +207,11 @@ impl Machine {
             what: format!("state of VM {name}"),
             detail: format!("{}: {e}", dir.join("state.json").display()),
         })?;
-        let mut m = Machine { dir, state, child: None };
+        let mut m = Machine {
+            dir,
+            state,
+            child: None,
+        };
         if m.alive() {
             Ok(Some(m))
         } else {
@@ -195,7 +231,11 @@ impl Machine {
     }
 
     pub fn channel(&self) -> Result<Channel, VmError> {
-        Channel::connect(&control(&self.dir), &serial(&self.dir), Duration::from_secs(5))
+        Channel::connect(
+            &control(&self.dir),
+            &serial(&self.dir),
+            Duration::from_secs(5),
+        )
     }
 
     pub fn console_socket(&self) -> PathBuf {
@@ -214,7 +254,13 @@ impl Machine {
     pub fn down(mut self) -> Result<(), VmError> {
         if let Ok(mut ch) = self.channel() {
             // The guest powers off without answering; the socket then closes.
-            let _ = ch.request(RequestBody::Poweroff, Duration::from_secs(10), "while powering off", None, |_| {});
+            let _ = ch.request(
+                RequestBody::Poweroff,
+                Duration::from_secs(10),
+                "while powering off",
+                None,
+                |_| {},
+            );
         }
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.alive() && Instant::now() < deadline {

@@ -24,7 +24,12 @@ struct Pkg<'a> {
 
 /// Renders the Vagrantfile. `guest_bins` is the host folder with the static binaries; it is
 /// synced into the box.
-pub fn render(kernel: &Kernel, mirror: &str, provider: Provider, guest_bins: &str) -> Result<String, VmError> {
+pub fn render(
+    kernel: &Kernel,
+    mirror: &str,
+    provider: Provider,
+    guest_bins: &str,
+) -> Result<String, VmError> {
     let packages: Vec<Pkg> = kernel
         .packages
         .iter()
@@ -56,15 +61,30 @@ mod tests {
     fn renders_the_pinned_packages_with_their_checksums() {
         let cat = Catalog::builtin();
         let k = cat.get("7.2").unwrap();
-        let v = render(k, "http://mirror.example/debian/", Provider::Libvirt, "/src/target/musl").unwrap();
+        let v = render(
+            k,
+            "http://mirror.example/debian/",
+            Provider::Libvirt,
+            "/src/target/musl",
+        )
+        .unwrap();
         for p in &k.packages {
-            assert!(v.contains(&format!("http://mirror.example/debian/{}", p.path)), "{v}");
+            assert!(
+                v.contains(&format!("http://mirror.example/debian/{}", p.path)),
+                "{v}"
+            );
             assert!(v.contains(&p.sha256));
         }
         assert!(v.contains("config.vm.provider \"libvirt\""));
         assert!(v.contains("/src/target/musl"));
         assert!(v.contains("7.2.13+deb14-cloud-amd64"));
-        let vb = render(cat.get("6.1").unwrap(), "http://m/debian", Provider::Virtualbox, "/b").unwrap();
+        let vb = render(
+            cat.get("6.1").unwrap(),
+            "http://m/debian",
+            Provider::Virtualbox,
+            "/b",
+        )
+        .unwrap();
         assert!(vb.contains("config.vm.provider \"virtualbox\""));
     }
 }

@@ -1,7 +1,15 @@
 //! One module per subcommand; each has a `run` returning the process exit code.
 mod clean;
+mod down;
+mod exec;
+mod kernels;
 mod list;
+mod matrix;
 mod scenario;
+mod shell;
+mod signals;
+mod status;
+mod up;
 
 use crate::{
     cli::{Cli, Command},
@@ -12,6 +20,13 @@ pub fn run(cli: Cli) -> i32 {
     match cli.command {
         Command::Scenario(a) => scenario::run(a),
         Command::List(a) => list::run(&a),
+        Command::Up(a) => up::run(&a),
+        Command::Status(a) => status::run(&a),
+        Command::Exec(a) => exec::run(&a),
+        Command::Shell => shell::run(),
+        Command::Down => down::run(),
+        Command::Matrix(a) => matrix::run(&a),
+        Command::Kernels(c) => kernels::run(&c),
         Command::Clean(a) => clean::run(&a),
         Command::Workload(w) => match w.run() {
             Ok(()) => exit::OK,

@@ -1,0 +1,50 @@
+//! `lab-runner exec -- CMD`: runs CMD in the VM, streaming its output; exits with its code.
+use std::{io::Write, time::Duration};
+
+use lab_node::guest::protocol::{ReplyBody, RequestBody};
+use lab_vm::{
+    VmError,
+    machine::{DEFAULT_NAME, Machine},
+};
+
+use crate::{cli::ExecArgs, commands::signals, ui};
+
+pub fn run(args: &ExecArgs) -> i32 {
+    let m = match Machine::find(DEFAULT_NAME) {
+        Ok(Some(m)) => m,
+        Ok(None) => return ui::fail_vm(&VmError::NotUp),
+        Err(e) => return ui::fail_vm(&e),
+    };
+    let cancel = match signals::watch() {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let result = m.channel().and_then(|mut ch| {
+        ch.request(
+            RequestBody::Exec {
+                argv: args.command.clone(),
+            },
+            Duration::from_secs(args.timeout),
+            &format!("running `{}`", args.command.join(" ")),
+            Some(&cancel),
+            |reply| match reply {
+                ReplyBody::Stdout { data } => {
+                    let mut o = std::io::stdout().lock();
+                    let _ = o.write_all(data.as_bytes());
+                    let _ = o.flush();
+                }
+                ReplyBody::Stderr { data } => eprint!("{data}"),
+                _ => {}
+            },
+        )
+    });
+    match result {
+        Ok(ReplyBody::Exit { code }) => code,
+        Ok(ReplyBody::Error { message, unmet }) => ui::fail_vm(&VmError::Guest { message, unmet }),
+        Ok(other) => ui::fail_vm(&VmError::Guest {
+            message: format!("unexpected reply {other:?}"),
+            unmet: false,
+        }),
+        Err(e) => ui::fail_vm(&e),
+    }
+}

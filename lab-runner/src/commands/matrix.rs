@@ -1,0 +1,347 @@
+//! `lab-runner matrix`: every scenario on every pinned kernel. Writes a compatibility table
+//! (Markdown and JSON) with pass, fail, or skip and its reason per cell, and the boot-to-agent
+//! time per kernel (median of `--boots` boots).
+use std::fs;
+
+use lab_node::scenario::{self, Options};
+use lab_vm::{
+    VmError,
+    catalog::Catalog,
+    machine::{BootOptions, Machine},
+};
+use serde::Serialize;
+
+use crate::{
+    cli::{MatrixArgs, VmArgs},
+    commands::{scenario::run_on, signals},
+    exit, ui, vmprep,
+};
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Status {
+    Pass,
+    Fail,
+    Skip,
+    Error,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct Cell {
+    scenario: String,
+    status: Status,
+    detail: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct Row {
+    kernel: String,
+    release: String,
+    accel: String,
+    boot_s: Vec<f64>,
+    boot_median_s: Option<f64>,
+    cells: Vec<Cell>,
+}
+
+pub fn run(args: &MatrixArgs) -> i32 {
+    let cat = Catalog::builtin();
+    let kernels: Vec<String> = if args.kernels.is_empty() {
+        cat.names().iter().map(|s| s.to_string()).collect()
+    } else {
+        args.kernels.clone()
+    };
+    for k in &kernels {
+        if let Err(e) = cat.get(k) {
+            return ui::fail_vm(&e);
+        }
+    }
+    let scenarios: Vec<&'static scenario::ScenarioInfo> = if args.scenarios.is_empty() {
+        scenario::SCENARIOS.iter().collect()
+    } else {
+        let mut v = Vec::new();
+        for s in &args.scenarios {
+            match scenario::find(s) {
+                Some(i) => v.push(i),
+                None => {
+                    eprintln!("lab-runner: unknown scenario {s:?} (see `lab-runner list`)");
+                    return exit::USAGE;
+                }
+            }
+        }
+        v
+    };
+    let cancel = match signals::watch() {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let mut rows = Vec::new();
+    for k in &kernels {
+        if cancel.is_cancelled() {
+            break;
+        }
+        rows.push(kernel_row(k, args, &scenarios, &cancel));
+    }
+    if cancel.is_cancelled() {
+        eprintln!("lab-runner: interrupted; every VM was stopped");
+        return exit::INTERRUPTED;
+    }
+    let md = markdown(&rows, &scenarios);
+    println!("\n{md}");
+    if let Err(e) = fs::create_dir_all(&args.out)
+        .and_then(|()| fs::write(args.out.join("matrix.md"), &md))
+        .and_then(|()| {
+            fs::write(
+                args.out.join("matrix.json"),
+                serde_json::to_string_pretty(&rows).expect("serializes"),
+            )
+        })
+    {
+        eprintln!(
+            "lab-runner: cannot write the table to {}: {e}",
+            args.out.display()
+        );
+        return exit::BACKEND;
+    }
+    eprintln!(
+        "wrote {} and matrix.json",
+        args.out.join("matrix.md").display()
+    );
+    let all_ok = rows
+        .iter()
+        .flat_map(|r| &r.cells)
+        .all(|c| matches!(c.status, Status::Pass | Status::Skip));
+    if all_ok {
+        exit::OK
+    } else {
+        exit::SCENARIO_FAILED
+    }
+}
+
+fn kernel_row(
+    kernel: &str,
+    args: &MatrixArgs,
+    scenarios: &[&'static scenario::ScenarioInfo],
+    cancel: &lab_node::process::Cancel,
+) -> Row {
+    let mut row = Row {
+        kernel: kernel.into(),
+        release: String::new(),
+        accel: String::new(),
+        boot_s: vec![],
+        boot_median_s: None,
+        cells: vec![],
+    };
+    let error_all = |row: &mut Row, msg: String| {
+        row.cells = scenarios
+            .iter()
+            .map(|s| Cell {
+                scenario: s.name.into(),
+                status: Status::Error,
+                detail: msg.clone(),
+            })
+            .collect();
+    };
+    let vm = VmArgs {
+        kernel: Some(kernel.into()),
+        mirror: args.mirror.clone(),
+        accel: args.accel,
+        memory: 1024,
+        cpus: 2,
+        guest_bin: args.guest_bin.clone(),
+    };
+    let prepared = vmprep::prepare(kernel, vm.mirror.as_deref(), vm.guest_bin.as_ref())
+        .and_then(|p| vmprep::choose_accel(vm.accel, &p).map(|a| (p, a)));
+    let (p, accel) = match prepared {
+        Ok(x) => x,
+        Err(e) => {
+            error_all(&mut row, first_line(&e));
+            return row;
+        }
+    };
+    row.release = p.kernel.release.clone();
+    row.accel = accel.to_string();
+    let name = format!("matrix-{}", std::process::id());
+    for i in 0..args.boots {
+        if cancel.is_cancelled() {
+            break;
+        }
+        let opts = BootOptions {
+            name: &name,
+            kernel_name: kernel,
+            files: &p.files,
+            image: &p.image,
+            accel,
+            memory_mb: vm.memory,
+            cpus: vm.cpus,
+            tied: true,
+        };
+        let mut m = match Machine::boot(&opts) {
+            Ok(m) => m,
+            Err(e) => {
+                eprintln!("kernel {kernel}: boot {} failed: {}", i + 1, first_line(&e));
+                if i == 0 {
+                    error_all(&mut row, format!("boot failed: {}", first_line(&e)));
+                }
+                break;
+            }
+        };
+        eprintln!(
+            "kernel {kernel}: boot {}/{} ready in {:.1} s ({accel})",
+            i + 1,
+            args.boots,
+            m.state.boot_s
+        );
+        row.boot_s.push(m.state.boot_s);
+        if i == 0 {
+            for s in scenarios {
+                let mut quiet = ui::View::new(true);
+                let options = Options {
+                    round_trips: args.round_trips,
+                    ..Options::default()
+                };
+                let cell = match run_on(&mut m, s, options, cancel, &mut quiet) {
+                    Ok(o) if o.passed => Cell {
+                        scenario: s.name.into(),
+                        status: Status::Pass,
+                        detail: summary(&o.report),
+                    },
+                    Ok(o) => Cell {
+                        scenario: s.name.into(),
+                        status: Status::Fail,
+                        detail: o.failures.join("; "),
+                    },
+                    Err(e) if e.is_unmet() => Cell {
+                        scenario: s.name.into(),
+                        status: Status::Skip,
+                        detail: first_line(&e),
+                    },
+                    Err(e) => Cell {
+                        scenario: s.name.into(),
+                        status: Status::Error,
+                        detail: first_line(&e),
+                    },
+                };
+                eprintln!(
+                    "kernel {kernel}: {} {:?} {}",
+                    s.name, cell.status, cell.detail
+                );
+                row.cells.push(cell);
+            }
+        }
+        let _ = m.down();
+    }
+    row.boot_median_s = median(&row.boot_s);
+    row
+}
+
+/// A scenario's headline figures for its cell.
+fn summary(report: &serde_json::Value) -> String {
+    match (
+        report["p50_ratio"].as_f64(),
+        report["packet_share"].as_f64(),
+    ) {
+        (Some(r), Some(p)) => format!("p50 {r:.2}x, packets {:.2}%", p * 100.0),
+        _ => String::new(),
+    }
+}
+
+fn first_line(e: &VmError) -> String {
+    let s = lab_node::error::chain(e);
+    s.lines().next().unwrap_or_default().to_owned()
+}
+
+fn median(v: &[f64]) -> Option<f64> {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(v[n / 2]),
+        n => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+    }
+}
+
+fn markdown(rows: &[Row], scenarios: &[&'static scenario::ScenarioInfo]) -> String {
+    let mut s = String::from("| | ");
+    s.push_str(
+        &rows
+            .iter()
+            .map(|r| format!("{} ({})", r.kernel, r.release))
+            .collect::<Vec<_>>()
+            .join(" | "),
+    );
+    s.push_str(" |\n|---|");
+    s.push_str(&"---|".repeat(rows.len()));
+    s.push('\n');
+    for sc in scenarios {
+        s.push_str(&format!("| {} |", sc.name));
+        for r in rows {
+            let cell = r.cells.iter().find(|c| c.scenario == sc.name);
+            let text = match cell {
+                Some(Cell {
+                    status: Status::Pass,
+                    detail,
+                    ..
+                }) => format!("pass ({detail})"),
+                Some(Cell {
+                    status: Status::Fail,
+                    detail,
+                    ..
+                }) => format!("**fail**: {detail}"),
+                Some(Cell {
+                    status: Status::Skip,
+                    detail,
+                    ..
+                }) => format!("skip: {detail}"),
+                Some(Cell {
+                    status: Status::Error,
+                    detail,
+                    ..
+                }) => format!("**error**: {detail}"),
+                None => "-".into(),
+            };
+            s.push_str(&format!(" {} |", text.replace('|', "\\|")));
+        }
+        s.push('\n');
+    }
+    s.push_str("| boot to agent ready (median) |");
+    for r in rows {
+        let n = r.boot_s.len();
+        match r.boot_median_s {
+            Some(m) => s.push_str(&format!(" {m:.1} s ({}, {n} boots) |", r.accel)),
+            None => s.push_str(" - |"),
+        }
+    }
+    s.push('\n');
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(median(&[]), None);
+    }
+
+    #[test]
+    fn table_has_a_row_per_scenario_and_boot_times() {
+        let rows = vec![Row {
+            kernel: "6.1".into(),
+            release: "6.1.0-50-cloud-amd64".into(),
+            accel: "tcg".into(),
+            boot_s: vec![5.0, 4.0, 6.0],
+            boot_median_s: Some(5.0),
+            cells: vec![Cell {
+                scenario: "sockmap".into(),
+                status: Status::Skip,
+                detail: "no | pipes".into(),
+            }],
+        }];
+        let md = markdown(&rows, &scenario::SCENARIOS.iter().collect::<Vec<_>>());
+        assert!(md.contains("| sockmap | skip: no \\| pipes |"), "{md}");
+        assert!(md.contains("5.0 s (tcg, 3 boots)"), "{md}");
+    }
+}
