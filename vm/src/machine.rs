@@ -252,19 +252,22 @@ impl Machine {
 
     /// Powers the guest off, waits for QEMU to exit (killing it after 10 s), removes the state.
     pub fn down(mut self) -> Result<(), VmError> {
-        if let Ok(mut ch) = self.channel() {
-            // The guest powers off without answering; the socket then closes.
-            let _ = ch.request(
+        // The guest powers off without answering: the socket closes as QEMU exits. A guest that
+        // stays silent instead (hung, stopped) is killed at once.
+        let answered = self.channel().map(|mut ch| {
+            ch.request(
                 RequestBody::Poweroff,
-                Duration::from_secs(10),
+                Duration::from_secs(5),
                 "while powering off",
                 None,
                 |_| {},
-            );
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.alive() && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(50));
+            )
+        });
+        if let Ok(Err(VmError::VmGone { .. })) = answered {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while self.alive() && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(50));
+            }
         }
         self.kill();
         Ok(())
