@@ -15,7 +15,8 @@ want_book=1
 log() { printf '[setup] %s\n' "$*" >&2; }
 
 # --- apt -------------------------------------------------------------------------------------
-apt_pkgs=(iproute2 iptables bpftool procps)
+# qemu-system-x86 + busybox-static: the VM backend; iproute2/bpftool are also copied into VM images.
+apt_pkgs=(iproute2 iptables bpftool procps qemu-system-x86 busybox-static)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -18,7 +18,9 @@ cargo fmt --all -- --check
 step "cargo clippy"
 cargo clippy --all-targets -- -D warnings 2>&1 | quiet_ebpf
 test "${PIPESTATUS[0]}" -eq 0
-step "cargo test (kernel tests run one at a time)"
+step "build (host + static guest binaries for the VM tests)"
+scripts/build.sh
+step "cargo test (kernel and VM tests run one at a time)"
 cargo test 2>&1 | quiet_ebpf
 test "${PIPESTATUS[0]}" -eq 0
 step "mdbook build + test"

@@ -6,9 +6,11 @@ pub const OK: i32 = 0;
 pub const SCENARIO_FAILED: i32 = 1;
 /// Bad command line: unknown scenario, bad arguments (clap uses 2 as well).
 pub const USAGE: i32 = 2;
-/// A requirement is unmet: not root, no cgroup v2, no bpffs, or the kernel refused a program.
+/// A requirement is unmet: not root (host backend), no cgroup v2, no bpffs, a tool missing
+/// (qemu, busybox, dpkg-deb), or the kernel refused a program.
 pub const UNMET: i32 = 3;
-/// The backend failed: a command, a namespace or a file did not behave.
+/// The backend failed: a command, a namespace or a file did not behave, a VM died or stopped
+/// answering, a download failed its checksum.
 pub const BACKEND: i32 = 4;
 /// Interrupted by SIGINT or SIGTERM; the lab was torn down.
 pub const INTERRUPTED: i32 = 130;
@@ -18,6 +20,7 @@ pub const HELP: &str = "Exit codes:
   0    ok: everything passed
   1    a scenario ran and a check failed
   2    usage: bad arguments or unknown scenario
-  3    requirement unmet: not root, no cgroup v2, no bpffs, program refused by the kernel
-  4    backend failure
+  3    requirement unmet: not root (host backend), no cgroup v2, no bpffs, a tool missing
+       (qemu, busybox), program refused by the kernel
+  4    backend failure: a VM died or went silent, a download failed its checksum, ...
   130  interrupted (SIGINT/SIGTERM); the lab was torn down";

@@ -18,6 +18,7 @@ pub struct Request {
     pub body: RequestBody,
 }
 
+// ANCHOR: messages
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum RequestBody {
@@ -68,6 +69,7 @@ pub enum ReplyBody {
         unmet: bool,
     },
 }
+// ANCHOR_END: messages
 
 impl ReplyBody {
     /// Whether this reply ends its request.
