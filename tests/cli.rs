@@ -60,8 +60,16 @@ fn bad_arguments_are_refused_with_the_reason() {
         .args(["scenario", "sockmap", "--backend", "mainframe"])
         .assert()
         .code(2)
-        .stderr(predicate::str::contains("possible values: host"));
+        .stderr(predicate::str::contains("possible values: qemu, host"));
     lab_runner().arg("frobnicate").assert().code(2);
+    lab_runner()
+        .args(["up", "--kernel", "4.19"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(
+            "unknown kernel \"4.19\" (known: 5.10, 6.1, 6.12, 7.2)",
+        ));
+    lab_runner().args(["exec"]).assert().code(2);
 }
 
 #[test]
@@ -71,7 +79,7 @@ fn the_host_backend_refuses_to_run_without_root() {
     if !is_root {
         // Already unprivileged: run directly.
         lab_runner()
-            .args(["scenario", "sockmap"])
+            .args(["scenario", "sockmap", "--backend", "host"])
             .assert()
             .code(3)
             .stderr(predicate::str::contains("needs root"));
@@ -82,7 +90,7 @@ fn the_host_backend_refuses_to_run_without_root() {
     let Ok(out) = std::process::Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
         .arg(&bin)
-        .args(["scenario", "sockmap"])
+        .args(["scenario", "sockmap", "--backend", "host"])
         .output()
     else {
         eprintln!("SKIPPED: setpriv not available to drop root");

@@ -126,7 +126,7 @@ fn sockmap_redirects_and_leaves_nothing_behind() {
         return;
     }
     let out = Command::new(bin())
-        .args(["scenario", "sockmap", "--json"])
+        .args(["scenario", "sockmap", "--backend", "host", "--json"])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -167,7 +167,14 @@ fn sigint_during_the_mesh_run_tears_everything_down() {
         return;
     }
     let mut child = Command::new(bin())
-        .args(["scenario", "sockmap", "--round-trips", "300000"])
+        .args([
+            "scenario",
+            "sockmap",
+            "--backend",
+            "host",
+            "--round-trips",
+            "300000",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -195,7 +202,14 @@ fn clean_removes_what_a_killed_lab_left() {
         return;
     }
     let mut child = Command::new(bin())
-        .args(["scenario", "sockmap", "--round-trips", "300000"])
+        .args([
+            "scenario",
+            "sockmap",
+            "--backend",
+            "host",
+            "--round-trips",
+            "300000",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

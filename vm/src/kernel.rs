@@ -76,19 +76,21 @@ pub fn extract(kernel: &Kernel, debs: &[PathBuf], cache: &Path) -> Result<Kernel
             })
     };
     let r = &kernel.release;
+    // Debian up to trixie ships vmlinuz and config in /boot; the split packages of 7.x put them
+    // next to the modules.
     Ok(KernelFiles {
         release: r.clone(),
         vmlinuz: find(
             &[
                 format!("boot/vmlinuz-{r}"),
-                format!("usr/lib/linux/vmlinuz-{r}"),
+                format!("usr/lib/modules/{r}/vmlinuz"),
             ],
             "vmlinuz",
         )?,
         config: find(
             &[
                 format!("boot/config-{r}"),
-                format!("usr/lib/linux/config-{r}"),
+                format!("usr/lib/modules/{r}/config"),
             ],
             "config",
         )?,
