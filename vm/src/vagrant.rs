@@ -93,17 +93,45 @@ mod tests {
     #[test]
     fn rendering_matches_the_snapshot_and_validates() {
         let cat = Catalog::builtin();
-        let v = render(cat.get("6.1").unwrap(), "http://mirror.example/debian", Provider::Libvirt, "/lab/guest").unwrap();
-        let snap = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("snapshots/Vagrantfile-6.1-libvirt");
+        let v = render(
+            cat.get("6.1").unwrap(),
+            "http://mirror.example/debian",
+            Provider::Libvirt,
+            "/lab/guest",
+        )
+        .unwrap();
+        let snap = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("snapshots/Vagrantfile-6.1-libvirt");
         if std::env::var("UPDATE_SNAPSHOTS").is_ok_and(|v| v == "1") {
             std::fs::write(&snap, &v).unwrap();
         }
-        assert_eq!(v, std::fs::read_to_string(&snap).unwrap(), "rendering changed; UPDATE_SNAPSHOTS=1 to accept");
+        assert_eq!(
+            v,
+            std::fs::read_to_string(&snap).unwrap(),
+            "rendering changed; UPDATE_SNAPSHOTS=1 to accept"
+        );
+        // Validation checks that the synced folder exists: render against a real one.
         let dir = std::env::temp_dir().join(format!("sidecarless-vagrant-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(dir.join("guest")).unwrap();
+        let guest = dir.join("guest").display().to_string();
+        let v = render(
+            cat.get("6.1").unwrap(),
+            "http://mirror.example/debian",
+            Provider::Libvirt,
+            &guest,
+        )
+        .unwrap();
         std::fs::write(dir.join("Vagrantfile"), &v).unwrap();
-        match std::process::Command::new("vagrant").args(["validate", "--ignore-provider"]).current_dir(&dir).output() {
-            Ok(out) => assert!(out.status.success(), "vagrant validate: {}", String::from_utf8_lossy(&out.stdout)),
+        match std::process::Command::new("vagrant")
+            .args(["validate", "--ignore-provider"])
+            .current_dir(&dir)
+            .output()
+        {
+            Ok(out) => assert!(
+                out.status.success(),
+                "vagrant validate: {}",
+                String::from_utf8_lossy(&out.stdout)
+            ),
             Err(_) => eprintln!("SKIPPED vagrant validate: vagrant is not installed"),
         }
         let _ = std::fs::remove_dir_all(dir);
