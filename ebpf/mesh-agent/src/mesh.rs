@@ -5,10 +5,10 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{MapData, PerCpuArray, SockHash},
+    maps::{Array, MapData, PerCpuArray, SockHash},
     programs::{CgroupAttachMode, SkMsg, SockOps},
 };
-use mesh_common::{COUNTERS_MAP, Counter, SOCKETS_MAP, SockKey};
+use mesh_common::{COUNTERS_MAP, Counter, SIDECAR_MAP, SOCKETS_MAP, SockKey};
 use serde::Serialize;
 
 use crate::{MeshError, mounts, object};
@@ -128,7 +128,7 @@ impl Mesh {
             path: pin_dir.to_owned(),
             source,
         })?;
-        for name in [SOCKETS_MAP, COUNTERS_MAP] {
+        for name in [SOCKETS_MAP, COUNTERS_MAP, SIDECAR_MAP] {
             let path = pin_dir.join(name);
             let ebpf = mesh.ebpf.as_ref().expect("set above");
             map(ebpf, name)?
@@ -172,6 +172,26 @@ impl Mesh {
             out.set(c, per_cpu.iter().sum());
         }
         Ok(out)
+    }
+
+    /// Tells the datapath that pods run sidecar proxies whose transparent outbound listener is
+    /// `port` (0: no sidecars), so app <-> sidecar hops are redirected too.
+    pub fn set_sidecar_port(&mut self, port: u16) -> Result<(), MeshError> {
+        let ebpf = self.ebpf.as_mut().expect("running mesh");
+        let map = ebpf
+            .map_mut(SIDECAR_MAP)
+            .ok_or(MeshError::Missing { name: SIDECAR_MAP })?;
+        let mut array: Array<&mut MapData, u32> =
+            map.try_into().map_err(|source| MeshError::Map {
+                map: SIDECAR_MAP,
+                source,
+            })?;
+        array
+            .set(0, u32::from(port), 0)
+            .map_err(|source| MeshError::Map {
+                map: SIDECAR_MAP,
+                source,
+            })
     }
 
     /// Detaches the programs and removes the pins, reporting the first failure.

@@ -14,6 +14,9 @@ pub const AF_INET6: u32 = 10;
 pub const SOCKETS_MAP: &str = "SOCKETS";
 /// Name of the per-CPU array of [`Counter`]s.
 pub const COUNTERS_MAP: &str = "COUNTERS";
+/// Name of the one-slot array holding the sidecar outbound port (0: no sidecars), see
+/// [`SockKey::sidecar_alias`].
+pub const SIDECAR_MAP: &str = "SIDECAR";
 /// Capacity of the sockhash: established sockets the mesh can accelerate at once.
 pub const MAX_SOCKETS: u32 = 65_536;
 
@@ -35,6 +38,23 @@ pub struct SockKey {
 }
 
 impl SockKey {
+    // ANCHOR: sidecar_alias
+    /// With sidecars, iptables REDIRECTs an application's outbound connection to the proxy on
+    /// `127.0.0.1:<port>`; the application's socket still believes it talks to the real
+    /// destination, so the two ends of that loopback hop do not mirror each other. This is the
+    /// key the proxy's accepted socket sees for its peer: the application's local address and
+    /// port, and the proxy's listener.
+    pub const fn sidecar_alias(&self, port: u32) -> SockKey {
+        SockKey {
+            local_ip: self.local_ip,
+            remote_ip: [LOCALHOST_BE, 0, 0, 0],
+            local_port: self.local_port,
+            remote_port: port,
+            family: AF_INET,
+        }
+    }
+    // ANCHOR_END: sidecar_alias
+
     /// The key under which the *other* end of this connection is stored.
     pub const fn peer(&self) -> SockKey {
         SockKey {
@@ -78,6 +98,9 @@ impl SockKey {
         }
     }
 }
+
+/// 127.0.0.1 as the kernel stores it (network byte order) in a u32.
+pub const LOCALHOST_BE: u32 = u32::from_ne_bytes([127, 0, 0, 1]);
 
 /// `::ffff:a.b.c.d`, with the words in network byte order.
 const fn is_v4_mapped(ip: [u32; 4]) -> bool {

@@ -1,7 +1,7 @@
 //! Maps shared by the hooks. Their names come from `mesh-common`, so user space opens the same ones.
 use aya_ebpf::{
     macros::map,
-    maps::{PerCpuArray, SockHash},
+    maps::{Array, PerCpuArray, SockHash},
 };
 use mesh_common::{COUNTER_SLOTS, Counter, MAX_SOCKETS, SockKey};
 
@@ -14,7 +14,17 @@ pub static SOCKETS: SockHash<SockKey> = SockHash::with_max_entries(MAX_SOCKETS, 
 /// Per-CPU event counters, one slot per [`Counter`]; user space sums the CPUs.
 #[map(name = "COUNTERS")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
+
+/// Slot 0: the sidecar proxy's outbound port, 0 when pods have no sidecars. Set by the agent.
+#[map(name = "SIDECAR")]
+pub static SIDECAR: Array<u32> = Array::with_max_entries(1, 0);
 // ANCHOR_END: maps
+
+/// The sidecar outbound port, or 0.
+#[inline(always)]
+pub fn sidecar_port() -> u32 {
+    SIDECAR.get(0).copied().unwrap_or(0)
+}
 
 /// Adds one to a counter on this CPU. Per-CPU slots need no atomics: a BPF program runs with
 /// migration disabled, and each CPU writes only its own copy.

@@ -17,7 +17,7 @@ use aya_ebpf::{
 };
 use mesh_common::{AF_INET, AF_INET6, Counter, SockKey};
 
-use crate::maps::{SOCKETS, bump};
+use crate::maps::{SOCKETS, bump, sidecar_port};
 
 // ANCHOR: entry
 #[sk_msg]
@@ -40,7 +40,15 @@ fn try_mesh_redirect(ctx: &SkMsgContext) -> Result<u32, u32> {
     // On a hit the helper records the peer as the target and returns SK_PASS; returning SK_PASS
     // then means "deliver to the target". On a miss it returns SK_DROP and records nothing: we
     // still return SK_PASS, so the message simply goes out through TCP/IP.
-    let ret = SOCKETS.redirect_msg(ctx, &mut peer, BPF_F_INGRESS.into());
+    let mut ret = SOCKETS.redirect_msg(ctx, &mut peer, BPF_F_INGRESS.into());
+    // With sidecars, an application's outbound message belongs to its proxy, which accepted the
+    // REDIRECTed connection on 127.0.0.1:<port>: try the proxy's socket.
+    let port = sidecar_port();
+    if ret != sk_action::SK_PASS.into() && port != 0 && family == AF_INET {
+        let me = peer.peer();
+        let mut proxy = me.sidecar_alias(port).peer();
+        ret = SOCKETS.redirect_msg(ctx, &mut proxy, BPF_F_INGRESS.into());
+    }
     if ret == sk_action::SK_PASS.into() {
         bump(Counter::MsgRedirected);
     } else {

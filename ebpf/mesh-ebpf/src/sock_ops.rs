@@ -6,6 +6,8 @@
 //!   (accept side), for IPv4 and IPv6.
 //! - Minimum kernel: 4.13 for sock_ops, 4.18 for sockhash and `bpf_sock_hash_update`.
 //! - Kernel config: `CONFIG_BPF_SYSCALL`, `CONFIG_CGROUP_BPF`, `CONFIG_BPF_STREAM_PARSER`.
+//! - With sidecars (`SIDECAR` map set), outbound sockets are also filed under the key their
+//!   proxy looks up, so the app <-> sidecar loopback hop can be redirected too.
 //! - Book: `book/src/hooks/sock_ops.md`.
 use aya_ebpf::{
     bindings::{
@@ -16,7 +18,7 @@ use aya_ebpf::{
 };
 use mesh_common::{AF_INET, AF_INET6, Counter, SockKey};
 
-use crate::maps::{SOCKETS, bump};
+use crate::maps::{SOCKETS, bump, sidecar_port};
 
 // ANCHOR: entry
 #[sock_ops]
@@ -40,9 +42,20 @@ fn try_mesh_sockops(ctx: &SockOpsContext) -> Result<(), ()> {
     let mut key = sock_key(ctx, family);
     // SAFETY: ctx.ops is the live bpf_sock_ops the kernel handed us.
     let ops = unsafe { &mut *ctx.ops };
-    match SOCKETS.update(&mut key, ops, BPF_NOEXIST.into()) {
+    match SOCKETS.update(&mut key, &mut *ops, BPF_NOEXIST.into()) {
         Ok(()) => bump(Counter::SocketsInserted),
         Err(_) => bump(Counter::InsertFailed),
+    }
+    // With sidecars, an application's outbound socket is also filed under the key its proxy
+    // will look for (see SockKey::sidecar_alias), so the app <-> proxy hop can be redirected.
+    let port = sidecar_port();
+    if port != 0
+        && op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB
+        && key.family == AF_INET
+        && key.remote_port != port
+    {
+        let mut alias = key.sidecar_alias(port);
+        let _ = SOCKETS.update(&mut alias, ops, BPF_NOEXIST.into());
     }
     Ok(())
 }

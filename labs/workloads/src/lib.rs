@@ -1,6 +1,7 @@
 //! What lab pods run. Each workload is a subcommand of [`Workload`], so the same code runs as the
 //! standalone `workload` binary, inside `lab-runner` (re-executed into a pod), or in a VM.
 pub mod echo;
+pub mod proxy;
 pub mod rr;
 
 use clap::Subcommand;
@@ -14,6 +15,8 @@ pub enum Workload {
     Rr(rr::ClientArgs),
     /// Byte-stream echo server.
     Echo(echo::Args),
+    /// L4 sidecar proxy (tokio): transparent outbound/inbound listeners or fixed routes.
+    Proxy(proxy::Args),
 }
 
 impl Workload {
@@ -31,6 +34,7 @@ impl Workload {
                 Ok(())
             }
             Workload::Echo(a) => echo::serve(&a),
+            Workload::Proxy(a) => proxy::serve(&a),
         }
     }
 }

@@ -83,7 +83,14 @@ pub struct RrReport {
     pub elapsed_s: f64,
     pub round_trips_per_s: f64,
     pub latency_us: Latency,
+    /// The percentile curve: `[percentile, microseconds]` at [`CURVE_PERCENTILES`].
+    pub curve: Vec<[f64; 2]>,
 }
+
+/// Where the percentile curve is sampled (for charts).
+pub const CURVE_PERCENTILES: [f64; 14] = [
+    0.0, 10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 98.0, 99.0, 99.5, 99.9, 99.95, 99.99, 100.0,
+];
 
 impl fmt::Display for RrReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -224,6 +231,10 @@ fn report(args: &ClientArgs, h: &Histogram<u64>, elapsed_s: f64) -> RrReport {
             max: us(h.max()),
             mean: h.mean() / 1000.0,
         },
+        curve: CURVE_PERCENTILES
+            .iter()
+            .map(|p| [*p, us(h.value_at_quantile(p / 100.0))])
+            .collect(),
     }
 }
 
