@@ -22,16 +22,23 @@ fn help_lists_commands_and_exit_codes() {
 }
 
 #[test]
-fn list_names_the_sockmap_scenario() {
+fn list_names_the_shipped_scenarios() {
     lab_runner()
         .arg("list")
         .assert()
         .success()
-        .stdout(predicate::str::starts_with("sockmap"));
+        .stdout(predicate::str::contains("sockmap "))
+        .stdout(predicate::str::contains("sidecar-baseline "));
     let out = lab_runner().args(["list", "--json"]).output().unwrap();
     assert!(out.status.success());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v[0]["name"], "sockmap");
+    let names: Vec<_> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["sidecar-baseline", "sockmap"]);
 }
 
 #[test]
@@ -41,7 +48,7 @@ fn unknown_scenario_is_a_usage_error_naming_the_known_ones() {
         .assert()
         .code(2)
         .stderr(predicate::str::contains("unknown scenario \"sockmapp\""))
-        .stderr(predicate::str::contains("known: sockmap"));
+        .stderr(predicate::str::contains("known: sidecar-baseline, sockmap"));
 }
 
 #[test]
@@ -70,6 +77,68 @@ fn bad_arguments_are_refused_with_the_reason() {
             "unknown kernel \"4.19\" (known: 5.10, 6.1, 6.12, 7.2)",
         ));
     lab_runner().args(["exec"]).assert().code(2);
+}
+
+/// A scenario file in a temp folder, for the error tests.
+fn scenario_file(tag: &str, text: &str) -> std::path::PathBuf {
+    let p = std::env::temp_dir().join(format!("slab-cli-{}-{tag}.toml", std::process::id()));
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+const GOOD: &str = r#"name = "t"
+summary = "s"
+[[pods]]
+name = "a"
+[[pods]]
+name = "b"
+workload = { kind = "rr-server", port = 7000 }
+
+[[steps]]
+do = "bench"
+name = "direct"
+from = "a"
+to = "b"
+port = 7000
+"#;
+
+#[test]
+fn scenario_file_errors_name_file_line_and_what_was_expected() {
+    let cases = [
+        (
+            "typo",
+            GOOD.replace("from = ", "form = "),
+            ":12: unknown field `form`, expected one of `name`, `from`",
+        ),
+        (
+            "type",
+            GOOD.replace("port = 7000\n", "port = \"http\"\n"),
+            ":14: invalid type: string \"http\", expected u16",
+        ),
+        (
+            "step",
+            GOOD.replace("do = \"bench\"", "do = \"benchmark\""),
+            ":10: unknown variant `benchmark`, expected one of `explain`, `bench`",
+        ),
+    ];
+    for (tag, text, want) in cases {
+        let path = scenario_file(tag, &text);
+        let out = lab_runner()
+            .arg("scenario")
+            .arg(&path)
+            .args(["--backend", "host"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{tag}: {err}");
+        assert_eq!(err.lines().count(), 1, "{tag}: one clear error, got {err}");
+        assert!(
+            err.contains(&format!("{}{want}", path.display())),
+            "{tag}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{tag}: {err}");
+        std::fs::remove_file(path).unwrap();
+    }
 }
 
 #[test]

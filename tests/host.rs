@@ -137,27 +137,64 @@ fn sockmap_redirects_and_leaves_nothing_behind() {
         String::from_utf8_lossy(&out.stdout)
     );
     let v: Value = serde_json::from_slice(&out.stdout).expect("one JSON object on stdout");
-    assert_eq!(v["passed"], true);
-    let r = &v["report"];
+    assert_eq!(v["passed"], true, "{}", v["failures"]);
+    let r = &v["report"]["results"];
+    let get = |run: &str, key: &str| {
+        r[run][key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no {run}.{key} in {r}"))
+    };
+    // All four data paths ran, in one lab.
+    for run in ["direct", "sidecars", "sidecars+sockmap", "sockmap"] {
+        assert!(get(run, "p50") > 0.0, "{run}");
+    }
     // The kernel redirected messages: 20,000 round trips = 40,000 messages, plus the warm-up.
-    let redirected = r["sockmap"]["mesh"]["msg_redirected"].as_u64().unwrap();
-    assert!(redirected >= 40_000, "redirected {redirected}");
-    assert!(r["ipv6"]["mesh"]["msg_redirected"].as_u64().unwrap() > 0);
-    assert!(r["sockmap"]["mesh"]["sockets_inserted"].as_u64().unwrap() >= 2);
+    assert!(get("sockmap", "msg_redirected") >= 40_000.0);
+    assert!(get("sockmap-ipv6", "msg_redirected") > 0.0);
+    // With sidecars, the four app <-> proxy hops of each round trip were redirected.
+    assert!(get("sidecars+sockmap", "msg_redirected") >= 80_000.0);
+    assert_eq!(get("direct", "msg_redirected"), 0.0);
+    assert_eq!(get("sidecars", "proxies"), 2.0);
     // Without the mesh every message is a packet on both pods' interfaces; with it, almost none.
-    let plain = r["plain"]["packets"].as_u64().unwrap();
-    let mesh = r["sockmap"]["packets"].as_u64().unwrap();
+    let (plain, mesh) = (get("direct", "packets"), get("sockmap", "packets"));
     assert!(
-        plain >= 80_000,
-        "plain run put only {plain} packets on the wire"
+        plain >= 80_000.0,
+        "direct run put only {plain} packets on the wire"
     );
     assert!(
-        mesh * 100 <= plain,
-        "mesh run: {mesh} packets vs {plain} plain"
+        mesh * 100.0 <= plain,
+        "mesh run: {mesh} packets vs {plain} direct"
     );
-    assert_eq!(r["plain"]["mesh"]["msg_redirected"], 0);
-    let lab = r["lab"].as_str().unwrap();
+    let lab = v["report"]["lab"].as_str().unwrap();
     assert_eq!(remains_of(lab), Vec::<String>::new());
+}
+
+/// A scenario that turns the mesh on and then runs a long benchmark, to interrupt.
+fn long_mesh_scenario() -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("slab-long-{}.toml", std::process::id()));
+    fs::write(
+        &path,
+        r#"name = "long-mesh"
+summary = "mesh on, then a long benchmark"
+[[pods]]
+name = "client"
+[[pods]]
+name = "server"
+workload = { kind = "rr-server", port = 7000 }
+[[steps]]
+do = "mesh"
+state = "on"
+[[steps]]
+do = "bench"
+name = "long"
+from = "client"
+to = "server"
+port = 7000
+round_trips = 3000000
+"#,
+    )
+    .unwrap();
+    path
 }
 
 #[test]
@@ -167,21 +204,16 @@ fn sigint_during_the_mesh_run_tears_everything_down() {
         return;
     }
     let mut child = Command::new(bin())
-        .args([
-            "scenario",
-            "sockmap",
-            "--backend",
-            "host",
-            "--round-trips",
-            "300000",
-        ])
+        .arg("scenario")
+        .arg(long_mesh_scenario())
+        .args(["--backend", "host"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let lab = format!("{}-0", child.id());
     // Interrupt while the programs are attached, the maps pinned and rr is running.
-    wait_for_line(&mut child, "== sockmap", Duration::from_secs(120));
+    wait_for_line(&mut child, "== 2. long", Duration::from_secs(120));
     thread::sleep(Duration::from_millis(300));
     let pins = format!("/sys/fs/bpf/sidecarless-lab/{lab}/SOCKETS");
     assert!(
@@ -202,20 +234,15 @@ fn clean_removes_what_a_killed_lab_left() {
         return;
     }
     let mut child = Command::new(bin())
-        .args([
-            "scenario",
-            "sockmap",
-            "--backend",
-            "host",
-            "--round-trips",
-            "300000",
-        ])
+        .arg("scenario")
+        .arg(long_mesh_scenario())
+        .args(["--backend", "host"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let lab = format!("{}-0", child.id());
-    wait_for_line(&mut child, "== sockmap", Duration::from_secs(120));
+    wait_for_line(&mut child, "== 2. long", Duration::from_secs(120));
     thread::sleep(Duration::from_millis(300));
     child.kill().unwrap(); // SIGKILL: no chance to clean up
     child.wait().unwrap();
@@ -254,4 +281,199 @@ fn clean_removes_what_a_killed_lab_left() {
         String::from_utf8_lossy(&out.stdout).trim(),
         "nothing to clean"
     );
+}
+
+#[test]
+fn sidecar_baseline_prints_ratios_and_proxy_memory_and_writes_reports() {
+    let _k = KERNEL.lock().unwrap_or_else(|p| p.into_inner());
+    if !root_or_skip("sidecar_baseline_prints_ratios_and_proxy_memory_and_writes_reports") {
+        return;
+    }
+    let results = std::env::temp_dir().join(format!("slab-results-{}", std::process::id()));
+    let out = Command::new(bin())
+        .args([
+            "scenario",
+            "sidecar-baseline",
+            "--backend",
+            "host",
+            "--round-trips",
+            "5000",
+            "--results",
+        ])
+        .arg(&results)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary = &stdout[stdout.find("== summary").expect("a summary")..];
+    // Rows for the three configurations, the per-proxy memory, the ratios, the extrapolation.
+    for row in [
+        "direct",
+        "sidecars",
+        "per-node",
+        "sidecars_vs_direct",
+        "per_node_vs_direct",
+        "fleet_proxy_gb",
+    ] {
+        assert!(
+            summary.lines().any(|l| l.trim_start().starts_with(row)),
+            "no {row} row in:\n{summary}"
+        );
+    }
+    let sidecars = summary
+        .lines()
+        .find(|l| l.trim_start().starts_with("sidecars "))
+        .unwrap();
+    assert!(
+        sidecars.contains("KiB"),
+        "per-proxy RSS missing: {sidecars}"
+    );
+    // The result files.
+    let dir = fs::read_dir(results.join("sidecar-baseline"))
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path();
+    let md = fs::read_to_string(dir.join("report.md")).unwrap();
+    assert!(md.contains("| sidecars | sidecars per pod |"), "{md}");
+    assert!(md.contains("![latency percentiles](latency.svg)"));
+    let svg = fs::read_to_string(dir.join("latency.svg")).unwrap();
+    assert_eq!(svg.matches("<polyline").count(), 3);
+    let outcome: Value =
+        serde_json::from_str(&fs::read_to_string(dir.join("outcome.json")).unwrap()).unwrap();
+    assert!(
+        outcome["report"]["results"]["sidecars"]["proxy_rss_kb"]
+            .as_f64()
+            .unwrap()
+            > 100.0
+    );
+    fs::remove_dir_all(results).unwrap();
+    assert_eq!(
+        remains_of(outcome["report"]["lab"].as_str().unwrap()),
+        Vec::<String>::new()
+    );
+}
+
+/// A pseudo-terminal whose output is collected in the background.
+struct Pty {
+    master: fs::File,
+    seen: std::sync::Arc<Mutex<String>>,
+}
+
+impl Pty {
+    fn spawn(cmd: &mut Command) -> (Pty, std::process::Child) {
+        use std::os::fd::{FromRawFd, OwnedFd};
+        let (mut m, mut s) = (0, 0);
+        // SAFETY: openpty fills two fds we then own.
+        assert_eq!(
+            unsafe {
+                libc::openpty(
+                    &mut m,
+                    &mut s,
+                    std::ptr::null_mut(),
+                    std::ptr::null(),
+                    std::ptr::null(),
+                )
+            },
+            0
+        );
+        // SAFETY: fresh fds from openpty.
+        let (master, slave) = unsafe { (fs::File::from_raw_fd(m), OwnedFd::from_raw_fd(s)) };
+        let child = cmd
+            .stdin(Stdio::from(slave.try_clone().unwrap()))
+            .stdout(Stdio::from(slave.try_clone().unwrap()))
+            .stderr(Stdio::from(slave))
+            .spawn()
+            .unwrap();
+        let seen = std::sync::Arc::new(Mutex::new(String::new()));
+        let (mut r, sink) = (master.try_clone().unwrap(), seen.clone());
+        thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = std::io::Read::read(&mut r, &mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        (Pty { master, seen }, child)
+    }
+
+    fn text(&self) -> String {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// Waits until the output holds `n` occurrences of `needle`.
+    fn wait_count(&self, needle: &str, n: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.text().matches(needle).count() < n {
+            assert!(
+                Instant::now() < deadline,
+                "waited for {n} x {needle:?}; got:\n{}",
+                self.text()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn send(&mut self, keys: &str) {
+        std::io::Write::write_all(&mut self.master, keys.as_bytes()).unwrap();
+    }
+}
+
+#[test]
+fn guided_mode_pauses_after_each_step_until_a_key_is_pressed() {
+    let _k = KERNEL.lock().unwrap_or_else(|p| p.into_inner());
+    if !root_or_skip("guided_mode_pauses_after_each_step_until_a_key_is_pressed") {
+        return;
+    }
+    const PROMPT: &str = "-- Enter: next step, q: stop here --";
+    let mut cmd = Command::new(bin());
+    cmd.args([
+        "scenario",
+        "sockmap",
+        "--backend",
+        "host",
+        "--step",
+        "--round-trips",
+        "500",
+    ]);
+    let (mut pty, mut child) = Pty::spawn(&mut cmd);
+    // Step 1 ran, with its explanation rendered in full and the commands to try.
+    pty.wait_count(PROMPT, 1, Duration::from_secs(60));
+    let first = pty.text();
+    assert!(
+        first.contains("1. direct") && first.contains("try: ip -n"),
+        "{first}"
+    );
+    // It really waits: no second step without a key.
+    thread::sleep(Duration::from_millis(1500));
+    assert!(
+        !pty.text().contains("== 2."),
+        "went on without a key:\n{}",
+        pty.text()
+    );
+    pty.send("\n");
+    pty.wait_count(PROMPT, 2, Duration::from_secs(60));
+    assert!(pty.text().contains("== 2. sidecars per pod"));
+    pty.send("\n");
+    pty.wait_count(PROMPT, 3, Duration::from_secs(60));
+    // q stops the scenario: interrupted, lab torn down.
+    pty.send("q\n");
+    let status = wait_exit(&mut child, Duration::from_secs(60));
+    assert_eq!(status.code(), Some(130), "{}", pty.text());
+    let lab = pty
+        .text()
+        .lines()
+        .find_map(|l| l.strip_prefix("lab ").map(|s| s.trim().to_owned()))
+        .unwrap();
+    assert_eq!(remains_of(&lab), Vec::<String>::new());
 }

@@ -253,7 +253,7 @@ fn a_vm_killed_mid_scenario_is_reported_and_cleaned_up() {
         .unwrap();
     let stdout = BufReader::new(child.stdout.take().unwrap());
     for line in stdout.lines().map_while(Result::ok) {
-        if line.contains("== plain-tcp") {
+        if line.contains("== 1. direct") {
             break;
         }
     }
@@ -358,7 +358,7 @@ fn matrix_writes_the_table_with_boot_times() {
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let md = fs::read_to_string(out_dir.join("matrix.md")).unwrap();
-    assert!(md.contains("| sockmap | pass ("), "{md}");
+    assert!(md.contains("| sidecar-baseline | pass ("), "{md}");
     assert!(md.contains("(tcg, 2 boots)"), "{md}");
     let rows: Value =
         serde_json::from_str(&fs::read_to_string(out_dir.join("matrix.json")).unwrap()).unwrap();

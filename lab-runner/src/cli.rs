@@ -95,8 +95,14 @@ pub struct VmArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct ScenarioArgs {
-    /// Scenario name (see `lab-runner list`).
+    /// Scenario name (see `lab-runner list`), or the path of a scenario file.
     pub name: String,
+    /// Guided mode: pause after each step with its explanation and commands to try.
+    #[arg(long)]
+    pub step: bool,
+    /// Where to write outcome.json, report.md and latency.svg (in <scenario>/<time>/).
+    #[arg(long, default_value = "results")]
+    pub results: PathBuf,
     /// Where to run it: a VM (booted for the run unless one is up), or this machine's kernel.
     #[arg(long, value_enum, default_value_t = Backend::Qemu)]
     pub backend: Backend,

@@ -2,6 +2,7 @@
 mod cli;
 mod commands;
 mod exit;
+mod report;
 mod ui;
 mod vmprep;
 

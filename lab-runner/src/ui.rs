@@ -1,7 +1,9 @@
 //! Rendering: the terminal view of a scenario's events, and error reporting. The engine never
 //! prints; everything the user sees is drawn here.
+use std::io::Write as _;
+
 use indicatif::{ProgressBar, ProgressStyle};
-use lab_node::{Event, LabError, scenario::Outcome};
+use lab_node::{Event, LabError, process::Cancel, scenario::Outcome};
 use lab_vm::{VmError, fetch::FetchEvent};
 
 use crate::exit;
@@ -81,17 +83,21 @@ struct Figure {
     unit: String,
 }
 
-/// The step-by-step view (or, with `--json`, silence until the outcome).
+/// The step-by-step view (or, with `--json`, silence until the outcome). In guided mode
+/// (`--step`) explanations are rendered in full and the view waits for the reader after each
+/// step.
 pub struct View {
     json: bool,
+    guided: bool,
     /// Metrics per step, in the order they came: the summary table.
     table: Vec<(String, Vec<Figure>)>,
 }
 
 impl View {
-    pub fn new(json: bool) -> View {
+    pub fn new(json: bool, guided: bool) -> View {
         View {
             json,
+            guided,
             table: Vec::new(),
         }
     }
@@ -102,7 +108,8 @@ impl View {
         }
     }
 
-    pub fn event(&mut self, e: &Event) {
+    /// Draws one event. Returns true when the engine paused and may now go on.
+    pub fn event(&mut self, e: &Event, cancel: &Cancel) -> bool {
         if let Event::Metric {
             step,
             name,
@@ -121,7 +128,7 @@ impl View {
             }
         }
         if self.json {
-            return;
+            return matches!(e, Event::Paused { .. });
         }
         match e {
             Event::LabUp { id, pods } => {
@@ -135,8 +142,12 @@ impl View {
             }
             Event::StepStarted { step, explain } => {
                 println!("\n== {step}");
-                for line in wrap(explain, 96) {
-                    println!("   {line}");
+                if self.guided {
+                    termimad::MadSkin::default().print_text(explain);
+                } else {
+                    for line in wrap(&compact(explain), 96) {
+                        println!("   {line}");
+                    }
                 }
             }
             Event::Output { line, .. } => println!("   {line}"),
@@ -147,7 +158,21 @@ impl View {
             Event::StepFailed { step, reason } => println!("   FAILED: {step}: {reason}"),
             Event::StepSkipped { step, reason } => println!("   skipped: {step}: {reason}"),
             Event::Cleaned { what } => println!("removed {what}"),
+            Event::Paused { try_, .. } => {
+                for t in try_ {
+                    println!("   try: {t}");
+                }
+                print!("-- Enter: next step, q: stop here -- ");
+                let _ = std::io::stdout().flush();
+                let mut line = String::new();
+                let _ = std::io::stdin().read_line(&mut line);
+                if line.trim() == "q" {
+                    cancel.cancel();
+                }
+                return true;
+            }
         }
+        false
     }
 
     pub fn outcome(&self, o: &Outcome) {
@@ -162,7 +187,11 @@ impl View {
             "\n== summary: scenario {} on kernel {}",
             o.scenario, o.kernel
         );
-        // Steps that measured a run (they have a p50) form the table; the rest (ratios) follow.
+        if let Some(reason) = &o.skipped {
+            println!("\nSKIPPED: {reason}");
+            return;
+        }
+        // Steps that measured a run (they have a p50) form the table; the rest follow.
         let (runs, others): (Vec<_>, Vec<_>) = self
             .table
             .iter()
@@ -173,17 +202,17 @@ impl View {
                 columns.push(&f.name);
             }
         }
-        print!("   {:<10}", "");
+        print!("   {:<18}", "");
         for c in &columns {
-            print!(" {c:>16}");
+            print!(" {c:>15}");
         }
         println!();
         for (step, row) in &runs {
-            print!("   {step:<10}");
+            print!("   {:<18}", short(step));
             for c in &columns {
                 match row.iter().find(|f| f.name == *c) {
-                    Some(f) => print!(" {:>16}", figure(f.value, &f.unit)),
-                    None => print!(" {:>16}", "-"),
+                    Some(f) => print!(" {:>15}", figure(f.value, &f.unit)),
+                    None => print!(" {:>15}", "-"),
                 }
             }
             println!();
@@ -202,10 +231,32 @@ impl View {
     }
 }
 
+/// `3. sidecars` -> `sidecars`.
+fn short(step: &str) -> &str {
+    step.split_once(". ").map_or(step, |(n, rest)| {
+        if n.chars().all(|c| c.is_ascii_digit()) {
+            rest
+        } else {
+            step
+        }
+    })
+}
+
+/// The first paragraph of a Markdown explanation, without emphasis marks.
+fn compact(md: &str) -> String {
+    md.trim()
+        .split("\n\n")
+        .next()
+        .unwrap_or_default()
+        .replace("**", "")
+        .replace('`', "")
+}
+
 fn figure(v: f64, unit: &str) -> String {
     match unit {
         "" => format!("{v:.0}"),
         "x" => format!("{v:.2}x"),
+        "GB" => format!("{v:.1} GB"),
         "%" => format!("{v:.3}%"),
         u => format!("{v:.1} {u}"),
     }
@@ -230,6 +281,13 @@ fn wrap(text: &str, width: usize) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn compacts_markdown_to_its_first_paragraph() {
+        assert_eq!(compact("**Direct**: `a` b.\n\nMore."), "Direct: a b.");
+        assert_eq!(short("3. sidecars"), "sidecars");
+        assert_eq!(short("sidecars+sockmap"), "sidecars+sockmap");
+    }
 
     #[test]
     fn wraps_at_word_boundaries() {

@@ -77,16 +77,17 @@ impl Channel {
             .map_err(|_| self.gone("while sending a request"))
     }
 
-    /// Sends `body` and returns its final reply, handing the others to `on_reply`. Fails if the
-    /// guest stays silent past `timeout`, if QEMU goes away, or (after asking the guest to stop
-    /// and letting it wind down) when `cancel` is set.
+    /// Sends `body` and returns its final reply, handing the others to `on_reply` (which may
+    /// answer with a request of its own for the same id, such as `continue`). Fails if the guest
+    /// stays silent past `timeout`, if QEMU goes away, or (after asking the guest to stop and
+    /// letting it wind down) when `cancel` is set.
     pub fn request(
         &mut self,
         body: RequestBody,
         timeout: Duration,
         during: &str,
         cancel: Option<&Cancel>,
-        mut on_reply: impl FnMut(&ReplyBody),
+        mut on_reply: impl FnMut(&ReplyBody) -> Option<RequestBody>,
     ) -> Result<ReplyBody, VmError> {
         let id = self.next_id;
         self.next_id += 1;
@@ -114,7 +115,11 @@ impl Channel {
                         }
                         return Ok(reply.body);
                     }
-                    on_reply(&reply.body);
+                    if let Some(answer) = on_reply(&reply.body) {
+                        self.send(id, answer)?;
+                        // Time spent waiting for the user does not count against the guest.
+                        deadline = Instant::now() + timeout;
+                    }
                 }
                 Ok(_) => {}
                 Err(e)

@@ -5,7 +5,8 @@
 //! | `/init` | lab-node (static musl): PID 1 and the guest agent |
 //! | `/bin/workload`, `/bin/mesh-agent` | the workloads and the standalone agent (static musl) |
 //! | `/bin/busybox` + applet links | a shell and the usual tools |
-//! | `/usr/sbin/{ip,tc,bpftool}` | the host's iproute2 and bpftool, with their shared libraries |
+//! | `/usr/sbin/{ip,tc,bpftool,iptables}` | the host's iproute2, bpftool and iptables-nft, with their shared libraries and iptables' extensions |
+//! | `/boot/config-<release>` | the kernel config, for `[requires] config` |
 //! | `/lib/modules/<release>/…` | the lab's modules, decompressed, and `load.list` in load order |
 use std::{
     collections::BTreeMap,
@@ -25,8 +26,13 @@ use crate::{
 
 /// Static binaries built for x86_64-unknown-linux-musl that the image needs.
 pub const GUEST_BINARIES: &[&str] = &["lab-node", "workload", "mesh-agent"];
-/// Host tools copied in with their libraries, so `ip`, `tc` and `bpftool` work in the shell.
-pub const HOST_TOOLS: &[&str] = &["ip", "tc", "bpftool"];
+/// Host tools copied in with their libraries, so `ip`, `tc`, `bpftool` and `iptables` (the
+/// nft flavour, one multi-call binary) work in the guest.
+pub const HOST_TOOLS: &[&str] = &["ip", "tc", "bpftool", "xtables-nft-multi"];
+/// Names under which the multi-call xtables binary answers.
+const XTABLES_NAMES: &[&str] = &["iptables", "ip6tables", "iptables-nft", "ip6tables-nft"];
+/// iptables' extensions (matches, targets), loaded with dlopen, so invisible to ldd.
+const XTABLES_PLUGINS: &str = "/usr/lib/x86_64-linux-gnu/xtables";
 
 const PROFILE: &str =
     "export PATH=/usr/sbin:/usr/bin:/sbin:/bin\nalias ip=/usr/sbin/ip tc=/usr/sbin/tc\n";
@@ -168,7 +174,11 @@ pub fn build(inputs: &Inputs, cache: &Path) -> Result<Image, VmError> {
     })?;
     t.file("bin/busybox", 0o755, read(&busybox)?);
     for applet in busybox_applets(&busybox)? {
-        if !HOST_TOOLS.contains(&applet.as_str()) && applet != "init" && applet != "busybox" {
+        if !HOST_TOOLS.contains(&applet.as_str())
+            && !XTABLES_NAMES.contains(&applet.as_str())
+            && applet != "init"
+            && applet != "busybox"
+        {
             t.symlink(&format!("bin/{applet}"), "/bin/busybox");
         }
     }
@@ -183,6 +193,22 @@ pub fn build(inputs: &Inputs, cache: &Path) -> Result<Image, VmError> {
             t.file(&lib.to_string_lossy(), 0o755, read(&lib)?);
         }
     }
+
+    for name in XTABLES_NAMES {
+        t.symlink(&format!("usr/sbin/{name}"), "xtables-nft-multi");
+    }
+    if let Ok(rd) = fs::read_dir(XTABLES_PLUGINS) {
+        for e in rd.flatten() {
+            let p = e.path();
+            t.file(&p.to_string_lossy(), 0o644, read(&p)?);
+        }
+    }
+    // The config, so scenarios can check `[requires] config` in the guest.
+    t.file(
+        &format!("boot/config-{}", inputs.kernel.release),
+        0o644,
+        read(&inputs.kernel.config)?,
+    );
 
     let base = format!("lib/modules/{}", inputs.kernel.release);
     let mut list = String::new();

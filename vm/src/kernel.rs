@@ -11,13 +11,21 @@ use std::{
 use crate::{VmError, catalog::Kernel};
 
 /// Modules the lab loads when they are not built in: the control channel and console
-/// (virtio_pci, virtio_console), pods (veth, bridge), loss injection (sch_netem).
+/// (virtio_pci, virtio_console), pods (veth, bridge), loss injection (sch_netem), and what
+/// iptables-nft needs for sidecar capture (nat REDIRECT and DNAT, the owner match).
 pub const LAB_MODULES: &[&str] = &[
     "virtio_pci",
     "virtio_console",
     "veth",
     "bridge",
     "sch_netem",
+    "nf_tables",
+    "nft_compat",
+    "nft_chain_nat",
+    "xt_nat",
+    "xt_REDIRECT",
+    "xt_owner",
+    "xt_tcpudp",
 ];
 
 /// The extracted kernel.

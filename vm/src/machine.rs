@@ -168,7 +168,7 @@ impl Machine {
                     o.boot_timeout(),
                     "while booting",
                     None,
-                    |_| {},
+                    |_| None,
                 )
             });
         match ready {
@@ -260,7 +260,7 @@ impl Machine {
                 Duration::from_secs(5),
                 "while powering off",
                 None,
-                |_| {},
+                |_| None,
             )
         });
         if let Ok(Err(VmError::VmGone { .. })) = answered {

@@ -8,6 +8,7 @@ mod error;
 mod mesh;
 pub mod mounts;
 pub mod object;
+pub mod probe;
 
 pub use error::MeshError;
 pub use mesh::{Counters, Mesh, PROGRAMS};

@@ -42,8 +42,9 @@ impl SockKey {
     /// With sidecars, iptables REDIRECTs an application's outbound connection to the proxy on
     /// `127.0.0.1:<port>`; the application's socket still believes it talks to the real
     /// destination, so the two ends of that loopback hop do not mirror each other. This is the
-    /// key the proxy's accepted socket sees for its peer: the application's local address and
-    /// port, and the proxy's listener.
+    /// proxy's peer as the proxy's accepted socket sees it: the application's local address and
+    /// port, connected to the proxy's listener. sock_ops maps it to the application's real key
+    /// (`SIDECAR_ALIASES`).
     pub const fn sidecar_alias(&self, port: u32) -> SockKey {
         SockKey {
             local_ip: self.local_ip,

@@ -1,7 +1,7 @@
 //! Maps shared by the hooks. Their names come from `mesh-common`, so user space opens the same ones.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, PerCpuArray, SockHash},
+    maps::{Array, LruHashMap, PerCpuArray, SockHash},
 };
 use mesh_common::{COUNTER_SLOTS, Counter, MAX_SOCKETS, SockKey};
 
@@ -14,6 +14,14 @@ pub static SOCKETS: SockHash<SockKey> = SockHash::with_max_entries(MAX_SOCKETS, 
 /// Per-CPU event counters, one slot per [`Counter`]; user space sums the CPUs.
 #[map(name = "COUNTERS")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
+
+/// With sidecars: the key a proxy sees for an application's outbound connection (see
+/// `SockKey::sidecar_alias`) -> the key the application's socket is stored under. A socket can
+/// sit in only one sk_msg-enabled map entry, so the alias is a pointer, not a second entry.
+/// LRU: entries of closed connections age out.
+#[map(name = "SIDECAR_ALIASES")]
+pub static SIDECAR_ALIASES: LruHashMap<SockKey, SockKey> =
+    LruHashMap::with_max_entries(MAX_SOCKETS, 0);
 
 /// Slot 0: the sidecar proxy's outbound port, 0 when pods have no sidecars. Set by the agent.
 #[map(name = "SIDECAR")]

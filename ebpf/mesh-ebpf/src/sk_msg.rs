@@ -17,7 +17,7 @@ use aya_ebpf::{
 };
 use mesh_common::{AF_INET, AF_INET6, Counter, SockKey};
 
-use crate::maps::{SOCKETS, bump, sidecar_port};
+use crate::maps::{SIDECAR_ALIASES, SOCKETS, bump, sidecar_port};
 
 // ANCHOR: entry
 #[sk_msg]
@@ -41,13 +41,20 @@ fn try_mesh_redirect(ctx: &SkMsgContext) -> Result<u32, u32> {
     // then means "deliver to the target". On a miss it returns SK_DROP and records nothing: we
     // still return SK_PASS, so the message simply goes out through TCP/IP.
     let mut ret = SOCKETS.redirect_msg(ctx, &mut peer, BPF_F_INGRESS.into());
-    // With sidecars, an application's outbound message belongs to its proxy, which accepted the
-    // REDIRECTed connection on 127.0.0.1:<port>: try the proxy's socket.
+    // With sidecars the loopback hop between an application and its proxy does not mirror
+    // (iptables rewrote the destination): try both ways across it.
     let port = sidecar_port();
-    if ret != sk_action::SK_PASS.into() && port != 0 && family == AF_INET {
-        let me = peer.peer();
-        let mut proxy = me.sidecar_alias(port).peer();
-        ret = SOCKETS.redirect_msg(ctx, &mut proxy, BPF_F_INGRESS.into());
+    if ret != sk_action::SK_PASS.into() && port != 0 {
+        // proxy -> app: our peer is filed as an alias of the application's real key.
+        // SAFETY: a plain lookup; the value is copied out at once.
+        if let Some(real) = unsafe { SIDECAR_ALIASES.get(&peer) } {
+            let mut real = *real;
+            ret = SOCKETS.redirect_msg(ctx, &mut real, BPF_F_INGRESS.into());
+        } else if family == AF_INET {
+            // app -> proxy: the proxy accepted the REDIRECTed connection on 127.0.0.1:<port>.
+            let mut proxy = peer.peer().sidecar_alias(port).peer();
+            ret = SOCKETS.redirect_msg(ctx, &mut proxy, BPF_F_INGRESS.into());
+        }
     }
     if ret == sk_action::SK_PASS.into() {
         bump(Counter::MsgRedirected);

@@ -18,7 +18,7 @@ use aya_ebpf::{
 };
 use mesh_common::{AF_INET, AF_INET6, Counter, SockKey};
 
-use crate::maps::{SOCKETS, bump, sidecar_port};
+use crate::maps::{SIDECAR_ALIASES, SOCKETS, bump, sidecar_port};
 
 // ANCHOR: entry
 #[sock_ops]
@@ -42,20 +42,19 @@ fn try_mesh_sockops(ctx: &SockOpsContext) -> Result<(), ()> {
     let mut key = sock_key(ctx, family);
     // SAFETY: ctx.ops is the live bpf_sock_ops the kernel handed us.
     let ops = unsafe { &mut *ctx.ops };
-    match SOCKETS.update(&mut key, &mut *ops, BPF_NOEXIST.into()) {
+    match SOCKETS.update(&mut key, ops, BPF_NOEXIST.into()) {
         Ok(()) => bump(Counter::SocketsInserted),
         Err(_) => bump(Counter::InsertFailed),
     }
-    // With sidecars, an application's outbound socket is also filed under the key its proxy
-    // will look for (see SockKey::sidecar_alias), so the app <-> proxy hop can be redirected.
+    // With sidecars, remember under which key the proxy will look for this application socket
+    // (see SockKey::sidecar_alias), so the proxy -> app hop can be redirected too.
     let port = sidecar_port();
     if port != 0
         && op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB
         && key.family == AF_INET
         && key.remote_port != port
     {
-        let mut alias = key.sidecar_alias(port);
-        let _ = SOCKETS.update(&mut alias, ops, BPF_NOEXIST.into());
+        let _ = SIDECAR_ALIASES.insert(&key.sidecar_alias(port), &key, 0);
     }
     Ok(())
 }

@@ -27,14 +27,17 @@ pub fn run(args: &ExecArgs) -> i32 {
             Duration::from_secs(args.timeout),
             &format!("running `{}`", args.command.join(" ")),
             Some(&cancel),
-            |reply| match reply {
-                ReplyBody::Stdout { data } => {
-                    let mut o = std::io::stdout().lock();
-                    let _ = o.write_all(data.as_bytes());
-                    let _ = o.flush();
+            |reply| {
+                match reply {
+                    ReplyBody::Stdout { data } => {
+                        let mut o = std::io::stdout().lock();
+                        let _ = o.write_all(data.as_bytes());
+                        let _ = o.flush();
+                    }
+                    ReplyBody::Stderr { data } => eprint!("{data}"),
+                    _ => {}
                 }
-                ReplyBody::Stderr { data } => eprint!("{data}"),
-                _ => {}
+                None
             },
         )
     });

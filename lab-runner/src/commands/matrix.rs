@@ -3,7 +3,7 @@
 //! time per kernel (median of `--boots` boots).
 use std::fs;
 
-use lab_node::scenario::{self, Options};
+use lab_node::scenario::{self, Options, Outcome};
 use lab_vm::{
     VmError,
     catalog::Catalog,
@@ -13,7 +13,10 @@ use serde::Serialize;
 
 use crate::{
     cli::{MatrixArgs, VmArgs},
-    commands::{scenario::run_on, signals},
+    commands::{
+        scenario::{Loaded, load, run_on},
+        signals,
+    },
     exit, ui, vmprep,
 };
 
@@ -55,21 +58,21 @@ pub fn run(args: &MatrixArgs) -> i32 {
             return ui::fail_vm(&e);
         }
     }
-    let scenarios: Vec<&'static scenario::ScenarioInfo> = if args.scenarios.is_empty() {
-        scenario::SCENARIOS.iter().collect()
+    let names: Vec<String> = if args.scenarios.is_empty() {
+        scenario::builtin()
+            .into_iter()
+            .map(|(_, s)| s.name)
+            .collect()
     } else {
-        let mut v = Vec::new();
-        for s in &args.scenarios {
-            match scenario::find(s) {
-                Some(i) => v.push(i),
-                None => {
-                    eprintln!("lab-runner: unknown scenario {s:?} (see `lab-runner list`)");
-                    return exit::USAGE;
-                }
-            }
-        }
-        v
+        args.scenarios.clone()
     };
+    let mut scenarios = Vec::new();
+    for n in &names {
+        match load(n) {
+            Ok(l) => scenarios.push(l),
+            Err(code) => return code,
+        }
+    }
     let cancel = match signals::watch() {
         Ok(c) => c,
         Err(code) => return code,
@@ -120,7 +123,7 @@ pub fn run(args: &MatrixArgs) -> i32 {
 fn kernel_row(
     kernel: &str,
     args: &MatrixArgs,
-    scenarios: &[&'static scenario::ScenarioInfo],
+    scenarios: &[Loaded],
     cancel: &lab_node::process::Cancel,
 ) -> Row {
     let mut row = Row {
@@ -135,7 +138,7 @@ fn kernel_row(
         row.cells = scenarios
             .iter()
             .map(|s| Cell {
-                scenario: s.name.into(),
+                scenario: s.scenario.name.clone(),
                 status: Status::Error,
                 detail: msg.clone(),
             })
@@ -194,36 +197,44 @@ fn kernel_row(
         row.boot_s.push(m.state.boot_s);
         if i == 0 {
             for s in scenarios {
-                let mut quiet = ui::View::new(true);
+                let mut quiet = ui::View::new(true, false);
                 let options = Options {
                     round_trips: args.round_trips,
                     ..Options::default()
                 };
-                let cell = match run_on(&mut m, s, options, cancel, &mut quiet) {
+                let cell = match run_on(&mut m, s, options, cancel, false, &mut quiet) {
+                    Ok(Outcome {
+                        skipped: Some(reason),
+                        ..
+                    }) => Cell {
+                        scenario: s.scenario.name.clone(),
+                        status: Status::Skip,
+                        detail: reason,
+                    },
                     Ok(o) if o.passed => Cell {
-                        scenario: s.name.into(),
+                        scenario: s.scenario.name.clone(),
                         status: Status::Pass,
                         detail: summary(&o.report),
                     },
                     Ok(o) => Cell {
-                        scenario: s.name.into(),
+                        scenario: s.scenario.name.clone(),
                         status: Status::Fail,
                         detail: o.failures.join("; "),
                     },
                     Err(e) if e.is_unmet() => Cell {
-                        scenario: s.name.into(),
+                        scenario: s.scenario.name.clone(),
                         status: Status::Skip,
                         detail: first_line(&e),
                     },
                     Err(e) => Cell {
-                        scenario: s.name.into(),
+                        scenario: s.scenario.name.clone(),
                         status: Status::Error,
                         detail: first_line(&e),
                     },
                 };
                 eprintln!(
                     "kernel {kernel}: {} {:?} {}",
-                    s.name, cell.status, cell.detail
+                    s.scenario.name, cell.status, cell.detail
                 );
                 row.cells.push(cell);
             }
@@ -234,15 +245,15 @@ fn kernel_row(
     row
 }
 
-/// A scenario's headline figures for its cell.
+/// A scenario's headline figures for its cell: its computed values.
 fn summary(report: &serde_json::Value) -> String {
-    match (
-        report["p50_ratio"].as_f64(),
-        report["packet_share"].as_f64(),
-    ) {
-        (Some(r), Some(p)) => format!("p50 {r:.2}x, packets {:.2}%", p * 100.0),
-        _ => String::new(),
-    }
+    report["results"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(name, keys)| Some(format!("{name} {:.2}", keys.get("value")?.as_f64()?)))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn first_line(e: &VmError) -> String {
@@ -260,7 +271,7 @@ fn median(v: &[f64]) -> Option<f64> {
     }
 }
 
-fn markdown(rows: &[Row], scenarios: &[&'static scenario::ScenarioInfo]) -> String {
+fn markdown(rows: &[Row], scenarios: &[Loaded]) -> String {
     let mut s = String::from("| | ");
     s.push_str(
         &rows
@@ -273,9 +284,9 @@ fn markdown(rows: &[Row], scenarios: &[&'static scenario::ScenarioInfo]) -> Stri
     s.push_str(&"---|".repeat(rows.len()));
     s.push('\n');
     for sc in scenarios {
-        s.push_str(&format!("| {} |", sc.name));
+        s.push_str(&format!("| {} |", sc.scenario.name));
         for r in rows {
-            let cell = r.cells.iter().find(|c| c.scenario == sc.name);
+            let cell = r.cells.iter().find(|c| c.scenario == sc.scenario.name);
             let text = match cell {
                 Some(Cell {
                     status: Status::Pass,
@@ -340,7 +351,7 @@ mod tests {
                 detail: "no | pipes".into(),
             }],
         }];
-        let md = markdown(&rows, &scenario::SCENARIOS.iter().collect::<Vec<_>>());
+        let md = markdown(&rows, &[load("sockmap").ok().unwrap()]);
         assert!(md.contains("| sockmap | skip: no \\| pipes |"), "{md}");
         assert!(md.contains("5.0 s (tcg, 3 boots)"), "{md}");
     }

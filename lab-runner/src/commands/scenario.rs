@@ -1,11 +1,13 @@
-//! `lab-runner scenario NAME`: runs a scenario in a VM (default) or on this machine's kernel,
-//! and renders its events.
+//! `lab-runner scenario NAME|FILE`: runs a scenario in a VM (default) or on this machine's
+//! kernel, renders its events, and writes the result files.
+use std::sync::mpsc;
+
 use lab_node::{
     clean,
     guest::protocol::{ReplyBody, RequestBody},
     preflight,
     process::Cancel,
-    scenario::{self, Options, Outcome, ScenarioInfo, WorkloadCmd},
+    scenario::{self, LoadError, Options, Outcome, Scenario, WorkloadCmd},
 };
 use lab_vm::{
     VmError,
@@ -15,82 +17,120 @@ use lab_vm::{
 use crate::{
     cli::{Backend, ScenarioArgs},
     commands::signals,
-    exit, ui, vmprep,
+    exit, report, ui, vmprep,
 };
 
+/// A loaded scenario: the file name for messages, its text (sent to a VM) and its parse.
+pub struct Loaded {
+    pub file: String,
+    pub text: String,
+    pub scenario: Scenario,
+}
+
+/// Loads by name or path; prints the error and returns the exit code otherwise.
+pub fn load(name: &str) -> Result<Loaded, i32> {
+    match scenario::load(name) {
+        Ok((file, text, scenario)) => Ok(Loaded {
+            file,
+            text,
+            scenario,
+        }),
+        Err(e @ LoadError::Unknown { .. }) => {
+            eprintln!("lab-runner: {e}");
+            Err(exit::USAGE)
+        }
+        Err(e) => {
+            eprintln!("lab-runner: {e}");
+            Err(exit::USAGE)
+        }
+    }
+}
+
 pub fn run(args: ScenarioArgs) -> i32 {
-    let Some(info) = scenario::find(&args.name) else {
-        let known: Vec<_> = scenario::SCENARIOS.iter().map(|s| s.name).collect();
-        eprintln!(
-            "lab-runner: unknown scenario {:?} (known: {}; see `lab-runner list`)",
-            args.name,
-            known.join(", ")
-        );
-        return exit::USAGE;
+    let loaded = match load(&args.name) {
+        Ok(l) => l,
+        Err(code) => return code,
     };
     let options = Options {
         round_trips: args.round_trips,
         size: args.size,
     };
-    match args.backend {
-        Backend::Host => on_host(&args, info, options),
-        Backend::Qemu => in_vm(&args, info, options),
-    }
-}
-
-fn finish(view: &ui::View, outcome: &Outcome) -> i32 {
-    view.outcome(outcome);
-    if outcome.passed {
-        exit::OK
-    } else {
-        exit::SCENARIO_FAILED
-    }
-}
-
-fn on_host(args: &ScenarioArgs, info: &'static ScenarioInfo, options: Options) -> i32 {
-    let host = match preflight::check() {
-        Ok(h) => h,
-        Err(e) => return ui::fail(&e),
+    let (result, backend) = match args.backend {
+        Backend::Host => (on_host(&args, &loaded, options), "host"),
+        Backend::Qemu => (in_vm(&args, &loaded, options), "qemu"),
     };
-    let mut view = ui::View::new(args.json);
-    // Labs whose owner was killed outright cannot clean up after themselves; do it for them.
-    for l in clean::leftovers() {
-        if clean::remove(&l).is_ok() {
-            view.note(&format!("removed {l} left by an earlier lab"));
-        }
-    }
-    let workload = match std::env::current_exe() {
-        Ok(program) => WorkloadCmd {
-            program,
-            prefix: vec!["workload".into()],
-        },
-        Err(e) => {
-            eprintln!("lab-runner: cannot find its own executable: {e}");
-            return exit::BACKEND;
-        }
-    };
-    let cancel = match signals::watch() {
-        Ok(c) => c,
+    let (outcome, view) = match result {
+        Ok(x) => x,
         Err(code) => return code,
     };
-    let result = scenario::execute(info, host, workload, options, cancel.clone(), |e| {
-        view.event(&e)
-    });
+    view.outcome(&outcome);
+    match report::write(&args.results, &outcome, backend) {
+        Ok(dir) => eprintln!("results: {}", dir.display()),
+        Err(e) => eprintln!(
+            "lab-runner: cannot write results under {}: {e}",
+            args.results.display()
+        ),
+    }
+    match (&outcome.skipped, outcome.passed) {
+        (Some(_), _) => exit::UNMET,
+        (None, true) => exit::OK,
+        (None, false) => exit::SCENARIO_FAILED,
+    }
+}
+
+/// Guided mode: a gate the engine waits on, opened by the UI after each pause.
+fn gate(step: bool) -> (Option<mpsc::Sender<()>>, Option<mpsc::Receiver<()>>) {
+    if step {
+        let (tx, rx) = mpsc::channel();
+        (Some(tx), Some(rx))
+    } else {
+        (None, None)
+    }
+}
+
+fn on_host(args: &ScenarioArgs, l: &Loaded, options: Options) -> Result<(Outcome, ui::View), i32> {
+    let host = preflight::check().map_err(|e| ui::fail(&e))?;
+    let mut view = ui::View::new(args.json, args.step);
+    // Labs whose owner was killed outright cannot clean up after themselves; do it for them.
+    for left in clean::leftovers() {
+        if clean::remove(&left).is_ok() {
+            view.note(&format!("removed {left} left by an earlier lab"));
+        }
+    }
+    let program = std::env::current_exe().map_err(|e| {
+        eprintln!("lab-runner: cannot find its own executable: {e}");
+        exit::BACKEND
+    })?;
+    let workload = WorkloadCmd {
+        program,
+        prefix: vec!["workload".into()],
+    };
+    let cancel = signals::watch()?;
+    let (go, gate_rx) = gate(args.step);
+    let result = scenario::execute(
+        l.scenario.clone(),
+        host,
+        workload,
+        options,
+        cancel.clone(),
+        gate_rx,
+        |e| {
+            if view.event(&e, &cancel)
+                && let Some(go) = &go
+            {
+                let _ = go.send(());
+            }
+        },
+    );
     if cancel.is_cancelled() {
         eprintln!("lab-runner: interrupted; the lab was torn down");
-        return exit::INTERRUPTED;
+        return Err(exit::INTERRUPTED);
     }
-    match result {
-        Ok(outcome) => finish(&view, &outcome),
-        Err(e) => ui::fail(&e),
-    }
+    result.map(|o| (o, view)).map_err(|e| ui::fail(&e))
 }
 
-fn in_vm(args: &ScenarioArgs, info: &'static ScenarioInfo, options: Options) -> i32 {
-    let cancel = match signals::watch() {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
+fn in_vm(args: &ScenarioArgs, l: &Loaded, options: Options) -> Result<(Outcome, ui::View), i32> {
+    let cancel = signals::watch()?;
     // Use the VM that is up, or boot one for this run (tied to this process, removed after).
     let (mut machine, owned) = match Machine::find(DEFAULT_NAME) {
         Ok(Some(m)) => {
@@ -101,62 +141,62 @@ fn in_vm(args: &ScenarioArgs, info: &'static ScenarioInfo, options: Options) -> 
                     "lab-runner: the VM that is up runs kernel {}, not {k}; `lab-runner down` first or drop --kernel",
                     m.state.kernel
                 );
-                return exit::USAGE;
+                return Err(exit::USAGE);
             }
             (m, false)
         }
         Ok(None) => match vmprep::boot(&format!("scenario-{}", std::process::id()), &args.vm, true)
         {
             Ok(m) => (m, true),
-            Err(e) => return ui::fail_vm(&e),
+            Err(e) => return Err(ui::fail_vm(&e)),
         },
-        Err(e) => return ui::fail_vm(&e),
+        Err(e) => return Err(ui::fail_vm(&e)),
     };
-    let mut view = ui::View::new(args.json);
-    let result = run_on(&mut machine, info, options, &cancel, &mut view);
+    let mut view = ui::View::new(args.json, args.step);
+    let result = run_on(&mut machine, l, options, &cancel, args.step, &mut view);
     if owned {
         let _ = machine.down();
     } else if !machine.alive() {
         machine.kill();
     }
     match result {
-        Ok(outcome) => finish(&view, &outcome),
+        Ok(outcome) => Ok((outcome, view)),
         Err(VmError::Cancelled) => {
             eprintln!(
                 "lab-runner: interrupted; the lab was torn down{}",
                 if owned { " and the VM stopped" } else { "" }
             );
-            exit::INTERRUPTED
+            Err(exit::INTERRUPTED)
         }
-        Err(e) => ui::fail_vm(&e),
+        Err(e) => Err(ui::fail_vm(&e)),
     }
 }
 
 /// Runs one scenario in a running VM, rendering its events as they stream in.
 pub fn run_on(
     m: &mut Machine,
-    info: &ScenarioInfo,
+    l: &Loaded,
     options: Options,
     cancel: &Cancel,
+    guided: bool,
     view: &mut ui::View,
 ) -> Result<Outcome, VmError> {
     let mut ch = m.channel()?;
     let timeout = vmprep::scenario_timeout(m.state.accel);
-    let during = format!("during scenario {} on kernel {}", info.name, m.state.kernel);
-    let reply = ch.request(
-        RequestBody::Scenario {
-            name: info.name.into(),
-            options,
-        },
-        timeout,
-        &during,
-        Some(cancel),
-        |r| {
-            if let ReplyBody::Event { event } = r {
-                view.event(event);
-            }
-        },
-    )?;
+    let during = format!(
+        "during scenario {} on kernel {}",
+        l.scenario.name, m.state.kernel
+    );
+    let request = RequestBody::Scenario {
+        file: l.file.clone(),
+        source: l.text.clone(),
+        options,
+        guided,
+    };
+    let reply = ch.request(request, timeout, &during, Some(cancel), |r| match r {
+        ReplyBody::Event { event } => view.event(event, cancel).then_some(RequestBody::Continue),
+        _ => None,
+    })?;
     match reply {
         ReplyBody::Outcome { outcome } => Ok(outcome),
         ReplyBody::Error { message, unmet } => Err(VmError::Guest { message, unmet }),

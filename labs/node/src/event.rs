@@ -41,6 +41,11 @@ pub enum Event {
         step: String,
         reason: String,
     },
+    /// Guided mode: the engine waits before the next step; `try_` lists commands to run now.
+    Paused {
+        step: String,
+        try_: Vec<String>,
+    },
     /// Something of an earlier lab was removed.
     Cleaned {
         what: String,

@@ -1,5 +1,6 @@
 //! A lab: pods on the running kernel, each a network namespace plus a cgroup, and the mesh.
 use std::{
+    collections::BTreeMap,
     fmt,
     fs::{self, File, OpenOptions},
     io,
@@ -96,12 +97,14 @@ impl fmt::Display for LabId {
 #[derive(Debug, Clone)]
 pub struct PodSpec {
     pub name: String,
+    pub labels: BTreeMap<String, String>,
 }
 
 impl PodSpec {
     pub fn new(name: &str) -> PodSpec {
         PodSpec {
             name: name.to_owned(),
+            labels: BTreeMap::new(),
         }
     }
 }
@@ -110,6 +113,8 @@ impl PodSpec {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Pod {
     pub name: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
     pub netns: String,
     pub cgroup: PathBuf,
     /// The pod's interface in its namespace.
@@ -124,6 +129,9 @@ pub struct Lab {
     id: LabId,
     cgroup: PathBuf,
     pods: Vec<Pod>,
+    /// The node itself, as a place to run things (a per-node proxy): the node namespace, its
+    /// own cgroup, and 10.77.0.1 on the bridge once something needs an address there.
+    node: Pod,
     /// Background processes (servers); reaped at teardown.
     children: Vec<Child>,
     mesh: Option<Mesh>,
@@ -135,15 +143,26 @@ impl Lab {
     /// A failure part-way removes what was already made.
     pub fn create(host: &Host, pods: &[PodSpec]) -> Result<Lab, LabError> {
         let id = LabId::new();
+        let cgroup = id.cgroup(&host.cgroup2);
         let mut lab = Lab {
             id,
-            cgroup: id.cgroup(&host.cgroup2),
+            node: Pod {
+                name: NODE.into(),
+                labels: BTreeMap::new(),
+                netns: id.netns(NODE),
+                cgroup: cgroup.join(NODE),
+                interface: BRIDGE.into(),
+                ipv4: Ipv4Addr::new(10, 77, 0, 1),
+                ipv6: Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, 1),
+            },
+            cgroup,
             pods: Vec::new(),
             children: Vec::new(),
             mesh: None,
             torn_down: false,
         };
         cgroup::create(&lab.cgroup)?;
+        cgroup::create(&lab.node.cgroup)?;
         let node = id.netns(NODE);
         netns::add(&node)?;
         netns::add_bridge(&node, BRIDGE)?;
@@ -156,6 +175,7 @@ impl Lab {
             let host_part = 10 + i as u8;
             let pod = Pod {
                 name: spec.name.clone(),
+                labels: spec.labels.clone(),
                 netns: id.netns(&spec.name),
                 cgroup: lab.cgroup.join(&spec.name),
                 interface: "eth0".into(),
@@ -190,22 +210,73 @@ impl Lab {
         &self.cgroup
     }
 
+    /// A pod by name; `"node"` is the node itself.
     pub fn pod(&self, name: &str) -> &Pod {
+        if name == NODE {
+            return &self.node;
+        }
         self.pods
             .iter()
             .find(|p| p.name == name)
             .unwrap_or_else(|| panic!("no pod {name}"))
     }
 
-    /// Starts `cmd` in `pod` and leaves it running until teardown.
-    pub fn spawn(&mut self, pod: &str, mut cmd: Command) -> Result<u32, LabError> {
+    /// The node as a place to run things; its address on the bridge is set on first use.
+    pub fn node(&mut self) -> Result<&Pod, LabError> {
+        let ns = self.node.netns.clone();
+        let shown = process::ip(&["-n", &ns, "-4", "addr", "show", "dev", BRIDGE])?;
+        if !shown.stdout.windows(5).any(|w| w == b"inet ") {
+            let addr = format!("{}/24", self.node.ipv4);
+            process::ip(&["-n", &ns, "addr", "add", &addr, "dev", BRIDGE])?;
+        }
+        Ok(&self.node)
+    }
+
+    /// Starts `cmd` in `pod` and leaves it running until teardown (or [`Lab::stop`]).
+    pub fn spawn(&mut self, pod: &str, cmd: Command) -> Result<u32, LabError> {
+        self.spawn_as(pod, cmd, None)
+    }
+
+    /// Like [`Lab::spawn`], switching to user `uid` after joining the pod (a sidecar proxy runs
+    /// as 1337, which its iptables rules exempt from capture).
+    pub fn spawn_as(
+        &mut self,
+        pod: &str,
+        mut cmd: Command,
+        uid: Option<u32>,
+    ) -> Result<u32, LabError> {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        let child = self.start(pod, cmd)?;
+        let child = self.start(pod, cmd, uid)?;
         let pid = child.id();
         self.children.push(child);
         Ok(pid)
+    }
+
+    /// Kills and reaps one process started with [`Lab::spawn`].
+    pub fn stop(&mut self, pid: u32) {
+        if let Some(i) = self.children.iter().position(|c| c.id() == pid) {
+            let mut c = self.children.swap_remove(i);
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Runs `cmd` in `pod` to completion and returns its output whatever its exit status.
+    pub fn run_status(
+        &self,
+        pod: &str,
+        mut cmd: Command,
+        timeout: Duration,
+        cancel: &Cancel,
+    ) -> Result<Output, LabError> {
+        let what = process::describe(&cmd);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let child = self.start(pod, cmd, None)?;
+        process::wait_output(child, &what, timeout, cancel)
     }
 
     /// Runs `cmd` in `pod` to completion and returns its output; fails on a non-zero exit, on
@@ -221,7 +292,7 @@ impl Lab {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let child = self.start(pod, cmd)?;
+        let child = self.start(pod, cmd, None)?;
         let out = process::wait_output(child, &what, timeout, cancel)?;
         if out.status.success() {
             Ok(out)
@@ -236,7 +307,7 @@ impl Lab {
     // ANCHOR: enter_pod
     /// Spawns `cmd` inside the pod: the child joins the pod's network namespace and cgroup
     /// between fork and exec, so every socket it makes is the pod's (and sock_ops sees it).
-    fn start(&self, pod: &str, mut cmd: Command) -> Result<Child, LabError> {
+    fn start(&self, pod: &str, mut cmd: Command, uid: Option<u32>) -> Result<Child, LabError> {
         let pod = self.pod(pod);
         let ns_path = Path::new(netns::NETNS_DIR).join(&pod.netns);
         let ns = File::open(&ns_path)
@@ -256,6 +327,14 @@ impl Lab {
                 }
                 // "0" moves the writing process itself into the cgroup.
                 if libc::write(procs_fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(io::Error::last_os_error());
+                }
+                // Drop root last: joining the namespace and the cgroup needed it.
+                if let Some(id) = uid
+                    && (libc::setgroups(0, std::ptr::null()) != 0
+                        || libc::setgid(id) != 0
+                        || libc::setuid(id) != 0)
+                {
                     return Err(io::Error::last_os_error());
                 }
                 // Die with the lab's owner thread, even if it is killed outright.
@@ -287,6 +366,10 @@ impl Lab {
 
     pub fn mesh(&self) -> Option<&Mesh> {
         self.mesh.as_ref()
+    }
+
+    pub fn mesh_mut(&mut self) -> Option<&mut Mesh> {
+        self.mesh.as_mut()
     }
 
     /// Detaches the mesh and removes its pins.

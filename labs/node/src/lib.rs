@@ -16,6 +16,7 @@ pub mod netns;
 pub mod preflight;
 pub mod process;
 pub mod scenario;
+pub mod sidecar;
 
 pub use error::LabError;
 pub use event::Event;

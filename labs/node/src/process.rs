@@ -46,6 +46,15 @@ pub fn ip_binary() -> &'static str {
         .unwrap_or("ip")
 }
 
+/// A program on PATH or in the sbin folders (which a non-root PATH may lack).
+pub fn tool(name: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var("PATH").unwrap_or_default();
+    path.split(':')
+        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"])
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+}
+
 /// Runs `ip ARGS`, failing with its stderr.
 pub fn ip(args: &[&str]) -> Result<Output, LabError> {
     let mut cmd = Command::new(ip_binary());

@@ -37,6 +37,12 @@ impl Out {
     }
 }
 
+/// The request being served: how to cancel it, and (guided scenarios) how to let it go on.
+struct Job {
+    cancel: Cancel,
+    gate: Option<std::sync::mpsc::Sender<()>>,
+}
+
 /// Finds `/dev/vportNpM` whose name is `name`.
 fn find_port(name: &str) -> io::Result<PathBuf> {
     for _ in 0..100 {
@@ -61,7 +67,7 @@ pub fn serve() -> io::Result<()> {
     let file = OpenOptions::new().read(true).write(true).open(&port)?;
     let out = Out(Arc::new(Mutex::new(file.try_clone()?)));
     let mut reader = BufReader::new(file);
-    let running: Arc<Mutex<Option<Cancel>>> = Arc::default();
+    let running: Arc<Mutex<Option<Job>>> = Arc::default();
     init::log(&format!("agent ready on {}", port.display()));
     let mut line = String::new();
     loop {
@@ -96,8 +102,13 @@ pub fn serve() -> io::Result<()> {
                 },
             ),
             RequestBody::Cancel => {
-                if let Some(c) = running.lock().unwrap().as_ref() {
-                    c.cancel();
+                if let Some(job) = running.lock().unwrap().as_ref() {
+                    job.cancel.cancel();
+                }
+            }
+            RequestBody::Continue => {
+                if let Some(Job { gate: Some(g), .. }) = running.lock().unwrap().as_ref() {
+                    let _ = g.send(());
                 }
             }
             RequestBody::Poweroff => init::poweroff(),
@@ -114,13 +125,24 @@ pub fn serve() -> io::Result<()> {
                     continue;
                 }
                 let cancel = Cancel::new();
-                *slot = Some(cancel.clone());
+                let (gate_tx, gate_rx) = std::sync::mpsc::channel();
+                let guided = matches!(body, RequestBody::Scenario { guided: true, .. });
+                *slot = Some(Job {
+                    cancel: cancel.clone(),
+                    gate: guided.then_some(gate_tx),
+                });
                 let (out, running) = (out.clone(), running.clone());
                 thread::spawn(move || {
                     let reply = match body {
                         RequestBody::Exec { argv } => exec(id, &argv, &cancel, &out),
-                        RequestBody::Scenario { name, options } => {
-                            run_scenario(id, &name, options, cancel, &out)
+                        RequestBody::Scenario {
+                            file,
+                            source,
+                            options,
+                            ..
+                        } => {
+                            let gate = guided.then_some(gate_rx);
+                            run_scenario(id, &file, &source, options, cancel, gate, &out)
                         }
                         _ => unreachable!("handled above"),
                     };
@@ -222,16 +244,21 @@ fn pump(
 
 fn run_scenario(
     id: u64,
-    name: &str,
+    file: &str,
+    source: &str,
     options: scenario::Options,
     cancel: Cancel,
+    gate: Option<std::sync::mpsc::Receiver<()>>,
     out: &Out,
 ) -> ReplyBody {
-    let Some(info) = scenario::find(name) else {
-        return ReplyBody::Error {
-            message: format!("unknown scenario {name:?}"),
-            unmet: false,
-        };
+    let sc = match scenario::Scenario::parse(source, file) {
+        Ok(s) => s,
+        Err(e) => {
+            return ReplyBody::Error {
+                message: e.to_string(),
+                unmet: false,
+            };
+        }
     };
     let host = match preflight::check() {
         Ok(h) => h,
@@ -246,7 +273,7 @@ fn run_scenario(
         program: WORKLOAD_BIN.into(),
         prefix: Vec::new(),
     };
-    match scenario::execute(info, host, workload, options, cancel, |event| {
+    match scenario::execute(sc, host, workload, options, cancel, gate, |event| {
         out.send(id, ReplyBody::Event { event })
     }) {
         Ok(outcome) => ReplyBody::Outcome { outcome },

@@ -26,8 +26,16 @@ pub enum RequestBody {
     Hello,
     /// Run a command; its output streams back, then its exit code.
     Exec { argv: Vec<String> },
-    /// Run a scenario; its events stream back, then its outcome.
-    Scenario { name: String, options: Options },
+    /// Run a scenario (the file's text travels with the request); its events stream back,
+    /// then its outcome. `guided`: pause after each step until `continue`.
+    Scenario {
+        file: String,
+        source: String,
+        options: Options,
+        guided: bool,
+    },
+    /// Guided mode: go on with the next step.
+    Continue,
     /// Interrupt the running exec or scenario (the lab is torn down).
     Cancel,
     /// Power the VM off.

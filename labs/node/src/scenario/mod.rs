@@ -1,27 +1,67 @@
-//! Scenarios: step-by-step experiments on a lab, reporting through [`Event`]s.
-pub mod sockmap;
+//! Scenarios: step-by-step experiments on a lab, written as TOML files (scenarios/*.toml, see
+//! [`spec`]) and run by the [`engine`], which reports through [`Event`]s.
+pub mod engine;
+pub mod requirements;
+pub mod spec;
 
-use std::{path::PathBuf, process::Command, sync::mpsc::Sender};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    sync::mpsc::{Receiver, Sender},
+};
 
 use serde::{Deserialize, Serialize};
+pub use spec::Scenario;
 
 use crate::{Event, LabError, preflight::Host, process::Cancel};
 
-/// A scenario the engine knows.
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct ScenarioInfo {
-    pub name: &'static str,
-    pub summary: &'static str,
+include!(concat!(env!("OUT_DIR"), "/scenarios.rs"));
+
+/// The scenarios shipped in scenarios/, parsed (their validity is tested).
+pub fn builtin() -> Vec<(String, Scenario)> {
+    BUILTIN
+        .iter()
+        .map(|(file, text)| {
+            (
+                (*file).to_owned(),
+                Scenario::parse(text, file).unwrap_or_else(|e| panic!("{e}")),
+            )
+        })
+        .collect()
 }
 
-/// Every scenario, in the order a reader should take them.
-pub const SCENARIOS: &[ScenarioInfo] = &[ScenarioInfo {
-    name: "sockmap",
-    summary: "sock_ops fills a sockhash, sk_msg redirects payloads socket-to-socket: packets and latency, plain TCP vs. the mesh",
-}];
+/// A scenario by name, or from a file when `name` is a path to a `.toml` file. Returns the
+/// file name shown in messages, the text, and the parsed scenario.
+pub fn load(name: &str) -> Result<(String, String, Scenario), LoadError> {
+    if name.ends_with(".toml") || name.contains('/') {
+        let text = std::fs::read_to_string(name).map_err(|e| LoadError::Read {
+            path: name.into(),
+            message: e.to_string(),
+        })?;
+        let sc = Scenario::parse(&text, name).map_err(LoadError::Spec)?;
+        return Ok((name.to_owned(), text, sc));
+    }
+    for (file, text) in BUILTIN {
+        if Path::new(file).file_stem().is_some_and(|s| s == name) {
+            let sc = Scenario::parse(text, file).map_err(LoadError::Spec)?;
+            return Ok(((*file).to_owned(), (*text).to_owned(), sc));
+        }
+    }
+    Err(LoadError::Unknown {
+        name: name.into(),
+        known: builtin().into_iter().map(|(_, s)| s.name).collect(),
+    })
+}
 
-pub fn find(name: &str) -> Option<&'static ScenarioInfo> {
-    SCENARIOS.iter().find(|s| s.name == name)
+/// Why a scenario could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("unknown scenario {name:?} (known: {}; see `lab-runner list`)", known.join(", "))]
+    Unknown { name: String, known: Vec<String> },
+    #[error("cannot read {path}: {message}")]
+    Read { path: PathBuf, message: String },
+    #[error(transparent)]
+    Spec(spec::SpecError),
 }
 
 /// How to start a workload process (see the `workloads` crate): `program prefix.. ARGS`.
@@ -42,7 +82,7 @@ impl WorkloadCmd {
 /// Knobs shared by scenarios.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Options {
-    /// Measured round trips per latency run.
+    /// Measured round trips per latency run (a bench step may set its own).
     pub round_trips: u64,
     /// Request and response size in bytes.
     pub size: usize,
@@ -64,12 +104,33 @@ pub struct Context {
     pub options: Options,
     pub cancel: Cancel,
     pub events: Sender<Event>,
+    /// Guided mode: after each step the engine waits for a message here.
+    pub gate: Option<Receiver<()>>,
 }
 
 impl Context {
     pub fn emit(&self, e: Event) {
         // The receiver going away (UI gone) must not stop the teardown.
         let _ = self.events.send(e);
+    }
+
+    /// In guided mode, announces the pause and waits for the go-ahead (or a cancel).
+    pub fn pause(&self, step: &str, try_: &[String]) -> Result<(), LabError> {
+        if let Some(gate) = &self.gate {
+            self.emit(Event::Paused {
+                step: step.into(),
+                try_: try_.to_vec(),
+            });
+            loop {
+                self.cancel.check()?;
+                match gate.recv_timeout(std::time::Duration::from_millis(100)) {
+                    Ok(()) => break,
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -81,17 +142,11 @@ pub struct Outcome {
     pub passed: bool,
     /// Why it failed (empty when passed).
     pub failures: Vec<String>,
-    /// The scenario's own figures.
+    /// Set when the kernel lacks something the scenario requires: nothing ran.
+    #[serde(default)]
+    pub skipped: Option<String>,
+    /// The scenario's own figures ([`engine::Report`]).
     pub report: serde_json::Value,
-}
-
-/// Runs a scenario by name. `Err` means the lab could not run it at all (or was interrupted);
-/// a scenario whose checks fail returns `Ok` with `passed: false`.
-pub fn run(info: &ScenarioInfo, ctx: &Context) -> Result<Outcome, LabError> {
-    match info.name {
-        "sockmap" => sockmap::run(ctx),
-        other => unreachable!("scenario {other} is listed but has no runner"),
-    }
 }
 
 /// Runs a scenario on its own engine thread and hands each event to `on_event` as it comes.
@@ -99,11 +154,12 @@ pub fn run(info: &ScenarioInfo, ctx: &Context) -> Result<Outcome, LabError> {
 /// The engine thread lives exactly as long as the lab: pod processes are tied to it
 /// (`PR_SET_PDEATHSIG`) and die if it dies.
 pub fn execute(
-    info: &'static ScenarioInfo,
+    scenario: Scenario,
     host: Host,
     workload: WorkloadCmd,
     options: Options,
     cancel: Cancel,
+    gate: Option<Receiver<()>>,
     mut on_event: impl FnMut(Event),
 ) -> Result<Outcome, LabError> {
     let (events, rx) = std::sync::mpsc::channel();
@@ -113,8 +169,9 @@ pub fn execute(
         options,
         cancel,
         events,
+        gate,
     };
-    let engine = std::thread::spawn(move || run(info, &ctx));
+    let engine = std::thread::spawn(move || engine::run(&scenario, &ctx));
     for event in rx {
         on_event(event);
     }

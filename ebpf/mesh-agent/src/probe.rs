@@ -1,0 +1,35 @@
+//! What the running kernel supports, asked of the kernel itself (aya's feature probes load a
+//! minimal program or create a minimal map of each type).
+use aya::{maps::MapType, programs::ProgramType};
+
+/// Program types scenarios can require, by the names scenario files use.
+pub const PROGRAMS: &[(&str, ProgramType)] = &[
+    ("sock_ops", ProgramType::SockOps),
+    ("sk_msg", ProgramType::SkMsg),
+    ("cgroup_sock_addr", ProgramType::CgroupSockAddr),
+    ("cgroup_skb", ProgramType::CgroupSkb),
+    ("tracepoint", ProgramType::TracePoint),
+    ("sched_cls", ProgramType::SchedClassifier),
+];
+
+/// Map types scenarios can require.
+pub const MAPS: &[(&str, MapType)] = &[
+    ("sockhash", MapType::SockHash),
+    ("sockmap", MapType::SockMap),
+    ("array", MapType::Array),
+    ("percpu_array", MapType::PerCpuArray),
+    ("hash", MapType::Hash),
+    ("ringbuf", MapType::RingBuf),
+];
+
+/// `Some(supported)` for a known program type name, `None` for an unknown name.
+pub fn program(name: &str) -> Option<bool> {
+    let (_, t) = PROGRAMS.iter().find(|(n, _)| *n == name)?;
+    Some(aya::sys::is_program_supported(*t).unwrap_or(false))
+}
+
+/// `Some(supported)` for a known map type name, `None` for an unknown name.
+pub fn map(name: &str) -> Option<bool> {
+    let (_, t) = MAPS.iter().find(|(n, _)| *n == name)?;
+    Some(aya::sys::is_map_supported(*t).unwrap_or(false))
+}

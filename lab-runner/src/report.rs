@@ -1,0 +1,207 @@
+//! Result files of a scenario run: the outcome as JSON, a Markdown report (tera) and an SVG
+//! chart of the latency percentile curves, under `<results>/<scenario>/<UTC time>/`.
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use lab_node::scenario::Outcome;
+use serde_json::Value;
+
+const TEMPLATE: &str = include_str!("../templates/report.md.tera");
+
+/// Writes the three files; returns the folder.
+pub fn write(results: &Path, outcome: &Outcome, backend: &str) -> std::io::Result<PathBuf> {
+    let when = utc_now();
+    let dir = results
+        .join(&outcome.scenario)
+        .join(when.replace([':', ' '], "-"));
+    fs::create_dir_all(&dir)?;
+    fs::write(
+        dir.join("outcome.json"),
+        serde_json::to_string_pretty(outcome).expect("serializes"),
+    )?;
+    fs::write(dir.join("latency.svg"), svg(&outcome.report))?;
+    fs::write(
+        dir.join("report.md"),
+        markdown(outcome, &when, backend, "latency.svg"),
+    )?;
+    Ok(dir)
+}
+
+/// The Markdown report.
+pub fn markdown(outcome: &Outcome, when: &str, backend: &str, svg: &str) -> String {
+    let computed: Vec<(String, f64)> = outcome.report["results"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(name, keys)| Some((name.clone(), keys.get("value")?.as_f64()?)))
+        .collect();
+    let mut ctx = tera::Context::new();
+    ctx.insert("outcome", outcome);
+    ctx.insert("when", when);
+    ctx.insert("backend", backend);
+    ctx.insert("svg", svg);
+    ctx.insert("computed", &computed);
+    tera::Tera::one_off(TEMPLATE, &ctx, false)
+        .unwrap_or_else(|e| format!("report template failed: {}", lab_node::error::chain(&e)))
+}
+
+const COLORS: [&str; 6] = [
+    "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b",
+];
+
+/// Latency (µs, log scale) against percentile (on a `1/(1-p)` scale, as HdrHistogram plots it),
+/// one line per run.
+pub fn svg(report: &Value) -> String {
+    let (w, h, left, right, top, bottom) = (720.0, 420.0, 70.0, 200.0, 20.0, 50.0);
+    let runs = report["runs"].as_array().cloned().unwrap_or_default();
+    let curves: Vec<(String, Vec<(f64, f64)>)> = runs
+        .iter()
+        .map(|r| {
+            let pts = r["rr"]["curve"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| Some((p[0].as_f64()?, p[1].as_f64()?)))
+                .filter(|(pct, us)| *pct < 100.0 && *us > 0.0)
+                .collect();
+            (r["name"].as_str().unwrap_or("?").to_owned(), pts)
+        })
+        .collect();
+    // x: log10(1/(1-p)) from 0 (p0) to 4 (p99.99); y: log10(us).
+    let xs = |pct: f64| (1.0 / (1.0 - pct / 100.0)).log10();
+    let all: Vec<f64> = curves
+        .iter()
+        .flat_map(|(_, c)| c.iter().map(|(_, us)| us.log10()))
+        .collect();
+    let (ymin, ymax) = (
+        all.iter().copied().fold(f64::MAX, f64::min).floor(),
+        all.iter().copied().fold(f64::MIN, f64::max).ceil(),
+    );
+    let (ymin, ymax) = if ymin >= ymax {
+        (0.0, 1.0)
+    } else {
+        (ymin, ymax)
+    };
+    let px = |x: f64| left + x / 4.0 * (w - left - right);
+    let py = |y: f64| top + (ymax - y) / (ymax - ymin) * (h - top - bottom);
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+    );
+    for (pct, label) in [
+        (0.0, "p0"),
+        (90.0, "p90"),
+        (99.0, "p99"),
+        (99.9, "p99.9"),
+        (99.99, "p99.99"),
+    ] {
+        let x = px(xs(pct));
+        s.push_str(&format!(
+            "<line x1=\"{x:.1}\" y1=\"{top}\" x2=\"{x:.1}\" y2=\"{:.1}\" stroke=\"#ddd\"/>\n",
+            h - bottom
+        ));
+        s.push_str(&format!(
+            "<text x=\"{x:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{label}</text>\n",
+            h - bottom + 18.0
+        ));
+    }
+    let mut e = ymin;
+    while e <= ymax {
+        let y = py(e);
+        s.push_str(&format!(
+            "<line x1=\"{left}\" y1=\"{y:.1}\" x2=\"{:.1}\" y2=\"{y:.1}\" stroke=\"#ddd\"/>\n",
+            w - right
+        ));
+        s.push_str(&format!(
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{} µs</text>\n",
+            left - 6.0,
+            y + 4.0,
+            10f64.powf(e)
+        ));
+        e += 1.0;
+    }
+    s.push_str(&format!(
+        "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">percentile</text>\n",
+        (left + w - right) / 2.0,
+        h - 10.0
+    ));
+    for (i, (name, pts)) in curves.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        let path: Vec<String> = pts
+            .iter()
+            .map(|(p, us)| format!("{:.1},{:.1}", px(xs(*p)), py(us.log10())))
+            .collect();
+        s.push_str(&format!(
+            "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>\n",
+            path.join(" ")
+        ));
+        let ly = top + 20.0 * i as f64 + 10.0;
+        s.push_str(&format!("<line x1=\"{:.1}\" y1=\"{ly:.1}\" x2=\"{:.1}\" y2=\"{ly:.1}\" stroke=\"{color}\" stroke-width=\"3\"/>\n", w - right + 15.0, w - right + 40.0));
+        s.push_str(&format!(
+            "<text x=\"{:.1}\" y=\"{:.1}\">{}</text>\n",
+            w - right + 46.0,
+            ly + 4.0,
+            escape(name)
+        ));
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// `2026-11-28 11:38:25Z`, from the system clock (no time zone database needed).
+fn utc_now() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day), Howard Hinnant's algorithm.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_785), (2026, 11, 28));
+    }
+
+    #[test]
+    fn svg_draws_a_line_per_run() {
+        let report = serde_json::json!({ "runs": [
+            { "name": "direct", "rr": { "curve": [[0.0, 20.0], [50.0, 25.0], [99.0, 60.0], [100.0, 900.0]] } },
+            { "name": "a<b", "rr": { "curve": [[0.0, 8.0], [50.0, 10.0], [99.0, 30.0]] } },
+        ]});
+        let s = svg(&report);
+        assert_eq!(s.matches("<polyline").count(), 2);
+        assert!(s.contains("a&lt;b") && s.contains("p99.9"));
+    }
+}

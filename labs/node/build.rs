@@ -1,0 +1,34 @@
+//! Embeds every scenarios/*.toml (adding a scenario is adding a file).
+use std::{env, fs, path::PathBuf};
+
+fn main() {
+    let dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap())
+        .join("../../scenarios")
+        .canonicalize()
+        .unwrap();
+    println!("cargo:rerun-if-changed={}", dir.display());
+    let mut files: Vec<_> = fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    let mut out = String::from(
+        "/// Every scenarios/*.toml: (path shown in messages, contents).\npub const BUILTIN: &[(&str, &str)] = &[\n",
+    );
+    for f in files {
+        println!("cargo:rerun-if-changed={}", f.display());
+        let shown = format!("scenarios/{}", f.file_name().unwrap().to_string_lossy());
+        out.push_str(&format!(
+            "    ({shown:?}, include_str!({:?})),\n",
+            f.display().to_string()
+        ));
+    }
+    out.push_str("];\n");
+    fs::write(
+        PathBuf::from(env::var("OUT_DIR").unwrap()).join("scenarios.rs"),
+        out,
+    )
+    .unwrap();
+}

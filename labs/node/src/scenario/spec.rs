@@ -1,0 +1,507 @@
+//! The scenario file format (scenarios/*.toml). Errors name the file, the line and what was
+//! expected; a scenario that parses is also checked for references to undefined pods and
+//! results before anything runs.
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+/// One scenario file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    pub name: String,
+    pub summary: String,
+    #[serde(default)]
+    pub requires: Requires,
+    pub pods: Vec<PodDef>,
+    pub steps: Vec<toml::Spanned<Step>>,
+}
+
+/// What the kernel must offer; anything missing turns the scenario into a skip with the reason.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Requires {
+    /// Minimum kernel version, `"4.18"`.
+    #[serde(default)]
+    pub kernel: Option<String>,
+    /// Program types (`sock_ops`, `sk_msg`, ...), probed by loading a minimal program.
+    #[serde(default)]
+    pub programs: Vec<String>,
+    /// Map types (`sockhash`, ...), probed by creating a minimal map.
+    #[serde(default)]
+    pub maps: Vec<String>,
+    /// Kernel config options that must be `y` or `m`.
+    #[serde(default)]
+    pub config: Vec<String>,
+    /// Programs that must be installed (`iptables`).
+    #[serde(default)]
+    pub tools: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PodDef {
+    pub name: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Started when the lab comes up.
+    #[serde(default)]
+    pub workload: Option<WorkloadDef>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum WorkloadDef {
+    /// `workload rr-server`: answers rr requests.
+    RrServer { port: u16 },
+    /// `workload echo`.
+    Echo { port: u16 },
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    #[default]
+    Ipv4,
+    Ipv6,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnOff {
+    On,
+    Off,
+}
+
+/// How pods get their proxies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SidecarMode {
+    /// One proxy per pod, traffic captured by iptables REDIRECT (Istio's sidecar mode).
+    PerPod,
+    /// One proxy for the node, traffic DNAT'ed to it (ambient-style).
+    PerNode,
+    Off,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub enum Op {
+    #[serde(rename = "<")]
+    Lt,
+    #[serde(rename = "<=")]
+    Le,
+    #[serde(rename = ">")]
+    Gt,
+    #[serde(rename = ">=")]
+    Ge,
+    #[serde(rename = "==")]
+    Eq,
+}
+
+impl Op {
+    pub fn holds(self, l: f64, r: f64) -> bool {
+        match self {
+            Op::Lt => l < r,
+            Op::Le => l <= r,
+            Op::Gt => l > r,
+            Op::Ge => l >= r,
+            Op::Eq => l == r,
+        }
+    }
+    pub fn symbol(self) -> &'static str {
+        match self {
+            Op::Lt => "<",
+            Op::Le => "<=",
+            Op::Gt => ">",
+            Op::Ge => ">=",
+            Op::Eq => "==",
+        }
+    }
+}
+
+/// Whether a failed expectation fails the scenario.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    #[default]
+    Check,
+    /// A figure to report against a target, not a pass condition (machines are noisy).
+    Benchmark,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+// ANCHOR: steps
+/// One step. `do` picks the kind; `explain` (Markdown) is shown before the step runs, and `try`
+/// lists commands a reader can run at that point (`lab-runner scenario --step` pauses there).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "do", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Step {
+    /// Only text.
+    Explain { title: String, text: String },
+    /// rr from one pod to another; results are stored under `name`.
+    Bench {
+        name: String,
+        from: String,
+        to: String,
+        port: u16,
+        #[serde(default)]
+        family: Family,
+        #[serde(default)]
+        round_trips: Option<u64>,
+        #[serde(default)]
+        explain: String,
+        #[serde(default, rename = "try")]
+        try_: Vec<String>,
+    },
+    /// Turn the eBPF mesh on or off.
+    Mesh {
+        state: OnOff,
+        #[serde(default)]
+        explain: String,
+        #[serde(default, rename = "try")]
+        try_: Vec<String>,
+    },
+    /// Put proxies in the data path (or take them out).
+    Sidecars {
+        mode: SidecarMode,
+        #[serde(default)]
+        explain: String,
+        #[serde(default, rename = "try")]
+        try_: Vec<String>,
+    },
+    /// Run a command in a pod; its exit code is stored as `<name>.exit`.
+    Exec {
+        name: String,
+        pod: String,
+        command: Vec<String>,
+        #[serde(default)]
+        expect_exit: Option<i32>,
+        #[serde(default)]
+        explain: String,
+    },
+    /// `name.value = factor * metric` (divided by `of` when given): ratios, extrapolations.
+    Compute {
+        name: String,
+        metric: String,
+        #[serde(default)]
+        of: Option<String>,
+        #[serde(default = "one")]
+        factor: f64,
+        #[serde(default)]
+        unit: String,
+        #[serde(default)]
+        explain: String,
+    },
+    /// `metric op value`, or `metric op factor * of`.
+    Expect {
+        metric: String,
+        op: Op,
+        #[serde(default)]
+        value: Option<f64>,
+        #[serde(default)]
+        of: Option<String>,
+        #[serde(default = "one")]
+        factor: f64,
+        #[serde(default)]
+        severity: Severity,
+        #[serde(default)]
+        explain: String,
+    },
+}
+// ANCHOR_END: steps
+
+impl Step {
+    /// Short kind name, for messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Step::Explain { .. } => "explain",
+            Step::Bench { .. } => "bench",
+            Step::Mesh { .. } => "mesh",
+            Step::Sidecars { .. } => "sidecars",
+            Step::Exec { .. } => "exec",
+            Step::Compute { .. } => "compute",
+            Step::Expect { .. } => "expect",
+        }
+    }
+}
+
+/// Metrics every bench step stores under its name.
+pub const BENCH_METRICS: &[&str] = &[
+    "p50",
+    "p90",
+    "p99",
+    "p999",
+    "max",
+    "mean",
+    "rps",
+    "packets",
+    "msg_redirected",
+    "msg_passed",
+    "sockets_inserted",
+    "proxies",
+    "proxy_rss_kb",
+];
+
+/// A scenario file that cannot be used: where, and what was expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}:{line}: {message}")]
+pub struct SpecError {
+    pub file: String,
+    pub line: usize,
+    pub message: String,
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// The line, within `span`, of the first occurrence of `needle`, else the span's first line. A
+/// step is deserialized as a whole, so serde's span covers the table; this narrows it to the
+/// key or value the message is about.
+fn locate(text: &str, span: std::ops::Range<usize>, needle: Option<&str>) -> usize {
+    let start = span.start.min(text.len());
+    // For an array-of-tables entry the span may cover only its `[[header]]`: search on to the
+    // next header.
+    let next = text[start..]
+        .char_indices()
+        .skip(1)
+        .find(|(i, _)| text[start + i..].starts_with("\n[["))
+        .map(|(i, _)| start + i);
+    let end = next.unwrap_or(text.len()).max(span.end.min(text.len()));
+    needle
+        .filter(|n| !n.is_empty())
+        .and_then(|n| text[start..end].find(n))
+        .map_or_else(|| line_of(text, start), |i| line_of(text, start + i))
+}
+
+/// What a serde message is about: the first `quoted` or "quoted" token.
+fn subject(message: &str) -> Option<String> {
+    for (open, close) in [('`', '`'), ('"', '"')] {
+        if let Some(a) = message.find(open)
+            && let Some(b) = message[a + 1..].find(close)
+        {
+            let token = &message[a + 1..a + 1 + b];
+            return Some(if open == '`' {
+                format!("{token} =")
+            } else {
+                format!("\"{token}\"")
+            });
+        }
+    }
+    None
+}
+
+impl Scenario {
+    /// Parses and checks a scenario file.
+    pub fn parse(text: &str, file: &str) -> Result<Scenario, SpecError> {
+        let sc: Scenario = toml::from_str(text).map_err(|e| {
+            let message = e.message().trim().to_owned();
+            let line = e
+                .span()
+                .map_or(1, |s| locate(text, s, subject(&message).as_deref()));
+            SpecError {
+                file: file.to_owned(),
+                line,
+                message,
+            }
+        })?;
+        sc.check(text, file)?;
+        Ok(sc)
+    }
+
+    /// References: pods exist, metrics name results of earlier steps.
+    fn check(&self, text: &str, file: &str) -> Result<(), SpecError> {
+        let pods: BTreeSet<&str> = self.pods.iter().map(|p| p.name.as_str()).collect();
+        let mut results: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+        for (i, step) in self.steps.iter().enumerate() {
+            let err = |message: String| {
+                let line = locate(text, step.span(), subject(&message).as_deref());
+                SpecError {
+                    file: file.to_owned(),
+                    line,
+                    message,
+                }
+            };
+            let pod = |p: &str| {
+                if pods.contains(p) {
+                    Ok(())
+                } else {
+                    Err(err(format!(
+                        "step {} ({}): no pod named {p:?} (pods: {})",
+                        i + 1,
+                        step.get_ref().kind(),
+                        pods.iter().copied().collect::<Vec<_>>().join(", ")
+                    )))
+                }
+            };
+            let metric = |m: &str| -> Result<(), SpecError> {
+                let (name, key) = m.rsplit_once('.').ok_or_else(|| {
+                    err(format!(
+                        "step {}: metric {m:?} must look like RESULT.KEY",
+                        i + 1
+                    ))
+                })?;
+                match results.get(name) {
+                    Some(keys) if keys.contains(&key) => Ok(()),
+                    Some(keys) => Err(err(format!(
+                        "step {}: metric {m:?}: result {name:?} has no {key:?} (it has: {})",
+                        i + 1,
+                        keys.join(", ")
+                    ))),
+                    None => Err(err(format!(
+                        "step {}: metric {m:?}: no earlier step stores a result named {name:?} (known: {})",
+                        i + 1,
+                        results.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ))),
+                }
+            };
+            match step.get_ref() {
+                Step::Bench { name, from, to, .. } => {
+                    pod(from)?;
+                    pod(to)?;
+                    results.insert(name.clone(), BENCH_METRICS.to_vec());
+                }
+                Step::Exec {
+                    name,
+                    pod: p,
+                    command,
+                    ..
+                } => {
+                    pod(p)?;
+                    if command.is_empty() {
+                        return Err(err(format!(
+                            "step {}: exec needs a non-empty command",
+                            i + 1
+                        )));
+                    }
+                    results.insert(name.clone(), vec!["exit"]);
+                }
+                Step::Compute {
+                    name,
+                    metric: m,
+                    of,
+                    ..
+                } => {
+                    metric(m)?;
+                    if let Some(o) = of {
+                        metric(o)?;
+                    }
+                    results.insert(name.clone(), vec!["value"]);
+                }
+                Step::Expect {
+                    metric: m,
+                    of,
+                    value,
+                    ..
+                } => {
+                    metric(m)?;
+                    match (of, value) {
+                        (Some(o), None) => metric(o)?,
+                        (None, Some(_)) => {}
+                        _ => {
+                            return Err(err(format!(
+                                "step {}: expect needs exactly one of `value` or `of`",
+                                i + 1
+                            )));
+                        }
+                    }
+                }
+                Step::Explain { .. } | Step::Mesh { .. } | Step::Sidecars { .. } => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"name = "t"
+summary = "s"
+[[pods]]
+name = "a"
+[[pods]]
+name = "b"
+workload = { kind = "rr-server", port = 7000 }
+
+[[steps]]
+do = "bench"
+name = "direct"
+from = "a"
+to = "b"
+port = 7000
+
+[[steps]]
+do = "expect"
+metric = "direct.p50"
+op = ">"
+value = 0
+"#;
+
+    #[test]
+    fn parses_a_good_file() {
+        let s = Scenario::parse(GOOD, "t.toml").unwrap();
+        assert_eq!(s.steps.len(), 2);
+        assert!(matches!(
+            s.steps[1].get_ref(),
+            Step::Expect { op: Op::Gt, .. }
+        ));
+    }
+
+    fn err(text: &str) -> String {
+        Scenario::parse(text, "t.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_typo_in_a_key_names_file_line_and_the_expected_keys() {
+        let e = err(&GOOD.replace("from = \"a\"", "form = \"a\""));
+        assert!(
+            e.starts_with("t.toml:12: unknown field `form`, expected one of"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_wrong_type_names_file_and_line() {
+        let e = err(&GOOD.replace("port = 7000\n\n[[steps]]", "port = \"seven\"\n\n[[steps]]"));
+        assert!(
+            e.starts_with("t.toml:14: invalid type: string \"seven\", expected u16"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_step_names_the_known_ones() {
+        let e = err(&GOOD.replace("do = \"expect\"", "do = \"expekt\""));
+        assert!(
+            e.starts_with(
+                "t.toml:17: unknown variant `expekt`, expected one of `explain`, `bench`"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn references_are_checked() {
+        let e = err(&GOOD.replace("to = \"b\"", "to = \"c\""));
+        assert!(
+            e.starts_with("t.toml:13: step 1 (bench): no pod named \"c\""),
+            "{e}"
+        );
+        let e = err(&GOOD.replace("metric = \"direct.p50\"", "metric = \"sidecars.p50\""));
+        assert!(e.starts_with("t.toml:18: step 2: metric \"sidecars.p50\": no earlier step stores a result named \"sidecars\""), "{e}");
+        let e = err(&GOOD.replace("metric = \"direct.p50\"", "metric = \"direct.p42\""));
+        assert!(e.contains("has no \"p42\""), "{e}");
+    }
+
+    #[test]
+    fn the_shipped_scenarios_parse() {
+        for (file, text) in super::super::BUILTIN {
+            Scenario::parse(text, file).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+}
