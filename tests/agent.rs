@@ -56,11 +56,8 @@ fn agent_counts_passes_and_cleans_up_on_sigterm() {
         return;
     }
     let tag = format!("sidecarless-agent-test-{}", std::process::id());
-    let mut sb = Sandbox {
-        cgroup: cgroup2_root().join(&tag),
-        pins: Path::new("/sys/fs/bpf").join(&tag),
-        agent: None,
-    };
+    let mut sb =
+        Sandbox { cgroup: cgroup2_root().join(&tag), pins: Path::new("/sys/fs/bpf").join(&tag), agent: None };
     fs::create_dir(&sb.cgroup).unwrap();
 
     let mut agent = Command::new(env!("CARGO_BIN_EXE_mesh-agent"))
@@ -84,9 +81,7 @@ fn agent_counts_passes_and_cleans_up_on_sigterm() {
             }
         }
     });
-    let first = counters
-        .recv_timeout(Duration::from_secs(30))
-        .expect("agent reports counters once attached");
+    let first = counters.recv_timeout(Duration::from_secs(30)).expect("agent reports counters once attached");
     assert_eq!(first["msg_redirected"], 0);
     for map in ["SOCKETS", "COUNTERS"] {
         assert!(sb.pins.join(map).exists(), "{map} pinned");
@@ -109,9 +104,7 @@ fn agent_counts_passes_and_cleans_up_on_sigterm() {
 
     let deadline = Instant::now() + Duration::from_secs(10);
     let seen = loop {
-        let v = counters
-            .recv_timeout(Duration::from_secs(10))
-            .expect("counter report");
+        let v = counters.recv_timeout(Duration::from_secs(10)).expect("counter report");
         if v["msg_passed"].as_u64() >= Some(1) || Instant::now() > deadline {
             break v;
         }
@@ -126,37 +119,16 @@ fn agent_counts_passes_and_cleans_up_on_sigterm() {
     unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
     let status = agent.wait().unwrap();
     let mut err = String::new();
-    agent
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    agent.stderr.take().unwrap().read_to_string(&mut err).unwrap();
     assert!(status.success(), "agent exit {status}: {err}");
     assert!(err.contains("detached and unpinned"), "{err}");
     assert!(!sb.pins.exists(), "pins removed");
-    let attached = Command::new("bpftool")
-        .arg("-j")
-        .arg("cgroup")
-        .arg("show")
-        .arg(&sb.cgroup)
-        .output()
-        .unwrap();
-    assert!(
-        attached.status.success(),
-        "bpftool: {}",
-        String::from_utf8_lossy(&attached.stderr)
-    );
+    let attached =
+        Command::new("bpftool").arg("-j").arg("cgroup").arg("show").arg(&sb.cgroup).output().unwrap();
+    assert!(attached.status.success(), "bpftool: {}", String::from_utf8_lossy(&attached.stderr));
     // bpftool prints nothing at all for a cgroup without programs.
     let text = String::from_utf8_lossy(&attached.stdout);
-    let attached: Value = if text.trim().is_empty() {
-        Value::Array(vec![])
-    } else {
-        serde_json::from_str(&text).unwrap()
-    };
-    assert_eq!(
-        attached,
-        Value::Array(vec![]),
-        "no program left on the cgroup"
-    );
+    let attached: Value =
+        if text.trim().is_empty() { Value::Array(vec![]) } else { serde_json::from_str(&text).unwrap() };
+    assert_eq!(attached, Value::Array(vec![]), "no program left on the cgroup");
 }

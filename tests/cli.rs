@@ -32,12 +32,8 @@ fn list_names_the_shipped_scenarios() {
     let out = lab_runner().args(["list", "--json"]).output().unwrap();
     assert!(out.status.success());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let names: Vec<_> = v
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["name"].as_str().unwrap().to_owned())
-        .collect();
+    let names: Vec<_> =
+        v.as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap().to_owned()).collect();
     assert_eq!(names, ["sidecar-baseline", "sockmap"]);
 }
 
@@ -73,9 +69,7 @@ fn bad_arguments_are_refused_with_the_reason() {
         .args(["up", "--kernel", "4.19"])
         .assert()
         .code(2)
-        .stderr(predicate::str::contains(
-            "unknown kernel \"4.19\" (known: 5.10, 6.1, 6.12, 7.2)",
-        ));
+        .stderr(predicate::str::contains("unknown kernel \"4.19\" (known: 5.10, 6.1, 6.12, 7.2)"));
     lab_runner().args(["exec"]).assert().code(2);
 }
 
@@ -123,19 +117,11 @@ fn scenario_file_errors_name_file_line_and_what_was_expected() {
     ];
     for (tag, text, want) in cases {
         let path = scenario_file(tag, &text);
-        let out = lab_runner()
-            .arg("scenario")
-            .arg(&path)
-            .args(["--backend", "host"])
-            .output()
-            .unwrap();
+        let out = lab_runner().arg("scenario").arg(&path).args(["--backend", "host"]).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{tag}: {err}");
         assert_eq!(err.lines().count(), 1, "{tag}: one clear error, got {err}");
-        assert!(
-            err.contains(&format!("{}{want}", path.display())),
-            "{tag}: {err}"
-        );
+        assert!(err.contains(&format!("{}{want}", path.display())), "{tag}: {err}");
         assert!(!err.contains("panicked"), "{tag}: {err}");
         std::fs::remove_file(path).unwrap();
     }
@@ -165,11 +151,6 @@ fn the_host_backend_refuses_to_run_without_root() {
         eprintln!("SKIPPED: setpriv not available to drop root");
         return;
     };
-    assert_eq!(
-        out.status.code(),
-        Some(3),
-        "stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_eq!(out.status.code(), Some(3), "stderr: {}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("needs root"));
 }

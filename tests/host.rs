@@ -53,10 +53,7 @@ fn remains_of(lab: &str) -> Vec<String> {
             (f[2] == "cgroup2").then(|| f[1].to_owned())
         })
         .expect("cgroup2 mounted");
-    for dir in [
-        format!("{cgroup2}/sidecarless-lab/{lab}"),
-        format!("/sys/fs/bpf/sidecarless-lab/{lab}"),
-    ] {
+    for dir in [format!("{cgroup2}/sidecarless-lab/{lab}"), format!("/sys/fs/bpf/sidecarless-lab/{lab}")] {
         if Path::new(&dir).exists() {
             left.push(dir);
         }
@@ -73,17 +70,11 @@ fn workload_processes() -> Vec<String> {
         let Ok(cmdline) = fs::read(e.path().join("cmdline")) else {
             continue;
         };
-        let args: Vec<_> = cmdline
-            .split(|b| *b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
+        let args: Vec<_> =
+            cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
         let zombie = fs::read_to_string(e.path().join("stat")).is_ok_and(|s| s.contains(") Z "));
         if !zombie && args.len() > 1 && Path::new(&args[0]) == me && args[1] == "workload" {
-            out.push(format!(
-                "process {} {}",
-                e.file_name().to_string_lossy(),
-                args.join(" ")
-            ));
+            out.push(format!("process {} {}", e.file_name().to_string_lossy(), args.join(" ")));
         }
     }
     out
@@ -101,8 +92,7 @@ fn wait_for_line(child: &mut Child, marker: &str, timeout: Duration) {
             }
         }
     });
-    rx.recv_timeout(timeout)
-        .unwrap_or_else(|_| panic!("no line with {marker:?} within {timeout:?}"));
+    rx.recv_timeout(timeout).unwrap_or_else(|_| panic!("no line with {marker:?} within {timeout:?}"));
 }
 
 fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
@@ -125,10 +115,8 @@ fn sockmap_redirects_and_leaves_nothing_behind() {
     if !root_or_skip("sockmap_redirects_and_leaves_nothing_behind") {
         return;
     }
-    let out = Command::new(bin())
-        .args(["scenario", "sockmap", "--backend", "host", "--json"])
-        .output()
-        .unwrap();
+    let out =
+        Command::new(bin()).args(["scenario", "sockmap", "--backend", "host", "--json"]).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
         out.status.code(),
@@ -139,11 +127,7 @@ fn sockmap_redirects_and_leaves_nothing_behind() {
     let v: Value = serde_json::from_slice(&out.stdout).expect("one JSON object on stdout");
     assert_eq!(v["passed"], true, "{}", v["failures"]);
     let r = &v["report"]["results"];
-    let get = |run: &str, key: &str| {
-        r[run][key]
-            .as_f64()
-            .unwrap_or_else(|| panic!("no {run}.{key} in {r}"))
-    };
+    let get = |run: &str, key: &str| r[run][key].as_f64().unwrap_or_else(|| panic!("no {run}.{key} in {r}"));
     // All four data paths ran, in one lab.
     for run in ["direct", "sidecars", "sidecars+sockmap", "sockmap"] {
         assert!(get(run, "p50") > 0.0, "{run}");
@@ -157,16 +141,27 @@ fn sockmap_redirects_and_leaves_nothing_behind() {
     assert_eq!(get("sidecars", "proxies"), 2.0);
     // Without the mesh every message is a packet on both pods' interfaces; with it, almost none.
     let (plain, mesh) = (get("direct", "packets"), get("sockmap", "packets"));
-    assert!(
-        plain >= 80_000.0,
-        "direct run put only {plain} packets on the wire"
-    );
-    assert!(
-        mesh * 100.0 <= plain,
-        "mesh run: {mesh} packets vs {plain} direct"
-    );
+    assert!(plain >= 80_000.0, "direct run put only {plain} packets on the wire");
+    assert!(mesh * 100.0 <= plain, "mesh run: {mesh} packets vs {plain} direct");
     let lab = v["report"]["lab"].as_str().unwrap();
     assert_eq!(remains_of(lab), Vec::<String>::new());
+}
+
+/// Starts a scenario that turns the mesh on and then runs a long benchmark, and returns once
+/// that benchmark runs, with the lab's id.
+fn start_long_mesh_run() -> (Child, String) {
+    let mut child = Command::new(bin())
+        .arg("scenario")
+        .arg(long_mesh_scenario())
+        .args(["--backend", "host"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lab = format!("{}-0", child.id());
+    wait_for_line(&mut child, "== 2. long", Duration::from_secs(120));
+    thread::sleep(Duration::from_millis(300));
+    (child, lab)
 }
 
 /// A scenario that turns the mesh on and then runs a long benchmark, to interrupt.
@@ -203,23 +198,10 @@ fn sigint_during_the_mesh_run_tears_everything_down() {
     if !root_or_skip("sigint_during_the_mesh_run_tears_everything_down") {
         return;
     }
-    let mut child = Command::new(bin())
-        .arg("scenario")
-        .arg(long_mesh_scenario())
-        .args(["--backend", "host"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lab = format!("{}-0", child.id());
     // Interrupt while the programs are attached, the maps pinned and rr is running.
-    wait_for_line(&mut child, "== 2. long", Duration::from_secs(120));
-    thread::sleep(Duration::from_millis(300));
+    let (mut child, lab) = start_long_mesh_run();
     let pins = format!("/sys/fs/bpf/sidecarless-lab/{lab}/SOCKETS");
-    assert!(
-        Path::new(&pins).exists(),
-        "mesh maps should be pinned at {pins} mid-run"
-    );
+    assert!(Path::new(&pins).exists(), "mesh maps should be pinned at {pins} mid-run");
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let status = wait_exit(&mut child, Duration::from_secs(30));
@@ -233,17 +215,8 @@ fn clean_removes_what_a_killed_lab_left() {
     if !root_or_skip("clean_removes_what_a_killed_lab_left") {
         return;
     }
-    let mut child = Command::new(bin())
-        .arg("scenario")
-        .arg(long_mesh_scenario())
-        .args(["--backend", "host"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let lab = format!("{}-0", child.id());
-    wait_for_line(&mut child, "== 2. long", Duration::from_secs(120));
-    thread::sleep(Duration::from_millis(300));
+    // Interrupt while the programs are attached, the maps pinned and rr is running.
+    let (mut child, lab) = start_long_mesh_run();
     child.kill().unwrap(); // SIGKILL: no chance to clean up
     child.wait().unwrap();
     // The pods' processes die with their owner (PR_SET_PDEATHSIG); the rest stays behind.
@@ -253,34 +226,18 @@ fn clean_removes_what_a_killed_lab_left() {
     }
     assert_eq!(workload_processes(), Vec::<String>::new());
     let left = remains_of(&lab);
-    assert!(
-        left.iter().any(|l| l.starts_with("netns")),
-        "expected leftovers, got {left:?}"
-    );
-    assert!(
-        left.iter().any(|l| l.contains("/sys/fs/bpf/")),
-        "expected pins left, got {left:?}"
-    );
+    assert!(left.iter().any(|l| l.starts_with("netns")), "expected leftovers, got {left:?}");
+    assert!(left.iter().any(|l| l.contains("/sys/fs/bpf/")), "expected pins left, got {left:?}");
 
-    let out = Command::new(bin())
-        .args(["clean", "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new(bin()).args(["clean", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     let found = v["found"].as_array().unwrap();
     assert!(found.len() >= 5, "clean found {found:?}"); // 3 netns, cgroup, pins
     assert_eq!(remains_of(&lab), Vec::<String>::new());
     // And it is idempotent.
     let out = Command::new(bin()).arg("clean").output().unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "nothing to clean"
-    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "nothing to clean");
 }
 
 #[test]
@@ -291,55 +248,23 @@ fn sidecar_baseline_prints_ratios_and_proxy_memory_and_writes_reports() {
     }
     let results = std::env::temp_dir().join(format!("slab-results-{}", std::process::id()));
     let out = Command::new(bin())
-        .args([
-            "scenario",
-            "sidecar-baseline",
-            "--backend",
-            "host",
-            "--round-trips",
-            "5000",
-            "--results",
-        ])
+        .args(["scenario", "sidecar-baseline", "--backend", "host", "--round-trips", "5000", "--results"])
         .arg(&results)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     let summary = &stdout[stdout.find("== summary").expect("a summary")..];
     // Rows for the three configurations, the per-proxy memory, the ratios, the extrapolation.
-    for row in [
-        "direct",
-        "sidecars",
-        "per-node",
-        "sidecars_vs_direct",
-        "per_node_vs_direct",
-        "fleet_proxy_gb",
-    ] {
-        assert!(
-            summary.lines().any(|l| l.trim_start().starts_with(row)),
-            "no {row} row in:\n{summary}"
-        );
+    for row in
+        ["direct", "sidecars", "per-node", "sidecars_vs_direct", "per_node_vs_direct", "fleet_proxy_gb"]
+    {
+        assert!(summary.lines().any(|l| l.trim_start().starts_with(row)), "no {row} row in:\n{summary}");
     }
-    let sidecars = summary
-        .lines()
-        .find(|l| l.trim_start().starts_with("sidecars "))
-        .unwrap();
-    assert!(
-        sidecars.contains("KiB"),
-        "per-proxy RSS missing: {sidecars}"
-    );
+    let sidecars = summary.lines().find(|l| l.trim_start().starts_with("sidecars ")).unwrap();
+    assert!(sidecars.contains("KiB"), "per-proxy RSS missing: {sidecars}");
     // The result files.
-    let dir = fs::read_dir(results.join("sidecar-baseline"))
-        .unwrap()
-        .flatten()
-        .next()
-        .unwrap()
-        .path();
+    let dir = fs::read_dir(results.join("sidecar-baseline")).unwrap().flatten().next().unwrap().path();
     let md = fs::read_to_string(dir.join("report.md")).unwrap();
     assert!(md.contains("| sidecars | sidecars per pod |"), "{md}");
     assert!(md.contains("![latency percentiles](latency.svg)"));
@@ -347,17 +272,9 @@ fn sidecar_baseline_prints_ratios_and_proxy_memory_and_writes_reports() {
     assert_eq!(svg.matches("<polyline").count(), 3);
     let outcome: Value =
         serde_json::from_str(&fs::read_to_string(dir.join("outcome.json")).unwrap()).unwrap();
-    assert!(
-        outcome["report"]["results"]["sidecars"]["proxy_rss_kb"]
-            .as_f64()
-            .unwrap()
-            > 100.0
-    );
+    assert!(outcome["report"]["results"]["sidecars"]["proxy_rss_kb"].as_f64().unwrap() > 100.0);
     fs::remove_dir_all(results).unwrap();
-    assert_eq!(
-        remains_of(outcome["report"]["lab"].as_str().unwrap()),
-        Vec::<String>::new()
-    );
+    assert_eq!(remains_of(outcome["report"]["lab"].as_str().unwrap()), Vec::<String>::new());
 }
 
 /// A pseudo-terminal whose output is collected in the background.
@@ -373,13 +290,7 @@ impl Pty {
         // SAFETY: openpty fills two fds we then own.
         assert_eq!(
             unsafe {
-                libc::openpty(
-                    &mut m,
-                    &mut s,
-                    std::ptr::null_mut(),
-                    std::ptr::null(),
-                    std::ptr::null(),
-                )
+                libc::openpty(&mut m, &mut s, std::ptr::null_mut(), std::ptr::null(), std::ptr::null())
             },
             0
         );
@@ -399,9 +310,7 @@ impl Pty {
                 if n == 0 {
                     break;
                 }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
             }
         });
         (Pty { master, seen }, child)
@@ -415,11 +324,7 @@ impl Pty {
     fn wait_count(&self, needle: &str, n: usize, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         while self.text().matches(needle).count() < n {
-            assert!(
-                Instant::now() < deadline,
-                "waited for {n} x {needle:?}; got:\n{}",
-                self.text()
-            );
+            assert!(Instant::now() < deadline, "waited for {n} x {needle:?}; got:\n{}", self.text());
             thread::sleep(Duration::from_millis(20));
         }
     }
@@ -437,30 +342,15 @@ fn guided_mode_pauses_after_each_step_until_a_key_is_pressed() {
     }
     const PROMPT: &str = "-- Enter: next step, q: stop here --";
     let mut cmd = Command::new(bin());
-    cmd.args([
-        "scenario",
-        "sockmap",
-        "--backend",
-        "host",
-        "--step",
-        "--round-trips",
-        "500",
-    ]);
+    cmd.args(["scenario", "sockmap", "--backend", "host", "--step", "--round-trips", "500"]);
     let (mut pty, mut child) = Pty::spawn(&mut cmd);
     // Step 1 ran, with its explanation rendered in full and the commands to try.
     pty.wait_count(PROMPT, 1, Duration::from_secs(60));
     let first = pty.text();
-    assert!(
-        first.contains("1. direct") && first.contains("try: ip -n"),
-        "{first}"
-    );
+    assert!(first.contains("1. direct") && first.contains("try: ip -n slab-"), "{first}");
     // It really waits: no second step without a key.
     thread::sleep(Duration::from_millis(1500));
-    assert!(
-        !pty.text().contains("== 2."),
-        "went on without a key:\n{}",
-        pty.text()
-    );
+    assert!(!pty.text().contains("== 2."), "went on without a key:\n{}", pty.text());
     pty.send("\n");
     pty.wait_count(PROMPT, 2, Duration::from_secs(60));
     assert!(pty.text().contains("== 2. sidecars per pod"));
@@ -470,10 +360,6 @@ fn guided_mode_pauses_after_each_step_until_a_key_is_pressed() {
     pty.send("q\n");
     let status = wait_exit(&mut child, Duration::from_secs(60));
     assert_eq!(status.code(), Some(130), "{}", pty.text());
-    let lab = pty
-        .text()
-        .lines()
-        .find_map(|l| l.strip_prefix("lab ").map(|s| s.trim().to_owned()))
-        .unwrap();
+    let lab = pty.text().lines().find_map(|l| l.strip_prefix("lab ").map(|s| s.trim().to_owned())).unwrap();
     assert_eq!(remains_of(&lab), Vec::<String>::new());
 }

@@ -24,32 +24,19 @@ fn bin() -> PathBuf {
 }
 
 fn guest_bins() -> PathBuf {
-    bin()
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("x86_64-unknown-linux-musl/release")
+    bin().parent().unwrap().parent().unwrap().join("x86_64-unknown-linux-musl/release")
 }
 
 /// `true` when the VM tests can run; prints why not otherwise.
 fn ready(test: &str) -> bool {
-    let qemu = [
-        "/usr/bin/qemu-system-x86_64",
-        "/usr/local/bin/qemu-system-x86_64",
-    ]
-    .iter()
-    .any(|p| Path::new(p).exists());
-    let bins = ["lab-node", "workload", "mesh-agent"]
+    let qemu = ["/usr/bin/qemu-system-x86_64", "/usr/local/bin/qemu-system-x86_64"]
         .iter()
-        .all(|b| guest_bins().join(b).exists());
+        .any(|p| Path::new(p).exists());
+    let bins = ["lab-node", "workload", "mesh-agent"].iter().all(|b| guest_bins().join(b).exists());
     let why = match (qemu, bins) {
         (true, true) => return true,
         (false, _) => "qemu-system-x86_64 is not installed".to_owned(),
-        (_, false) => format!(
-            "the static guest binaries are not built in {}",
-            guest_bins().display()
-        ),
+        (_, false) => format!("the static guest binaries are not built in {}", guest_bins().display()),
     };
     if std::env::var("SIDECARLESS_REQUIRE_ROOT_TESTS").is_ok_and(|v| v == "1") {
         panic!("{test}: {why}, and SIDECARLESS_REQUIRE_ROOT_TESTS=1 forbids skipping");
@@ -72,9 +59,7 @@ impl Env {
     }
     fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(bin());
-        c.args(args)
-            .env("XDG_RUNTIME_DIR", self.root.join("run"))
-            .env("SIDECARLESS_GUEST_BIN", guest_bins());
+        c.args(args).env("XDG_RUNTIME_DIR", self.root.join("run")).env("SIDECARLESS_GUEST_BIN", guest_bins());
         c
     }
     fn run(&self, args: &[&str]) -> Output {
@@ -82,11 +67,7 @@ impl Env {
     }
     fn state_dirs(&self) -> Vec<String> {
         fs::read_dir(self.root.join("run/sidecarless-lab"))
-            .map(|rd| {
-                rd.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
+            .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
             .unwrap_or_default()
     }
 }
@@ -110,10 +91,8 @@ fn qemus_under(dir: &Path) -> Vec<i32> {
         .flatten()
         .filter_map(|e| {
             let pid: i32 = e.file_name().to_string_lossy().parse().ok()?;
-            let cmd =
-                String::from_utf8_lossy(&fs::read(e.path().join("cmdline")).ok()?).into_owned();
-            let zombie =
-                fs::read_to_string(e.path().join("stat")).is_ok_and(|s| s.contains(") Z "));
+            let cmd = String::from_utf8_lossy(&fs::read(e.path().join("cmdline")).ok()?).into_owned();
+            let zombie = fs::read_to_string(e.path().join("stat")).is_ok_and(|s| s.contains(") Z "));
             (cmd.contains("qemu") && cmd.contains(&needle) && !zombie).then_some(pid)
         })
         .collect()
@@ -134,11 +113,8 @@ fn up_exec_down_as_an_unprivileged_user() {
     let env = Env::new("nobody");
     // As root, prove the claim by dropping to nobody: give it copies of the binaries and a cache
     // of its own (seeded with our verified download, if any, to spare the mirror).
-    let (runner, guest, cache) = (
-        env.root.join("lab-runner"),
-        env.root.join("guest"),
-        env.root.join("cache"),
-    );
+    let (runner, guest, cache) =
+        (env.root.join("lab-runner"), env.root.join("guest"), env.root.join("cache"));
     fs::copy(bin(), &runner).unwrap();
     fs::create_dir_all(&guest).unwrap();
     for b in ["lab-node", "workload", "mesh-agent"] {
@@ -146,26 +122,21 @@ fn up_exec_down_as_an_unprivileged_user() {
     }
     let debs = cache.join("sidecarless-lab/debs");
     fs::create_dir_all(&debs).unwrap();
-    let home_debs = PathBuf::from(std::env::var("HOME").unwrap_or_default())
-        .join(".cache/sidecarless-lab/debs");
+    let home_debs =
+        PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/sidecarless-lab/debs");
     if let Ok(rd) = fs::read_dir(home_debs) {
         for e in rd.flatten() {
             let _ = fs::copy(e.path(), debs.join(e.file_name()));
         }
     }
     if root {
-        Command::new("chown")
-            .args(["-R", "65534:65534"])
-            .arg(&env.root)
-            .status()
-            .unwrap();
+        Command::new("chown").args(["-R", "65534:65534"]).arg(&env.root).status().unwrap();
         fs::set_permissions(&env.root, fs::Permissions::from_mode(0o755)).unwrap();
     }
     let run = |args: &[&str]| -> Output {
         let mut c = if root {
             let mut c = Command::new("setpriv");
-            c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-                .arg(&runner);
+            c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"]).arg(&runner);
             c
         } else {
             Command::new(&runner)
@@ -180,11 +151,7 @@ fn up_exec_down_as_an_unprivileged_user() {
     };
     let up = run(&["up", "--kernel", "6.1", "--accel", "tcg"]);
     assert!(up.status.success(), "up failed: {}", text(&up.stderr));
-    assert!(
-        text(&up.stdout).contains("VM up: kernel 6.1"),
-        "{}",
-        text(&up.stdout)
-    );
+    assert!(text(&up.stdout).contains("VM up: kernel 6.1"), "{}", text(&up.stdout));
 
     let uname = run(&["exec", "--", "uname", "-r"]);
     assert!(uname.status.success(), "{}", text(&uname.stderr));
@@ -208,22 +175,32 @@ fn sockmap_passes_inside_the_vm() {
         return;
     }
     let env = Env::new("sockmap");
+    let results = env.root.join("results");
     let out = env.run(&[
-        "scenario", "sockmap", "--kernel", "6.1", "--accel", "tcg", "--json",
+        "scenario",
+        "sockmap",
+        "--kernel",
+        "6.1",
+        "--accel",
+        "tcg",
+        "--json",
+        "--round-trips",
+        "5000",
+        "--results",
+        results.to_str().unwrap(),
     ]);
     assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["passed"], true);
-    assert!(
-        v["kernel"].as_str().unwrap().starts_with("6.1.0"),
-        "ran on {}",
-        v["kernel"]
-    );
-    let r = &v["report"];
-    assert!(r["sockmap"]["mesh"]["msg_redirected"].as_u64().unwrap() >= 40_000);
-    assert!(
-        r["sockmap"]["packets"].as_u64().unwrap() * 100 <= r["plain"]["packets"].as_u64().unwrap()
-    );
+    assert_eq!(v["passed"], true, "{}", v["failures"]);
+    assert!(v["kernel"].as_str().unwrap().starts_with("6.1.0"), "ran on {}", v["kernel"]);
+    let r = &v["report"]["results"];
+    let get = |run: &str, key: &str| r[run][key].as_f64().unwrap_or_else(|| panic!("no {run}.{key}"));
+    assert!(get("sockmap", "msg_redirected") >= 10_000.0);
+    // Sidecars ran in the guest too (iptables-nft and its modules are in the image).
+    assert_eq!(get("sidecars", "proxies"), 2.0);
+    assert!(get("sidecars+sockmap", "msg_redirected") > 0.0);
+    assert!(get("sockmap", "packets") * 100.0 <= get("direct", "packets"));
+    assert!(fs::read_dir(results.join("sockmap")).unwrap().count() == 1, "result files written");
     // The VM booted for the run is gone with it.
     assert_eq!(qemus_under(&env.root), Vec::<i32>::new());
     assert_eq!(env.state_dirs(), Vec::<String>::new());
@@ -246,7 +223,9 @@ fn a_vm_killed_mid_scenario_is_reported_and_cleaned_up() {
             "tcg",
             "--round-trips",
             "200000",
+            "--results",
         ])
+        .arg(env.root.join("results"))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -263,17 +242,10 @@ fn a_vm_killed_mid_scenario_is_reported_and_cleaned_up() {
     unsafe { libc::kill(qemus[0], libc::SIGKILL) };
     let killed = Instant::now();
     let out = child.wait_with_output().unwrap();
-    assert!(
-        killed.elapsed() < Duration::from_secs(10),
-        "reported after {:?}",
-        killed.elapsed()
-    );
+    assert!(killed.elapsed() < Duration::from_secs(10), "reported after {:?}", killed.elapsed());
     assert_eq!(out.status.code(), Some(4));
     let err = text(&out.stderr);
-    assert!(
-        err.contains("the VM stopped (qemu exited) during scenario sockmap"),
-        "{err}"
-    );
+    assert!(err.contains("the VM stopped (qemu exited) during scenario sockmap"), "{err}");
     assert_eq!(env.state_dirs(), Vec::<String>::new());
 }
 
@@ -291,17 +263,9 @@ fn a_silent_guest_is_reported_within_the_timeout() {
     unsafe { libc::kill(qemus[0], libc::SIGSTOP) };
     let t = Instant::now();
     let out = env.run(&["exec", "--timeout", "3", "--", "uname", "-r"]);
-    assert!(
-        t.elapsed() < Duration::from_secs(8),
-        "took {:?}",
-        t.elapsed()
-    );
+    assert!(t.elapsed() < Duration::from_secs(8), "took {:?}", t.elapsed());
     assert_eq!(out.status.code(), Some(4));
-    assert!(
-        text(&out.stderr).contains("did not answer within 3 s"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert!(text(&out.stderr).contains("did not answer within 3 s"), "{}", text(&out.stderr));
     let down = env.run(&["down"]);
     assert!(down.status.success());
     thread::sleep(Duration::from_millis(200));
@@ -321,11 +285,7 @@ fn a_corrupted_cached_package_is_detected_and_fetched_again() {
     fs::create_dir_all(&debs).unwrap();
     let name = "linux-image-6.1.0-50-cloud-amd64-unsigned_6.1.176-1_amd64.deb";
     fs::write(debs.join(name), b"not a kernel").unwrap();
-    let out = env
-        .cmd(&["kernels", "fetch", "6.1"])
-        .env("XDG_CACHE_HOME", &cache)
-        .output()
-        .unwrap();
+    let out = env.cmd(&["kernels", "fetch", "6.1"]).env("XDG_CACHE_HOME", &cache).output().unwrap();
     let err = text(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(err.contains("cached copy is corrupt"), "{err}");
@@ -346,7 +306,7 @@ fn matrix_writes_the_table_with_boot_times() {
         "--kernels",
         "6.1",
         "--scenarios",
-        "sockmap",
+        "sidecar-baseline",
         "--boots",
         "2",
         "--accel",

@@ -40,11 +40,7 @@ fn main() -> anyhow::Result<()> {
 
     let root_dir = ebpf_dir.to_str().context("non-UTF-8 path")?;
     aya_build::build_ebpf(
-        [aya_build::Package {
-            name: EBPF_PACKAGE,
-            root_dir,
-            ..Default::default()
-        }],
+        [aya_build::Package { name: EBPF_PACKAGE, root_dir, ..Default::default() }],
         aya_build::Toolchain::Custom(&toolchain),
     )
 }

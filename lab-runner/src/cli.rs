@@ -206,8 +206,6 @@ pub struct CleanArgs {
 fn parse_size(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(n) if (1..=1 << 20).contains(&n) => Ok(n),
-        _ => Err(format!(
-            "expected a size in bytes between 1 and 1048576, got {s:?}"
-        )),
+        _ => Err(format!("expected a size in bytes between 1 and 1048576, got {s:?}")),
     }
 }

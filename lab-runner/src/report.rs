@@ -14,19 +14,11 @@ const TEMPLATE: &str = include_str!("../templates/report.md.tera");
 /// Writes the three files; returns the folder.
 pub fn write(results: &Path, outcome: &Outcome, backend: &str) -> std::io::Result<PathBuf> {
     let when = utc_now();
-    let dir = results
-        .join(&outcome.scenario)
-        .join(when.replace([':', ' '], "-"));
+    let dir = results.join(&outcome.scenario).join(when.replace([':', ' '], "-"));
     fs::create_dir_all(&dir)?;
-    fs::write(
-        dir.join("outcome.json"),
-        serde_json::to_string_pretty(outcome).expect("serializes"),
-    )?;
+    fs::write(dir.join("outcome.json"), serde_json::to_string_pretty(outcome).expect("serializes"))?;
     fs::write(dir.join("latency.svg"), svg(&outcome.report))?;
-    fs::write(
-        dir.join("report.md"),
-        markdown(outcome, &when, backend, "latency.svg"),
-    )?;
+    fs::write(dir.join("report.md"), markdown(outcome, &when, backend, "latency.svg"))?;
     Ok(dir)
 }
 
@@ -48,9 +40,7 @@ pub fn markdown(outcome: &Outcome, when: &str, backend: &str, svg: &str) -> Stri
         .unwrap_or_else(|e| format!("report template failed: {}", lab_node::error::chain(&e)))
 }
 
-const COLORS: [&str; 6] = [
-    "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b",
-];
+const COLORS: [&str; 6] = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"];
 
 /// Latency (µs, log scale) against percentile (on a `1/(1-p)` scale, as HdrHistogram plots it),
 /// one line per run.
@@ -72,31 +62,18 @@ pub fn svg(report: &Value) -> String {
         .collect();
     // x: log10(1/(1-p)) from 0 (p0) to 4 (p99.99); y: log10(us).
     let xs = |pct: f64| (1.0 / (1.0 - pct / 100.0)).log10();
-    let all: Vec<f64> = curves
-        .iter()
-        .flat_map(|(_, c)| c.iter().map(|(_, us)| us.log10()))
-        .collect();
+    let all: Vec<f64> = curves.iter().flat_map(|(_, c)| c.iter().map(|(_, us)| us.log10())).collect();
     let (ymin, ymax) = (
         all.iter().copied().fold(f64::MAX, f64::min).floor(),
         all.iter().copied().fold(f64::MIN, f64::max).ceil(),
     );
-    let (ymin, ymax) = if ymin >= ymax {
-        (0.0, 1.0)
-    } else {
-        (ymin, ymax)
-    };
+    let (ymin, ymax) = if ymin >= ymax { (0.0, 1.0) } else { (ymin, ymax) };
     let px = |x: f64| left + x / 4.0 * (w - left - right);
     let py = |y: f64| top + (ymax - y) / (ymax - ymin) * (h - top - bottom);
     let mut s = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
     );
-    for (pct, label) in [
-        (0.0, "p0"),
-        (90.0, "p90"),
-        (99.0, "p99"),
-        (99.9, "p99.9"),
-        (99.99, "p99.99"),
-    ] {
+    for (pct, label) in [(0.0, "p0"), (90.0, "p90"), (99.0, "p99"), (99.9, "p99.9"), (99.99, "p99.99")] {
         let x = px(xs(pct));
         s.push_str(&format!(
             "<line x1=\"{x:.1}\" y1=\"{top}\" x2=\"{x:.1}\" y2=\"{:.1}\" stroke=\"#ddd\"/>\n",
@@ -129,10 +106,8 @@ pub fn svg(report: &Value) -> String {
     ));
     for (i, (name, pts)) in curves.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
-        let path: Vec<String> = pts
-            .iter()
-            .map(|(p, us)| format!("{:.1},{:.1}", px(xs(*p)), py(us.log10())))
-            .collect();
+        let path: Vec<String> =
+            pts.iter().map(|(p, us)| format!("{:.1},{:.1}", px(xs(*p)), py(us.log10()))).collect();
         s.push_str(&format!(
             "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>\n",
             path.join(" ")
@@ -151,24 +126,15 @@ pub fn svg(report: &Value) -> String {
 }
 
 fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
 /// `2026-11-28 11:38:25Z`, from the system clock (no time zone database needed).
 fn utc_now() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (y, m, d) = civil_from_days(days as i64);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 /// Days since 1970-01-01 to (year, month, day), Howard Hinnant's algorithm.

@@ -52,11 +52,9 @@ impl FetchView {
             FetchEvent::Start { name, bytes } => {
                 let bar = ProgressBar::new(*bytes);
                 bar.set_style(
-                    ProgressStyle::with_template(
-                        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
-                    )
-                    .expect("valid template")
-                    .progress_chars("=> "),
+                    ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
+                        .expect("valid template")
+                        .progress_chars("=> "),
                 );
                 bar.set_message(name.clone());
                 self.bar = Some(bar);
@@ -95,11 +93,7 @@ pub struct View {
 
 impl View {
     pub fn new(json: bool, guided: bool) -> View {
-        View {
-            json,
-            guided,
-            table: Vec::new(),
-        }
+        View { json, guided, table: Vec::new() }
     }
 
     pub fn note(&self, line: &str) {
@@ -110,18 +104,8 @@ impl View {
 
     /// Draws one event. Returns true when the engine paused and may now go on.
     pub fn event(&mut self, e: &Event, cancel: &Cancel) -> bool {
-        if let Event::Metric {
-            step,
-            name,
-            value,
-            unit,
-        } = e
-        {
-            let fig = Figure {
-                name: name.clone(),
-                value: *value,
-                unit: unit.clone(),
-            };
+        if let Event::Metric { step, name, value, unit } = e {
+            let fig = Figure { name: name.clone(), value: *value, unit: unit.clone() };
             match self.table.iter_mut().find(|(s, _)| s == step) {
                 Some((_, row)) => row.push(fig),
                 None => self.table.push((step.clone(), vec![fig])),
@@ -134,10 +118,7 @@ impl View {
             Event::LabUp { id, pods } => {
                 println!("lab {id}");
                 for p in pods {
-                    println!(
-                        "  pod {:<8} {} {}  (netns {})",
-                        p.name, p.ipv4, p.ipv6, p.netns
-                    );
+                    println!("  pod {:<8} {} {}  (netns {})", p.name, p.ipv4, p.ipv6, p.netns);
                 }
             }
             Event::StepStarted { step, explain } => {
@@ -151,9 +132,7 @@ impl View {
                 }
             }
             Event::Output { line, .. } => println!("   {line}"),
-            Event::Metric {
-                name, value, unit, ..
-            } => println!("   {name:<18} {}", figure(*value, unit)),
+            Event::Metric { name, value, unit, .. } => println!("   {name:<18} {}", figure(*value, unit)),
             Event::StepPassed { step } => println!("   ok: {step}"),
             Event::StepFailed { step, reason } => println!("   FAILED: {step}: {reason}"),
             Event::StepSkipped { step, reason } => println!("   skipped: {step}: {reason}"),
@@ -177,25 +156,17 @@ impl View {
 
     pub fn outcome(&self, o: &Outcome) {
         if self.json {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(o).expect("outcome serializes")
-            );
+            println!("{}", serde_json::to_string_pretty(o).expect("outcome serializes"));
             return;
         }
-        println!(
-            "\n== summary: scenario {} on kernel {}",
-            o.scenario, o.kernel
-        );
+        println!("\n== summary: scenario {} on kernel {}", o.scenario, o.kernel);
         if let Some(reason) = &o.skipped {
             println!("\nSKIPPED: {reason}");
             return;
         }
         // Steps that measured a run (they have a p50) form the table; the rest follow.
-        let (runs, others): (Vec<_>, Vec<_>) = self
-            .table
-            .iter()
-            .partition(|(_, row)| row.iter().any(|f| f.name == "p50"));
+        let (runs, others): (Vec<_>, Vec<_>) =
+            self.table.iter().partition(|(_, row)| row.iter().any(|f| f.name == "p50"));
         let mut columns: Vec<&str> = Vec::new();
         for f in runs.iter().flat_map(|(_, row)| row) {
             if !columns.contains(&f.name.as_str()) {
@@ -233,23 +204,17 @@ impl View {
 
 /// `3. sidecars` -> `sidecars`.
 fn short(step: &str) -> &str {
-    step.split_once(". ").map_or(step, |(n, rest)| {
-        if n.chars().all(|c| c.is_ascii_digit()) {
-            rest
-        } else {
-            step
-        }
-    })
+    step.split_once(". ").map_or(
+        step,
+        |(n, rest)| {
+            if n.chars().all(|c| c.is_ascii_digit()) { rest } else { step }
+        },
+    )
 }
 
 /// The first paragraph of a Markdown explanation, without emphasis marks.
 fn compact(md: &str) -> String {
-    md.trim()
-        .split("\n\n")
-        .next()
-        .unwrap_or_default()
-        .replace("**", "")
-        .replace('`', "")
+    md.trim().split("\n\n").next().unwrap_or_default().replace("**", "").replace('`', "")
 }
 
 fn figure(v: f64, unit: &str) -> String {
@@ -312,12 +277,6 @@ mod tests {
             "{msg}"
         );
         assert_eq!(exit_code(&LabError::Cancelled), exit::INTERRUPTED);
-        assert_eq!(
-            exit_code(&LabError::Timeout {
-                what: "x".into(),
-                seconds: 1
-            }),
-            exit::BACKEND
-        );
+        assert_eq!(exit_code(&LabError::Timeout { what: "x".into(), seconds: 1 }), exit::BACKEND);
     }
 }

@@ -36,11 +36,7 @@ pub fn guest_bins(flag: Option<&PathBuf>) -> PathBuf {
         return p.clone();
     }
     let exe = std::env::current_exe().unwrap_or_default();
-    let target = exe
-        .parent()
-        .and_then(|p| p.parent())
-        .map(PathBuf::from)
-        .unwrap_or_default();
+    let target = exe.parent().and_then(|p| p.parent()).map(PathBuf::from).unwrap_or_default();
     target.join("x86_64-unknown-linux-musl").join("release")
 }
 
@@ -65,34 +61,22 @@ pub fn prepare(
 ) -> Result<Prepared, VmError> {
     let kernel = Catalog::builtin().get(kernel_name)?.clone();
     let files = fetch_kernel(&kernel, mirror_flag)?;
+    // `missing`: no module of that name (absent, or compiled into another module).
     let (modules, missing) = kernel::resolve(&files, LAB_MODULES)?;
-    if !missing.is_empty() {
-        eprintln!(
-            "kernel {}: not available as modules or built in: {}",
-            kernel.name,
-            missing.join(", ")
-        );
-    }
     let bins = guest_bins(guest_bin);
     let image = image::build(
-        &image::Inputs {
-            guest_bins: &bins,
-            kernel: &files,
-            modules: &modules,
-        },
+        &image::Inputs { guest_bins: &bins, kernel: &files, modules: &modules },
         &paths::cache_dir(),
     )?;
+    let missing =
+        if missing.is_empty() { String::new() } else { format!("; no module for {}", missing.join(", ")) };
     eprintln!(
-        "image {} ({}{} modules)",
+        "image {} ({}{} modules{missing})",
         image.path.display(),
         if image.cached { "cached, " } else { "" },
         modules.len()
     );
-    Ok(Prepared {
-        kernel,
-        files,
-        image,
-    })
+    Ok(Prepared { kernel, files, image })
 }
 
 #[derive(Serialize, Deserialize)]
@@ -122,9 +106,7 @@ pub fn choose_accel(arg: AccelArg, p: &Prepared) -> Result<Accel, VmError> {
     }
     let host_kernel = lab_node::scenario::kernel_release();
     let cache = paths::cache_dir().join("accel-probe.json");
-    if let Some(probe) = fs::read_to_string(&cache)
-        .ok()
-        .and_then(|t| serde_json::from_str::<Probe>(&t).ok())
+    if let Some(probe) = fs::read_to_string(&cache).ok().and_then(|t| serde_json::from_str::<Probe>(&t).ok())
         && probe.host_kernel == host_kernel
     {
         eprintln!("accel: {} ({}, cached probe)", probe.accel, probe.reason);
@@ -147,17 +129,10 @@ pub fn choose_accel(arg: AccelArg, p: &Prepared) -> Result<Accel, VmError> {
             let _ = m.down();
             (Accel::Kvm, r)
         }
-        Err(e) => (
-            Accel::Tcg,
-            format!("KVM probe boot failed: {}", first_line(&e.to_string())),
-        ),
+        Err(e) => (Accel::Tcg, format!("KVM probe boot failed: {}", first_line(&e.to_string()))),
     };
     eprintln!("accel: {accel} ({reason})");
-    let probe = Probe {
-        host_kernel,
-        accel,
-        reason,
-    };
+    let probe = Probe { host_kernel, accel, reason };
     let _ = fs::create_dir_all(paths::cache_dir());
     let _ = fs::write(&cache, serde_json::to_string(&probe).expect("serializes"));
     Ok(accel)
@@ -172,10 +147,7 @@ pub fn boot(name: &str, args: &VmArgs, tied: bool) -> Result<Machine, VmError> {
     let kernel_name = args.kernel.as_deref().unwrap_or(DEFAULT_KERNEL);
     let p = prepare(kernel_name, args.mirror.as_deref(), args.guest_bin.as_ref())?;
     let accel = choose_accel(args.accel, &p)?;
-    eprintln!(
-        "booting kernel {} ({}) with {accel}...",
-        p.kernel.name, p.kernel.release
-    );
+    eprintln!("booting kernel {} ({}) with {accel}...", p.kernel.name, p.kernel.release);
     let m = Machine::boot(&BootOptions {
         name,
         kernel_name: &p.kernel.name,
@@ -186,10 +158,7 @@ pub fn boot(name: &str, args: &VmArgs, tied: bool) -> Result<Machine, VmError> {
         cpus: args.cpus,
         tied,
     })?;
-    eprintln!(
-        "VM {name} up: {} ({accel}), agent ready after {:.1} s",
-        m.state.release, m.state.boot_s
-    );
+    eprintln!("VM {name} up: {} ({accel}), agent ready after {:.1} s", m.state.release, m.state.boot_s);
     Ok(m)
 }
 

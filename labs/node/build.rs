@@ -20,15 +20,8 @@ fn main() {
     for f in files {
         println!("cargo:rerun-if-changed={}", f.display());
         let shown = format!("scenarios/{}", f.file_name().unwrap().to_string_lossy());
-        out.push_str(&format!(
-            "    ({shown:?}, include_str!({:?})),\n",
-            f.display().to_string()
-        ));
+        out.push_str(&format!("    ({shown:?}, include_str!({:?})),\n", f.display().to_string()));
     }
     out.push_str("];\n");
-    fs::write(
-        PathBuf::from(env::var("OUT_DIR").unwrap()).join("scenarios.rs"),
-        out,
-    )
-    .unwrap();
+    fs::write(PathBuf::from(env::var("OUT_DIR").unwrap()).join("scenarios.rs"), out).unwrap();
 }

@@ -55,18 +55,13 @@ impl Catalog {
     pub fn parse(text: &str, file: &str) -> Result<Catalog, VmError> {
         let cat: Catalog = toml::from_str(text).map_err(|e| VmError::Catalog {
             file: file.to_owned(),
-            line: e.span().map_or(0, |s| {
-                text[..s.start.min(text.len())].matches('\n').count() + 1
-            }),
+            line: e.span().map_or(0, |s| text[..s.start.min(text.len())].matches('\n').count() + 1),
             message: e.message().to_owned(),
         })?;
         for k in &cat.kernels {
             for p in &k.packages {
                 if p.sha256.len() != 64 || !p.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-                    let line = text
-                        .lines()
-                        .position(|l| l.contains(&p.sha256))
-                        .map_or(0, |i| i + 1);
+                    let line = text.lines().position(|l| l.contains(&p.sha256)).map_or(0, |i| i + 1);
                     return Err(VmError::Catalog {
                         file: file.to_owned(),
                         line,
@@ -82,10 +77,7 @@ impl Catalog {
         self.kernels
             .iter()
             .find(|k| k.name == name)
-            .ok_or_else(|| VmError::UnknownKernel {
-                name: name.to_owned(),
-                known: self.names().join(", "),
-            })
+            .ok_or_else(|| VmError::UnknownKernel { name: name.to_owned(), known: self.names().join(", ") })
     }
 
     pub fn names(&self) -> Vec<&str> {
@@ -109,8 +101,7 @@ mod tests {
 
     #[test]
     fn errors_name_file_and_line() {
-        let text =
-            "[[kernel]]\nname = \"x\"\nsuite = \"s\"\nrelease = \"r\"\npackages = []\ncolour = 1\n";
+        let text = "[[kernel]]\nname = \"x\"\nsuite = \"s\"\nrelease = \"r\"\npackages = []\ncolour = 1\n";
         let e = Catalog::parse(text, "k.toml").unwrap_err().to_string();
         assert!(e.starts_with("k.toml:6: unknown field `colour`"), "{e}");
         let text = "[[kernel]]\nname = 6\n";

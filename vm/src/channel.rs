@@ -30,11 +30,7 @@ pub struct Channel {
 
 impl Channel {
     /// Connects to the control socket, retrying until `timeout` while QEMU creates it.
-    pub fn connect(
-        socket: &Path,
-        serial_log: &Path,
-        timeout: Duration,
-    ) -> Result<Channel, VmError> {
+    pub fn connect(socket: &Path, serial_log: &Path, timeout: Duration) -> Result<Channel, VmError> {
         let deadline = Instant::now() + timeout;
         let stream = loop {
             match UnixStream::connect(socket) {
@@ -49,32 +45,19 @@ impl Channel {
                 }
             }
         };
-        stream
-            .set_read_timeout(Some(TICK))
-            .map_err(VmError::io("cannot configure", socket))?;
-        let reader = BufReader::new(
-            stream
-                .try_clone()
-                .map_err(VmError::io("cannot clone", socket))?,
-        );
+        stream.set_read_timeout(Some(TICK)).map_err(VmError::io("cannot configure", socket))?;
+        let reader = BufReader::new(stream.try_clone().map_err(VmError::io("cannot clone", socket))?);
         // Ids start from the clock so a reply meant for an earlier client is never taken as ours.
         let next_id = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_micros() as u64);
-        Ok(Channel {
-            stream,
-            reader,
-            serial_log: serial_log.to_owned(),
-            next_id,
-        })
+        Ok(Channel { stream, reader, serial_log: serial_log.to_owned(), next_id })
     }
 
     fn send(&mut self, id: u64, body: RequestBody) -> Result<(), VmError> {
         let mut line = serde_json::to_string(&Request { id, body }).expect("request serializes");
         line.push('\n');
-        self.stream
-            .write_all(line.as_bytes())
-            .map_err(|_| self.gone("while sending a request"))
+        self.stream.write_all(line.as_bytes()).map_err(|_| self.gone("while sending a request"))
     }
 
     /// Sends `body` and returns its final reply, handing the others to `on_reply` (which may
@@ -142,10 +125,7 @@ impl Channel {
     }
 
     fn gone(&self, during: &str) -> VmError {
-        VmError::VmGone {
-            during: during.to_owned(),
-            console: tail(&self.serial_log, 15),
-        }
+        VmError::VmGone { during: during.to_owned(), console: tail(&self.serial_log, 15) }
     }
 }
 
@@ -153,9 +133,5 @@ impl Channel {
 pub fn tail(path: &Path, n: usize) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..]
-        .iter()
-        .map(|l| format!("  | {l}"))
-        .collect::<Vec<_>>()
-        .join("\n")
+    lines[lines.len().saturating_sub(n)..].iter().map(|l| format!("  | {l}")).collect::<Vec<_>>().join("\n")
 }

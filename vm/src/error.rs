@@ -4,11 +4,7 @@ use std::{io, path::PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
     #[error("{file}:{line}: {message}")]
-    Catalog {
-        file: String,
-        line: usize,
-        message: String,
-    },
+    Catalog { file: String, line: usize, message: String },
     #[error("unknown kernel {name:?} (known: {known})")]
     UnknownKernel { name: String, known: String },
     #[error(
@@ -23,11 +19,7 @@ pub enum VmError {
         source: Box<ureq::Error>,
     },
     #[error("{url}: sha256 is {actual}, kernels.toml pins {expected}; refusing it")]
-    Checksum {
-        url: String,
-        expected: String,
-        actual: String,
-    },
+    Checksum { url: String, expected: String, actual: String },
     #[error("`{command}` failed: {detail}")]
     Command { command: String, detail: String },
     #[error("{what}: {detail}")]
@@ -46,11 +38,7 @@ pub enum VmError {
     #[error("the VM stopped (qemu exited) {during}; last console lines:\n{console}")]
     VmGone { during: String, console: String },
     #[error("the guest did not answer within {seconds} s {during}; last console lines:\n{console}")]
-    GuestSilent {
-        during: String,
-        seconds: u64,
-        console: String,
-    },
+    GuestSilent { during: String, seconds: u64, console: String },
     #[error("guest: {message}")]
     Guest { message: String, unmet: bool },
     #[error("interrupted")]
@@ -58,10 +46,7 @@ pub enum VmError {
 }
 
 impl VmError {
-    pub(crate) fn io(
-        what: &'static str,
-        path: impl Into<PathBuf>,
-    ) -> impl FnOnce(io::Error) -> VmError {
+    pub(crate) fn io(what: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> VmError {
         let path = path.into();
         move |source| VmError::Io { what, path, source }
     }
@@ -69,9 +54,6 @@ impl VmError {
     /// A missing requirement (tool not installed, program refused in the guest) rather than a
     /// fault.
     pub fn is_unmet(&self) -> bool {
-        matches!(
-            self,
-            VmError::Guest { unmet: true, .. } | VmError::Missing { .. } | VmError::NoMirror
-        )
+        matches!(self, VmError::Guest { unmet: true, .. } | VmError::Missing { .. } | VmError::NoMirror)
     }
 }

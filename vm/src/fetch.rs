@@ -48,15 +48,10 @@ pub fn package(
     if dest.exists() {
         let actual = sha256_file(&dest)?;
         if actual == pkg.sha256 {
-            on(FetchEvent::Cached {
-                name: pkg.name.clone(),
-            });
+            on(FetchEvent::Cached { name: pkg.name.clone() });
             return Ok(dest);
         }
-        on(FetchEvent::Corrupt {
-            name: pkg.name.clone(),
-            actual,
-        });
+        on(FetchEvent::Corrupt { name: pkg.name.clone(), actual });
         fs::remove_file(&dest).map_err(VmError::io("cannot remove", &dest))?;
     }
     let url = format!("{}/{}", mirror.trim_end_matches('/'), pkg.path);
@@ -68,16 +63,10 @@ pub fn package(
     let actual = result?;
     if actual != pkg.sha256 {
         let _ = fs::remove_file(&part);
-        return Err(VmError::Checksum {
-            url,
-            expected: pkg.sha256.clone(),
-            actual,
-        });
+        return Err(VmError::Checksum { url, expected: pkg.sha256.clone(), actual });
     }
     fs::rename(&part, &dest).map_err(VmError::io("cannot move into place", &dest))?;
-    on(FetchEvent::Done {
-        name: pkg.name.clone(),
-    });
+    on(FetchEvent::Done { name: pkg.name.clone() });
     Ok(dest)
 }
 
@@ -88,34 +77,23 @@ fn download(
     part: &Path,
     on: &mut dyn FnMut(FetchEvent),
 ) -> Result<String, VmError> {
-    let mut resp = ureq::get(url).call().map_err(|e| VmError::Download {
-        url: url.to_owned(),
-        source: Box::new(e),
-    })?;
-    on(FetchEvent::Start {
-        name: pkg.name.clone(),
-        bytes: pkg.size,
-    });
+    let mut resp =
+        ureq::get(url).call().map_err(|e| VmError::Download { url: url.to_owned(), source: Box::new(e) })?;
+    on(FetchEvent::Start { name: pkg.name.clone(), bytes: pkg.size });
     let mut body = resp.body_mut().as_reader();
     let mut out = File::create(part).map_err(VmError::io("cannot create", part))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
     let mut done = 0u64;
     loop {
-        let n = body
-            .read(&mut buf)
-            .map_err(VmError::io("cannot read the download of", part))?;
+        let n = body.read(&mut buf).map_err(VmError::io("cannot read the download of", part))?;
         if n == 0 {
             break;
         }
         hasher.update(&buf[..n]);
-        out.write_all(&buf[..n])
-            .map_err(VmError::io("cannot write", part))?;
+        out.write_all(&buf[..n]).map_err(VmError::io("cannot write", part))?;
         done += n as u64;
-        on(FetchEvent::Progress {
-            name: pkg.name.clone(),
-            done,
-        });
+        on(FetchEvent::Progress { name: pkg.name.clone(), done });
     }
     out.sync_all().map_err(VmError::io("cannot sync", part))?;
     Ok(hex::encode(hasher.finalize()))

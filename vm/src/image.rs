@@ -34,8 +34,7 @@ const XTABLES_NAMES: &[&str] = &["iptables", "ip6tables", "iptables-nft", "ip6ta
 /// iptables' extensions (matches, targets), loaded with dlopen, so invisible to ldd.
 const XTABLES_PLUGINS: &str = "/usr/lib/x86_64-linux-gnu/xtables";
 
-const PROFILE: &str =
-    "export PATH=/usr/sbin:/usr/bin:/sbin:/bin\nalias ip=/usr/sbin/ip tc=/usr/sbin/tc\n";
+const PROFILE: &str = "export PATH=/usr/sbin:/usr/bin:/sbin:/bin\nalias ip=/usr/sbin/ip tc=/usr/sbin/tc\n";
 
 /// What goes into an image.
 pub struct Inputs<'a> {
@@ -76,10 +75,7 @@ impl Tree {
                 p.push('/');
             }
             p.push_str(part);
-            self.0.entry(p.clone()).or_insert(Entry {
-                mode: 0o755,
-                content: Content::Dir,
-            });
+            self.0.entry(p.clone()).or_insert(Entry { mode: 0o755, content: Content::Dir });
         }
     }
     fn parent(&mut self, path: &str) {
@@ -89,22 +85,13 @@ impl Tree {
     }
     fn file(&mut self, path: &str, mode: u32, bytes: Vec<u8>) {
         self.parent(path);
-        self.0.insert(
-            path.trim_matches('/').to_owned(),
-            Entry {
-                mode,
-                content: Content::File(bytes),
-            },
-        );
+        self.0.insert(path.trim_matches('/').to_owned(), Entry { mode, content: Content::File(bytes) });
     }
     fn symlink(&mut self, path: &str, target: &str) {
         self.parent(path);
         self.0.insert(
             path.trim_matches('/').to_owned(),
-            Entry {
-                mode: 0o777,
-                content: Content::Symlink(target.to_owned()),
-            },
+            Entry { mode: 0o777, content: Content::Symlink(target.to_owned()) },
         );
     }
     fn hash(&self) -> String {
@@ -133,18 +120,12 @@ impl Tree {
 /// already cached.
 pub fn build(inputs: &Inputs, cache: &Path) -> Result<Image, VmError> {
     let mut t = Tree::default();
-    for d in [
-        "bin", "sbin", "usr/bin", "usr/sbin", "proc", "sys", "dev", "run", "tmp", "root", "etc",
-        "mnt",
-    ] {
+    for d in ["bin", "sbin", "usr/bin", "usr/sbin", "proc", "sys", "dev", "run", "tmp", "root", "etc", "mnt"]
+    {
         t.dir(d);
     }
     t.symlink("var/run", "/run");
-    t.file(
-        "etc/passwd",
-        0o644,
-        b"root:x:0:0:root:/root:/bin/sh\n".to_vec(),
-    );
+    t.file("etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\n".to_vec());
     t.file("etc/group", 0o644, b"root:x:0:\n".to_vec());
     // Debian's static busybox runs its own `ip`/`tc` applets before PATH inside sh; the login
     // shell gets the real iproute2 instead.
@@ -204,20 +185,12 @@ pub fn build(inputs: &Inputs, cache: &Path) -> Result<Image, VmError> {
         }
     }
     // The config, so scenarios can check `[requires] config` in the guest.
-    t.file(
-        &format!("boot/config-{}", inputs.kernel.release),
-        0o644,
-        read(&inputs.kernel.config)?,
-    );
+    t.file(&format!("boot/config-{}", inputs.kernel.release), 0o644, read(&inputs.kernel.config)?);
 
     let base = format!("lib/modules/{}", inputs.kernel.release);
     let mut list = String::new();
     for m in inputs.modules {
-        t.file(
-            &format!("{base}/{}", m.rel.display()),
-            0o644,
-            kernel::read_module(&m.source)?,
-        );
+        t.file(&format!("{base}/{}", m.rel.display()), 0o644, kernel::read_module(&m.source)?);
         list.push_str(&format!("{}\n", m.rel.display()));
     }
     t.file("lib/modules/load.list", 0o644, list.into_bytes());
@@ -226,21 +199,13 @@ pub fn build(inputs: &Inputs, cache: &Path) -> Result<Image, VmError> {
     let dir = cache.join("images");
     let path = dir.join(format!("{}.cpio.gz", &hash[..16]));
     if path.exists() {
-        return Ok(Image {
-            path,
-            hash,
-            cached: true,
-        });
+        return Ok(Image { path, hash, cached: true });
     }
     fs::create_dir_all(&dir).map_err(VmError::io("cannot create", &dir))?;
     let part = path.with_extension("part");
     write_cpio(&t, &part).map_err(VmError::io("cannot write image", &part))?;
     fs::rename(&part, &path).map_err(VmError::io("cannot move into place", &path))?;
-    Ok(Image {
-        path,
-        hash,
-        cached: false,
-    })
+    Ok(Image { path, hash, cached: false })
 }
 
 fn write_cpio(t: &Tree, out: &Path) -> std::io::Result<()> {
@@ -279,14 +244,8 @@ pub fn which(name: &str) -> Option<PathBuf> {
 }
 
 fn busybox_applets(busybox: &Path) -> Result<Vec<String>, VmError> {
-    let out = Command::new(busybox)
-        .arg("--list")
-        .output()
-        .map_err(VmError::io("cannot run", busybox))?;
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_owned)
-        .collect())
+    let out = Command::new(busybox).arg("--list").output().map_err(VmError::io("cannot run", busybox))?;
+    Ok(String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect())
 }
 
 /// The shared libraries `ldd` says `bin` loads, the dynamic loader included.
@@ -294,10 +253,7 @@ fn shared_libraries(bin: &Path) -> Result<Vec<PathBuf>, VmError> {
     let out = Command::new("ldd")
         .arg(bin)
         .output()
-        .map_err(|e| VmError::Missing {
-            what: "ldd".into(),
-            detail: e.to_string(),
-        })?;
+        .map_err(|e| VmError::Missing { what: "ldd".into(), detail: e.to_string() })?;
     Ok(parse_ldd(&String::from_utf8_lossy(&out.stdout)))
 }
 

@@ -20,6 +20,8 @@ pub const LAB_MODULES: &[&str] = &[
     "bridge",
     "sch_netem",
     "nf_tables",
+    // iptables-nft puts a counter in every rule; built in from 5.x on, a module in 5.10.
+    "nft_counter",
     "nft_compat",
     "nft_chain_nat",
     "xt_nat",
@@ -40,30 +42,21 @@ pub struct KernelFiles {
 
 /// Extracts the .debs (once; a marker records which files made the tree) and finds the parts.
 pub fn extract(kernel: &Kernel, debs: &[PathBuf], cache: &Path) -> Result<KernelFiles, VmError> {
-    let dir = cache
-        .join("kernels")
-        .join(format!("{}-{}", kernel.name, kernel.release));
+    let dir = cache.join("kernels").join(format!("{}-{}", kernel.name, kernel.release));
     let marker = dir.join(".extracted");
-    let want: String = kernel
-        .packages
-        .iter()
-        .map(|p| format!("{}\n", p.sha256))
-        .collect();
+    let want: String = kernel.packages.iter().map(|p| format!("{}\n", p.sha256)).collect();
     if fs::read_to_string(&marker).ok().as_deref() != Some(want.as_str()) {
         if dir.exists() {
             fs::remove_dir_all(&dir).map_err(VmError::io("cannot remove", &dir))?;
         }
         fs::create_dir_all(&dir).map_err(VmError::io("cannot create", &dir))?;
         for deb in debs {
-            let out = Command::new("dpkg-deb")
-                .arg("-x")
-                .arg(deb)
-                .arg(&dir)
-                .output()
-                .map_err(|e| VmError::Missing {
+            let out = Command::new("dpkg-deb").arg("-x").arg(deb).arg(&dir).output().map_err(|e| {
+                VmError::Missing {
                     what: "dpkg-deb".into(),
                     detail: format!("{e} (install the dpkg package)"),
-                })?;
+                }
+            })?;
             if !out.status.success() {
                 return Err(VmError::Command {
                     command: format!("dpkg-deb -x {}", deb.display()),
@@ -74,38 +67,19 @@ pub fn extract(kernel: &Kernel, debs: &[PathBuf], cache: &Path) -> Result<Kernel
         fs::write(&marker, &want).map_err(VmError::io("cannot write", &marker))?;
     }
     let find = |candidates: &[String], what: &str| {
-        candidates
-            .iter()
-            .map(|c| dir.join(c))
-            .find(|p| p.exists())
-            .ok_or_else(|| VmError::Missing {
-                what: format!("{what} of kernel {}", kernel.name),
-                detail: format!("none of {candidates:?} in {}", dir.display()),
-            })
+        candidates.iter().map(|c| dir.join(c)).find(|p| p.exists()).ok_or_else(|| VmError::Missing {
+            what: format!("{what} of kernel {}", kernel.name),
+            detail: format!("none of {candidates:?} in {}", dir.display()),
+        })
     };
     let r = &kernel.release;
     // Debian up to trixie ships vmlinuz and config in /boot; the split packages of 7.x put them
     // next to the modules.
     Ok(KernelFiles {
         release: r.clone(),
-        vmlinuz: find(
-            &[
-                format!("boot/vmlinuz-{r}"),
-                format!("usr/lib/modules/{r}/vmlinuz"),
-            ],
-            "vmlinuz",
-        )?,
-        config: find(
-            &[
-                format!("boot/config-{r}"),
-                format!("usr/lib/modules/{r}/config"),
-            ],
-            "config",
-        )?,
-        modules: find(
-            &[format!("lib/modules/{r}"), format!("usr/lib/modules/{r}")],
-            "modules",
-        )?,
+        vmlinuz: find(&[format!("boot/vmlinuz-{r}"), format!("usr/lib/modules/{r}/vmlinuz")], "vmlinuz")?,
+        config: find(&[format!("boot/config-{r}"), format!("usr/lib/modules/{r}/config")], "config")?,
+        modules: find(&[format!("lib/modules/{r}"), format!("usr/lib/modules/{r}")], "modules")?,
     })
 }
 
@@ -122,10 +96,7 @@ pub struct Module {
 
 /// Resolves `wanted` (module names) with their dependencies into load order, skipping those
 /// built into the kernel and those the kernel does not have (`missing`).
-pub fn resolve(
-    files: &KernelFiles,
-    wanted: &[&str],
-) -> Result<(Vec<Module>, Vec<String>), VmError> {
+pub fn resolve(files: &KernelFiles, wanted: &[&str]) -> Result<(Vec<Module>, Vec<String>), VmError> {
     let builtin: BTreeSet<String> = fs::read_to_string(files.modules.join("modules.builtin"))
         .unwrap_or_default()
         .lines()
@@ -169,11 +140,7 @@ fn visit(
     for dep in depends(&read_module(source)?) {
         visit(&dep, index, builtin, seen, order)?;
     }
-    order.push(Module {
-        name: name.to_owned(),
-        rel: rel.clone(),
-        source: source.clone(),
-    });
+    order.push(Module { name: name.to_owned(), rel: rel.clone(), source: source.clone() });
     Ok(())
 }
 
@@ -191,16 +158,10 @@ fn walk(dir: &Path, root: &Path, index: &mut BTreeMap<String, (PathBuf, PathBuf)
             continue;
         }
         let fname = e.file_name().to_string_lossy().into_owned();
-        let Some(stem) = fname
-            .strip_suffix(".ko.xz")
-            .or_else(|| fname.strip_suffix(".ko"))
-        else {
+        let Some(stem) = fname.strip_suffix(".ko.xz").or_else(|| fname.strip_suffix(".ko")) else {
             continue;
         };
-        let rel = p
-            .strip_prefix(root)
-            .expect("under root")
-            .with_file_name(format!("{stem}.ko"));
+        let rel = p.strip_prefix(root).expect("under root").with_file_name(format!("{stem}.ko"));
         index.insert(norm(stem), (rel, p));
     }
 }

@@ -109,10 +109,7 @@ impl Machine {
     /// directory removed.
     pub fn boot(o: &BootOptions) -> Result<Machine, VmError> {
         if let Some(m) = Machine::find(o.name)? {
-            return Err(VmError::AlreadyUp {
-                name: o.name.to_owned(),
-                kernel: m.state.kernel,
-            });
+            return Err(VmError::AlreadyUp { name: o.name.to_owned(), kernel: m.state.kernel });
         }
         let dir = Machine::dir_of(o.name);
         let _ = fs::remove_dir_all(&dir);
@@ -146,9 +143,7 @@ impl Machine {
             });
         }
         let started = Instant::now();
-        let child = cmd
-            .spawn()
-            .map_err(VmError::io("cannot start", &spec.qemu))?;
+        let child = cmd.spawn().map_err(VmError::io("cannot start", &spec.qemu))?;
         let mut m = Machine {
             dir: dir.clone(),
             state: State {
@@ -161,15 +156,9 @@ impl Machine {
             },
             child: Some(child),
         };
-        let ready = Channel::connect(&control(&dir), &serial(&dir), Duration::from_secs(10))
-            .and_then(|mut ch| {
-                ch.request(
-                    RequestBody::Hello,
-                    o.boot_timeout(),
-                    "while booting",
-                    None,
-                    |_| None,
-                )
+        let ready =
+            Channel::connect(&control(&dir), &serial(&dir), Duration::from_secs(10)).and_then(|mut ch| {
+                ch.request(RequestBody::Hello, o.boot_timeout(), "while booting", None, |_| None)
             });
         match ready {
             Ok(ReplyBody::Ready { kernel, .. }) => {
@@ -207,11 +196,7 @@ impl Machine {
             what: format!("state of VM {name}"),
             detail: format!("{}: {e}", dir.join("state.json").display()),
         })?;
-        let mut m = Machine {
-            dir,
-            state,
-            child: None,
-        };
+        let mut m = Machine { dir, state, child: None };
         if m.alive() {
             Ok(Some(m))
         } else {
@@ -231,11 +216,7 @@ impl Machine {
     }
 
     pub fn channel(&self) -> Result<Channel, VmError> {
-        Channel::connect(
-            &control(&self.dir),
-            &serial(&self.dir),
-            Duration::from_secs(5),
-        )
+        Channel::connect(&control(&self.dir), &serial(&self.dir), Duration::from_secs(5))
     }
 
     pub fn console_socket(&self) -> PathBuf {
@@ -255,13 +236,7 @@ impl Machine {
         // The guest powers off without answering: the socket closes as QEMU exits. A guest that
         // stays silent instead (hung, stopped) is killed at once.
         let answered = self.channel().map(|mut ch| {
-            ch.request(
-                RequestBody::Poweroff,
-                Duration::from_secs(5),
-                "while powering off",
-                None,
-                |_| None,
-            )
+            ch.request(RequestBody::Poweroff, Duration::from_secs(5), "while powering off", None, |_| None)
         });
         if let Ok(Err(VmError::VmGone { .. })) = answered {
             let deadline = Instant::now() + Duration::from_secs(10);

@@ -41,13 +41,7 @@ pub fn from_apt(apt: &Path) -> Option<String> {
     }
     texts
         .iter()
-        .flat_map(|(deb822, t)| {
-            if *deb822 {
-                deb822_uris(t)
-            } else {
-                one_line_uris(t)
-            }
-        })
+        .flat_map(|(deb822, t)| if *deb822 { deb822_uris(t) } else { one_line_uris(t) })
         .find(|u| is_archive(u))
 }
 
@@ -62,17 +56,8 @@ fn one_line_uris(text: &str) -> Vec<String> {
             let l = l.split('#').next()?.trim();
             let rest = l.strip_prefix("deb ")?.trim_start();
             // Skip `[ options ]`.
-            let rest = if rest.starts_with('[') {
-                rest.split_once(']')?.1.trim_start()
-            } else {
-                rest
-            };
-            Some(
-                rest.split_whitespace()
-                    .next()?
-                    .trim_end_matches('/')
-                    .to_owned(),
-            )
+            let rest = if rest.starts_with('[') { rest.split_once(']')?.1.trim_start() } else { rest };
+            Some(rest.split_whitespace().next()?.trim_end_matches('/').to_owned())
         })
         .collect()
 }
@@ -81,11 +66,7 @@ fn deb822_uris(text: &str) -> Vec<String> {
     let mut out = Vec::new();
     for stanza in text.split("\n\n") {
         let field = |name: &str| {
-            stanza.lines().find_map(|l| {
-                l.strip_prefix(name)
-                    .and_then(|v| v.strip_prefix(':'))
-                    .map(str::trim)
-            })
+            stanza.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(':')).map(str::trim))
         };
         let is_deb = field("Types").is_none_or(|t| t.split_whitespace().any(|t| t == "deb"));
         let enabled = field("Enabled").is_none_or(|e| e != "no");
@@ -93,10 +74,7 @@ fn deb822_uris(text: &str) -> Vec<String> {
             && enabled
             && let Some(uris) = field("URIs")
         {
-            out.extend(
-                uris.split_whitespace()
-                    .map(|u| u.trim_end_matches('/').to_owned()),
-            );
+            out.extend(uris.split_whitespace().map(|u| u.trim_end_matches('/').to_owned()));
         }
     }
     out
@@ -107,8 +85,7 @@ mod tests {
     use super::*;
 
     fn apt_dir(tag: &str, files: &[(&str, &str)]) -> std::path::PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("sidecarless-apt-{}-{tag}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("sidecarless-apt-{}-{tag}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(dir.join("sources.list.d")).unwrap();
         for (name, text) in files {
@@ -127,10 +104,7 @@ mod tests {
              Types: deb\nURIs: http://mirror.example/debian/\nSuites: bookworm\n",
             )],
         );
-        assert_eq!(
-            from_apt(&dir).as_deref(),
-            Some("http://mirror.example/debian")
-        );
+        assert_eq!(from_apt(&dir).as_deref(), Some("http://mirror.example/debian"));
         fs::remove_dir_all(dir).unwrap();
     }
 
@@ -143,19 +117,13 @@ mod tests {
                 "# comment\ndeb [arch=amd64 signed-by=/k.gpg] https://other.example/debian bookworm main\n",
             )],
         );
-        assert_eq!(
-            from_apt(&dir).as_deref(),
-            Some("https://other.example/debian")
-        );
+        assert_eq!(from_apt(&dir).as_deref(), Some("https://other.example/debian"));
         fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
     fn nothing_usable_is_none() {
-        let dir = apt_dir(
-            "none",
-            &[("sources.list", "deb http://ppa.example/ubuntu jammy main\n")],
-        );
+        let dir = apt_dir("none", &[("sources.list", "deb http://ppa.example/ubuntu jammy main\n")]);
         assert_eq!(from_apt(&dir), None);
         fs::remove_dir_all(dir).unwrap();
     }

@@ -18,8 +18,6 @@ pub fn state_root() -> PathBuf {
     match env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
         Some(d) => PathBuf::from(d).join("sidecarless-lab"),
         // SAFETY: getuid has no preconditions.
-        None => PathBuf::from(format!("/tmp/sidecarless-lab-{}", unsafe {
-            libc::getuid()
-        })),
+        None => PathBuf::from(format!("/tmp/sidecarless-lab-{}", unsafe { libc::getuid() })),
     }
 }

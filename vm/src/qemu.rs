@@ -57,39 +57,16 @@ pub fn command_line(s: &Spec) -> Vec<String> {
         Accel::Kvm => push(&["-M", "q35", "-accel", "kvm", "-cpu", "host"]),
         Accel::Tcg => push(&["-M", "q35", "-accel", "tcg,thread=single", "-cpu", "max"]),
     }
-    push(&[
-        "-smp",
-        &s.cpus.to_string(),
-        "-m",
-        &format!("{}M", s.memory_mb),
-    ]);
+    push(&["-smp", &s.cpus.to_string(), "-m", &format!("{}M", s.memory_mb)]);
     // No display, no default devices, no reboot: a guest panic or poweroff ends QEMU.
-    push(&[
-        "-display",
-        "none",
-        "-vga",
-        "none",
-        "-monitor",
-        "none",
-        "-nodefaults",
-        "-no-reboot",
-    ]);
+    push(&["-display", "none", "-vga", "none", "-monitor", "none", "-nodefaults", "-no-reboot"]);
     push(&["-serial", &format!("file:{}", p(&s.serial_log))]);
     push(&["-kernel", &p(&s.kernel), "-initrd", &p(&s.initrd)]);
     push(&["-append", "console=ttyS0 panic=-1 loglevel=4 quiet"]);
     push(&["-device", "virtio-serial-pci,id=vser"]);
-    push(&[
-        "-chardev",
-        &format!("socket,id=ctl,path={},server=on,wait=off", p(&s.control)),
-    ]);
-    push(&[
-        "-device",
-        "virtserialport,bus=vser.0,chardev=ctl,name=lab.control",
-    ]);
-    push(&[
-        "-chardev",
-        &format!("socket,id=con,path={},server=on,wait=off", p(&s.console)),
-    ]);
+    push(&["-chardev", &format!("socket,id=ctl,path={},server=on,wait=off", p(&s.control))]);
+    push(&["-device", "virtserialport,bus=vser.0,chardev=ctl,name=lab.control"]);
+    push(&["-chardev", &format!("socket,id=con,path={},server=on,wait=off", p(&s.console))]);
     push(&["-device", "virtconsole,bus=vser.0,chardev=con"]);
     a
 }
@@ -103,24 +80,14 @@ pub fn find_qemu() -> Option<PathBuf> {
 /// Whether /dev/kvm can even be opened. Necessary, not sufficient: on some hosts it opens and
 /// guests still hang, which only a boot can tell (see `machine::probe_accel`).
 pub fn kvm_device_usable() -> bool {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok()
+    std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok()
 }
 
 /// The command line as one shell-quoted string, for `--print-qemu`.
 pub fn shell_line(s: &Spec) -> String {
     std::iter::once(s.qemu.display().to_string())
         .chain(command_line(s))
-        .map(|a| {
-            if a.contains([' ', ',', '=']) && !a.starts_with('-') {
-                format!("'{a}'")
-            } else {
-                a
-            }
-        })
+        .map(|a| if a.contains([' ', ',', '=']) && !a.starts_with('-') { format!("'{a}'") } else { a })
         .collect::<Vec<_>>()
         .join(" ")
 }
@@ -147,10 +114,7 @@ mod tests {
     fn tcg_is_single_threaded_q35() {
         let a = command_line(&spec(Accel::Tcg));
         let joined = a.join(" ");
-        assert!(
-            joined.starts_with("-M q35 -accel tcg,thread=single -cpu max -smp 2 -m 512M"),
-            "{joined}"
-        );
+        assert!(joined.starts_with("-M q35 -accel tcg,thread=single -cpu max -smp 2 -m 512M"), "{joined}");
         assert!(joined.contains("-no-reboot"));
         assert!(joined.contains("-kernel /c/vmlinuz -initrd /c/img.cpio.gz"));
         assert!(joined.contains("socket,id=ctl,path=/s/control.sock,server=on,wait=off"));
@@ -162,12 +126,7 @@ mod tests {
     #[test]
     fn kvm_uses_the_host_cpu() {
         let joined = command_line(&spec(Accel::Kvm)).join(" ");
-        assert!(
-            joined.starts_with("-M q35 -accel kvm -cpu host"),
-            "{joined}"
-        );
-        assert!(
-            shell_line(&spec(Accel::Kvm)).contains("'console=ttyS0 panic=-1 loglevel=4 quiet'")
-        );
+        assert!(joined.starts_with("-M q35 -accel kvm -cpu host"), "{joined}");
+        assert!(shell_line(&spec(Accel::Kvm)).contains("'console=ttyS0 panic=-1 loglevel=4 quiet'"));
     }
 }

@@ -61,30 +61,15 @@ mod tests {
     fn renders_the_pinned_packages_with_their_checksums() {
         let cat = Catalog::builtin();
         let k = cat.get("7.2").unwrap();
-        let v = render(
-            k,
-            "http://mirror.example/debian/",
-            Provider::Libvirt,
-            "/src/target/musl",
-        )
-        .unwrap();
+        let v = render(k, "http://mirror.example/debian/", Provider::Libvirt, "/src/target/musl").unwrap();
         for p in &k.packages {
-            assert!(
-                v.contains(&format!("http://mirror.example/debian/{}", p.path)),
-                "{v}"
-            );
+            assert!(v.contains(&format!("http://mirror.example/debian/{}", p.path)), "{v}");
             assert!(v.contains(&p.sha256));
         }
         assert!(v.contains("config.vm.provider \"libvirt\""));
         assert!(v.contains("/src/target/musl"));
         assert!(v.contains("7.2.13+deb14-cloud-amd64"));
-        let vb = render(
-            cat.get("6.1").unwrap(),
-            "http://m/debian",
-            Provider::Virtualbox,
-            "/b",
-        )
-        .unwrap();
+        let vb = render(cat.get("6.1").unwrap(), "http://m/debian", Provider::Virtualbox, "/b").unwrap();
         assert!(vb.contains("config.vm.provider \"virtualbox\""));
     }
 
@@ -93,15 +78,10 @@ mod tests {
     #[test]
     fn rendering_matches_the_snapshot_and_validates() {
         let cat = Catalog::builtin();
-        let v = render(
-            cat.get("6.1").unwrap(),
-            "http://mirror.example/debian",
-            Provider::Libvirt,
-            "/lab/guest",
-        )
-        .unwrap();
-        let snap = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("snapshots/Vagrantfile-6.1-libvirt");
+        let v =
+            render(cat.get("6.1").unwrap(), "http://mirror.example/debian", Provider::Libvirt, "/lab/guest")
+                .unwrap();
+        let snap = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("snapshots/Vagrantfile-6.1-libvirt");
         if std::env::var("UPDATE_SNAPSHOTS").is_ok_and(|v| v == "1") {
             std::fs::write(&snap, &v).unwrap();
         }
@@ -114,24 +94,17 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("sidecarless-vagrant-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("guest")).unwrap();
         let guest = dir.join("guest").display().to_string();
-        let v = render(
-            cat.get("6.1").unwrap(),
-            "http://mirror.example/debian",
-            Provider::Libvirt,
-            &guest,
-        )
-        .unwrap();
+        let v = render(cat.get("6.1").unwrap(), "http://mirror.example/debian", Provider::Libvirt, &guest)
+            .unwrap();
         std::fs::write(dir.join("Vagrantfile"), &v).unwrap();
         match std::process::Command::new("vagrant")
             .args(["validate", "--ignore-provider"])
             .current_dir(&dir)
             .output()
         {
-            Ok(out) => assert!(
-                out.status.success(),
-                "vagrant validate: {}",
-                String::from_utf8_lossy(&out.stdout)
-            ),
+            Ok(out) => {
+                assert!(out.status.success(), "vagrant validate: {}", String::from_utf8_lossy(&out.stdout))
+            }
             Err(_) => eprintln!("SKIPPED vagrant validate: vagrant is not installed"),
         }
         let _ = std::fs::remove_dir_all(dir);

@@ -3,9 +3,7 @@ use std::{io, path::PathBuf};
 /// Why the mesh could not start, report, or stop.
 #[derive(Debug, thiserror::Error)]
 pub enum MeshError {
-    #[error(
-        "this build carries no eBPF object (it was built with AYA_BUILD_SKIP=1); rebuild without it"
-    )]
+    #[error("this build carries no eBPF object (it was built with AYA_BUILD_SKIP=1); rebuild without it")]
     StubObject,
     #[error("bpffs is not mounted at {path} (mount it: mount -t bpf bpf {path})")]
     NoBpffs { path: PathBuf },
@@ -57,14 +55,9 @@ impl MeshError {
     /// Wraps a program error, keeping the verifier log in view when the kernel refused the load.
     pub(crate) fn program(program: &'static str, err: aya::programs::ProgramError) -> Self {
         match err {
-            aya::programs::ProgramError::LoadError {
-                io_error,
-                verifier_log,
-            } => MeshError::Refused {
-                program,
-                source: io_error,
-                verifier_log: verifier_log.to_string(),
-            },
+            aya::programs::ProgramError::LoadError { io_error, verifier_log } => {
+                MeshError::Refused { program, source: io_error, verifier_log: verifier_log.to_string() }
+            }
             source => MeshError::Program { program, source },
         }
     }

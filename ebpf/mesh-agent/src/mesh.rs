@@ -38,9 +38,7 @@ impl Counters {
     /// What happened between `earlier` and `self`.
     pub fn since(&self, earlier: &Counters) -> Counters {
         Counters {
-            sockets_inserted: self
-                .sockets_inserted
-                .saturating_sub(earlier.sockets_inserted),
+            sockets_inserted: self.sockets_inserted.saturating_sub(earlier.sockets_inserted),
             insert_failed: self.insert_failed.saturating_sub(earlier.insert_failed),
             msg_redirected: self.msg_redirected.saturating_sub(earlier.msg_redirected),
             msg_passed: self.msg_passed.saturating_sub(earlier.msg_passed),
@@ -66,14 +64,10 @@ impl Mesh {
             return Err(MeshError::StubObject);
         }
         if !mounts::is_on_bpffs(pin_dir) {
-            return Err(MeshError::NoBpffs {
-                path: PathBuf::from(mounts::BPFFS),
-            });
+            return Err(MeshError::NoBpffs { path: PathBuf::from(mounts::BPFFS) });
         }
-        let cgroup_dir = File::open(cgroup).map_err(|source| MeshError::Cgroup {
-            path: cgroup.to_owned(),
-            source,
-        })?;
+        let cgroup_dir =
+            File::open(cgroup).map_err(|source| MeshError::Cgroup { path: cgroup.to_owned(), source })?;
         let ebpf = Ebpf::load(object::MESH_EBPF).map_err(MeshError::Parse)?;
         // From here on, Drop cleans up whatever was done if a later step fails.
         let mut mesh = Mesh {
@@ -86,13 +80,9 @@ impl Mesh {
 
         // ANCHOR: attach
         let sockets_fd = {
-            let sockets: SockHash<&MapData, SockKey> =
-                map(ebpf, SOCKETS_MAP)?
-                    .try_into()
-                    .map_err(|source| MeshError::Map {
-                        map: SOCKETS_MAP,
-                        source,
-                    })?;
+            let sockets: SockHash<&MapData, SockKey> = map(ebpf, SOCKETS_MAP)?
+                .try_into()
+                .map_err(|source| MeshError::Map { map: SOCKETS_MAP, source })?;
             sockets.fd().try_clone().map_err(|source| MeshError::Io {
                 what: "cannot duplicate the fd of map",
                 path: PathBuf::from(SOCKETS_MAP),
@@ -100,27 +90,19 @@ impl Mesh {
             })?
         };
 
-        let sockops: &mut SockOps = program(ebpf, "mesh_sockops")?
-            .try_into()
-            .map_err(|e| MeshError::program("mesh_sockops", e))?;
-        sockops
-            .load()
-            .map_err(|e| MeshError::program("mesh_sockops", e))?;
+        let sockops: &mut SockOps =
+            program(ebpf, "mesh_sockops")?.try_into().map_err(|e| MeshError::program("mesh_sockops", e))?;
+        sockops.load().map_err(|e| MeshError::program("mesh_sockops", e))?;
         // Single = no flags. On >= 5.7 aya attaches through a bpf_link, which coexists with
         // other programs on the cgroup anyway (link_create refuses BPF_F_ALLOW_MULTI: EINVAL).
         sockops
             .attach(&cgroup_dir, CgroupAttachMode::Single)
             .map_err(|e| MeshError::program("mesh_sockops", e))?;
 
-        let redirect: &mut SkMsg = program(ebpf, "mesh_redirect")?
-            .try_into()
-            .map_err(|e| MeshError::program("mesh_redirect", e))?;
-        redirect
-            .load()
-            .map_err(|e| MeshError::program("mesh_redirect", e))?;
-        redirect
-            .attach(&sockets_fd)
-            .map_err(|e| MeshError::program("mesh_redirect", e))?;
+        let redirect: &mut SkMsg =
+            program(ebpf, "mesh_redirect")?.try_into().map_err(|e| MeshError::program("mesh_redirect", e))?;
+        redirect.load().map_err(|e| MeshError::program("mesh_redirect", e))?;
+        redirect.attach(&sockets_fd).map_err(|e| MeshError::program("mesh_redirect", e))?;
         // ANCHOR_END: attach
 
         fs::create_dir_all(pin_dir).map_err(|source| MeshError::Io {
@@ -131,12 +113,7 @@ impl Mesh {
         for name in [SOCKETS_MAP, COUNTERS_MAP, SIDECAR_MAP] {
             let path = pin_dir.join(name);
             let ebpf = mesh.ebpf.as_ref().expect("set above");
-            map(ebpf, name)?
-                .pin(&path)
-                .map_err(|source| MeshError::Pin {
-                    path: path.clone(),
-                    source,
-                })?;
+            map(ebpf, name)?.pin(&path).map_err(|source| MeshError::Pin { path: path.clone(), source })?;
             mesh.pins.push(path);
         }
         Ok(mesh)
@@ -159,16 +136,11 @@ impl Mesh {
             .map(COUNTERS_MAP)
             .ok_or(MeshError::Missing { name: COUNTERS_MAP })?
             .try_into()
-            .map_err(|source| MeshError::Map {
-                map: COUNTERS_MAP,
-                source,
-            })?;
+            .map_err(|source| MeshError::Map { map: COUNTERS_MAP, source })?;
         let mut out = Counters::default();
         for c in Counter::ALL {
-            let per_cpu = array.get(&(c as u32), 0).map_err(|source| MeshError::Map {
-                map: COUNTERS_MAP,
-                source,
-            })?;
+            let per_cpu =
+                array.get(&(c as u32), 0).map_err(|source| MeshError::Map { map: COUNTERS_MAP, source })?;
             out.set(c, per_cpu.iter().sum());
         }
         Ok(out)
@@ -178,20 +150,10 @@ impl Mesh {
     /// `port` (0: no sidecars), so app <-> sidecar hops are redirected too.
     pub fn set_sidecar_port(&mut self, port: u16) -> Result<(), MeshError> {
         let ebpf = self.ebpf.as_mut().expect("running mesh");
-        let map = ebpf
-            .map_mut(SIDECAR_MAP)
-            .ok_or(MeshError::Missing { name: SIDECAR_MAP })?;
+        let map = ebpf.map_mut(SIDECAR_MAP).ok_or(MeshError::Missing { name: SIDECAR_MAP })?;
         let mut array: Array<&mut MapData, u32> =
-            map.try_into().map_err(|source| MeshError::Map {
-                map: SIDECAR_MAP,
-                source,
-            })?;
-        array
-            .set(0, u32::from(port), 0)
-            .map_err(|source| MeshError::Map {
-                map: SIDECAR_MAP,
-                source,
-            })
+            map.try_into().map_err(|source| MeshError::Map { map: SIDECAR_MAP, source })?;
+        array.set(0, u32::from(port), 0).map_err(|source| MeshError::Map { map: SIDECAR_MAP, source })
     }
 
     /// Detaches the programs and removes the pins, reporting the first failure.
@@ -205,11 +167,7 @@ impl Mesh {
         let mut first = None;
         for path in self.pins.drain(..) {
             if let Err(source) = fs::remove_file(&path) {
-                first.get_or_insert(MeshError::Io {
-                    what: "cannot unpin",
-                    path,
-                    source,
-                });
+                first.get_or_insert(MeshError::Io { what: "cannot unpin", path, source });
             }
         }
         // Remove the pin directory if the mesh left it empty (it may be shared, so never force).
@@ -228,9 +186,6 @@ fn map<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a aya::maps::Map, Mes
     ebpf.map(name).ok_or(MeshError::Missing { name })
 }
 
-fn program<'a>(
-    ebpf: &'a mut Ebpf,
-    name: &'static str,
-) -> Result<&'a mut aya::programs::Program, MeshError> {
+fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut aya::programs::Program, MeshError> {
     ebpf.program_mut(name).ok_or(MeshError::Missing { name })
 }

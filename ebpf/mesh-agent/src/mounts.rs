@@ -14,10 +14,7 @@ pub const BPFFS: &str = "/sys/fs/bpf";
 
 /// Mount points of every file system of type `fstype`, from /proc/mounts, in mount order.
 pub fn mounts_of(fstype: &str) -> Vec<PathBuf> {
-    parse_mounts(
-        &fs::read_to_string("/proc/mounts").unwrap_or_default(),
-        fstype,
-    )
+    parse_mounts(&fs::read_to_string("/proc/mounts").unwrap_or_default(), fstype)
 }
 
 fn parse_mounts(table: &str, fstype: &str) -> Vec<PathBuf> {
@@ -65,14 +62,8 @@ mod tests {
         let table = "cgroup /sys/fs/cgroup/cpu cgroup rw 0 0\n\
                      cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0\n\
                      bpf /sys/fs/bpf bpf rw 0 0\n";
-        assert_eq!(
-            parse_mounts(table, "cgroup2"),
-            vec![PathBuf::from("/sys/fs/cgroup/unified")]
-        );
-        assert_eq!(
-            parse_mounts(table, "bpf"),
-            vec![PathBuf::from("/sys/fs/bpf")]
-        );
+        assert_eq!(parse_mounts(table, "cgroup2"), vec![PathBuf::from("/sys/fs/cgroup/unified")]);
+        assert_eq!(parse_mounts(table, "bpf"), vec![PathBuf::from("/sys/fs/bpf")]);
         assert!(parse_mounts(table, "tracefs").is_empty());
     }
 

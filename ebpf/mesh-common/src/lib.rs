@@ -81,22 +81,13 @@ impl SockKey {
     ) -> SockKey {
         let (family, local_ip, remote_ip) =
             if family == AF_INET || (is_v4_mapped(local_ip) && is_v4_mapped(remote_ip)) {
-                let (l, r) = if family == AF_INET {
-                    (local_ip[0], remote_ip[0])
-                } else {
-                    (local_ip[3], remote_ip[3])
-                };
+                let (l, r) =
+                    if family == AF_INET { (local_ip[0], remote_ip[0]) } else { (local_ip[3], remote_ip[3]) };
                 (AF_INET, [l, 0, 0, 0], [r, 0, 0, 0])
             } else {
                 (family, local_ip, remote_ip)
             };
-        SockKey {
-            local_ip,
-            remote_ip,
-            local_port,
-            remote_port,
-            family,
-        }
+        SockKey { local_ip, remote_ip, local_port, remote_port, family }
     }
 }
 
@@ -126,12 +117,8 @@ pub enum Counter {
 
 impl Counter {
     /// Every counter, in slot order.
-    pub const ALL: [Counter; 4] = [
-        Counter::SocketsInserted,
-        Counter::InsertFailed,
-        Counter::MsgRedirected,
-        Counter::MsgPassed,
-    ];
+    pub const ALL: [Counter; 4] =
+        [Counter::SocketsInserted, Counter::InsertFailed, Counter::MsgRedirected, Counter::MsgPassed];
 
     /// Stable snake_case name, used in JSON output and metrics.
     pub const fn name(self) -> &'static str {

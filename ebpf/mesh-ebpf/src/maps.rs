@@ -20,8 +20,7 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SL
 /// sit in only one sk_msg-enabled map entry, so the alias is a pointer, not a second entry.
 /// LRU: entries of closed connections age out.
 #[map(name = "SIDECAR_ALIASES")]
-pub static SIDECAR_ALIASES: LruHashMap<SockKey, SockKey> =
-    LruHashMap::with_max_entries(MAX_SOCKETS, 0);
+pub static SIDECAR_ALIASES: LruHashMap<SockKey, SockKey> = LruHashMap::with_max_entries(MAX_SOCKETS, 0);
 
 /// Slot 0: the sidecar proxy's outbound port, 0 when pods have no sidecars. Set by the agent.
 #[map(name = "SIDECAR")]

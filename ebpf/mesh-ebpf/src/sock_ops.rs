@@ -10,9 +10,7 @@
 //!   proxy looks up, so the app <-> sidecar loopback hop can be redirected too.
 //! - Book: `book/src/hooks/sock_ops.md`.
 use aya_ebpf::{
-    bindings::{
-        BPF_NOEXIST, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
-    },
+    bindings::{BPF_NOEXIST, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB},
     macros::sock_ops,
     programs::SockOpsContext,
 };
@@ -80,11 +78,5 @@ fn sock_key(ctx: &SockOpsContext, family: u32) -> SockKey {
         (local, remote)
     };
     // local_port is host byte order; remote_port holds the big-endian port in its upper half.
-    SockKey::new(
-        family,
-        local,
-        remote,
-        ctx.local_port(),
-        u32::from_be(ctx.remote_port()),
-    )
+    SockKey::new(family, local, remote, ctx.local_port(), u32::from_be(ctx.remote_port()))
 }

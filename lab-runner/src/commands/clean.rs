@@ -25,11 +25,7 @@ pub fn run(args: &CleanArgs) -> i32 {
     } else if found.is_empty() {
         println!("nothing to clean");
     } else {
-        let verb = if args.dry_run {
-            "would remove"
-        } else {
-            "removed"
-        };
+        let verb = if args.dry_run { "would remove" } else { "removed" };
         for l in &found {
             println!("{verb} {l}");
         }

@@ -21,9 +21,7 @@ pub fn run(args: &ExecArgs) -> i32 {
     };
     let result = m.channel().and_then(|mut ch| {
         ch.request(
-            RequestBody::Exec {
-                argv: args.command.clone(),
-            },
+            RequestBody::Exec { argv: args.command.clone() },
             Duration::from_secs(args.timeout),
             &format!("running `{}`", args.command.join(" ")),
             Some(&cancel),
@@ -44,10 +42,9 @@ pub fn run(args: &ExecArgs) -> i32 {
     match result {
         Ok(ReplyBody::Exit { code }) => code,
         Ok(ReplyBody::Error { message, unmet }) => ui::fail_vm(&VmError::Guest { message, unmet }),
-        Ok(other) => ui::fail_vm(&VmError::Guest {
-            message: format!("unexpected reply {other:?}"),
-            unmet: false,
-        }),
+        Ok(other) => {
+            ui::fail_vm(&VmError::Guest { message: format!("unexpected reply {other:?}"), unmet: false })
+        }
         Err(e) => ui::fail_vm(&e),
     }
 }

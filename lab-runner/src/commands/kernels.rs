@@ -18,38 +18,22 @@ pub fn run(cmd: &KernelsCommand) -> i32 {
                 })
                 .collect();
             if *json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&rows).expect("serializes")
-                );
+                println!("{}", serde_json::to_string_pretty(&rows).expect("serializes"));
             } else {
                 for (k, r) in cat.kernels.iter().zip(&rows) {
-                    let cached = if r["cached"] == true {
-                        "cached"
-                    } else {
-                        "not fetched"
-                    };
+                    let cached = if r["cached"] == true { "cached" } else { "not fetched" };
                     println!("{:<6} {:<9} {:<32} {cached}", k.name, k.suite, k.release);
                 }
             }
             exit::OK
         }
         KernelsCommand::Fetch { names, mirror } => {
-            let names: Vec<&str> = if names.is_empty() {
-                cat.names()
-            } else {
-                names.iter().map(String::as_str).collect()
-            };
+            let names: Vec<&str> =
+                if names.is_empty() { cat.names() } else { names.iter().map(String::as_str).collect() };
             for name in names {
-                let result = cat
-                    .get(name)
-                    .and_then(|k| vmprep::fetch_kernel(k, mirror.as_deref()));
+                let result = cat.get(name).and_then(|k| vmprep::fetch_kernel(k, mirror.as_deref()));
                 match result {
-                    Ok(files) => println!(
-                        "{name}: {} (vmlinuz {})",
-                        files.release,
-                        files.vmlinuz.display()
-                    ),
+                    Ok(files) => println!("{name}: {} (vmlinuz {})", files.release, files.vmlinuz.display()),
                     Err(e) => return ui::fail_vm(&e),
                 }
             }

@@ -59,10 +59,7 @@ pub fn run(args: &MatrixArgs) -> i32 {
         }
     }
     let names: Vec<String> = if args.scenarios.is_empty() {
-        scenario::builtin()
-            .into_iter()
-            .map(|(_, s)| s.name)
-            .collect()
+        scenario::builtin().into_iter().map(|(_, s)| s.name).collect()
     } else {
         args.scenarios.clone()
     };
@@ -93,31 +90,15 @@ pub fn run(args: &MatrixArgs) -> i32 {
     if let Err(e) = fs::create_dir_all(&args.out)
         .and_then(|()| fs::write(args.out.join("matrix.md"), &md))
         .and_then(|()| {
-            fs::write(
-                args.out.join("matrix.json"),
-                serde_json::to_string_pretty(&rows).expect("serializes"),
-            )
+            fs::write(args.out.join("matrix.json"), serde_json::to_string_pretty(&rows).expect("serializes"))
         })
     {
-        eprintln!(
-            "lab-runner: cannot write the table to {}: {e}",
-            args.out.display()
-        );
+        eprintln!("lab-runner: cannot write the table to {}: {e}", args.out.display());
         return exit::BACKEND;
     }
-    eprintln!(
-        "wrote {} and matrix.json",
-        args.out.join("matrix.md").display()
-    );
-    let all_ok = rows
-        .iter()
-        .flat_map(|r| &r.cells)
-        .all(|c| matches!(c.status, Status::Pass | Status::Skip));
-    if all_ok {
-        exit::OK
-    } else {
-        exit::SCENARIO_FAILED
-    }
+    eprintln!("wrote {} and matrix.json", args.out.join("matrix.md").display());
+    let all_ok = rows.iter().flat_map(|r| &r.cells).all(|c| matches!(c.status, Status::Pass | Status::Skip));
+    if all_ok { exit::OK } else { exit::SCENARIO_FAILED }
 }
 
 fn kernel_row(
@@ -137,11 +118,7 @@ fn kernel_row(
     let error_all = |row: &mut Row, msg: String| {
         row.cells = scenarios
             .iter()
-            .map(|s| Cell {
-                scenario: s.scenario.name.clone(),
-                status: Status::Error,
-                detail: msg.clone(),
-            })
+            .map(|s| Cell { scenario: s.scenario.name.clone(), status: Status::Error, detail: msg.clone() })
             .collect();
     };
     let vm = VmArgs {
@@ -198,19 +175,11 @@ fn kernel_row(
         if i == 0 {
             for s in scenarios {
                 let mut quiet = ui::View::new(true, false);
-                let options = Options {
-                    round_trips: args.round_trips,
-                    ..Options::default()
-                };
+                let options = Options { round_trips: args.round_trips, ..Options::default() };
                 let cell = match run_on(&mut m, s, options, cancel, false, &mut quiet) {
-                    Ok(Outcome {
-                        skipped: Some(reason),
-                        ..
-                    }) => Cell {
-                        scenario: s.scenario.name.clone(),
-                        status: Status::Skip,
-                        detail: reason,
-                    },
+                    Ok(Outcome { skipped: Some(reason), .. }) => {
+                        Cell { scenario: s.scenario.name.clone(), status: Status::Skip, detail: reason }
+                    }
                     Ok(o) if o.passed => Cell {
                         scenario: s.scenario.name.clone(),
                         status: Status::Pass,
@@ -232,10 +201,7 @@ fn kernel_row(
                         detail: first_line(&e),
                     },
                 };
-                eprintln!(
-                    "kernel {kernel}: {} {:?} {}",
-                    s.scenario.name, cell.status, cell.detail
-                );
+                eprintln!("kernel {kernel}: {} {:?} {}", s.scenario.name, cell.status, cell.detail);
                 row.cells.push(cell);
             }
         }
@@ -273,13 +239,7 @@ fn median(v: &[f64]) -> Option<f64> {
 
 fn markdown(rows: &[Row], scenarios: &[Loaded]) -> String {
     let mut s = String::from("| | ");
-    s.push_str(
-        &rows
-            .iter()
-            .map(|r| format!("{} ({})", r.kernel, r.release))
-            .collect::<Vec<_>>()
-            .join(" | "),
-    );
+    s.push_str(&rows.iter().map(|r| format!("{} ({})", r.kernel, r.release)).collect::<Vec<_>>().join(" | "));
     s.push_str(" |\n|---|");
     s.push_str(&"---|".repeat(rows.len()));
     s.push('\n');
@@ -288,26 +248,10 @@ fn markdown(rows: &[Row], scenarios: &[Loaded]) -> String {
         for r in rows {
             let cell = r.cells.iter().find(|c| c.scenario == sc.scenario.name);
             let text = match cell {
-                Some(Cell {
-                    status: Status::Pass,
-                    detail,
-                    ..
-                }) => format!("pass ({detail})"),
-                Some(Cell {
-                    status: Status::Fail,
-                    detail,
-                    ..
-                }) => format!("**fail**: {detail}"),
-                Some(Cell {
-                    status: Status::Skip,
-                    detail,
-                    ..
-                }) => format!("skip: {detail}"),
-                Some(Cell {
-                    status: Status::Error,
-                    detail,
-                    ..
-                }) => format!("**error**: {detail}"),
+                Some(Cell { status: Status::Pass, detail, .. }) => format!("pass ({detail})"),
+                Some(Cell { status: Status::Fail, detail, .. }) => format!("**fail**: {detail}"),
+                Some(Cell { status: Status::Skip, detail, .. }) => format!("skip: {detail}"),
+                Some(Cell { status: Status::Error, detail, .. }) => format!("**error**: {detail}"),
                 None => "-".into(),
             };
             s.push_str(&format!(" {} |", text.replace('|', "\\|")));

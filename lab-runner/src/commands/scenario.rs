@@ -30,11 +30,7 @@ pub struct Loaded {
 /// Loads by name or path; prints the error and returns the exit code otherwise.
 pub fn load(name: &str) -> Result<Loaded, i32> {
     match scenario::load(name) {
-        Ok((file, text, scenario)) => Ok(Loaded {
-            file,
-            text,
-            scenario,
-        }),
+        Ok((file, text, scenario)) => Ok(Loaded { file, text, scenario }),
         Err(e @ LoadError::Unknown { .. }) => {
             eprintln!("lab-runner: {e}");
             Err(exit::USAGE)
@@ -51,10 +47,7 @@ pub fn run(args: ScenarioArgs) -> i32 {
         Ok(l) => l,
         Err(code) => return code,
     };
-    let options = Options {
-        round_trips: args.round_trips,
-        size: args.size,
-    };
+    let options = Options { round_trips: args.round_trips, size: args.size };
     let (result, backend) = match args.backend {
         Backend::Host => (on_host(&args, &loaded, options), "host"),
         Backend::Qemu => (in_vm(&args, &loaded, options), "qemu"),
@@ -66,10 +59,7 @@ pub fn run(args: ScenarioArgs) -> i32 {
     view.outcome(&outcome);
     match report::write(&args.results, &outcome, backend) {
         Ok(dir) => eprintln!("results: {}", dir.display()),
-        Err(e) => eprintln!(
-            "lab-runner: cannot write results under {}: {e}",
-            args.results.display()
-        ),
+        Err(e) => eprintln!("lab-runner: cannot write results under {}: {e}", args.results.display()),
     }
     match (&outcome.skipped, outcome.passed) {
         (Some(_), _) => exit::UNMET,
@@ -101,27 +91,17 @@ fn on_host(args: &ScenarioArgs, l: &Loaded, options: Options) -> Result<(Outcome
         eprintln!("lab-runner: cannot find its own executable: {e}");
         exit::BACKEND
     })?;
-    let workload = WorkloadCmd {
-        program,
-        prefix: vec!["workload".into()],
-    };
+    let workload = WorkloadCmd { program, prefix: vec!["workload".into()] };
     let cancel = signals::watch()?;
     let (go, gate_rx) = gate(args.step);
-    let result = scenario::execute(
-        l.scenario.clone(),
-        host,
-        workload,
-        options,
-        cancel.clone(),
-        gate_rx,
-        |e| {
+    let result =
+        scenario::execute(l.scenario.clone(), host, workload, options, cancel.clone(), gate_rx, |e| {
             if view.event(&e, &cancel)
                 && let Some(go) = &go
             {
                 let _ = go.send(());
             }
-        },
-    );
+        });
     if cancel.is_cancelled() {
         eprintln!("lab-runner: interrupted; the lab was torn down");
         return Err(exit::INTERRUPTED);
@@ -145,8 +125,7 @@ fn in_vm(args: &ScenarioArgs, l: &Loaded, options: Options) -> Result<(Outcome, 
             }
             (m, false)
         }
-        Ok(None) => match vmprep::boot(&format!("scenario-{}", std::process::id()), &args.vm, true)
-        {
+        Ok(None) => match vmprep::boot(&format!("scenario-{}", std::process::id()), &args.vm, true) {
             Ok(m) => (m, true),
             Err(e) => return Err(ui::fail_vm(&e)),
         },
@@ -183,16 +162,8 @@ pub fn run_on(
 ) -> Result<Outcome, VmError> {
     let mut ch = m.channel()?;
     let timeout = vmprep::scenario_timeout(m.state.accel);
-    let during = format!(
-        "during scenario {} on kernel {}",
-        l.scenario.name, m.state.kernel
-    );
-    let request = RequestBody::Scenario {
-        file: l.file.clone(),
-        source: l.text.clone(),
-        options,
-        guided,
-    };
+    let during = format!("during scenario {} on kernel {}", l.scenario.name, m.state.kernel);
+    let request = RequestBody::Scenario { file: l.file.clone(), source: l.text.clone(), options, guided };
     let reply = ch.request(request, timeout, &during, Some(cancel), |r| match r {
         ReplyBody::Event { event } => view.event(event, cancel).then_some(RequestBody::Continue),
         _ => None,
@@ -200,9 +171,6 @@ pub fn run_on(
     match reply {
         ReplyBody::Outcome { outcome } => Ok(outcome),
         ReplyBody::Error { message, unmet } => Err(VmError::Guest { message, unmet }),
-        other => Err(VmError::Guest {
-            message: format!("unexpected reply {other:?}"),
-            unmet: false,
-        }),
+        other => Err(VmError::Guest { message: format!("unexpected reply {other:?}"), unmet: false }),
     }
 }

@@ -25,17 +25,11 @@ pub fn run() -> i32 {
     let mut sock = match UnixStream::connect(m.console_socket()) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!(
-                "lab-runner: cannot connect to the VM console {}: {e}",
-                m.console_socket().display()
-            );
+            eprintln!("lab-runner: cannot connect to the VM console {}: {e}", m.console_socket().display());
             return exit::BACKEND;
         }
     };
-    eprintln!(
-        "VM console, kernel {} ({}). Ctrl-] leaves.\r",
-        m.state.kernel, m.state.release
-    );
+    eprintln!("VM console, kernel {} ({}). Ctrl-] leaves.\r", m.state.kernel, m.state.release);
     let _raw = RawTerminal::enter();
     let mut from_vm = sock.try_clone().expect("clone socket");
     thread::spawn(move || {

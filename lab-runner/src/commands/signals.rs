@@ -14,18 +14,13 @@ pub fn watch() -> Result<Cancel, i32> {
     let flag = cancel.clone();
     let (ready, installed) = mpsc::channel();
     thread::spawn(move || {
-        let rt = match tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        {
+        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(rt) => rt,
             Err(e) => return drop(ready.send(Err(e))),
         };
         rt.block_on(async move {
-            let (mut int, mut term) = match (
-                signal(SignalKind::interrupt()),
-                signal(SignalKind::terminate()),
-            ) {
+            let (mut int, mut term) = match (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
+            {
                 (Ok(i), Ok(t)) => (i, t),
                 (Err(e), _) | (_, Err(e)) => return drop(ready.send(Err(e))),
             };

@@ -7,10 +7,7 @@ pub fn run(args: &StatusArgs) -> i32 {
     match Machine::find(DEFAULT_NAME) {
         Ok(Some(m)) => {
             if args.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&m.state).expect("serializes")
-                );
+                println!("{}", serde_json::to_string_pretty(&m.state).expect("serializes"));
             } else {
                 let s = &m.state;
                 println!(

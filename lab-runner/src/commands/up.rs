@@ -39,11 +39,7 @@ pub fn run(args: &UpArgs) -> i32 {
 
 fn print_qemu(args: &UpArgs) -> i32 {
     let kernel = args.vm.kernel.as_deref().unwrap_or(DEFAULT_KERNEL);
-    let p = match vmprep::prepare(
-        kernel,
-        args.vm.mirror.as_deref(),
-        args.vm.guest_bin.as_ref(),
-    ) {
+    let p = match vmprep::prepare(kernel, args.vm.mirror.as_deref(), args.vm.guest_bin.as_ref()) {
         Ok(p) => p,
         Err(e) => return ui::fail_vm(&e),
     };
@@ -53,15 +49,7 @@ fn print_qemu(args: &UpArgs) -> i32 {
     };
     let qemu = qemu::find_qemu().unwrap_or_else(|| "qemu-system-x86_64".into());
     let dir = Machine::dir_of(DEFAULT_NAME);
-    let spec = machine::spec(
-        &dir,
-        qemu,
-        &p.files,
-        &p.image,
-        accel,
-        args.vm.memory,
-        args.vm.cpus,
-    );
+    let spec = machine::spec(&dir, qemu, &p.files, &p.image, accel, args.vm.memory, args.vm.cpus);
     println!("{}", qemu::shell_line(&spec));
     exit::OK
 }
@@ -78,31 +66,19 @@ fn vagrant_up(args: &UpArgs) -> i32 {
         Err(e) => return ui::fail_vm(&e),
     };
     let bins = vmprep::guest_bins(args.vm.guest_bin.as_ref());
-    let text = match vagrant::render(
-        kernel,
-        &mirror,
-        vagrant::Provider::Libvirt,
-        &bins.display().to_string(),
-    ) {
+    let text = match vagrant::render(kernel, &mirror, vagrant::Provider::Libvirt, &bins.display().to_string())
+    {
         Ok(t) => t,
         Err(e) => return ui::fail_vm(&e),
     };
     let dir = lab_vm::paths::state_root().join(format!("vagrant-{name}"));
-    if let Err(e) =
-        std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(dir.join("Vagrantfile"), text))
+    if let Err(e) = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(dir.join("Vagrantfile"), text))
     {
-        eprintln!(
-            "lab-runner: cannot write {}: {e}",
-            dir.join("Vagrantfile").display()
-        );
+        eprintln!("lab-runner: cannot write {}: {e}", dir.join("Vagrantfile").display());
         return exit::BACKEND;
     }
     println!("wrote {}", dir.join("Vagrantfile").display());
-    match std::process::Command::new("vagrant")
-        .arg("up")
-        .current_dir(&dir)
-        .status()
-    {
+    match std::process::Command::new("vagrant").arg("up").current_dir(&dir).status() {
         Ok(s) if s.success() => exit::OK,
         Ok(_) => exit::BACKEND,
         Err(_) => {

@@ -65,11 +65,7 @@ fn subtree(path: &Path) -> Vec<PathBuf> {
     let mut i = 0;
     while i < out.len() {
         if let Ok(rd) = fs::read_dir(&out[i]) {
-            out.extend(
-                rd.flatten()
-                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                    .map(|e| e.path()),
-            );
+            out.extend(rd.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()));
         }
         i += 1;
     }

@@ -67,9 +67,7 @@ pub fn remove(l: &Leftover) -> Result<(), LabError> {
     match l {
         Leftover::Netns { name } => netns::delete(name),
         Leftover::Cgroup { path } => cgroup::remove_tree(path, Duration::from_secs(5)),
-        Leftover::Pins { path } => {
-            fs::remove_dir_all(path).map_err(LabError::io("cannot remove", path))
-        }
+        Leftover::Pins { path } => fs::remove_dir_all(path).map_err(LabError::io("cannot remove", path)),
     }
 }
 
@@ -83,9 +81,7 @@ fn lab_id_of_netns(rest: &str) -> Option<LabId> {
 fn live_lab_dirs(dir: &Path) -> usize {
     let Ok(rd) = fs::read_dir(dir) else { return 0 };
     rd.flatten()
-        .filter(|e| {
-            LabId::parse(&e.file_name().to_string_lossy()).is_some_and(|id| id.owner_alive())
-        })
+        .filter(|e| LabId::parse(&e.file_name().to_string_lossy()).is_some_and(|id| id.owner_alive()))
         .count()
 }
 
@@ -107,20 +103,8 @@ mod tests {
 
     #[test]
     fn parses_lab_ids_from_netns_names() {
-        assert_eq!(
-            lab_id_of_netns("4242-3-client"),
-            Some(LabId {
-                owner: 4242,
-                seq: 3
-            })
-        );
-        assert_eq!(
-            lab_id_of_netns("4242-3-node"),
-            Some(LabId {
-                owner: 4242,
-                seq: 3
-            })
-        );
+        assert_eq!(lab_id_of_netns("4242-3-client"), Some(LabId { owner: 4242, seq: 3 }));
+        assert_eq!(lab_id_of_netns("4242-3-node"), Some(LabId { owner: 4242, seq: 3 }));
         assert_eq!(lab_id_of_netns("other"), None);
     }
 }

@@ -43,19 +43,13 @@ impl LabId {
     /// A new id owned by this process.
     pub fn new() -> LabId {
         static SEQ: AtomicU32 = AtomicU32::new(0);
-        LabId {
-            owner: std::process::id(),
-            seq: SEQ.fetch_add(1, Ordering::Relaxed),
-        }
+        LabId { owner: std::process::id(), seq: SEQ.fetch_add(1, Ordering::Relaxed) }
     }
 
     /// Parses the `OWNER-SEQ` form that [`fmt::Display`] writes.
     pub fn parse(s: &str) -> Option<LabId> {
         let (owner, seq) = s.split_once('-')?;
-        Some(LabId {
-            owner: owner.parse().ok()?,
-            seq: seq.parse().ok()?,
-        })
+        Some(LabId { owner: owner.parse().ok()?, seq: seq.parse().ok()? })
     }
 
     /// Whether the owning process still runs.
@@ -75,9 +69,7 @@ impl LabId {
 
     /// The lab's bpffs pin directory.
     pub fn pin_dir(&self) -> PathBuf {
-        Path::new(BPFFS)
-            .join(cgroup::LABS_DIR)
-            .join(self.to_string())
+        Path::new(BPFFS).join(cgroup::LABS_DIR).join(self.to_string())
     }
 }
 
@@ -102,10 +94,7 @@ pub struct PodSpec {
 
 impl PodSpec {
     pub fn new(name: &str) -> PodSpec {
-        PodSpec {
-            name: name.to_owned(),
-            labels: BTreeMap::new(),
-        }
+        PodSpec { name: name.to_owned(), labels: BTreeMap::new() }
     }
 }
 
@@ -186,13 +175,7 @@ impl Lab {
             netns::add(&pod.netns)?;
             lab.pods.push(pod.clone());
             let addrs = [format!("{}/24", pod.ipv4), format!("{}/64", pod.ipv6)];
-            netns::plug(
-                &node,
-                BRIDGE,
-                &format!("v-{}", pod.name),
-                &pod.netns,
-                &addrs,
-            )?;
+            netns::plug(&node, BRIDGE, &format!("v-{}", pod.name), &pod.netns, &addrs)?;
         }
         Ok(lab)
     }
@@ -215,10 +198,7 @@ impl Lab {
         if name == NODE {
             return &self.node;
         }
-        self.pods
-            .iter()
-            .find(|p| p.name == name)
-            .unwrap_or_else(|| panic!("no pod {name}"))
+        self.pods.iter().find(|p| p.name == name).unwrap_or_else(|| panic!("no pod {name}"))
     }
 
     /// The node as a place to run things; its address on the bridge is set on first use.
@@ -239,15 +219,8 @@ impl Lab {
 
     /// Like [`Lab::spawn`], switching to user `uid` after joining the pod (a sidecar proxy runs
     /// as 1337, which its iptables rules exempt from capture).
-    pub fn spawn_as(
-        &mut self,
-        pod: &str,
-        mut cmd: Command,
-        uid: Option<u32>,
-    ) -> Result<u32, LabError> {
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+    pub fn spawn_as(&mut self, pod: &str, mut cmd: Command, uid: Option<u32>) -> Result<u32, LabError> {
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
         let child = self.start(pod, cmd, uid)?;
         let pid = child.id();
         self.children.push(child);
@@ -272,9 +245,7 @@ impl Lab {
         cancel: &Cancel,
     ) -> Result<Output, LabError> {
         let what = process::describe(&cmd);
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let child = self.start(pod, cmd, None)?;
         process::wait_output(child, &what, timeout, cancel)
     }
@@ -284,23 +255,16 @@ impl Lab {
     pub fn run(
         &self,
         pod: &str,
-        mut cmd: Command,
+        cmd: Command,
         timeout: Duration,
         cancel: &Cancel,
     ) -> Result<Output, LabError> {
-        let what = process::describe(&cmd);
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let child = self.start(pod, cmd, None)?;
-        let out = process::wait_output(child, &what, timeout, cancel)?;
+        let command = process::describe(&cmd);
+        let out = self.run_status(pod, cmd, timeout, cancel)?;
         if out.status.success() {
             Ok(out)
         } else {
-            Err(LabError::Command {
-                command: what,
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-            })
+            Err(LabError::Command { command, stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned() })
         }
     }
 
@@ -310,8 +274,7 @@ impl Lab {
     fn start(&self, pod: &str, mut cmd: Command, uid: Option<u32>) -> Result<Child, LabError> {
         let pod = self.pod(pod);
         let ns_path = Path::new(netns::NETNS_DIR).join(&pod.netns);
-        let ns = File::open(&ns_path)
-            .map_err(LabError::io("cannot open network namespace", &ns_path))?;
+        let ns = File::open(&ns_path).map_err(LabError::io("cannot open network namespace", &ns_path))?;
         let procs_path = pod.cgroup.join("cgroup.procs");
         let procs = OpenOptions::new()
             .write(true)
@@ -343,10 +306,7 @@ impl Lab {
             });
         }
         let what = process::describe(&cmd);
-        cmd.spawn().map_err(|source| LabError::Spawn {
-            command: what,
-            source,
-        })
+        cmd.spawn().map_err(|source| LabError::Spawn { command: what, source })
     }
     // ANCHOR_END: enter_pod
 
@@ -411,10 +371,7 @@ impl Lab {
             keep(fs::remove_dir_all(&pin_dir).map_err(LabError::io("cannot remove", &pin_dir)));
         }
         // The shared parents go too once the last lab has left them.
-        for shared in [self.cgroup.parent(), pin_dir.parent()]
-            .into_iter()
-            .flatten()
-        {
+        for shared in [self.cgroup.parent(), pin_dir.parent()].into_iter().flatten() {
             let _ = fs::remove_dir(shared);
         }
         first.map_or(Ok(()), Err)

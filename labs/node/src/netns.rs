@@ -14,11 +14,7 @@ pub const NETNS_DIR: &str = "/run/netns";
 /// Names of the namespaces `ip netns` knows.
 pub fn list() -> Vec<String> {
     fs::read_dir(NETNS_DIR)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
+        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
         .unwrap_or_default()
 }
 
@@ -54,13 +50,8 @@ pub fn plug(
     pod_ns: &str,
     addrs: &[String],
 ) -> Result<(), LabError> {
-    ip(&[
-        "-n", node_ns, "link", "add", node_if, "type", "veth", "peer", "name", "eth0", "netns",
-        pod_ns,
-    ])?;
-    ip(&[
-        "-n", node_ns, "link", "set", node_if, "master", bridge, "up",
-    ])?;
+    ip(&["-n", node_ns, "link", "add", node_if, "type", "veth", "peer", "name", "eth0", "netns", pod_ns])?;
+    ip(&["-n", node_ns, "link", "set", node_if, "master", bridge, "up"])?;
     ip(&["-n", pod_ns, "link", "set", "lo", "up"])?;
     for a in addrs {
         // nodad: an IPv6 address is usable at once instead of after duplicate detection.
@@ -85,10 +76,7 @@ impl Packets {
         self.rx + self.tx
     }
     pub fn since(&self, earlier: &Packets) -> Packets {
-        Packets {
-            rx: self.rx.saturating_sub(earlier.rx),
-            tx: self.tx.saturating_sub(earlier.tx),
-        }
+        Packets { rx: self.rx.saturating_sub(earlier.rx), tx: self.tx.saturating_sub(earlier.tx) }
     }
 }
 
@@ -118,10 +106,7 @@ pub fn packets(ns: &str, dev: &str) -> Result<Packets, LabError> {
 fn parse_packets(json: &[u8]) -> Result<Packets, String> {
     let links: Vec<Link> = serde_json::from_slice(json).map_err(|e| e.to_string())?;
     let l = links.first().ok_or("no interface in the output")?;
-    Ok(Packets {
-        rx: l.stats64.rx.packets,
-        tx: l.stats64.tx.packets,
-    })
+    Ok(Packets { rx: l.stats64.rx.packets, tx: l.stats64.tx.packets })
 }
 
 #[cfg(test)]

@@ -20,10 +20,7 @@ pub fn check() -> Result<Host, LabError> {
     }
     let cgroup2 = mounts::cgroup2_root().ok_or(LabError::NoCgroup2)?;
     if !mounts::is_on_bpffs(std::path::Path::new(mounts::BPFFS)) {
-        return Err(mesh_agent::MeshError::NoBpffs {
-            path: PathBuf::from(mounts::BPFFS),
-        }
-        .into());
+        return Err(mesh_agent::MeshError::NoBpffs { path: PathBuf::from(mounts::BPFFS) }.into());
     }
     Ok(Host { cgroup2 })
 }

@@ -29,11 +29,7 @@ impl Cancel {
     }
     /// `Err(Cancelled)` once cancelled.
     pub fn check(&self) -> Result<(), LabError> {
-        if self.is_cancelled() {
-            Err(LabError::Cancelled)
-        } else {
-            Ok(())
-        }
+        if self.is_cancelled() { Err(LabError::Cancelled) } else { Ok(()) }
     }
 }
 
@@ -68,17 +64,11 @@ pub fn run(mut cmd: Command) -> Result<Output, LabError> {
     let out = cmd
         .stdin(Stdio::null())
         .output()
-        .map_err(|source| LabError::Spawn {
-            command: command.clone(),
-            source,
-        })?;
+        .map_err(|source| LabError::Spawn { command: command.clone(), source })?;
     if out.status.success() {
         Ok(out)
     } else {
-        Err(LabError::Command {
-            command,
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        })
+        Err(LabError::Command { command, stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned() })
     }
 }
 
@@ -109,20 +99,13 @@ pub fn wait_output(
             }
             Ok(None) => {}
             Err(source) => {
-                return Err(LabError::Io {
-                    what: "cannot wait for",
-                    path: what.into(),
-                    source,
-                });
+                return Err(LabError::Io { what: "cannot wait for", path: what.into(), source });
             }
         }
         let err = if cancel.is_cancelled() {
             Some(LabError::Cancelled)
         } else if Instant::now() >= deadline {
-            Some(LabError::Timeout {
-                what: what.to_owned(),
-                seconds: timeout.as_secs(),
-            })
+            Some(LabError::Timeout { what: what.to_owned(), seconds: timeout.as_secs() })
         } else {
             None
         };

@@ -49,90 +49,23 @@ fn iptables(ns: &str, args: &[&str]) -> Result<(), LabError> {
         stderr: "not installed (the sidecar modes need it)".into(),
     })?;
     let mut cmd = std::process::Command::new(process::ip_binary());
-    cmd.args(["netns", "exec", ns])
-        .arg(ipt)
-        .arg("-w")
-        .args(args);
+    cmd.args(["netns", "exec", ns]).arg(ipt).arg("-w").args(args);
     run(cmd).map(drop)
 }
 
 // ANCHOR: capture
-/// Istio-style capture in one pod.
+/// Istio-style capture in one pod: outbound TCP to the proxy's 15001 unless it comes from the
+/// proxy itself (uid 1337) or stays on loopback; inbound TCP to 15006.
 fn capture_per_pod(ns: &str) -> Result<(), LabError> {
-    let uid = PROXY_UID.to_string();
-    let (out, inb) = (OUTBOUND_PORT.to_string(), INBOUND_PORT.to_string());
-    iptables(ns, &["-t", "nat", "-N", "SLAB_OUTBOUND"])?;
-    iptables(
-        ns,
-        &[
-            "-t",
-            "nat",
-            "-A",
-            "SLAB_OUTBOUND",
-            "-m",
-            "owner",
-            "--uid-owner",
-            &uid,
-            "-j",
-            "RETURN",
-        ],
-    )?;
-    iptables(
-        ns,
-        &[
-            "-t",
-            "nat",
-            "-A",
-            "SLAB_OUTBOUND",
-            "-d",
-            "127.0.0.0/8",
-            "-j",
-            "RETURN",
-        ],
-    )?;
-    iptables(
-        ns,
-        &[
-            "-t",
-            "nat",
-            "-A",
-            "SLAB_OUTBOUND",
-            "-p",
-            "tcp",
-            "-j",
-            "REDIRECT",
-            "--to-ports",
-            &out,
-        ],
-    )?;
-    iptables(
-        ns,
-        &[
-            "-t",
-            "nat",
-            "-A",
-            "OUTPUT",
-            "-p",
-            "tcp",
-            "-j",
-            "SLAB_OUTBOUND",
-        ],
-    )?;
-    iptables(
-        ns,
-        &[
-            "-t",
-            "nat",
-            "-A",
-            "PREROUTING",
-            "-p",
-            "tcp",
-            "-j",
-            "REDIRECT",
-            "--to-ports",
-            &inb,
-        ],
-    )
+    let rules = [
+        "-t nat -N SLAB_OUTBOUND".to_owned(),
+        format!("-t nat -A SLAB_OUTBOUND -m owner --uid-owner {PROXY_UID} -j RETURN"),
+        "-t nat -A SLAB_OUTBOUND -d 127.0.0.0/8 -j RETURN".to_owned(),
+        format!("-t nat -A SLAB_OUTBOUND -p tcp -j REDIRECT --to-ports {OUTBOUND_PORT}"),
+        "-t nat -A OUTPUT -p tcp -j SLAB_OUTBOUND".to_owned(),
+        format!("-t nat -A PREROUTING -p tcp -j REDIRECT --to-ports {INBOUND_PORT}"),
+    ];
+    rules.iter().try_for_each(|r| iptables(ns, &r.split_whitespace().collect::<Vec<_>>()))
 }
 // ANCHOR_END: capture
 
@@ -144,18 +77,12 @@ pub fn enable(
     workload: &WorkloadCmd,
     routes: &[(String, Ipv4Addr, u16)],
 ) -> Result<Sidecars, LabError> {
-    let mut s = Sidecars {
-        proxies: Vec::new(),
-        mode: Some(mode),
-    };
+    let mut s = Sidecars { proxies: Vec::new(), mode: Some(mode) };
     match mode {
         SidecarMode::Off => {}
         SidecarMode::PerPod => {
-            let pods: Vec<(String, String)> = lab
-                .pods()
-                .iter()
-                .map(|p| (p.name.clone(), p.netns.clone()))
-                .collect();
+            let pods: Vec<(String, String)> =
+                lab.pods().iter().map(|p| (p.name.clone(), p.netns.clone())).collect();
             for (pod, ns) in pods {
                 capture_per_pod(&ns)?;
                 let cmd = workload.command(&[
@@ -172,11 +99,8 @@ pub fn enable(
         SidecarMode::PerNode => {
             let node_ip = lab.node()?.ipv4;
             let mut args = vec!["proxy".to_owned()];
-            let pods: Vec<(String, String)> = lab
-                .pods()
-                .iter()
-                .map(|p| (p.name.clone(), p.netns.clone()))
-                .collect();
+            let pods: Vec<(String, String)> =
+                lab.pods().iter().map(|p| (p.name.clone(), p.netns.clone())).collect();
             for (i, (owner, ip, port)) in routes.iter().enumerate() {
                 let node_port = NODE_PORT_BASE + i as u16;
                 args.extend(["--route".into(), format!("{node_port}={ip}:{port}")]);
@@ -184,11 +108,8 @@ pub fn enable(
                     if pod == owner {
                         continue;
                     }
-                    let (dst, dport, to) = (
-                        ip.to_string(),
-                        port.to_string(),
-                        format!("{node_ip}:{node_port}"),
-                    );
+                    let (dst, dport, to) =
+                        (ip.to_string(), port.to_string(), format!("{node_ip}:{node_port}"));
                     iptables(
                         ns,
                         &[
@@ -211,10 +132,7 @@ pub fn enable(
                 }
             }
             let pid = lab.spawn("node", workload.command(&args))?;
-            s.proxies.push(Proxy {
-                at: "node".into(),
-                pid,
-            });
+            s.proxies.push(Proxy { at: "node".into(), pid });
         }
     }
     Ok(s)
@@ -237,16 +155,8 @@ pub fn disable(lab: &mut Lab, s: Sidecars) -> Result<(), LabError> {
 
 /// Resident memory of a process in KiB (`VmRSS`).
 pub fn rss_kb(pid: u32) -> Option<u64> {
-    let status =
-        fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("status")).ok()?;
-    status.lines().find_map(|l| {
-        l.strip_prefix("VmRSS:")?
-            .trim()
-            .strip_suffix("kB")?
-            .trim()
-            .parse()
-            .ok()
-    })
+    let status = fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("VmRSS:")?.trim().strip_suffix("kB")?.trim().parse().ok())
 }
 
 #[cfg(test)]

@@ -16,8 +16,7 @@ pub struct Args {
 
 /// Accepts connections forever, echoing each on its own thread.
 pub fn serve(args: &Args) -> anyhow::Result<()> {
-    let listener =
-        TcpListener::bind(args.listen).with_context(|| format!("bind {}", args.listen))?;
+    let listener = TcpListener::bind(args.listen).with_context(|| format!("bind {}", args.listen))?;
     for conn in listener.incoming() {
         let conn = conn.context("accept")?;
         thread::spawn(move || echo(conn));

@@ -34,9 +34,7 @@ pub struct Args {
 }
 
 fn parse_route(s: &str) -> Result<(u16, SocketAddr), String> {
-    let (port, addr) = s
-        .split_once('=')
-        .ok_or_else(|| format!("expected PORT=ADDR, got {s:?}"))?;
+    let (port, addr) = s.split_once('=').ok_or_else(|| format!("expected PORT=ADDR, got {s:?}"))?;
     Ok((
         port.parse().map_err(|e| format!("{port:?}: {e}"))?,
         addr.parse().map_err(|e| format!("{addr:?}: {e}"))?,
@@ -112,20 +110,12 @@ fn original_dst(s: &TcpStream) -> io::Result<SocketAddrV4> {
     unsafe {
         let mut addr: libc::sockaddr_in = std::mem::zeroed();
         let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        if libc::getsockopt(
-            s.as_raw_fd(),
-            libc::SOL_IP,
-            SO_ORIGINAL_DST,
-            (&raw mut addr).cast(),
-            &mut len,
-        ) != 0
+        if libc::getsockopt(s.as_raw_fd(), libc::SOL_IP, SO_ORIGINAL_DST, (&raw mut addr).cast(), &mut len)
+            != 0
         {
             return Err(io::Error::last_os_error());
         }
-        Ok(SocketAddrV4::new(
-            Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)),
-            u16::from_be(addr.sin_port),
-        ))
+        Ok(SocketAddrV4::new(Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)), u16::from_be(addr.sin_port)))
     }
 }
 
@@ -157,12 +147,7 @@ mod tests {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
         };
-        let args = Args {
-            outbound: None,
-            inbound: None,
-            route: vec![(port, echo_addr)],
-            threads: 1,
-        };
+        let args = Args { outbound: None, inbound: None, route: vec![(port, echo_addr)], threads: 1 };
         std::thread::spawn(move || serve(&args));
         let mut c = loop {
             if let Ok(c) = std::net::TcpStream::connect(("127.0.0.1", port)) {

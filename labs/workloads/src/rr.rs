@@ -88,9 +88,8 @@ pub struct RrReport {
 }
 
 /// Where the percentile curve is sampled (for charts).
-pub const CURVE_PERCENTILES: [f64; 14] = [
-    0.0, 10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 98.0, 99.0, 99.5, 99.9, 99.95, 99.99, 100.0,
-];
+pub const CURVE_PERCENTILES: [f64; 14] =
+    [0.0, 10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 98.0, 99.0, 99.5, 99.9, 99.95, 99.99, 100.0];
 
 impl fmt::Display for RrReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -116,8 +115,7 @@ impl fmt::Display for RrReport {
 /// Serves rr clients until killed: each connection gets a thread that answers every
 /// `request_size`-byte request with a `response_size`-byte response.
 pub fn serve(args: &ServerArgs) -> anyhow::Result<()> {
-    let listener =
-        TcpListener::bind(args.listen).with_context(|| format!("bind {}", args.listen))?;
+    let listener = TcpListener::bind(args.listen).with_context(|| format!("bind {}", args.listen))?;
     for conn in listener.incoming() {
         let conn = conn.context("accept")?;
         let (req, resp) = (args.request_size, args.response_size);
@@ -146,9 +144,7 @@ pub fn run_client(args: &ClientArgs) -> anyhow::Result<RrReport> {
     }
     let per_conn = args.round_trips / u64::from(args.connections);
     // Connect everything first, so the measured phase is only round trips.
-    let conns = (0..args.connections)
-        .map(|_| connect(args))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let conns = (0..args.connections).map(|_| connect(args)).collect::<anyhow::Result<Vec<_>>>()?;
     let start = Instant::now();
     let workers: Vec<_> = conns
         .into_iter()
@@ -159,9 +155,7 @@ pub fn run_client(args: &ClientArgs) -> anyhow::Result<RrReport> {
         .collect();
     let mut hist = new_histogram();
     for w in workers {
-        let h = w
-            .join()
-            .map_err(|_| anyhow::anyhow!("rr worker panicked"))??;
+        let h = w.join().map_err(|_| anyhow::anyhow!("rr worker panicked"))??;
         hist.add(&h).context("merge histograms")?;
     }
     let elapsed = start.elapsed().as_secs_f64();
@@ -186,11 +180,7 @@ fn connect(args: &ClientArgs) -> anyhow::Result<TcpStream> {
 }
 
 // ANCHOR: ping_pong
-fn ping_pong(
-    mut conn: TcpStream,
-    args: &ClientArgs,
-    measured: u64,
-) -> anyhow::Result<Histogram<u64>> {
+fn ping_pong(mut conn: TcpStream, args: &ClientArgs, measured: u64) -> anyhow::Result<Histogram<u64>> {
     let request = vec![b'q'; args.request_size];
     let mut response = vec![0u8; args.response_size];
     let mut hist = new_histogram();
@@ -231,10 +221,7 @@ fn report(args: &ClientArgs, h: &Histogram<u64>, elapsed_s: f64) -> RrReport {
             max: us(h.max()),
             mean: h.mean() / 1000.0,
         },
-        curve: CURVE_PERCENTILES
-            .iter()
-            .map(|p| [*p, us(h.value_at_quantile(p / 100.0))])
-            .collect(),
+        curve: CURVE_PERCENTILES.iter().map(|p| [*p, us(h.value_at_quantile(p / 100.0))]).collect(),
     }
 }
 
@@ -244,11 +231,8 @@ mod tests {
 
     #[test]
     fn loopback_round_trips_are_counted_and_ordered() {
-        let server = ServerArgs {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            request_size: 32,
-            response_size: 48,
-        };
+        let server =
+            ServerArgs { listen: "127.0.0.1:0".parse().unwrap(), request_size: 32, response_size: 48 };
         let listener = TcpListener::bind(server.listen).unwrap();
         let addr = listener.local_addr().unwrap();
         thread::spawn(move || {
@@ -270,10 +254,7 @@ mod tests {
         let r = run_client(&args).unwrap();
         assert_eq!(r.round_trips, 300);
         let l = r.latency_us;
-        assert!(
-            l.min > 0.0 && l.min <= l.p50 && l.p50 <= l.p99 && l.p99 <= l.max,
-            "{l:?}"
-        );
+        assert!(l.min > 0.0 && l.min <= l.p50 && l.p50 <= l.p99 && l.p99 <= l.max, "{l:?}");
         let back: RrReport = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
         assert_eq!(back, r);
     }

@@ -7,10 +7,7 @@ use clap::{Parser, Subcommand};
 use mesh_agent::Mesh;
 
 #[derive(Parser)]
-#[command(
-    version,
-    about = "The per-node sidecarless mesh: sock_ops + sk_msg socket redirection"
-)]
+#[command(version, about = "The per-node sidecarless mesh: sock_ops + sk_msg socket redirection")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -33,11 +30,7 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    let Command::Run {
-        cgroup,
-        pin_dir,
-        interval_ms,
-    } = Cli::parse().command;
+    let Command::Run { cgroup, pin_dir, interval_ms } = Cli::parse().command;
     // Block the stop signals first so they wait for sigtimedwait below instead of killing us
     // with the programs still attached.
     let signals = stop_signals();
@@ -45,16 +38,9 @@ fn main() -> anyhow::Result<()> {
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &signals, std::ptr::null_mut()) };
 
     let mesh = Mesh::start(&cgroup, &pin_dir)?;
-    eprintln!(
-        "mesh-agent: attached to {}, maps pinned in {}",
-        cgroup.display(),
-        pin_dir.display()
-    );
+    eprintln!("mesh-agent: attached to {}, maps pinned in {}", cgroup.display(), pin_dir.display());
     let interval = Duration::from_millis(interval_ms);
-    let timeout = libc::timespec {
-        tv_sec: interval.as_secs() as _,
-        tv_nsec: interval.subsec_nanos() as _,
-    };
+    let timeout = libc::timespec { tv_sec: interval.as_secs() as _, tv_nsec: interval.subsec_nanos() as _ };
     loop {
         println!("{}", serde_json::to_string(&mesh.counters()?)?);
         // SAFETY: waits on our own signal set; a null info pointer is allowed.

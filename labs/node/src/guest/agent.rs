@@ -55,10 +55,7 @@ fn find_port(name: &str) -> io::Result<PathBuf> {
         }
         thread::sleep(Duration::from_millis(50));
     }
-    Err(io::Error::new(
-        io::ErrorKind::NotFound,
-        format!("no virtio port named {name}"),
-    ))
+    Err(io::Error::new(io::ErrorKind::NotFound, format!("no virtio port named {name}")))
 }
 
 /// Serves forever (returns only if the port cannot be opened).
@@ -94,13 +91,9 @@ pub fn serve() -> io::Result<()> {
         };
         let id = req.id;
         match req.body {
-            RequestBody::Hello => out.send(
-                id,
-                ReplyBody::Ready {
-                    kernel: scenario::kernel_release(),
-                    uptime_s: uptime(),
-                },
-            ),
+            RequestBody::Hello => {
+                out.send(id, ReplyBody::Ready { kernel: scenario::kernel_release(), uptime_s: uptime() })
+            }
             RequestBody::Cancel => {
                 if let Some(job) = running.lock().unwrap().as_ref() {
                     job.cancel.cancel();
@@ -127,20 +120,12 @@ pub fn serve() -> io::Result<()> {
                 let cancel = Cancel::new();
                 let (gate_tx, gate_rx) = std::sync::mpsc::channel();
                 let guided = matches!(body, RequestBody::Scenario { guided: true, .. });
-                *slot = Some(Job {
-                    cancel: cancel.clone(),
-                    gate: guided.then_some(gate_tx),
-                });
+                *slot = Some(Job { cancel: cancel.clone(), gate: guided.then_some(gate_tx) });
                 let (out, running) = (out.clone(), running.clone());
                 thread::spawn(move || {
                     let reply = match body {
                         RequestBody::Exec { argv } => exec(id, &argv, &cancel, &out),
-                        RequestBody::Scenario {
-                            file,
-                            source,
-                            options,
-                            ..
-                        } => {
+                        RequestBody::Scenario { file, source, options, .. } => {
                             let gate = guided.then_some(gate_rx);
                             run_scenario(id, &file, &source, options, cancel, gate, &out)
                         }
@@ -163,10 +148,7 @@ fn uptime() -> f64 {
 
 fn exec(id: u64, argv: &[String], cancel: &Cancel, out: &Out) -> ReplyBody {
     let Some((prog, args)) = argv.split_first() else {
-        return ReplyBody::Error {
-            message: "empty command".into(),
-            unmet: false,
-        };
+        return ReplyBody::Error { message: "empty command".into(), unmet: false };
     };
     let mut child = match Command::new(prog)
         .args(args)
@@ -179,12 +161,7 @@ fn exec(id: u64, argv: &[String], cancel: &Cancel, out: &Out) -> ReplyBody {
     {
         Ok(c) => c,
         Err(e) => {
-            out.send(
-                id,
-                ReplyBody::Stderr {
-                    data: format!("{prog}: {e}\n"),
-                },
-            );
+            out.send(id, ReplyBody::Stderr { data: format!("{prog}: {e}\n") });
             return ReplyBody::Exit { code: 127 };
         }
     };
@@ -200,10 +177,7 @@ fn exec(id: u64, argv: &[String], cancel: &Cancel, out: &Out) -> ReplyBody {
             Ok(Some(s)) => break s,
             Ok(None) => thread::sleep(Duration::from_millis(5)),
             Err(e) => {
-                return ReplyBody::Error {
-                    message: format!("wait: {e}"),
-                    unmet: false,
-                };
+                return ReplyBody::Error { message: format!("wait: {e}"), unmet: false };
             }
         }
     };
@@ -211,32 +185,16 @@ fn exec(id: u64, argv: &[String], cancel: &Cancel, out: &Out) -> ReplyBody {
         let _ = p.join();
     }
     use std::os::unix::process::ExitStatusExt;
-    ReplyBody::Exit {
-        code: status
-            .code()
-            .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
-    }
+    ReplyBody::Exit { code: status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)) }
 }
 
-fn pump(
-    stream: impl Read + Send + 'static,
-    id: u64,
-    out: Out,
-    stderr: bool,
-) -> thread::JoinHandle<()> {
+fn pump(stream: impl Read + Send + 'static, id: u64, out: Out, stderr: bool) -> thread::JoinHandle<()> {
     thread::spawn(move || {
         let mut r = BufReader::new(stream);
         let mut buf = Vec::new();
         while r.read_until(b'\n', &mut buf).is_ok_and(|n| n > 0) {
             let data = String::from_utf8_lossy(&buf).into_owned();
-            out.send(
-                id,
-                if stderr {
-                    ReplyBody::Stderr { data }
-                } else {
-                    ReplyBody::Stdout { data }
-                },
-            );
+            out.send(id, if stderr { ReplyBody::Stderr { data } } else { ReplyBody::Stdout { data } });
             buf.clear();
         }
     })
@@ -254,32 +212,20 @@ fn run_scenario(
     let sc = match scenario::Scenario::parse(source, file) {
         Ok(s) => s,
         Err(e) => {
-            return ReplyBody::Error {
-                message: e.to_string(),
-                unmet: false,
-            };
+            return ReplyBody::Error { message: e.to_string(), unmet: false };
         }
     };
     let host = match preflight::check() {
         Ok(h) => h,
         Err(e) => {
-            return ReplyBody::Error {
-                message: e.to_string(),
-                unmet: e.is_unmet(),
-            };
+            return ReplyBody::Error { message: e.to_string(), unmet: e.is_unmet() };
         }
     };
-    let workload = WorkloadCmd {
-        program: WORKLOAD_BIN.into(),
-        prefix: Vec::new(),
-    };
+    let workload = WorkloadCmd { program: WORKLOAD_BIN.into(), prefix: Vec::new() };
     match scenario::execute(sc, host, workload, options, cancel, gate, |event| {
         out.send(id, ReplyBody::Event { event })
     }) {
         Ok(outcome) => ReplyBody::Outcome { outcome },
-        Err(e) => ReplyBody::Error {
-            message: crate::error::chain(&e),
-            unmet: e.is_unmet(),
-        },
+        Err(e) => ReplyBody::Error { message: crate::error::chain(&e), unmet: e.is_unmet() },
     }
 }

@@ -84,10 +84,7 @@ fn mount_all() {
         let (s, d, t) = (cstr(src), cstr(dir), cstr(fstype));
         // SAFETY: valid C strings; no data argument.
         if unsafe { libc::mount(s.as_ptr(), d.as_ptr(), t.as_ptr(), 0, std::ptr::null()) } != 0 {
-            log(&format!(
-                "mount {fstype} on {dir}: {}",
-                std::io::Error::last_os_error()
-            ));
+            log(&format!("mount {fstype} on {dir}: {}", std::io::Error::last_os_error()));
         }
     }
 }
@@ -125,11 +122,7 @@ fn spawn_agent() -> Option<i32> {
 }
 
 fn spawn_shell() -> Option<i32> {
-    let tty = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(SHELL_TTY)
-        .ok()?;
+    let tty = OpenOptions::new().read(true).write(true).open(SHELL_TTY).ok()?;
     let (i, o, e) = (tty.try_clone().ok()?, tty.try_clone().ok()?, tty);
     let mut cmd = Command::new("/bin/busybox");
     cmd.args(["setsid", "-c", "/bin/sh", "-l"])

@@ -28,12 +28,7 @@ pub enum RequestBody {
     Exec { argv: Vec<String> },
     /// Run a scenario (the file's text travels with the request); its events stream back,
     /// then its outcome. `guided`: pause after each step until `continue`.
-    Scenario {
-        file: String,
-        source: String,
-        options: Options,
-        guided: bool,
-    },
+    Scenario { file: String, source: String, options: Options, guided: bool },
     /// Guided mode: go on with the next step.
     Continue,
     /// Interrupt the running exec or scenario (the lab is torn down).
@@ -98,12 +93,7 @@ mod tests {
 
     #[test]
     fn wire_format_is_flat_json_lines() {
-        let r = Request {
-            id: 7,
-            body: RequestBody::Exec {
-                argv: vec!["uname".into(), "-r".into()],
-            },
-        };
+        let r = Request { id: 7, body: RequestBody::Exec { argv: vec!["uname".into(), "-r".into()] } };
         let line = serde_json::to_string(&r).unwrap();
         assert_eq!(line, r#"{"id":7,"op":"exec","argv":["uname","-r"]}"#);
         let back: Reply = serde_json::from_str(r#"{"id":7,"kind":"exit","code":3}"#).unwrap();

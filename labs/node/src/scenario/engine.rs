@@ -71,43 +71,20 @@ pub fn run(sc: &Scenario, ctx: &Context) -> Result<Outcome, LabError> {
         report,
     };
     let missing = requirements::unmet(&sc.requires, &mut |line| {
-        ctx.emit(Event::Output {
-            step: "requirements".into(),
-            line,
-        })
+        ctx.emit(Event::Output { step: "requirements".into(), line })
     });
     if !missing.is_empty() {
         let reason = missing.join("; ");
-        ctx.emit(Event::StepSkipped {
-            step: "requirements".into(),
-            reason: reason.clone(),
-        });
-        return Ok(outcome(
-            false,
-            Vec::new(),
-            Some(reason),
-            serde_json::Value::Null,
-        ));
+        ctx.emit(Event::StepSkipped { step: "requirements".into(), reason: reason.clone() });
+        return Ok(outcome(false, Vec::new(), Some(reason), serde_json::Value::Null));
     }
-    let specs: Vec<PodSpec> = sc
-        .pods
-        .iter()
-        .map(|p| PodSpec {
-            name: p.name.clone(),
-            labels: p.labels.clone(),
-        })
-        .collect();
+    let specs: Vec<PodSpec> =
+        sc.pods.iter().map(|p| PodSpec { name: p.name.clone(), labels: p.labels.clone() }).collect();
     let lab = Lab::create(&ctx.host, &specs)?;
-    ctx.emit(Event::LabUp {
-        id: lab.id().to_string(),
-        pods: lab.pods().to_vec(),
-    });
+    ctx.emit(Event::LabUp { id: lab.id().to_string(), pods: lab.pods().to_vec() });
     let mut e = Engine {
         ctx,
-        report: Report {
-            lab: lab.id().to_string(),
-            ..Report::default()
-        },
+        report: Report { lab: lab.id().to_string(), ..Report::default() },
         lab,
         failures: Vec::new(),
         sidecars: Sidecars::default(),
@@ -115,12 +92,7 @@ pub fn run(sc: &Scenario, ctx: &Context) -> Result<Outcome, LabError> {
     };
     let result = e.steps(sc);
     // Teardown errors matter (a leak is a bug) but must not hide the scenario's own error.
-    let Engine {
-        lab,
-        report,
-        failures,
-        ..
-    } = e;
+    let Engine { lab, report, failures, .. } = e;
     let teardown = lab.teardown();
     result?;
     teardown?;
@@ -136,21 +108,16 @@ impl Engine<'_> {
             let step = step.get_ref();
             let label = format!("{}. {}", i + 1, label(step));
             let (explain, try_) = texts(step);
-            self.ctx.emit(Event::StepStarted {
-                step: label.clone(),
-                explain: explain.to_owned(),
-            });
+            self.ctx.emit(Event::StepStarted { step: label.clone(), explain: explain.to_owned() });
             match self.step(&label, step) {
                 Ok(()) => {}
                 Err(e) => {
-                    self.ctx.emit(Event::StepFailed {
-                        step: label,
-                        reason: crate::error::chain(&e),
-                    });
+                    self.ctx.emit(Event::StepFailed { step: label, reason: crate::error::chain(&e) });
                     return Err(e);
                 }
             }
-            self.ctx.pause(&label, try_)?;
+            let try_: Vec<String> = try_.iter().map(|t| self.fill(t)).collect();
+            self.ctx.pause(&label, &try_)?;
         }
         Ok(())
     }
@@ -180,52 +147,39 @@ impl Engine<'_> {
             self.ports.entry(p.name.clone()).or_default().push(port);
             let line = format!("pod {}: workload {}", p.name, args.join(" "));
             self.lab.spawn(&p.name, self.ctx.workload.command(&args))?;
-            self.ctx.emit(Event::Output {
-                step: "lab".into(),
-                line,
-            });
+            self.ctx.emit(Event::Output { step: "lab".into(), line });
         }
         Ok(())
     }
 
+    /// Fills the placeholders of a `try` command: `<pins>` (the mesh's bpffs folder),
+    /// `<cgroup>` (the lab's cgroup) and `<netns:POD>`.
+    fn fill(&self, t: &str) -> String {
+        let mut s = t.replace("<pins>", &self.lab.id().pin_dir().display().to_string());
+        s = s.replace("<cgroup>", &self.lab.cgroup().display().to_string());
+        for p in self.lab.pods() {
+            s = s.replace(&format!("<netns:{}>", p.name), &p.netns);
+        }
+        s
+    }
+
     fn out(&self, step: &str, line: String) {
-        self.ctx.emit(Event::Output {
-            step: step.into(),
-            line,
-        });
+        self.ctx.emit(Event::Output { step: step.into(), line });
     }
 
     fn metric(&self, step: &str, name: &str, value: f64, unit: &str) {
-        self.ctx.emit(Event::Metric {
-            step: step.into(),
-            name: name.into(),
-            value,
-            unit: unit.into(),
-        });
+        self.ctx.emit(Event::Metric { step: step.into(), name: name.into(), value, unit: unit.into() });
     }
 
     fn value(&self, path: &str) -> f64 {
         let (name, key) = path.rsplit_once('.').expect("checked at parse time");
-        self.report
-            .results
-            .get(name)
-            .and_then(|r| r.get(key))
-            .copied()
-            .unwrap_or(f64::NAN)
+        self.report.results.get(name).and_then(|r| r.get(key)).copied().unwrap_or(f64::NAN)
     }
 
     fn step(&mut self, label: &str, step: &Step) -> Result<(), LabError> {
         match step {
             Step::Explain { .. } => {}
-            Step::Bench {
-                name,
-                from,
-                to,
-                port,
-                family,
-                round_trips,
-                ..
-            } => {
+            Step::Bench { name, from, to, port, family, round_trips, .. } => {
                 let pod = self.lab.pod(to);
                 let ip: std::net::IpAddr = match family {
                     Family::Ipv4 => pod.ipv4.into(),
@@ -235,9 +189,7 @@ impl Engine<'_> {
                 let run = self.bench(label, name, from, SocketAddr::new(ip, *port), n)?;
                 self.report.runs.push(run);
             }
-            Step::Mesh {
-                state: OnOff::On, ..
-            } => {
+            Step::Mesh { state: OnOff::On, .. } => {
                 let port = self.sidecar_port();
                 let mesh = self.lab.start_mesh()?;
                 let pins = mesh.pin_dir().display().to_string();
@@ -245,22 +197,15 @@ impl Engine<'_> {
                     self.out(label, format!("{hook}: {prog} loaded and attached"));
                 }
                 self.out(label, format!("maps pinned in {pins}"));
-                self.lab
-                    .mesh_mut()
-                    .expect("started")
-                    .set_sidecar_port(port)?;
+                self.lab.mesh_mut().expect("started").set_sidecar_port(port)?;
                 if port != 0 {
                     self.out(
                         label,
-                        format!(
-                            "sidecars present: app <-> proxy hops redirected via 127.0.0.1:{port}"
-                        ),
+                        format!("sidecars present: app <-> proxy hops redirected via 127.0.0.1:{port}"),
                     );
                 }
             }
-            Step::Mesh {
-                state: OnOff::Off, ..
-            } => self.lab.stop_mesh()?,
+            Step::Mesh { state: OnOff::Off, .. } => self.lab.stop_mesh()?,
             Step::Sidecars { mode, .. } => {
                 let old = std::mem::take(&mut self.sidecars);
                 sidecar::disable(&mut self.lab, old)?;
@@ -276,28 +221,17 @@ impl Engine<'_> {
                     .collect();
                 self.sidecars = sidecar::enable(&mut self.lab, *mode, &self.ctx.workload, &routes)?;
                 for p in &self.sidecars.proxies {
-                    self.out(
-                        label,
-                        format!("proxy for {} running as pid {}", p.at, p.pid),
-                    );
+                    self.out(label, format!("proxy for {} running as pid {}", p.at, p.pid));
                 }
                 let port = self.sidecar_port();
                 if let Some(mesh) = self.lab.mesh_mut() {
                     mesh.set_sidecar_port(port)?;
                 }
             }
-            Step::Exec {
-                name,
-                pod,
-                command,
-                expect_exit,
-                ..
-            } => {
+            Step::Exec { name, pod, command, expect_exit, .. } => {
                 let mut cmd = std::process::Command::new(&command[0]);
                 cmd.args(&command[1..]);
-                let out = self
-                    .lab
-                    .run_status(pod, cmd, RUN_TIMEOUT, &self.ctx.cancel)?;
+                let out = self.lab.run_status(pod, cmd, RUN_TIMEOUT, &self.ctx.cancel)?;
                 for line in String::from_utf8_lossy(&out.stdout)
                     .lines()
                     .chain(String::from_utf8_lossy(&out.stderr).lines())
@@ -305,59 +239,30 @@ impl Engine<'_> {
                     self.out(label, line.to_owned());
                 }
                 let code = out.status.code().unwrap_or(-1);
-                self.report
-                    .results
-                    .entry(name.clone())
-                    .or_default()
-                    .insert("exit".into(), f64::from(code));
+                self.report.results.entry(name.clone()).or_default().insert("exit".into(), f64::from(code));
                 self.metric(label, "exit", f64::from(code), "");
                 if let Some(want) = expect_exit
                     && *want != code
                 {
-                    self.failures.push(format!(
-                        "{name}: `{}` exited {code}, expected {want}",
-                        command.join(" ")
-                    ));
+                    self.failures
+                        .push(format!("{name}: `{}` exited {code}, expected {want}", command.join(" ")));
                 }
             }
-            Step::Compute {
-                name,
-                metric,
-                of,
-                factor,
-                unit,
-                ..
-            } => {
+            Step::Compute { name, metric, of, factor, unit, .. } => {
                 let mut v = factor * self.value(metric);
                 if let Some(o) = of {
                     v /= self.value(o);
                 }
-                self.report
-                    .results
-                    .entry(name.clone())
-                    .or_default()
-                    .insert("value".into(), v);
+                self.report.results.entry(name.clone()).or_default().insert("value".into(), v);
                 self.metric(label, name, v, unit);
             }
-            Step::Expect {
-                metric,
-                op,
-                value,
-                of,
-                factor,
-                severity,
-                ..
-            } => {
+            Step::Expect { metric, op, value, of, factor, severity, .. } => {
                 let lhs = self.value(metric);
                 let (rhs, rhs_text) = match (value, of) {
                     (Some(v), _) => (*v, format!("{v}")),
                     (None, Some(o)) => {
                         let r = factor * self.value(o);
-                        let f = if *factor == 1.0 {
-                            String::new()
-                        } else {
-                            format!("{factor} x ")
-                        };
+                        let f = if *factor == 1.0 { String::new() } else { format!("{factor} x ") };
                         (r, format!("{f}{o} ({r:.3})"))
                     }
                     (None, None) => unreachable!("checked at parse time"),
@@ -372,22 +277,11 @@ impl Engine<'_> {
                 self.out(label, format!("{text}: {verdict}"));
                 if !passed && *severity == Severity::Check {
                     self.failures.push(text.clone());
-                    self.report.checks.push(Check {
-                        text: text.clone(),
-                        passed,
-                        severity: *severity,
-                    });
-                    self.ctx.emit(Event::StepFailed {
-                        step: label.into(),
-                        reason: text,
-                    });
+                    self.report.checks.push(Check { text: text.clone(), passed, severity: *severity });
+                    self.ctx.emit(Event::StepFailed { step: label.into(), reason: text });
                     return Ok(());
                 }
-                self.report.checks.push(Check {
-                    text,
-                    passed,
-                    severity: *severity,
-                });
+                self.report.checks.push(Check { text, passed, severity: *severity });
             }
         }
         self.ctx.emit(Event::StepPassed { step: label.into() });
@@ -395,11 +289,7 @@ impl Engine<'_> {
     }
 
     fn sidecar_port(&self) -> u16 {
-        if self.sidecars.mode == Some(SidecarMode::PerPod) {
-            OUTBOUND_PORT
-        } else {
-            0
-        }
+        if self.sidecars.mode == Some(SidecarMode::PerPod) { OUTBOUND_PORT } else { 0 }
     }
 
     fn workload_ports(&self, pod: &str) -> Vec<u16> {
@@ -416,11 +306,7 @@ impl Engine<'_> {
         if self.lab.mesh().is_some() {
             parts.push("eBPF mesh");
         }
-        if parts.is_empty() {
-            "direct".into()
-        } else {
-            parts.join(" + ")
-        }
+        if parts.is_empty() { "direct".into() } else { parts.join(" + ") }
     }
 
     /// One rr run from `from` to `target`, with the packets and mesh counters around it.
@@ -434,14 +320,9 @@ impl Engine<'_> {
     ) -> Result<Run, LabError> {
         let lab = &self.lab;
         let pods: Vec<String> = lab.pods().iter().map(|p| p.name.clone()).collect();
-        let packets =
-            || -> Result<u64, LabError> { pods.iter().map(|p| Ok(lab.packets(p)?.total())).sum() };
+        let packets = || -> Result<u64, LabError> { pods.iter().map(|p| Ok(lab.packets(p)?.total())).sum() };
         let counters = || -> Result<Counters, LabError> {
-            Ok(lab
-                .mesh()
-                .map(|m| m.counters())
-                .transpose()?
-                .unwrap_or_default())
+            Ok(lab.mesh().map(|m| m.counters()).transpose()?.unwrap_or_default())
         };
         let size = self.ctx.options.size.to_string();
         let cmd = self.ctx.workload.command(&[
@@ -458,10 +339,7 @@ impl Engine<'_> {
         ]);
         self.out(
             label,
-            format!(
-                "rr {from} -> {target}: {round_trips} round trips of {size} bytes ({})",
-                self.config()
-            ),
+            format!("rr {from} -> {target}: {round_trips} round trips of {size} bytes ({})", self.config()),
         );
         let (p0, c0) = (packets()?, counters()?);
         let out = lab.run(from, cmd, RUN_TIMEOUT, &self.ctx.cancel)?;
@@ -488,8 +366,7 @@ impl Engine<'_> {
         let rss_mean = if run.proxy_rss_kb.is_empty() {
             0.0
         } else {
-            run.proxy_rss_kb.iter().map(|(_, k)| *k as f64).sum::<f64>()
-                / run.proxy_rss_kb.len() as f64
+            run.proxy_rss_kb.iter().map(|(_, k)| *k as f64).sum::<f64>() / run.proxy_rss_kb.len() as f64
         };
         let values = [
             ("p50", l.p50, "us"),
@@ -527,15 +404,9 @@ impl Engine<'_> {
 fn label(step: &Step) -> String {
     match step {
         Step::Explain { title, .. } => title.clone(),
-        Step::Bench { name, .. } | Step::Exec { name, .. } | Step::Compute { name, .. } => {
-            name.clone()
-        }
-        Step::Mesh {
-            state: OnOff::On, ..
-        } => "mesh on".into(),
-        Step::Mesh {
-            state: OnOff::Off, ..
-        } => "mesh off".into(),
+        Step::Bench { name, .. } | Step::Exec { name, .. } | Step::Compute { name, .. } => name.clone(),
+        Step::Mesh { state: OnOff::On, .. } => "mesh on".into(),
+        Step::Mesh { state: OnOff::Off, .. } => "mesh off".into(),
         Step::Sidecars { mode, .. } => match mode {
             SidecarMode::PerPod => "sidecars per pod".into(),
             SidecarMode::PerNode => "proxy per node".into(),
@@ -552,8 +423,8 @@ fn texts(step: &Step) -> (&str, &[String]) {
         Step::Bench { explain, try_, .. }
         | Step::Mesh { explain, try_, .. }
         | Step::Sidecars { explain, try_, .. } => (explain, try_),
-        Step::Exec { explain, .. }
-        | Step::Compute { explain, .. }
-        | Step::Expect { explain, .. } => (explain, &[]),
+        Step::Exec { explain, .. } | Step::Compute { explain, .. } | Step::Expect { explain, .. } => {
+            (explain, &[])
+        }
     }
 }

@@ -22,10 +22,7 @@ pub fn builtin() -> Vec<(String, Scenario)> {
     BUILTIN
         .iter()
         .map(|(file, text)| {
-            (
-                (*file).to_owned(),
-                Scenario::parse(text, file).unwrap_or_else(|e| panic!("{e}")),
-            )
+            ((*file).to_owned(), Scenario::parse(text, file).unwrap_or_else(|e| panic!("{e}")))
         })
         .collect()
 }
@@ -34,10 +31,8 @@ pub fn builtin() -> Vec<(String, Scenario)> {
 /// file name shown in messages, the text, and the parsed scenario.
 pub fn load(name: &str) -> Result<(String, String, Scenario), LoadError> {
     if name.ends_with(".toml") || name.contains('/') {
-        let text = std::fs::read_to_string(name).map_err(|e| LoadError::Read {
-            path: name.into(),
-            message: e.to_string(),
-        })?;
+        let text = std::fs::read_to_string(name)
+            .map_err(|e| LoadError::Read { path: name.into(), message: e.to_string() })?;
         let sc = Scenario::parse(&text, name).map_err(LoadError::Spec)?;
         return Ok((name.to_owned(), text, sc));
     }
@@ -47,10 +42,7 @@ pub fn load(name: &str) -> Result<(String, String, Scenario), LoadError> {
             return Ok(((*file).to_owned(), (*text).to_owned(), sc));
         }
     }
-    Err(LoadError::Unknown {
-        name: name.into(),
-        known: builtin().into_iter().map(|(_, s)| s.name).collect(),
-    })
+    Err(LoadError::Unknown { name: name.into(), known: builtin().into_iter().map(|(_, s)| s.name).collect() })
 }
 
 /// Why a scenario could not be loaded.
@@ -90,10 +82,7 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options {
-            round_trips: 20_000,
-            size: workloads::rr::DEFAULT_SIZE,
-        }
+        Options { round_trips: 20_000, size: workloads::rr::DEFAULT_SIZE }
     }
 }
 
@@ -117,10 +106,7 @@ impl Context {
     /// In guided mode, announces the pause and waits for the go-ahead (or a cancel).
     pub fn pause(&self, step: &str, try_: &[String]) -> Result<(), LabError> {
         if let Some(gate) = &self.gate {
-            self.emit(Event::Paused {
-                step: step.into(),
-                try_: try_.to_vec(),
-            });
+            self.emit(Event::Paused { step: step.into(), try_: try_.to_vec() });
             loop {
                 self.cancel.check()?;
                 match gate.recv_timeout(std::time::Duration::from_millis(100)) {
@@ -163,26 +149,15 @@ pub fn execute(
     mut on_event: impl FnMut(Event),
 ) -> Result<Outcome, LabError> {
     let (events, rx) = std::sync::mpsc::channel();
-    let ctx = Context {
-        host,
-        workload,
-        options,
-        cancel,
-        events,
-        gate,
-    };
+    let ctx = Context { host, workload, options, cancel, events, gate };
     let engine = std::thread::spawn(move || engine::run(&scenario, &ctx));
     for event in rx {
         on_event(event);
     }
-    engine
-        .join()
-        .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    engine.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
 }
 
 /// `uname -r` of the running kernel.
 pub fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_default()
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_owned()).unwrap_or_default()
 }

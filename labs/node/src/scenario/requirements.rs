@@ -34,9 +34,7 @@ pub fn unmet(r: &Requires, note: &mut dyn FnMut(String)) -> Vec<String> {
         match kernel_config(&release) {
             Some(cfg) => {
                 for opt in &r.config {
-                    let on = cfg
-                        .lines()
-                        .any(|l| l == format!("{opt}=y") || l == format!("{opt}=m"));
+                    let on = cfg.lines().any(|l| l == format!("{opt}=y") || l == format!("{opt}=m"));
                     if !on {
                         missing.push(format!("{opt} is not enabled in the kernel config"));
                     }
@@ -58,20 +56,15 @@ pub fn unmet(r: &Requires, note: &mut dyn FnMut(String)) -> Vec<String> {
 
 /// `6.12.117+deb13-cloud-amd64` -> (6, 12).
 fn version(s: &str) -> (u32, u32) {
-    let mut it = s
-        .split(|c: char| !c.is_ascii_digit())
-        .filter(|p| !p.is_empty())
-        .map(|p| p.parse().unwrap_or(0));
+    let mut it =
+        s.split(|c: char| !c.is_ascii_digit()).filter(|p| !p.is_empty()).map(|p| p.parse().unwrap_or(0));
     (it.next().unwrap_or(0), it.next().unwrap_or(0))
 }
 
 fn kernel_config(release: &str) -> Option<String> {
     if let Ok(raw) = fs::read("/proc/config.gz") {
         let mut s = String::new();
-        if flate2::read::GzDecoder::new(raw.as_slice())
-            .read_to_string(&mut s)
-            .is_ok()
-        {
+        if flate2::read::GzDecoder::new(raw.as_slice()).read_to_string(&mut s).is_ok() {
             return Some(s);
         }
     }

@@ -284,11 +284,7 @@ fn subject(message: &str) -> Option<String> {
             && let Some(b) = message[a + 1..].find(close)
         {
             let token = &message[a + 1..a + 1 + b];
-            return Some(if open == '`' {
-                format!("{token} =")
-            } else {
-                format!("\"{token}\"")
-            });
+            return Some(if open == '`' { format!("{token} =") } else { format!("\"{token}\"") });
         }
     }
     None
@@ -299,14 +295,8 @@ impl Scenario {
     pub fn parse(text: &str, file: &str) -> Result<Scenario, SpecError> {
         let sc: Scenario = toml::from_str(text).map_err(|e| {
             let message = e.message().trim().to_owned();
-            let line = e
-                .span()
-                .map_or(1, |s| locate(text, s, subject(&message).as_deref()));
-            SpecError {
-                file: file.to_owned(),
-                line,
-                message,
-            }
+            let line = e.span().map_or(1, |s| locate(text, s, subject(&message).as_deref()));
+            SpecError { file: file.to_owned(), line, message }
         })?;
         sc.check(text, file)?;
         Ok(sc)
@@ -319,11 +309,7 @@ impl Scenario {
         for (i, step) in self.steps.iter().enumerate() {
             let err = |message: String| {
                 let line = locate(text, step.span(), subject(&message).as_deref());
-                SpecError {
-                    file: file.to_owned(),
-                    line,
-                    message,
-                }
+                SpecError { file: file.to_owned(), line, message }
             };
             let pod = |p: &str| {
                 if pods.contains(p) {
@@ -338,12 +324,9 @@ impl Scenario {
                 }
             };
             let metric = |m: &str| -> Result<(), SpecError> {
-                let (name, key) = m.rsplit_once('.').ok_or_else(|| {
-                    err(format!(
-                        "step {}: metric {m:?} must look like RESULT.KEY",
-                        i + 1
-                    ))
-                })?;
+                let (name, key) = m
+                    .rsplit_once('.')
+                    .ok_or_else(|| err(format!("step {}: metric {m:?} must look like RESULT.KEY", i + 1)))?;
                 match results.get(name) {
                     Some(keys) if keys.contains(&key) => Ok(()),
                     Some(keys) => Err(err(format!(
@@ -364,39 +347,21 @@ impl Scenario {
                     pod(to)?;
                     results.insert(name.clone(), BENCH_METRICS.to_vec());
                 }
-                Step::Exec {
-                    name,
-                    pod: p,
-                    command,
-                    ..
-                } => {
+                Step::Exec { name, pod: p, command, .. } => {
                     pod(p)?;
                     if command.is_empty() {
-                        return Err(err(format!(
-                            "step {}: exec needs a non-empty command",
-                            i + 1
-                        )));
+                        return Err(err(format!("step {}: exec needs a non-empty command", i + 1)));
                     }
                     results.insert(name.clone(), vec!["exit"]);
                 }
-                Step::Compute {
-                    name,
-                    metric: m,
-                    of,
-                    ..
-                } => {
+                Step::Compute { name, metric: m, of, .. } => {
                     metric(m)?;
                     if let Some(o) = of {
                         metric(o)?;
                     }
                     results.insert(name.clone(), vec!["value"]);
                 }
-                Step::Expect {
-                    metric: m,
-                    of,
-                    value,
-                    ..
-                } => {
+                Step::Expect { metric: m, of, value, .. } => {
                     metric(m)?;
                     match (of, value) {
                         (Some(o), None) => metric(o)?,
@@ -446,10 +411,7 @@ value = 0
     fn parses_a_good_file() {
         let s = Scenario::parse(GOOD, "t.toml").unwrap();
         assert_eq!(s.steps.len(), 2);
-        assert!(matches!(
-            s.steps[1].get_ref(),
-            Step::Expect { op: Op::Gt, .. }
-        ));
+        assert!(matches!(s.steps[1].get_ref(), Step::Expect { op: Op::Gt, .. }));
     }
 
     fn err(text: &str) -> String {
@@ -459,28 +421,20 @@ value = 0
     #[test]
     fn a_typo_in_a_key_names_file_line_and_the_expected_keys() {
         let e = err(&GOOD.replace("from = \"a\"", "form = \"a\""));
-        assert!(
-            e.starts_with("t.toml:12: unknown field `form`, expected one of"),
-            "{e}"
-        );
+        assert!(e.starts_with("t.toml:12: unknown field `form`, expected one of"), "{e}");
     }
 
     #[test]
     fn a_wrong_type_names_file_and_line() {
         let e = err(&GOOD.replace("port = 7000\n\n[[steps]]", "port = \"seven\"\n\n[[steps]]"));
-        assert!(
-            e.starts_with("t.toml:14: invalid type: string \"seven\", expected u16"),
-            "{e}"
-        );
+        assert!(e.starts_with("t.toml:14: invalid type: string \"seven\", expected u16"), "{e}");
     }
 
     #[test]
     fn an_unknown_step_names_the_known_ones() {
         let e = err(&GOOD.replace("do = \"expect\"", "do = \"expekt\""));
         assert!(
-            e.starts_with(
-                "t.toml:17: unknown variant `expekt`, expected one of `explain`, `bench`"
-            ),
+            e.starts_with("t.toml:17: unknown variant `expekt`, expected one of `explain`, `bench`"),
             "{e}"
         );
     }
@@ -488,10 +442,7 @@ value = 0
     #[test]
     fn references_are_checked() {
         let e = err(&GOOD.replace("to = \"b\"", "to = \"c\""));
-        assert!(
-            e.starts_with("t.toml:13: step 1 (bench): no pod named \"c\""),
-            "{e}"
-        );
+        assert!(e.starts_with("t.toml:13: step 1 (bench): no pod named \"c\""), "{e}");
         let e = err(&GOOD.replace("metric = \"direct.p50\"", "metric = \"sidecars.p50\""));
         assert!(e.starts_with("t.toml:18: step 2: metric \"sidecars.p50\": no earlier step stores a result named \"sidecars\""), "{e}");
         let e = err(&GOOD.replace("metric = \"direct.p50\"", "metric = \"direct.p42\""));
