@@ -136,7 +136,6 @@ impl View {
             Event::StepPassed { step } => println!("   ok: {step}"),
             Event::StepFailed { step, reason } => println!("   FAILED: {step}: {reason}"),
             Event::StepSkipped { step, reason } => println!("   skipped: {step}: {reason}"),
-            Event::Cleaned { what } => println!("removed {what}"),
             Event::Paused { try_, .. } => {
                 for t in try_ {
                     println!("   try: {t}");

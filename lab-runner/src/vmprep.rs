@@ -129,7 +129,7 @@ pub fn choose_accel(arg: AccelArg, p: &Prepared) -> Result<Accel, VmError> {
             let _ = m.down();
             (Accel::Kvm, r)
         }
-        Err(e) => (Accel::Tcg, format!("KVM probe boot failed: {}", first_line(&e.to_string()))),
+        Err(e) => (Accel::Tcg, format!("KVM probe boot failed: {}", one_line(&e.to_string()))),
     };
     eprintln!("accel: {accel} ({reason})");
     let probe = Probe { host_kernel, accel, reason };
@@ -138,8 +138,10 @@ pub fn choose_accel(arg: AccelArg, p: &Prepared) -> Result<Accel, VmError> {
     Ok(accel)
 }
 
-fn first_line(s: &str) -> &str {
-    s.lines().next().unwrap_or(s)
+/// A multi-line error on one line, at most 200 characters.
+fn one_line(s: &str) -> String {
+    let joined = s.lines().map(|l| l.trim().trim_start_matches("| ")).collect::<Vec<_>>().join(" ");
+    joined.chars().take(200).collect()
 }
 
 /// Boots a VM for `args` under `name`.

@@ -35,6 +35,8 @@ pub enum VmError {
     AlreadyUp { name: String, kernel: String },
     #[error("no VM is up (start one with `lab-runner up`)")]
     NotUp,
+    #[error("QEMU exited while booting; it said:\n{log}")]
+    QemuExited { log: String },
     #[error("the VM stopped (qemu exited) {during}; last console lines:\n{console}")]
     VmGone { during: String, console: String },
     #[error("the guest did not answer within {seconds} s {during}; last console lines:\n{console}")]

@@ -177,8 +177,11 @@ impl Machine {
                 })
             }
             Err(e) => {
+                // QEMU itself failing (no KVM, a bad option) says why on its stderr.
+                let exited = m.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))));
+                let log = channel::tail(&dir.join("qemu.log"), 10);
                 m.kill();
-                Err(e)
+                Err(if exited { VmError::QemuExited { log } } else { e })
             }
         }
     }

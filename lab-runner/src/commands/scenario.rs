@@ -7,7 +7,7 @@ use lab_node::{
     guest::protocol::{ReplyBody, RequestBody},
     preflight,
     process::Cancel,
-    scenario::{self, LoadError, Options, Outcome, Scenario, WorkloadCmd},
+    scenario::{self, Options, Outcome, Scenario, WorkloadCmd},
 };
 use lab_vm::{
     VmError,
@@ -27,19 +27,12 @@ pub struct Loaded {
     pub scenario: Scenario,
 }
 
-/// Loads by name or path; prints the error and returns the exit code otherwise.
+/// Loads by name or path; an unknown name or a bad file is a usage error (printed).
 pub fn load(name: &str) -> Result<Loaded, i32> {
-    match scenario::load(name) {
-        Ok((file, text, scenario)) => Ok(Loaded { file, text, scenario }),
-        Err(e @ LoadError::Unknown { .. }) => {
-            eprintln!("lab-runner: {e}");
-            Err(exit::USAGE)
-        }
-        Err(e) => {
-            eprintln!("lab-runner: {e}");
-            Err(exit::USAGE)
-        }
-    }
+    scenario::load(name).map(|(file, text, scenario)| Loaded { file, text, scenario }).map_err(|e| {
+        eprintln!("lab-runner: {e}");
+        exit::USAGE
+    })
 }
 
 pub fn run(args: ScenarioArgs) -> i32 {

@@ -46,8 +46,4 @@ pub enum Event {
         step: String,
         try_: Vec<String>,
     },
-    /// Something of an earlier lab was removed.
-    Cleaned {
-        what: String,
-    },
 }
