@@ -363,3 +363,28 @@ fn guided_mode_pauses_after_each_step_until_a_key_is_pressed() {
     let lab = pty.text().lines().find_map(|l| l.strip_prefix("lab ").map(|s| s.trim().to_owned())).unwrap();
     assert_eq!(remains_of(&lab), Vec::<String>::new());
 }
+
+#[test]
+fn a_missing_requirement_is_a_visible_skip_with_the_reason() {
+    let _k = KERNEL.lock().unwrap_or_else(|p| p.into_inner());
+    if !root_or_skip("a_missing_requirement_is_a_visible_skip_with_the_reason") {
+        return;
+    }
+    let path = std::env::temp_dir().join(format!("slab-future-{}.toml", std::process::id()));
+    fs::write(
+        &path,
+        "name = \"future\"\nsummary = \"needs a kernel from the future\"\n[requires]\nkernel = \"99.0\"\n\
+         programs = [\"sock_ops\"]\ntools = [\"no-such-tool\"]\n[[pods]]\nname = \"a\"\n\
+         [[steps]]\ndo = \"explain\"\ntitle = \"t\"\ntext = \"never shown\"\n",
+    )
+    .unwrap();
+    let out = Command::new(bin()).arg("scenario").arg(&path).args(["--backend", "host"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{stdout}");
+    assert!(stdout.contains("is older than 99.0"), "{stdout}");
+    assert!(stdout.contains("no-such-tool is not installed"), "{stdout}");
+    assert!(!stdout.contains("the kernel refuses sock_ops"), "sock_ops is supported here: {stdout}");
+    assert!(stdout.contains("SKIPPED"), "{stdout}");
+    assert!(!stdout.contains("never shown"), "nothing ran: {stdout}");
+    fs::remove_file(path).unwrap();
+}
