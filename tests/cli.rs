@@ -80,21 +80,8 @@ fn scenario_file(tag: &str, text: &str) -> std::path::PathBuf {
     p
 }
 
-const GOOD: &str = r#"name = "t"
-summary = "s"
-[[pods]]
-name = "a"
-[[pods]]
-name = "b"
-workload = { kind = "rr-server", port = 7000 }
-
-[[steps]]
-do = "bench"
-name = "direct"
-from = "a"
-to = "b"
-port = 7000
-"#;
+/// The valid two-pod scenario the parser's unit tests use too.
+const GOOD: &str = include_str!("../labs/node/src/scenario/testdata/two-pods.toml");
 
 #[test]
 fn scenario_file_errors_name_file_line_and_what_was_expected() {

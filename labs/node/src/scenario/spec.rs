@@ -385,27 +385,8 @@ impl Scenario {
 mod tests {
     use super::*;
 
-    const GOOD: &str = r#"name = "t"
-summary = "s"
-[[pods]]
-name = "a"
-[[pods]]
-name = "b"
-workload = { kind = "rr-server", port = 7000 }
-
-[[steps]]
-do = "bench"
-name = "direct"
-from = "a"
-to = "b"
-port = 7000
-
-[[steps]]
-do = "expect"
-metric = "direct.p50"
-op = ">"
-value = 0
-"#;
+    /// Shared with the CLI tests (tests/cli.rs), which assert the same messages end to end.
+    const GOOD: &str = include_str!("testdata/two-pods.toml");
 
     #[test]
     fn parses_a_good_file() {
