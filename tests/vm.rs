@@ -45,6 +45,16 @@ fn ready(test: &str) -> bool {
     false
 }
 
+/// Takes the VM lock and a private environment, or returns `None` (after saying why) when the
+/// VM tests cannot run here.
+fn start(test: &str, tag: &str) -> Option<(std::sync::MutexGuard<'static, ()>, Env)> {
+    let guard = VM.lock().unwrap_or_else(|p| p.into_inner());
+    ready(test).then(|| (guard, Env::new(tag)))
+}
+
+/// Kernel 6.1 under TCG, as CI runs it.
+const ON_61: [&str; 4] = ["--kernel", "6.1", "--accel", "tcg"];
+
 /// A private state root (and optionally cache) so the tests never touch a user's VM.
 struct Env {
     root: PathBuf,
@@ -104,13 +114,9 @@ fn text(b: &[u8]) -> String {
 
 #[test]
 fn up_exec_down_as_an_unprivileged_user() {
-    let _g = VM.lock().unwrap_or_else(|p| p.into_inner());
-    if !ready("up_exec_down_as_an_unprivileged_user") {
-        return;
-    }
+    let Some((_vm, env)) = start("up_exec_down_as_an_unprivileged_user", "nobody") else { return };
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
-    let env = Env::new("nobody");
     // As root, prove the claim by dropping to nobody: give it copies of the binaries and a cache
     // of its own (seeded with our verified download, if any, to spare the mirror).
     let (runner, guest, cache) =
@@ -149,7 +155,7 @@ fn up_exec_down_as_an_unprivileged_user() {
             .output()
             .unwrap()
     };
-    let up = run(&["up", "--kernel", "6.1", "--accel", "tcg"]);
+    let up = run(&[&["up"][..], &ON_61].concat());
     assert!(up.status.success(), "up failed: {}", text(&up.stderr));
     assert!(text(&up.stdout).contains("VM up: kernel 6.1"), "{}", text(&up.stdout));
 
@@ -170,25 +176,16 @@ fn up_exec_down_as_an_unprivileged_user() {
 
 #[test]
 fn sockmap_passes_inside_the_vm() {
-    let _g = VM.lock().unwrap_or_else(|p| p.into_inner());
-    if !ready("sockmap_passes_inside_the_vm") {
-        return;
-    }
-    let env = Env::new("sockmap");
+    let Some((_vm, env)) = start("sockmap_passes_inside_the_vm", "sockmap") else { return };
     let results = env.root.join("results");
-    let out = env.run(&[
-        "scenario",
-        "sockmap",
-        "--kernel",
-        "6.1",
-        "--accel",
-        "tcg",
-        "--json",
-        "--round-trips",
-        "5000",
-        "--results",
-        results.to_str().unwrap(),
-    ]);
+    let out = env.run(
+        &[
+            &["scenario", "sockmap"][..],
+            &ON_61,
+            &["--json", "--round-trips", "5000", "--results", results.to_str().unwrap()],
+        ]
+        .concat(),
+    );
     assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["passed"], true, "{}", v["failures"]);
@@ -208,23 +205,11 @@ fn sockmap_passes_inside_the_vm() {
 
 #[test]
 fn a_vm_killed_mid_scenario_is_reported_and_cleaned_up() {
-    let _g = VM.lock().unwrap_or_else(|p| p.into_inner());
-    if !ready("a_vm_killed_mid_scenario_is_reported_and_cleaned_up") {
+    let Some((_vm, env)) = start("a_vm_killed_mid_scenario_is_reported_and_cleaned_up", "killed") else {
         return;
-    }
-    let env = Env::new("killed");
+    };
     let mut child = env
-        .cmd(&[
-            "scenario",
-            "sockmap",
-            "--kernel",
-            "6.1",
-            "--accel",
-            "tcg",
-            "--round-trips",
-            "200000",
-            "--results",
-        ])
+        .cmd(&[&["scenario", "sockmap"][..], &ON_61, &["--round-trips", "200000", "--results"]].concat())
         .arg(env.root.join("results"))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -251,12 +236,8 @@ fn a_vm_killed_mid_scenario_is_reported_and_cleaned_up() {
 
 #[test]
 fn a_silent_guest_is_reported_within_the_timeout() {
-    let _g = VM.lock().unwrap_or_else(|p| p.into_inner());
-    if !ready("a_silent_guest_is_reported_within_the_timeout") {
-        return;
-    }
-    let env = Env::new("silent");
-    let up = env.run(&["up", "--kernel", "6.1", "--accel", "tcg"]);
+    let Some((_vm, env)) = start("a_silent_guest_is_reported_within_the_timeout", "silent") else { return };
+    let up = env.run(&[&["up"][..], &ON_61].concat());
     assert!(up.status.success(), "{}", text(&up.stderr));
     let qemus = qemus_under(&env.root);
     // SAFETY: freezing the QEMU this test started: the guest stops answering.
@@ -275,11 +256,10 @@ fn a_silent_guest_is_reported_within_the_timeout() {
 
 #[test]
 fn a_corrupted_cached_package_is_detected_and_fetched_again() {
-    let _g = VM.lock().unwrap_or_else(|p| p.into_inner());
-    if !ready("a_corrupted_cached_package_is_detected_and_fetched_again") {
+    let Some((_vm, env)) = start("a_corrupted_cached_package_is_detected_and_fetched_again", "corrupt")
+    else {
         return;
-    }
-    let env = Env::new("corrupt");
+    };
     let cache = env.root.join("cache");
     let debs = cache.join("sidecarless-lab/debs");
     fs::create_dir_all(&debs).unwrap();
@@ -295,11 +275,7 @@ fn a_corrupted_cached_package_is_detected_and_fetched_again() {
 
 #[test]
 fn matrix_writes_the_table_with_boot_times() {
-    let _g = VM.lock().unwrap_or_else(|p| p.into_inner());
-    if !ready("matrix_writes_the_table_with_boot_times") {
-        return;
-    }
-    let env = Env::new("matrix");
+    let Some((_vm, env)) = start("matrix_writes_the_table_with_boot_times", "matrix") else { return };
     let out_dir = env.root.join("results");
     let out = env.run(&[
         "matrix",
