@@ -11,4 +11,4 @@ pub mod object;
 pub mod probe;
 
 pub use error::MeshError;
-pub use mesh::{Counters, Mesh, PROGRAMS};
+pub use mesh::{Counters, Mesh, Variant};

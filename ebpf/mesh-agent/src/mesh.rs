@@ -8,13 +8,36 @@ use aya::{
     maps::{Array, MapData, PerCpuArray, SockHash},
     programs::{CgroupAttachMode, SkMsg, SockOps},
 };
-use mesh_common::{COUNTERS_MAP, Counter, SIDECAR_MAP, SOCKETS_MAP, SockKey};
+use mesh_common::{COUNTERS_MAP, Counter, SIDECAR_MAP, SOCK_STATE_MAP, SOCKETS_MAP, SockKey};
 use serde::Serialize;
 
 use crate::{MeshError, mounts, object};
 
-/// The kernel programs the mesh loads, by name, with the hook each one uses.
-pub const PROGRAMS: [(&str, &str); 2] = [("mesh_sockops", "sock_ops"), ("mesh_redirect", "sk_msg")];
+/// The two builds of the kernel programs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Variant {
+    /// Keys carry the network namespace's cookie (`bpf_get_netns_cookie` in sock_ops and sk_msg,
+    /// 5.15 and later).
+    Netns,
+    /// Keys without it; loopback-to-loopback connections are not redirected.
+    NoNetns,
+}
+
+impl Variant {
+    /// The (sk_msg, sock_ops) programs of this build.
+    pub const fn programs(self) -> (&'static str, &'static str) {
+        match self {
+            Variant::Netns => ("mesh_redirect", "mesh_sockops"),
+            Variant::NoNetns => ("mesh_redirect_nocookie", "mesh_sockops_nocookie"),
+        }
+    }
+}
+
+fn load_sk_msg(ebpf: &mut Ebpf, name: &'static str) -> Result<(), MeshError> {
+    let prog: &mut SkMsg = program(ebpf, name)?.try_into().map_err(|e| MeshError::program(name, e))?;
+    prog.load().map_err(|e| MeshError::program(name, e))
+}
 
 /// What the kernel programs counted, summed over CPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -23,6 +46,8 @@ pub struct Counters {
     pub insert_failed: u64,
     pub msg_redirected: u64,
     pub msg_passed: u64,
+    pub loopback_skipped: u64,
+    pub half_close_detached: u64,
 }
 
 impl Counters {
@@ -32,6 +57,8 @@ impl Counters {
             Counter::InsertFailed => self.insert_failed = v,
             Counter::MsgRedirected => self.msg_redirected = v,
             Counter::MsgPassed => self.msg_passed = v,
+            Counter::LoopbackSkipped => self.loopback_skipped = v,
+            Counter::HalfCloseDetached => self.half_close_detached = v,
         }
     }
 
@@ -42,6 +69,8 @@ impl Counters {
             insert_failed: self.insert_failed.saturating_sub(earlier.insert_failed),
             msg_redirected: self.msg_redirected.saturating_sub(earlier.msg_redirected),
             msg_passed: self.msg_passed.saturating_sub(earlier.msg_passed),
+            loopback_skipped: self.loopback_skipped.saturating_sub(earlier.loopback_skipped),
+            half_close_detached: self.half_close_detached.saturating_sub(earlier.half_close_detached),
         }
     }
 }
@@ -54,6 +83,7 @@ pub struct Mesh {
     pin_dir: PathBuf,
     pins: Vec<PathBuf>,
     cgroup: PathBuf,
+    variant: Variant,
 }
 
 impl Mesh {
@@ -75,6 +105,7 @@ impl Mesh {
             pin_dir: pin_dir.to_owned(),
             pins: Vec::new(),
             cgroup: cgroup.to_owned(),
+            variant: Variant::Netns,
         };
         let ebpf = mesh.ebpf.as_mut().expect("just set");
 
@@ -90,19 +121,32 @@ impl Mesh {
             })?
         };
 
+        // The build whose keys carry the netns cookie, unless this kernel's verifier does not
+        // know the helper for these program types (before 5.15): then the one without it.
+        let variant = match load_sk_msg(ebpf, Variant::Netns.programs().0) {
+            Ok(_) => Variant::Netns,
+            Err(MeshError::Refused { verifier_log, .. }) if verifier_log.contains("get_netns_cookie") => {
+                load_sk_msg(ebpf, Variant::NoNetns.programs().0)?;
+                Variant::NoNetns
+            }
+            Err(e) => return Err(e),
+        };
+        mesh.variant = variant;
+        // sk_msg first: a socket sock_ops inserts must find its verdict program already there.
+        let msg_name = variant.programs().0;
+        let redirect: &mut SkMsg =
+            program(ebpf, msg_name)?.try_into().map_err(|e| MeshError::program(msg_name, e))?;
+        redirect.attach(&sockets_fd).map_err(|e| MeshError::program(msg_name, e))?;
+
+        let sockops_name = variant.programs().1;
         let sockops: &mut SockOps =
-            program(ebpf, "mesh_sockops")?.try_into().map_err(|e| MeshError::program("mesh_sockops", e))?;
-        sockops.load().map_err(|e| MeshError::program("mesh_sockops", e))?;
+            program(ebpf, sockops_name)?.try_into().map_err(|e| MeshError::program(sockops_name, e))?;
+        sockops.load().map_err(|e| MeshError::program(sockops_name, e))?;
         // Single = no flags. On >= 5.7 aya attaches through a bpf_link, which coexists with
         // other programs on the cgroup anyway (link_create refuses BPF_F_ALLOW_MULTI: EINVAL).
         sockops
             .attach(&cgroup_dir, CgroupAttachMode::Single)
-            .map_err(|e| MeshError::program("mesh_sockops", e))?;
-
-        let redirect: &mut SkMsg =
-            program(ebpf, "mesh_redirect")?.try_into().map_err(|e| MeshError::program("mesh_redirect", e))?;
-        redirect.load().map_err(|e| MeshError::program("mesh_redirect", e))?;
-        redirect.attach(&sockets_fd).map_err(|e| MeshError::program("mesh_redirect", e))?;
+            .map_err(|e| MeshError::program(sockops_name, e))?;
         // ANCHOR_END: attach
 
         fs::create_dir_all(pin_dir).map_err(|source| MeshError::Io {
@@ -110,7 +154,7 @@ impl Mesh {
             path: pin_dir.to_owned(),
             source,
         })?;
-        for name in [SOCKETS_MAP, COUNTERS_MAP, SIDECAR_MAP] {
+        for name in [SOCKETS_MAP, COUNTERS_MAP, SIDECAR_MAP, SOCK_STATE_MAP] {
             let path = pin_dir.join(name);
             let ebpf = mesh.ebpf.as_ref().expect("set above");
             map(ebpf, name)?.pin(&path).map_err(|source| MeshError::Pin { path: path.clone(), source })?;
@@ -122,6 +166,25 @@ impl Mesh {
     /// The cgroup the sock_ops program is attached to.
     pub fn cgroup(&self) -> &Path {
         &self.cgroup
+    }
+
+    /// Which build of the programs runs (depends on the kernel).
+    pub fn variant(&self) -> Variant {
+        self.variant
+    }
+
+    /// The loaded programs with their hooks, and what the build means on this kernel.
+    pub fn describe(&self) -> Vec<String> {
+        let (msg, ops) = self.variant.programs();
+        let mut lines = vec![
+            format!("sk_msg: {msg} attached to the sockhash"),
+            format!("sock_ops: {ops} attached to the cgroup"),
+        ];
+        lines.push(match self.variant {
+            Variant::Netns => "sockets keyed by network namespace cookie and 4-tuple".into(),
+            Variant::NoNetns => "this kernel cannot give sock_ops/sk_msg the netns cookie (before 5.15): loopback-to-loopback connections are not redirected".into(),
+        });
+        lines
     }
 
     /// Where the maps are pinned.

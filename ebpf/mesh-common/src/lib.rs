@@ -17,11 +17,20 @@ pub const COUNTERS_MAP: &str = "COUNTERS";
 /// Name of the one-slot array holding the sidecar outbound port (0: no sidecars), see
 /// [`SockKey::sidecar_alias`].
 pub const SIDECAR_MAP: &str = "SIDECAR";
+/// Name of the per-socket state map ([`SockKey`] -> [`SockState`] bits).
+pub const SOCK_STATE_MAP: &str = "SOCK_STATE";
 /// Capacity of the sockhash: established sockets the mesh can accelerate at once.
 pub const MAX_SOCKETS: u32 = 65_536;
 
 // ANCHOR: sock_key
 /// A TCP connection as one of its two sockets sees it.
+///
+/// Pod addresses are unique on a node, loopback addresses are not: every pod has its own
+/// 127.0.0.1, so two pods can hold the same loopback 4-tuple at once. For a loopback-to-loopback
+/// connection ([`SockKey::is_loopback`]), whose two ends always share a namespace, `netns` is the
+/// network namespace's cookie; for every other connection it is 0 (the two ends live in
+/// different namespaces and must find each other's keys). Kernels before 5.15 cannot tell
+/// sock_ops and sk_msg the cookie: there the mesh leaves loopback-to-loopback connections alone.
 ///
 /// Addresses are kept exactly as the kernel hands them to BPF (network byte order); ports are in
 /// host byte order. IPv4 uses `ip[0]` and leaves the rest zero; an IPv4-mapped IPv6 address
@@ -30,11 +39,14 @@ pub const MAX_SOCKETS: u32 = 65_536;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct SockKey {
+    pub netns: u64,
     pub local_ip: [u32; 4],
     pub remote_ip: [u32; 4],
     pub local_port: u32,
     pub remote_port: u32,
     pub family: u32,
+    /// Always 0: keeps the key free of implicit padding (hash keys compare every byte).
+    pub pad: u32,
 }
 
 impl SockKey {
@@ -47,11 +59,13 @@ impl SockKey {
     /// (`SIDECAR_ALIASES`).
     pub const fn sidecar_alias(&self, port: u32) -> SockKey {
         SockKey {
+            netns: self.netns,
             local_ip: self.local_ip,
             remote_ip: [LOCALHOST_BE, 0, 0, 0],
             local_port: self.local_port,
             remote_port: port,
             family: AF_INET,
+            pad: 0,
         }
     }
     // ANCHOR_END: sidecar_alias
@@ -59,13 +73,23 @@ impl SockKey {
     /// The key under which the *other* end of this connection is stored.
     pub const fn peer(&self) -> SockKey {
         SockKey {
+            netns: self.netns,
             local_ip: self.remote_ip,
             remote_ip: self.local_ip,
             local_port: self.remote_port,
             remote_port: self.local_port,
             family: self.family,
+            pad: 0,
         }
     }
+
+    // ANCHOR: is_loopback
+    /// Both ends on a loopback address (127.0.0.0/8 or ::1). Without the netns cookie such a
+    /// key is ambiguous: every pod has its own 127.0.0.1.
+    pub const fn is_loopback(&self) -> bool {
+        is_loopback(self.family, self.local_ip) && is_loopback(self.family, self.remote_ip)
+    }
+    // ANCHOR_END: is_loopback
 }
 // ANCHOR_END: sock_key
 
@@ -73,6 +97,7 @@ impl SockKey {
     /// Builds a key from what a socket hook reads. `local_ip`/`remote_ip` are in network byte
     /// order (IPv4 in word 0); an IPv6 socket whose ends are both IPv4-mapped becomes IPv4.
     pub const fn new(
+        netns: u64,
         family: u32,
         local_ip: [u32; 4],
         remote_ip: [u32; 4],
@@ -87,12 +112,20 @@ impl SockKey {
             } else {
                 (family, local_ip, remote_ip)
             };
-        SockKey { local_ip, remote_ip, local_port, remote_port, family }
+        SockKey { netns, local_ip, remote_ip, local_port, remote_port, family, pad: 0 }
     }
 }
 
 /// 127.0.0.1 as the kernel stores it (network byte order) in a u32.
 pub const LOCALHOST_BE: u32 = u32::from_ne_bytes([127, 0, 0, 1]);
+
+/// 127.0.0.0/8 or ::1, with the words in network byte order.
+const fn is_loopback(family: u32, ip: [u32; 4]) -> bool {
+    match family {
+        AF_INET => ip[0].to_ne_bytes()[0] == 127,
+        _ => ip[0] == 0 && ip[1] == 0 && ip[2] == 0 && ip[3] == 1u32.to_be(),
+    }
+}
 
 /// `::ffff:a.b.c.d`, with the words in network byte order.
 const fn is_v4_mapped(ip: [u32; 4]) -> bool {
@@ -112,13 +145,38 @@ pub enum Counter {
     MsgRedirected = 2,
     /// sk_msg found no local peer and let the message take the TCP/IP path.
     MsgPassed = 3,
+    /// A loopback-to-loopback socket left out of the map (kernel without the netns cookie).
+    LoopbackSkipped = 4,
+    /// A socket taken out of the map when it half-closed before any byte was redirected to it.
+    HalfCloseDetached = 5,
 }
+
+// ANCHOR: sock_state
+/// Bits of a socket's entry in `SOCK_STATE`, removed when the socket closes.
+pub struct SockState;
+
+impl SockState {
+    /// The socket sent a message through TCP/IP: it never redirects again, or later redirected
+    /// bytes could overtake the earlier TCP ones at the peer (which reads its redirect queue
+    /// first).
+    pub const PASSED: u32 = 1;
+    /// Some peer redirected bytes to this socket: its redirect queue may hold unread data, so
+    /// it must never leave the map before it closes (leaving drops that queue).
+    pub const RECEIVED: u32 = 2;
+}
+// ANCHOR_END: sock_state
 // ANCHOR_END: counters
 
 impl Counter {
     /// Every counter, in slot order.
-    pub const ALL: [Counter; 4] =
-        [Counter::SocketsInserted, Counter::InsertFailed, Counter::MsgRedirected, Counter::MsgPassed];
+    pub const ALL: [Counter; 6] = [
+        Counter::SocketsInserted,
+        Counter::InsertFailed,
+        Counter::MsgRedirected,
+        Counter::MsgPassed,
+        Counter::LoopbackSkipped,
+        Counter::HalfCloseDetached,
+    ];
 
     /// Stable snake_case name, used in JSON output and metrics.
     pub const fn name(self) -> &'static str {
@@ -127,6 +185,8 @@ impl Counter {
             Counter::InsertFailed => "insert_failed",
             Counter::MsgRedirected => "msg_redirected",
             Counter::MsgPassed => "msg_passed",
+            Counter::LoopbackSkipped => "loopback_skipped",
+            Counter::HalfCloseDetached => "half_close_detached",
         }
     }
 }
@@ -146,17 +206,24 @@ mod tests {
 
     #[test]
     fn peer_swaps_ends_and_is_an_involution() {
-        let k = SockKey {
-            local_ip: [1, 0, 0, 0],
-            remote_ip: [2, 0, 0, 0],
-            local_port: 40000,
-            remote_port: 7000,
-            family: AF_INET,
-        };
+        let k = SockKey::new(9, AF_INET, [1, 0, 0, 0], [2, 0, 0, 0], 40000, 7000);
         let p = k.peer();
         assert_eq!(p.local_ip, [2, 0, 0, 0]);
         assert_eq!(p.remote_port, 40000);
+        assert_eq!(p.netns, 9);
         assert_eq!(p.peer(), k);
+    }
+
+    #[test]
+    fn loopback_means_both_ends() {
+        let lo = u32::from_ne_bytes([127, 0, 0, 1]);
+        let pod = u32::from_ne_bytes([10, 77, 0, 2]);
+        assert!(SockKey::new(0, AF_INET, [lo, 0, 0, 0], [lo, 0, 0, 0], 1, 2).is_loopback());
+        assert!(!SockKey::new(0, AF_INET, [pod, 0, 0, 0], [lo, 0, 0, 0], 1, 2).is_loopback());
+        let one = [0, 0, 0, 1u32.to_be()];
+        assert!(SockKey::new(0, AF_INET6, one, one, 1, 2).is_loopback());
+        let m = |v| [0, 0, 0xffff_u32.to_be(), v];
+        assert!(SockKey::new(0, AF_INET6, m(lo), m(lo), 1, 2).is_loopback());
     }
 
     #[test]
@@ -164,16 +231,17 @@ mod tests {
         let a = u32::from_ne_bytes([10, 77, 0, 2]);
         let b = u32::from_ne_bytes([10, 77, 0, 3]);
         let m = |v| [0, 0, 0xffff_u32.to_be(), v];
-        let k = SockKey::new(AF_INET6, m(a), m(b), 1, 2);
-        assert_eq!(k, SockKey::new(AF_INET, [a, 7, 7, 7], [b, 0, 0, 0], 1, 2));
+        let k = SockKey::new(0, AF_INET6, m(a), m(b), 1, 2);
+        assert_eq!(k, SockKey::new(0, AF_INET, [a, 7, 7, 7], [b, 0, 0, 0], 1, 2));
         assert_eq!(k.local_ip, [a, 0, 0, 0]);
         let v6 = [0xfd77_0000_u32.to_be(), 0, 0, 2_u32.to_be()];
-        let k6 = SockKey::new(AF_INET6, v6, m(b), 1, 2);
+        let k6 = SockKey::new(0, AF_INET6, v6, m(b), 1, 2);
         assert_eq!((k6.family, k6.local_ip), (AF_INET6, v6));
     }
 
     #[test]
     fn key_has_no_padding() {
-        assert_eq!(core::mem::size_of::<SockKey>(), 44);
+        // 8 (netns) + 16 + 16 + 4 * 4: no byte the compiler could leave uninitialised.
+        assert_eq!(core::mem::size_of::<SockKey>(), 56);
     }
 }

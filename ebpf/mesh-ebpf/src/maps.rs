@@ -25,7 +25,49 @@ pub static SIDECAR_ALIASES: LruHashMap<SockKey, SockKey> = LruHashMap::with_max_
 /// Slot 0: the sidecar proxy's outbound port, 0 when pods have no sidecars. Set by the agent.
 #[map(name = "SIDECAR")]
 pub static SIDECAR: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Per-socket [`SockState`](mesh_common::SockState) bits, keyed like `SOCKETS`; sock_ops removes
+/// a socket's entry when it closes. LRU, so a lost close callback cannot fill it.
+#[map(name = "SOCK_STATE")]
+pub static SOCK_STATE: LruHashMap<SockKey, u32> = LruHashMap::with_max_entries(MAX_SOCKETS, 0);
 // ANCHOR_END: maps
+
+/// The socket's state bits (0 when it has none).
+#[inline(always)]
+pub fn sock_state(key: &SockKey) -> u32 {
+    // SAFETY: a plain lookup; the value is copied out at once.
+    unsafe { SOCK_STATE.get(key) }.copied().unwrap_or(0)
+}
+
+/// Sets `bits` in the socket's state (one lookup when they are already set).
+#[inline(always)]
+pub fn set_sock_state(key: &SockKey, bits: u32) {
+    match SOCK_STATE.get_ptr_mut(key) {
+        // SAFETY: the pointer is a live map value; racing writers only ever add bits.
+        Some(v) => unsafe {
+            if *v & bits != bits {
+                *v |= bits;
+            }
+        },
+        None => {
+            let _ = SOCK_STATE.insert(key, &bits, 0);
+        }
+    }
+}
+
+/// Takes a socket out of `SOCKETS` (aya-ebpf 0.2 has no `remove` for a sockhash).
+#[inline(always)]
+pub fn remove_socket(key: &SockKey) -> bool {
+    // SAFETY: SockHash is repr(transparent) over its map definition, so its address is the
+    // map's; the key is a live SockKey.
+    let ret = unsafe {
+        aya_ebpf::helpers::bpf_map_delete_elem(
+            core::ptr::from_ref(&SOCKETS).cast_mut().cast(),
+            core::ptr::from_ref(key).cast(),
+        )
+    };
+    ret == 0
+}
 
 /// The sidecar outbound port, or 0.
 #[inline(always)]

@@ -3,43 +3,65 @@
 //! - Attach: `BPF_SK_MSG_VERDICT` on the `SOCKETS` sockhash; runs on every sendmsg()/write() of a
 //!   socket that sock_ops put in that map.
 //! - Verdict: `bpf_msg_redirect_hash(.., BPF_F_INGRESS)` queues the bytes on the peer socket's
-//!   receive queue, skipping TCP, IP, netfilter, the veths and the bridge. No local peer: pass, and
-//!   the message takes the normal TCP/IP path.
-//! - Minimum kernel: 4.18 (sk_msg, sockhash, `bpf_msg_redirect_hash`).
-//! - Kernel config: `CONFIG_BPF_SYSCALL`, `CONFIG_BPF_STREAM_PARSER`.
+//!   psock ingress list, skipping TCP, IP, qdiscs, netfilter, the veths and the bridge. No local
+//!   peer: pass, and the message (and every later one from this socket) takes the TCP/IP path.
+//! - Two builds of the same body: `mesh_redirect` keys by network namespace
+//!   (`bpf_get_netns_cookie`, sk_msg since 5.15), `mesh_redirect_nocookie` for older kernels.
+//! - Minimum kernel: 4.17 (sk_msg, sockhash, `bpf_msg_redirect_hash`); the address and port
+//!   fields of `sk_msg_md` since 4.18.
+//! - Kernel config: `CONFIG_BPF_SYSCALL`, `CONFIG_NET_SOCK_MSG` (selected by
+//!   `CONFIG_BPF_STREAM_PARSER` on kernels before 5.10, by `CONFIG_INET` after).
 //! - Book: `book/src/hooks/sk_msg.md`.
 use core::ptr::read_volatile;
 
 use aya_ebpf::{
     bindings::{BPF_F_INGRESS, sk_action},
+    helpers::bpf_get_netns_cookie,
     macros::sk_msg,
     programs::SkMsgContext,
 };
-use mesh_common::{AF_INET, AF_INET6, Counter, SockKey};
+use mesh_common::{AF_INET, AF_INET6, Counter, SockKey, SockState};
 
-use crate::maps::{SIDECAR_ALIASES, SOCKETS, bump, sidecar_port};
+use crate::maps::{SIDECAR_ALIASES, SOCKETS, bump, set_sock_state, sidecar_port, sock_state};
 
 // ANCHOR: entry
 #[sk_msg]
 pub fn mesh_redirect(ctx: SkMsgContext) -> u32 {
-    match try_mesh_redirect(&ctx) {
+    match try_mesh_redirect::<true>(&ctx) {
+        Ok(verdict) | Err(verdict) => verdict,
+    }
+}
+
+/// The same for kernels before 5.15, whose sk_msg cannot read the netns cookie.
+#[sk_msg]
+pub fn mesh_redirect_nocookie(ctx: SkMsgContext) -> u32 {
+    match try_mesh_redirect::<false>(&ctx) {
         Ok(verdict) | Err(verdict) => verdict,
     }
 }
 // ANCHOR_END: entry
 
 // ANCHOR: body
-fn try_mesh_redirect(ctx: &SkMsgContext) -> Result<u32, u32> {
+fn try_mesh_redirect<const NETNS: bool>(ctx: &SkMsgContext) -> Result<u32, u32> {
     // SAFETY: a u32 field of the live sk_msg_md the kernel handed us.
     let family = unsafe { read_volatile(&raw const (*ctx.msg).family) };
     if family != AF_INET && family != AF_INET6 {
         return Ok(sk_action::SK_PASS);
     }
+    let me = msg_key::<NETNS>(ctx, family);
+    // Once a message of this socket went through TCP, all later ones must too: the peer reads
+    // its redirect queue before its TCP receive queue, so a redirected message could overtake
+    // bytes still in flight.
+    if sock_state(&me) & SockState::PASSED != 0 {
+        bump(Counter::MsgPassed);
+        return Ok(sk_action::SK_PASS);
+    }
     // The peer socket is stored under this connection's key seen from the other end.
-    let mut peer = msg_key(ctx, family).peer();
+    let mut peer = me.peer();
     // On a hit the helper records the peer as the target and returns SK_PASS; returning SK_PASS
     // then means "deliver to the target". On a miss it returns SK_DROP and records nothing: we
     // still return SK_PASS, so the message simply goes out through TCP/IP.
+    let mut target = peer;
     let mut ret = SOCKETS.redirect_msg(ctx, &mut peer, BPF_F_INGRESS.into());
     // With sidecars the loopback hop between an application and its proxy does not mirror
     // (iptables rewrote the destination): try both ways across it.
@@ -48,17 +70,21 @@ fn try_mesh_redirect(ctx: &SkMsgContext) -> Result<u32, u32> {
         // proxy -> app: our peer is filed as an alias of the application's real key.
         // SAFETY: a plain lookup; the value is copied out at once.
         if let Some(real) = unsafe { SIDECAR_ALIASES.get(&peer) } {
-            let mut real = *real;
-            ret = SOCKETS.redirect_msg(ctx, &mut real, BPF_F_INGRESS.into());
+            target = *real;
+            ret = SOCKETS.redirect_msg(ctx, &mut target, BPF_F_INGRESS.into());
         } else if family == AF_INET {
             // app -> proxy: the proxy accepted the REDIRECTed connection on 127.0.0.1:<port>.
-            let mut proxy = peer.peer().sidecar_alias(port).peer();
-            ret = SOCKETS.redirect_msg(ctx, &mut proxy, BPF_F_INGRESS.into());
+            target = peer.peer().sidecar_alias(port).peer();
+            ret = SOCKETS.redirect_msg(ctx, &mut target, BPF_F_INGRESS.into());
         }
     }
     if ret == sk_action::SK_PASS.into() {
+        // The target's redirect queue may now hold bytes it has not read: it must stay in the
+        // map until it closes (see sock_ops.rs).
+        set_sock_state(&target, SockState::RECEIVED);
         bump(Counter::MsgRedirected);
     } else {
+        set_sock_state(&me, SockState::PASSED);
         bump(Counter::MsgPassed);
     }
     Ok(sk_action::SK_PASS)
@@ -69,11 +95,12 @@ fn try_mesh_redirect(ctx: &SkMsgContext) -> Result<u32, u32> {
 /// The verifier only accepts 4-byte loads of these fields: each is a volatile u32 read, which
 /// keeps LLVM from merging neighbours into one wider load.
 #[inline(always)]
-fn msg_key(ctx: &SkMsgContext, family: u32) -> SockKey {
+fn msg_key<const NETNS: bool>(ctx: &SkMsgContext, family: u32) -> SockKey {
     let m = ctx.msg;
     let mut local = [0u32; 4];
     let mut remote = [0u32; 4];
-    // SAFETY: every pointer is a u32 field of the live sk_msg_md the kernel handed us.
+    // SAFETY: every pointer is a u32 field of the live sk_msg_md the kernel handed us;
+    // bpf_get_netns_cookie reads the socket's namespace from the same context.
     unsafe {
         if family == AF_INET {
             local[0] = read_volatile(&raw const (*m).local_ip4);
@@ -87,6 +114,11 @@ fn msg_key(ctx: &SkMsgContext, family: u32) -> SockKey {
         // As in sock_ops: local_port in host order, remote_port big-endian in the upper half.
         let local_port = read_volatile(&raw const (*m).local_port);
         let remote_port = u32::from_be(read_volatile(&raw const (*m).remote_port));
-        SockKey::new(family, local, remote, local_port, remote_port)
+        let mut key = SockKey::new(0, family, local, remote, local_port, remote_port);
+        // Loopback keys carry the namespace, exactly as sock_ops filed them.
+        if NETNS && key.is_loopback() {
+            key.netns = bpf_get_netns_cookie(m.cast());
+        }
+        key
     }
 }

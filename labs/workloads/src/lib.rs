@@ -1,5 +1,6 @@
 //! What lab pods run. Each workload is a subcommand of [`Workload`], so the same code runs as the
 //! standalone `workload` binary, inside `lab-runner` (re-executed into a pod), or in a VM.
+pub mod conform;
 pub mod echo;
 pub mod proxy;
 pub mod rr;
@@ -15,6 +16,10 @@ pub enum Workload {
     Rr(rr::ClientArgs),
     /// Byte-stream echo server.
     Echo(echo::Args),
+    /// TCP conformance server: the server side of every `conform` case.
+    ConformServer(conform::ServerArgs),
+    /// TCP conformance client: runs the named cases and prints both ends' transcripts.
+    Conform(conform::ClientArgs),
     /// L4 sidecar proxy (tokio): transparent outbound/inbound listeners or fixed routes.
     Proxy(proxy::Args),
 }
@@ -34,6 +39,25 @@ impl Workload {
                 Ok(())
             }
             Workload::Echo(a) => echo::serve(&a),
+            Workload::ConformServer(a) => conform::serve(&a),
+            Workload::Conform(a) if a.list => {
+                println!("{}", conform::CASES.join("\n"));
+                Ok(())
+            }
+            Workload::Conform(a) => {
+                if let Some(path) = &a.report {
+                    let report = conform::hold(&a)?;
+                    std::fs::write(path, serde_json::to_string(&report)?)?;
+                    return Ok(());
+                }
+                let report = conform::run_client(&a)?;
+                if a.json {
+                    println!("{}", serde_json::to_string(&report)?);
+                } else {
+                    print!("{report}");
+                }
+                Ok(())
+            }
             Workload::Proxy(a) => proxy::serve(&a),
         }
     }

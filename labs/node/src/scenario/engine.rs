@@ -2,9 +2,12 @@
 //! expectations, and tears everything down (also on error and on cancel).
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
-use mesh_agent::{Counters, PROGRAMS};
+use mesh_agent::Counters;
 use serde::Serialize;
-use workloads::rr::RrReport;
+use workloads::{
+    conform::{CaseResult, ConformReport, HoldReport},
+    rr::RrReport,
+};
 
 use super::{
     Context, Outcome, kernel_release, requirements,
@@ -32,6 +35,32 @@ pub struct Run {
     pub proxy_rss_kb: Vec<(String, u64)>,
 }
 
+/// One conformance run (one family) and each case's verdict.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConformRun {
+    pub name: String,
+    pub config: String,
+    pub family: Family,
+    /// The run these transcripts were compared with.
+    pub compare: Option<String>,
+    pub cases: Vec<CaseVerdict>,
+    pub mesh: Counters,
+    /// `across_mesh`: the connection held open while the mesh started and stopped.
+    pub held: Option<HoldReport>,
+}
+
+/// A case's transcript and how it compared.
+#[derive(Debug, Clone, Serialize)]
+pub struct CaseVerdict {
+    #[serde(flatten)]
+    pub result: CaseResult,
+    /// `same`, `differs` or `reference` (nothing to compare with).
+    pub verdict: &'static str,
+    /// On a difference, the reference transcript.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expected: Option<CaseResult>,
+}
+
 /// One expectation as evaluated.
 #[derive(Debug, Clone, Serialize)]
 pub struct Check {
@@ -47,6 +76,7 @@ pub struct Report {
     /// `name -> key -> value` for every named result.
     pub results: BTreeMap<String, BTreeMap<String, f64>>,
     pub runs: Vec<Run>,
+    pub conform: Vec<ConformRun>,
     pub checks: Vec<Check>,
 }
 
@@ -58,6 +88,19 @@ struct Engine<'a> {
     sidecars: Sidecars,
     /// Ports each pod's workload listens on (what a per-node proxy routes to).
     ports: BTreeMap<String, Vec<u16>>,
+}
+
+/// The conform step's fields.
+struct ConformArgs<'s> {
+    name: &'s str,
+    from: &'s str,
+    to: &'s str,
+    port: u16,
+    families: &'s [Family],
+    compare: Option<&'s str>,
+    cases: &'s [String],
+    short_lived: Option<u32>,
+    across_mesh: bool,
 }
 
 /// Runs the scenario in a fresh lab; a scenario whose requirements are missing is skipped.
@@ -139,11 +182,11 @@ impl Engine<'_> {
                 Some(WorkloadDef::Echo { port }) => {
                     vec!["echo".into(), "--listen".into(), format!("[::]:{port}")]
                 }
+                Some(WorkloadDef::ConformServer { port }) => {
+                    vec!["conform-server".into(), "--listen".into(), format!("[::]:{port}")]
+                }
             };
-            let port = match &p.workload {
-                Some(WorkloadDef::RrServer { port } | WorkloadDef::Echo { port }) => *port,
-                None => continue,
-            };
+            let Some(port) = p.workload.as_ref().map(WorkloadDef::port) else { continue };
             self.ports.entry(p.name.clone()).or_default().push(port);
             let line = format!("pod {}: workload {}", p.name, args.join(" "));
             self.lab.spawn(&p.name, self.ctx.workload.command(&args))?;
@@ -180,31 +223,37 @@ impl Engine<'_> {
         match step {
             Step::Explain { .. } => {}
             Step::Bench { name, from, to, port, family, round_trips, .. } => {
-                let pod = self.lab.pod(to);
-                let ip: std::net::IpAddr = match family {
-                    Family::Ipv4 => pod.ipv4.into(),
-                    Family::Ipv6 => pod.ipv6.into(),
-                };
+                let ip = self.pod_ip(to, *family);
                 let n = round_trips.unwrap_or(self.ctx.options.round_trips);
                 let run = self.bench(label, name, from, SocketAddr::new(ip, *port), n)?;
                 self.report.runs.push(run);
             }
-            Step::Mesh { state: OnOff::On, .. } => {
-                let port = self.sidecar_port();
-                let mesh = self.lab.start_mesh()?;
-                let pins = mesh.pin_dir().display().to_string();
-                for (prog, hook) in PROGRAMS {
-                    self.out(label, format!("{hook}: {prog} loaded and attached"));
-                }
-                self.out(label, format!("maps pinned in {pins}"));
-                self.lab.mesh_mut().expect("started").set_sidecar_port(port)?;
-                if port != 0 {
-                    self.out(
-                        label,
-                        format!("sidecars present: app <-> proxy hops redirected via 127.0.0.1:{port}"),
-                    );
-                }
+            Step::Conform {
+                name,
+                from,
+                to,
+                port,
+                families,
+                compare,
+                cases,
+                short_lived,
+                across_mesh,
+                ..
+            } => {
+                let args = ConformArgs {
+                    name,
+                    from,
+                    to,
+                    port: *port,
+                    families,
+                    compare: compare.as_deref(),
+                    cases,
+                    short_lived: *short_lived,
+                    across_mesh: *across_mesh,
+                };
+                self.conform(label, &args)?;
             }
+            Step::Mesh { state: OnOff::On, .. } => self.mesh_on(label)?,
             Step::Mesh { state: OnOff::Off, .. } => self.lab.stop_mesh()?,
             Step::Sidecars { mode, .. } => {
                 let old = std::mem::take(&mut self.sidecars);
@@ -286,6 +335,197 @@ impl Engine<'_> {
         }
         self.ctx.emit(Event::StepPassed { step: label.into() });
         Ok(())
+    }
+
+    fn mesh_on(&mut self, label: &str) -> Result<(), LabError> {
+        let port = self.sidecar_port();
+        let mesh = self.lab.start_mesh()?;
+        let pins = mesh.pin_dir().display().to_string();
+        for line in mesh.describe() {
+            self.out(label, line);
+        }
+        self.out(label, format!("maps pinned in {pins}"));
+        self.lab.mesh_mut().expect("started").set_sidecar_port(port)?;
+        if port != 0 {
+            self.out(label, format!("sidecars present: app <-> proxy hops redirected via 127.0.0.1:{port}"));
+        }
+        Ok(())
+    }
+
+    // ANCHOR: conform
+    /// Runs the conformance suite once per family and compares each case's transcript with
+    /// the reference run's.
+    fn conform(&mut self, label: &str, a: &ConformArgs) -> Result<(), LabError> {
+        let counters = |lab: &Lab| -> Result<Counters, LabError> {
+            Ok(lab.mesh().map(|m| m.counters()).transpose()?.unwrap_or_default())
+        };
+        let c0 = counters(&self.lab)?;
+        let (mut total, mut differences, mut held_ok) = (0usize, 0usize, 1.0);
+        for family in a.families {
+            let target = SocketAddr::new(self.pod_ip(a.to, *family), a.port);
+            let mut args =
+                vec!["conform".to_owned(), "--connect".into(), target.to_string(), "--json".into()];
+            if !a.cases.is_empty() {
+                args.extend(["--cases".into(), a.cases.join(",")]);
+            }
+            if let Some(n) = a.short_lived {
+                args.extend(["--short-lived".into(), n.to_string()]);
+            }
+            self.out(label, format!("conform {} -> {target} ({})", a.from, self.config()));
+            let f0 = counters(&self.lab)?;
+            let out =
+                self.lab.run(a.from, self.ctx.workload.command(&args), RUN_TIMEOUT, &self.ctx.cancel)?;
+            let mesh = counters(&self.lab)?.since(&f0);
+            let report: ConformReport = serde_json::from_slice(&out.stdout).map_err(|e| LabError::Parse {
+                command: "conform --json".into(),
+                detail: format!("{e}: {}", String::from_utf8_lossy(&out.stdout)),
+            })?;
+            let reference = a.compare.map(|c| {
+                self.report
+                    .conform
+                    .iter()
+                    .filter(|r| r.name == c && r.family == *family)
+                    .flat_map(|r| r.cases.iter().map(|v| (v.result.case.clone(), v.result.clone())))
+                    .collect::<BTreeMap<_, _>>()
+            });
+            let mut verdicts = Vec::new();
+            for result in report.cases {
+                total += 1;
+                let expected = reference.as_ref().and_then(|r| r.get(&result.case)).cloned();
+                let verdict = match &expected {
+                    None => "reference",
+                    Some(e) if *e == result => "same",
+                    Some(_) => "differs",
+                };
+                if verdict == "differs" {
+                    differences += 1;
+                    let e = expected.as_ref().expect("differs has a reference");
+                    self.out(
+                        label,
+                        format!("{} ({family:?}): DIFFERS from {}", result.case, a.compare.unwrap_or("")),
+                    );
+                    for (side, got, want) in
+                        [("client", &result.client, &e.client), ("server", &result.server, &e.server)]
+                    {
+                        if got != want {
+                            self.out(label, format!("  {side} saw:      {}", got.join(" | ")));
+                            self.out(label, format!("  {side} expected: {}", want.join(" | ")));
+                        }
+                    }
+                } else {
+                    self.out(label, format!("{} ({family:?}): {verdict}", result.case));
+                }
+                let expected = if verdict == "differs" { expected } else { None };
+                verdicts.push(CaseVerdict { result, verdict, expected });
+            }
+            let held = if a.across_mesh { Some(self.hold_across_mesh(label, a.from, target)?) } else { None };
+            if let Some(h) = &held {
+                if h.error.is_some() || h.round_trips == 0 {
+                    held_ok = 0.0;
+                }
+                self.out(
+                    label,
+                    format!(
+                        "connection held across mesh start/stop: {} round trips, {}",
+                        h.round_trips,
+                        h.error.as_deref().unwrap_or("intact")
+                    ),
+                );
+            }
+            self.report.conform.push(ConformRun {
+                name: a.name.to_owned(),
+                config: self.config(),
+                family: *family,
+                compare: a.compare.map(str::to_owned),
+                cases: verdicts,
+                mesh,
+                held,
+            });
+        }
+        let redirected = counters(&self.lab)?.since(&c0).msg_redirected as f64;
+        let r = self.report.results.entry(a.name.to_owned()).or_default();
+        for (k, v) in [
+            ("cases", total as f64),
+            ("differences", differences as f64),
+            ("msg_redirected", redirected),
+            ("held_ok", held_ok),
+        ] {
+            r.insert(k.into(), v);
+        }
+        self.metric(label, "cases", total as f64, "");
+        self.metric(label, "differences", differences as f64, "");
+        if self.lab.mesh().is_some() {
+            self.metric(label, "msg_redirected", redirected, "");
+        }
+        Ok(())
+    }
+    // ANCHOR_END: conform
+
+    /// Keeps one echo connection busy while the mesh starts and stops under it.
+    fn hold_across_mesh(
+        &mut self,
+        label: &str,
+        from: &str,
+        target: SocketAddr,
+    ) -> Result<HoldReport, LabError> {
+        if self.lab.mesh().is_some() {
+            return Err(LabError::Command {
+                command: "conform across_mesh".into(),
+                stderr: "the mesh must be off at a step with across_mesh = true".into(),
+            });
+        }
+        let base = std::env::temp_dir().join(format!("slab-{}-hold-{}", self.lab.id(), target.port()));
+        let (until, report) = (base.with_extension("until"), base.with_extension("json"));
+        let _ = std::fs::remove_file(&until);
+        let _ = std::fs::remove_file(&report);
+        let args = [
+            "conform".to_owned(),
+            "--connect".into(),
+            target.to_string(),
+            "--hold-until".into(),
+            until.display().to_string(),
+            "--report".into(),
+            report.display().to_string(),
+        ];
+        let pid = self.lab.spawn(from, self.ctx.workload.command(&args))?;
+        let pause = Duration::from_millis(500);
+        std::thread::sleep(pause);
+        self.mesh_on(label)?;
+        std::thread::sleep(pause);
+        self.lab.stop_mesh()?;
+        self.out(label, "mesh started and stopped under the held connection".into());
+        std::thread::sleep(pause);
+        let result = (|| {
+            std::fs::write(&until, b"").map_err(LabError::io("cannot write", &until))?;
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                self.ctx.cancel.check()?;
+                if let Ok(text) = std::fs::read_to_string(&report)
+                    && let Ok(r) = serde_json::from_str::<HoldReport>(&text)
+                {
+                    return Ok(r);
+                }
+                if std::time::Instant::now() > deadline {
+                    return Err(LabError::Command {
+                        command: "conform --hold-until".into(),
+                        stderr: "no report within 30 s".into(),
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })();
+        self.lab.stop(pid);
+        let _ = std::fs::remove_file(&until);
+        let _ = std::fs::remove_file(&report);
+        result
+    }
+
+    fn pod_ip(&self, pod: &str, family: Family) -> std::net::IpAddr {
+        let pod = self.lab.pod(pod);
+        match family {
+            Family::Ipv4 => pod.ipv4.into(),
+            Family::Ipv6 => pod.ipv6.into(),
+        }
     }
 
     fn sidecar_port(&self) -> u16 {
@@ -404,7 +644,10 @@ impl Engine<'_> {
 fn label(step: &Step) -> String {
     match step {
         Step::Explain { title, .. } => title.clone(),
-        Step::Bench { name, .. } | Step::Exec { name, .. } | Step::Compute { name, .. } => name.clone(),
+        Step::Bench { name, .. }
+        | Step::Conform { name, .. }
+        | Step::Exec { name, .. }
+        | Step::Compute { name, .. } => name.clone(),
         Step::Mesh { state: OnOff::On, .. } => "mesh on".into(),
         Step::Mesh { state: OnOff::Off, .. } => "mesh off".into(),
         Step::Sidecars { mode, .. } => match mode {
@@ -421,6 +664,7 @@ fn texts(step: &Step) -> (&str, &[String]) {
     match step {
         Step::Explain { text, .. } => (text, &[]),
         Step::Bench { explain, try_, .. }
+        | Step::Conform { explain, try_, .. }
         | Step::Mesh { explain, try_, .. }
         | Step::Sidecars { explain, try_, .. } => (explain, try_),
         Step::Exec { explain, .. } | Step::Compute { explain, .. } | Step::Expect { explain, .. } => {

@@ -56,6 +56,19 @@ pub enum WorkloadDef {
     RrServer { port: u16 },
     /// `workload echo`.
     Echo { port: u16 },
+    /// `workload conform-server`: the server side of the TCP conformance suite.
+    ConformServer { port: u16 },
+}
+
+impl WorkloadDef {
+    /// The port the workload listens on.
+    pub fn port(&self) -> u16 {
+        match self {
+            WorkloadDef::RrServer { port }
+            | WorkloadDef::Echo { port }
+            | WorkloadDef::ConformServer { port } => *port,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -133,6 +146,10 @@ fn one() -> f64 {
     1.0
 }
 
+fn both_families() -> Vec<Family> {
+    vec![Family::Ipv4, Family::Ipv6]
+}
+
 // ANCHOR: steps
 /// One step. `do` picks the kind; `explain` (Markdown) is shown before the step runs, and `try`
 /// lists commands a reader can run at that point (`lab-runner scenario --step` pauses there).
@@ -151,6 +168,32 @@ pub enum Step {
         family: Family,
         #[serde(default)]
         round_trips: Option<u64>,
+        #[serde(default)]
+        explain: String,
+        #[serde(default, rename = "try")]
+        try_: Vec<String>,
+    },
+    /// The TCP conformance suite (`workload conform`) from one pod to another, once per family.
+    /// With `compare`, every case's transcript must equal the one the step named there recorded
+    /// for the same case and family; `across_mesh` also holds one connection open while the mesh
+    /// starts and stops (the mesh must be off at this step).
+    Conform {
+        name: String,
+        from: String,
+        to: String,
+        port: u16,
+        #[serde(default = "both_families")]
+        families: Vec<Family>,
+        #[serde(default)]
+        compare: Option<String>,
+        /// Only these cases (default: all).
+        #[serde(default)]
+        cases: Vec<String>,
+        /// Connections in the `short-lived` case (default 10,000).
+        #[serde(default)]
+        short_lived: Option<u32>,
+        #[serde(default)]
+        across_mesh: bool,
         #[serde(default)]
         explain: String,
         #[serde(default, rename = "try")]
@@ -219,6 +262,7 @@ impl Step {
         match self {
             Step::Explain { .. } => "explain",
             Step::Bench { .. } => "bench",
+            Step::Conform { .. } => "conform",
             Step::Mesh { .. } => "mesh",
             Step::Sidecars { .. } => "sidecars",
             Step::Exec { .. } => "exec",
@@ -244,6 +288,9 @@ pub const BENCH_METRICS: &[&str] = &[
     "proxies",
     "proxy_rss_kb",
 ];
+
+/// Metrics every conform step stores under its name.
+pub const CONFORM_METRICS: &[&str] = &["cases", "differences", "msg_redirected", "held_ok"];
 
 /// A scenario file that cannot be used: where, and what was expected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -306,6 +353,7 @@ impl Scenario {
     fn check(&self, text: &str, file: &str) -> Result<(), SpecError> {
         let pods: BTreeSet<&str> = self.pods.iter().map(|p| p.name.as_str()).collect();
         let mut results: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+        let mut conform_results: BTreeSet<&str> = BTreeSet::new();
         for (i, step) in self.steps.iter().enumerate() {
             let err = |message: String| {
                 let line = locate(text, step.span(), subject(&message).as_deref());
@@ -346,6 +394,31 @@ impl Scenario {
                     pod(from)?;
                     pod(to)?;
                     results.insert(name.clone(), BENCH_METRICS.to_vec());
+                }
+                Step::Conform { name, from, to, compare, cases, families, .. } => {
+                    pod(from)?;
+                    pod(to)?;
+                    if let Some(c) = compare
+                        && !conform_results.contains(c.as_str())
+                    {
+                        return Err(err(format!(
+                            "step {}: compare = {c:?}: no earlier conform step is named so",
+                            i + 1
+                        )));
+                    }
+                    if let Some(bad) = cases.iter().find(|c| !workloads::conform::CASES.contains(&c.as_str()))
+                    {
+                        return Err(err(format!(
+                            "step {}: unknown case \"{bad}\" (cases: {})",
+                            i + 1,
+                            workloads::conform::CASES.join(", ")
+                        )));
+                    }
+                    if families.is_empty() {
+                        return Err(err(format!("step {}: families must name ipv4 and/or ipv6", i + 1)));
+                    }
+                    conform_results.insert(name);
+                    results.insert(name.clone(), CONFORM_METRICS.to_vec());
                 }
                 Step::Exec { name, pod: p, command, .. } => {
                     pod(p)?;
