@@ -99,6 +99,7 @@ pub struct HoldReport {
 pub const CASES: &[&str] = &[
     "write-on-connect",
     "half-close-client",
+    "half-close-client-x1000",
     "half-close-server",
     "server-closes-first",
     "abortive-close",
@@ -121,9 +122,12 @@ pub const CASES: &[&str] = &[
 // ANCHOR_END: cases
 
 /// Cases made of plain echo connections, checked by the client alone.
-const BULK: &[&str] = &["concurrent-100", "short-lived"];
+const BULK: &[&str] = &["half-close-client-x1000", "concurrent-100", "short-lived"];
 /// Header case number of a plain echo connection (`--hold-until`).
 const ECHO: u32 = 1000;
+/// Header case number of a half-closed request: the server reads to EOF, answers the byte count
+/// as 8 bytes, closes.
+const COUNT_TO_EOF: u32 = 1003;
 /// Header case number of a one-shot echo: the server reads `token` bytes, echoes them and
 /// closes first (so TIME_WAIT stays on its side and the client's ports stay free).
 const ECHO_ONCE: u32 = 1002;
@@ -371,6 +375,21 @@ fn run_case(name: &str, args: &ClientArgs, case: u32, token: u64) -> Vec<String>
                 out.push(format!("received {}", read_to_eof(&mut s)?));
             }
             // ANCHOR_END: client_half_close
+            "half-close-client-x1000" => {
+                // The pattern above, a thousand times: the kernel bug it can hit is a race.
+                let once = |i: u64| -> Step<()> {
+                    let data = pattern(i, 100);
+                    let mut s = open(addr, COUNT_TO_EOF, 0, &data)?;
+                    s.shutdown(Shutdown::Write).op("shutdown")?;
+                    let mut reply = Vec::new();
+                    s.read_to_end(&mut reply).op("read")?;
+                    if reply != 100u64.to_le_bytes() {
+                        return Err(Fail("read", io::Error::other("wrong reply")));
+                    }
+                    Ok(())
+                };
+                out.extend(tally((0..1000).map(once), "of 1000 half-closed requests"));
+            }
             "half-close-server" => {
                 let mut s = open(addr, case, token, &[])?;
                 out.push(format!("received {}", read_to_eof(&mut s)?));
@@ -731,6 +750,14 @@ fn serve_one(mut s: TcpStream, t: &Transcripts) {
     match case {
         ECHO => {
             let _ = echo_until_eof(&mut s);
+        }
+        COUNT_TO_EOF => {
+            let mut n = 0u64;
+            let mut buf = [0u8; 4096];
+            while let Ok(got @ 1..) = s.read(&mut buf) {
+                n += got as u64;
+            }
+            let _ = s.write_all(&n.to_le_bytes());
         }
         ECHO_ONCE => {
             let mut buf = vec![0u8; (token as usize).min(16 << 20)];

@@ -2,6 +2,7 @@
 //! standalone `workload` binary, inside `lab-runner` (re-executed into a pod), or in a VM.
 pub mod conform;
 pub mod echo;
+pub mod isolation;
 pub mod proxy;
 pub mod rr;
 
@@ -20,6 +21,8 @@ pub enum Workload {
     ConformServer(conform::ServerArgs),
     /// TCP conformance client: runs the named cases and prints both ends' transcripts.
     Conform(conform::ClientArgs),
+    /// The same loopback 4-tuple in several pods at once; counts bytes that crossed pods.
+    LoopbackIsolation(isolation::Args),
     /// L4 sidecar proxy (tokio): transparent outbound/inbound listeners or fixed routes.
     Proxy(proxy::Args),
 }
@@ -40,6 +43,10 @@ impl Workload {
             }
             Workload::Echo(a) => echo::serve(&a),
             Workload::ConformServer(a) => conform::serve(&a),
+            Workload::LoopbackIsolation(a) => {
+                println!("{}", serde_json::to_string(&isolation::run(&a)?)?);
+                Ok(())
+            }
             Workload::Conform(a) if a.list => {
                 println!("{}", conform::CASES.join("\n"));
                 Ok(())

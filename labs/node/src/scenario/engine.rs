@@ -10,7 +10,7 @@ use workloads::{
 };
 
 use super::{
-    Context, Outcome, kernel_release, requirements,
+    Context, Outcome, kernel_bugs, kernel_release, requirements,
     spec::{Family, OnOff, Scenario, Severity, SidecarMode, Step, WorkloadDef},
 };
 use crate::{
@@ -54,8 +54,12 @@ pub struct ConformRun {
 pub struct CaseVerdict {
     #[serde(flatten)]
     pub result: CaseResult,
-    /// `same`, `differs` or `reference` (nothing to compare with).
+    /// `same`, `differs`, `kernel bug` (a known kernel behaviour, see [`kernel_bugs`]) or
+    /// `reference` (nothing to compare with).
     pub verdict: &'static str,
+    /// For `kernel bug`: which one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel_bug: Option<&'static str>,
     /// On a difference, the reference transcript.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expected: Option<CaseResult>,
@@ -253,6 +257,7 @@ impl Engine<'_> {
                 };
                 self.conform(label, &args)?;
             }
+            Step::Isolation { name, pods, port, .. } => self.isolation(label, name, pods, *port)?,
             Step::Mesh { state: OnOff::On, .. } => self.mesh_on(label)?,
             Step::Mesh { state: OnOff::Off, .. } => self.lab.stop_mesh()?,
             Step::Sidecars { mode, .. } => {
@@ -360,7 +365,7 @@ impl Engine<'_> {
             Ok(lab.mesh().map(|m| m.counters()).transpose()?.unwrap_or_default())
         };
         let c0 = counters(&self.lab)?;
-        let (mut total, mut differences, mut held_ok) = (0usize, 0usize, 1.0);
+        let (mut total, mut differences, mut known, mut held_ok) = (0usize, 0usize, 0usize, 1.0);
         for family in a.families {
             let target = SocketAddr::new(self.pod_ip(a.to, *family), a.port);
             let mut args =
@@ -392,12 +397,23 @@ impl Engine<'_> {
             for result in report.cases {
                 total += 1;
                 let expected = reference.as_ref().and_then(|r| r.get(&result.case)).cloned();
-                let verdict = match &expected {
-                    None => "reference",
-                    Some(e) if *e == result => "same",
-                    Some(_) => "differs",
+                let kernel_bug = expected
+                    .as_ref()
+                    .filter(|e| **e != result)
+                    .and_then(|e| kernel_bugs::explain(&result, e));
+                let verdict = match (&expected, kernel_bug) {
+                    (None, _) => "reference",
+                    (Some(e), _) if *e == result => "same",
+                    (Some(_), Some(_)) => "kernel bug",
+                    (Some(_), None) => "differs",
                 };
-                if verdict == "differs" {
+                if let Some(bug) = kernel_bug {
+                    known += 1;
+                    self.out(
+                        label,
+                        format!("{} ({family:?}): known kernel bug {}: {}", result.case, bug.id, bug.summary),
+                    );
+                } else if verdict == "differs" {
                     differences += 1;
                     let e = expected.as_ref().expect("differs has a reference");
                     self.out(
@@ -415,8 +431,13 @@ impl Engine<'_> {
                 } else {
                     self.out(label, format!("{} ({family:?}): {verdict}", result.case));
                 }
-                let expected = if verdict == "differs" { expected } else { None };
-                verdicts.push(CaseVerdict { result, verdict, expected });
+                let expected = if verdict == "same" { None } else { expected };
+                verdicts.push(CaseVerdict {
+                    result,
+                    verdict,
+                    kernel_bug: kernel_bug.map(|b| b.id),
+                    expected,
+                });
             }
             let held = if a.across_mesh { Some(self.hold_across_mesh(label, a.from, target)?) } else { None };
             if let Some(h) = &held {
@@ -454,12 +475,71 @@ impl Engine<'_> {
         }
         self.metric(label, "cases", total as f64, "");
         self.metric(label, "differences", differences as f64, "");
+        self.metric(label, "kernel_bugs", known as f64, "");
         if self.lab.mesh().is_some() {
             self.metric(label, "msg_redirected", redirected, "");
         }
         Ok(())
     }
     // ANCHOR_END: conform
+
+    /// Runs `workload loopback-isolation` across `pods` (from the first one).
+    fn isolation(&mut self, label: &str, name: &str, pods: &[String], port: u16) -> Result<(), LabError> {
+        let netns: Vec<String> = pods
+            .iter()
+            .map(|p| {
+                std::path::Path::new(crate::netns::NETNS_DIR)
+                    .join(&self.lab.pod(p).netns)
+                    .display()
+                    .to_string()
+            })
+            .collect();
+        let args = [
+            "loopback-isolation".to_owned(),
+            "--netns".into(),
+            netns.join(","),
+            "--port".into(),
+            port.to_string(),
+        ];
+        self.out(
+            label,
+            format!("127.0.0.1:40300 -> 127.0.0.1:{port} in {} at once ({})", pods.join(", "), self.config()),
+        );
+        let c0 = self.lab.mesh().map(|m| m.counters()).transpose()?.unwrap_or_default();
+        let out = self.lab.run(&pods[0], self.ctx.workload.command(&args), RUN_TIMEOUT, &self.ctx.cancel)?;
+        let c = self.lab.mesh().map(|m| m.counters()).transpose()?.unwrap_or_default().since(&c0);
+        let report: workloads::isolation::Report =
+            serde_json::from_slice(&out.stdout).map_err(|e| LabError::Parse {
+                command: "loopback-isolation".into(),
+                detail: format!("{e}: {}", String::from_utf8_lossy(&out.stdout)),
+            })?;
+        for (p, r) in pods.iter().zip(&report.pods) {
+            self.out(
+                label,
+                format!(
+                    "pod {p}: {} bytes received, {} from another pod{}",
+                    r.bytes,
+                    r.foreign_bytes,
+                    r.error.as_deref().map(|e| format!(", error: {e}")).unwrap_or_default()
+                ),
+            );
+        }
+        let values = [
+            ("bytes", report.pods.iter().map(|p| p.bytes).sum::<u64>() as f64),
+            ("foreign_bytes", report.pods.iter().map(|p| p.foreign_bytes).sum::<u64>() as f64),
+            ("errors", report.pods.iter().filter(|p| p.error.is_some()).count() as f64),
+            ("msg_redirected", c.msg_redirected as f64),
+            ("loopback_skipped", c.loopback_skipped as f64),
+        ];
+        let r = self.report.results.entry(name.to_owned()).or_default();
+        for (k, v) in values {
+            r.insert(k.into(), v);
+        }
+        for (k, v) in values {
+            self.metric(label, k, v, "");
+        }
+        Ok(())
+    }
 
     /// Keeps one echo connection busy while the mesh starts and stops under it.
     fn hold_across_mesh(
@@ -646,6 +726,7 @@ fn label(step: &Step) -> String {
         Step::Explain { title, .. } => title.clone(),
         Step::Bench { name, .. }
         | Step::Conform { name, .. }
+        | Step::Isolation { name, .. }
         | Step::Exec { name, .. }
         | Step::Compute { name, .. } => name.clone(),
         Step::Mesh { state: OnOff::On, .. } => "mesh on".into(),
@@ -665,6 +746,7 @@ fn texts(step: &Step) -> (&str, &[String]) {
         Step::Explain { text, .. } => (text, &[]),
         Step::Bench { explain, try_, .. }
         | Step::Conform { explain, try_, .. }
+        | Step::Isolation { explain, try_, .. }
         | Step::Mesh { explain, try_, .. }
         | Step::Sidecars { explain, try_, .. } => (explain, try_),
         Step::Exec { explain, .. } | Step::Compute { explain, .. } | Step::Expect { explain, .. } => {

@@ -1,6 +1,7 @@
 //! Scenarios: step-by-step experiments on a lab, written as TOML files (scenarios/*.toml, see
 //! [`spec`]) and run by the [`engine`], which reports through [`Event`]s.
 pub mod engine;
+pub mod kernel_bugs;
 pub mod requirements;
 pub mod spec;
 

@@ -146,6 +146,10 @@ fn one() -> f64 {
     1.0
 }
 
+fn isolation_port() -> u16 {
+    7300
+}
+
 fn both_families() -> Vec<Family> {
     vec![Family::Ipv4, Family::Ipv6]
 }
@@ -194,6 +198,18 @@ pub enum Step {
         short_lived: Option<u32>,
         #[serde(default)]
         across_mesh: bool,
+        #[serde(default)]
+        explain: String,
+        #[serde(default, rename = "try")]
+        try_: Vec<String>,
+    },
+    /// The same loopback 4-tuple in every listed pod at once (`workload loopback-isolation`):
+    /// counts bytes that reached another pod's socket.
+    Isolation {
+        name: String,
+        pods: Vec<String>,
+        #[serde(default = "isolation_port")]
+        port: u16,
         #[serde(default)]
         explain: String,
         #[serde(default, rename = "try")]
@@ -263,6 +279,7 @@ impl Step {
             Step::Explain { .. } => "explain",
             Step::Bench { .. } => "bench",
             Step::Conform { .. } => "conform",
+            Step::Isolation { .. } => "isolation",
             Step::Mesh { .. } => "mesh",
             Step::Sidecars { .. } => "sidecars",
             Step::Exec { .. } => "exec",
@@ -290,7 +307,11 @@ pub const BENCH_METRICS: &[&str] = &[
 ];
 
 /// Metrics every conform step stores under its name.
-pub const CONFORM_METRICS: &[&str] = &["cases", "differences", "msg_redirected", "held_ok"];
+pub const CONFORM_METRICS: &[&str] = &["cases", "differences", "kernel_bugs", "msg_redirected", "held_ok"];
+
+/// Metrics every isolation step stores under its name.
+pub const ISOLATION_METRICS: &[&str] =
+    &["bytes", "foreign_bytes", "errors", "msg_redirected", "loopback_skipped"];
 
 /// A scenario file that cannot be used: where, and what was expected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -419,6 +440,15 @@ impl Scenario {
                     }
                     conform_results.insert(name);
                     results.insert(name.clone(), CONFORM_METRICS.to_vec());
+                }
+                Step::Isolation { name, pods: ps, .. } => {
+                    if ps.len() < 2 {
+                        return Err(err(format!("step {}: isolation needs at least two pods", i + 1)));
+                    }
+                    for p in ps {
+                        pod(p)?;
+                    }
+                    results.insert(name.clone(), ISOLATION_METRICS.to_vec());
                 }
                 Step::Exec { name, pod: p, command, .. } => {
                     pod(p)?;

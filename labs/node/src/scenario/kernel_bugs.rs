@@ -1,0 +1,169 @@
+//! Differences the conformance suite finds that belong to the kernel, not to the mesh: the ways
+//! `tcp_bpf_recvmsg` (the receive path of a socket in a sockmap) departs from `tcp_recvmsg`. The
+//! conform step names them instead of failing on them; anything else is an unexplained
+//! difference and fails the scenario. Each entry is documented in the book
+//! (`book/src/hooks/redirect-changes.md`) with its symptom, kernels and mitigation.
+use workloads::conform::CaseResult;
+
+/// A known kernel behaviour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelBug {
+    pub id: &'static str,
+    pub summary: &'static str,
+}
+
+// ANCHOR: bugs
+/// A blocking read returns EAGAIN when something other than data wakes it.
+pub const EAGAIN: KernelBug = KernelBug {
+    id: "tcp-bpf-eagain",
+    summary: "tcp_bpf_recvmsg returns EAGAIN from a blocking read woken without data (the ACK of \
+              our FIN, an RST, freed send space)",
+};
+/// `MSG_WAITALL` is ignored for redirected bytes.
+pub const WAITALL: KernelBug = KernelBug {
+    id: "tcp-bpf-waitall",
+    summary: "tcp_bpf_recvmsg ignores MSG_WAITALL: it returns what the redirect queue holds",
+};
+/// `SO_RCVLOWAT` is ignored for redirected bytes.
+pub const RCVLOWAT: KernelBug = KernelBug {
+    id: "tcp-bpf-rcvlowat",
+    summary: "tcp_bpf_recvmsg ignores SO_RCVLOWAT: a read returns as soon as one message is queued",
+};
+// ANCHOR_END: bugs
+
+/// The known kernel behaviour that accounts for `got` differing from `want`, if there is one.
+pub fn explain(got: &CaseResult, want: &CaseResult) -> Option<KernelBug> {
+    let server_same = got.server == want.server;
+    match got.case.as_str() {
+        "waitall" if server_same && waitall_short(&got.client) && !waitall_short(&want.client) => {
+            Some(WAITALL)
+        }
+        "rcvlowat"
+            if server_same
+                && got.client.first().is_some_and(|l| l.ends_with(": false"))
+                && want.client.first().is_some_and(|l| l.ends_with(": true")) =>
+        {
+            Some(RCVLOWAT)
+        }
+        _ => {
+            let client = side_eagain(&got.client, &want.client);
+            let server = side_eagain(&got.server, &want.server);
+            let eagain_somewhere = client == Side::Eagain || server == Side::Eagain;
+            // The other end of a connection whose reader gave up may not finish its side.
+            let fine = |s: Side, lines: &[String]| {
+                s != Side::Other || lines.iter().any(|l| l == "server side did not finish")
+            };
+            (eagain_somewhere && fine(client, &got.client) && fine(server, &got.server)).then_some(EAGAIN)
+        }
+    }
+}
+
+fn waitall_short(lines: &[String]) -> bool {
+    lines
+        .first()
+        .and_then(|l| l.strip_prefix("recv(10000, MSG_WAITALL) returned "))
+        .and_then(|n| n.parse::<u32>().ok())
+        .is_some_and(|n| n < 10_000)
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Side {
+    Same,
+    Eagain,
+    Other,
+}
+
+/// Whether one side's transcript equals the reference, or departs from it exactly where an
+/// EAGAIN appears (an operation that failed with it, or a tally of connections that did).
+fn side_eagain(got: &[String], want: &[String]) -> Side {
+    if got == want {
+        return Side::Same;
+    }
+    let at = got.iter().zip(want).take_while(|(g, w)| g == w).count();
+    let Some(line) = got.get(at) else { return Side::Other };
+    let eagain_line = |l: &String| l.contains("EAGAIN") && !want.contains(l);
+    if eagain_line(line) {
+        return Side::Eagain;
+    }
+    // A tally: "N of M ... echoed intact", then "K failed with OP: ERRNO" lines.
+    let tally = |lines: &[String]| lines.first().is_some_and(|l| l.contains(" echoed intact"));
+    let failures = &got[at + 1..];
+    if at == 0
+        && tally(got)
+        && tally(want)
+        && want.len() == 1
+        && !failures.is_empty()
+        && failures.iter().all(eagain_line)
+    {
+        return Side::Eagain;
+    }
+    Side::Other
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn case(name: &str, client: &[&str], server: &[&str]) -> CaseResult {
+        CaseResult {
+            case: name.into(),
+            client: client.iter().map(|s| (*s).to_owned()).collect(),
+            server: server.iter().map(|s| (*s).to_owned()).collect(),
+        }
+    }
+
+    #[test]
+    fn eagain_instead_of_econnreset_is_the_known_bug() {
+        let want = case("abortive-close", &["read: ECONNRESET"], &["close() with SO_LINGER 0"]);
+        let got = case("abortive-close", &["read: EAGAIN"], &["close() with SO_LINGER 0"]);
+        assert_eq!(explain(&got, &want), Some(EAGAIN));
+    }
+
+    #[test]
+    fn eagain_tallies_and_an_unfinished_server_are_explained() {
+        let want = case("short-lived", &["10 of 10 short-lived connections echoed intact"], &[]);
+        let got = case(
+            "short-lived",
+            &["9 of 10 short-lived connections echoed intact", "1 failed with read: EAGAIN"],
+            &[],
+        );
+        assert_eq!(explain(&got, &want), Some(EAGAIN));
+        let want = case("write-16m", &["sent x", "echo x"], &["echoed x"]);
+        let got = case("write-16m", &["sent x", "error: read: EAGAIN"], &["server side did not finish"]);
+        assert_eq!(explain(&got, &want), Some(EAGAIN));
+    }
+
+    #[test]
+    fn other_differences_stay_unexplained() {
+        let want = case("write-1m", &["sent x", "echo x"], &["echoed x"]);
+        // Reordered or lost bytes: a different checksum, no EAGAIN anywhere.
+        assert_eq!(explain(&case("write-1m", &["sent x", "echo y"], &["echoed x"]), &want), None);
+        // EAGAIN on one side does not excuse a wrong checksum on the other.
+        assert_eq!(
+            explain(&case("write-1m", &["sent x", "error: read: EAGAIN"], &["echoed y"]), &want),
+            None
+        );
+        // A tally with a failure that is not EAGAIN.
+        let want = case("short-lived", &["10 of 10 short-lived connections echoed intact"], &[]);
+        let got = case(
+            "short-lived",
+            &["9 of 10 short-lived connections echoed intact", "1 failed with connect: ECONNREFUSED"],
+            &[],
+        );
+        assert_eq!(explain(&got, &want), None);
+        // A short MSG_WAITALL read anywhere else is not the waitall bug.
+        let want = case("peek", &["peek \"hello\""], &[]);
+        assert_eq!(explain(&case("peek", &["peek \"he\""], &[]), &want), None);
+    }
+
+    #[test]
+    fn waitall_and_rcvlowat() {
+        let server = ["sent 10 writes of 1000 bytes, 5 ms apart"];
+        let want = case("waitall", &["recv(10000, MSG_WAITALL) returned 10000", "rest 0"], &server);
+        let got = case("waitall", &["recv(10000, MSG_WAITALL) returned 1000", "rest 9000"], &server);
+        assert_eq!(explain(&got, &want), Some(WAITALL));
+        let want = case("rcvlowat", &["SO_RCVLOWAT 4000: first read >= 4000: true", "rest 1000"], &[]);
+        let got = case("rcvlowat", &["SO_RCVLOWAT 4000: first read >= 4000: false", "rest 4500"], &[]);
+        assert_eq!(explain(&got, &want), Some(RCVLOWAT));
+    }
+}
