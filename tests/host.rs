@@ -147,6 +147,69 @@ fn sockmap_redirects_and_leaves_nothing_behind() {
     assert_eq!(remains_of(lab), Vec::<String>::new());
 }
 
+#[test]
+fn conformance_shows_no_unexplained_difference_and_isolates_pods() {
+    let _k = KERNEL.lock().unwrap_or_else(|p| p.into_inner());
+    if !root_or_skip("conformance_shows_no_unexplained_difference_and_isolates_pods") {
+        return;
+    }
+    let out = Command::new(bin())
+        .args(["scenario", "conformance", "--backend", "host", "--json"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stderr: {stderr}\nstdout: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("one JSON object on stdout");
+    assert_eq!(v["passed"], true, "{}", v["failures"]);
+    let r = &v["report"]["results"];
+    let get = |run: &str, key: &str| r[run][key].as_f64().unwrap_or_else(|| panic!("no {run}.{key} in {r}"));
+    let cases = workloads::conform::CASES.len() as f64;
+    for run in ["direct", "sockmap", "sidecars", "sidecars+sockmap"] {
+        assert_eq!(get(run, "cases"), 2.0 * cases, "{run}: every case, IPv4 and IPv6");
+    }
+    // Through the mesh: nothing differs but the kernel's known departures, and the data
+    // really took the redirect.
+    assert_eq!(get("sockmap", "differences"), 0.0);
+    assert_eq!(get("sidecars+sockmap", "differences"), 0.0);
+    assert!(get("sockmap", "msg_redirected") > 10_000.0);
+    assert!(get("sidecars+sockmap", "msg_redirected") > 10_000.0);
+    // Every case of every mesh run has a verdict, and each verdict that is not "same" names
+    // a known kernel bug.
+    for run in v["report"]["conform"].as_array().unwrap() {
+        if !run["name"].as_str().unwrap().contains("sockmap") {
+            continue;
+        }
+        for c in run["cases"].as_array().unwrap() {
+            let verdict = c["verdict"].as_str().unwrap();
+            assert!(verdict == "same" || verdict == "kernel bug", "{}: {c}", run["name"]);
+        }
+    }
+    // The connection opened before the mesh kept its bytes; half-closing clients never saw
+    // EAGAIN (the mesh takes them out of the map); pods holding the same loopback 4-tuple
+    // never saw each other's bytes.
+    assert_eq!(get("direct", "held_ok"), 1.0);
+    let half = v["report"]["conform"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|run| run["name"] == "sockmap")
+        .flat_map(|run| run["cases"].as_array().unwrap().iter())
+        .filter(|c| c["case"] == "half-close-client-x1000")
+        .map(|c| c["client"][0].as_str().unwrap().to_owned())
+        .collect::<Vec<_>>();
+    assert_eq!(half, ["1000 of 1000 half-closed requests echoed intact"; 2]);
+    assert!(get("loopback", "bytes") > 0.0);
+    assert_eq!(get("loopback", "errors"), 0.0);
+    assert_eq!(get("loopback", "foreign_bytes"), 0.0);
+    let lab = v["report"]["lab"].as_str().unwrap();
+    assert_eq!(remains_of(lab), Vec::<String>::new());
+}
+
 /// Starts a scenario that turns the mesh on and then runs a long benchmark, and returns once
 /// that benchmark runs, with the lab's id.
 fn start_long_mesh_run() -> (Child, String) {

@@ -204,6 +204,27 @@ fn sockmap_passes_inside_the_vm() {
 }
 
 #[test]
+fn conformance_passes_inside_the_vm() {
+    let Some((_vm, env)) = start("conformance_passes_inside_the_vm", "conformance") else { return };
+    let out = env.run(&[&["scenario", "conformance"][..], &ON_61, &["--json"]].concat());
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["passed"], true, "{}", v["failures"]);
+    assert!(v["kernel"].as_str().unwrap().starts_with("6.1.0"), "ran on {}", v["kernel"]);
+    let r = &v["report"]["results"];
+    let get = |run: &str, key: &str| r[run][key].as_f64().unwrap_or_else(|| panic!("no {run}.{key}"));
+    assert_eq!(get("sockmap", "differences"), 0.0);
+    assert_eq!(get("sidecars+sockmap", "differences"), 0.0);
+    assert!(get("sockmap", "msg_redirected") > 0.0);
+    assert_eq!(get("loopback", "foreign_bytes"), 0.0);
+    assert_eq!(get("loopback", "errors"), 0.0);
+    // 6.1 gives sock_ops and sk_msg the netns cookie: loopback pairs are redirected, not skipped.
+    assert!(get("loopback", "msg_redirected") > 0.0);
+    assert_eq!(get("loopback", "loopback_skipped"), 0.0);
+    assert_eq!(qemus_under(&env.root), Vec::<i32>::new());
+}
+
+#[test]
 fn a_vm_killed_mid_scenario_is_reported_and_cleaned_up() {
     let Some((_vm, env)) = start("a_vm_killed_mid_scenario_is_reported_and_cleaned_up", "killed") else {
         return;

@@ -114,6 +114,9 @@ pub struct ScenarioArgs {
     /// Request and response size in bytes.
     #[arg(long, default_value_t = 64, value_parser = parse_size)]
     pub size: usize,
+    /// Connections in the conformance suite's `short-lived` case (where a step does not set it).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub short_lived: u32,
     /// Print the outcome as one JSON object on stdout instead of the step-by-step view.
     #[arg(long)]
     pub json: bool,
@@ -169,6 +172,9 @@ pub struct MatrixArgs {
     /// Measured round trips per latency run.
     #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub round_trips: u64,
+    /// Connections in the conformance suite's `short-lived` case (where a step does not set it).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub short_lived: u32,
 }
 
 #[derive(Debug, Subcommand)]

@@ -36,8 +36,41 @@ pub fn markdown(outcome: &Outcome, when: &str, backend: &str, svg: &str) -> Stri
     ctx.insert("backend", backend);
     ctx.insert("svg", svg);
     ctx.insert("computed", &computed);
+    let (columns, rows) = conformance_table(&outcome.report);
+    ctx.insert("conform_columns", &columns);
+    ctx.insert("conform_rows", &rows);
     tera::Tera::one_off(TEMPLATE, &ctx, false)
         .unwrap_or_else(|e| format!("report template failed: {}", lab_node::error::chain(&e)))
+}
+
+/// The conformance runs as a table: one column per run and family, one row per case.
+fn conformance_table(report: &Value) -> (Vec<String>, Vec<(String, Vec<String>)>) {
+    let runs = report["conform"].as_array().cloned().unwrap_or_default();
+    let columns = runs
+        .iter()
+        .map(|r| format!("{} ({})", r["name"].as_str().unwrap_or("?"), r["family"].as_str().unwrap_or("?")))
+        .collect();
+    let mut rows: Vec<(String, Vec<String>)> = Vec::new();
+    for (i, run) in runs.iter().enumerate() {
+        for case in run["cases"].as_array().into_iter().flatten() {
+            let name = case["case"].as_str().unwrap_or("?").to_owned();
+            let cell = match (case["verdict"].as_str(), case["kernel_bug"].as_str()) {
+                (Some("kernel bug"), Some(id)) => format!("kernel bug: {id}"),
+                (Some("differs"), _) => "**differs**".into(),
+                (Some(v), _) => v.into(),
+                (None, _) => "?".into(),
+            };
+            let at = match rows.iter().position(|(n, _)| *n == name) {
+                Some(at) => at,
+                None => {
+                    rows.push((name, vec![String::new(); runs.len()]));
+                    rows.len() - 1
+                }
+            };
+            rows[at].1[i] = cell;
+        }
+    }
+    (columns, rows)
 }
 
 const COLORS: [&str; 6] = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"];

@@ -34,6 +34,9 @@ struct Cell {
     scenario: String,
     status: Status,
     detail: String,
+    /// For a conformance scenario: each case and what the runs through the mesh showed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    cases: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -118,7 +121,12 @@ fn kernel_row(
     let error_all = |row: &mut Row, msg: String| {
         row.cells = scenarios
             .iter()
-            .map(|s| Cell { scenario: s.scenario.name.clone(), status: Status::Error, detail: msg.clone() })
+            .map(|s| Cell {
+                cases: Vec::new(),
+                scenario: s.scenario.name.clone(),
+                status: Status::Error,
+                detail: msg.clone(),
+            })
             .collect();
     };
     let vm = VmArgs {
@@ -175,34 +183,47 @@ fn kernel_row(
         if i == 0 {
             for s in scenarios {
                 let mut quiet = ui::View::new(true, false);
-                let options = Options { round_trips: args.round_trips, ..Options::default() };
-                let cell = match run_on(&mut m, s, options, cancel, false, &mut quiet) {
-                    Ok(Outcome { skipped: Some(reason), .. }) => {
-                        Cell { scenario: s.scenario.name.clone(), status: Status::Skip, detail: reason }
-                    }
+                let options = Options {
+                    round_trips: args.round_trips,
+                    short_lived: args.short_lived,
+                    ..Options::default()
+                };
+                let outcome = run_on(&mut m, s, options, cancel, false, &mut quiet);
+                let cases = outcome.as_ref().map(|o| conform_cases(&o.report)).unwrap_or_default();
+                let cell = match outcome {
+                    Ok(Outcome { skipped: Some(reason), .. }) => Cell {
+                        cases: Vec::new(),
+                        scenario: s.scenario.name.clone(),
+                        status: Status::Skip,
+                        detail: reason,
+                    },
                     Ok(o) if o.passed => Cell {
+                        cases: Vec::new(),
                         scenario: s.scenario.name.clone(),
                         status: Status::Pass,
                         detail: summary(&o.report),
                     },
                     Ok(o) => Cell {
+                        cases: Vec::new(),
                         scenario: s.scenario.name.clone(),
                         status: Status::Fail,
                         detail: o.failures.join("; "),
                     },
                     Err(e) if e.is_unmet() => Cell {
+                        cases: Vec::new(),
                         scenario: s.scenario.name.clone(),
                         status: Status::Skip,
                         detail: first_line(&e),
                     },
                     Err(e) => Cell {
+                        cases: Vec::new(),
                         scenario: s.scenario.name.clone(),
                         status: Status::Error,
                         detail: first_line(&e),
                     },
                 };
                 eprintln!("kernel {kernel}: {} {:?} {}", s.scenario.name, cell.status, cell.detail);
-                row.cells.push(cell);
+                row.cells.push(Cell { cases, ..cell });
             }
         }
         let _ = m.down();
@@ -211,8 +232,68 @@ fn kernel_row(
     row
 }
 
-/// A scenario's headline figures for its cell: its computed values.
+/// Each conformance case and the verdicts of the runs that were compared with another run:
+/// `same`, or the runs (name and family) per verdict, such as
+/// `kernel bug: tcp-bpf-eagain (sockmap ipv4, sockmap ipv6)`.
+fn conform_cases(report: &serde_json::Value) -> Vec<(String, String)> {
+    let mut cases: Vec<(String, Vec<(String, String)>)> = Vec::new();
+    for run in report["conform"].as_array().into_iter().flatten().filter(|r| !r["compare"].is_null()) {
+        let at = format!("{} {}", run["name"].as_str().unwrap_or("?"), run["family"].as_str().unwrap_or("?"));
+        for c in run["cases"].as_array().into_iter().flatten() {
+            let name = c["case"].as_str().unwrap_or("?").to_owned();
+            let verdict = match (c["verdict"].as_str().unwrap_or("?"), c["kernel_bug"].as_str()) {
+                ("kernel bug", Some(id)) => format!("kernel bug: {id}"),
+                (v, _) => v.to_owned(),
+            };
+            let i = cases.iter().position(|(n, _)| *n == name).unwrap_or_else(|| {
+                cases.push((name, Vec::new()));
+                cases.len() - 1
+            });
+            cases[i].1.push((verdict, at.clone()));
+        }
+    }
+    cases
+        .into_iter()
+        .map(|(name, verdicts)| {
+            let mut kinds: Vec<&str> =
+                verdicts.iter().map(|(v, _)| v.as_str()).filter(|v| *v != "same").collect();
+            kinds.dedup();
+            kinds.sort_unstable();
+            kinds.dedup();
+            let text = if kinds.is_empty() {
+                "same".to_owned()
+            } else {
+                kinds
+                    .iter()
+                    .map(|k| {
+                        let runs: Vec<&str> =
+                            verdicts.iter().filter(|(v, _)| v == k).map(|(_, at)| at.as_str()).collect();
+                        format!("{k} ({})", runs.join(", "))
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            };
+            (name, text)
+        })
+        .collect()
+}
+
+/// A scenario's headline figures for its cell: its computed values, or for a conformance
+/// scenario the differences it found.
 fn summary(report: &serde_json::Value) -> String {
+    if let Some(runs) = report["conform"].as_array().filter(|r| !r.is_empty()) {
+        let count = |v: &str| {
+            runs.iter()
+                .flat_map(|r| r["cases"].as_array().into_iter().flatten())
+                .filter(|c| c["verdict"] == v)
+                .count()
+        };
+        return format!(
+            "{} unexplained differences, {} known kernel bugs",
+            count("differs"),
+            count("kernel bug")
+        );
+    }
     report["results"]
         .as_object()
         .into_iter()
@@ -267,6 +348,27 @@ fn markdown(rows: &[Row], scenarios: &[Loaded]) -> String {
         }
     }
     s.push('\n');
+    for sc in scenarios {
+        let cells: Vec<Option<&Cell>> =
+            rows.iter().map(|r| r.cells.iter().find(|c| c.scenario == sc.scenario.name)).collect();
+        let Some(first) = cells.iter().flatten().find(|c| !c.cases.is_empty()) else { continue };
+        s.push_str(&format!("\n### {}: case by kernel\n\n| case |", sc.scenario.name));
+        for r in rows {
+            s.push_str(&format!(" {} |", r.kernel));
+        }
+        s.push_str("\n|---|");
+        s.push_str(&"---|".repeat(rows.len()));
+        s.push('\n');
+        for (case, _) in &first.cases {
+            s.push_str(&format!("| {case} |"));
+            for c in &cells {
+                let v =
+                    c.and_then(|c| c.cases.iter().find(|(n, _)| n == case)).map_or("-", |(_, v)| v.as_str());
+                s.push_str(&format!(" {} |", v.replace('|', "\\|")));
+            }
+            s.push('\n');
+        }
+    }
     s
 }
 
@@ -290,6 +392,7 @@ mod tests {
             boot_s: vec![5.0, 4.0, 6.0],
             boot_median_s: Some(5.0),
             cells: vec![Cell {
+                cases: Vec::new(),
                 scenario: "sockmap".into(),
                 status: Status::Skip,
                 detail: "no | pipes".into(),

@@ -373,9 +373,8 @@ impl Engine<'_> {
             if !a.cases.is_empty() {
                 args.extend(["--cases".into(), a.cases.join(",")]);
             }
-            if let Some(n) = a.short_lived {
-                args.extend(["--short-lived".into(), n.to_string()]);
-            }
+            let n = a.short_lived.unwrap_or(self.ctx.options.short_lived);
+            args.extend(["--short-lived".into(), n.to_string()]);
             self.out(label, format!("conform {} -> {target} ({})", a.from, self.config()));
             let f0 = counters(&self.lab)?;
             let out =

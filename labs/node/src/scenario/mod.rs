@@ -79,11 +79,18 @@ pub struct Options {
     pub round_trips: u64,
     /// Request and response size in bytes.
     pub size: usize,
+    /// Connections in the conformance suite's `short-lived` case (a step may set its own).
+    #[serde(default = "default_short_lived")]
+    pub short_lived: u32,
+}
+
+fn default_short_lived() -> u32 {
+    10_000
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { round_trips: 20_000, size: workloads::rr::DEFAULT_SIZE }
+        Options { round_trips: 20_000, size: workloads::rr::DEFAULT_SIZE, short_lived: default_short_lived() }
     }
 }
 
