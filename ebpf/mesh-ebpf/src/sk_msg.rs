@@ -9,8 +9,8 @@
 //!   (`bpf_get_netns_cookie`, sk_msg since 5.15), `mesh_redirect_nocookie` for older kernels.
 //! - Minimum kernel: 4.17 (sk_msg, sockhash, `bpf_msg_redirect_hash`); the address and port
 //!   fields of `sk_msg_md` since 4.18.
-//! - Kernel config: `CONFIG_BPF_SYSCALL`, `CONFIG_NET_SOCK_MSG` (selected by
-//!   `CONFIG_BPF_STREAM_PARSER` on kernels before 5.10, by `CONFIG_INET` after).
+//! - Kernel config: `CONFIG_BPF_SYSCALL`, `CONFIG_NET_SOCK_MSG` (the psock machinery; `=y`, with
+//!   `CONFIG_BPF_STREAM_PARSER`, in every pinned kernel's config).
 //! - Book: `book/src/hooks/sk_msg.md`.
 use core::ptr::read_volatile;
 
