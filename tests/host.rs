@@ -109,14 +109,10 @@ fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
     }
 }
 
-#[test]
-fn sockmap_redirects_and_leaves_nothing_behind() {
-    let _k = KERNEL.lock().unwrap_or_else(|p| p.into_inner());
-    if !root_or_skip("sockmap_redirects_and_leaves_nothing_behind") {
-        return;
-    }
+/// Runs a shipped scenario on the host and returns its outcome, which must be a pass.
+fn passed_on_host(scenario: &str) -> Value {
     let out =
-        Command::new(bin()).args(["scenario", "sockmap", "--backend", "host", "--json"]).output().unwrap();
+        Command::new(bin()).args(["scenario", scenario, "--backend", "host", "--json"]).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
         out.status.code(),
@@ -126,6 +122,16 @@ fn sockmap_redirects_and_leaves_nothing_behind() {
     );
     let v: Value = serde_json::from_slice(&out.stdout).expect("one JSON object on stdout");
     assert_eq!(v["passed"], true, "{}", v["failures"]);
+    v
+}
+
+#[test]
+fn sockmap_redirects_and_leaves_nothing_behind() {
+    let _k = KERNEL.lock().unwrap_or_else(|p| p.into_inner());
+    if !root_or_skip("sockmap_redirects_and_leaves_nothing_behind") {
+        return;
+    }
+    let v = passed_on_host("sockmap");
     let r = &v["report"]["results"];
     let get = |run: &str, key: &str| r[run][key].as_f64().unwrap_or_else(|| panic!("no {run}.{key} in {r}"));
     // All four data paths ran, in one lab.
@@ -153,19 +159,7 @@ fn conformance_shows_no_unexplained_difference_and_isolates_pods() {
     if !root_or_skip("conformance_shows_no_unexplained_difference_and_isolates_pods") {
         return;
     }
-    let out = Command::new(bin())
-        .args(["scenario", "conformance", "--backend", "host", "--json"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stderr: {stderr}\nstdout: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).expect("one JSON object on stdout");
-    assert_eq!(v["passed"], true, "{}", v["failures"]);
+    let v = passed_on_host("conformance");
     let r = &v["report"]["results"];
     let get = |run: &str, key: &str| r[run][key].as_f64().unwrap_or_else(|| panic!("no {run}.{key} in {r}"));
     let cases = workloads::conform::CASES.len() as f64;

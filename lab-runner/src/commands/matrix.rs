@@ -288,11 +288,20 @@ fn summary(report: &serde_json::Value) -> String {
                 .filter(|c| c["verdict"] == v)
                 .count()
         };
-        return format!(
+        let mut text = format!(
             "{} unexplained differences, {} known kernel bugs",
             count("differs"),
             count("kernel bug")
         );
+        let iso = &report["results"]["loopback"];
+        if let (Some(foreign), Some(redirected), Some(skipped)) =
+            (iso["foreign_bytes"].as_f64(), iso["msg_redirected"].as_f64(), iso["loopback_skipped"].as_f64())
+        {
+            text.push_str(&format!(
+                "; loopback isolation: {foreign} foreign bytes, {redirected} messages redirected, {skipped} sockets skipped"
+            ));
+        }
+        return text;
     }
     report["results"]
         .as_object()
