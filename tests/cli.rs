@@ -34,7 +34,7 @@ fn list_names_the_shipped_scenarios() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let names: Vec<_> =
         v.as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap().to_owned()).collect();
-    assert_eq!(names, ["sidecar-baseline", "sockmap"]);
+    assert_eq!(names, ["conformance", "sidecar-baseline", "sockmap"]);
 }
 
 #[test]
@@ -44,7 +44,7 @@ fn unknown_scenario_is_a_usage_error_naming_the_known_ones() {
         .assert()
         .code(2)
         .stderr(predicate::str::contains("unknown scenario \"sockmapp\""))
-        .stderr(predicate::str::contains("known: sidecar-baseline, sockmap"));
+        .stderr(predicate::str::contains("known: conformance, sidecar-baseline, sockmap"));
 }
 
 #[test]
@@ -101,6 +101,14 @@ fn scenario_file_errors_name_file_line_and_what_was_expected() {
             GOOD.replace("do = \"bench\"", "do = \"benchmark\""),
             ":10: unknown variant `benchmark`, expected one of `explain`, `bench`",
         ),
+        ("reserved", GOOD.replace("name = \"b\"", "name = \"node\""), ":6: pod name \"node\" is reserved"),
+        ("twice", GOOD.replace("name = \"b\"", "name = \"a\""), ":6: pod name \"a\" is used twice"),
+        (
+            "long",
+            GOOD.replace("name = \"b\"", "name = \"a-much-longer-name\""),
+            ":6: pod name \"a-much-longer-name\": expected 1 to 12",
+        ),
+        ("port0", GOOD.replace("port = 7000\n", "port = 0\n"), ":14: step 1: `port` must be 1-65535"),
     ];
     for (tag, text, want) in cases {
         let path = scenario_file(tag, &text);

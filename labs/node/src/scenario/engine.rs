@@ -298,8 +298,11 @@ impl Engine<'_> {
                 if let Some(want) = expect_exit
                     && *want != code
                 {
-                    self.failures
-                        .push(format!("{name}: `{}` exited {code}, expected {want}", command.join(" ")));
+                    let reason = format!("{name}: `{}` exited {code}, expected {want}", command.join(" "));
+                    self.failures.push(reason.clone());
+                    // Shown as failed on its own line, not only in the summary.
+                    self.ctx.emit(Event::StepFailed { step: label.into(), reason });
+                    return Ok(());
                 }
             }
             Step::Compute { name, metric, of, factor, unit, .. } => {

@@ -313,6 +313,12 @@ pub const CONFORM_METRICS: &[&str] = &["cases", "differences", "kernel_bugs", "m
 pub const ISOLATION_METRICS: &[&str] =
     &["bytes", "foreign_bytes", "errors", "msg_redirected", "loopback_skipped"];
 
+/// Pods a lab can hold: one address each in 10.77.0.10-10.77.0.249.
+pub const MAX_PODS: usize = 240;
+/// Longest pod name: it becomes part of namespace, cgroup and veth names (`v-<pod>` fits
+/// IFNAMSIZ).
+pub const MAX_POD_NAME: usize = 12;
+
 /// A scenario file that cannot be used: where, and what was expected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{file}:{line}: {message}")]
@@ -370,8 +376,47 @@ impl Scenario {
         Ok(sc)
     }
 
+    /// Pod names become namespace, cgroup and interface names, and each pod one address.
+    fn check_pods(&self, text: &str, file: &str) -> Result<(), SpecError> {
+        let at = |needle: &str, nth: usize| {
+            let line = text.match_indices(needle).nth(nth).map_or(1, |(i, _)| line_of(text, i));
+            move |message: String| SpecError { file: file.to_owned(), line, message }
+        };
+        if self.pods.len() > MAX_PODS {
+            let e = at("[[pods]]", MAX_PODS);
+            return Err(e(format!(
+                "{} pods: the lab's address plan (10.77.0.10-10.77.0.249) holds at most {MAX_PODS}",
+                self.pods.len()
+            )));
+        }
+        let mut seen = BTreeSet::new();
+        for p in &self.pods {
+            let quoted = format!("\"{}\"", p.name);
+            let e = at(&quoted, usize::from(seen.contains(p.name.as_str())));
+            let valid = p.name.len() <= MAX_POD_NAME
+                && p.name.starts_with(|c: char| c.is_ascii_lowercase())
+                && p.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+            if !valid {
+                return Err(e(format!(
+                    "pod name {quoted}: expected 1 to {MAX_POD_NAME} characters a-z, 0-9 or '-', starting with a letter"
+                )));
+            }
+            if p.name == crate::lab::NODE {
+                return Err(e(format!("pod name {quoted} is reserved for the node itself")));
+            }
+            if !seen.insert(p.name.as_str()) {
+                return Err(e(format!("pod name {quoted} is used twice")));
+            }
+            if p.workload.as_ref().is_some_and(|w| w.port() == 0) {
+                return Err(e(format!("pod {quoted}: workload port must be 1-65535")));
+            }
+        }
+        Ok(())
+    }
+
     /// References: pods exist, metrics name results of earlier steps.
     fn check(&self, text: &str, file: &str) -> Result<(), SpecError> {
+        self.check_pods(text, file)?;
         let pods: BTreeSet<&str> = self.pods.iter().map(|p| p.name.as_str()).collect();
         let mut results: BTreeMap<String, Vec<&str>> = BTreeMap::new();
         let mut conform_results: BTreeSet<&str> = BTreeSet::new();
@@ -410,7 +455,15 @@ impl Scenario {
                     ))),
                 }
             };
+            let port_ok = |p: u16| {
+                if p == 0 { Err(err(format!("step {}: `port` must be 1-65535", i + 1))) } else { Ok(()) }
+            };
             match step.get_ref() {
+                Step::Bench { port, round_trips: Some(0), .. } | Step::Bench { port: port @ 0, .. } => {
+                    port_ok(*port)?;
+                    return Err(err(format!("step {}: `round_trips` must be at least 1", i + 1)));
+                }
+                Step::Conform { port: 0, .. } | Step::Isolation { port: 0, .. } => port_ok(0)?,
                 Step::Bench { name, from, to, .. } => {
                     pod(from)?;
                     pod(to)?;
@@ -531,6 +584,24 @@ mod tests {
         assert!(e.starts_with("t.toml:18: step 2: metric \"sidecars.p50\": no earlier step stores a result named \"sidecars\""), "{e}");
         let e = err(&GOOD.replace("metric = \"direct.p50\"", "metric = \"direct.p42\""));
         assert!(e.contains("has no \"p42\""), "{e}");
+    }
+
+    #[test]
+    fn bad_pods_and_ports_name_file_and_line() {
+        let e = err(&GOOD.replace("name = \"b\"", "name = \"node\""));
+        assert!(e.starts_with("t.toml:") && e.contains("\"node\" is reserved"), "{e}");
+        let e = err(&GOOD.replace("name = \"b\"", "name = \"a\""));
+        assert!(e.contains("pod name \"a\" is used twice"), "{e}");
+        let e = err(&GOOD.replace("name = \"b\"", "name = \"with space\""));
+        assert!(e.contains("expected 1 to 12 characters"), "{e}");
+        let e = err(&GOOD.replace("name = \"b\"", "name = \"thirteen-char\""));
+        assert!(e.contains("expected 1 to 12 characters"), "{e}");
+        let e = err(&GOOD.replace("port = 7000\n\n[[steps]]", "port = 0\n\n[[steps]]"));
+        assert!(e.starts_with("t.toml:") && e.contains("`port` must be 1-65535"), "{e}");
+        let many: String = (0..241).map(|i| format!("[[pods]]\nname = \"p{i}\"\n")).collect();
+        let text = format!("name = \"x\"\nsummary = \"x\"\nsteps = []\n{many}");
+        let e = err(&text);
+        assert!(e.contains("241 pods") && e.contains("at most 240"), "{e}");
     }
 
     #[test]
