@@ -282,16 +282,20 @@ fn conform_cases(report: &serde_json::Value) -> Vec<(String, String)> {
 /// scenario the differences it found.
 fn summary(report: &serde_json::Value) -> String {
     if let Some(runs) = report["conform"].as_array().filter(|r| !r.is_empty()) {
-        let count = |v: &str| {
+        // Runs whose data took the redirect, and the others (proxies alone, compared for
+        // information).
+        let count = |mesh: bool, v: &str| {
             runs.iter()
+                .filter(|r| (r["mesh"]["msg_redirected"].as_u64().unwrap_or(0) > 0) == mesh)
                 .flat_map(|r| r["cases"].as_array().into_iter().flatten())
                 .filter(|c| c["verdict"] == v)
                 .count()
         };
         let mut text = format!(
-            "{} unexplained differences, {} known kernel bugs",
-            count("differs"),
-            count("kernel bug")
+            "through the mesh: {} unexplained differences, {} known kernel bugs; without it: {} differences",
+            count(true, "differs"),
+            count(true, "kernel bug"),
+            count(false, "differs")
         );
         let iso = &report["results"]["loopback"];
         if let (Some(foreign), Some(redirected), Some(skipped)) =
