@@ -27,5 +27,11 @@ step "mdbook build + test"
 mdbook build book
 mdbook test book
 step "leftovers"
-target/debug/lab-runner clean
+# Every test cleans up after itself: anything a dead lab left behind now is a leak, and fails.
+left=$(target/debug/lab-runner clean --json)
+echo "$left"
+if ! grep -q '"found":\[\]' <<<"$left"; then
+  echo "tests left lab state behind (removed now)" >&2
+  exit 1
+fi
 echo "all tests passed"
