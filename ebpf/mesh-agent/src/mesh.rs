@@ -6,7 +6,7 @@ use std::{
 use aya::{
     Ebpf,
     maps::{Array, MapData, PerCpuArray, SockHash},
-    programs::{CgroupAttachMode, SkMsg, SockOps},
+    programs::{CgroupAttachMode, CgroupSockopt, SkMsg, SockOps},
 };
 use mesh_common::{COUNTERS_MAP, Counter, SIDECAR_MAP, SOCK_STATE_MAP, SOCKETS_MAP, SockKey};
 use serde::Serialize;
@@ -32,6 +32,14 @@ impl Variant {
             Variant::NoNetns => ("mesh_redirect_nocookie", "mesh_sockops_nocookie"),
         }
     }
+
+    /// The cgroup/setsockopt program of this build.
+    pub const fn setsockopt(self) -> &'static str {
+        match self {
+            Variant::Netns => "mesh_setsockopt",
+            Variant::NoNetns => "mesh_setsockopt_nocookie",
+        }
+    }
 }
 
 fn load_sk_msg(ebpf: &mut Ebpf, name: &'static str) -> Result<(), MeshError> {
@@ -48,6 +56,7 @@ pub struct Counters {
     pub msg_passed: u64,
     pub loopback_skipped: u64,
     pub half_close_detached: u64,
+    pub rcvlowat_tcp: u64,
 }
 
 impl Counters {
@@ -59,6 +68,7 @@ impl Counters {
             Counter::MsgPassed => self.msg_passed = v,
             Counter::LoopbackSkipped => self.loopback_skipped = v,
             Counter::HalfCloseDetached => self.half_close_detached = v,
+            Counter::RcvlowatTcp => self.rcvlowat_tcp = v,
         }
     }
 
@@ -71,6 +81,7 @@ impl Counters {
             msg_passed: self.msg_passed.saturating_sub(earlier.msg_passed),
             loopback_skipped: self.loopback_skipped.saturating_sub(earlier.loopback_skipped),
             half_close_detached: self.half_close_detached.saturating_sub(earlier.half_close_detached),
+            rcvlowat_tcp: self.rcvlowat_tcp.saturating_sub(earlier.rcvlowat_tcp),
         }
     }
 }
@@ -138,6 +149,15 @@ impl Mesh {
             program(ebpf, msg_name)?.try_into().map_err(|e| MeshError::program(msg_name, e))?;
         redirect.attach(&sockets_fd).map_err(|e| MeshError::program(msg_name, e))?;
 
+        // Then the setsockopt guard, so no socket can enter the map before it is watched.
+        let sockopt_name = variant.setsockopt();
+        let sockopt: &mut CgroupSockopt =
+            program(ebpf, sockopt_name)?.try_into().map_err(|e| MeshError::program(sockopt_name, e))?;
+        sockopt.load().map_err(|e| MeshError::program(sockopt_name, e))?;
+        sockopt
+            .attach(&cgroup_dir, CgroupAttachMode::Single)
+            .map_err(|e| MeshError::program(sockopt_name, e))?;
+
         let sockops_name = variant.programs().1;
         let sockops: &mut SockOps =
             program(ebpf, sockops_name)?.try_into().map_err(|e| MeshError::program(sockops_name, e))?;
@@ -178,10 +198,11 @@ impl Mesh {
         let (msg, ops) = self.variant.programs();
         let mut lines = vec![
             format!("sk_msg: {msg} attached to the sockhash"),
+            format!("cgroup/setsockopt: {} attached to the cgroup", self.variant.setsockopt()),
             format!("sock_ops: {ops} attached to the cgroup"),
         ];
         lines.push(match self.variant {
-            Variant::Netns => "sockets keyed by network namespace cookie and 4-tuple".into(),
+            Variant::Netns => "loopback sockets keyed by network namespace cookie and 4-tuple".into(),
             Variant::NoNetns => "this kernel cannot give sock_ops/sk_msg the netns cookie (before 5.15): loopback-to-loopback connections are not redirected".into(),
         });
         lines

@@ -149,6 +149,9 @@ pub enum Counter {
     LoopbackSkipped = 4,
     /// A socket taken out of the map when it half-closed before any byte was redirected to it.
     HalfCloseDetached = 5,
+    /// A socket whose incoming bytes stay on TCP because it uses SO_RCVLOWAT (never put into
+    /// the map, or marked `NO_REDIRECT`).
+    RcvlowatTcp = 6,
 }
 
 // ANCHOR: sock_state
@@ -163,19 +166,23 @@ impl SockState {
     /// Some peer redirected bytes to this socket: its redirect queue may hold unread data, so
     /// it must never leave the map before it closes (leaving drops that queue).
     pub const RECEIVED: u32 = 2;
+    /// Nothing may be redirected to this socket (it uses SO_RCVLOWAT, which the kernel honours
+    /// only for bytes that arrive through TCP).
+    pub const NO_REDIRECT: u32 = 4;
 }
 // ANCHOR_END: sock_state
 // ANCHOR_END: counters
 
 impl Counter {
     /// Every counter, in slot order.
-    pub const ALL: [Counter; 6] = [
+    pub const ALL: [Counter; 7] = [
         Counter::SocketsInserted,
         Counter::InsertFailed,
         Counter::MsgRedirected,
         Counter::MsgPassed,
         Counter::LoopbackSkipped,
         Counter::HalfCloseDetached,
+        Counter::RcvlowatTcp,
     ];
 
     /// Stable snake_case name, used in JSON output and metrics.
@@ -187,6 +194,7 @@ impl Counter {
             Counter::MsgPassed => "msg_passed",
             Counter::LoopbackSkipped => "loopback_skipped",
             Counter::HalfCloseDetached => "half_close_detached",
+            Counter::RcvlowatTcp => "rcvlowat_tcp",
         }
     }
 }

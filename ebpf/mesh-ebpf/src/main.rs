@@ -5,6 +5,7 @@
 #![no_main]
 
 mod maps;
+mod setsockopt;
 mod sk_msg;
 mod sock_ops;
 

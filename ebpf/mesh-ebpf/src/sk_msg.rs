@@ -57,25 +57,24 @@ fn try_mesh_redirect<const NETNS: bool>(ctx: &SkMsgContext) -> Result<u32, u32> 
         return Ok(sk_action::SK_PASS);
     }
     // The peer socket is stored under this connection's key seen from the other end.
-    let mut peer = me.peer();
+    let mut target = me.peer();
     // On a hit the helper records the peer as the target and returns SK_PASS; returning SK_PASS
     // then means "deliver to the target". On a miss it returns SK_DROP and records nothing: we
     // still return SK_PASS, so the message simply goes out through TCP/IP.
-    let mut target = peer;
-    let mut ret = SOCKETS.redirect_msg(ctx, &mut peer, BPF_F_INGRESS.into());
+    let mut ret = redirect(ctx, &mut target);
     // With sidecars the loopback hop between an application and its proxy does not mirror
     // (iptables rewrote the destination): try both ways across it.
     let port = sidecar_port();
     if ret != sk_action::SK_PASS.into() && port != 0 {
         // proxy -> app: our peer is filed as an alias of the application's real key.
         // SAFETY: a plain lookup; the value is copied out at once.
-        if let Some(real) = unsafe { SIDECAR_ALIASES.get(&peer) } {
+        if let Some(real) = unsafe { SIDECAR_ALIASES.get(&me.peer()) } {
             target = *real;
-            ret = SOCKETS.redirect_msg(ctx, &mut target, BPF_F_INGRESS.into());
+            ret = redirect(ctx, &mut target);
         } else if family == AF_INET {
             // app -> proxy: the proxy accepted the REDIRECTed connection on 127.0.0.1:<port>.
-            target = peer.peer().sidecar_alias(port).peer();
-            ret = SOCKETS.redirect_msg(ctx, &mut target, BPF_F_INGRESS.into());
+            target = me.sidecar_alias(port).peer();
+            ret = redirect(ctx, &mut target);
         }
     }
     if ret == sk_action::SK_PASS.into() {
@@ -90,6 +89,16 @@ fn try_mesh_redirect<const NETNS: bool>(ctx: &SkMsgContext) -> Result<u32, u32> 
     Ok(sk_action::SK_PASS)
 }
 // ANCHOR_END: body
+
+/// Redirects to `target` unless it asked to receive through TCP only (`NO_REDIRECT`): then the
+/// result is a miss, as if the target were not in the map.
+#[inline(always)]
+fn redirect(ctx: &SkMsgContext, target: &mut SockKey) -> i64 {
+    if sock_state(target) & SockState::NO_REDIRECT != 0 {
+        return sk_action::SK_DROP.into();
+    }
+    SOCKETS.redirect_msg(ctx, target, BPF_F_INGRESS.into())
+}
 
 /// The connection as the sending socket sees it, built exactly like sock_ops builds its keys.
 /// The verifier only accepts 4-byte loads of these fields: each is a volatile u32 read, which

@@ -21,13 +21,16 @@ use aya_ebpf::{
         BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_TCP_CLOSE, BPF_TCP_ESTABLISHED,
         BPF_TCP_FIN_WAIT1,
     },
-    helpers::bpf_get_netns_cookie,
+    helpers::{bpf_get_netns_cookie, bpf_getsockopt},
     macros::sock_ops,
     programs::SockOpsContext,
 };
 use mesh_common::{AF_INET, AF_INET6, Counter, SockKey, SockState};
 
 use crate::maps::{SIDECAR_ALIASES, SOCK_STATE, SOCKETS, bump, remove_socket, sidecar_port, sock_state};
+
+const SOL_SOCKET: i32 = 1;
+const SO_RCVLOWAT: i32 = 18;
 
 // ANCHOR: entry
 #[sock_ops]
@@ -71,6 +74,16 @@ fn insert<const NETNS: bool>(ctx: &SockOpsContext, op: u32, mut key: SockKey) ->
         // Without the netns cookie, 127.0.0.1:a -> 127.0.0.1:b in one pod has the same key as
         // in every other pod: redirecting it could hand one pod's bytes to another.
         bump(Counter::LoopbackSkipped);
+        return Ok(());
+    }
+    // A socket with SO_RCVLOWAT (set before connect(), or inherited from its listener) would
+    // see it ignored for redirected bytes. Kernels before 6.1 cannot answer SOL_SOCKET here
+    // (the call fails); there setsockopt.rs still catches the option set after connect().
+    let mut lowat: i32 = 0;
+    // SAFETY: ctx.ops is the live context; lowat is a live i32 of the size passed.
+    let got = unsafe { bpf_getsockopt(ctx.ops.cast(), SOL_SOCKET, SO_RCVLOWAT, (&raw mut lowat).cast(), 4) };
+    if got == 0 && lowat > 1 {
+        bump(Counter::RcvlowatTcp);
         return Ok(());
     }
     // SAFETY: ctx.ops is the live bpf_sock_ops the kernel handed us.

@@ -114,6 +114,7 @@ pub const CASES: &[&str] = &[
     "peek",
     "waitall",
     "rcvlowat",
+    "rcvlowat-before-connect",
     "rcvtimeo",
     "epoll",
     "concurrent-100",
@@ -265,6 +266,51 @@ fn setsockopt<T>(fd: RawFd, level: i32, name: i32, value: &T) -> io::Result<()> 
         libc::setsockopt(fd, level, name, (value as *const T).cast(), size_of::<T>() as libc::socklen_t)
     };
     if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// A TCP connection whose socket `before` may configure before connect().
+fn connect_with(addr: SocketAddr, before: impl FnOnce(RawFd) -> io::Result<()>) -> io::Result<TcpStream> {
+    let family = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    // SAFETY: socket() returns a new fd or -1; the fd is owned by the TcpStream from here on.
+    let s = unsafe {
+        let fd = libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        TcpStream::from_raw_fd(fd)
+    };
+    before(s.as_raw_fd())?;
+    let (storage, len) = sockaddr(addr);
+    // SAFETY: storage holds a sockaddr of length len for this family.
+    if unsafe { libc::connect(s.as_raw_fd(), (&raw const storage).cast(), len) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(s)
+}
+
+fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: an all-zero sockaddr_storage is valid; the arms write a sockaddr of their family
+    // into it, which it is large and aligned enough to hold.
+    unsafe {
+        let mut storage: libc::sockaddr_storage = std::mem::zeroed();
+        let len = match addr {
+            SocketAddr::V4(a) => {
+                let sin = (&raw mut storage).cast::<libc::sockaddr_in>();
+                (*sin).sin_family = libc::AF_INET as libc::sa_family_t;
+                (*sin).sin_port = a.port().to_be();
+                (*sin).sin_addr = libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) };
+                size_of::<libc::sockaddr_in>()
+            }
+            SocketAddr::V6(a) => {
+                let sin6 = (&raw mut storage).cast::<libc::sockaddr_in6>();
+                (*sin6).sin6_family = libc::AF_INET6 as libc::sa_family_t;
+                (*sin6).sin6_port = a.port().to_be();
+                (*sin6).sin6_addr = libc::in6_addr { s6_addr: a.ip().octets() };
+                size_of::<libc::sockaddr_in6>()
+            }
+        };
+        (storage, len as libc::socklen_t)
+    }
 }
 
 fn cvt(r: isize) -> io::Result<usize> {
@@ -530,9 +576,19 @@ fn run_case(name: &str, args: &ClientArgs, case: u32, token: u64) -> Vec<String>
                 out.push(format!("recv(10000, MSG_WAITALL) returned {n}"));
                 out.push(format!("in all {}", read_rest(&mut s, &buf[..n])?));
             }
-            "rcvlowat" => {
-                let mut s = open(addr, case, token, &[])?;
-                setsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVLOWAT, &4000i32).op("setsockopt")?;
+            "rcvlowat" | "rcvlowat-before-connect" => {
+                // The option is set before the first byte: after connect() (the usual place),
+                // or on the socket before connect().
+                let set = |fd: RawFd| setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVLOWAT, &4000i32);
+                let mut s = if name == "rcvlowat" {
+                    let s = TcpStream::connect(addr).op("connect")?;
+                    set(s.as_raw_fd()).op("setsockopt")?;
+                    s
+                } else {
+                    connect_with(addr, set).op("connect")?
+                };
+                s.set_nodelay(true).op("setsockopt")?;
+                s.write_all(&header(case, token)).op("write")?;
                 let mut buf = vec![0u8; 8192];
                 let n = recv(&s, &mut buf, 0).op("recv")?;
                 // How much above 4000 the first read returns depends on timing; only the low
@@ -863,7 +919,7 @@ fn serve_case(name: &str, mut s: TcpStream, out: &mut Vec<String>) -> Step<()> {
             s.write_all(got.as_bytes()).op("write")?;
         }
         "peek" => s.write_all(b"hello, world").op("write")?,
-        "waitall" | "rcvlowat" => {
+        "waitall" | "rcvlowat" | "rcvlowat-before-connect" => {
             let n = if name == "waitall" { 1000 } else { 500 };
             for i in 0..10 {
                 s.write_all(&pattern(i, n)).op("write")?;
