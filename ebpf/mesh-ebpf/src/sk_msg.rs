@@ -22,7 +22,7 @@ use aya_ebpf::{
 };
 use mesh_common::{AF_INET, AF_INET6, Counter, SockKey, SockState};
 
-use crate::maps::{SIDECAR_ALIASES, SOCKETS, bump, set_sock_state, sidecar_port, sock_state};
+use crate::maps::{SIDECAR_ALIASES, SOCK_STATE, SOCKETS, bump, set_sock_state, sidecar_port, sock_state};
 
 // ANCHOR: entry
 #[sk_msg]
@@ -57,30 +57,21 @@ fn try_mesh_redirect<const NETNS: bool>(ctx: &SkMsgContext) -> Result<u32, u32> 
         return Ok(sk_action::SK_PASS);
     }
     // The peer socket is stored under this connection's key seen from the other end.
-    let mut target = me.peer();
-    // On a hit the helper records the peer as the target and returns SK_PASS; returning SK_PASS
-    // then means "deliver to the target". On a miss it returns SK_DROP and records nothing: we
-    // still return SK_PASS, so the message simply goes out through TCP/IP.
-    let mut ret = redirect(ctx, &mut target);
+    let mut redirected = redirect(ctx, &mut me.peer());
     // With sidecars the loopback hop between an application and its proxy does not mirror
     // (iptables rewrote the destination): try both ways across it.
     let port = sidecar_port();
-    if ret != sk_action::SK_PASS.into() && port != 0 {
+    if !redirected && port != 0 {
         // proxy -> app: our peer is filed as an alias of the application's real key.
         // SAFETY: a plain lookup; the value is copied out at once.
         if let Some(real) = unsafe { SIDECAR_ALIASES.get(&me.peer()) } {
-            target = *real;
-            ret = redirect(ctx, &mut target);
+            redirected = redirect(ctx, &mut { *real });
         } else if family == AF_INET {
             // app -> proxy: the proxy accepted the REDIRECTed connection on 127.0.0.1:<port>.
-            target = me.sidecar_alias(port).peer();
-            ret = redirect(ctx, &mut target);
+            redirected = redirect(ctx, &mut me.sidecar_alias(port).peer());
         }
     }
-    if ret == sk_action::SK_PASS.into() {
-        // The target's redirect queue may now hold bytes it has not read: it must stay in the
-        // map until it closes (see sock_ops.rs).
-        set_sock_state(&target, SockState::RECEIVED);
+    if redirected {
         bump(Counter::MsgRedirected);
     } else {
         set_sock_state(&me, SockState::PASSED);
@@ -90,14 +81,31 @@ fn try_mesh_redirect<const NETNS: bool>(ctx: &SkMsgContext) -> Result<u32, u32> 
 }
 // ANCHOR_END: body
 
-/// Redirects to `target` unless it asked to receive through TCP only (`NO_REDIRECT`): then the
-/// result is a miss, as if the target were not in the map.
+/// Redirects the message to `target`, unless it asked to receive through TCP only
+/// (`NO_REDIRECT`), which counts as a miss. On a hit the helper records the target and returns
+/// SK_PASS (the program's SK_PASS then means "deliver there") and the target is marked
+/// `RECEIVED`: its redirect queue may now hold bytes it has not read, so it must stay in the map
+/// until it closes (see sock_ops.rs). On a miss the helper records nothing and the message takes
+/// TCP/IP. One lookup of the target's state either way.
 #[inline(always)]
-fn redirect(ctx: &SkMsgContext, target: &mut SockKey) -> i64 {
-    if sock_state(target) & SockState::NO_REDIRECT != 0 {
-        return sk_action::SK_DROP.into();
+fn redirect(ctx: &SkMsgContext, target: &mut SockKey) -> bool {
+    let state = SOCK_STATE.get_ptr_mut(&*target);
+    // SAFETY: a live map value; racing writers only ever add bits.
+    let bits = state.map_or(0, |p| unsafe { *p });
+    if bits & SockState::NO_REDIRECT != 0
+        || SOCKETS.redirect_msg(ctx, &mut *target, BPF_F_INGRESS.into()) != sk_action::SK_PASS.into()
+    {
+        return false;
     }
-    SOCKETS.redirect_msg(ctx, target, BPF_F_INGRESS.into())
+    match state {
+        // SAFETY: as above.
+        Some(p) if bits & SockState::RECEIVED == 0 => unsafe { *p |= SockState::RECEIVED },
+        Some(_) => {}
+        None => {
+            let _ = SOCK_STATE.insert(&*target, &SockState::RECEIVED, 0);
+        }
+    }
+    true
 }
 
 /// The connection as the sending socket sees it, built exactly like sock_ops builds its keys.
