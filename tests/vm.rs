@@ -174,22 +174,22 @@ fn up_exec_down_as_an_unprivileged_user() {
     assert_eq!(env.state_dirs(), Vec::<String>::new(), "no state left");
 }
 
-#[test]
-fn sockmap_passes_inside_the_vm() {
-    let Some((_vm, env)) = start("sockmap_passes_inside_the_vm", "sockmap") else { return };
-    let results = env.root.join("results");
-    let out = env.run(
-        &[
-            &["scenario", "sockmap"][..],
-            &ON_61,
-            &["--json", "--round-trips", "5000", "--results", results.to_str().unwrap()],
-        ]
-        .concat(),
-    );
+/// Runs a shipped scenario in a VM on 6.1 booted for the run; returns its outcome, which must be
+/// a pass on that kernel.
+fn passed_on_61(env: &Env, scenario: &str, extra: &[&str]) -> Value {
+    let out = env.run(&[&["scenario", scenario][..], &ON_61, &["--json"], extra].concat());
     assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["passed"], true, "{}", v["failures"]);
     assert!(v["kernel"].as_str().unwrap().starts_with("6.1.0"), "ran on {}", v["kernel"]);
+    v
+}
+
+#[test]
+fn sockmap_passes_inside_the_vm() {
+    let Some((_vm, env)) = start("sockmap_passes_inside_the_vm", "sockmap") else { return };
+    let results = env.root.join("results");
+    let v = passed_on_61(&env, "sockmap", &["--round-trips", "5000", "--results", results.to_str().unwrap()]);
     let r = &v["report"]["results"];
     let get = |run: &str, key: &str| r[run][key].as_f64().unwrap_or_else(|| panic!("no {run}.{key}"));
     assert!(get("sockmap", "msg_redirected") >= 10_000.0);
@@ -207,12 +207,7 @@ fn sockmap_passes_inside_the_vm() {
 fn conformance_passes_inside_the_vm() {
     let Some((_vm, env)) = start("conformance_passes_inside_the_vm", "conformance") else { return };
     // 1,000 short-lived connections per run instead of 10,000: under TCG each costs milliseconds.
-    let out =
-        env.run(&[&["scenario", "conformance"][..], &ON_61, &["--json", "--short-lived", "1000"]].concat());
-    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["passed"], true, "{}", v["failures"]);
-    assert!(v["kernel"].as_str().unwrap().starts_with("6.1.0"), "ran on {}", v["kernel"]);
+    let v = passed_on_61(&env, "conformance", &["--short-lived", "1000"]);
     let r = &v["report"]["results"];
     let get = |run: &str, key: &str| r[run][key].as_f64().unwrap_or_else(|| panic!("no {run}.{key}"));
     assert_eq!(get("sockmap", "differences"), 0.0);
@@ -224,6 +219,7 @@ fn conformance_passes_inside_the_vm() {
     assert!(get("loopback", "msg_redirected") > 0.0);
     assert_eq!(get("loopback", "loopback_skipped"), 0.0);
     assert_eq!(qemus_under(&env.root), Vec::<i32>::new());
+    assert_eq!(env.state_dirs(), Vec::<String>::new());
 }
 
 #[test]
