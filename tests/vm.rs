@@ -189,10 +189,17 @@ fn passed_on_61(env: &Env, scenario: &str, extra: &[&str]) -> Value {
 fn sockmap_passes_inside_the_vm() {
     let Some((_vm, env)) = start("sockmap_passes_inside_the_vm", "sockmap") else { return };
     let results = env.root.join("results");
-    let v = passed_on_61(&env, "sockmap", &["--round-trips", "5000", "--results", results.to_str().unwrap()]);
+    let v = passed_on_61(
+        &env,
+        "sockmap",
+        &["--repetitions", "2", "--round-trips", "1000", "--results", results.to_str().unwrap()],
+    );
     let r = &v["report"]["results"];
     let get = |run: &str, key: &str| r[run][key].as_f64().unwrap_or_else(|| panic!("no {run}.{key}"));
-    assert!(get("sockmap", "msg_redirected") >= 10_000.0);
+    assert!(get("sockmap", "msg_redirected") >= 4_000.0);
+    for run in ["direct", "sidecars", "sidecars+sockmap", "sockmap"] {
+        assert!(get(run, "mb_s") > 0.0 && get(run, "conn_s") > 0.0, "{run}");
+    }
     // Sidecars ran in the guest too (iptables-nft and its modules are in the image).
     assert_eq!(get("sidecars", "proxies"), 2.0);
     assert!(get("sidecars+sockmap", "msg_redirected") > 0.0);
@@ -236,7 +243,7 @@ fn a_vm_killed_mid_scenario_is_reported_and_cleaned_up() {
         .unwrap();
     let stdout = BufReader::new(child.stdout.take().unwrap());
     for line in stdout.lines().map_while(Result::ok) {
-        if line.contains("== 1. direct") {
+        if line.contains("== direct") {
             break;
         }
     }
@@ -307,7 +314,9 @@ fn matrix_writes_the_table_with_boot_times() {
         "--accel",
         "tcg",
         "--round-trips",
-        "2000",
+        "1000",
+        "--repetitions",
+        "2",
         "--out",
         out_dir.to_str().unwrap(),
     ]);

@@ -108,15 +108,8 @@ pub struct ScenarioArgs {
     pub backend: Backend,
     #[command(flatten)]
     pub vm: VmArgs,
-    /// Measured round trips per latency run.
-    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
-    pub round_trips: u64,
-    /// Request and response size in bytes.
-    #[arg(long, default_value_t = 64, value_parser = parse_size)]
-    pub size: usize,
-    /// Connections in the conformance suite's `short-lived` case (where a step does not set it).
-    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
-    pub short_lived: u32,
+    #[command(flatten)]
+    pub run: RunArgs,
     /// Print the outcome as one JSON object on stdout instead of the step-by-step view.
     #[arg(long)]
     pub json: bool,
@@ -169,12 +162,40 @@ pub struct MatrixArgs {
     pub accel: AccelArg,
     #[arg(long, env = "SIDECARLESS_GUEST_BIN")]
     pub guest_bin: Option<PathBuf>,
-    /// Measured round trips per latency run.
-    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// How scenarios measure (shared by `scenario` and `matrix`).
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Measured round trips per latency run (per repetition).
+    #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub round_trips: u64,
+    /// Repetitions of each bench step; its data paths take turns in every repetition.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub repetitions: u32,
+    /// Pin benchmark clients to the first CPU and servers to the last (recorded in the report).
+    #[arg(long)]
+    pub pin: bool,
+    /// Request and response size in bytes for the latency measure.
+    #[arg(long, default_value_t = 64, value_parser = parse_size)]
+    pub size: usize,
     /// Connections in the conformance suite's `short-lived` case (where a step does not set it).
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub short_lived: u32,
+}
+
+impl RunArgs {
+    pub fn options(&self) -> lab_node::scenario::Options {
+        lab_node::scenario::Options {
+            round_trips: self.round_trips,
+            repetitions: self.repetitions,
+            pin: self.pin,
+            size: self.size,
+            short_lived: self.short_lived,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]

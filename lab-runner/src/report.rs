@@ -24,11 +24,27 @@ pub fn write(results: &Path, outcome: &Outcome, backend: &str) -> std::io::Resul
 
 /// The Markdown report.
 pub fn markdown(outcome: &Outcome, when: &str, backend: &str, svg: &str) -> String {
-    let computed: Vec<(String, f64)> = outcome.report["results"]
+    let stats = &outcome.report["stats"];
+    let computed: Vec<(String, String)> = outcome.report["results"]
         .as_object()
         .into_iter()
         .flatten()
-        .filter_map(|(name, keys)| Some((name.clone(), keys.get("value")?.as_f64()?)))
+        .filter_map(|(name, keys)| {
+            let v = keys.get("value")?.as_f64()?;
+            let s = &stats[format!("{name}.value")];
+            let text = match (s["lo"].as_f64(), s["hi"].as_f64(), s["confidence"].as_f64()) {
+                (Some(lo), Some(hi), Some(c)) => format!(
+                    "{} [{}, {}] ({:.0} % interval, n = {})",
+                    sig3(v),
+                    sig3(lo),
+                    sig3(hi),
+                    100.0 * c,
+                    s["n"]
+                ),
+                _ => sig3(v),
+            };
+            Some((name.clone(), text))
+        })
         .collect();
     let mut ctx = tera::Context::new();
     ctx.insert("outcome", outcome);
@@ -36,11 +52,73 @@ pub fn markdown(outcome: &Outcome, when: &str, backend: &str, svg: &str) -> Stri
     ctx.insert("backend", backend);
     ctx.insert("svg", svg);
     ctx.insert("computed", &computed);
+    let (fig_columns, fig_rows) = figures_table(&outcome.report);
+    ctx.insert("fig_columns", &fig_columns);
+    ctx.insert("fig_rows", &fig_rows);
     let (columns, rows) = conformance_table(&outcome.report);
     ctx.insert("conform_columns", &columns);
     ctx.insert("conform_rows", &rows);
     tera::Tera::one_off(TEMPLATE, &ctx, false)
         .unwrap_or_else(|e| format!("report template failed: {}", lab_node::error::chain(&e)))
+}
+
+/// Figures of bench steps, one row per data path: `median (IQR q1-q3)`, or the total for
+/// counted events.
+const FIGURES: [(&str, &str); 10] = [
+    ("p50", "p50 µs"),
+    ("p99", "p99 µs"),
+    ("p50_4k", "p50 4 KiB µs"),
+    ("p50_64k", "p50 64 KiB µs"),
+    ("mb_s", "1 stream MB/s"),
+    ("mb_s_4", "4 streams MB/s"),
+    ("cpu_s_per_gb", "CPU s per GB"),
+    ("conn_s", "connections/s"),
+    ("write_errors", "write errors, 1 stream"),
+    ("write_errors_4", "write errors, 4 streams"),
+];
+
+fn figures_table(report: &Value) -> (Vec<String>, Vec<(String, Vec<String>)>) {
+    let stats = &report["stats"];
+    let results = report["results"].as_object().cloned().unwrap_or_default();
+    let mut paths: Vec<String> = Vec::new();
+    for key in stats.as_object().into_iter().flat_map(|m| m.keys()) {
+        if let Some((path, _)) = key.rsplit_once('.')
+            && results.get(path).is_some_and(|r| r.get("value").is_none())
+            && !paths.iter().any(|p| p == path)
+        {
+            paths.push(path.to_owned());
+        }
+    }
+    let used: Vec<(&str, &str)> = FIGURES
+        .into_iter()
+        .filter(|(k, _)| paths.iter().any(|p| results[p.as_str()].get(*k).is_some()))
+        .collect();
+    let rows = paths
+        .iter()
+        .map(|p| {
+            let cells = used
+                .iter()
+                .map(|(k, _)| {
+                    let s = &stats[&format!("{p}.{k}")];
+                    match (s["median"].as_f64(), s["q1"].as_f64(), s["q3"].as_f64()) {
+                        (Some(m), Some(a), Some(b)) => format!("{} ({}-{})", sig3(m), sig3(a), sig3(b)),
+                        _ => results[p.as_str()].get(*k).and_then(Value::as_f64).map_or(String::new(), sig3),
+                    }
+                })
+                .collect();
+            (p.clone(), cells)
+        })
+        .collect();
+    (used.into_iter().map(|(_, h)| h.to_owned()).collect(), rows)
+}
+
+/// Three significant digits (no more than whole units for large figures).
+fn sig3(v: f64) -> String {
+    if v == 0.0 || !v.is_finite() {
+        return format!("{v}");
+    }
+    let digits = (2 - v.abs().log10().floor() as i32).max(0) as usize;
+    format!("{v:.digits$}")
 }
 
 /// The conformance runs as a table: one column per run and family, one row per case.
@@ -186,6 +264,27 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn figures_table_shows_medians_with_their_iqr_and_totals() {
+        let report = serde_json::json!({
+            "results": {
+                "direct": { "p50": 52.4, "write_errors_4": 0.0 },
+                "sockmap": { "p50": 39.6, "write_errors_4": 3.0 },
+                "ratio": { "value": 0.75 },
+            },
+            "stats": {
+                "direct.p50": { "median": 52.4, "q1": 49.2, "q3": 58.9 },
+                "sockmap.p50": { "median": 39.6, "q1": 38.0, "q3": 41.0 },
+                "ratio.value": { "median": 0.75, "q1": 0.7, "q3": 0.8 },
+            },
+        });
+        let (columns, rows) = figures_table(&report);
+        assert_eq!(columns, ["p50 µs", "write errors, 4 streams"]);
+        assert_eq!(rows[0], ("direct".to_owned(), vec!["52.4 (49.2-58.9)".to_owned(), "0".to_owned()]));
+        assert_eq!(rows[1].1[1], "3.00");
+        assert_eq!(rows.len(), 2, "derived figures are not paths");
+    }
 
     #[test]
     fn dates() {

@@ -84,6 +84,19 @@ impl Counters {
             rcvlowat_tcp: self.rcvlowat_tcp.saturating_sub(earlier.rcvlowat_tcp),
         }
     }
+
+    /// Both together (totals over several runs).
+    pub fn plus(&self, other: &Counters) -> Counters {
+        Counters {
+            sockets_inserted: self.sockets_inserted + other.sockets_inserted,
+            insert_failed: self.insert_failed + other.insert_failed,
+            msg_redirected: self.msg_redirected + other.msg_redirected,
+            msg_passed: self.msg_passed + other.msg_passed,
+            loopback_skipped: self.loopback_skipped + other.loopback_skipped,
+            half_close_detached: self.half_close_detached + other.half_close_detached,
+            rcvlowat_tcp: self.rcvlowat_tcp + other.rcvlowat_tcp,
+        }
+    }
 }
 
 /// The running mesh. Dropping it detaches the programs and removes the pins; [`Mesh::stop`] does

@@ -3,7 +3,7 @@
 //! time per kernel (median of `--boots` boots).
 use std::fs;
 
-use lab_node::scenario::{self, Options, Outcome};
+use lab_node::scenario::{self, Outcome};
 use lab_vm::{
     VmError,
     catalog::Catalog,
@@ -183,11 +183,7 @@ fn kernel_row(
         if i == 0 {
             for s in scenarios {
                 let mut quiet = ui::View::new(true, false);
-                let options = Options {
-                    round_trips: args.round_trips,
-                    short_lived: args.short_lived,
-                    ..Options::default()
-                };
+                let options = args.run.options();
                 let outcome = run_on(&mut m, s, options, cancel, false, &mut quiet);
                 let cases = outcome.as_ref().map(|o| conform_cases(&o.report)).unwrap_or_default();
                 let cell = match outcome {

@@ -40,7 +40,7 @@ pub fn run(args: ScenarioArgs) -> i32 {
         Ok(l) => l,
         Err(code) => return code,
     };
-    let options = Options { round_trips: args.round_trips, size: args.size, short_lived: args.short_lived };
+    let options = args.run.options();
     let (result, backend) = match args.backend {
         Backend::Host => (on_host(&args, &loaded, options), "host"),
         Backend::Qemu => (in_vm(&args, &loaded, options), "qemu"),

@@ -1,20 +1,27 @@
 //! What lab pods run. Each workload is a subcommand of [`Workload`], so the same code runs as the
 //! standalone `workload` binary, inside `lab-runner` (re-executed into a pod), or in a VM.
 pub mod conform;
+pub mod connect_rate;
+pub mod cpu;
 pub mod echo;
 pub mod isolation;
 pub mod proxy;
 pub mod rr;
+pub mod stream;
 
 use clap::Subcommand;
 
 /// A workload and its arguments.
 #[derive(Debug, Clone, Subcommand)]
 pub enum Workload {
-    /// Request/response server: reads fixed-size requests, answers fixed-size responses.
+    /// Benchmark server: ping-pong at the size each connection's hello asks for, or a sink.
     RrServer(rr::ServerArgs),
     /// Request/response latency client: ping-pong over TCP, HDR histogram of round trips.
     Rr(rr::ClientArgs),
+    /// Bulk throughput client: streams into `rr-server` for a fixed time.
+    Stream(stream::Args),
+    /// Connection-rate client: connect + request + response + close, one after another.
+    ConnectRate(connect_rate::Args),
     /// Byte-stream echo server.
     Echo(echo::Args),
     /// TCP conformance server: the server side of every `conform` case.
@@ -41,6 +48,8 @@ impl Workload {
                 }
                 Ok(())
             }
+            Workload::Stream(a) => print_report(&stream::run(&a)?, a.json),
+            Workload::ConnectRate(a) => print_report(&connect_rate::run(&a)?, a.json),
             Workload::Echo(a) => echo::serve(&a),
             Workload::ConformServer(a) => conform::serve(&a),
             Workload::LoopbackIsolation(a) => {
@@ -68,4 +77,14 @@ impl Workload {
             Workload::Proxy(a) => proxy::serve(&a),
         }
     }
+}
+
+/// Prints a report as one JSON object, or as pretty JSON for a person.
+fn print_report<T: serde::Serialize>(report: &T, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(report)?);
+    } else {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    }
+    Ok(())
 }

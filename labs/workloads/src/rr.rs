@@ -20,12 +20,6 @@ pub struct ServerArgs {
     /// Address to listen on (`[::]` accepts IPv4 and IPv6).
     #[arg(long, default_value = "[::]:7000")]
     pub listen: SocketAddr,
-    /// Bytes in each request.
-    #[arg(long, default_value_t = DEFAULT_SIZE)]
-    pub request_size: usize,
-    /// Bytes in each response.
-    #[arg(long, default_value_t = DEFAULT_SIZE)]
-    pub response_size: usize,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -112,27 +106,98 @@ impl fmt::Display for RrReport {
     }
 }
 
-/// Serves rr clients until killed: each connection gets a thread that answers every
-/// `request_size`-byte request with a `response_size`-byte response.
+// ANCHOR: hello
+/// The first 12 bytes of every connection to `rr-server`: what the client wants. One server
+/// then serves every benchmark: ping-pong at any size, bulk streams, connection setup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hello {
+    /// Answer every `request`-byte request with a `response`-byte response, until EOF.
+    PingPong { request: u32, response: u32 },
+    /// Read until EOF, then answer the number of bytes read (u64, little-endian) and close.
+    Sink,
+}
+// ANCHOR_END: hello
+
+const HELLO_LEN: usize = 12;
+
+impl Hello {
+    pub fn encode(self) -> [u8; HELLO_LEN] {
+        let (mode, a, b) = match self {
+            Hello::PingPong { request, response } => (b'p', request, response),
+            Hello::Sink => (b's', 0, 0),
+        };
+        let mut out = [0u8; HELLO_LEN];
+        out[..3].copy_from_slice(b"RR1");
+        out[3] = mode;
+        out[4..8].copy_from_slice(&a.to_le_bytes());
+        out[8..].copy_from_slice(&b.to_le_bytes());
+        out
+    }
+
+    pub fn decode(b: &[u8; HELLO_LEN]) -> io::Result<Hello> {
+        let word = |at: usize| u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"));
+        match (&b[..3], b[3]) {
+            (b"RR1", b'p') if word(4) > 0 && word(8) > 0 => {
+                Ok(Hello::PingPong { request: word(4), response: word(8) })
+            }
+            (b"RR1", b's') => Ok(Hello::Sink),
+            _ => Err(io::Error::new(io::ErrorKind::InvalidData, format!("not an rr hello: {b:?}"))),
+        }
+    }
+}
+
+/// Serves rr clients until killed: each connection gets a thread that does what its hello asks.
 pub fn serve(args: &ServerArgs) -> anyhow::Result<()> {
     let listener = TcpListener::bind(args.listen).with_context(|| format!("bind {}", args.listen))?;
     for conn in listener.incoming() {
         let conn = conn.context("accept")?;
-        let (req, resp) = (args.request_size, args.response_size);
-        thread::spawn(move || answer(conn, req, resp));
+        thread::spawn(move || answer(conn));
     }
     Ok(())
 }
 
-fn answer(mut conn: TcpStream, request_size: usize, response_size: usize) -> io::Result<()> {
+fn answer(mut conn: TcpStream) -> io::Result<()> {
     conn.set_nodelay(true)?;
-    let mut request = vec![0u8; request_size];
-    let response = vec![b'r'; response_size];
+    let mut hello = [0u8; HELLO_LEN];
+    conn.read_exact(&mut hello)?;
+    match Hello::decode(&hello)? {
+        Hello::PingPong { request, response } => {
+            let mut request = vec![0u8; request as usize];
+            let response = vec![b'r'; response as usize];
+            loop {
+                match conn.read_exact(&mut request) {
+                    Ok(()) => conn.write_all(&response)?,
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Hello::Sink => {
+            let mut buf = vec![0u8; 256 * 1024];
+            let mut total = 0u64;
+            loop {
+                match conn.read(&mut buf)? {
+                    0 => break,
+                    n => total += n as u64,
+                }
+            }
+            conn.write_all(&total.to_le_bytes())
+        }
+    }
+}
+
+/// Connects, retrying while the server starts, and sends the hello.
+pub fn connect(to: SocketAddr, hello: Hello, nodelay: bool, timeout: Duration) -> anyhow::Result<TcpStream> {
+    let deadline = Instant::now() + timeout;
     loop {
-        match conn.read_exact(&mut request) {
-            Ok(()) => conn.write_all(&response)?,
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
-            Err(e) => return Err(e),
+        match TcpStream::connect(to) {
+            Ok(mut s) => {
+                s.set_nodelay(nodelay)?;
+                s.write_all(&hello.encode()).with_context(|| format!("hello to {to}"))?;
+                return Ok(s);
+            }
+            Err(_) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+            Err(e) => return Err(e).with_context(|| format!("connect {to}")),
         }
     }
 }
@@ -144,7 +209,7 @@ pub fn run_client(args: &ClientArgs) -> anyhow::Result<RrReport> {
     }
     let per_conn = args.round_trips / u64::from(args.connections);
     // Connect everything first, so the measured phase is only round trips.
-    let conns = (0..args.connections).map(|_| connect(args)).collect::<anyhow::Result<Vec<_>>>()?;
+    let conns = (0..args.connections).map(|_| connect_client(args)).collect::<anyhow::Result<Vec<_>>>()?;
     let start = Instant::now();
     let workers: Vec<_> = conns
         .into_iter()
@@ -162,20 +227,16 @@ pub fn run_client(args: &ClientArgs) -> anyhow::Result<RrReport> {
     Ok(report(args, &hist, elapsed))
 }
 
-fn connect(args: &ClientArgs) -> anyhow::Result<TcpStream> {
-    let deadline = Instant::now() + Duration::from_millis(args.connect_timeout_ms);
-    loop {
-        match TcpStream::connect(args.connect) {
-            Ok(s) => {
-                s.set_nodelay(!args.no_nodelay)?;
-                return Ok(s);
-            }
-            Err(e) if Instant::now() < deadline => {
-                let _ = e;
-                thread::sleep(Duration::from_millis(20));
-            }
-            Err(e) => return Err(e).with_context(|| format!("connect {}", args.connect)),
-        }
+fn connect_client(args: &ClientArgs) -> anyhow::Result<TcpStream> {
+    let hello =
+        Hello::PingPong { request: size32(args.request_size)?, response: size32(args.response_size)? };
+    connect(args.connect, hello, !args.no_nodelay, Duration::from_millis(args.connect_timeout_ms))
+}
+
+fn size32(n: usize) -> anyhow::Result<u32> {
+    match u32::try_from(n) {
+        Ok(v) if v > 0 => Ok(v),
+        _ => bail!("message size must be 1 .. 4 GiB, got {n}"),
     }
 }
 
@@ -196,9 +257,23 @@ fn ping_pong(mut conn: TcpStream, args: &ClientArgs, measured: u64) -> anyhow::R
 }
 // ANCHOR_END: ping_pong
 
-fn new_histogram() -> Histogram<u64> {
+pub fn new_histogram() -> Histogram<u64> {
     // 1 ns .. 60 s at 3 significant digits.
     Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid histogram bounds")
+}
+
+/// Percentiles of a histogram of nanoseconds, in microseconds.
+pub fn latency(h: &Histogram<u64>) -> Latency {
+    let us = |ns: u64| ns as f64 / 1000.0;
+    Latency {
+        min: us(h.min()),
+        p50: us(h.value_at_quantile(0.50)),
+        p90: us(h.value_at_quantile(0.90)),
+        p99: us(h.value_at_quantile(0.99)),
+        p999: us(h.value_at_quantile(0.999)),
+        max: us(h.max()),
+        mean: h.mean() / 1000.0,
+    }
 }
 
 fn report(args: &ClientArgs, h: &Histogram<u64>, elapsed_s: f64) -> RrReport {
@@ -212,34 +287,39 @@ fn report(args: &ClientArgs, h: &Histogram<u64>, elapsed_s: f64) -> RrReport {
         round_trips: h.len(),
         elapsed_s,
         round_trips_per_s: h.len() as f64 / elapsed_s.max(f64::EPSILON),
-        latency_us: Latency {
-            min: us(h.min()),
-            p50: us(h.value_at_quantile(0.50)),
-            p90: us(h.value_at_quantile(0.90)),
-            p99: us(h.value_at_quantile(0.99)),
-            p999: us(h.value_at_quantile(0.999)),
-            max: us(h.max()),
-            mean: h.mean() / 1000.0,
-        },
+        latency_us: latency(h),
         curve: CURVE_PERCENTILES.iter().map(|p| [*p, us(h.value_at_quantile(p / 100.0))]).collect(),
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    #[test]
-    fn loopback_round_trips_are_counted_and_ordered() {
-        let server =
-            ServerArgs { listen: "127.0.0.1:0".parse().unwrap(), request_size: 32, response_size: 48 };
-        let listener = TcpListener::bind(server.listen).unwrap();
+    /// An rr server on a free loopback port.
+    pub fn local_server() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         thread::spawn(move || {
             for c in listener.incoming() {
-                thread::spawn(move || answer(c.unwrap(), 32, 48));
+                thread::spawn(move || answer(c.unwrap()));
             }
         });
+        addr
+    }
+
+    #[test]
+    fn hello_round_trips_and_garbage_is_refused() {
+        for h in [Hello::PingPong { request: 64, response: 65536 }, Hello::Sink] {
+            assert_eq!(Hello::decode(&h.encode()).unwrap(), h);
+        }
+        assert!(Hello::decode(b"GET / HTTP/1").is_err());
+        assert!(Hello::decode(&Hello::PingPong { request: 0, response: 1 }.encode()).is_err());
+    }
+
+    #[test]
+    fn loopback_round_trips_are_counted_and_ordered() {
+        let addr = local_server();
         let args = ClientArgs {
             connect: addr,
             request_size: 32,

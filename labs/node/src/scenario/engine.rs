@@ -6,12 +6,16 @@ use mesh_agent::Counters;
 use serde::Serialize;
 use workloads::{
     conform::{CaseResult, ConformReport, HoldReport},
+    connect_rate::ConnectReport,
+    cpu::CpuTimes,
     rr::RrReport,
+    stream::StreamReport,
 };
 
 use super::{
     Context, Outcome, kernel_bugs, kernel_release, requirements,
-    spec::{Family, OnOff, Scenario, Severity, SidecarMode, Step, WorkloadDef},
+    spec::{Family, Measure, OnOff, Op, PathDef, Scenario, Severity, SidecarMode, Step, WorkloadDef},
+    stats::{self, Spread, Verdict},
 };
 use crate::{
     Event, Lab, LabError, PodSpec,
@@ -21,7 +25,8 @@ use crate::{
 /// Upper bound for one rr run (generous: emulated VMs are slow).
 const RUN_TIMEOUT: Duration = Duration::from_secs(900);
 
-/// One bench run and what the kernel saw during it.
+/// One data path of a bench step: its median latency run (the repetition whose p50 is closest
+/// to the median), with packets and mesh counters totalled over all repetitions.
 #[derive(Debug, Clone, Serialize)]
 pub struct Run {
     pub name: String,
@@ -69,8 +74,33 @@ pub struct CaseVerdict {
 #[derive(Debug, Clone, Serialize)]
 pub struct Check {
     pub text: String,
+    /// The verdict is [`Verdict::Holds`].
     pub passed: bool,
+    pub verdict: Verdict,
     pub severity: Severity,
+}
+
+/// The machine a scenario ran on, and how busy it was meanwhile.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Machine {
+    pub cpus: usize,
+    /// 1-minute load average at the start and at the end.
+    pub load_start: f64,
+    pub load_end: f64,
+    /// Share of all CPU time during the run: working, and stolen by a hypervisor.
+    pub busy_pct: f64,
+    pub steal_pct: f64,
+    /// Benchmark clients on the first CPU, servers on the last.
+    pub pinned: bool,
+}
+
+impl Machine {
+    fn load() -> f64 {
+        std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse().ok())
+            .unwrap_or(f64::NAN)
+    }
 }
 
 /// The scenario's figures.
@@ -79,9 +109,12 @@ pub struct Report {
     pub lab: String,
     /// `name -> key -> value` for every named result.
     pub results: BTreeMap<String, BTreeMap<String, f64>>,
+    /// `name.key -> spread` for figures measured in repetitions and ratios derived from them.
+    pub stats: BTreeMap<String, Spread>,
     pub runs: Vec<Run>,
     pub conform: Vec<ConformRun>,
     pub checks: Vec<Check>,
+    pub machine: Machine,
 }
 
 struct Engine<'a> {
@@ -92,6 +125,32 @@ struct Engine<'a> {
     sidecars: Sidecars,
     /// Ports each pod's workload listens on (what a per-node proxy routes to).
     ports: BTreeMap<String, Vec<u16>>,
+}
+
+/// The bench step's fields.
+struct BenchArgs<'s> {
+    from: &'s str,
+    target: SocketAddr,
+    paths: &'s [PathDef],
+    measures: &'s [Measure],
+    repetitions: u32,
+    round_trips: u64,
+}
+
+/// Round trips of the unmeasured visit each path gets before the repetitions.
+const WARMUP_ROUND_TRIPS: u64 = 500;
+
+/// Figures summed over repetitions rather than summarised by their median: events that must
+/// not vanish in a median.
+const TOTALS: &[&str] = &["write_errors", "write_errors_4"];
+
+/// What one visit of a path measured.
+#[derive(Default)]
+struct Visit {
+    figures: Vec<(&'static str, f64)>,
+    rr: Option<RrReport>,
+    packets: u64,
+    mesh: Counters,
 }
 
 /// The conform step's fields.
@@ -129,9 +188,16 @@ pub fn run(sc: &Scenario, ctx: &Context) -> Result<Outcome, LabError> {
         sc.pods.iter().map(|p| PodSpec { name: p.name.clone(), labels: p.labels.clone() }).collect();
     let lab = Lab::create(&ctx.host, &specs)?;
     ctx.emit(Event::LabUp { id: lab.id().to_string(), pods: lab.pods().to_vec() });
+    let cpu0 = CpuTimes::now();
+    let machine = Machine {
+        cpus: std::thread::available_parallelism().map_or(1, usize::from),
+        load_start: Machine::load(),
+        pinned: ctx.options.pin,
+        ..Machine::default()
+    };
     let mut e = Engine {
         ctx,
-        report: Report { lab: lab.id().to_string(), ..Report::default() },
+        report: Report { lab: lab.id().to_string(), machine, ..Report::default() },
         lab,
         failures: Vec::new(),
         sidecars: Sidecars::default(),
@@ -139,7 +205,12 @@ pub fn run(sc: &Scenario, ctx: &Context) -> Result<Outcome, LabError> {
     };
     let result = e.steps(sc);
     // Teardown errors matter (a leak is a bug) but must not hide the scenario's own error.
-    let Engine { lab, report, failures, .. } = e;
+    let Engine { lab, mut report, failures, .. } = e;
+    let cpu = CpuTimes::now().since(&cpu0);
+    let pct = |v: u64| 100.0 * v as f64 / cpu.total().max(1) as f64;
+    report.machine.load_end = Machine::load();
+    report.machine.busy_pct = pct(cpu.busy);
+    report.machine.steal_pct = pct(cpu.steal);
     let teardown = lab.teardown();
     result?;
     teardown?;
@@ -170,19 +241,12 @@ impl Engine<'_> {
     }
 
     fn start_workloads(&mut self, sc: &Scenario) -> Result<(), LabError> {
-        let size = self.ctx.options.size.to_string();
         for p in &sc.pods {
             let args: Vec<String> = match &p.workload {
                 None => continue,
-                Some(WorkloadDef::RrServer { port }) => vec![
-                    "rr-server".into(),
-                    "--listen".into(),
-                    format!("[::]:{port}"),
-                    "--request-size".into(),
-                    size.clone(),
-                    "--response-size".into(),
-                    size.clone(),
-                ],
+                Some(WorkloadDef::RrServer { port }) => {
+                    vec!["rr-server".into(), "--listen".into(), format!("[::]:{port}")]
+                }
                 Some(WorkloadDef::Echo { port }) => {
                     vec!["echo".into(), "--listen".into(), format!("[::]:{port}")]
                 }
@@ -193,7 +257,8 @@ impl Engine<'_> {
             let Some(port) = p.workload.as_ref().map(WorkloadDef::port) else { continue };
             self.ports.entry(p.name.clone()).or_default().push(port);
             let line = format!("pod {}: workload {}", p.name, args.join(" "));
-            self.lab.spawn(&p.name, self.ctx.workload.command(&args))?;
+            let cmd = self.pinned(self.ctx.workload.command(&args), Role::Server);
+            self.lab.spawn(&p.name, cmd)?;
             self.ctx.emit(Event::Output { step: "lab".into(), line });
         }
         Ok(())
@@ -226,11 +291,16 @@ impl Engine<'_> {
     fn step(&mut self, label: &str, step: &Step) -> Result<(), LabError> {
         match step {
             Step::Explain { .. } => {}
-            Step::Bench { name, from, to, port, family, round_trips, .. } => {
-                let ip = self.pod_ip(to, *family);
-                let n = round_trips.unwrap_or(self.ctx.options.round_trips);
-                let run = self.bench(label, name, from, SocketAddr::new(ip, *port), n)?;
-                self.report.runs.push(run);
+            Step::Bench { from, to, port, family, paths, measures, repetitions, round_trips, .. } => {
+                let args = BenchArgs {
+                    from,
+                    target: SocketAddr::new(self.pod_ip(to, *family), *port),
+                    paths,
+                    measures,
+                    repetitions: repetitions.unwrap_or(self.ctx.options.repetitions),
+                    round_trips: round_trips.unwrap_or(self.ctx.options.round_trips),
+                };
+                self.bench(label, &args)?;
             }
             Step::Conform {
                 name,
@@ -258,28 +328,15 @@ impl Engine<'_> {
                 self.conform(label, &args)?;
             }
             Step::Isolation { name, pods, port, .. } => self.isolation(label, name, pods, *port)?,
-            Step::Mesh { state: OnOff::On, .. } => self.mesh_on(label)?,
+            Step::Mesh { state: OnOff::On, .. } => {
+                for line in self.mesh_on()? {
+                    self.out(label, line);
+                }
+            }
             Step::Mesh { state: OnOff::Off, .. } => self.lab.stop_mesh()?,
             Step::Sidecars { mode, .. } => {
-                let old = std::mem::take(&mut self.sidecars);
-                sidecar::disable(&mut self.lab, old)?;
-                let routes: Vec<_> = self
-                    .lab
-                    .pods()
-                    .iter()
-                    .flat_map(|p| {
-                        self.workload_ports(&p.name)
-                            .into_iter()
-                            .map(move |port| (p.name.clone(), p.ipv4, port))
-                    })
-                    .collect();
-                self.sidecars = sidecar::enable(&mut self.lab, *mode, &self.ctx.workload, &routes)?;
-                for p in &self.sidecars.proxies {
-                    self.out(label, format!("proxy for {} running as pid {}", p.at, p.pid));
-                }
-                let port = self.sidecar_port();
-                if let Some(mesh) = self.lab.mesh_mut() {
-                    mesh.set_sidecar_port(port)?;
+                for line in self.set_sidecars(*mode)? {
+                    self.out(label, line);
                 }
             }
             Step::Exec { name, pod, command, expect_exit, .. } => {
@@ -306,58 +363,99 @@ impl Engine<'_> {
                 }
             }
             Step::Compute { name, metric, of, factor, unit, .. } => {
+                let spread = match of {
+                    Some(o) => self.paired(metric, o, 1.0 / factor),
+                    None => self
+                        .spread(metric)
+                        .and_then(|s| Spread::of(&s.samples.iter().map(|v| factor * v).collect::<Vec<_>>())),
+                };
                 let mut v = factor * self.value(metric);
                 if let Some(o) = of {
                     v /= self.value(o);
+                }
+                if let Some(s) = spread {
+                    // Over repetitions: the median of the per-repetition values.
+                    v = s.median;
+                    self.out(label, format!("{name} = {}", interval(&s, unit)));
+                    self.report.stats.insert(format!("{name}.value"), s);
                 }
                 self.report.results.entry(name.clone()).or_default().insert("value".into(), v);
                 self.metric(label, name, v, unit);
             }
             Step::Expect { metric, op, value, of, factor, severity, .. } => {
-                let lhs = self.value(metric);
-                let (rhs, rhs_text) = match (value, of) {
-                    (Some(v), _) => (*v, format!("{v}")),
-                    (None, Some(o)) => {
-                        let r = factor * self.value(o);
-                        let f = if *factor == 1.0 { String::new() } else { format!("{factor} x ") };
-                        (r, format!("{f}{o} ({r:.3})"))
-                    }
-                    (None, None) => unreachable!("checked at parse time"),
+                let check = self.expect(metric, *op, *value, of.as_deref(), *factor, *severity);
+                let shown = match (check.verdict, severity) {
+                    (Verdict::Holds, _) => "ok",
+                    (Verdict::Inconclusive, _) => "INCONCLUSIVE (the interval straddles the target)",
+                    (Verdict::Fails, Severity::Check) => "FAILED",
+                    (Verdict::Fails, Severity::Benchmark) => "target not met (benchmark, not a failure)",
                 };
-                let passed = op.holds(lhs, rhs);
-                let text = format!("{metric} ({lhs:.3}) {} {rhs_text}", op.symbol());
-                let verdict = match (passed, severity) {
-                    (true, _) => "ok",
-                    (false, Severity::Check) => "FAILED",
-                    (false, Severity::Benchmark) => "target not met (benchmark, not a failure)",
-                };
-                self.out(label, format!("{text}: {verdict}"));
-                if !passed && *severity == Severity::Check {
+                self.out(label, format!("{}: {shown}", check.text));
+                let failed = check.verdict == Verdict::Fails && *severity == Severity::Check;
+                let text = check.text.clone();
+                self.report.checks.push(check);
+                if failed {
                     self.failures.push(text.clone());
-                    self.report.checks.push(Check { text: text.clone(), passed, severity: *severity });
                     self.ctx.emit(Event::StepFailed { step: label.into(), reason: text });
                     return Ok(());
                 }
-                self.report.checks.push(Check { text, passed, severity: *severity });
             }
         }
         self.ctx.emit(Event::StepPassed { step: label.into() });
         Ok(())
     }
 
-    fn mesh_on(&mut self, label: &str) -> Result<(), LabError> {
+    /// Starts the mesh; returns what to tell the reader.
+    fn mesh_on(&mut self) -> Result<Vec<String>, LabError> {
         let port = self.sidecar_port();
         let mesh = self.lab.start_mesh()?;
-        let pins = mesh.pin_dir().display().to_string();
-        for line in mesh.describe() {
-            self.out(label, line);
-        }
-        self.out(label, format!("maps pinned in {pins}"));
+        let mut lines = mesh.describe();
+        lines.push(format!("maps pinned in {}", mesh.pin_dir().display()));
         self.lab.mesh_mut().expect("started").set_sidecar_port(port)?;
         if port != 0 {
-            self.out(label, format!("sidecars present: app <-> proxy hops redirected via 127.0.0.1:{port}"));
+            lines.push(format!("sidecars present: app <-> proxy hops redirected via 127.0.0.1:{port}"));
         }
-        Ok(())
+        Ok(lines)
+    }
+
+    /// Replaces the proxies with `mode`'s (none for `off`); returns what to tell the reader.
+    fn set_sidecars(&mut self, mode: SidecarMode) -> Result<Vec<String>, LabError> {
+        let old = std::mem::take(&mut self.sidecars);
+        sidecar::disable(&mut self.lab, old)?;
+        let routes: Vec<_> = self
+            .lab
+            .pods()
+            .iter()
+            .flat_map(|p| {
+                self.workload_ports(&p.name).into_iter().map(move |port| (p.name.clone(), p.ipv4, port))
+            })
+            .collect();
+        self.sidecars = sidecar::enable(&mut self.lab, mode, &self.ctx.workload, &routes)?;
+        let lines = self
+            .sidecars
+            .proxies
+            .iter()
+            .map(|p| format!("proxy for {} running as pid {}", p.at, p.pid))
+            .collect();
+        let port = self.sidecar_port();
+        if let Some(mesh) = self.lab.mesh_mut() {
+            mesh.set_sidecar_port(port)?;
+        }
+        Ok(lines)
+    }
+
+    /// Puts proxies and mesh in the given state, changing only what differs.
+    fn switch_to(&mut self, sidecars: SidecarMode, mesh: OnOff) -> Result<Vec<String>, LabError> {
+        let mut lines = Vec::new();
+        if self.sidecars.mode.unwrap_or(SidecarMode::Off) != sidecars {
+            lines.extend(self.set_sidecars(sidecars)?);
+        }
+        match (mesh, self.lab.mesh().is_some()) {
+            (OnOff::On, false) => lines.extend(self.mesh_on()?),
+            (OnOff::Off, true) => self.lab.stop_mesh()?,
+            _ => {}
+        }
+        Ok(lines)
     }
 
     // ANCHOR: conform
@@ -572,7 +670,9 @@ impl Engine<'_> {
         let pid = self.lab.spawn(from, self.ctx.workload.command(&args))?;
         let pause = Duration::from_millis(500);
         std::thread::sleep(pause);
-        self.mesh_on(label)?;
+        for line in self.mesh_on()? {
+            self.out(label, line);
+        }
         std::thread::sleep(pause);
         self.lab.stop_mesh()?;
         self.out(label, "mesh started and stopped under the held connection".into());
@@ -631,103 +731,333 @@ impl Engine<'_> {
         if parts.is_empty() { "direct".into() } else { parts.join(" + ") }
     }
 
-    /// One rr run from `from` to `target`, with the packets and mesh counters around it.
-    fn bench(
-        &mut self,
-        label: &str,
-        name: &str,
-        from: &str,
-        target: SocketAddr,
-        round_trips: u64,
-    ) -> Result<Run, LabError> {
-        let lab = &self.lab;
-        let pods: Vec<String> = lab.pods().iter().map(|p| p.name.clone()).collect();
-        let packets = || -> Result<u64, LabError> { pods.iter().map(|p| Ok(lab.packets(p)?.total())).sum() };
-        let counters = || -> Result<Counters, LabError> {
-            Ok(lab.mesh().map(|m| m.counters()).transpose()?.unwrap_or_default())
-        };
-        let size = self.ctx.options.size.to_string();
-        let cmd = self.ctx.workload.command(&[
-            "rr",
-            "--connect",
-            &target.to_string(),
-            "--round-trips",
-            &round_trips.to_string(),
-            "--request-size",
-            &size,
-            "--response-size",
-            &size,
-            "--json",
-        ]);
+    // ANCHOR: bench
+    /// Measures every path in every repetition, in turn, and stores each figure's median and
+    /// spread; afterwards proxies and mesh are as they were before the step.
+    fn bench(&mut self, label: &str, a: &BenchArgs) -> Result<(), LabError> {
+        let mesh = if self.lab.mesh().is_some() { OnOff::On } else { OnOff::Off };
+        let before = (self.sidecars.mode.unwrap_or(SidecarMode::Off), mesh);
+        let result = self.bench_paths(label, a);
+        let restored = self.switch_to(before.0, before.1);
+        result.and(restored.map(drop))
+    }
+
+    fn bench_paths(&mut self, label: &str, a: &BenchArgs) -> Result<(), LabError> {
+        let n = a.repetitions as usize;
+        let mut visits: Vec<Vec<Visit>> = a.paths.iter().map(|_| Vec::new()).collect();
+        let mut rss: Vec<Vec<(String, u64)>> = vec![Vec::new(); a.paths.len()];
+        let mut configs = vec![String::new(); a.paths.len()];
+        // Warm-up, unmeasured: each path's first connections, proxies and programs.
+        for p in a.paths {
+            self.ctx.cancel.check()?;
+            self.switch_to(p.sidecars, p.mesh)?;
+            self.visit(a.from, a.target, &[Measure::Latency], a.round_trips.min(WARMUP_ROUND_TRIPS))?;
+        }
         self.out(
             label,
-            format!("rr {from} -> {target}: {round_trips} round trips of {size} bytes ({})", self.config()),
+            format!(
+                "{} -> {}: {n} repetitions, each visiting {} path(s) in turn ({} measure(s) per visit) after a warm-up",
+                a.from,
+                a.target,
+                a.paths.len(),
+                a.measures.len()
+            ),
         );
-        let (p0, c0) = (packets()?, counters()?);
-        let out = lab.run(from, cmd, RUN_TIMEOUT, &self.ctx.cancel)?;
-        let (p1, c1) = (packets()?, counters()?);
-        let rr: RrReport = serde_json::from_slice(&out.stdout).map_err(|e| LabError::Parse {
-            command: "rr --json".into(),
-            detail: format!("{e}: {}", String::from_utf8_lossy(&out.stdout)),
-        })?;
-        let proxy_rss_kb: Vec<(String, u64)> = self
-            .sidecars
-            .proxies
-            .iter()
-            .filter_map(|p| Some((p.at.clone(), sidecar::rss_kb(p.pid)?)))
-            .collect();
-        let run = Run {
-            name: name.into(),
-            config: self.config(),
-            rr,
-            packets: p1.saturating_sub(p0),
-            mesh: c1.since(&c0),
-            proxy_rss_kb,
-        };
-        let l = &run.rr.latency_us;
-        let rss_mean = if run.proxy_rss_kb.is_empty() {
-            0.0
-        } else {
-            run.proxy_rss_kb.iter().map(|(_, k)| *k as f64).sum::<f64>() / run.proxy_rss_kb.len() as f64
-        };
-        let values = [
-            ("p50", l.p50, "us"),
-            ("p90", l.p90, "us"),
-            ("p99", l.p99, "us"),
-            ("p999", l.p999, "us"),
-            ("max", l.max, "us"),
-            ("mean", l.mean, "us"),
-            ("rps", run.rr.round_trips_per_s, "/s"),
-            ("packets", run.packets as f64, ""),
-            ("msg_redirected", run.mesh.msg_redirected as f64, ""),
-            ("msg_passed", run.mesh.msg_passed as f64, ""),
-            ("sockets_inserted", run.mesh.sockets_inserted as f64, ""),
-            ("proxies", run.proxy_rss_kb.len() as f64, ""),
-            ("proxy_rss_kb", rss_mean, "KiB"),
-        ];
-        let shown = ["p50", "p99", "packets", "msg_redirected", "proxy_rss_kb"];
-        let r = self.report.results.entry(name.into()).or_default();
-        for (k, v, _) in values {
-            r.insert(k.into(), v);
+        for rep in 0..n {
+            for (i, p) in a.paths.iter().enumerate() {
+                self.ctx.cancel.check()?;
+                let lines = self.switch_to(p.sidecars, p.mesh)?;
+                let sub = p.name.clone();
+                if rep == 0 {
+                    self.ctx.emit(Event::StepStarted { step: sub.clone(), explain: p.explain.clone() });
+                    for line in lines {
+                        self.out(&sub, line);
+                    }
+                    self.out(&sub, format!("data path: {}", self.config()));
+                }
+                configs[i] = self.config();
+                let v = self.visit(a.from, a.target, a.measures, a.round_trips)?;
+                rss[i] = self
+                    .sidecars
+                    .proxies
+                    .iter()
+                    .filter_map(|p| Some((p.at.clone(), sidecar::rss_kb(p.pid)?)))
+                    .collect();
+                if rep == 0 {
+                    for (k, x) in &v.figures {
+                        self.out(&sub, format!("first repetition: {k} {}", round3(*x)));
+                    }
+                    self.ctx.emit(Event::StepPassed { step: sub.clone() });
+                    let try_: Vec<String> = p.try_.iter().map(|t| self.fill(t)).collect();
+                    self.ctx.pause(&sub, &try_)?;
+                }
+                visits[i].push(v);
+            }
+            let line: Vec<String> = a
+                .paths
+                .iter()
+                .zip(&visits)
+                .filter_map(|(p, v)| {
+                    let (k, x) = v.last()?.figures.first()?;
+                    Some(format!("{} {k} {}", p.name, round3(*x)))
+                })
+                .collect();
+            self.out(label, format!("repetition {}/{n}: {}", rep + 1, line.join(", ")));
         }
-        for (k, v, unit) in values {
-            if shown.contains(&k)
-                && (k != "proxy_rss_kb" || v > 0.0)
-                && (k != "msg_redirected" || self.lab.mesh().is_some())
-            {
-                self.metric(label, k, v, unit);
+        for (i, p) in a.paths.iter().enumerate() {
+            self.store_path(&p.name, &p.name, &configs[i], &visits[i], &rss[i]);
+        }
+        Ok(())
+    }
+    // ANCHOR_END: bench
+
+    /// A path's figures: medians (with spreads in `stats`), counter totals, and its median
+    /// latency run for the report's table and chart.
+    fn store_path(&mut self, step: &str, name: &str, config: &str, visits: &[Visit], rss: &[(String, u64)]) {
+        let mut values: Vec<(&'static str, f64)> = Vec::new();
+        for (k, _) in visits.first().map(|v| v.figures.as_slice()).unwrap_or_default() {
+            let samples: Vec<f64> = visits
+                .iter()
+                .filter_map(|v| v.figures.iter().find(|(kk, _)| kk == k).map(|(_, x)| *x))
+                .collect();
+            if TOTALS.contains(k) {
+                values.push((k, samples.iter().sum()));
+            } else if let Some(s) = Spread::of(&samples) {
+                values.push((k, s.median));
+                self.out(step, format!("{k:<14} {}", interval(&s, "")));
+                self.report.stats.insert(format!("{name}.{k}"), s);
             }
         }
-        Ok(run)
+        let mesh = visits.iter().fold(Counters::default(), |t, v| t.plus(&v.mesh));
+        let packets: u64 = visits.iter().map(|v| v.packets).sum();
+        let latency_runs: Vec<&RrReport> = visits.iter().filter_map(|v| v.rr.as_ref()).collect();
+        if !latency_runs.is_empty() {
+            values.extend([
+                ("packets", packets as f64),
+                ("msg_redirected", mesh.msg_redirected as f64),
+                ("msg_passed", mesh.msg_passed as f64),
+                ("sockets_inserted", mesh.sockets_inserted as f64),
+            ]);
+        }
+        let rss_mean = if rss.is_empty() {
+            0.0
+        } else {
+            rss.iter().map(|(_, k)| *k as f64).sum::<f64>() / rss.len() as f64
+        };
+        values.extend([("proxies", rss.len() as f64), ("proxy_rss_kb", rss_mean)]);
+        let r = self.report.results.entry(name.to_owned()).or_default();
+        for (k, v) in &values {
+            r.insert((*k).into(), *v);
+        }
+        let shown = ["p50", "p99", "mb_s", "conn_s", "packets", "msg_redirected", "proxy_rss_kb"];
+        for (k, v) in values {
+            let unit = match k {
+                "p50" | "p99" | "conn_p50" => "us",
+                "mb_s" => "MB/s",
+                "conn_s" => "/s",
+                "proxy_rss_kb" => "KiB",
+                _ => "",
+            };
+            if shown.contains(&k) && (k != "proxy_rss_kb" || v > 0.0) && (k != "msg_redirected" || v > 0.0) {
+                self.metric(step, k, v, unit);
+            }
+        }
+        if let Some(p50) = self.report.stats.get(&format!("{name}.p50")).map(|s| s.median) {
+            let median = latency_runs
+                .iter()
+                .min_by(|a, b| (a.latency_us.p50 - p50).abs().total_cmp(&(b.latency_us.p50 - p50).abs()));
+            if let Some(rr) = median {
+                self.report.runs.push(Run {
+                    name: name.to_owned(),
+                    config: config.to_owned(),
+                    rr: (*rr).clone(),
+                    packets,
+                    mesh,
+                    proxy_rss_kb: rss.to_vec(),
+                });
+            }
+        }
     }
+
+    /// One visit of a path: every measure once. Packets and mesh counters are taken around the
+    /// latency measure only (the other measures would drown them).
+    fn visit(
+        &mut self,
+        from: &str,
+        target: SocketAddr,
+        measures: &[Measure],
+        round_trips: u64,
+    ) -> Result<Visit, LabError> {
+        let mut v = Visit::default();
+        let t = target.to_string();
+        for m in measures {
+            self.ctx.cancel.check()?;
+            let rr = |size: usize| -> Vec<String> {
+                let size = size.to_string();
+                let n = if size == "65536" { round_trips.div_ceil(4) } else { round_trips };
+                ["rr", "--connect", &t, "--round-trips", &n.to_string(), "--json"]
+                    .into_iter()
+                    .chain(["--request-size", &size, "--response-size", &size])
+                    .map(str::to_owned)
+                    .collect()
+            };
+            match m {
+                Measure::Latency => {
+                    let (p0, c0) = (self.packets()?, self.counters()?);
+                    let r: RrReport = self.run_json(from, &rr(self.ctx.options.size))?;
+                    let (p1, c1) = (self.packets()?, self.counters()?);
+                    v.packets = p1.saturating_sub(p0);
+                    v.mesh = c1.since(&c0);
+                    let l = &r.latency_us;
+                    v.figures.extend([
+                        ("p50", l.p50),
+                        ("p90", l.p90),
+                        ("p99", l.p99),
+                        ("p999", l.p999),
+                        ("max", l.max),
+                        ("mean", l.mean),
+                        ("rps", r.round_trips_per_s),
+                    ]);
+                    v.rr = Some(r);
+                }
+                Measure::Latency4k | Measure::Latency64k => {
+                    let big = *m == Measure::Latency64k;
+                    let r: RrReport = self.run_json(from, &rr(if big { 65536 } else { 4096 }))?;
+                    let (a, b) = if big { ("p50_64k", "p99_64k") } else { ("p50_4k", "p99_4k") };
+                    v.figures.extend([(a, r.latency_us.p50), (b, r.latency_us.p99)]);
+                }
+                Measure::Throughput | Measure::Throughput4 => {
+                    let four = *m == Measure::Throughput4;
+                    let streams = if four { "4" } else { "1" };
+                    let r: StreamReport =
+                        self.run_json(from, &["stream", "--connect", &t, "--streams", streams, "--json"])?;
+                    let (a, b, c) = if four {
+                        ("mb_s_4", "cpu_s_per_gb_4", "write_errors_4")
+                    } else {
+                        ("mb_s", "cpu_s_per_gb", "write_errors")
+                    };
+                    for e in &r.errors {
+                        self.out("bench", format!("{streams} stream(s) to {t} ({}): {e}", self.config()));
+                    }
+                    v.figures.extend([(a, r.mb_per_s), (b, r.cpu_s_per_gb), (c, r.errors.len() as f64)]);
+                }
+                Measure::ConnectRate => {
+                    let n = (round_trips / 4).clamp(50, 1000).to_string();
+                    let args = ["connect-rate", "--connect", &t, "--connections", &n, "--json"];
+                    let r: ConnectReport = self.run_json(from, &args)?;
+                    v.figures.extend([("conn_s", r.per_s), ("conn_p50", r.latency_us.p50)]);
+                }
+            }
+        }
+        Ok(v)
+    }
+
+    /// Runs a workload client in `from` and parses its one JSON line.
+    fn run_json<T: serde::de::DeserializeOwned, S: AsRef<str>>(
+        &self,
+        from: &str,
+        args: &[S],
+    ) -> Result<T, LabError> {
+        let cmd = self.pinned(self.ctx.workload.command(args), Role::Client);
+        let out = self.lab.run(from, cmd, RUN_TIMEOUT, &self.ctx.cancel)?;
+        serde_json::from_slice(&out.stdout).map_err(|e| LabError::Parse {
+            command: format!("workload {}", args.first().map_or("", AsRef::as_ref)),
+            detail: format!("{e}: {}", String::from_utf8_lossy(&out.stdout)),
+        })
+    }
+
+    /// Packets through every pod's eth0, rx + tx.
+    fn packets(&self) -> Result<u64, LabError> {
+        self.lab.pods().iter().map(|p| Ok(self.lab.packets(&p.name)?.total())).sum()
+    }
+
+    fn counters(&self) -> Result<Counters, LabError> {
+        Ok(self.lab.mesh().map(|m| m.counters()).transpose()?.unwrap_or_default())
+    }
+
+    /// With `--pin`, the command runs on one CPU: clients on the first, servers on the last.
+    fn pinned(&self, mut cmd: std::process::Command, role: Role) -> std::process::Command {
+        if self.ctx.options.pin {
+            use std::os::unix::process::CommandExt;
+            let cpus = self.report.machine.cpus.max(1);
+            let cpu = match role {
+                Role::Client => 0,
+                Role::Server => cpus - 1,
+            };
+            // SAFETY: only async-signal-safe calls between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let mut set: libc::cpu_set_t = std::mem::zeroed();
+                    libc::CPU_SET(cpu, &mut set);
+                    if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        cmd
+    }
+
+    fn spread(&self, metric: &str) -> Option<&Spread> {
+        self.report.stats.get(metric)
+    }
+
+    /// Per-repetition `a / (factor * b)` when both were measured in the same repetitions.
+    fn paired(&self, a: &str, b: &str, factor: f64) -> Option<Spread> {
+        stats::paired_ratio(&self.spread(a)?.samples, &self.spread(b)?.samples, factor)
+    }
+
+    // ANCHOR: expect
+    /// `metric op value` or `metric op factor * of`. Figures measured in repetitions are judged
+    /// on the confidence interval of the median (of the per-repetition ratio, for `of`): the
+    /// whole interval on the right side holds, the whole interval on the wrong side fails, and
+    /// anything else is inconclusive.
+    fn expect(
+        &self,
+        metric: &str,
+        op: Op,
+        value: Option<f64>,
+        of: Option<&str>,
+        factor: f64,
+        severity: Severity,
+    ) -> Check {
+        let lhs = self.value(metric);
+        let f = if factor == 1.0 { String::new() } else { format!("{factor} x ") };
+        let (rhs, rhs_text, spread) = match (value, of) {
+            (Some(v), _) => (v, format!("{v}"), self.spread(metric).cloned().map(|s| (s, v))),
+            (None, Some(o)) => {
+                let r = factor * self.value(o);
+                (r, format!("{f}{o} ({r:.3})"), self.paired(metric, o, 1.0).map(|s| (s, factor)))
+            }
+            (None, None) => unreachable!("checked at parse time"),
+        };
+        let mut text = format!("{metric} ({lhs:.3}) {} {rhs_text}", op.symbol());
+        let verdict = match &spread {
+            Some((s, target)) => {
+                let what = match of {
+                    Some(o) => format!("{metric} / {o} per repetition"),
+                    None => "median".into(),
+                };
+                text.push_str(&format!(": {what} {}", interval(s, "")));
+                s.verdict(op, *target)
+            }
+            None if op.holds(lhs, rhs) => Verdict::Holds,
+            None => Verdict::Fails,
+        };
+        Check { text, passed: verdict == Verdict::Holds, verdict, severity }
+    }
+    // ANCHOR_END: expect
 }
 
 /// How a step is named in events: its result name, or what it does.
 fn label(step: &Step) -> String {
     match step {
         Step::Explain { title, .. } => title.clone(),
-        Step::Bench { name, .. }
-        | Step::Conform { name, .. }
+        Step::Bench { paths, .. } => {
+            format!("bench {}", paths.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", "))
+        }
+        Step::Conform { name, .. }
         | Step::Isolation { name, .. }
         | Step::Exec { name, .. }
         | Step::Compute { name, .. } => name.clone(),
@@ -755,4 +1085,37 @@ fn texts(step: &Step) -> (&str, &[String]) {
             (explain, &[])
         }
     }
+}
+
+/// Which side of a benchmark a command is (for `--pin`).
+#[derive(Clone, Copy)]
+enum Role {
+    Client,
+    Server,
+}
+
+/// `12.3 [11.9, 12.8] (97.9 %, n = 10; IQR 12.0-12.6, range 11.5-13.4)`.
+fn interval(s: &Spread, unit: &str) -> String {
+    let unit = if unit.is_empty() { String::new() } else { format!(" {unit}") };
+    format!(
+        "{}{unit} [{}, {}] ({:.1} %, n = {}; IQR {}-{}, range {}-{})",
+        round3(s.median),
+        round3(s.lo),
+        round3(s.hi),
+        100.0 * s.confidence,
+        s.n,
+        round3(s.q1),
+        round3(s.q3),
+        round3(s.min),
+        round3(s.max)
+    )
+}
+
+/// Three significant digits, enough for noisy figures.
+fn round3(v: f64) -> String {
+    if v == 0.0 || !v.is_finite() {
+        return format!("{v}");
+    }
+    let digits = (2 - v.abs().log10().floor() as i32).max(0) as usize;
+    format!("{v:.digits$}")
 }

@@ -4,6 +4,7 @@ pub mod engine;
 pub mod kernel_bugs;
 pub mod requirements;
 pub mod spec;
+pub mod stats;
 
 use std::{
     path::{Path, PathBuf},
@@ -77,11 +78,21 @@ impl WorkloadCmd {
 pub struct Options {
     /// Measured round trips per latency run (a bench step may set its own).
     pub round_trips: u64,
+    /// Measured repetitions of each bench step (a step may set its own).
+    #[serde(default = "default_repetitions")]
+    pub repetitions: u32,
+    /// Pin benchmark clients to the first CPU and servers to the last (`taskset`-style).
+    #[serde(default)]
+    pub pin: bool,
     /// Request and response size in bytes.
     pub size: usize,
     /// Connections in the conformance suite's `short-lived` case (a step may set its own).
     #[serde(default = "default_short_lived")]
     pub short_lived: u32,
+}
+
+fn default_repetitions() -> u32 {
+    10
 }
 
 fn default_short_lived() -> u32 {
@@ -90,7 +101,13 @@ fn default_short_lived() -> u32 {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { round_trips: 20_000, size: workloads::rr::DEFAULT_SIZE, short_lived: default_short_lived() }
+        Options {
+            round_trips: 2_000,
+            repetitions: default_repetitions(),
+            pin: false,
+            size: workloads::rr::DEFAULT_SIZE,
+            short_lived: default_short_lived(),
+        }
     }
 }
 

@@ -154,6 +154,89 @@ fn both_families() -> Vec<Family> {
     vec![Family::Ipv4, Family::Ipv6]
 }
 
+// ANCHOR: paths
+/// One data path of a bench step: what is in the path while it is measured.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathDef {
+    /// Its results are stored under this name.
+    pub name: String,
+    #[serde(default = "sidecars_off")]
+    pub sidecars: SidecarMode,
+    #[serde(default = "off")]
+    pub mesh: OnOff,
+    /// Shown (with `try`) the first time the path is measured.
+    #[serde(default)]
+    pub explain: String,
+    #[serde(default, rename = "try")]
+    pub try_: Vec<String>,
+}
+
+/// What a bench step measures on each path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub enum Measure {
+    /// Ping-pong round trips at the `--size` option (64 bytes by default).
+    #[serde(rename = "latency")]
+    Latency,
+    /// Ping-pong with 4 KiB requests and responses.
+    #[serde(rename = "latency-4k")]
+    Latency4k,
+    /// Ping-pong with 64 KiB requests and responses.
+    #[serde(rename = "latency-64k")]
+    Latency64k,
+    /// One bulk stream for a second.
+    #[serde(rename = "throughput")]
+    Throughput,
+    /// Four bulk streams at once.
+    #[serde(rename = "throughput-4")]
+    Throughput4,
+    /// Connections per second: connect, one request and response, close.
+    #[serde(rename = "connect-rate")]
+    ConnectRate,
+}
+
+impl Measure {
+    /// The figures it stores under each path.
+    pub fn keys(self) -> &'static [&'static str] {
+        match self {
+            Measure::Latency => &[
+                "p50",
+                "p90",
+                "p99",
+                "p999",
+                "max",
+                "mean",
+                "rps",
+                "packets",
+                "msg_redirected",
+                "msg_passed",
+                "sockets_inserted",
+            ],
+            Measure::Latency4k => &["p50_4k", "p99_4k"],
+            Measure::Latency64k => &["p50_64k", "p99_64k"],
+            Measure::Throughput => &["mb_s", "cpu_s_per_gb", "write_errors"],
+            Measure::Throughput4 => &["mb_s_4", "cpu_s_per_gb_4", "write_errors_4"],
+            Measure::ConnectRate => &["conn_s", "conn_p50"],
+        }
+    }
+}
+
+/// Figures every path stores besides its measures'.
+pub const PATH_METRICS: &[&str] = &["proxies", "proxy_rss_kb"];
+
+fn latency_only() -> Vec<Measure> {
+    vec![Measure::Latency]
+}
+
+fn sidecars_off() -> SidecarMode {
+    SidecarMode::Off
+}
+
+fn off() -> OnOff {
+    OnOff::Off
+}
+// ANCHOR_END: paths
+
 // ANCHOR: steps
 /// One step. `do` picks the kind; `explain` (Markdown) is shown before the step runs, and `try`
 /// lists commands a reader can run at that point (`lab-runner scenario --step` pauses there).
@@ -162,14 +245,25 @@ fn both_families() -> Vec<Family> {
 pub enum Step {
     /// Only text.
     Explain { title: String, text: String },
-    /// rr from one pod to another; results are stored under `name`.
+    /// Data paths measured against each other. Every repetition visits each path in turn
+    /// (switching proxies and the mesh to what the path names) and runs every measure there, so
+    /// whatever the machine does during the run lands on all paths alike. Figures are stored as
+    /// `<path>.<key>` (the median over repetitions, with its spread in the report); after the
+    /// step, proxies and mesh are as they were before it.
     Bench {
-        name: String,
         from: String,
         to: String,
+        /// Where `to` runs `rr-server`.
         port: u16,
         #[serde(default)]
         family: Family,
+        paths: Vec<PathDef>,
+        #[serde(default = "latency_only")]
+        measures: Vec<Measure>,
+        /// Measured repetitions (default: the `--repetitions` option).
+        #[serde(default)]
+        repetitions: Option<u32>,
+        /// Round trips per latency run (default: the `--round-trips` option).
         #[serde(default)]
         round_trips: Option<u64>,
         #[serde(default)]
@@ -289,23 +383,6 @@ impl Step {
     }
 }
 
-/// Metrics every bench step stores under its name.
-pub const BENCH_METRICS: &[&str] = &[
-    "p50",
-    "p90",
-    "p99",
-    "p999",
-    "max",
-    "mean",
-    "rps",
-    "packets",
-    "msg_redirected",
-    "msg_passed",
-    "sockets_inserted",
-    "proxies",
-    "proxy_rss_kb",
-];
-
 /// Metrics every conform step stores under its name.
 pub const CONFORM_METRICS: &[&str] = &["cases", "differences", "kernel_bugs", "msg_redirected", "held_ok"];
 
@@ -358,7 +435,9 @@ fn subject(message: &str) -> Option<String> {
             && let Some(b) = message[a + 1..].find(close)
         {
             let token = &message[a + 1..a + 1 + b];
-            return Some(if open == '`' { format!("{token} =") } else { format!("\"{token}\"") });
+            // A key (`form`) is found as `form =`, a value (`yes` of "unknown variant") quoted.
+            let value = open == '"' || message.starts_with("unknown variant");
+            return Some(if value { format!("\"{token}\"") } else { format!("{token} =") });
         }
     }
     None
@@ -459,15 +538,44 @@ impl Scenario {
                 if p == 0 { Err(err(format!("step {}: `port` must be 1-65535", i + 1))) } else { Ok(()) }
             };
             match step.get_ref() {
-                Step::Bench { port, round_trips: Some(0), .. } | Step::Bench { port: port @ 0, .. } => {
-                    port_ok(*port)?;
+                Step::Bench { port: 0, .. }
+                | Step::Conform { port: 0, .. }
+                | Step::Isolation { port: 0, .. } => port_ok(0)?,
+                Step::Bench { round_trips: Some(0), .. } => {
                     return Err(err(format!("step {}: `round_trips` must be at least 1", i + 1)));
                 }
-                Step::Conform { port: 0, .. } | Step::Isolation { port: 0, .. } => port_ok(0)?,
-                Step::Bench { name, from, to, .. } => {
+                Step::Bench { repetitions: Some(0), .. } => {
+                    return Err(err(format!("step {}: `repetitions` must be at least 1", i + 1)));
+                }
+                Step::Bench { from, to, paths, measures, .. } => {
                     pod(from)?;
                     pod(to)?;
-                    results.insert(name.clone(), BENCH_METRICS.to_vec());
+                    if paths.is_empty() || measures.is_empty() {
+                        return Err(err(format!(
+                            "step {}: a bench needs at least one entry in `paths` and in `measures`",
+                            i + 1
+                        )));
+                    }
+                    for p in paths {
+                        let quoted = format!("\"{}\"", p.name);
+                        if p.name.is_empty() || p.name.contains('.') || p.name.contains(char::is_whitespace) {
+                            return Err(err(format!(
+                                "step {}: path name {quoted}: expected a name without dots or spaces",
+                                i + 1
+                            )));
+                        }
+                        if results.contains_key(&p.name) {
+                            return Err(err(format!(
+                                "step {}: path name {quoted}: an earlier step already stores results under it",
+                                i + 1
+                            )));
+                        }
+                        let mut keys: Vec<&str> = PATH_METRICS.to_vec();
+                        for m in measures {
+                            keys.extend(m.keys());
+                        }
+                        results.insert(p.name.clone(), keys);
+                    }
                 }
                 Step::Conform { name, from, to, compare, cases, families, .. } => {
                     pod(from)?;
@@ -602,6 +710,28 @@ mod tests {
         let text = format!("name = \"x\"\nsummary = \"x\"\nsteps = []\n{many}");
         let e = err(&text);
         assert!(e.contains("241 pods") && e.contains("at most 240"), "{e}");
+    }
+
+    #[test]
+    fn bench_paths_and_measures_are_checked() {
+        let e = err(&GOOD.replace("{ name = \"direct\" }", "{ name = \"di.rect\" }"));
+        assert!(
+            e.starts_with("t.toml:11: step 1: path name \"di.rect\": expected a name without dots"),
+            "{e}"
+        );
+        let e = err(&GOOD.replace("paths = [{ name = \"direct\" }]", "paths = []"));
+        assert!(e.contains("at least one entry in `paths` and in `measures`"), "{e}");
+        let e = err(&GOOD.replace("{ name = \"direct\" }", "{ name = \"direct\", mesh = \"yes\" }"));
+        assert!(e.starts_with("t.toml:11: unknown variant `yes`, expected `on` or `off`"), "{e}");
+        let e = err(&GOOD.replace("port = 7000\n", "port = 7000\nmeasures = [\"latency-1k\"]\n"));
+        assert!(e.contains("unknown variant `latency-1k`, expected one of `latency`, `latency-4k`"), "{e}");
+        let e = err(&GOOD.replace("port = 7000\n", "port = 7000\nrepetitions = 0\n"));
+        assert!(e.contains("`repetitions` must be at least 1"), "{e}");
+        let twice = GOOD
+            .replace("{ name = \"direct\" }", "{ name = \"direct\" }, { name = \"direct\", mesh = \"on\" }");
+        assert!(
+            err(&twice).contains("path name \"direct\": an earlier step already stores results under it")
+        );
     }
 
     #[test]

@@ -1,0 +1,100 @@
+//! `connect-rate`: how many short connections per second, one after another. Each one is
+//! connect + one request + its response + close, the life of a typical HTTP/1.0 or RPC call
+//! without connection reuse.
+use std::{
+    io::{Read, Write},
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+
+use crate::rr::{self, Hello, Latency};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// Server address (`workload rr-server`).
+    #[arg(long)]
+    pub connect: SocketAddr,
+    /// Measured connections.
+    #[arg(long, default_value_t = 1000)]
+    pub connections: u32,
+    /// Connections before measuring starts.
+    #[arg(long, default_value_t = 20)]
+    pub warmup: u32,
+    /// Bytes in the request and in the response.
+    #[arg(long, default_value_t = rr::DEFAULT_SIZE)]
+    pub size: usize,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConnectReport {
+    pub target: String,
+    pub connections: u32,
+    pub elapsed_s: f64,
+    pub per_s: f64,
+    /// connect() to the response's last byte, microseconds.
+    pub latency_us: Latency,
+}
+
+// ANCHOR: cycle
+/// One connection's life; returns how long it took until the response was in.
+fn cycle(to: SocketAddr, size: u32, request: &[u8], response: &mut [u8]) -> anyhow::Result<Duration> {
+    let t0 = Instant::now();
+    let hello = Hello::PingPong { request: size, response: size };
+    let mut conn = rr::connect(to, hello, true, Duration::ZERO)?;
+    conn.write_all(request).context("request")?;
+    conn.read_exact(response).context("response")?;
+    let took = t0.elapsed();
+    drop(conn);
+    Ok(took)
+}
+// ANCHOR_END: cycle
+
+pub fn run(args: &Args) -> anyhow::Result<ConnectReport> {
+    let size = u32::try_from(args.size).ok().filter(|s| *s > 0).context("size must be 1 .. 4 GiB")?;
+    let request = vec![b'q'; args.size];
+    let mut response = vec![0u8; args.size];
+    // The server may still be starting: the first connection may wait for it.
+    rr::connect(
+        args.connect,
+        Hello::PingPong { request: size, response: size },
+        true,
+        Duration::from_secs(5),
+    )?;
+    for _ in 0..args.warmup {
+        cycle(args.connect, size, &request, &mut response)?;
+    }
+    let mut hist = rr::new_histogram();
+    let start = Instant::now();
+    for _ in 0..args.connections {
+        let took = cycle(args.connect, size, &request, &mut response)?;
+        hist.saturating_record(took.as_nanos() as u64);
+    }
+    let elapsed_s = start.elapsed().as_secs_f64();
+    Ok(ConnectReport {
+        target: args.connect.to_string(),
+        connections: args.connections,
+        elapsed_s,
+        per_s: f64::from(args.connections) / elapsed_s.max(f64::EPSILON),
+        latency_us: rr::latency(&hist),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_whole_connections() {
+        let addr = crate::rr::tests::local_server();
+        let args = Args { connect: addr, connections: 50, warmup: 2, size: 64, json: true };
+        let r = run(&args).unwrap();
+        assert_eq!(r.connections, 50);
+        assert!(r.per_s > 0.0 && r.latency_us.p50 > 0.0, "{r:?}");
+    }
+}

@@ -1,0 +1,137 @@
+//! `stream`: bulk throughput. Each stream connects to `rr-server` as a sink, writes 64 KiB
+//! buffers for a fixed time, half-closes, and checks the byte count the server read.
+use std::{
+    io::{Read, Write},
+    net::{Shutdown, SocketAddr, TcpStream},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    cpu::CpuTimes,
+    rr::{self, Hello},
+};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// Server address (`workload rr-server`).
+    #[arg(long)]
+    pub connect: SocketAddr,
+    /// Concurrent streams, one thread each.
+    #[arg(long, default_value_t = 1)]
+    pub streams: u32,
+    /// How long each stream writes, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub millis: u64,
+    /// Bytes per write().
+    #[arg(long, default_value_t = 64 * 1024)]
+    pub write_size: usize,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What one stream run measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StreamReport {
+    pub target: String,
+    pub streams: u32,
+    /// Bytes the server confirmed it read, all streams.
+    pub bytes: u64,
+    pub elapsed_s: f64,
+    /// Megabytes (10^6) per second.
+    pub mb_per_s: f64,
+    /// Busy CPU time of the whole machine per gigabyte moved (both ends, proxies, the kernel).
+    pub cpu_s_per_gb: f64,
+    /// Streams whose write() failed (each stopped there; its bytes up to then are counted).
+    pub errors: Vec<String>,
+}
+
+/// Runs the streams and reports their total.
+pub fn run(args: &Args) -> anyhow::Result<StreamReport> {
+    if args.streams == 0 || args.write_size == 0 {
+        bail!("need at least one stream and a non-empty write");
+    }
+    let conns = (0..args.streams)
+        .map(|_| rr::connect(args.connect, Hello::Sink, true, Duration::from_secs(5)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let cpu0 = CpuTimes::now();
+    let start = Instant::now();
+    let until = start + Duration::from_millis(args.millis);
+    let workers: Vec<_> = conns
+        .into_iter()
+        .map(|conn| {
+            let size = args.write_size;
+            thread::spawn(move || one_stream(conn, size, until))
+        })
+        .collect();
+    let (mut bytes, mut errors) = (0, Vec::new());
+    for w in workers {
+        let (sent, error) = w.join().map_err(|_| anyhow::anyhow!("stream worker panicked"))??;
+        bytes += sent;
+        errors.extend(error);
+    }
+    let elapsed_s = start.elapsed().as_secs_f64();
+    let cpu = CpuTimes::now().since(&cpu0);
+    let gb = bytes as f64 / 1e9;
+    Ok(StreamReport {
+        target: args.connect.to_string(),
+        streams: args.streams,
+        bytes,
+        elapsed_s,
+        mb_per_s: bytes as f64 / 1e6 / elapsed_s.max(f64::EPSILON),
+        cpu_s_per_gb: if gb > 0.0 { cpu.busy_s() / gb } else { 0.0 },
+        errors,
+    })
+}
+
+// ANCHOR: one_stream
+/// Writes until `until`, half-closes, and checks the server's count. A failed write() ends the
+/// stream early and is returned beside the bytes sent before it (TCP itself blocks a writer
+/// whose peer is slow; a write error is what the application would see).
+fn one_stream(mut conn: TcpStream, size: usize, until: Instant) -> anyhow::Result<(u64, Option<String>)> {
+    let buf = vec![b's'; size];
+    let (mut sent, mut error) = (0u64, None);
+    'send: while Instant::now() < until {
+        let mut at = 0;
+        while at < size {
+            match conn.write(&buf[at..]) {
+                Ok(n) => at += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    error = Some(format!("write after {} bytes: {e}", sent + at as u64));
+                    sent += at as u64;
+                    break 'send;
+                }
+            }
+        }
+        sent += size as u64;
+    }
+    conn.shutdown(Shutdown::Write)?;
+    let mut count = [0u8; 8];
+    conn.read_exact(&mut count).context("the server's byte count")?;
+    let read = u64::from_le_bytes(count);
+    if read != sent {
+        bail!("sent {sent} bytes, the server read {read}");
+    }
+    Ok((sent, error))
+}
+// ANCHOR_END: one_stream
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_byte_is_confirmed_by_the_server() {
+        let addr = crate::rr::tests::local_server();
+        let args = Args { connect: addr, streams: 2, millis: 100, write_size: 10_000, json: true };
+        let r = run(&args).unwrap();
+        assert!(r.bytes > 0 && r.bytes.is_multiple_of(10_000), "{r:?}");
+        assert!(r.mb_per_s > 0.0);
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+    }
+}
