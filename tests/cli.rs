@@ -89,7 +89,7 @@ fn scenario_file_errors_name_file_line_and_what_was_expected() {
         (
             "typo",
             GOOD.replace("from = ", "form = "),
-            ":12: unknown field `form`, expected one of `name`, `from`",
+            ":12: unknown field `form`, expected one of `from`, `to`",
         ),
         (
             "type",
