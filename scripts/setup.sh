@@ -17,7 +17,8 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 # --- apt -------------------------------------------------------------------------------------
 # qemu-system-x86 + busybox-static: the VM backend; iproute2/bpftool are also copied into VM images.
 # vagrant: only to validate the rendered Vagrantfile in the tests.
-apt_pkgs=(iproute2 iptables bpftool procps qemu-system-x86 busybox-static vagrant)
+# sockperf, iperf3: established tools the lab's own benchmarks are cross-checked against.
+apt_pkgs=(iproute2 iptables bpftool procps qemu-system-x86 busybox-static vagrant sockperf iperf3)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

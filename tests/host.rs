@@ -187,7 +187,7 @@ fn sockmap_redirects_and_leaves_nothing_behind() {
     assert_eq!(get("sidecars", "proxies"), 2.0);
     // Without the mesh every message is a packet on both pods' interfaces; with it, almost none.
     let (plain, mesh) = (get("direct", "packets"), get("sockmap", "packets"));
-    assert!(plain >= 80_000.0, "direct run put only {plain} packets on the wire");
+    assert!(plain >= 24_000.0, "direct run put only {plain} packets on the wire");
     assert!(mesh * 100.0 <= plain, "mesh run: {mesh} packets vs {plain} direct");
     let lab = v["report"]["lab"].as_str().unwrap();
     assert_eq!(remains_of(lab), Vec::<String>::new());
@@ -458,7 +458,7 @@ fn guided_mode_pauses_after_each_step_until_a_key_is_pressed() {
     assert!(!pty.text().contains("== sidecars"), "went on without a key:\n{}", pty.text());
     pty.send("\n");
     pty.wait_count(PROMPT, 2, Duration::from_secs(60));
-    assert!(pty.text().contains("== sidecars\n"), "{}", pty.text());
+    assert!(pty.text().contains("== sidecars"), "{}", pty.text());
     pty.send("\n");
     pty.wait_count(PROMPT, 3, Duration::from_secs(60));
     // q stops the scenario: interrupted, lab torn down.

@@ -14,7 +14,10 @@ use workloads::{
 
 use super::{
     Context, Outcome, kernel_bugs, kernel_release, requirements,
-    spec::{Family, Measure, OnOff, Op, PathDef, Scenario, Severity, SidecarMode, Step, WorkloadDef},
+    spec::{
+        FigureDef, Family, Measure, OnOff, Op, PathDef, Scenario, Severity, SidecarMode, Step, ToolDef,
+        WorkloadDef,
+    },
     stats::{self, Spread, Verdict},
 };
 use crate::{
@@ -133,6 +136,7 @@ struct BenchArgs<'s> {
     target: SocketAddr,
     paths: &'s [PathDef],
     measures: &'s [Measure],
+    tools: &'s [ToolDef],
     repetitions: u32,
     round_trips: u64,
 }
@@ -147,11 +151,26 @@ const TOTALS: &[&str] = &["write_errors", "write_errors_4"];
 /// What one visit of a path measured.
 #[derive(Default)]
 struct Visit {
-    figures: Vec<(&'static str, f64)>,
+    figures: Vec<(String, f64)>,
     rr: Option<RrReport>,
     packets: u64,
     mesh: Counters,
 }
+
+impl Visit {
+    fn add<const N: usize>(&mut self, figures: [(&str, f64); N]) {
+        self.figures.extend(figures.map(|(k, v)| (k.to_owned(), v)));
+    }
+}
+
+// ANCHOR: read_figure
+/// The figure in a program's output: the capture of the last matching line, times the factor.
+fn read_figure(output: &str, f: &FigureDef) -> Option<f64> {
+    let re = regex::Regex::new(&f.regex).ok()?;
+    let number = output.lines().rev().find_map(|l| re.captures(l)?.get(1))?;
+    Some(f.factor * number.as_str().parse::<f64>().ok()?)
+}
+// ANCHOR_END: read_figure
 
 /// The conform step's fields.
 struct ConformArgs<'s> {
@@ -253,6 +272,15 @@ impl Engine<'_> {
                 Some(WorkloadDef::ConformServer { port }) => {
                     vec!["conform-server".into(), "--listen".into(), format!("[::]:{port}")]
                 }
+                Some(WorkloadDef::Command { port, command }) => {
+                    let mut cmd = std::process::Command::new(&command[0]);
+                    cmd.args(&command[1..]);
+                    let pid = self.lab.spawn(&p.name, self.pinned(cmd, Role::Server))?;
+                    self.ports.entry(p.name.clone()).or_default().push(*port);
+                    self.out("lab", format!("pod {}: {} (pid {pid})", p.name, command.join(" ")));
+                    wait_listening(pid, *port, &self.ctx.cancel)?;
+                    continue;
+                }
             };
             let Some(port) = p.workload.as_ref().map(WorkloadDef::port) else { continue };
             self.ports.entry(p.name.clone()).or_default().push(port);
@@ -271,6 +299,8 @@ impl Engine<'_> {
         s = s.replace("<cgroup>", &self.lab.cgroup().display().to_string());
         for p in self.lab.pods() {
             s = s.replace(&format!("<netns:{}>", p.name), &p.netns);
+            s = s.replace(&format!("<ip:{}>", p.name), &p.ipv4.to_string());
+            s = s.replace(&format!("<ip6:{}>", p.name), &p.ipv6.to_string());
         }
         s
     }
@@ -291,12 +321,13 @@ impl Engine<'_> {
     fn step(&mut self, label: &str, step: &Step) -> Result<(), LabError> {
         match step {
             Step::Explain { .. } => {}
-            Step::Bench { from, to, port, family, paths, measures, repetitions, round_trips, .. } => {
+            Step::Bench { from, to, port, family, paths, measures, tools, repetitions, round_trips, .. } => {
                 let args = BenchArgs {
                     from,
                     target: SocketAddr::new(self.pod_ip(to, *family), *port),
                     paths,
                     measures,
+                    tools,
                     repetitions: repetitions.unwrap_or(self.ctx.options.repetitions),
                     round_trips: round_trips.unwrap_or(self.ctx.options.round_trips),
                 };
@@ -751,7 +782,7 @@ impl Engine<'_> {
         for p in a.paths {
             self.ctx.cancel.check()?;
             self.switch_to(p.sidecars, p.mesh)?;
-            self.visit(a.from, a.target, &[Measure::Latency], a.round_trips.min(WARMUP_ROUND_TRIPS))?;
+            self.visit(a.from, a.target, &[Measure::Latency], &[], a.round_trips.min(WARMUP_ROUND_TRIPS))?;
         }
         self.out(
             label,
@@ -776,7 +807,7 @@ impl Engine<'_> {
                     self.out(&sub, format!("data path: {}", self.config()));
                 }
                 configs[i] = self.config();
-                let v = self.visit(a.from, a.target, a.measures, a.round_trips)?;
+                let v = self.visit(a.from, a.target, a.measures, a.tools, a.round_trips)?;
                 rss[i] = self
                     .sidecars
                     .proxies
@@ -814,16 +845,16 @@ impl Engine<'_> {
     /// A path's figures: medians (with spreads in `stats`), counter totals, and its median
     /// latency run for the report's table and chart.
     fn store_path(&mut self, step: &str, name: &str, config: &str, visits: &[Visit], rss: &[(String, u64)]) {
-        let mut values: Vec<(&'static str, f64)> = Vec::new();
+        let mut values: Vec<(String, f64)> = Vec::new();
         for (k, _) in visits.first().map(|v| v.figures.as_slice()).unwrap_or_default() {
             let samples: Vec<f64> = visits
                 .iter()
                 .filter_map(|v| v.figures.iter().find(|(kk, _)| kk == k).map(|(_, x)| *x))
                 .collect();
-            if TOTALS.contains(k) {
-                values.push((k, samples.iter().sum()));
+            if TOTALS.contains(&k.as_str()) {
+                values.push((k.clone(), samples.iter().sum()));
             } else if let Some(s) = Spread::of(&samples) {
-                values.push((k, s.median));
+                values.push((k.clone(), s.median));
                 self.out(step, format!("{k:<14} {}", interval(&s, "")));
                 self.report.stats.insert(format!("{name}.{k}"), s);
             }
@@ -832,25 +863,29 @@ impl Engine<'_> {
         let packets: u64 = visits.iter().map(|v| v.packets).sum();
         let latency_runs: Vec<&RrReport> = visits.iter().filter_map(|v| v.rr.as_ref()).collect();
         if !latency_runs.is_empty() {
-            values.extend([
-                ("packets", packets as f64),
-                ("msg_redirected", mesh.msg_redirected as f64),
-                ("msg_passed", mesh.msg_passed as f64),
-                ("sockets_inserted", mesh.sockets_inserted as f64),
-            ]);
+            values.extend(
+                [
+                    ("packets", packets as f64),
+                    ("msg_redirected", mesh.msg_redirected as f64),
+                    ("msg_passed", mesh.msg_passed as f64),
+                    ("sockets_inserted", mesh.sockets_inserted as f64),
+                ]
+                .map(|(k, v)| (k.to_owned(), v)),
+            );
         }
         let rss_mean = if rss.is_empty() {
             0.0
         } else {
             rss.iter().map(|(_, k)| *k as f64).sum::<f64>() / rss.len() as f64
         };
-        values.extend([("proxies", rss.len() as f64), ("proxy_rss_kb", rss_mean)]);
+        values.extend([("proxies".to_owned(), rss.len() as f64), ("proxy_rss_kb".to_owned(), rss_mean)]);
         let r = self.report.results.entry(name.to_owned()).or_default();
         for (k, v) in &values {
-            r.insert((*k).into(), *v);
+            r.insert(k.clone(), *v);
         }
         let shown = ["p50", "p99", "mb_s", "conn_s", "packets", "msg_redirected", "proxy_rss_kb"];
         for (k, v) in values {
+            let k = k.as_str();
             let unit = match k {
                 "p50" | "p99" | "conn_p50" => "us",
                 "mb_s" => "MB/s",
@@ -886,6 +921,7 @@ impl Engine<'_> {
         from: &str,
         target: SocketAddr,
         measures: &[Measure],
+        tools: &[ToolDef],
         round_trips: u64,
     ) -> Result<Visit, LabError> {
         let mut v = Visit::default();
@@ -909,7 +945,7 @@ impl Engine<'_> {
                     v.packets = p1.saturating_sub(p0);
                     v.mesh = c1.since(&c0);
                     let l = &r.latency_us;
-                    v.figures.extend([
+                    v.add([
                         ("p50", l.p50),
                         ("p90", l.p90),
                         ("p99", l.p99),
@@ -924,7 +960,7 @@ impl Engine<'_> {
                     let big = *m == Measure::Latency64k;
                     let r: RrReport = self.run_json(from, &rr(if big { 65536 } else { 4096 }))?;
                     let (a, b) = if big { ("p50_64k", "p99_64k") } else { ("p50_4k", "p99_4k") };
-                    v.figures.extend([(a, r.latency_us.p50), (b, r.latency_us.p99)]);
+                    v.add([(a, r.latency_us.p50), (b, r.latency_us.p99)]);
                 }
                 Measure::Throughput | Measure::Throughput4 => {
                     let four = *m == Measure::Throughput4;
@@ -939,14 +975,29 @@ impl Engine<'_> {
                     for e in &r.errors {
                         self.out("bench", format!("{streams} stream(s) to {t} ({}): {e}", self.config()));
                     }
-                    v.figures.extend([(a, r.mb_per_s), (b, r.cpu_s_per_gb), (c, r.errors.len() as f64)]);
+                    v.add([(a, r.mb_per_s), (b, r.cpu_s_per_gb), (c, r.errors.len() as f64)]);
                 }
                 Measure::ConnectRate => {
                     let n = (round_trips / 4).clamp(50, 1000).to_string();
                     let args = ["connect-rate", "--connect", &t, "--connections", &n, "--json"];
                     let r: ConnectReport = self.run_json(from, &args)?;
-                    v.figures.extend([("conn_s", r.per_s), ("conn_p50", r.latency_us.p50)]);
+                    v.add([("conn_s", r.per_s), ("conn_p50", r.latency_us.p50)]);
                 }
+            }
+        }
+        for t in tools {
+            self.ctx.cancel.check()?;
+            let words: Vec<String> = t.command.iter().map(|w| self.fill(w)).collect();
+            let mut cmd = std::process::Command::new(&words[0]);
+            cmd.args(&words[1..]);
+            let out = self.lab.run(from, self.pinned(cmd, Role::Client), RUN_TIMEOUT, &self.ctx.cancel)?;
+            let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            for (name, f) in &t.figures {
+                let value = read_figure(&text, f).ok_or_else(|| LabError::Parse {
+                    command: words.join(" "),
+                    detail: format!("no line matches /{}/ for figure {name:?} in its output:\n{text}", f.regex),
+                })?;
+                v.figures.push((name.clone(), value));
             }
         }
         Ok(v)
@@ -1118,4 +1169,34 @@ fn round3(v: f64) -> String {
     }
     let digits = (2 - v.abs().log10().floor() as i32).max(0) as usize;
     format!("{v:.digits$}")
+}
+
+/// Waits until process `pid` has a socket listening on `port` in its network namespace (read
+/// from `/proc/<pid>/net/tcp{,6}`: no probe connection, which some servers would log or count).
+fn wait_listening(pid: u32, port: u16, cancel: &super::Cancel) -> Result<(), LabError> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let wanted = format!(":{port:04X} ");
+    loop {
+        cancel.check()?;
+        let listening = ["tcp", "tcp6"].iter().any(|f| {
+            std::fs::read_to_string(format!("/proc/{pid}/net/{f}"))
+                .unwrap_or_default()
+                .lines()
+                .skip(1)
+                .any(|l| {
+                    let cols: Vec<&str> = l.split_whitespace().collect();
+                    cols.len() > 3 && format!("{} ", cols[1]).ends_with(&wanted) && cols[3] == "0A"
+                })
+        });
+        if listening {
+            return Ok(());
+        }
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() || std::time::Instant::now() > deadline {
+            return Err(LabError::Command {
+                command: format!("pod workload (pid {pid})"),
+                stderr: format!("nothing listens on port {port} after 20 s (or the program exited)"),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

@@ -58,6 +58,9 @@ pub enum WorkloadDef {
     Echo { port: u16 },
     /// `workload conform-server`: the server side of the TCP conformance suite.
     ConformServer { port: u16 },
+    /// Any program (a real server: sockperf, iperf3, redis-server, ...), started with
+    /// `command` in the pod and ready once `port` accepts connections.
+    Command { port: u16, command: Vec<String> },
 }
 
 impl WorkloadDef {
@@ -66,7 +69,8 @@ impl WorkloadDef {
         match self {
             WorkloadDef::RrServer { port }
             | WorkloadDef::Echo { port }
-            | WorkloadDef::ConformServer { port } => *port,
+            | WorkloadDef::ConformServer { port }
+            | WorkloadDef::Command { port, .. } => *port,
         }
     }
 }
@@ -221,6 +225,28 @@ impl Measure {
     }
 }
 
+// ANCHOR: tools
+/// An established tool run on each path beside the lab's own measures (sockperf, iperf3, ...),
+/// from the bench's `from` pod; `<ip:POD>` in its command is the pod's IPv4 address.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolDef {
+    pub command: Vec<String>,
+    /// Figure name -> how to read it from the tool's output.
+    pub figures: BTreeMap<String, FigureDef>,
+}
+
+/// A figure read from a program's output: the first capture group of the last line the regular
+/// expression matches, times `factor`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FigureDef {
+    pub regex: String,
+    #[serde(default = "one")]
+    pub factor: f64,
+}
+// ANCHOR_END: tools
+
 /// Figures every path stores besides its measures'.
 pub const PATH_METRICS: &[&str] = &["proxies", "proxy_rss_kb"];
 
@@ -260,6 +286,9 @@ pub enum Step {
         paths: Vec<PathDef>,
         #[serde(default = "latency_only")]
         measures: Vec<Measure>,
+        /// Established tools run on each visit too, after the measures.
+        #[serde(default)]
+        tools: Vec<ToolDef>,
         /// Measured repetitions (default: the `--repetitions` option).
         #[serde(default)]
         repetitions: Option<u32>,
@@ -547,9 +576,28 @@ impl Scenario {
                 Step::Bench { repetitions: Some(0), .. } => {
                     return Err(err(format!("step {}: `repetitions` must be at least 1", i + 1)));
                 }
-                Step::Bench { from, to, paths, measures, .. } => {
+                Step::Bench { from, to, paths, measures, tools, .. } => {
                     pod(from)?;
                     pod(to)?;
+                    for t in tools {
+                        if t.command.is_empty() || t.figures.is_empty() {
+                            return Err(err(format!(
+                                "step {}: a tool needs a non-empty `command` and at least one figure",
+                                i + 1
+                            )));
+                        }
+                        for (name, f) in &t.figures {
+                            let re = regex::Regex::new(&f.regex).map_err(|e| {
+                                err(format!("step {}: figure {name:?}: `regex` does not compile: {e}", i + 1))
+                            })?;
+                            if re.captures_len() < 2 {
+                                return Err(err(format!(
+                                    "step {}: figure {name:?}: `regex` needs a capture group for the number",
+                                    i + 1
+                                )));
+                            }
+                        }
+                    }
                     if paths.is_empty() || measures.is_empty() {
                         return Err(err(format!(
                             "step {}: a bench needs at least one entry in `paths` and in `measures`",
@@ -574,6 +622,7 @@ impl Scenario {
                         for m in measures {
                             keys.extend(m.keys());
                         }
+                        keys.extend(tools.iter().flat_map(|t| t.figures.keys().map(String::as_str)));
                         results.insert(p.name.clone(), keys);
                     }
                 }
