@@ -493,3 +493,25 @@ fn a_missing_requirement_is_a_visible_skip_with_the_reason() {
     assert!(!stdout.contains("never shown"), "nothing ran: {stdout}");
     fs::remove_file(path).unwrap();
 }
+
+#[test]
+fn the_lab_agrees_with_sockperf_and_measures_iperf3_beside_it() {
+    let _k = KERNEL.lock().unwrap_or_else(|p| p.into_inner());
+    if !root_or_skip("the_lab_agrees_with_sockperf_and_measures_iperf3_beside_it") {
+        return;
+    }
+    let v = passed_on_host("crosscheck", &["--pin", "--repetitions", "5"]);
+    let stats = &v["report"]["stats"];
+    let r = &v["report"]["results"];
+    // sockperf's p50 round trip (twice its one-way figure) within 10% of rr's, per repetition,
+    // on the direct path; through the mesh the same checks ran and did not fail.
+    let ratio = stats["sockperf_vs_rr.value"]["median"].as_f64().unwrap();
+    assert!((0.9..=1.1).contains(&ratio), "sockperf / rr p50 = {ratio}: {}", stats["sockperf_vs_rr.value"]);
+    for path in ["direct", "sockmap"] {
+        assert_eq!(stats[format!("{path}.sockperf_p50")]["n"], 5, "{path}");
+        assert!(r[path]["iperf3_mb_s"].as_f64().unwrap() > 0.0, "{path}: iperf3 measured");
+    }
+    assert!(r["sockmap"]["msg_redirected"].as_f64().unwrap() > 0.0);
+    assert_eq!(v["report"]["machine"]["pinned"], true);
+    assert_eq!(remains_of(v["report"]["lab"].as_str().unwrap()), Vec::<String>::new());
+}

@@ -113,8 +113,9 @@ impl fmt::Display for RrReport {
 pub enum Hello {
     /// Answer every `request`-byte request with a `response`-byte response, until EOF.
     PingPong { request: u32, response: u32 },
-    /// Read until EOF, then answer the number of bytes read (u64, little-endian) and close.
-    Sink,
+    /// Read until EOF, `read` bytes per read(), then answer the number of bytes read (u64,
+    /// little-endian) and close.
+    Sink { read: u32 },
 }
 // ANCHOR_END: hello
 
@@ -124,7 +125,7 @@ impl Hello {
     pub fn encode(self) -> [u8; HELLO_LEN] {
         let (mode, a, b) = match self {
             Hello::PingPong { request, response } => (b'p', request, response),
-            Hello::Sink => (b's', 0, 0),
+            Hello::Sink { read } => (b's', read, 0),
         };
         let mut out = [0u8; HELLO_LEN];
         out[..3].copy_from_slice(b"RR1");
@@ -140,7 +141,7 @@ impl Hello {
             (b"RR1", b'p') if word(4) > 0 && word(8) > 0 => {
                 Ok(Hello::PingPong { request: word(4), response: word(8) })
             }
-            (b"RR1", b's') => Ok(Hello::Sink),
+            (b"RR1", b's') if word(4) > 0 => Ok(Hello::Sink { read: word(4) }),
             _ => Err(io::Error::new(io::ErrorKind::InvalidData, format!("not an rr hello: {b:?}"))),
         }
     }
@@ -172,8 +173,8 @@ fn answer(mut conn: TcpStream) -> io::Result<()> {
                 }
             }
         }
-        Hello::Sink => {
-            let mut buf = vec![0u8; 256 * 1024];
+        Hello::Sink { read } => {
+            let mut buf = vec![0u8; read as usize];
             let mut total = 0u64;
             loop {
                 match conn.read(&mut buf)? {
@@ -310,7 +311,7 @@ pub(crate) mod tests {
 
     #[test]
     fn hello_round_trips_and_garbage_is_refused() {
-        for h in [Hello::PingPong { request: 64, response: 65536 }, Hello::Sink] {
+        for h in [Hello::PingPong { request: 64, response: 65536 }, Hello::Sink { read: 131_072 }] {
             assert_eq!(Hello::decode(&h.encode()).unwrap(), h);
         }
         assert!(Hello::decode(b"GET / HTTP/1").is_err());

@@ -1,4 +1,4 @@
-//! `stream`: bulk throughput. Each stream connects to `rr-server` as a sink, writes 64 KiB
+//! `stream`: bulk throughput. Each stream connects to `rr-server` as a sink, writes 128 KiB
 //! buffers for a fixed time, half-closes, and checks the byte count the server read.
 use std::{
     io::{Read, Write},
@@ -26,8 +26,8 @@ pub struct Args {
     /// How long each stream writes, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     pub millis: u64,
-    /// Bytes per write().
-    #[arg(long, default_value_t = 64 * 1024)]
+    /// Bytes per write() on this side, per read() on the server's (iperf3's default for TCP).
+    #[arg(long, default_value_t = 128 * 1024)]
     pub write_size: usize,
     /// Print the report as one JSON object.
     #[arg(long)]
@@ -56,7 +56,10 @@ pub fn run(args: &Args) -> anyhow::Result<StreamReport> {
         bail!("need at least one stream and a non-empty write");
     }
     let conns = (0..args.streams)
-        .map(|_| rr::connect(args.connect, Hello::Sink, true, Duration::from_secs(5)))
+        .map(|_| {
+            let read = u32::try_from(args.write_size).unwrap_or(u32::MAX);
+            rr::connect(args.connect, Hello::Sink { read }, true, Duration::from_secs(5))
+        })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let cpu0 = CpuTimes::now();
     let start = Instant::now();

@@ -15,7 +15,7 @@ use workloads::{
 use super::{
     Context, Outcome, kernel_bugs, kernel_release, requirements,
     spec::{
-        FigureDef, Family, Measure, OnOff, Op, PathDef, Scenario, Severity, SidecarMode, Step, ToolDef,
+        Family, FigureDef, Measure, OnOff, Op, PathDef, Scenario, Severity, SidecarMode, Step, ToolDef,
         WorkloadDef,
     },
     stats::{self, Spread, Verdict},
@@ -321,7 +321,9 @@ impl Engine<'_> {
     fn step(&mut self, label: &str, step: &Step) -> Result<(), LabError> {
         match step {
             Step::Explain { .. } => {}
-            Step::Bench { from, to, port, family, paths, measures, tools, repetitions, round_trips, .. } => {
+            Step::Bench {
+                from, to, port, family, paths, measures, tools, repetitions, round_trips, ..
+            } => {
                 let args = BenchArgs {
                     from,
                     target: SocketAddr::new(self.pod_ip(to, *family), *port),
@@ -991,11 +993,15 @@ impl Engine<'_> {
             let mut cmd = std::process::Command::new(&words[0]);
             cmd.args(&words[1..]);
             let out = self.lab.run(from, self.pinned(cmd, Role::Client), RUN_TIMEOUT, &self.ctx.cancel)?;
-            let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            let text =
+                format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
             for (name, f) in &t.figures {
                 let value = read_figure(&text, f).ok_or_else(|| LabError::Parse {
                     command: words.join(" "),
-                    detail: format!("no line matches /{}/ for figure {name:?} in its output:\n{text}", f.regex),
+                    detail: format!(
+                        "no line matches /{}/ for figure {name:?} in its output:\n{text}",
+                        f.regex
+                    ),
                 })?;
                 v.figures.push((name.clone(), value));
             }
@@ -1179,14 +1185,12 @@ fn wait_listening(pid: u32, port: u16, cancel: &super::Cancel) -> Result<(), Lab
     loop {
         cancel.check()?;
         let listening = ["tcp", "tcp6"].iter().any(|f| {
-            std::fs::read_to_string(format!("/proc/{pid}/net/{f}"))
-                .unwrap_or_default()
-                .lines()
-                .skip(1)
-                .any(|l| {
+            std::fs::read_to_string(format!("/proc/{pid}/net/{f}")).unwrap_or_default().lines().skip(1).any(
+                |l| {
                     let cols: Vec<&str> = l.split_whitespace().collect();
                     cols.len() > 3 && format!("{} ", cols[1]).ends_with(&wanted) && cols[3] == "0A"
-                })
+                },
+            )
         });
         if listening {
             return Ok(());
