@@ -80,7 +80,13 @@ const FIGURES: [(&str, &str); 10] = [
 fn figures_table(report: &Value) -> (Vec<String>, Vec<(String, Vec<String>)>) {
     let stats = &report["stats"];
     let results = report["results"].as_object().cloned().unwrap_or_default();
-    let mut paths: Vec<String> = Vec::new();
+    // Paths in the order they ran (the runs list), then any without a latency run.
+    let mut paths: Vec<String> = report["runs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| Some(r["name"].as_str()?.to_owned()))
+        .collect();
     for key in stats.as_object().into_iter().flat_map(|m| m.keys()) {
         if let Some((path, _)) = key.rsplit_once('.')
             && results.get(path).is_some_and(|r| r.get("value").is_none())
