@@ -372,7 +372,7 @@ impl Engine<'_> {
                     self.out(label, line);
                 }
             }
-            Step::Exec { name, pod, command, expect_exit, .. } => {
+            Step::Exec { name, pod, command, expect_exit, figures, .. } => {
                 let mut cmd = std::process::Command::new(&command[0]);
                 cmd.args(&command[1..]);
                 let out = self.lab.run_status(pod, cmd, RUN_TIMEOUT, &self.ctx.cancel)?;
@@ -385,6 +385,22 @@ impl Engine<'_> {
                 let code = out.status.code().unwrap_or(-1);
                 self.report.results.entry(name.clone()).or_default().insert("exit".into(), f64::from(code));
                 self.metric(label, "exit", f64::from(code), "");
+                let text = format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                for (figure, f) in figures {
+                    let Some(v) = read_figure(&text, f) else {
+                        let reason =
+                            format!("{name}: no line of the output matches /{}/ ({figure})", f.regex);
+                        self.failures.push(reason.clone());
+                        self.ctx.emit(Event::StepFailed { step: label.into(), reason });
+                        return Ok(());
+                    };
+                    self.report.results.entry(name.clone()).or_default().insert(figure.clone(), v);
+                    self.metric(label, figure, v, "");
+                }
                 if let Some(want) = expect_exit
                     && *want != code
                 {
@@ -1202,5 +1218,29 @@ fn wait_listening(pid: u32, port: u16, cancel: &super::Cancel) -> Result<(), Lab
             });
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_figure_is_the_last_matching_line_times_the_factor() {
+        let out =
+            "sockperf: ---> percentile 99.000 =   29.378\nsockperf: ---> percentile 50.000 =    5.988\n";
+        let f = FigureDef { regex: r"percentile 50\.000 =\s*([0-9.]+)".into(), factor: 2.0 };
+        assert_eq!(read_figure(out, &f), Some(11.976));
+        let iperf = "\"bits_per_second\":\t8.0e9,\n\"sum_received\": {\n\"bits_per_second\":\t1.6e10,\n";
+        let f = FigureDef { regex: r#""bits_per_second":\s*([0-9.eE+]+)"#.into(), factor: 1.25e-7 };
+        assert_eq!(read_figure(iperf, &f), Some(2000.0));
+        assert_eq!(read_figure("nothing here", &f), None);
+    }
+
+    #[test]
+    fn three_significant_digits() {
+        assert_eq!(round3(52.43), "52.4");
+        assert_eq!(round3(0.80612), "0.806");
+        assert_eq!(round3(15436.2), "15436");
     }
 }

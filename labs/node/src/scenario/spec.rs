@@ -247,6 +247,22 @@ pub struct FigureDef {
 }
 // ANCHOR_END: tools
 
+/// Every figure's regular expression compiles and captures the number.
+fn check_figures(figures: &BTreeMap<String, FigureDef>) -> Result<(), String> {
+    for (name, f) in figures {
+        if name.is_empty() || name.contains('.') {
+            return Err(format!("figure name {name:?}: expected a name without dots"));
+        }
+        let re = regex::Regex::new(&f.regex).map_err(|e| {
+            format!("figure {name:?}: `regex` does not compile: {}", e.to_string().replace('\n', " "))
+        })?;
+        if re.captures_len() < 2 {
+            return Err(format!("figure {name:?}: `regex` needs a capture group for the number"));
+        }
+    }
+    Ok(())
+}
+
 /// Figures every path stores besides its measures'.
 pub const PATH_METRICS: &[&str] = &["proxies", "proxy_rss_kb"];
 
@@ -354,13 +370,16 @@ pub enum Step {
         #[serde(default, rename = "try")]
         try_: Vec<String>,
     },
-    /// Run a command in a pod; its exit code is stored as `<name>.exit`.
+    /// Run a command in a pod; its exit code is stored as `<name>.exit`, and each figure read
+    /// from its output as `<name>.<figure>`.
     Exec {
         name: String,
         pod: String,
         command: Vec<String>,
         #[serde(default)]
         expect_exit: Option<i32>,
+        #[serde(default)]
+        figures: BTreeMap<String, FigureDef>,
         #[serde(default)]
         explain: String,
     },
@@ -586,17 +605,7 @@ impl Scenario {
                                 i + 1
                             )));
                         }
-                        for (name, f) in &t.figures {
-                            let re = regex::Regex::new(&f.regex).map_err(|e| {
-                                err(format!("step {}: figure {name:?}: `regex` does not compile: {e}", i + 1))
-                            })?;
-                            if re.captures_len() < 2 {
-                                return Err(err(format!(
-                                    "step {}: figure {name:?}: `regex` needs a capture group for the number",
-                                    i + 1
-                                )));
-                            }
-                        }
+                        check_figures(&t.figures).map_err(|m| err(format!("step {}: {m}", i + 1)))?;
                     }
                     if paths.is_empty() || measures.is_empty() {
                         return Err(err(format!(
@@ -660,12 +669,15 @@ impl Scenario {
                     }
                     results.insert(name.clone(), ISOLATION_METRICS.to_vec());
                 }
-                Step::Exec { name, pod: p, command, .. } => {
+                Step::Exec { name, pod: p, command, figures, .. } => {
                     pod(p)?;
                     if command.is_empty() {
                         return Err(err(format!("step {}: exec needs a non-empty command", i + 1)));
                     }
-                    results.insert(name.clone(), vec!["exit"]);
+                    check_figures(figures).map_err(|m| err(format!("step {}: {m}", i + 1)))?;
+                    let mut keys = vec!["exit"];
+                    keys.extend(figures.keys().map(String::as_str));
+                    results.insert(name.clone(), keys);
                 }
                 Step::Compute { name, metric: m, of, .. } => {
                     metric(m)?;
@@ -781,6 +793,18 @@ mod tests {
         assert!(
             err(&twice).contains("path name \"direct\": an earlier step already stores results under it")
         );
+    }
+
+    #[test]
+    fn figures_need_a_regex_that_compiles_and_captures() {
+        let exec = "[[steps]]\ndo = \"exec\"\nname = \"e\"\npod = \"a\"\ncommand = [\"true\"]\n";
+        let bad = format!("{GOOD}\n{exec}figures = {{ x = {{ regex = '([0-9' }} }}\n");
+        let e = err(&bad);
+        assert!(e.contains("step 3: figure \"x\": `regex` does not compile"), "{e}");
+        let bad = format!("{GOOD}\n{exec}figures = {{ x = {{ regex = '[0-9]+' }} }}\n");
+        assert!(err(&bad).contains("needs a capture group"));
+        let good = format!("{GOOD}\n{exec}figures = {{ x = {{ regex = '([0-9]+) ops' }} }}\n");
+        Scenario::parse(&good, "t.toml").unwrap();
     }
 
     #[test]
