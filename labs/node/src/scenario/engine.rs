@@ -180,6 +180,7 @@ struct ConformArgs<'s> {
     port: u16,
     families: &'s [Family],
     compare: Option<&'s str>,
+    also_accept: Option<&'s str>,
     cases: &'s [String],
     short_lived: Option<u32>,
     across_mesh: bool,
@@ -342,6 +343,7 @@ impl Engine<'_> {
                 port,
                 families,
                 compare,
+                also_accept,
                 cases,
                 short_lived,
                 across_mesh,
@@ -354,6 +356,7 @@ impl Engine<'_> {
                     port: *port,
                     families,
                     compare: compare.as_deref(),
+                    also_accept: also_accept.as_deref(),
                     cases,
                     short_lived: *short_lived,
                     across_mesh: *across_mesh,
@@ -534,25 +537,29 @@ impl Engine<'_> {
                 command: "conform --json".into(),
                 detail: format!("{e}: {}", String::from_utf8_lossy(&out.stdout)),
             })?;
-            let reference = a.compare.map(|c| {
+            let recorded = |c: &str| {
                 self.report
                     .conform
                     .iter()
                     .filter(|r| r.name == c && r.family == *family)
                     .flat_map(|r| r.cases.iter().map(|v| (v.result.case.clone(), v.result.clone())))
                     .collect::<BTreeMap<_, _>>()
-            });
+            };
+            let reference = a.compare.map(recorded);
+            let alternative = a.also_accept.map(recorded).unwrap_or_default();
             let mut verdicts = Vec::new();
             for result in report.cases {
                 total += 1;
                 let expected = reference.as_ref().and_then(|r| r.get(&result.case)).cloned();
+                let as_alternative = alternative.get(&result.case) == Some(&result);
                 let kernel_bug = expected
                     .as_ref()
-                    .filter(|e| **e != result)
+                    .filter(|e| **e != result && !as_alternative)
                     .and_then(|e| kernel_bugs::explain(&result, e));
                 let verdict = match (&expected, kernel_bug) {
                     (None, _) => "reference",
                     (Some(e), _) if *e == result => "same",
+                    (Some(_), _) if as_alternative => "same",
                     (Some(_), Some(_)) => "kernel bug",
                     (Some(_), None) => "differs",
                 };

@@ -329,6 +329,11 @@ pub enum Step {
         families: Vec<Family>,
         #[serde(default)]
         compare: Option<String>,
+        /// A second acceptable reference: a case that differs from `compare` but equals this
+        /// run's transcript is `same` (the proxies' own timing can go either way; plain TCP's
+        /// behaviour is never the mesh's fault).
+        #[serde(default)]
+        also_accept: Option<String>,
         /// Only these cases (default: all).
         #[serde(default)]
         cases: Vec<String>,
@@ -635,16 +640,18 @@ impl Scenario {
                         results.insert(p.name.clone(), keys);
                     }
                 }
-                Step::Conform { name, from, to, compare, cases, families, .. } => {
+                Step::Conform { name, from, to, compare, also_accept, cases, families, .. } => {
                     pod(from)?;
                     pod(to)?;
-                    if let Some(c) = compare
-                        && !conform_results.contains(c.as_str())
-                    {
-                        return Err(err(format!(
-                            "step {}: compare = {c:?}: no earlier conform step is named so",
-                            i + 1
-                        )));
+                    for (key, c) in [("compare", compare), ("also_accept", also_accept)] {
+                        if let Some(c) = c
+                            && !conform_results.contains(c.as_str())
+                        {
+                            return Err(err(format!(
+                                "step {}: {key} = {c:?}: no earlier conform step is named so",
+                                i + 1
+                            )));
+                        }
                     }
                     if let Some(bad) = cases.iter().find(|c| !workloads::conform::CASES.contains(&c.as_str()))
                     {
