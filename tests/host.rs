@@ -372,6 +372,20 @@ fn sidecar_baseline_prints_ratios_and_proxy_memory_and_writes_reports() {
     assert_eq!(remains_of(outcome["report"]["lab"].as_str().unwrap()), Vec::<String>::new());
 }
 
+/// Sends SIGINT to a lab-runner when the test fails before it exits, so its lab is torn down
+/// instead of waiting for a key that never comes.
+struct InterruptOnPanic(u32);
+
+impl Drop for InterruptOnPanic {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(self.0 as i32, libc::SIGINT) };
+            thread::sleep(Duration::from_secs(5));
+        }
+    }
+}
+
 /// A pseudo-terminal whose output is collected in the background.
 struct Pty {
     master: fs::File,
@@ -389,6 +403,9 @@ impl Pty {
             },
             0
         );
+        // The master stays with the test: a child holding it would never see its terminal close.
+        // SAFETY: fcntl on a fresh fd we own.
+        unsafe { libc::fcntl(m, libc::F_SETFD, libc::FD_CLOEXEC) };
         // SAFETY: fresh fds from openpty.
         let (master, slave) = unsafe { (fs::File::from_raw_fd(m), OwnedFd::from_raw_fd(s)) };
         let child = cmd
@@ -449,6 +466,7 @@ fn guided_mode_pauses_after_each_step_until_a_key_is_pressed() {
         "2",
     ]);
     let (mut pty, mut child) = Pty::spawn(&mut cmd);
+    let _stop = InterruptOnPanic(child.id());
     // Step 1 ran, with its explanation rendered in full and the commands to try.
     pty.wait_count(PROMPT, 1, Duration::from_secs(60));
     let first = pty.text();

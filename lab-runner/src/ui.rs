@@ -142,10 +142,10 @@ impl View {
                 }
                 print!("-- Enter: next step, q: stop here -- ");
                 let _ = std::io::stdout().flush();
-                let mut line = String::new();
-                let _ = std::io::stdin().read_line(&mut line);
-                if line.trim() == "q" {
-                    cancel.cancel();
+                match read_line_unless(cancel) {
+                    Some(line) if line.trim() != "q" => {}
+                    // q, Ctrl-C while waiting, or no more input: stop and tear down.
+                    _ => cancel.cancel(),
                 }
                 return true;
             }
@@ -240,6 +240,33 @@ fn wrap(text: &str, width: usize) -> Vec<String> {
         }
     }
     lines
+}
+
+/// A line from stdin, or `None` once `cancel` is set (Ctrl-C while waiting) or stdin has ended.
+/// Polls, so a signal does not have to interrupt a blocking read.
+fn read_line_unless(cancel: &Cancel) -> Option<String> {
+    use std::os::fd::AsRawFd;
+    let fd = std::io::stdin().as_raw_fd();
+    loop {
+        if cancel.is_cancelled() {
+            return None;
+        }
+        let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd for the duration of the call.
+        match unsafe { libc::poll(&mut p, 1, 100) } {
+            0 => continue,
+            n if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted => {
+                continue;
+            }
+            n if n < 0 => return None,
+            _ => {}
+        }
+        let mut line = String::new();
+        return match std::io::stdin().read_line(&mut line) {
+            Ok(0) | Err(_) => None,
+            Ok(_) => Some(line),
+        };
+    }
 }
 
 #[cfg(test)]
