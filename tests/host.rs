@@ -513,9 +513,9 @@ fn a_missing_requirement_is_a_visible_skip_with_the_reason() {
 }
 
 #[test]
-fn the_lab_agrees_with_sockperf_and_measures_iperf3_beside_it() {
+fn the_lab_agrees_with_sockperf_and_iperf3() {
     let _k = KERNEL.lock().unwrap_or_else(|p| p.into_inner());
-    if !root_or_skip("the_lab_agrees_with_sockperf_and_measures_iperf3_beside_it") {
+    if !root_or_skip("the_lab_agrees_with_sockperf_and_iperf3") {
         return;
     }
     let v = passed_on_host("crosscheck", &["--pin", "--repetitions", "5"]);
@@ -525,6 +525,9 @@ fn the_lab_agrees_with_sockperf_and_measures_iperf3_beside_it() {
     // on the direct path; through the mesh the same checks ran and did not fail.
     let ratio = stats["sockperf_vs_rr.value"]["median"].as_f64().unwrap();
     assert!((0.9..=1.1).contains(&ratio), "sockperf / rr p50 = {ratio}: {}", stats["sockperf_vs_rr.value"]);
+    // iperf3's throughput within 10% of stream's, the same way.
+    let ratio = stats["iperf3_vs_stream.value"]["median"].as_f64().unwrap();
+    assert!((0.9..=1.1).contains(&ratio), "iperf3 / stream = {ratio}: {}", stats["iperf3_vs_stream.value"]);
     for path in ["direct", "sockmap"] {
         assert_eq!(stats[format!("{path}.sockperf_p50")]["n"], 5, "{path}");
         assert!(r[path]["iperf3_mb_s"].as_f64().unwrap() > 0.0, "{path}: iperf3 measured");
