@@ -82,7 +82,9 @@ pub fn describe(cmd: &Command) -> String {
 }
 
 /// Waits for `child` to exit, polling so that a cancel or the deadline can interrupt it; in that
-/// case the child is killed and reaped before returning the error.
+/// case the child is killed and reaped before returning the error. Its stdout and stderr are read
+/// while it runs (a child that prints more than a pipe holds must not block on it); output that a
+/// background grandchild keeps open is taken as far as it got shortly after the child exits.
 pub fn wait_output(
     mut child: Child,
     what: &str,
@@ -90,12 +92,13 @@ pub fn wait_output(
     cancel: &Cancel,
 ) -> Result<Output, LabError> {
     let deadline = Instant::now() + timeout;
+    let stdout = Drain::start(child.stdout.take());
+    let stderr = Drain::start(child.stderr.take());
     loop {
         match child.try_wait() {
-            Ok(Some(_)) => {
-                return child
-                    .wait_with_output()
-                    .map_err(LabError::io("cannot collect output of", what.to_owned()));
+            Ok(Some(status)) => {
+                let grace = Instant::now() + Duration::from_secs(2);
+                return Ok(Output { status, stdout: stdout.finish(grace), stderr: stderr.finish(grace) });
             }
             Ok(None) => {}
             Err(source) => {
@@ -114,6 +117,81 @@ pub fn wait_output(
             let _ = child.wait();
             return Err(err);
         }
-        thread::sleep(Duration::from_millis(5));
+        thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// A pipe read to its end by a thread of its own.
+struct Drain {
+    buf: Arc<std::sync::Mutex<Vec<u8>>>,
+    done: Arc<AtomicBool>,
+}
+
+impl Drain {
+    fn start(pipe: Option<impl std::io::Read + Send + 'static>) -> Drain {
+        let (buf, done) =
+            (Arc::new(std::sync::Mutex::new(Vec::new())), Arc::new(AtomicBool::new(pipe.is_none())));
+        if let Some(mut pipe) = pipe {
+            let (b, d) = (buf.clone(), done.clone());
+            thread::spawn(move || {
+                let mut chunk = [0u8; 16 * 1024];
+                while let Ok(n) = pipe.read(&mut chunk) {
+                    if n == 0 {
+                        break;
+                    }
+                    b.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(&chunk[..n]);
+                }
+                d.store(true, Ordering::SeqCst);
+            });
+        }
+        Drain { buf, done }
+    }
+
+    /// What was read, once the pipe ended or at `until`, whichever comes first.
+    fn finish(self, until: Instant) -> Vec<u8> {
+        while !self.done.load(Ordering::SeqCst) && Instant::now() < until {
+            thread::sleep(Duration::from_millis(1));
+        }
+        std::mem::take(&mut *self.buf.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str) -> Child {
+        Command::new("sh")
+            .args(["-c", script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_child_printing_a_mebibyte_completes() {
+        let t0 = Instant::now();
+        let child = sh("head -c 1048576 /dev/zero; head -c 200000 /dev/zero >&2");
+        let out = wait_output(child, "sh", Duration::from_secs(20), &Cancel::new()).unwrap();
+        assert_eq!((out.stdout.len(), out.stderr.len()), (1_048_576, 200_000));
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    }
+
+    #[test]
+    fn a_grandchild_holding_the_pipe_does_not_hold_the_wait() {
+        let t0 = Instant::now();
+        let child = sh("echo started; sleep 30 & echo done");
+        let out = wait_output(child, "sh", Duration::from_secs(20), &Cancel::new()).unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "started\ndone\n");
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    }
+
+    #[test]
+    fn the_deadline_kills_the_child() {
+        let err =
+            wait_output(sh("sleep 30"), "sleep", Duration::from_millis(100), &Cancel::new()).unwrap_err();
+        assert!(matches!(err, LabError::Timeout { .. }), "{err}");
     }
 }
