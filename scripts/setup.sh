@@ -30,7 +30,13 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
   log "apt-get install ${missing[*]}"
   DEBIAN_FRONTEND=noninteractive apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  # --no-remove: never let apt remove an installed package to make room (a newer qemu-utils once
+  # went that way without a word); stop and say so instead.
+  if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends --no-remove "${missing[@]}"; then
+    log "apt-get could not install ${missing[*]} without removing installed packages (see above)."
+    log "Resolve the conflict by hand (apt-get install ${missing[*]} shows what it would remove), then run this again."
+    exit 1
+  fi
 fi
 
 # --- rust toolchain ----------------------------------------------------------------------------
