@@ -1,6 +1,8 @@
 //! Scenarios: step-by-step experiments on a lab, written as TOML files (scenarios/*.toml, see
 //! [`spec`]) and run by the [`engine`], which reports through [`Event`]s.
 pub mod engine;
+#[cfg(test)]
+mod fuzz;
 pub mod kernel_bugs;
 pub mod requirements;
 pub mod spec;
