@@ -546,8 +546,52 @@ impl Scenario {
         Ok(())
     }
 
+    /// A misspelt requirement is the file's mistake, not a missing kernel feature: refuse it
+    /// instead of skipping the scenario for it.
+    fn check_requires(&self, text: &str, file: &str) -> Result<(), SpecError> {
+        let err = |needle: &str, message: String| {
+            let line = text.find(needle).map_or(1, |i| line_of(text, i));
+            SpecError { file: file.to_owned(), line, message }
+        };
+        let r = &self.requires;
+        if let Some(p) = r.programs.iter().find(|p| !mesh_agent::probe::PROGRAMS.iter().any(|(n, _)| n == p))
+        {
+            let known = mesh_agent::probe::PROGRAMS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ");
+            return Err(err(
+                &format!("\"{p}\""),
+                format!("[requires] unknown program type \"{p}\" (known: {known})"),
+            ));
+        }
+        if let Some(m) = r.maps.iter().find(|m| !mesh_agent::probe::MAPS.iter().any(|(n, _)| n == m)) {
+            let known = mesh_agent::probe::MAPS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ");
+            return Err(err(
+                &format!("\"{m}\""),
+                format!("[requires] unknown map type \"{m}\" (known: {known})"),
+            ));
+        }
+        if let Some(c) = r.config.iter().find(|c| !c.starts_with("CONFIG_")) {
+            return Err(err(
+                &format!("\"{c}\""),
+                format!("[requires] config \"{c}\": expected a name like CONFIG_BPF_SYSCALL"),
+            ));
+        }
+        if let Some(k) = &r.kernel {
+            let parts: Vec<&str> = k.split('.').collect();
+            if !(2..=3).contains(&parts.len())
+                || parts.iter().any(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()))
+            {
+                return Err(err(
+                    &format!("\"{k}\""),
+                    format!("[requires] kernel \"{k}\": expected a version like \"5.10\""),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// References: pods exist, metrics name results of earlier steps.
     fn check(&self, text: &str, file: &str) -> Result<(), SpecError> {
+        self.check_requires(text, file)?;
         self.check_pods(text, file)?;
         let pods: BTreeSet<&str> = self.pods.iter().map(|p| p.name.as_str()).collect();
         let mut results: BTreeMap<String, Vec<&str>> = BTreeMap::new();
@@ -812,6 +856,22 @@ mod tests {
         assert!(err(&bad).contains("needs a capture group"));
         let good = format!("{GOOD}\n{exec}figures = {{ x = {{ regex = '([0-9]+) ops' }} }}\n");
         Scenario::parse(&good, "t.toml").unwrap();
+    }
+
+    #[test]
+    fn a_typo_in_requires_is_the_file_s_error() {
+        let with = |req: &str| format!("{GOOD}\n{req}\n");
+        let line = GOOD.lines().count() + 3;
+        let e = err(&with("[requires]\nprograms = [\"sock_opz\"]"));
+        let want = format!("t.toml:{line}: [requires] unknown program type \"sock_opz\" (known: sock_ops");
+        assert!(e.starts_with(&want), "{e}");
+        let e = err(&with("[requires]\nmaps = [\"sockhsah\"]"));
+        assert!(e.contains("unknown map type \"sockhsah\""), "{e}");
+        let e = err(&with("[requires]\nkernel = \"5.1O\""));
+        let want = format!("t.toml:{line}: [requires] kernel \"5.1O\": expected a version");
+        assert!(e.starts_with(&want), "{e}");
+        let e = err(&with("[requires]\nconfig = [\"BPF_SYSCALL\"]"));
+        assert!(e.contains("expected a name like CONFIG_BPF_SYSCALL"), "{e}");
     }
 
     #[test]
