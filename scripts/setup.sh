@@ -2,15 +2,13 @@
 # Idempotent set-up for Sidecarless Lab on Debian 12 (run as root for the apt part).
 # Installs only what is missing: apt packages, the pinned Rust toolchain's components and targets,
 # bpf-linker (linked against the pinned toolchain's own libLLVM), mdbook.
-# Usage: scripts/setup.sh [--no-book]
+# Usage: scripts/setup.sh   (both README commands run it, so `mdbook serve book` works after either)
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 toolchain=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' "$here/rust-toolchain.toml")
 cargo_home=${CARGO_HOME:-$HOME/.cargo}
 export PATH="$cargo_home/bin:$PATH"
-want_book=1
-[ "${1:-}" = "--no-book" ] && want_book=0
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 
@@ -71,7 +69,7 @@ if ! bpf-linker --version >/dev/null 2>&1; then
 fi
 
 # --- mdbook -------------------------------------------------------------------------------------
-if [ $want_book -eq 1 ] && ! mdbook --version >/dev/null 2>&1; then
+if ! mdbook --version >/dev/null 2>&1; then
   log "cargo install mdbook"
   rustup run "$toolchain" cargo install mdbook --locked --version '^0.4' --root "$cargo_home"
 fi
