@@ -71,3 +71,72 @@ fn every_chapter_in_the_summary_exists() {
         }
     }
 }
+
+/// mdbook's id for a heading: lower case, spaces to `-`, only letters, digits, `-` and `_` kept.
+fn heading_id(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter_map(|c| match c {
+            ' ' => Some('-'),
+            c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The markdown outside fenced code blocks.
+fn prose(text: &str) -> String {
+    let mut fenced = false;
+    let mut out = String::new();
+    for line in text.lines() {
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+            continue;
+        }
+        if !fenced {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+#[test]
+fn every_link_and_image_resolves() {
+    assert_eq!(
+        heading_id("Where it breaks: no flow control on the redirected queue"),
+        "where-it-breaks-no-flow-control-on-the-redirected-queue"
+    );
+    let mut files = Vec::new();
+    markdown_files(&book_src(), &mut files);
+    let mut checked = 0;
+    for md in &files {
+        let text = prose(&fs::read_to_string(md).unwrap());
+        for (i, piece) in text.split("](").enumerate().skip(1) {
+            let Some(end) = piece.find(')') else { continue };
+            let link = &piece[..end];
+            if link.is_empty() || link.contains("://") || link.starts_with("mailto:") || link.contains(' ') {
+                continue;
+            }
+            let (path, fragment) = link.split_once('#').unwrap_or((link, ""));
+            let target = if path.is_empty() { md.clone() } else { md.parent().unwrap().join(path) };
+            assert!(target.exists(), "{}: link #{i} to {link}: no {}", md.display(), target.display());
+            if !fragment.is_empty() && target.extension().is_some_and(|x| x == "md") {
+                let ids: Vec<String> = prose(&fs::read_to_string(&target).unwrap())
+                    .lines()
+                    .filter_map(|l| l.strip_prefix('#').map(|h| heading_id(h.trim_start_matches('#'))))
+                    .collect();
+                assert!(
+                    ids.iter().any(|id| id == fragment),
+                    "{}: link to {link}: no heading #{fragment} in {}",
+                    md.display(),
+                    target.display()
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 10, "only {checked} links found");
+}
