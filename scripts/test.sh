@@ -21,7 +21,7 @@ test "${PIPESTATUS[0]}" -eq 0
 step "build (host + static guest binaries for the VM tests)"
 scripts/build.sh
 step "cargo test (kernel and VM tests run one at a time)"
-cargo test 2>&1 | quiet_ebpf
+cargo test --no-fail-fast 2>&1 | quiet_ebpf
 test "${PIPESTATUS[0]}" -eq 0
 step "mdbook build + test"
 mdbook build book
