@@ -6,9 +6,12 @@
 //! programs and removes the pins.
 mod error;
 mod mesh;
+pub mod meshfile;
 pub mod mounts;
 pub mod object;
 pub mod probe;
+pub mod services;
+pub mod toml_span;
 
 pub use error::MeshError;
 pub use mesh::{Counters, Mesh, Variant};

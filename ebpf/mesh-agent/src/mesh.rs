@@ -6,9 +6,12 @@ use std::{
 use aya::{
     Ebpf,
     maps::{Array, MapData, PerCpuArray, SockHash},
-    programs::{CgroupAttachMode, CgroupSockopt, SkMsg, SockOps},
+    programs::{CgroupAttachMode, CgroupSockAddr, CgroupSockopt, SkMsg, SockOps},
 };
-use mesh_common::{COUNTERS_MAP, Counter, SIDECAR_MAP, SOCK_STATE_MAP, SOCKETS_MAP, SockKey};
+use mesh_common::{
+    BACKENDS_MAP, Backend, COUNTERS_MAP, Counter, SERVICES_MAP, SIDECAR_MAP, SOCK_STATE_MAP, SOCKETS_MAP,
+    ServiceKey, SockKey,
+};
 use serde::Serialize;
 
 use crate::{MeshError, mounts, object};
@@ -42,6 +45,10 @@ impl Variant {
     }
 }
 
+/// The cgroup sock_addr programs of socket load balancing (`connect.rs`, `getpeername.rs`).
+const SOCK_ADDR_PROGRAMS: [&str; 4] =
+    ["mesh_connect4", "mesh_connect6", "mesh_getpeername4", "mesh_getpeername6"];
+
 fn load_sk_msg(ebpf: &mut Ebpf, name: &'static str) -> Result<(), MeshError> {
     let prog: &mut SkMsg = program(ebpf, name)?.try_into().map_err(|e| MeshError::program(name, e))?;
     prog.load().map_err(|e| MeshError::program(name, e))
@@ -57,6 +64,8 @@ pub struct Counters {
     pub loopback_skipped: u64,
     pub half_close_detached: u64,
     pub rcvlowat_tcp: u64,
+    pub connect_balanced: u64,
+    pub connect_refused: u64,
 }
 
 impl Counters {
@@ -69,6 +78,8 @@ impl Counters {
             Counter::LoopbackSkipped => self.loopback_skipped = v,
             Counter::HalfCloseDetached => self.half_close_detached = v,
             Counter::RcvlowatTcp => self.rcvlowat_tcp = v,
+            Counter::ConnectBalanced => self.connect_balanced = v,
+            Counter::ConnectRefused => self.connect_refused = v,
         }
     }
 
@@ -82,6 +93,8 @@ impl Counters {
             loopback_skipped: self.loopback_skipped.saturating_sub(earlier.loopback_skipped),
             half_close_detached: self.half_close_detached.saturating_sub(earlier.half_close_detached),
             rcvlowat_tcp: self.rcvlowat_tcp.saturating_sub(earlier.rcvlowat_tcp),
+            connect_balanced: self.connect_balanced.saturating_sub(earlier.connect_balanced),
+            connect_refused: self.connect_refused.saturating_sub(earlier.connect_refused),
         }
     }
 
@@ -95,6 +108,8 @@ impl Counters {
             loopback_skipped: self.loopback_skipped + other.loopback_skipped,
             half_close_detached: self.half_close_detached + other.half_close_detached,
             rcvlowat_tcp: self.rcvlowat_tcp + other.rcvlowat_tcp,
+            connect_balanced: self.connect_balanced + other.connect_balanced,
+            connect_refused: self.connect_refused + other.connect_refused,
         }
     }
 }
@@ -182,12 +197,20 @@ impl Mesh {
             .map_err(|e| MeshError::program(sockops_name, e))?;
         // ANCHOR_END: attach
 
+        // Socket load balancing: with no service in the map these let every call through.
+        for name in SOCK_ADDR_PROGRAMS {
+            let prog: &mut CgroupSockAddr =
+                program(ebpf, name)?.try_into().map_err(|e| MeshError::program(name, e))?;
+            prog.load().map_err(|e| MeshError::program(name, e))?;
+            prog.attach(&cgroup_dir, CgroupAttachMode::Single).map_err(|e| MeshError::program(name, e))?;
+        }
+
         fs::create_dir_all(pin_dir).map_err(|source| MeshError::Io {
             what: "cannot create pin directory",
             path: pin_dir.to_owned(),
             source,
         })?;
-        for name in [SOCKETS_MAP, COUNTERS_MAP, SIDECAR_MAP, SOCK_STATE_MAP] {
+        for name in [SOCKETS_MAP, COUNTERS_MAP, SIDECAR_MAP, SOCK_STATE_MAP, SERVICES_MAP, BACKENDS_MAP] {
             let path = pin_dir.join(name);
             let ebpf = mesh.ebpf.as_ref().expect("set above");
             map(ebpf, name)?.pin(&path).map_err(|source| MeshError::Pin { path: path.clone(), source })?;
@@ -213,6 +236,10 @@ impl Mesh {
             format!("sk_msg: {msg} attached to the sockhash"),
             format!("cgroup/setsockopt: {} attached to the cgroup", self.variant.setsockopt()),
             format!("sock_ops: {ops} attached to the cgroup"),
+            format!(
+                "cgroup/connect4,6 + getpeername4,6: {} attached to the cgroup",
+                SOCK_ADDR_PROGRAMS.join(", ")
+            ),
         ];
         lines.push(match self.variant {
             Variant::Netns => "loopback sockets keyed by network namespace cookie and 4-tuple".into(),
@@ -251,6 +278,14 @@ impl Mesh {
         let mut array: Array<&mut MapData, u32> =
             map.try_into().map_err(|source| MeshError::Map { map: SIDECAR_MAP, source })?;
         array.set(0, u32::from(port), 0).map_err(|source| MeshError::Map { map: SIDECAR_MAP, source })
+    }
+
+    /// Makes the service maps hold exactly `wanted`, by difference (see [`crate::services`]).
+    pub fn set_services(
+        &mut self,
+        wanted: &std::collections::BTreeMap<ServiceKey, Vec<Backend>>,
+    ) -> Result<crate::services::Applied, MeshError> {
+        crate::services::reconcile(self.ebpf.as_mut().expect("running mesh"), wanted)
     }
 
     /// Detaches the programs and removes the pins, reporting the first failure.

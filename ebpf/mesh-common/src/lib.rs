@@ -21,6 +21,74 @@ pub const SIDECAR_MAP: &str = "SIDECAR";
 pub const SOCK_STATE_MAP: &str = "SOCK_STATE";
 /// Capacity of the sockhash: established sockets the mesh can accelerate at once.
 pub const MAX_SOCKETS: u32 = 65_536;
+/// Name of the service map ([`ServiceKey`] -> [`ServiceValue`]).
+pub const SERVICES_MAP: &str = "SERVICES";
+/// Name of the backend map ([`BackendKey`] -> [`Backend`]).
+pub const BACKENDS_MAP: &str = "BACKENDS";
+/// Services (virtual address, port, protocol) the mesh can balance.
+pub const MAX_SERVICES: u32 = 16_384;
+/// Backend slots over all services (a backend of weight w takes w slots).
+pub const MAX_BACKEND_SLOTS: u32 = 262_144;
+/// `IPPROTO_TCP`, `IPPROTO_UDP`.
+pub const IPPROTO_TCP: u32 = 6;
+pub const IPPROTO_UDP: u32 = 17;
+
+// ANCHOR: service_types
+/// A service as a connecting socket names it: virtual address, port (host byte order),
+/// protocol. Addresses follow [`SockKey`]'s rules: IPv4 in `ip[0]`, an IPv4-mapped IPv6 address
+/// folded to IPv4, so a dual-stack application reaches the same service.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey {
+    pub ip: [u32; 4],
+    pub port: u32,
+    pub family: u32,
+    pub protocol: u32,
+    /// Always 0 (no implicit padding in a hash key).
+    pub pad: u32,
+}
+
+/// A service's backend slots: `BACKENDS` holds `(id, 0) .. (id, slots - 1)`. `slots == 0`: the
+/// service exists but has no backend, and connecting to it is refused.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceValue {
+    pub id: u32,
+    pub slots: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct BackendKey {
+    pub service: u32,
+    pub slot: u32,
+}
+
+/// One backend slot: where a connection to the service goes. A pod backend has both addresses;
+/// an address backend only its own family's (the other is zero, and a socket of that family is
+/// refused rather than sent nowhere).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backend {
+    /// Network byte order.
+    pub ip4: u32,
+    pub ip6: [u32; 4],
+    /// Host byte order.
+    pub port: u32,
+}
+
+/// What a balanced socket connected to, kept in its socket storage so getpeername() can answer
+/// with it; it goes away with the socket, so nothing needs collecting.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OriginalDst {
+    /// As the application wrote it: for an IPv6 socket the full (possibly IPv4-mapped) address.
+    pub ip: [u32; 4],
+    /// Host byte order.
+    pub port: u32,
+    pub family: u32,
+}
+// ANCHOR_END: service_types
 
 // ANCHOR: sock_key
 /// A TCP connection as one of its two sockets sees it.
@@ -152,6 +220,10 @@ pub enum Counter {
     /// A socket whose incoming bytes stay on TCP because it uses SO_RCVLOWAT (never put into
     /// the map, or marked `NO_REDIRECT`).
     RcvlowatTcp = 6,
+    /// connect() to a service address sent to one of its backends.
+    ConnectBalanced = 7,
+    /// connect() to a service address refused: no backend (for the socket's family).
+    ConnectRefused = 8,
 }
 
 // ANCHOR: sock_state
@@ -175,7 +247,7 @@ impl SockState {
 
 impl Counter {
     /// Every counter, in slot order.
-    pub const ALL: [Counter; 7] = [
+    pub const ALL: [Counter; 9] = [
         Counter::SocketsInserted,
         Counter::InsertFailed,
         Counter::MsgRedirected,
@@ -183,6 +255,8 @@ impl Counter {
         Counter::LoopbackSkipped,
         Counter::HalfCloseDetached,
         Counter::RcvlowatTcp,
+        Counter::ConnectBalanced,
+        Counter::ConnectRefused,
     ];
 
     /// Stable snake_case name, used in JSON output and metrics.
@@ -195,6 +269,8 @@ impl Counter {
             Counter::LoopbackSkipped => "loopback_skipped",
             Counter::HalfCloseDetached => "half_close_detached",
             Counter::RcvlowatTcp => "rcvlowat_tcp",
+            Counter::ConnectBalanced => "connect_balanced",
+            Counter::ConnectRefused => "connect_refused",
         }
     }
 }
@@ -204,8 +280,12 @@ pub const COUNTER_SLOTS: u32 = Counter::ALL.len() as u32;
 
 #[cfg(feature = "user")]
 mod user {
-    // SAFETY: SockKey is #[repr(C)], made only of u32s, with no padding.
+    // SAFETY: each is #[repr(C)], made only of u32s (and SockKey's u64), with no padding.
     unsafe impl aya::Pod for super::SockKey {}
+    unsafe impl aya::Pod for super::ServiceKey {}
+    unsafe impl aya::Pod for super::ServiceValue {}
+    unsafe impl aya::Pod for super::BackendKey {}
+    unsafe impl aya::Pod for super::Backend {}
 }
 
 #[cfg(test)]
@@ -245,6 +325,15 @@ mod tests {
         let v6 = [0xfd77_0000_u32.to_be(), 0, 0, 2_u32.to_be()];
         let k6 = SockKey::new(0, AF_INET6, v6, m(b), 1, 2);
         assert_eq!((k6.family, k6.local_ip), (AF_INET6, v6));
+    }
+
+    #[test]
+    fn service_types_have_no_padding() {
+        assert_eq!(core::mem::size_of::<ServiceKey>(), 16 + 4 * 4);
+        assert_eq!(core::mem::size_of::<ServiceValue>(), 8);
+        assert_eq!(core::mem::size_of::<BackendKey>(), 8);
+        assert_eq!(core::mem::size_of::<Backend>(), 4 + 16 + 4);
+        assert_eq!(core::mem::size_of::<OriginalDst>(), 16 + 8);
     }
 
     #[test]

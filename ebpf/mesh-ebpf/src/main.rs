@@ -4,6 +4,8 @@
 #![no_std]
 #![no_main]
 
+mod connect;
+mod getpeername;
 mod maps;
 mod setsockopt;
 mod sk_msg;

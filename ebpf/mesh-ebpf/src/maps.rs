@@ -1,9 +1,13 @@
 //! Maps shared by the hooks. Their names come from `mesh-common`, so user space opens the same ones.
 use aya_ebpf::{
-    macros::map,
-    maps::{Array, LruHashMap, PerCpuArray, SockHash},
+    btf_maps::SkStorage,
+    macros::{btf_map, map},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, SockHash},
 };
-use mesh_common::{COUNTER_SLOTS, Counter, MAX_SOCKETS, SockKey};
+use mesh_common::{
+    Backend, BackendKey, COUNTER_SLOTS, Counter, MAX_BACKEND_SLOTS, MAX_SERVICES, MAX_SOCKETS, OriginalDst,
+    ServiceKey, ServiceValue, SockKey,
+};
 
 // ANCHOR: maps
 /// Every established TCP socket of the lab, keyed by the connection as that socket sees it.
@@ -31,6 +35,21 @@ pub static SIDECAR: Array<u32> = Array::with_max_entries(1, 0);
 #[map(name = "SOCK_STATE")]
 pub static SOCK_STATE: LruHashMap<SockKey, u32> = LruHashMap::with_max_entries(MAX_SOCKETS, 0);
 // ANCHOR_END: maps
+
+// ANCHOR: service_maps
+/// Services by (virtual address, port, protocol). The agent writes them from the mesh file.
+#[map(name = "SERVICES")]
+pub static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::with_max_entries(MAX_SERVICES, 0);
+
+/// Backend slots of every service, `(service id, slot)`.
+#[map(name = "BACKENDS")]
+pub static BACKENDS: HashMap<BackendKey, Backend> = HashMap::with_max_entries(MAX_BACKEND_SLOTS, 0);
+
+/// Per-socket storage: the service address a balanced socket connected to (for getpeername).
+/// A BTF map: the kernel needs its key and value types to create it.
+#[btf_map]
+pub static ORIGINAL_DST: SkStorage<OriginalDst> = SkStorage::new();
+// ANCHOR_END: service_maps
 
 /// The socket's state bits (0 when it has none).
 #[inline(always)]

@@ -1,0 +1,310 @@
+//! The mesh file: what the mesh should do, declared. Today it holds services; identities and
+//! policy, then telemetry, join it as the next issues land (the book's "The mesh file" chapter
+//! shows the planned sections). Every mistake is one error naming the file, the line and what was
+//! expected; unknown keys are refused.
+//!
+//! ```toml
+//! [[services]]
+//! name = "web"
+//! address = "10.96.0.10"      # virtual IPv4 address; address6 for IPv6 (at least one)
+//! port = 80
+//! protocol = "tcp"            # or "udp"
+//! backends = [
+//!   { pods = { app = "web" }, port = 8080 },          # every pod with these labels
+//!   { address = "10.77.0.12:8080", weight = 2 },      # or one address, twice as often
+//! ]
+//! ```
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+};
+
+use mesh_common::{AF_INET, AF_INET6, Backend, IPPROTO_TCP, IPPROTO_UDP, ServiceKey};
+use serde::Deserialize;
+
+use crate::toml_span::{line_of, locate, subject};
+
+// ANCHOR: schema
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeshFile {
+    #[serde(default)]
+    pub services: Vec<toml::Spanned<Service>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    pub name: String,
+    #[serde(default)]
+    pub address: Option<Ipv4Addr>,
+    #[serde(default)]
+    pub address6: Option<Ipv6Addr>,
+    pub port: u16,
+    #[serde(default)]
+    pub protocol: Protocol,
+    #[serde(default)]
+    pub backends: Vec<BackendDef>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+/// One backend entry: the pods that carry `pods`' labels (each on `port`), or one address.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendDef {
+    #[serde(default)]
+    pub pods: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub address: Option<SocketAddr>,
+    /// How many slots: a backend of weight 2 gets twice the connections of one of weight 1.
+    #[serde(default = "one")]
+    pub weight: u32,
+}
+// ANCHOR_END: schema
+
+fn one() -> u32 {
+    1
+}
+
+/// Highest weight a backend may have (its slots are repeated entries in the map).
+pub const MAX_WEIGHT: u32 = 100;
+
+/// A mesh file that cannot be applied: where, and what was expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}:{line}: {message}")]
+pub struct MeshFileError {
+    pub file: String,
+    pub line: usize,
+    pub message: String,
+}
+
+/// A pod as backend selection sees it.
+#[derive(Debug, Clone)]
+pub struct PodAddrs {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub ipv4: Ipv4Addr,
+    pub ipv6: Ipv6Addr,
+}
+
+/// One service ready for the maps, with the names of the backends behind each slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    pub name: String,
+    pub keys: Vec<ServiceKey>,
+    pub slots: Vec<Backend>,
+    /// Who is behind each slot: a pod name or an address.
+    pub slot_names: Vec<String>,
+}
+
+impl MeshFile {
+    /// Parses and checks a mesh file (`file` is its name in messages).
+    pub fn parse(text: &str, file: &str) -> Result<MeshFile, MeshFileError> {
+        let err = |line: usize, message: String| MeshFileError { file: file.to_owned(), line, message };
+        let mf: MeshFile = toml::from_str(text).map_err(|e| {
+            let message = e.message().trim().to_owned();
+            let line = e.span().map_or(1, |s| locate(text, s, subject(&message).as_deref()));
+            err(line, message)
+        })?;
+        let mut names = BTreeSet::new();
+        let mut addrs = BTreeSet::new();
+        for spanned in &mf.services {
+            let s = spanned.get_ref();
+            let at = |needle: &str| locate(text, spanned.span(), Some(needle));
+            let quoted = format!("\"{}\"", s.name);
+            if s.name.is_empty() || !names.insert(s.name.as_str()) {
+                return Err(err(
+                    at(&quoted),
+                    format!("service name {quoted}: expected a unique, non-empty name"),
+                ));
+            }
+            if s.port == 0 {
+                return Err(err(at("port"), format!("service {quoted}: `port` must be 1-65535")));
+            }
+            if s.address.is_none() && s.address6.is_none() {
+                return Err(err(
+                    line_of(text, spanned.span().start),
+                    format!("service {quoted}: expected `address` (IPv4) and/or `address6` (IPv6)"),
+                ));
+            }
+            for a in [s.address.map(IpAddr::V4), s.address6.map(IpAddr::V6)].into_iter().flatten() {
+                if !addrs.insert((a, s.port, s.protocol == Protocol::Udp)) {
+                    return Err(err(
+                        at(&a.to_string()),
+                        format!("service {quoted}: {a} port {} is already another service's", s.port),
+                    ));
+                }
+            }
+            for b in &s.backends {
+                let what = match (&b.pods, &b.address, b.port) {
+                    (Some(_), None, Some(p)) if p != 0 => None,
+                    (Some(_), None, _) => Some("a `pods` backend needs a `port` (1-65535)"),
+                    (None, Some(a), None) if a.port() != 0 => None,
+                    (None, Some(_), Some(_)) => Some("an `address` backend carries its port in the address"),
+                    (None, Some(_), None) => Some("backend address port must be 1-65535"),
+                    _ => Some(
+                        "a backend is either `pods = { label = \"value\" }` with `port`, or `address = \"ip:port\"`",
+                    ),
+                };
+                if let Some(m) = what {
+                    return Err(err(at("backends"), format!("service {quoted}: {m}")));
+                }
+                if !(1..=MAX_WEIGHT).contains(&b.weight) {
+                    return Err(err(
+                        at("weight"),
+                        format!("service {quoted}: `weight` must be 1-{MAX_WEIGHT}"),
+                    ));
+                }
+            }
+        }
+        Ok(mf)
+    }
+
+    // ANCHOR: resolve
+    /// The services with their backend slots, pods selected by label from `pods`.
+    pub fn resolve(&self, pods: &[PodAddrs]) -> Vec<Resolved> {
+        self.services
+            .iter()
+            .map(|s| {
+                let s = s.get_ref();
+                let protocol = match s.protocol {
+                    Protocol::Tcp => IPPROTO_TCP,
+                    Protocol::Udp => IPPROTO_UDP,
+                };
+                let mut keys = Vec::new();
+                if let Some(a) = s.address {
+                    let ip = [u32::from_ne_bytes(a.octets()), 0, 0, 0];
+                    keys.push(ServiceKey { ip, port: u32::from(s.port), family: AF_INET, protocol, pad: 0 });
+                }
+                if let Some(a) = s.address6 {
+                    keys.push(ServiceKey {
+                        ip: words(a),
+                        port: u32::from(s.port),
+                        family: AF_INET6,
+                        protocol,
+                        pad: 0,
+                    });
+                }
+                let (mut slots, mut slot_names) = (Vec::new(), Vec::new());
+                for b in &s.backends {
+                    let chosen: Vec<(String, Backend)> = match (&b.pods, b.address) {
+                        (Some(sel), _) => pods
+                            .iter()
+                            .filter(|p| sel.iter().all(|(k, v)| p.labels.get(k) == Some(v)))
+                            .map(|p| {
+                                let ip4 = u32::from_ne_bytes(p.ipv4.octets());
+                                let port = u32::from(b.port.unwrap_or(0));
+                                (p.name.clone(), Backend { ip4, ip6: words(p.ipv6), port })
+                            })
+                            .collect(),
+                        (None, Some(SocketAddr::V4(a))) => {
+                            let ip4 = u32::from_ne_bytes(a.ip().octets());
+                            vec![(a.to_string(), Backend { ip4, ip6: [0; 4], port: u32::from(a.port()) })]
+                        }
+                        (None, Some(SocketAddr::V6(a))) => {
+                            vec![(
+                                a.to_string(),
+                                Backend { ip4: 0, ip6: words(*a.ip()), port: u32::from(a.port()) },
+                            )]
+                        }
+                        (None, None) => Vec::new(),
+                    };
+                    for (name, backend) in chosen {
+                        for _ in 0..b.weight {
+                            slots.push(backend);
+                            slot_names.push(name.clone());
+                        }
+                    }
+                }
+                Resolved { name: s.name.clone(), keys, slots, slot_names }
+            })
+            .collect()
+    }
+    // ANCHOR_END: resolve
+}
+
+/// An IPv6 address as four words in network byte order, as the kernel hands them to BPF.
+fn words(a: Ipv6Addr) -> [u32; 4] {
+    let o = a.octets();
+    [0, 4, 8, 12].map(|i| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[[services]]
+name = "web"
+address = "10.96.0.10"
+address6 = "fd96::10"
+port = 80
+backends = [
+  { pods = { app = "web" }, port = 8080 },
+  { address = "10.77.0.99:8080", weight = 2 },
+]
+
+[[services]]
+name = "empty"
+address = "10.96.0.11"
+port = 80
+"#;
+
+    fn err(text: &str) -> String {
+        MeshFile::parse(text, "m.toml").unwrap_err().to_string()
+    }
+
+    fn pods() -> Vec<PodAddrs> {
+        let pod = |name: &str, app: &str, n: u8| PodAddrs {
+            name: name.into(),
+            labels: [("app".to_owned(), app.to_owned())].into(),
+            ipv4: Ipv4Addr::new(10, 77, 0, n),
+            ipv6: format!("fd77::{n:x}").parse().unwrap(),
+        };
+        vec![pod("a", "web", 11), pod("b", "web", 12), pod("c", "db", 13)]
+    }
+
+    #[test]
+    fn resolves_pods_by_label_addresses_and_weights() {
+        let mf = MeshFile::parse(GOOD, "m.toml").unwrap();
+        let r = mf.resolve(&pods());
+        assert_eq!(r[0].keys.len(), 2);
+        assert_eq!(r[0].keys[0].port, 80);
+        assert_eq!(r[0].keys[0].ip[0], u32::from_ne_bytes([10, 96, 0, 10]));
+        assert_eq!(r[0].keys[1].family, AF_INET6);
+        assert_eq!(r[0].slot_names, ["a", "b", "10.77.0.99:8080", "10.77.0.99:8080"]);
+        assert_eq!(r[0].slots[0].port, 8080);
+        assert_eq!(r[0].slots[2].ip6, [0; 4], "an IPv4 address backend has no IPv6 address");
+        assert!(r[1].slots.is_empty(), "a service without backends refuses");
+    }
+
+    #[test]
+    fn mistakes_name_file_line_and_what_was_expected() {
+        let e = err(&GOOD.replace("port = 80\nbackends", "prot = 80\nbackends"));
+        assert!(e.starts_with("m.toml:6: unknown field `prot`, expected one of"), "{e}");
+        let e = err(&GOOD.replace("\"10.96.0.10\"", "\"10.96.0.300\""));
+        assert!(e.starts_with("m.toml:4: invalid IPv4 address syntax"), "{e}");
+        let e = err(&GOOD.replace("name = \"empty\"", "name = \"web\""));
+        assert!(e.starts_with("m.toml:13: service name \"web\": expected a unique"), "{e}");
+        let e =
+            err(&GOOD.replace("{ pods = { app = \"web\" }, port = 8080 }", "{ pods = { app = \"web\" } }"));
+        assert!(e.starts_with("m.toml:7: service \"web\": a `pods` backend needs a `port`"), "{e}");
+        let e = err(&GOOD.replace("weight = 2", "weight = 0"));
+        assert!(e.contains("`weight` must be 1-100"), "{e}");
+        let e = err(&GOOD.replace("address = \"10.96.0.11\"\n", ""));
+        assert!(e.starts_with("m.toml:12: service \"empty\": expected `address`"), "{e}");
+        let e = err(&GOOD.replace("\"10.96.0.11\"", "\"10.96.0.10\""));
+        assert!(e.contains("10.96.0.10 port 80 is already another service's"), "{e}");
+        let e = err("[[policy]]\nfrom = \"a\"\n");
+        assert!(e.starts_with("m.toml:1: unknown field `policy`, expected `services`"), "{e}");
+    }
+}

@@ -1,0 +1,137 @@
+//! cgroup/connect4 and cgroup/connect6: socket-level load balancing. When a pod's socket
+//! connects to a service's virtual address, the destination is rewritten to one of the service's
+//! backends before the kernel does anything else: no packet ever carries the virtual address,
+//! no NAT state is kept, and the connection is a plain connection to the backend from then on
+//! (so sock_ops and sk_msg redirect it like any other).
+//!
+//! - Attach: `BPF_CGROUP_INET4_CONNECT` / `BPF_CGROUP_INET6_CONNECT` on the lab's cgroup; runs in
+//!   the connect() system call of TCP sockets and of UDP sockets that connect.
+//! - Service lookup: `SERVICES` by (virtual address, port, protocol); not a service: the
+//!   connect() proceeds untouched. A backend slot is picked at random (`bpf_get_prandom_u32`) out
+//!   of the service's `slots`; a weight-2 backend has two slots.
+//! - No backend: the program returns 0 and connect() fails with `EPERM` (the errno a
+//!   connect4 program can give on every pinned kernel; `bpf_set_retval` could choose another from
+//!   5.18).
+//! - The address the application asked for is kept in the socket's storage (`ORIGINAL_DST`), so
+//!   getpeername() can answer with it (`getpeername.rs`); it goes away with the socket.
+//! - connect6 serves IPv6 services and dual-stack applications reaching an IPv4 service through an
+//!   IPv4-mapped address (`::ffff:a.b.c.d`): the key folds to IPv4 and the backend is written back
+//!   mapped.
+//! - Minimum kernel: 4.17 (connect hooks), 5.3 (socket storage in these programs).
+//! - Book: `book/src/hooks/connect.md`.
+use core::ptr::{read_volatile, write_volatile};
+
+use aya_ebpf::{helpers::bpf_get_prandom_u32, macros::cgroup_sock_addr, programs::SockAddrContext};
+use mesh_common::{AF_INET, AF_INET6, Backend, BackendKey, Counter, OriginalDst, ServiceKey};
+
+use crate::maps::{BACKENDS, ORIGINAL_DST, SERVICES, bump};
+
+// ANCHOR: connect4
+#[cgroup_sock_addr(connect4)]
+pub fn mesh_connect4(ctx: SockAddrContext) -> i32 {
+    let sa = ctx.sock_addr;
+    // SAFETY: fields of the live bpf_sock_addr of this connect().
+    let (ip, port, protocol) = unsafe {
+        (
+            read_volatile(&raw const (*sa).user_ip4),
+            u16::from_be(read_volatile(&raw const (*sa).user_port) as u16),
+            read_volatile(&raw const (*sa).protocol),
+        )
+    };
+    let key = ServiceKey { ip: [ip, 0, 0, 0], port: u32::from(port), family: AF_INET, protocol, pad: 0 };
+    let Some(backend) = pick(&key) else { return verdict_without_backend(&key) };
+    if backend.ip4 == 0 {
+        bump(Counter::ConnectRefused);
+        return 0;
+    }
+    remember(&ctx, [ip, 0, 0, 0], u32::from(port), AF_INET);
+    // SAFETY: connect4 programs may write the destination.
+    unsafe {
+        write_volatile(&raw mut (*sa).user_ip4, backend.ip4);
+        write_volatile(&raw mut (*sa).user_port, u32::from((backend.port as u16).to_be()));
+    }
+    bump(Counter::ConnectBalanced);
+    1
+}
+// ANCHOR_END: connect4
+
+#[cgroup_sock_addr(connect6)]
+pub fn mesh_connect6(ctx: SockAddrContext) -> i32 {
+    let sa = ctx.sock_addr;
+    // SAFETY: fields of the live bpf_sock_addr of this connect().
+    let (ip, port, protocol) = unsafe {
+        (
+            [
+                read_volatile(&raw const (*sa).user_ip6[0]),
+                read_volatile(&raw const (*sa).user_ip6[1]),
+                read_volatile(&raw const (*sa).user_ip6[2]),
+                read_volatile(&raw const (*sa).user_ip6[3]),
+            ],
+            u16::from_be(read_volatile(&raw const (*sa).user_port) as u16),
+            read_volatile(&raw const (*sa).protocol),
+        )
+    };
+    let mapped = ip[0] == 0 && ip[1] == 0 && ip[2] == 0xffff_u32.to_be();
+    let key = if mapped {
+        ServiceKey { ip: [ip[3], 0, 0, 0], port: u32::from(port), family: AF_INET, protocol, pad: 0 }
+    } else {
+        ServiceKey { ip, port: u32::from(port), family: AF_INET6, protocol, pad: 0 }
+    };
+    let Some(backend) = pick(&key) else { return verdict_without_backend(&key) };
+    let dest = if mapped { [0, 0, 0xffff_u32.to_be(), backend.ip4] } else { backend.ip6 };
+    if (mapped && backend.ip4 == 0) || (!mapped && dest == [0; 4]) {
+        bump(Counter::ConnectRefused);
+        return 0;
+    }
+    remember(&ctx, ip, u32::from(port), AF_INET6);
+    // SAFETY: connect6 programs may write the destination.
+    unsafe {
+        for (i, w) in dest.iter().enumerate() {
+            write_volatile(&raw mut (*sa).user_ip6[i], *w);
+        }
+        write_volatile(&raw mut (*sa).user_port, u32::from((backend.port as u16).to_be()));
+    }
+    bump(Counter::ConnectBalanced);
+    1
+}
+
+// ANCHOR: pick
+/// `None` when `key` is not a service, or is one without backends (then [`verdict_without_backend`]
+/// tells them apart).
+#[inline(always)]
+fn pick(key: &ServiceKey) -> Option<Backend> {
+    // SAFETY: plain lookups; values are copied out at once.
+    let service = unsafe { SERVICES.get(key) }.copied()?;
+    if service.slots == 0 {
+        return None;
+    }
+    // SAFETY: no arguments, no memory.
+    let slot = unsafe { bpf_get_prandom_u32() } % service.slots;
+    unsafe { BACKENDS.get(&BackendKey { service: service.id, slot }) }.copied()
+}
+// ANCHOR_END: pick
+
+/// 1 (let connect() go on untouched) for an address that is no service; 0 (connect() fails with
+/// EPERM) for a service with no backend.
+#[inline(always)]
+fn verdict_without_backend(key: &ServiceKey) -> i32 {
+    // SAFETY: a plain lookup.
+    if unsafe { SERVICES.get(key) }.is_some() {
+        bump(Counter::ConnectRefused);
+        0
+    } else {
+        1
+    }
+}
+
+/// Keeps the address the application connected to in the socket's storage.
+#[inline(always)]
+fn remember(ctx: &SockAddrContext, ip: [u32; 4], port: u32, family: u32) {
+    let mut orig = OriginalDst { ip, port, family };
+    // SAFETY: the storage belongs to this socket; the kernel creates it when absent.
+    let slot = unsafe { ORIGINAL_DST.get_or_insert_ptr_mut(ctx, Some(&mut orig)) };
+    if !slot.is_null() {
+        // A socket can connect again after a failed attempt: keep the latest.
+        unsafe { *slot = orig };
+    }
+}
