@@ -232,6 +232,17 @@ impl MeshFile {
     // ANCHOR_END: resolve
 }
 
+impl Resolved {
+    /// Whether this service answers at `a` (one of its virtual addresses and its port).
+    pub fn serves(&self, a: SocketAddr) -> bool {
+        let ip = match a.ip() {
+            IpAddr::V4(v4) => [u32::from_ne_bytes(v4.octets()), 0, 0, 0],
+            IpAddr::V6(v6) => words(v6),
+        };
+        self.keys.iter().any(|k| k.ip == ip && k.port == u32::from(a.port()))
+    }
+}
+
 /// An IPv6 address as four words in network byte order, as the kernel hands them to BPF.
 fn words(a: Ipv6Addr) -> [u32; 4] {
     let o = a.octets();
@@ -285,6 +296,10 @@ port = 80
         assert_eq!(r[0].slots[0].port, 8080);
         assert_eq!(r[0].slots[2].ip6, [0; 4], "an IPv4 address backend has no IPv6 address");
         assert!(r[1].slots.is_empty(), "a service without backends refuses");
+        assert!(
+            r[0].serves("10.96.0.10:80".parse().unwrap()) && r[0].serves("[fd96::10]:80".parse().unwrap())
+        );
+        assert!(!r[0].serves("10.96.0.10:81".parse().unwrap()));
     }
 
     #[test]

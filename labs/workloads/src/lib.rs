@@ -5,6 +5,7 @@ pub mod connect_rate;
 pub mod cpu;
 pub mod echo;
 pub mod isolation;
+pub mod lb_probe;
 pub mod proxy;
 pub mod rr;
 pub mod stream;
@@ -22,6 +23,8 @@ pub enum Workload {
     Stream(stream::Args),
     /// Connection-rate client: connect + request + response + close, one after another.
     ConnectRate(connect_rate::Args),
+    /// Which backend each new connection to a service reaches, and what getpeername() says.
+    LbProbe(lb_probe::Args),
     /// Byte-stream echo server.
     Echo(echo::Args),
     /// TCP conformance server: the server side of every `conform` case.
@@ -50,6 +53,7 @@ impl Workload {
             }
             Workload::Stream(a) => print_report(&stream::run(&a)?, a.json),
             Workload::ConnectRate(a) => print_report(&connect_rate::run(&a)?, a.json),
+            Workload::LbProbe(a) => print_report(&lb_probe::run(&a)?, a.json),
             Workload::Echo(a) => echo::serve(&a),
             Workload::ConformServer(a) => conform::serve(&a),
             Workload::LoopbackIsolation(a) => {

@@ -20,6 +20,9 @@ pub struct ServerArgs {
     /// Address to listen on (`[::]` accepts IPv4 and IPv6).
     #[arg(long, default_value = "[::]:7000")]
     pub listen: SocketAddr,
+    /// What this server answers to a `Name` hello (the lab passes the pod's name).
+    #[arg(long, default_value = "rr-server")]
+    pub name: String,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -116,6 +119,8 @@ pub enum Hello {
     /// Read until EOF, `read` bytes per read(), then answer the number of bytes read (u64,
     /// little-endian) and close.
     Sink { read: u32 },
+    /// Answer the server's name and a newline, then close (which backend did I reach?).
+    Name,
 }
 // ANCHOR_END: hello
 
@@ -126,6 +131,7 @@ impl Hello {
         let (mode, a, b) = match self {
             Hello::PingPong { request, response } => (b'p', request, response),
             Hello::Sink { read } => (b's', read, 0),
+            Hello::Name => (b'n', 0, 0),
         };
         let mut out = [0u8; HELLO_LEN];
         out[..3].copy_from_slice(b"RR1");
@@ -142,6 +148,7 @@ impl Hello {
                 Ok(Hello::PingPong { request: word(4), response: word(8) })
             }
             (b"RR1", b's') if word(4) > 0 => Ok(Hello::Sink { read: word(4) }),
+            (b"RR1", b'n') => Ok(Hello::Name),
             _ => Err(io::Error::new(io::ErrorKind::InvalidData, format!("not an rr hello: {b:?}"))),
         }
     }
@@ -150,14 +157,16 @@ impl Hello {
 /// Serves rr clients until killed: each connection gets a thread that does what its hello asks.
 pub fn serve(args: &ServerArgs) -> anyhow::Result<()> {
     let listener = TcpListener::bind(args.listen).with_context(|| format!("bind {}", args.listen))?;
+    let name: std::sync::Arc<str> = args.name.as_str().into();
     for conn in listener.incoming() {
         let conn = conn.context("accept")?;
-        thread::spawn(move || answer(conn));
+        let name = name.clone();
+        thread::spawn(move || answer(conn, &name));
     }
     Ok(())
 }
 
-fn answer(mut conn: TcpStream) -> io::Result<()> {
+fn answer(mut conn: TcpStream, name: &str) -> io::Result<()> {
     conn.set_nodelay(true)?;
     let mut hello = [0u8; HELLO_LEN];
     conn.read_exact(&mut hello)?;
@@ -184,6 +193,7 @@ fn answer(mut conn: TcpStream) -> io::Result<()> {
             }
             conn.write_all(&total.to_le_bytes())
         }
+        Hello::Name => conn.write_all(format!("{name}\n").as_bytes()),
     }
 }
 
@@ -303,7 +313,7 @@ pub(crate) mod tests {
         let addr = listener.local_addr().unwrap();
         thread::spawn(move || {
             for c in listener.incoming() {
-                thread::spawn(move || answer(c.unwrap()));
+                thread::spawn(move || answer(c.unwrap(), "test"));
             }
         });
         addr
@@ -311,7 +321,9 @@ pub(crate) mod tests {
 
     #[test]
     fn hello_round_trips_and_garbage_is_refused() {
-        for h in [Hello::PingPong { request: 64, response: 65536 }, Hello::Sink { read: 131_072 }] {
+        for h in
+            [Hello::PingPong { request: 64, response: 65536 }, Hello::Sink { read: 131_072 }, Hello::Name]
+        {
             assert_eq!(Hello::decode(&h.encode()).unwrap(), h);
         }
         assert!(Hello::decode(b"GET / HTTP/1").is_err());

@@ -3,11 +3,13 @@
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use mesh_agent::Counters;
+use mesh_agent::meshfile::{MeshFile, PodAddrs, Resolved};
 use serde::Serialize;
 use workloads::{
     conform::{CaseResult, ConformReport, HoldReport},
     connect_rate::ConnectReport,
     cpu::CpuTimes,
+    lb_probe::ProbeReport,
     rr::RrReport,
     stream::StreamReport,
 };
@@ -128,6 +130,8 @@ struct Engine<'a> {
     sidecars: Sidecars,
     /// Ports each pod's workload listens on (what a per-node proxy routes to).
     ports: BTreeMap<String, Vec<u16>>,
+    /// The services of the mesh file applied last, with who is behind each backend slot.
+    services: Vec<Resolved>,
 }
 
 /// The bench step's fields.
@@ -222,6 +226,7 @@ pub fn run(sc: &Scenario, ctx: &Context) -> Result<Outcome, LabError> {
         failures: Vec::new(),
         sidecars: Sidecars::default(),
         ports: BTreeMap::new(),
+        services: Vec::new(),
     };
     let result = e.steps(sc);
     // Teardown errors matter (a leak is a bug) but must not hide the scenario's own error.
@@ -265,7 +270,13 @@ impl Engine<'_> {
             let args: Vec<String> = match &p.workload {
                 None => continue,
                 Some(WorkloadDef::RrServer { port }) => {
-                    vec!["rr-server".into(), "--listen".into(), format!("[::]:{port}")]
+                    vec![
+                        "rr-server".into(),
+                        "--listen".into(),
+                        format!("[::]:{port}"),
+                        "--name".into(),
+                        p.name.clone(),
+                    ]
                 }
                 Some(WorkloadDef::Echo { port }) => {
                     vec!["echo".into(), "--listen".into(), format!("[::]:{port}")]
@@ -364,6 +375,10 @@ impl Engine<'_> {
                 self.conform(label, &args)?;
             }
             Step::Isolation { name, pods, port, .. } => self.isolation(label, name, pods, *port)?,
+            Step::Apply { name, file, .. } => self.apply(label, name, file)?,
+            Step::Balance { name, from, address, connections, .. } => {
+                self.balance(label, name, from, *address, *connections)?;
+            }
             Step::Mesh { state: OnOff::On, .. } => {
                 for line in self.mesh_on()? {
                     self.out(label, line);
@@ -690,6 +705,133 @@ impl Engine<'_> {
         let r = self.report.results.entry(name.to_owned()).or_default();
         for (k, v) in values {
             r.insert(k.into(), v);
+        }
+        for (k, v) in values {
+            self.metric(label, k, v, "");
+        }
+        Ok(())
+    }
+
+    // ANCHOR: apply
+    /// Applies a mesh file to the running mesh: pods selected by label, services written by
+    /// difference.
+    fn apply(&mut self, label: &str, name: &str, file: &str) -> Result<(), LabError> {
+        let failed = |stderr: String| LabError::Command { command: format!("apply {file}"), stderr };
+        let (shown, text) = super::mesh_file(file).map_err(|e| failed(e.to_string()))?;
+        let mf = MeshFile::parse(&text, &shown).map_err(|e| failed(e.to_string()))?;
+        let pods: Vec<PodAddrs> = self
+            .lab
+            .pods()
+            .iter()
+            .map(|p| PodAddrs { name: p.name.clone(), labels: p.labels.clone(), ipv4: p.ipv4, ipv6: p.ipv6 })
+            .collect();
+        let resolved = mf.resolve(&pods);
+        let wanted: BTreeMap<_, _> =
+            resolved.iter().flat_map(|r| r.keys.iter().map(|k| (*k, r.slots.clone()))).collect();
+        let mesh =
+            self.lab.mesh_mut().ok_or_else(|| failed("the mesh must be on to apply a mesh file".into()))?;
+        let applied = mesh.set_services(&wanted)?;
+        for r in &resolved {
+            let behind = if r.slot_names.is_empty() {
+                "no backend (connect() is refused)".into()
+            } else {
+                r.slot_names.join(", ")
+            };
+            self.out(label, format!("service {}: {behind}", r.name));
+        }
+        self.out(
+            label,
+            format!(
+                "{shown}: {} added, {} changed, {} removed, {} unchanged",
+                applied.added, applied.changed, applied.removed, applied.unchanged
+            ),
+        );
+        let values = [
+            ("added", applied.added),
+            ("changed", applied.changed),
+            ("removed", applied.removed),
+            ("unchanged", applied.unchanged),
+        ];
+        let r = self.report.results.entry(name.to_owned()).or_default();
+        for (k, v) in values {
+            r.insert(k.into(), v as f64);
+        }
+        self.services = resolved;
+        Ok(())
+    }
+    // ANCHOR_END: apply
+
+    /// New connections to a service address from `from`: where they went, against where the
+    /// service's slots say they should go.
+    fn balance(
+        &mut self,
+        label: &str,
+        name: &str,
+        from: &str,
+        address: SocketAddr,
+        connections: u32,
+    ) -> Result<(), LabError> {
+        let args = [
+            "lb-probe",
+            "--connect",
+            &address.to_string(),
+            "--connections",
+            &connections.to_string(),
+            "--json",
+        ];
+        self.out(
+            label,
+            format!("{connections} connections {from} -> {address}, one after another ({})", self.config()),
+        );
+        let c0 = self.counters()?;
+        let r: ProbeReport = self.run_json(from, &args)?;
+        let c = self.counters()?.since(&c0);
+        let ok: u32 = r.reached.values().sum();
+        let errors: u32 = r.errors.values().sum();
+        for (who, n) in &r.reached {
+            self.out(label, format!("{who}: {n} connections"));
+        }
+        for (e, n) in &r.errors {
+            self.out(label, format!("failed: {n} x {e}"));
+        }
+        if !r.other_peers.is_empty() {
+            self.out(label, format!("getpeername() also said: {}", r.other_peers.join(", ")));
+        }
+        // Each backend's fair share is its slots' share of the service's slots.
+        let slots: Vec<&String> = self
+            .services
+            .iter()
+            .find(|s| s.serves(address))
+            .map(|s| s.slot_names.iter().collect())
+            .unwrap_or_default();
+        let mut fair: BTreeMap<&str, f64> = BTreeMap::new();
+        for n in &slots {
+            *fair.entry(n.as_str()).or_default() += 1.0 / slots.len() as f64;
+        }
+        let ratio = |who: &str, share: f64| {
+            let got = f64::from(r.reached.get(who).copied().unwrap_or(0)) / f64::from(ok.max(1));
+            got / share
+        };
+        let ratios: Vec<f64> = fair.iter().map(|(who, share)| ratio(who, *share)).collect();
+        let outside: u32 =
+            r.reached.iter().filter(|(who, _)| !fair.contains_key(who.as_str())).map(|(_, n)| n).sum();
+        let values = [
+            ("connections", f64::from(ok)),
+            ("errors", f64::from(errors)),
+            ("backends", r.reached.len() as f64),
+            ("min_ratio", ratios.iter().copied().fold(f64::NAN, f64::min)),
+            ("max_ratio", ratios.iter().copied().fold(f64::NAN, f64::max)),
+            ("outside", f64::from(outside)),
+            ("peer_is_service", f64::from(r.peer_is_target) / f64::from(ok.max(1))),
+            ("msg_redirected", c.msg_redirected as f64),
+        ];
+        self.out(
+            label,
+            format!("mesh: {} connections balanced, {} refused", c.connect_balanced, c.connect_refused),
+        );
+        let res = self.report.results.entry(name.to_owned()).or_default();
+        for (k, v) in values {
+            res.insert(k.into(), v);
         }
         for (k, v) in values {
             self.metric(label, k, v, "");
@@ -1138,6 +1280,8 @@ fn label(step: &Step) -> String {
             format!("bench {}", paths.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", "))
         }
         Step::Conform { name, .. }
+        | Step::Apply { name, .. }
+        | Step::Balance { name, .. }
         | Step::Isolation { name, .. }
         | Step::Exec { name, .. }
         | Step::Compute { name, .. } => name.clone(),
@@ -1159,6 +1303,8 @@ fn texts(step: &Step) -> (&str, &[String]) {
         Step::Bench { explain, try_, .. }
         | Step::Conform { explain, try_, .. }
         | Step::Isolation { explain, try_, .. }
+        | Step::Apply { explain, try_, .. }
+        | Step::Balance { explain, try_, .. }
         | Step::Mesh { explain, try_, .. }
         | Step::Sidecars { explain, try_, .. } => (explain, try_),
         Step::Exec { explain, .. } | Step::Compute { explain, .. } | Step::Expect { explain, .. } => {

@@ -38,15 +38,40 @@ pub fn load(name: &str) -> Result<(String, String, Scenario), LoadError> {
         let text = std::fs::read_to_string(name)
             .map_err(|e| LoadError::Read { path: name.into(), message: e.to_string() })?;
         let sc = Scenario::parse(&text, name).map_err(LoadError::Spec)?;
+        check_mesh_files(&sc)?;
         return Ok((name.to_owned(), text, sc));
     }
     for (file, text) in BUILTIN {
         if Path::new(file).file_stem().is_some_and(|s| s == name) {
             let sc = Scenario::parse(text, file).map_err(LoadError::Spec)?;
+            check_mesh_files(&sc)?;
             return Ok(((*file).to_owned(), (*text).to_owned(), sc));
         }
     }
     Err(LoadError::Unknown { name: name.into(), known: builtin().into_iter().map(|(_, s)| s.name).collect() })
+}
+
+/// The text of a mesh file a scenario applies: one shipped in scenarios/mesh/ (by its path
+/// under scenarios/, e.g. `mesh/web.toml`), else a file on disk. Returns the name shown in
+/// messages and the text.
+pub fn mesh_file(file: &str) -> Result<(String, String), LoadError> {
+    if let Some((_, text)) = MESH_FILES.iter().find(|(f, _)| *f == file) {
+        return Ok((format!("scenarios/{file}"), (*text).to_owned()));
+    }
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| LoadError::Read { path: file.into(), message: e.to_string() })?;
+    Ok((file.to_owned(), text))
+}
+
+/// Every mesh file `sc` applies parses (checked before anything runs).
+fn check_mesh_files(sc: &Scenario) -> Result<(), LoadError> {
+    for step in &sc.steps {
+        if let spec::Step::Apply { file, .. } = step.get_ref() {
+            let (shown, text) = mesh_file(file)?;
+            mesh_agent::meshfile::MeshFile::parse(&text, &shown).map_err(LoadError::Mesh)?;
+        }
+    }
+    Ok(())
 }
 
 /// Why a scenario could not be loaded.
@@ -58,6 +83,8 @@ pub enum LoadError {
     Read { path: PathBuf, message: String },
     #[error(transparent)]
     Spec(spec::SpecError),
+    #[error(transparent)]
+    Mesh(mesh_agent::meshfile::MeshFileError),
 }
 
 /// How to start a workload process (see the `workloads` crate): `program prefix.. ARGS`.

@@ -151,6 +151,10 @@ fn one() -> f64 {
     1.0
 }
 
+fn thousand() -> u32 {
+    1000
+}
+
 fn isolation_port() -> u16 {
     7300
 }
@@ -389,6 +393,30 @@ pub enum Step {
         #[serde(default)]
         explain: String,
     },
+    /// Apply a mesh file to the running mesh, by difference (scenarios/mesh/NAME.toml as
+    /// `mesh/NAME.toml`, or a path); stores `added`, `changed`, `removed`, `unchanged`.
+    Apply {
+        name: String,
+        file: String,
+        #[serde(default)]
+        explain: String,
+        #[serde(default, rename = "try")]
+        try_: Vec<String>,
+    },
+    /// New connections from a pod to a service address, one after another (`workload lb-probe`):
+    /// which backend each reached, and what getpeername() said.
+    Balance {
+        name: String,
+        from: String,
+        /// The service address, `10.96.0.10:80` or `[fd96::10]:80`.
+        address: std::net::SocketAddr,
+        #[serde(default = "thousand")]
+        connections: u32,
+        #[serde(default)]
+        explain: String,
+        #[serde(default, rename = "try")]
+        try_: Vec<String>,
+    },
     /// `name.value = factor * metric` (divided by `of` when given): ratios, extrapolations.
     Compute {
         name: String,
@@ -431,6 +459,8 @@ impl Step {
             Step::Mesh { .. } => "mesh",
             Step::Sidecars { .. } => "sidecars",
             Step::Exec { .. } => "exec",
+            Step::Apply { .. } => "apply",
+            Step::Balance { .. } => "balance",
             Step::Compute { .. } => "compute",
             Step::Expect { .. } => "expect",
         }
@@ -439,6 +469,24 @@ impl Step {
 
 /// Metrics every conform step stores under its name.
 pub const CONFORM_METRICS: &[&str] = &["cases", "differences", "kernel_bugs", "msg_redirected", "held_ok"];
+
+/// Metrics every apply step stores under its name.
+pub const APPLY_METRICS: &[&str] = &["added", "changed", "removed", "unchanged"];
+
+/// Metrics every balance step stores under its name: connections made and failed, backends
+/// reached, the least and most loaded backend's share against its fair share (1.0 = exactly
+/// fair; weights count), connections that reached no backend the service has now, and the share
+/// of connections whose getpeername() was the service address; messages sk_msg redirected meanwhile.
+pub const BALANCE_METRICS: &[&str] = &[
+    "connections",
+    "errors",
+    "backends",
+    "min_ratio",
+    "max_ratio",
+    "outside",
+    "peer_is_service",
+    "msg_redirected",
+];
 
 /// Metrics every isolation step stores under its name.
 pub const ISOLATION_METRICS: &[&str] =
@@ -712,6 +760,16 @@ impl Scenario {
                             )));
                         }
                     }
+                }
+                Step::Apply { name, .. } => {
+                    results.insert(name.clone(), APPLY_METRICS.to_vec());
+                }
+                Step::Balance { name, from, connections, .. } => {
+                    pod(from)?;
+                    if *connections == 0 {
+                        return Err(err(format!("step {}: `connections` must be at least 1", i + 1)));
+                    }
+                    results.insert(name.clone(), BALANCE_METRICS.to_vec());
                 }
                 Step::Explain { .. } | Step::Mesh { .. } | Step::Sidecars { .. } => {}
             }

@@ -1,0 +1,82 @@
+//! `lb-probe`: which backend does each new connection to a service reach? Connects `connections`
+//! times, one after another; each connection asks the `rr-server` it reached for its name and
+//! checks what getpeername() says it is connected to (with socket load balancing, the service's
+//! address, not the backend's).
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::rr::{self, Hello};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// The service address.
+    #[arg(long)]
+    pub connect: SocketAddr,
+    #[arg(long, default_value_t = 1000)]
+    pub connections: u32,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProbeReport {
+    pub target: String,
+    /// Backend name -> connections that reached it.
+    pub reached: BTreeMap<String, u32>,
+    /// Connections whose getpeername() was the address connected to.
+    pub peer_is_target: u32,
+    /// What getpeername() said otherwise (first few), for the report.
+    pub other_peers: Vec<String>,
+    /// Failed connections, by error.
+    pub errors: BTreeMap<String, u32>,
+}
+
+// ANCHOR: probe
+pub fn run(args: &Args) -> anyhow::Result<ProbeReport> {
+    let mut r = ProbeReport { target: args.connect.to_string(), ..ProbeReport::default() };
+    for _ in 0..args.connections {
+        let conn = match rr::connect(args.connect, Hello::Name, true, Duration::ZERO) {
+            Ok(c) => c,
+            Err(e) => {
+                let errno =
+                    e.downcast_ref::<std::io::Error>().map_or_else(|| format!("{e:#}"), |io| io.to_string());
+                *r.errors.entry(errno).or_default() += 1;
+                continue;
+            }
+        };
+        match conn.peer_addr() {
+            Ok(p) if p == args.connect => r.peer_is_target += 1,
+            Ok(p) if r.other_peers.len() < 5 => r.other_peers.push(p.to_string()),
+            _ => {}
+        }
+        let mut name = String::new();
+        BufReader::new(&conn).read_line(&mut name)?;
+        *r.reached.entry(name.trim().to_owned()).or_default() += 1;
+    }
+    Ok(r)
+}
+// ANCHOR_END: probe
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_who_answered_and_the_peer_seen() {
+        let addr = crate::rr::tests::local_server();
+        let r = run(&Args { connect: addr, connections: 20, json: true }).unwrap();
+        assert_eq!(r.reached, BTreeMap::from([("test".to_owned(), 20)]));
+        assert_eq!(r.peer_is_target, 20);
+        assert!(r.errors.is_empty());
+        let refused =
+            run(&Args { connect: "127.0.0.1:9".parse().unwrap(), connections: 2, json: true }).unwrap();
+        assert_eq!(refused.errors.values().sum::<u32>(), 2, "{refused:?}");
+    }
+}
