@@ -536,3 +536,28 @@ fn the_lab_agrees_with_sockperf_and_iperf3() {
     assert_eq!(v["report"]["machine"]["pinned"], true);
     assert_eq!(remains_of(v["report"]["lab"].as_str().unwrap()), Vec::<String>::new());
 }
+
+#[test]
+fn service_lb_balances_at_connect_and_hides_the_backend() {
+    let _k = KERNEL.lock().unwrap_or_else(|p| p.into_inner());
+    if !root_or_skip("service_lb_balances_at_connect_and_hides_the_backend") {
+        return;
+    }
+    let v = passed_on_host("service-lb", &[]);
+    let r = &v["report"]["results"];
+    let get = |run: &str, key: &str| r[run][key].as_f64().unwrap_or_else(|| panic!("no {run}.{key} in {r}"));
+    // 3,000 connections to a virtual address nobody has, all made, each backend near a third.
+    assert_eq!(get("spread", "connections"), 3000.0);
+    assert_eq!(get("spread", "backends"), 3.0);
+    assert!(get("spread", "min_ratio") >= 0.8 && get("spread", "max_ratio") <= 1.2, "{}", r["spread"]);
+    // getpeername() named the service, over IPv4 and IPv6.
+    assert_eq!(get("spread", "peer_is_service"), 1.0);
+    assert_eq!(get("spread6", "peer_is_service"), 1.0);
+    // Idempotent apply; the canary gone at once; no backend, no connection.
+    assert_eq!((get("again", "added"), get("again", "changed"), get("again", "removed")), (0.0, 0.0, 0.0));
+    assert_eq!(get("after", "outside"), 0.0);
+    assert_eq!(get("refused", "errors"), 10.0);
+    // The balanced connections were redirected by sk_msg: a request and a response each.
+    assert_eq!(get("spread", "msg_redirected"), 6000.0);
+    assert_eq!(remains_of(v["report"]["lab"].as_str().unwrap()), Vec::<String>::new());
+}

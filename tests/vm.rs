@@ -230,6 +230,21 @@ fn conformance_passes_inside_the_vm() {
 }
 
 #[test]
+fn service_lb_passes_inside_the_vm() {
+    let Some((_vm, env)) = start("service_lb_passes_inside_the_vm", "service-lb") else { return };
+    let v = passed_on_61(&env, "service-lb", &[]);
+    let r = &v["report"]["results"];
+    let get = |run: &str, key: &str| r[run][key].as_f64().unwrap_or_else(|| panic!("no {run}.{key}"));
+    assert_eq!(get("spread", "backends"), 3.0);
+    assert_eq!(get("spread", "peer_is_service"), 1.0);
+    assert_eq!(get("spread6", "peer_is_service"), 1.0);
+    assert_eq!(get("after", "outside"), 0.0);
+    assert_eq!(get("refused", "errors"), 10.0);
+    assert_eq!(qemus_under(&env.root), Vec::<i32>::new());
+    assert_eq!(env.state_dirs(), Vec::<String>::new());
+}
+
+#[test]
 fn a_vm_killed_mid_scenario_is_reported_and_cleaned_up() {
     let Some((_vm, env)) = start("a_vm_killed_mid_scenario_is_reported_and_cleaned_up", "killed") else {
         return;

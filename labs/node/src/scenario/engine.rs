@@ -834,7 +834,8 @@ impl Engine<'_> {
             res.insert(k.into(), v);
         }
         for (k, v) in values {
-            self.metric(label, k, v, "");
+            let unit = if matches!(k, "min_ratio" | "max_ratio" | "peer_is_service") { "x" } else { "" };
+            self.metric(label, k, v, unit);
         }
         Ok(())
     }
