@@ -53,6 +53,26 @@ pub fn markdown(outcome: &Outcome, when: &str, backend: &str, svg: &str) -> Stri
     ctx.insert("svg", svg);
     ctx.insert("computed", &computed);
     let (fig_columns, fig_rows) = figures_table(&outcome.report);
+    // Every other step's figures, one row per step (apply, balance, isolation, exec, ...).
+    let shown: Vec<&String> = fig_rows.iter().map(|(p, _)| p).collect();
+    let conform: Vec<&str> =
+        outcome.report["conform"].as_array().into_iter().flatten().filter_map(|r| r["name"].as_str()).collect();
+    let other: Vec<(String, String)> = outcome.report["results"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(name, keys)| !shown.contains(name) && !conform.contains(&name.as_str()) && keys.get("value").is_none())
+        .map(|(name, keys)| {
+            let cells: Vec<String> = keys
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| format!("{k} {}", v.as_f64().map_or_else(|| "-".to_owned(), sig3)))
+                .collect();
+            (name.clone(), cells.join(", "))
+        })
+        .collect();
+    ctx.insert("other", &other);
     ctx.insert("fig_columns", &fig_columns);
     ctx.insert("fig_rows", &fig_rows);
     let (columns, rows) = conformance_table(&outcome.report);
@@ -122,6 +142,9 @@ fn figures_table(report: &Value) -> (Vec<String>, Vec<(String, Vec<String>)>) {
 fn sig3(v: f64) -> String {
     if v == 0.0 || !v.is_finite() {
         return format!("{v}");
+    }
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        return format!("{v:.0}");
     }
     let digits = (2 - v.abs().log10().floor() as i32).max(0) as usize;
     format!("{v:.digits$}")
@@ -288,7 +311,7 @@ mod tests {
         let (columns, rows) = figures_table(&report);
         assert_eq!(columns, ["p50 µs", "write errors, 4 streams"]);
         assert_eq!(rows[0], ("direct".to_owned(), vec!["52.4 (49.2-58.9)".to_owned(), "0".to_owned()]));
-        assert_eq!(rows[1].1[1], "3.00");
+        assert_eq!(rows[1].1[1], "3");
         assert_eq!(rows.len(), 2, "derived figures are not paths");
     }
 
