@@ -55,13 +55,19 @@ pub fn markdown(outcome: &Outcome, when: &str, backend: &str, svg: &str) -> Stri
     let (fig_columns, fig_rows) = figures_table(&outcome.report);
     // Every other step's figures, one row per step (apply, balance, isolation, exec, ...).
     let shown: Vec<&String> = fig_rows.iter().map(|(p, _)| p).collect();
-    let conform: Vec<&str> =
-        outcome.report["conform"].as_array().into_iter().flatten().filter_map(|r| r["name"].as_str()).collect();
+    let conform: Vec<&str> = outcome.report["conform"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["name"].as_str())
+        .collect();
     let other: Vec<(String, String)> = outcome.report["results"]
         .as_object()
         .into_iter()
         .flatten()
-        .filter(|(name, keys)| !shown.contains(name) && !conform.contains(&name.as_str()) && keys.get("value").is_none())
+        .filter(|(name, keys)| {
+            !shown.contains(name) && !conform.contains(&name.as_str()) && keys.get("value").is_none()
+        })
         .map(|(name, keys)| {
             let cells: Vec<String> = keys
                 .as_object()

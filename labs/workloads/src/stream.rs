@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -29,6 +29,10 @@ pub struct Args {
     /// Bytes per write() on this side, per read() on the server's (iperf3's default for TCP).
     #[arg(long, default_value_t = 128 * 1024)]
     pub write_size: usize,
+    /// How long one write, or the wait for the server's byte count, may take before the stream
+    /// gives up and reports it (milliseconds).
+    #[arg(long, default_value_t = 10_000)]
+    pub stall_ms: u64,
     /// Print the report as one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -70,7 +74,8 @@ pub fn run(args: &Args) -> anyhow::Result<StreamReport> {
         .into_iter()
         .map(|conn| {
             let size = args.write_size;
-            thread::spawn(move || one_stream(conn, size, until))
+            let stall = Duration::from_millis(args.stall_ms);
+            thread::spawn(move || one_stream(conn, size, until, stall))
         })
         .collect();
     let (mut bytes, mut errors) = (0, Vec::new());
@@ -95,11 +100,27 @@ pub fn run(args: &Args) -> anyhow::Result<StreamReport> {
 
 // ANCHOR: one_stream
 /// Writes until `until`, half-closes, and checks the server's count. A failed write() ends the
-/// stream early and is returned beside the bytes sent before it (TCP itself blocks a writer
-/// whose peer is slow; a write error is what the application would see).
-fn one_stream(mut conn: TcpStream, size: usize, until: Instant) -> anyhow::Result<(u64, Option<String>)> {
+/// stream early and is returned beside the bytes the server confirmed (TCP itself blocks a
+/// writer whose peer is slow; a write error is what the application would see). A write or the
+/// server's count that does not come within `stall` is an error too: a stream must not hang the
+/// benchmark (on 5.10, four streams into sidecar proxies through sockmap stalled for good).
+fn one_stream(
+    mut conn: TcpStream,
+    size: usize,
+    until: Instant,
+    stall: Duration,
+) -> anyhow::Result<(u64, Option<String>)> {
+    conn.set_write_timeout(Some(stall))?;
+    conn.set_read_timeout(Some(stall))?;
     let buf = vec![b's'; size];
     let (mut sent, mut error) = (0u64, None);
+    let stalled = |e: &std::io::Error| {
+        if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) {
+            format!("stalled for {} ms", stall.as_millis())
+        } else {
+            e.to_string()
+        }
+    };
     'send: while Instant::now() < until {
         let mut at = 0;
         while at < size {
@@ -107,22 +128,29 @@ fn one_stream(mut conn: TcpStream, size: usize, until: Instant) -> anyhow::Resul
                 Ok(n) => at += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    error = Some(format!("write after {} bytes: {e}", sent + at as u64));
                     sent += at as u64;
+                    error = Some(format!("write after {sent} bytes: {}", stalled(&e)));
                     break 'send;
                 }
             }
         }
         sent += size as u64;
     }
-    conn.shutdown(Shutdown::Write)?;
+    let _ = conn.shutdown(Shutdown::Write);
     let mut count = [0u8; 8];
-    conn.read_exact(&mut count).context("the server's byte count")?;
-    let read = u64::from_le_bytes(count);
-    if read != sent {
-        bail!("sent {sent} bytes, the server read {read}");
+    match conn.read_exact(&mut count) {
+        Ok(()) => {
+            let read = u64::from_le_bytes(count);
+            if read != sent && error.is_none() {
+                error = Some(format!("sent {sent} bytes, the server read {read}"));
+            }
+            Ok((read.min(sent), error))
+        }
+        Err(e) => {
+            let e = format!("no byte count from the server: {}", stalled(&e));
+            Ok((0, Some(error.map_or(e.clone(), |w| format!("{w}; {e}")))))
+        }
     }
-    Ok((sent, error))
 }
 // ANCHOR_END: one_stream
 
@@ -133,10 +161,27 @@ mod tests {
     #[test]
     fn every_byte_is_confirmed_by_the_server() {
         let addr = crate::rr::tests::local_server();
-        let args = Args { connect: addr, streams: 2, millis: 100, write_size: 10_000, json: true };
+        let args =
+            Args { connect: addr, streams: 2, millis: 100, write_size: 10_000, stall_ms: 5000, json: true };
         let r = run(&args).unwrap();
         assert!(r.bytes > 0 && r.bytes.is_multiple_of(10_000), "{r:?}");
         assert!(r.mb_per_s > 0.0);
         assert!(r.errors.is_empty(), "{:?}", r.errors);
+    }
+
+    #[test]
+    fn a_reader_that_never_reads_is_an_error_not_a_hang() {
+        // Accepts, then neither reads nor answers.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let held = thread::spawn(move || listener.accept().map(|(c, _)| (c, listener)));
+        let args =
+            Args { connect: addr, streams: 1, millis: 3000, write_size: 1 << 20, stall_ms: 300, json: true };
+        let t0 = Instant::now();
+        let r = run(&args).unwrap();
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+        assert_eq!(r.errors.len(), 1, "{r:?}");
+        assert!(r.errors[0].contains("stalled for 300 ms"), "{r:?}");
+        drop(held);
     }
 }
