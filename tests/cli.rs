@@ -151,3 +151,43 @@ fn the_host_backend_refuses_to_run_without_root() {
     assert_eq!(out.status.code(), Some(3), "stderr: {}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("needs root"));
 }
+
+/// The reference chapter's command-line section is the binary's own help, so it cannot drift:
+/// this test fails when they differ (`SIDECARLESS_UPDATE_BOOK=1 cargo test` rewrites the file).
+#[test]
+fn the_book_s_cli_reference_is_the_binary_s_help() {
+    let help = |args: &[&str]| {
+        let out = lab_runner().args(args).arg("--help").output().unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap().trim_end().to_owned()
+    };
+    let top = help(&[]);
+    let commands: Vec<String> = top
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .filter(|c| c != "help")
+        .collect();
+    assert!(commands.len() >= 8, "{commands:?}");
+    let mut text = String::from(
+        "<!-- Generated from `lab-runner --help` by tests/cli.rs; do not edit (SIDECARLESS_UPDATE_BOOK=1 cargo test rewrites it). -->\n\n",
+    );
+    text.push_str(&format!("### lab-runner\n\n```text\n{top}\n```\n"));
+    for c in &commands {
+        let sub = help(&[c.as_str()]);
+        text.push_str(&format!("\n### lab-runner {c}\n\n```text\n{sub}\n```\n"));
+    }
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../book/src/reference/cli-generated.md");
+    if std::env::var("SIDECARLESS_UPDATE_BOOK").is_ok_and(|v| v == "1") {
+        std::fs::write(&path, &text).unwrap();
+    }
+    let book = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        book == text,
+        "{} is not the binary's help: run SIDECARLESS_UPDATE_BOOK=1 cargo test --test cli",
+        path.display()
+    );
+}

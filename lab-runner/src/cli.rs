@@ -89,7 +89,7 @@ pub struct VmArgs {
     pub cpus: u32,
     /// Folder with the static guest binaries (default: target/x86_64-unknown-linux-musl/release
     /// next to this executable's target folder).
-    #[arg(long, env = "SIDECARLESS_GUEST_BIN")]
+    #[arg(long, env = "SIDECARLESS_GUEST_BIN", hide_env_values = true)]
     pub guest_bin: Option<PathBuf>,
 }
 
@@ -160,7 +160,7 @@ pub struct MatrixArgs {
     pub mirror: Option<String>,
     #[arg(long, value_enum, default_value_t = AccelArg::Auto)]
     pub accel: AccelArg,
-    #[arg(long, env = "SIDECARLESS_GUEST_BIN")]
+    #[arg(long, env = "SIDECARLESS_GUEST_BIN", hide_env_values = true)]
     pub guest_bin: Option<PathBuf>,
     #[command(flatten)]
     pub run: RunArgs,
