@@ -256,12 +256,14 @@ fn a_vm_killed_mid_scenario_is_reported_and_cleaned_up() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stdout = BufReader::new(child.stdout.take().unwrap());
-    for line in stdout.lines().map_while(Result::ok) {
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    for line in lines.by_ref().map_while(Result::ok) {
         if line.contains("== direct") {
             break;
         }
     }
+    // Keep reading, as a terminal would, while the VM dies under the scenario.
+    let rest = std::thread::spawn(move || lines.map_while(Result::ok).count());
     let qemus = qemus_under(&env.root);
     assert_eq!(qemus.len(), 1, "one QEMU runs the scenario");
     // SAFETY: killing the QEMU this test's lab-runner started.
@@ -269,7 +271,8 @@ fn a_vm_killed_mid_scenario_is_reported_and_cleaned_up() {
     let killed = Instant::now();
     let out = child.wait_with_output().unwrap();
     assert!(killed.elapsed() < Duration::from_secs(10), "reported after {:?}", killed.elapsed());
-    assert_eq!(out.status.code(), Some(4));
+    rest.join().unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
     let err = text(&out.stderr);
     assert!(err.contains("the VM stopped (qemu exited) during scenario sockmap"), "{err}");
     assert_eq!(env.state_dirs(), Vec::<String>::new());

@@ -8,6 +8,23 @@ use lab_vm::{VmError, fetch::FetchEvent};
 
 use crate::exit;
 
+/// `println!` that never panics: a reader that went away (`| head`, a test that stopped reading)
+/// must not turn into a panic halfway through a lab's teardown.
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
+/// `print!` that never panics (see [`outln`]).
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($t)*);
+    }};
+}
+
 /// Prints an error with its causes and returns the matching exit code.
 pub fn fail(e: &LabError) -> i32 {
     eprintln!("lab-runner: {}", lab_node::error::chain(e));
@@ -98,7 +115,7 @@ impl View {
 
     pub fn note(&self, line: &str) {
         if !self.json {
-            println!("{line}");
+            outln!("{line}");
         }
     }
 
@@ -116,31 +133,31 @@ impl View {
         }
         match e {
             Event::LabUp { id, pods } => {
-                println!("lab {id}");
+                outln!("lab {id}");
                 for p in pods {
-                    println!("  pod {:<8} {} {}  (netns {})", p.name, p.ipv4, p.ipv6, p.netns);
+                    outln!("  pod {:<8} {} {}  (netns {})", p.name, p.ipv4, p.ipv6, p.netns);
                 }
             }
             Event::StepStarted { step, explain } => {
-                println!("\n== {step}");
+                outln!("\n== {step}");
                 if self.guided {
                     termimad::MadSkin::default().print_text(explain);
                 } else {
                     for line in wrap(&compact(explain), 96) {
-                        println!("   {line}");
+                        outln!("   {line}");
                     }
                 }
             }
-            Event::Output { line, .. } => println!("   {line}"),
-            Event::Metric { name, value, unit, .. } => println!("   {name:<18} {}", figure(*value, unit)),
-            Event::StepPassed { step } => println!("   ok: {step}"),
-            Event::StepFailed { step, reason } => println!("   FAILED: {step}: {reason}"),
-            Event::StepSkipped { step, reason } => println!("   skipped: {step}: {reason}"),
+            Event::Output { line, .. } => outln!("   {line}"),
+            Event::Metric { name, value, unit, .. } => outln!("   {name:<18} {}", figure(*value, unit)),
+            Event::StepPassed { step } => outln!("   ok: {step}"),
+            Event::StepFailed { step, reason } => outln!("   FAILED: {step}: {reason}"),
+            Event::StepSkipped { step, reason } => outln!("   skipped: {step}: {reason}"),
             Event::Paused { try_, .. } => {
                 for t in try_ {
-                    println!("   try: {t}");
+                    outln!("   try: {t}");
                 }
-                print!("-- Enter: next step, q: stop here -- ");
+                out!("-- Enter: next step, q: stop here -- ");
                 let _ = std::io::stdout().flush();
                 match read_line_unless(cancel) {
                     Some(line) if line.trim() != "q" => {}
@@ -155,12 +172,12 @@ impl View {
 
     pub fn outcome(&self, o: &Outcome) {
         if self.json {
-            println!("{}", serde_json::to_string_pretty(o).expect("outcome serializes"));
+            outln!("{}", serde_json::to_string_pretty(o).expect("outcome serializes"));
             return;
         }
-        println!("\n== summary: scenario {} on kernel {}", o.scenario, o.kernel);
+        outln!("\n== summary: scenario {} on kernel {}", o.scenario, o.kernel);
         if let Some(reason) = &o.skipped {
-            println!("\nSKIPPED: {reason}");
+            outln!("\nSKIPPED: {reason}");
             return;
         }
         // Steps that measured a run (they have a p50) form the table; the rest follow.
@@ -172,30 +189,30 @@ impl View {
                 columns.push(&f.name);
             }
         }
-        print!("   {:<18}", "");
+        out!("   {:<18}", "");
         for c in &columns {
-            print!(" {c:>15}");
+            out!(" {c:>15}");
         }
-        println!();
+        outln!();
         for (step, row) in &runs {
-            print!("   {:<18}", short(step));
+            out!("   {:<18}", short(step));
             for c in &columns {
                 match row.iter().find(|f| f.name == *c) {
-                    Some(f) => print!(" {:>15}", figure(f.value, &f.unit)),
-                    None => print!(" {:>15}", "-"),
+                    Some(f) => out!(" {:>15}", figure(f.value, &f.unit)),
+                    None => out!(" {:>15}", "-"),
                 }
             }
-            println!();
+            outln!();
         }
         for f in others.iter().flat_map(|(_, row)| row) {
-            println!("   {:<27} {}", f.name, figure(f.value, &f.unit));
+            outln!("   {:<27} {}", f.name, figure(f.value, &f.unit));
         }
         if o.passed {
-            println!("\nPASS");
+            outln!("\nPASS");
         } else {
-            println!("\nFAIL");
+            outln!("\nFAIL");
             for f in &o.failures {
-                println!("   {f}");
+                outln!("   {f}");
             }
         }
     }
