@@ -557,6 +557,11 @@ fn service_lb_balances_at_connect_and_hides_the_backend() {
     assert_eq!((get("again", "added"), get("again", "changed"), get("again", "removed")), (0.0, 0.0, 0.0));
     assert_eq!(get("after", "outside"), 0.0);
     assert_eq!(get("refused", "errors"), 10.0);
+    // UDP: every socket stuck to one backend, every reply from the service address.
+    assert_eq!(
+        (get("udp", "backends"), get("udp", "sticky"), get("udp", "peer_is_service")),
+        (3.0, 1.0, 1.0)
+    );
     // The balanced connections were redirected by sk_msg: a request and a response each.
     assert_eq!(get("spread", "msg_redirected"), 6000.0);
     assert_eq!(remains_of(v["report"]["lab"].as_str().unwrap()), Vec::<String>::new());

@@ -238,6 +238,7 @@ fn service_lb_passes_inside_the_vm() {
     assert_eq!(get("spread", "backends"), 3.0);
     assert_eq!(get("spread", "peer_is_service"), 1.0);
     assert_eq!(get("spread6", "peer_is_service"), 1.0);
+    assert_eq!((get("udp", "sticky"), get("udp", "peer_is_service")), (1.0, 1.0));
     assert_eq!(get("after", "outside"), 0.0);
     assert_eq!(get("refused", "errors"), 10.0);
     assert_eq!(qemus_under(&env.root), Vec::<i32>::new());

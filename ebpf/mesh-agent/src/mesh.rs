@@ -45,9 +45,18 @@ impl Variant {
     }
 }
 
-/// The cgroup sock_addr programs of socket load balancing (`connect.rs`, `getpeername.rs`).
-const SOCK_ADDR_PROGRAMS: [&str; 4] =
-    ["mesh_connect4", "mesh_connect6", "mesh_getpeername4", "mesh_getpeername6"];
+/// The cgroup sock_addr programs of socket load balancing (`connect.rs`, `getpeername.rs`,
+/// `udp.rs`).
+const SOCK_ADDR_PROGRAMS: [&str; 8] = [
+    "mesh_connect4",
+    "mesh_connect6",
+    "mesh_getpeername4",
+    "mesh_getpeername6",
+    "mesh_sendmsg4",
+    "mesh_sendmsg6",
+    "mesh_recvmsg4",
+    "mesh_recvmsg6",
+];
 
 fn load_sk_msg(ebpf: &mut Ebpf, name: &'static str) -> Result<(), MeshError> {
     let prog: &mut SkMsg = program(ebpf, name)?.try_into().map_err(|e| MeshError::program(name, e))?;

@@ -77,8 +77,9 @@ pub struct Backend {
     pub port: u32,
 }
 
-/// What a balanced socket connected to, kept in its socket storage so getpeername() can answer
-/// with it; it goes away with the socket, so nothing needs collecting.
+/// What a balanced socket connected (or, for UDP, last sent) to, and the backend it was given,
+/// kept in its socket storage: getpeername() and recvmsg() answer with the former, and a UDP
+/// socket keeps sending to the same backend. It goes away with the socket: nothing to collect.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OriginalDst {
@@ -87,6 +88,7 @@ pub struct OriginalDst {
     /// Host byte order.
     pub port: u32,
     pub family: u32,
+    pub backend: Backend,
 }
 // ANCHOR_END: service_types
 
@@ -333,7 +335,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<ServiceValue>(), 8);
         assert_eq!(core::mem::size_of::<BackendKey>(), 8);
         assert_eq!(core::mem::size_of::<Backend>(), 4 + 16 + 4);
-        assert_eq!(core::mem::size_of::<OriginalDst>(), 16 + 8);
+        assert_eq!(core::mem::size_of::<OriginalDst>(), 16 + 8 + 24);
     }
 
     #[test]

@@ -44,7 +44,7 @@ pub fn mesh_connect4(ctx: SockAddrContext) -> i32 {
         bump(Counter::ConnectRefused);
         return 0;
     }
-    remember(&ctx, [ip, 0, 0, 0], u32::from(port), AF_INET);
+    remember(&ctx, [ip, 0, 0, 0], u32::from(port), AF_INET, backend);
     // SAFETY: connect4 programs may write the destination.
     unsafe {
         write_volatile(&raw mut (*sa).user_ip4, backend.ip4);
@@ -83,7 +83,7 @@ pub fn mesh_connect6(ctx: SockAddrContext) -> i32 {
         bump(Counter::ConnectRefused);
         return 0;
     }
-    remember(&ctx, ip, u32::from(port), AF_INET6);
+    remember(&ctx, ip, u32::from(port), AF_INET6, backend);
     // SAFETY: connect6 programs may write the destination.
     unsafe {
         for (i, w) in dest.iter().enumerate() {
@@ -99,7 +99,7 @@ pub fn mesh_connect6(ctx: SockAddrContext) -> i32 {
 /// `None` when `key` is not a service, or is one without backends (then [`verdict_without_backend`]
 /// tells them apart).
 #[inline(always)]
-fn pick(key: &ServiceKey) -> Option<Backend> {
+pub fn pick(key: &ServiceKey) -> Option<Backend> {
     // SAFETY: plain lookups; values are copied out at once.
     let service = unsafe { SERVICES.get(key) }.copied()?;
     if service.slots == 0 {
@@ -114,7 +114,7 @@ fn pick(key: &ServiceKey) -> Option<Backend> {
 /// 1 (let connect() go on untouched) for an address that is no service; 0 (connect() fails with
 /// EPERM) for a service with no backend.
 #[inline(always)]
-fn verdict_without_backend(key: &ServiceKey) -> i32 {
+pub fn verdict_without_backend(key: &ServiceKey) -> i32 {
     // SAFETY: a plain lookup.
     if unsafe { SERVICES.get(key) }.is_some() {
         bump(Counter::ConnectRefused);
@@ -124,10 +124,10 @@ fn verdict_without_backend(key: &ServiceKey) -> i32 {
     }
 }
 
-/// Keeps the address the application connected to in the socket's storage.
+/// Keeps the address the application connected to, and its backend, in the socket's storage.
 #[inline(always)]
-fn remember(ctx: &SockAddrContext, ip: [u32; 4], port: u32, family: u32) {
-    let mut orig = OriginalDst { ip, port, family };
+pub fn remember(ctx: &SockAddrContext, ip: [u32; 4], port: u32, family: u32, backend: Backend) {
+    let mut orig = OriginalDst { ip, port, family, backend };
     // SAFETY: the storage belongs to this socket; the kernel creates it when absent.
     let slot = unsafe { ORIGINAL_DST.get_or_insert_ptr_mut(ctx, Some(&mut orig)) };
     if !slot.is_null() {

@@ -10,6 +10,7 @@ mod maps;
 mod setsockopt;
 mod sk_msg;
 mod sock_ops;
+mod udp;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -20,6 +20,11 @@ pub struct Args {
     pub connect: SocketAddr,
     #[arg(long, default_value_t = 1000)]
     pub connections: u32,
+    /// UDP instead of TCP: each "connection" is a new unconnected socket that sends two
+    /// datagrams with sendto() (the second must reach the same backend) and checks where the
+    /// replies say they come from.
+    #[arg(long)]
+    pub udp: bool,
     /// Print the report as one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -36,11 +41,21 @@ pub struct ProbeReport {
     pub other_peers: Vec<String>,
     /// Failed connections, by error.
     pub errors: BTreeMap<String, u32>,
+    /// UDP: sockets whose second datagram reached the same backend as the first.
+    pub sticky: u32,
 }
 
 // ANCHOR: probe
 pub fn run(args: &Args) -> anyhow::Result<ProbeReport> {
     let mut r = ProbeReport { target: args.connect.to_string(), ..ProbeReport::default() };
+    if args.udp {
+        for _ in 0..args.connections {
+            if let Err(e) = udp_once(args.connect, &mut r) {
+                *r.errors.entry(e.to_string()).or_default() += 1;
+            }
+        }
+        return Ok(r);
+    }
     for _ in 0..args.connections {
         let conn = match rr::connect(args.connect, Hello::Name, true, Duration::ZERO) {
             Ok(c) => c,
@@ -64,6 +79,31 @@ pub fn run(args: &Args) -> anyhow::Result<ProbeReport> {
 }
 // ANCHOR_END: probe
 
+/// One unconnected UDP socket, two datagrams: who answers, from which address, the same twice?
+fn udp_once(to: SocketAddr, r: &mut ProbeReport) -> std::io::Result<()> {
+    let local: SocketAddr = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("literal");
+    let sock = std::net::UdpSocket::bind(local)?;
+    sock.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut buf = [0u8; 256];
+    let mut ask = || -> std::io::Result<(String, SocketAddr)> {
+        sock.send_to(b"name?", to)?;
+        let (n, from) = sock.recv_from(&mut buf)?;
+        Ok((String::from_utf8_lossy(&buf[..n]).trim().to_owned(), from))
+    };
+    let (first, from) = ask()?;
+    let (second, _) = ask()?;
+    if from == to {
+        r.peer_is_target += 1;
+    } else if r.other_peers.len() < 5 {
+        r.other_peers.push(from.to_string());
+    }
+    if first == second {
+        r.sticky += 1;
+    }
+    *r.reached.entry(first).or_default() += 1;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -71,12 +111,21 @@ mod tests {
     #[test]
     fn counts_who_answered_and_the_peer_seen() {
         let addr = crate::rr::tests::local_server();
-        let r = run(&Args { connect: addr, connections: 20, json: true }).unwrap();
+        let r = run(&Args { connect: addr, connections: 20, udp: false, json: true }).unwrap();
         assert_eq!(r.reached, BTreeMap::from([("test".to_owned(), 20)]));
         assert_eq!(r.peer_is_target, 20);
         assert!(r.errors.is_empty());
         let refused =
-            run(&Args { connect: "127.0.0.1:9".parse().unwrap(), connections: 2, json: true }).unwrap();
+            run(&Args { connect: "127.0.0.1:9".parse().unwrap(), connections: 2, udp: false, json: true })
+                .unwrap();
         assert_eq!(refused.errors.values().sum::<u32>(), 2, "{refused:?}");
+    }
+
+    #[test]
+    fn udp_names_the_server_and_its_address() {
+        let addr = crate::rr::tests::local_server();
+        let r = run(&Args { connect: addr, connections: 5, udp: true, json: true }).unwrap();
+        assert_eq!(r.reached, BTreeMap::from([("test".to_owned(), 5)]), "{r:?}");
+        assert_eq!((r.peer_is_target, r.sticky), (5, 5));
     }
 }

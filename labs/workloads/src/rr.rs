@@ -158,6 +158,16 @@ impl Hello {
 pub fn serve(args: &ServerArgs) -> anyhow::Result<()> {
     let listener = TcpListener::bind(args.listen).with_context(|| format!("bind {}", args.listen))?;
     let name: std::sync::Arc<str> = args.name.as_str().into();
+    // The same port over UDP: every datagram is answered with the server's name (which backend
+    // did this UDP socket reach?).
+    let udp = std::net::UdpSocket::bind(args.listen).with_context(|| format!("bind udp {}", args.listen))?;
+    let udp_name = name.clone();
+    thread::spawn(move || {
+        let mut buf = [0u8; 1500];
+        while let Ok((_, from)) = udp.recv_from(&mut buf) {
+            let _ = udp.send_to(format!("{udp_name}\n").as_bytes(), from);
+        }
+    });
     for conn in listener.incoming() {
         let conn = conn.context("accept")?;
         let name = name.clone();
@@ -311,6 +321,13 @@ pub(crate) mod tests {
     pub fn local_server() -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
+        let udp = std::net::UdpSocket::bind(addr).unwrap();
+        thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            while let Ok((_, from)) = udp.recv_from(&mut buf) {
+                let _ = udp.send_to(b"test\n", from);
+            }
+        });
         thread::spawn(move || {
             for c in listener.incoming() {
                 thread::spawn(move || answer(c.unwrap(), "test"));

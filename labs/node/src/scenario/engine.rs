@@ -376,8 +376,9 @@ impl Engine<'_> {
             }
             Step::Isolation { name, pods, port, .. } => self.isolation(label, name, pods, *port)?,
             Step::Apply { name, file, .. } => self.apply(label, name, file)?,
-            Step::Balance { name, from, address, connections, .. } => {
-                self.balance(label, name, from, *address, *connections)?;
+            Step::Balance { name, from, address, connections, protocol, .. } => {
+                let udp = *protocol == mesh_agent::meshfile::Protocol::Udp;
+                self.balance(label, name, from, *address, *connections, udp)?;
             }
             Step::Mesh { state: OnOff::On, .. } => {
                 for line in self.mesh_on()? {
@@ -770,18 +771,20 @@ impl Engine<'_> {
         from: &str,
         address: SocketAddr,
         connections: u32,
+        udp: bool,
     ) -> Result<(), LabError> {
-        let args = [
-            "lb-probe",
-            "--connect",
-            &address.to_string(),
-            "--connections",
-            &connections.to_string(),
-            "--json",
-        ];
+        let mut args: Vec<String> = ["lb-probe", "--connect", &address.to_string(), "--connections"]
+            .into_iter()
+            .map(str::to_owned)
+            .chain([connections.to_string(), "--json".into()])
+            .collect();
+        if udp {
+            args.push("--udp".into());
+        }
+        let what = if udp { "UDP sockets, two datagrams each" } else { "connections" };
         self.out(
             label,
-            format!("{connections} connections {from} -> {address}, one after another ({})", self.config()),
+            format!("{connections} {what} {from} -> {address}, one after another ({})", self.config()),
         );
         let c0 = self.counters()?;
         let r: ProbeReport = self.run_json(from, &args)?;
@@ -824,6 +827,7 @@ impl Engine<'_> {
             ("outside", f64::from(outside)),
             ("peer_is_service", f64::from(r.peer_is_target) / f64::from(ok.max(1))),
             ("msg_redirected", c.msg_redirected as f64),
+            ("sticky", if udp { f64::from(r.sticky) / f64::from(ok.max(1)) } else { 0.0 }),
         ];
         self.out(
             label,
@@ -834,7 +838,8 @@ impl Engine<'_> {
             res.insert(k.into(), v);
         }
         for (k, v) in values {
-            let unit = if matches!(k, "min_ratio" | "max_ratio" | "peer_is_service") { "x" } else { "" };
+            let unit =
+                if matches!(k, "min_ratio" | "max_ratio" | "peer_is_service" | "sticky") { "x" } else { "" };
             self.metric(label, k, v, unit);
         }
         Ok(())

@@ -410,6 +410,9 @@ pub enum Step {
         from: String,
         /// The service address, `10.96.0.10:80` or `[fd96::10]:80`.
         address: std::net::SocketAddr,
+        /// `udp`: each connection is a new unconnected UDP socket sending two datagrams.
+        #[serde(default)]
+        protocol: mesh_agent::meshfile::Protocol,
         #[serde(default = "thousand")]
         connections: u32,
         #[serde(default)]
@@ -476,7 +479,8 @@ pub const APPLY_METRICS: &[&str] = &["added", "changed", "removed", "unchanged"]
 /// Metrics every balance step stores under its name: connections made and failed, backends
 /// reached, the least and most loaded backend's share against its fair share (1.0 = exactly
 /// fair; weights count), connections that reached no backend the service has now, and the share
-/// of connections whose getpeername() was the service address; messages sk_msg redirected meanwhile.
+/// of connections whose getpeername() (UDP: the replies' source) was the service address; messages
+/// sk_msg redirected meanwhile; UDP: the share of sockets whose two datagrams reached one backend.
 pub const BALANCE_METRICS: &[&str] = &[
     "connections",
     "errors",
@@ -486,6 +490,7 @@ pub const BALANCE_METRICS: &[&str] = &[
     "outside",
     "peer_is_service",
     "msg_redirected",
+    "sticky",
 ];
 
 /// Metrics every isolation step stores under its name.
