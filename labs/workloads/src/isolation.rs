@@ -85,16 +85,20 @@ fn pod(tag: u8, ns: &PathBuf, args: &Args, barrier: &Barrier) -> anyhow::Result<
         return Err(io::Error::last_os_error()).context("setns");
     }
     let lo = Ipv4Addr::LOCALHOST;
-    let listener = TcpListener::bind(SocketAddrV4::new(lo, args.port)).context("bind listener")?;
-    let client = connect_from(SocketAddrV4::new(lo, args.source_port), SocketAddrV4::new(lo, args.port))?;
-    let (mut server, _) = listener.accept().context("accept")?;
-    let mut client = client;
-    client.set_nodelay(true)?;
-    server.set_nodelay(true)?;
-    for s in [&client, &server] {
-        s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    }
+    let setup = (|| -> anyhow::Result<(TcpStream, TcpStream)> {
+        let listener = TcpListener::bind(SocketAddrV4::new(lo, args.port)).context("bind listener")?;
+        let client = connect_from(SocketAddrV4::new(lo, args.source_port), SocketAddrV4::new(lo, args.port))?;
+        let (server, _) = listener.accept().context("accept")?;
+        for s in [&client, &server] {
+            s.set_nodelay(true)?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        }
+        Ok((client, server))
+    })();
+    // Every pod arrives here, its setup failed or not: one failure must not leave the others
+    // waiting for it for ever.
     barrier.wait();
+    let (mut client, mut server) = setup?;
     let (mut bytes, mut foreign) = (0u64, 0u64);
     let mut buf = [0u8; MSG];
     let count = |buf: &[u8], bytes: &mut u64, foreign: &mut u64| {
