@@ -235,7 +235,8 @@ impl MeshFile {
 impl Resolved {
     /// Whether this service answers at `a` (one of its virtual addresses and its port).
     pub fn serves(&self, a: SocketAddr) -> bool {
-        let ip = match a.ip() {
+        // A dual-stack socket names an IPv4 service by its IPv4-mapped address.
+        let ip = match a.ip().to_canonical() {
             IpAddr::V4(v4) => [u32::from_ne_bytes(v4.octets()), 0, 0, 0],
             IpAddr::V6(v6) => words(v6),
         };
@@ -300,6 +301,7 @@ port = 80
             r[0].serves("10.96.0.10:80".parse().unwrap()) && r[0].serves("[fd96::10]:80".parse().unwrap())
         );
         assert!(!r[0].serves("10.96.0.10:81".parse().unwrap()));
+        assert!(r[0].serves("[::ffff:10.96.0.10]:80".parse().unwrap()));
     }
 
     #[test]
