@@ -338,6 +338,7 @@ fn markdown(rows: &[Row], scenarios: &[Loaded]) -> String {
         for r in rows {
             let cell = r.cells.iter().find(|c| c.scenario == sc.scenario.name);
             let text = match cell {
+                Some(Cell { status: Status::Pass, detail, .. }) if detail.is_empty() => "pass".to_owned(),
                 Some(Cell { status: Status::Pass, detail, .. }) => format!("pass ({detail})"),
                 Some(Cell { status: Status::Fail, detail, .. }) => format!("**fail**: {detail}"),
                 Some(Cell { status: Status::Skip, detail, .. }) => format!("skip: {detail}"),
