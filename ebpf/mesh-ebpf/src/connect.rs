@@ -19,81 +19,41 @@
 //!   mapped.
 //! - Minimum kernel: 4.17 (connect hooks), 5.3 (socket storage in these programs).
 //! - Book: `book/src/hooks/connect.md`.
-use core::ptr::{read_volatile, write_volatile};
-
 use aya_ebpf::{helpers::bpf_get_prandom_u32, macros::cgroup_sock_addr, programs::SockAddrContext};
 use mesh_common::{AF_INET, AF_INET6, Backend, BackendKey, Counter, OriginalDst, ServiceKey};
 
-use crate::maps::{BACKENDS, ORIGINAL_DST, SERVICES, bump};
+use crate::{
+    maps::{BACKENDS, ORIGINAL_DST, SERVICES, bump},
+    sock_addr::{self, Addr},
+};
 
-// ANCHOR: connect4
 #[cgroup_sock_addr(connect4)]
 pub fn mesh_connect4(ctx: SockAddrContext) -> i32 {
-    let sa = ctx.sock_addr;
-    // SAFETY: fields of the live bpf_sock_addr of this connect().
-    let (ip, port, protocol) = unsafe {
-        (
-            read_volatile(&raw const (*sa).user_ip4),
-            u16::from_be(read_volatile(&raw const (*sa).user_port) as u16),
-            read_volatile(&raw const (*sa).protocol),
-        )
-    };
-    let key = ServiceKey { ip: [ip, 0, 0, 0], port: u32::from(port), family: AF_INET, protocol, pad: 0 };
+    balance(&ctx, AF_INET)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn mesh_connect6(ctx: SockAddrContext) -> i32 {
+    balance(&ctx, AF_INET6)
+}
+
+// ANCHOR: connect4
+/// connect() to a service: a backend instead, the service kept for getpeername().
+#[inline(always)]
+fn balance(ctx: &SockAddrContext, family: u32) -> i32 {
+    let asked = sock_addr::read(ctx, family);
+    let key = asked.service_key(sock_addr::protocol(ctx));
     let Some(backend) = pick(&key) else { return verdict_without_backend(&key) };
-    if backend.ip4 == 0 {
+    let Some(to) = asked.backend(&backend) else {
         bump(Counter::ConnectRefused);
         return 0;
-    }
-    remember(&ctx, [ip, 0, 0, 0], u32::from(port), AF_INET, backend);
-    // SAFETY: connect4 programs may write the destination.
-    unsafe {
-        write_volatile(&raw mut (*sa).user_ip4, backend.ip4);
-        write_volatile(&raw mut (*sa).user_port, u32::from((backend.port as u16).to_be()));
-    }
+    };
+    remember(ctx, &asked, backend);
+    sock_addr::write(ctx, &to);
     bump(Counter::ConnectBalanced);
     1
 }
 // ANCHOR_END: connect4
-
-#[cgroup_sock_addr(connect6)]
-pub fn mesh_connect6(ctx: SockAddrContext) -> i32 {
-    let sa = ctx.sock_addr;
-    // SAFETY: fields of the live bpf_sock_addr of this connect().
-    let (ip, port, protocol) = unsafe {
-        (
-            [
-                read_volatile(&raw const (*sa).user_ip6[0]),
-                read_volatile(&raw const (*sa).user_ip6[1]),
-                read_volatile(&raw const (*sa).user_ip6[2]),
-                read_volatile(&raw const (*sa).user_ip6[3]),
-            ],
-            u16::from_be(read_volatile(&raw const (*sa).user_port) as u16),
-            read_volatile(&raw const (*sa).protocol),
-        )
-    };
-    let mapped = ip[0] == 0 && ip[1] == 0 && ip[2] == 0xffff_u32.to_be();
-    let key = if mapped {
-        ServiceKey { ip: [ip[3], 0, 0, 0], port: u32::from(port), family: AF_INET, protocol, pad: 0 }
-    } else {
-        ServiceKey { ip, port: u32::from(port), family: AF_INET6, protocol, pad: 0 }
-    };
-    let Some(backend) = pick(&key) else { return verdict_without_backend(&key) };
-    let dest = if mapped { [0, 0, 0xffff_u32.to_be(), backend.ip4] } else { backend.ip6 };
-    if (mapped && backend.ip4 == 0) || (!mapped && dest == [0; 4]) {
-        bump(Counter::ConnectRefused);
-        return 0;
-    }
-    remember(&ctx, ip, u32::from(port), AF_INET6, backend);
-    // SAFETY: connect6 programs may write the destination.
-    unsafe {
-        for (i, w) in dest.iter().enumerate() {
-            write_volatile(&raw mut (*sa).user_ip6[i], *w);
-        }
-        write_volatile(&raw mut (*sa).user_port, u32::from((backend.port as u16).to_be()));
-    }
-    bump(Counter::ConnectBalanced);
-    1
-}
 
 // ANCHOR: pick
 /// `None` when `key` is not a service, or is one without backends (then [`verdict_without_backend`]
@@ -126,8 +86,8 @@ pub fn verdict_without_backend(key: &ServiceKey) -> i32 {
 
 /// Keeps the address the application connected to, and its backend, in the socket's storage.
 #[inline(always)]
-pub fn remember(ctx: &SockAddrContext, ip: [u32; 4], port: u32, family: u32, backend: Backend) {
-    let mut orig = OriginalDst { ip, port, family, backend };
+pub fn remember(ctx: &SockAddrContext, asked: &Addr, backend: Backend) {
+    let mut orig = OriginalDst { ip: asked.ip, port: asked.port, family: asked.family, backend };
     // SAFETY: the storage belongs to this socket; the kernel creates it when absent.
     let slot = unsafe { ORIGINAL_DST.get_or_insert_ptr_mut(ctx, Some(&mut orig)) };
     if !slot.is_null() {

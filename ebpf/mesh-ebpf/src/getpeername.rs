@@ -8,47 +8,36 @@
 //!   fail the call).
 //! - Minimum kernel: 5.8.
 //! - Book: `book/src/hooks/connect.md`.
-use core::ptr::write_volatile;
-
 use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
 use mesh_common::{AF_INET, AF_INET6};
 
-use crate::maps::ORIGINAL_DST;
+use crate::{
+    maps::ORIGINAL_DST,
+    sock_addr::{self, Addr},
+};
 
-// ANCHOR: getpeername4
 #[cgroup_sock_addr(getpeername4)]
 pub fn mesh_getpeername4(ctx: SockAddrContext) -> i32 {
+    answer_service(&ctx, AF_INET)
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn mesh_getpeername6(ctx: SockAddrContext) -> i32 {
+    answer_service(&ctx, AF_INET6)
+}
+
+// ANCHOR: getpeername4
+/// A balanced socket's peer is the service it asked for.
+#[inline(always)]
+fn answer_service(ctx: &SockAddrContext, family: u32) -> i32 {
     // SAFETY: lookup only (no create); the pointer is this socket's storage.
-    let orig = unsafe { ORIGINAL_DST.get_ptr_mut(&ctx) };
+    let orig = unsafe { ORIGINAL_DST.get_ptr_mut(ctx) };
     if !orig.is_null() {
         let o = unsafe { *orig };
-        if o.family == AF_INET {
-            // SAFETY: getpeername4 programs may write the address the call returns.
-            unsafe {
-                write_volatile(&raw mut (*ctx.sock_addr).user_ip4, o.ip[0]);
-                write_volatile(&raw mut (*ctx.sock_addr).user_port, u32::from((o.port as u16).to_be()));
-            }
+        if o.family == family {
+            sock_addr::write(ctx, &Addr { ip: o.ip, port: o.port, family });
         }
     }
     1
 }
 // ANCHOR_END: getpeername4
-
-#[cgroup_sock_addr(getpeername6)]
-pub fn mesh_getpeername6(ctx: SockAddrContext) -> i32 {
-    // SAFETY: as above.
-    let orig = unsafe { ORIGINAL_DST.get_ptr_mut(&ctx) };
-    if !orig.is_null() {
-        let o = unsafe { *orig };
-        if o.family == AF_INET6 {
-            // SAFETY: getpeername6 programs may write the address the call returns.
-            unsafe {
-                for (i, w) in o.ip.iter().enumerate() {
-                    write_volatile(&raw mut (*ctx.sock_addr).user_ip6[i], *w);
-                }
-                write_volatile(&raw mut (*ctx.sock_addr).user_port, u32::from((o.port as u16).to_be()));
-            }
-        }
-    }
-    1
-}

@@ -9,6 +9,7 @@ mod getpeername;
 mod maps;
 mod setsockopt;
 mod sk_msg;
+mod sock_addr;
 mod sock_ops;
 mod udp;
 
