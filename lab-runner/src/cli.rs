@@ -43,6 +43,9 @@ pub enum Command {
     /// Run a workload (used inside pods).
     #[command(hide = true, subcommand)]
     Workload(workloads::Workload),
+    /// The mesh's per-node agent (the lab runs it as a daemon; see `mesh-agent --help`).
+    #[command(hide = true, subcommand)]
+    MeshAgent(mesh_agent::cli::Command),
 }
 
 /// Where the scenario's kernel is.

@@ -42,6 +42,22 @@ pub enum MeshError {
         #[source]
         source: aya::pin::PinError,
     },
+    #[error("no mesh is installed in {path}")]
+    NotInstalled { path: PathBuf },
+    #[error("{}: an incomplete install (an agent died while installing); remove it: mesh-agent uninstall --pin-dir {}", .pin_dir.join(format!("layout-{}", crate::pins::LAYOUT_VERSION)).display(), .pin_dir.display())]
+    Partial { pin_dir: PathBuf },
+    #[error("{}: pins of another layout than this agent's (layout-{}); they are never reused: remove them with the agent that made them, or with `mesh-agent uninstall --pin-dir {}` (this detaches that mesh)", .pin_dir.join(.found).display(), crate::pins::LAYOUT_VERSION, .pin_dir.display())]
+    Layout { pin_dir: PathBuf, found: String },
+    #[error("pinned map {} is {found}; this agent's layout needs {expected}: the pins come from another build (remove them: mesh-agent uninstall --pin-dir {})", .path.display(), .pin_dir.display())]
+    MapMismatch { path: PathBuf, pin_dir: PathBuf, found: String, expected: String },
+    #[error("the mesh pinned in {path} serves cgroup id {pinned}, not {cgroup} (id {wanted})")]
+    OtherCgroup { path: PathBuf, pinned: u64, cgroup: PathBuf, wanted: u64 },
+    #[error("cannot adopt pinned link {path}: {source}")]
+    Link {
+        path: PathBuf,
+        #[source]
+        source: aya::programs::links::LinkError,
+    },
     #[error("{what} {path}")]
     Io {
         what: &'static str,

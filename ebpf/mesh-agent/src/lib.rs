@@ -1,17 +1,23 @@
 //! mesh-agent: the per-node side of the sidecarless mesh.
 //!
-//! [`Mesh::start`] loads the kernel programs embedded from `mesh-ebpf`, attaches sock_ops to a
-//! cgroup v2 directory and sk_msg to the sockhash, and pins the maps under a bpffs directory.
-//! [`Mesh::counters`] reads what the programs counted; [`Mesh::stop`] (or drop) detaches the
-//! programs and removes the pins.
+//! [`Mesh::start`] loads the kernel programs embedded from `mesh-ebpf`, attaches them to a
+//! cgroup v2 directory (sk_msg to the sockhash), and pins maps and links under a bpffs directory
+//! ([`pins`]), or adopts what a previous agent pinned there. [`Pinned`] opens a running mesh's
+//! maps from the pins (counters, services), from any process; [`Mesh::stop`] (or drop)
+//! detaches the programs and removes the pins.
+pub mod cli;
 mod error;
 mod mesh;
 pub mod meshfile;
 pub mod mounts;
 pub mod object;
+pub mod pins;
 pub mod probe;
 pub mod services;
+pub mod status;
+pub mod sys;
 pub mod toml_span;
 
 pub use error::MeshError;
-pub use mesh::{Counters, Mesh, Variant};
+pub use mesh::{Counters, Mesh, Started, Variant};
+pub use pins::Pinned;

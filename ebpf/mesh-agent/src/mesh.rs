@@ -1,20 +1,25 @@
 use std::{
     fs::{self, File},
+    os::fd::{AsFd as _, OwnedFd},
     path::{Path, PathBuf},
 };
 
 use aya::{
     Ebpf,
-    maps::{Array, MapData, PerCpuArray, SockHash},
-    programs::{CgroupAttachMode, CgroupSockAddr, CgroupSockopt, SkMsg, SockOps},
+    maps::{MapData, SockHash},
+    programs::{
+        CgroupAttachMode, Program, SkMsg,
+        links::{FdLink, LinkError, PinnedLink},
+    },
 };
-use mesh_common::{
-    BACKENDS_MAP, Backend, COUNTERS_MAP, Counter, SERVICES_MAP, SIDECAR_MAP, SOCK_STATE_MAP, SOCKETS_MAP,
-    ServiceKey, SockKey,
-};
+use mesh_common::{Counter, SERVICES_MAP, SOCKETS_MAP, SockKey};
 use serde::Serialize;
 
-use crate::{MeshError, mounts, object};
+use crate::{
+    MeshError, mounts, object,
+    pins::{self, Found, Pinned},
+    sys,
+};
 
 /// The two builds of the kernel programs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -45,19 +50,6 @@ impl Variant {
     }
 }
 
-/// The cgroup sock_addr programs of socket load balancing (`connect.rs`, `getpeername.rs`,
-/// `udp.rs`).
-const SOCK_ADDR_PROGRAMS: [&str; 8] = [
-    "mesh_connect4",
-    "mesh_connect6",
-    "mesh_getpeername4",
-    "mesh_getpeername6",
-    "mesh_sendmsg4",
-    "mesh_sendmsg6",
-    "mesh_recvmsg4",
-    "mesh_recvmsg6",
-];
-
 fn load_sk_msg(ebpf: &mut Ebpf, name: &'static str) -> Result<(), MeshError> {
     let prog: &mut SkMsg = program(ebpf, name)?.try_into().map_err(|e| MeshError::program(name, e))?;
     prog.load().map_err(|e| MeshError::program(name, e))
@@ -78,7 +70,7 @@ pub struct Counters {
 }
 
 impl Counters {
-    fn set(&mut self, c: Counter, v: u64) {
+    pub(crate) fn set(&mut self, c: Counter, v: u64) {
         match c {
             Counter::SocketsInserted => self.sockets_inserted = v,
             Counter::InsertFailed => self.insert_failed = v,
@@ -123,20 +115,35 @@ impl Counters {
     }
 }
 
-/// The running mesh. Dropping it detaches the programs and removes the pins; [`Mesh::stop`] does
-/// the same and reports failures.
+/// How [`Mesh::start`] found the node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "how", rename_all = "kebab-case")]
+pub enum Started {
+    /// Nothing was there (or only an incomplete install, removed first): loaded, attached, pinned.
+    Installed { replaced_partial: bool },
+    /// A complete install of this layout for this cgroup was there, left by an agent that is
+    /// gone: its programs stay attached through their pinned links, nothing was attached again.
+    Adopted { links: usize, services: usize },
+}
+
+/// The mesh as its agent runs it: installed by this process or adopted from the pins of a
+/// previous agent. [`Mesh::stop`] (or drop) uninstalls it: detaches every program and removes
+/// the pins. An agent killed outright leaves it running from the pins.
 pub struct Mesh {
-    /// Owns the programs and their links; dropping it detaches them.
+    pinned: Option<Pinned>,
+    /// Set when this process installed the mesh: it holds sk_msg's attachment to the sockhash
+    /// (a program attached to a map, not a link).
     ebpf: Option<Ebpf>,
     pin_dir: PathBuf,
-    pins: Vec<PathBuf>,
     cgroup: PathBuf,
-    variant: Variant,
+    started: Started,
+    stopped: bool,
 }
 
 impl Mesh {
-    /// Loads the programs, attaches sock_ops to `cgroup` (a cgroup v2 directory) and sk_msg to
-    /// the sockhash, and pins the maps under `pin_dir` (created; must be on bpffs).
+    /// Serves `cgroup` (a cgroup v2 directory) from the pins under `pin_dir` (on bpffs): adopts a
+    /// complete install of this layout for the same cgroup, else installs (see [`crate::pins`]).
+    /// Pins of another layout, or of another cgroup, are refused.
     pub fn start(cgroup: &Path, pin_dir: &Path) -> Result<Mesh, MeshError> {
         if !object::is_real() {
             return Err(MeshError::StubObject);
@@ -144,157 +151,84 @@ impl Mesh {
         if !mounts::is_on_bpffs(pin_dir) {
             return Err(MeshError::NoBpffs { path: PathBuf::from(mounts::BPFFS) });
         }
-        let cgroup_dir =
-            File::open(cgroup).map_err(|source| MeshError::Cgroup { path: cgroup.to_owned(), source })?;
-        let ebpf = Ebpf::load(object::MESH_EBPF).map_err(MeshError::Parse)?;
-        // From here on, Drop cleans up whatever was done if a later step fails.
+        let wanted = pins::cgroup_id(cgroup)?;
         let mut mesh = Mesh {
-            ebpf: Some(ebpf),
+            pinned: None,
+            ebpf: None,
             pin_dir: pin_dir.to_owned(),
-            pins: Vec::new(),
             cgroup: cgroup.to_owned(),
-            variant: Variant::Netns,
+            started: Started::Installed { replaced_partial: false },
+            stopped: false,
         };
-        let ebpf = mesh.ebpf.as_mut().expect("just set");
-
-        // ANCHOR: attach
-        let sockets_fd = {
-            let sockets: SockHash<&MapData, SockKey> = map(ebpf, SOCKETS_MAP)?
-                .try_into()
-                .map_err(|source| MeshError::Map { map: SOCKETS_MAP, source })?;
-            sockets.fd().try_clone().map_err(|source| MeshError::Io {
-                what: "cannot duplicate the fd of map",
-                path: PathBuf::from(SOCKETS_MAP),
-                source,
-            })?
-        };
-
-        // The build whose keys carry the netns cookie, unless this kernel's verifier does not
-        // know the helper for these program types (before 5.15): then the one without it.
-        let variant = match load_sk_msg(ebpf, Variant::Netns.programs().0) {
-            Ok(_) => Variant::Netns,
-            Err(MeshError::Refused { verifier_log, .. }) if verifier_log.contains("get_netns_cookie") => {
-                load_sk_msg(ebpf, Variant::NoNetns.programs().0)?;
-                Variant::NoNetns
+        match pins::find(pin_dir) {
+            Found::Other { what } => {
+                return Err(MeshError::Layout { pin_dir: pin_dir.to_owned(), found: what });
             }
-            Err(e) => return Err(e),
-        };
-        mesh.variant = variant;
-        // sk_msg first: a socket sock_ops inserts must find its verdict program already there.
-        let msg_name = variant.programs().0;
-        let redirect: &mut SkMsg =
-            program(ebpf, msg_name)?.try_into().map_err(|e| MeshError::program(msg_name, e))?;
-        redirect.attach(&sockets_fd).map_err(|e| MeshError::program(msg_name, e))?;
-
-        // Then the setsockopt guard, so no socket can enter the map before it is watched.
-        let sockopt_name = variant.setsockopt();
-        let sockopt: &mut CgroupSockopt =
-            program(ebpf, sockopt_name)?.try_into().map_err(|e| MeshError::program(sockopt_name, e))?;
-        sockopt.load().map_err(|e| MeshError::program(sockopt_name, e))?;
-        sockopt
-            .attach(&cgroup_dir, CgroupAttachMode::Single)
-            .map_err(|e| MeshError::program(sockopt_name, e))?;
-
-        let sockops_name = variant.programs().1;
-        let sockops: &mut SockOps =
-            program(ebpf, sockops_name)?.try_into().map_err(|e| MeshError::program(sockops_name, e))?;
-        sockops.load().map_err(|e| MeshError::program(sockops_name, e))?;
-        // Single = no flags. On >= 5.7 aya attaches through a bpf_link, which coexists with
-        // other programs on the cgroup anyway (link_create refuses BPF_F_ALLOW_MULTI: EINVAL).
-        sockops
-            .attach(&cgroup_dir, CgroupAttachMode::Single)
-            .map_err(|e| MeshError::program(sockops_name, e))?;
-        // ANCHOR_END: attach
-
-        // Socket load balancing: with no service in the map these let every call through.
-        for name in SOCK_ADDR_PROGRAMS {
-            let prog: &mut CgroupSockAddr =
-                program(ebpf, name)?.try_into().map_err(|e| MeshError::program(name, e))?;
-            prog.load().map_err(|e| MeshError::program(name, e))?;
-            prog.attach(&cgroup_dir, CgroupAttachMode::Single).map_err(|e| MeshError::program(name, e))?;
-        }
-
-        fs::create_dir_all(pin_dir).map_err(|source| MeshError::Io {
-            what: "cannot create pin directory",
-            path: pin_dir.to_owned(),
-            source,
-        })?;
-        for name in [SOCKETS_MAP, COUNTERS_MAP, SIDECAR_MAP, SOCK_STATE_MAP, SERVICES_MAP, BACKENDS_MAP] {
-            let path = pin_dir.join(name);
-            let ebpf = mesh.ebpf.as_ref().expect("set above");
-            map(ebpf, name)?.pin(&path).map_err(|source| MeshError::Pin { path: path.clone(), source })?;
-            mesh.pins.push(path);
+            Found::Complete { cgroup_id, .. } if cgroup_id != wanted => {
+                return Err(MeshError::OtherCgroup {
+                    path: pin_dir.to_owned(),
+                    pinned: cgroup_id,
+                    cgroup: cgroup.to_owned(),
+                    wanted,
+                });
+            }
+            Found::Complete { variant, .. } => {
+                // ANCHOR: adopt
+                let layout = pins::layout_dir(pin_dir);
+                for p in pins::linked_programs(variant) {
+                    let path = pins::link_pin(&layout, p);
+                    // Opening checks that the pin is a link; dropping our handle leaves it pinned.
+                    PinnedLink::from_pin(&path).map_err(|source| MeshError::Link { path, source })?;
+                }
+                let pinned = Pinned::open(pin_dir)?;
+                let services = pinned.fill().iter().find(|f| f.name == SERVICES_MAP).and_then(|f| f.entries);
+                mesh.started = Started::Adopted {
+                    links: pins::linked_programs(variant).len(),
+                    services: services.unwrap_or(0),
+                };
+                mesh.pinned = Some(pinned);
+                // ANCHOR_END: adopt
+            }
+            found => {
+                if found == Found::Partial {
+                    pins::uninstall(pin_dir)?;
+                    mesh.started = Started::Installed { replaced_partial: true };
+                }
+                // Drop (on an error) removes whatever part was pinned.
+                mesh.ebpf = Some(install(cgroup, wanted, pin_dir)?);
+                mesh.pinned = Some(Pinned::open(pin_dir)?);
+            }
         }
         Ok(mesh)
     }
 
-    /// The cgroup the sock_ops program is attached to.
+    /// How the agent came to serve the node.
+    pub fn started(&self) -> &Started {
+        &self.started
+    }
+
+    /// The cgroup the programs are attached to.
     pub fn cgroup(&self) -> &Path {
         &self.cgroup
     }
 
-    /// Which build of the programs runs (depends on the kernel).
-    pub fn variant(&self) -> Variant {
-        self.variant
-    }
-
-    /// The loaded programs with their hooks, and what the build means on this kernel.
-    pub fn describe(&self) -> Vec<String> {
-        let (msg, ops) = self.variant.programs();
-        let mut lines = vec![
-            format!("sk_msg: {msg} attached to the sockhash"),
-            format!("cgroup/setsockopt: {} attached to the cgroup", self.variant.setsockopt()),
-            format!("sock_ops: {ops} attached to the cgroup"),
-            format!(
-                "cgroup/connect4,6 + getpeername4,6: {} attached to the cgroup",
-                SOCK_ADDR_PROGRAMS.join(", ")
-            ),
-        ];
-        lines.push(match self.variant {
-            Variant::Netns => "loopback sockets keyed by network namespace cookie and 4-tuple".into(),
-            Variant::NoNetns => "this kernel cannot give sock_ops/sk_msg the netns cookie (before 5.15): loopback-to-loopback connections are not redirected".into(),
-        });
-        lines
-    }
-
-    /// Where the maps are pinned.
+    /// Where the pins are.
     pub fn pin_dir(&self) -> &Path {
         &self.pin_dir
     }
 
+    /// The pinned maps.
+    pub fn pins(&self) -> &Pinned {
+        self.pinned.as_ref().expect("running mesh")
+    }
+
+    pub fn pins_mut(&mut self) -> &mut Pinned {
+        self.pinned.as_mut().expect("running mesh")
+    }
+
     /// Current counter totals (summed over CPUs).
     pub fn counters(&self) -> Result<Counters, MeshError> {
-        let ebpf = self.ebpf.as_ref().expect("running mesh");
-        let array: PerCpuArray<&MapData, u64> = ebpf
-            .map(COUNTERS_MAP)
-            .ok_or(MeshError::Missing { name: COUNTERS_MAP })?
-            .try_into()
-            .map_err(|source| MeshError::Map { map: COUNTERS_MAP, source })?;
-        let mut out = Counters::default();
-        for c in Counter::ALL {
-            let per_cpu =
-                array.get(&(c as u32), 0).map_err(|source| MeshError::Map { map: COUNTERS_MAP, source })?;
-            out.set(c, per_cpu.iter().sum());
-        }
-        Ok(out)
-    }
-
-    /// Tells the datapath that pods run sidecar proxies whose transparent outbound listener is
-    /// `port` (0: no sidecars), so app <-> sidecar hops are redirected too.
-    pub fn set_sidecar_port(&mut self, port: u16) -> Result<(), MeshError> {
-        let ebpf = self.ebpf.as_mut().expect("running mesh");
-        let map = ebpf.map_mut(SIDECAR_MAP).ok_or(MeshError::Missing { name: SIDECAR_MAP })?;
-        let mut array: Array<&mut MapData, u32> =
-            map.try_into().map_err(|source| MeshError::Map { map: SIDECAR_MAP, source })?;
-        array.set(0, u32::from(port), 0).map_err(|source| MeshError::Map { map: SIDECAR_MAP, source })
-    }
-
-    /// Makes the service maps hold exactly `wanted`, by difference (see [`crate::services`]).
-    pub fn set_services(
-        &mut self,
-        wanted: &std::collections::BTreeMap<ServiceKey, Vec<Backend>>,
-    ) -> Result<crate::services::Applied, MeshError> {
-        crate::services::reconcile(self.ebpf.as_mut().expect("running mesh"), wanted)
+        self.pins().counters()
     }
 
     /// Detaches the programs and removes the pins, reporting the first failure.
@@ -303,17 +237,14 @@ impl Mesh {
     }
 
     fn teardown(&mut self) -> Result<(), MeshError> {
-        // Dropping the Ebpf closes the program links: sock_ops leaves the cgroup, sk_msg the map.
-        drop(self.ebpf.take());
-        let mut first = None;
-        for path in self.pins.drain(..) {
-            if let Err(source) = fs::remove_file(&path) {
-                first.get_or_insert(MeshError::Io { what: "cannot unpin", path, source });
-            }
+        if std::mem::replace(&mut self.stopped, true) {
+            return Ok(());
         }
-        // Remove the pin directory if the mesh left it empty (it may be shared, so never force).
-        let _ = fs::remove_dir(&self.pin_dir);
-        first.map_or(Ok(()), Err)
+        // Our own descriptors first (maps, and the sk_msg attachment if we made it), then the
+        // pins: the last reference gone, each link detaches and each map is freed.
+        drop(self.pinned.take());
+        drop(self.ebpf.take());
+        pins::uninstall(&self.pin_dir).map(drop)
     }
 }
 
@@ -321,6 +252,136 @@ impl Drop for Mesh {
     fn drop(&mut self) {
         let _ = self.teardown();
     }
+}
+
+// ANCHOR: install
+/// Loads the programs, attaches them to `cgroup`, and pins the maps, the links and last the
+/// completion marker. On an error nothing stays attached or pinned.
+fn install(cgroup: &Path, cgroup_id: u64, pin_dir: &Path) -> Result<Ebpf, MeshError> {
+    let cgroup_dir =
+        File::open(cgroup).map_err(|source| MeshError::Cgroup { path: cgroup.to_owned(), source })?;
+    let mut ebpf = Ebpf::load(object::MESH_EBPF).map_err(MeshError::Parse)?;
+    let links = attach(&mut ebpf, &cgroup_dir)?;
+    let pinned = pin_all(&ebpf, links, cgroup_id, pin_dir);
+    if pinned.is_err() {
+        let _ = pins::uninstall(pin_dir);
+    }
+    pinned.map(|()| ebpf)
+}
+
+fn pin_all(
+    ebpf: &Ebpf,
+    links: Vec<(&'static str, ToPin)>,
+    cgroup_id: u64,
+    pin_dir: &Path,
+) -> Result<(), MeshError> {
+    let layout = pins::layout_dir(pin_dir);
+    fs::create_dir_all(&layout).map_err(|source| MeshError::Io {
+        what: "cannot create pin directory",
+        path: layout.clone(),
+        source,
+    })?;
+    for spec in pins::MAPS {
+        let path = layout.join(spec.name);
+        map(ebpf, spec.name)?.pin(&path).map_err(|source| MeshError::Pin { path: path.clone(), source })?;
+    }
+    for (program, link) in links {
+        let path = pins::link_pin(&layout, program);
+        // The pin keeps the program attached after our descriptor closes.
+        match link {
+            ToPin::Aya(l) => {
+                drop(l.pin(&path).map_err(|source| MeshError::Pin { path: path.clone(), source })?)
+            }
+            ToPin::Raw(fd) => sys::obj_pin(fd.as_fd(), &path).map_err(|source| MeshError::Io {
+                what: "cannot pin",
+                path: path.clone(),
+                source,
+            })?,
+        }
+    }
+    let marker = pins::cgroup_marker(&layout, cgroup_id);
+    fs::create_dir(&marker).map_err(|source| MeshError::Io { what: "cannot create", path: marker, source })
+}
+// ANCHOR_END: install
+
+/// A link made by aya or by us ([`sys::link_create`]), to be pinned.
+enum ToPin {
+    Aya(FdLink),
+    Raw(OwnedFd),
+}
+
+/// Only a bpf_link can be pinned (kernels before 5.7 attach cgroup programs without one).
+fn fd_link(name: &'static str, link: Result<FdLink, LinkError>) -> Result<FdLink, MeshError> {
+    link.map_err(|source| MeshError::Link { path: PathBuf::from(name), source })
+}
+
+/// Attaches sk_msg to the sockhash and every cgroup program to `cgroup_dir`; returns the cgroup
+/// programs' links, taken from aya so they can be pinned.
+fn attach(ebpf: &mut Ebpf, cgroup_dir: &File) -> Result<Vec<(&'static str, ToPin)>, MeshError> {
+    // ANCHOR: attach
+    let sockets_fd = {
+        let sockets: SockHash<&MapData, SockKey> = map(ebpf, SOCKETS_MAP)?
+            .try_into()
+            .map_err(|source| MeshError::Map { map: SOCKETS_MAP, source })?;
+        sockets.fd().try_clone().map_err(|source| MeshError::Io {
+            what: "cannot duplicate the fd of map",
+            path: PathBuf::from(SOCKETS_MAP),
+            source,
+        })?
+    };
+
+    // The build whose keys carry the netns cookie, unless this kernel's verifier does not
+    // know the helper for these program types (before 5.15): then the one without it.
+    let variant = match load_sk_msg(ebpf, Variant::Netns.programs().0) {
+        Ok(_) => Variant::Netns,
+        Err(MeshError::Refused { verifier_log, .. }) if verifier_log.contains("get_netns_cookie") => {
+            load_sk_msg(ebpf, Variant::NoNetns.programs().0)?;
+            Variant::NoNetns
+        }
+        Err(e) => return Err(e),
+    };
+    // sk_msg first: a socket sock_ops inserts must find its verdict program already there.
+    let msg_name = variant.programs().0;
+    let redirect: &mut SkMsg =
+        program(ebpf, msg_name)?.try_into().map_err(|e| MeshError::program(msg_name, e))?;
+    redirect.attach(&sockets_fd).map_err(|e| MeshError::program(msg_name, e))?;
+
+    // Then the setsockopt guard, so no socket can enter the map before it is watched; then
+    // sock_ops; then socket load balancing (with no service in the map it lets every call
+    // through). Single = no flags: on >= 5.7 aya attaches through a bpf_link, which coexists
+    // with other programs on the cgroup anyway.
+    let mut links = Vec::new();
+    for name in pins::linked_programs(variant) {
+        let err = |e| MeshError::program(name, e);
+        let link = match program(ebpf, name)? {
+            Program::CgroupSockopt(p) => {
+                // aya keeps this link to itself (no FdLink conversion in 0.14): make our own.
+                p.load().map_err(err)?;
+                let prog = p.fd().map_err(err)?.as_fd();
+                ToPin::Raw(sys::link_create(prog, cgroup_dir.as_fd(), sys::BPF_CGROUP_SETSOCKOPT).map_err(
+                    |source| MeshError::Io {
+                        what: "cannot link program to cgroup",
+                        path: name.into(),
+                        source,
+                    },
+                )?)
+            }
+            Program::SockOps(p) => {
+                p.load().map_err(err)?;
+                let id = p.attach(cgroup_dir, CgroupAttachMode::Single).map_err(err)?;
+                ToPin::Aya(fd_link(name, p.take_link(id).map_err(err)?.try_into())?)
+            }
+            Program::CgroupSockAddr(p) => {
+                p.load().map_err(err)?;
+                let id = p.attach(cgroup_dir, CgroupAttachMode::Single).map_err(err)?;
+                ToPin::Aya(fd_link(name, p.take_link(id).map_err(err)?.try_into())?)
+            }
+            _ => return Err(MeshError::Missing { name }),
+        };
+        links.push((name, link));
+    }
+    // ANCHOR_END: attach
+    Ok(links)
 }
 
 fn map<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a aya::maps::Map, MeshError> {

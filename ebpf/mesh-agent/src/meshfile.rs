@@ -87,8 +87,10 @@ pub struct MeshFileError {
     pub message: String,
 }
 
-/// A pod as backend selection sees it.
-#[derive(Debug, Clone)]
+/// A pod as backend selection sees it. `mesh-agent --pods FILE` reads a JSON list of these (in a
+/// cluster the API server would say which pods carry which labels; in the lab, the lab does).
+#[derive(Debug, Clone, serde::Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PodAddrs {
     pub name: String,
     pub labels: BTreeMap<String, String>,
@@ -230,6 +232,27 @@ impl MeshFile {
             .collect()
     }
     // ANCHOR_END: resolve
+}
+
+/// What the maps must hold for these services: each virtual address with its backend slots.
+pub fn wanted(resolved: &[Resolved]) -> std::collections::BTreeMap<ServiceKey, Vec<Backend>> {
+    resolved.iter().flat_map(|r| r.keys.iter().map(|k| (*k, r.slots.clone()))).collect()
+}
+
+/// Reads a mesh file and, for backends chosen by label, a pods file (JSON list of
+/// [`PodAddrs`]); every error is one line naming the file.
+pub fn load(file: &std::path::Path, pods: Option<&std::path::Path>) -> Result<Vec<Resolved>, String> {
+    let shown = file.display().to_string();
+    let text = std::fs::read_to_string(file).map_err(|e| format!("{shown}: cannot read: {e}"))?;
+    let mf = MeshFile::parse(&text, &shown).map_err(|e| e.to_string())?;
+    let pods: Vec<PodAddrs> = match pods {
+        None => Vec::new(),
+        Some(p) => {
+            let t = std::fs::read_to_string(p).map_err(|e| format!("{}: cannot read: {e}", p.display()))?;
+            serde_json::from_str(&t).map_err(|e| format!("{}:{}: {e}", p.display(), e.line()))?
+        }
+    };
+    Ok(mf.resolve(&pods))
 }
 
 impl Resolved {

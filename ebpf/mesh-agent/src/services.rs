@@ -6,10 +6,7 @@
 //! a removed service goes away before its slots do.
 use std::collections::{BTreeMap, BTreeSet};
 
-use aya::{
-    Ebpf,
-    maps::{HashMap, MapData},
-};
+use aya::maps::{HashMap, Map, MapData};
 use mesh_common::{BACKENDS_MAP, Backend, BackendKey, SERVICES_MAP, ServiceKey, ServiceValue};
 use serde::Serialize;
 
@@ -37,11 +34,12 @@ type Backends<'a> = HashMap<&'a mut MapData, BackendKey, Backend>;
 // ANCHOR: reconcile
 /// Makes the maps hold exactly `wanted` (each service with its backend slots, weights already
 /// expanded into repeated slots).
-pub fn reconcile(ebpf: &mut Ebpf, wanted: &BTreeMap<ServiceKey, Vec<Backend>>) -> Result<Applied, MeshError> {
+pub fn reconcile(
+    services: &mut Map,
+    backends: &mut Map,
+    wanted: &BTreeMap<ServiceKey, Vec<Backend>>,
+) -> Result<Applied, MeshError> {
     let err = |map: &'static str| move |source| MeshError::Map { map, source };
-    let [services, backends] = ebpf.maps_disjoint_mut([SERVICES_MAP, BACKENDS_MAP]);
-    let services = services.ok_or(MeshError::Missing { name: SERVICES_MAP })?;
-    let backends = backends.ok_or(MeshError::Missing { name: BACKENDS_MAP })?;
     let mut services: Services = services.try_into().map_err(err(SERVICES_MAP))?;
     let mut backends: Backends = backends.try_into().map_err(err(BACKENDS_MAP))?;
 

@@ -35,5 +35,12 @@ pub fn run(cli: Cli) -> i32 {
                 exit::BACKEND
             }
         },
+        Command::MeshAgent(c) => match mesh_agent::cli::run(c) {
+            Ok(()) => exit::OK,
+            Err(e) => {
+                eprintln!("mesh-agent: {e:#}");
+                mesh_agent::cli::code(&e)
+            }
+        },
     }
 }

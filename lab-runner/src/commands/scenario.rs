@@ -7,7 +7,7 @@ use lab_node::{
     guest::protocol::{ReplyBody, RequestBody},
     preflight,
     process::Cancel,
-    scenario::{self, Options, Outcome, Scenario, WorkloadCmd},
+    scenario::{self, Cmd, Options, Outcome, Programs, Scenario},
 };
 use lab_vm::{
     VmError,
@@ -84,11 +84,14 @@ fn on_host(args: &ScenarioArgs, l: &Loaded, options: Options) -> Result<(Outcome
         eprintln!("lab-runner: cannot find its own executable: {e}");
         exit::BACKEND
     })?;
-    let workload = WorkloadCmd { program, prefix: vec!["workload".into()] };
+    let programs = Programs {
+        workload: Cmd { program: program.clone(), prefix: vec!["workload".into()] },
+        agent: Cmd { program, prefix: vec!["mesh-agent".into()] },
+    };
     let cancel = signals::watch()?;
     let (go, gate_rx) = gate(args.step);
     let result =
-        scenario::execute(l.scenario.clone(), host, workload, options, cancel.clone(), gate_rx, |e| {
+        scenario::execute(l.scenario.clone(), host, programs, options, cancel.clone(), gate_rx, |e| {
             if view.event(&e, &cancel)
                 && let Some(go) = &go
             {

@@ -33,6 +33,9 @@ pub enum LabError {
     Cancelled,
     #[error(transparent)]
     Mesh(#[from] mesh_agent::MeshError),
+    /// The mesh agent process failed; `unmet` when it said the kernel or build lacks something.
+    #[error("mesh agent: {message}")]
+    Agent { message: String, unmet: bool },
 }
 
 impl LabError {
@@ -47,6 +50,7 @@ impl LabError {
                 | LabError::Mesh(
                     MeshError::NoBpffs { .. } | MeshError::StubObject | MeshError::Refused { .. }
                 )
+                | LabError::Agent { unmet: true, .. }
         )
     }
 

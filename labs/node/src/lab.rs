@@ -12,14 +12,17 @@ use std::{
     time::Duration,
 };
 
-use mesh_agent::{Mesh, mounts::BPFFS};
+use mesh_agent::{Pinned, mounts::BPFFS};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    LabError, cgroup,
+    LabError,
+    agent::Agent,
+    cgroup,
     netns::{self, Packets},
     preflight::Host,
     process::{self, Cancel},
+    scenario::Cmd,
 };
 
 /// Prefix of every network namespace a lab creates.
@@ -123,7 +126,7 @@ pub struct Lab {
     node: Pod,
     /// Background processes (servers); reaped at teardown.
     children: Vec<Child>,
-    mesh: Option<Mesh>,
+    agent: Option<Agent>,
     torn_down: bool,
 }
 
@@ -147,7 +150,7 @@ impl Lab {
             cgroup,
             pods: Vec::new(),
             children: Vec::new(),
-            mesh: None,
+            agent: None,
             torn_down: false,
         };
         cgroup::create(&lab.cgroup)?;
@@ -314,26 +317,35 @@ impl Lab {
         netns::packets(&pod.netns, &pod.interface)
     }
 
-    /// Loads and attaches the mesh to this lab's cgroup, pinning its maps in the lab's pin dir.
-    pub fn start_mesh(&mut self) -> Result<&Mesh, LabError> {
-        if self.mesh.is_none() {
-            self.mesh = Some(Mesh::start(&self.cgroup, &self.id.pin_dir())?);
+    /// Starts the mesh agent (`agent`: how to run `mesh-agent`) on this lab's cgroup, pinning
+    /// in the lab's pin dir; returns what the agent said (installed, or adopted).
+    pub fn start_mesh(&mut self, agent: &Cmd) -> Result<Vec<String>, LabError> {
+        if self.agent.is_some() {
+            return Ok(Vec::new());
         }
-        Ok(self.mesh.as_ref().expect("just started"))
+        let (a, said) = Agent::start(agent, &self.cgroup, &self.id.pin_dir())?;
+        self.agent = Some(a);
+        Ok(said)
     }
 
-    pub fn mesh(&self) -> Option<&Mesh> {
-        self.mesh.as_ref()
+    /// The running mesh's maps (also while its agent is down).
+    pub fn mesh(&self) -> Option<&Pinned> {
+        self.agent.as_ref().map(Agent::pins)
     }
 
-    pub fn mesh_mut(&mut self) -> Option<&mut Mesh> {
-        self.mesh.as_mut()
+    pub fn mesh_mut(&mut self) -> Option<&mut Pinned> {
+        self.agent.as_mut().map(Agent::pins_mut)
     }
 
-    /// Detaches the mesh and removes its pins.
+    /// The mesh agent process and its pins.
+    pub fn agent_mut(&mut self) -> Option<&mut Agent> {
+        self.agent.as_mut()
+    }
+
+    /// Stops the agent, which detaches the mesh and removes its pins.
     pub fn stop_mesh(&mut self) -> Result<(), LabError> {
-        match self.mesh.take() {
-            Some(m) => Ok(m.stop()?),
+        match self.agent.take() {
+            Some(a) => a.stop(),
             None => Ok(()),
         }
     }

@@ -6,6 +6,7 @@
 //! everything, and [`clean::leftovers`] finds what a killed lab left behind.
 //!
 //! Scenarios run against a `Lab` and report through [`Event`]s; they never print.
+pub mod agent;
 pub mod cgroup;
 pub mod clean;
 pub mod error;

@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::{
     Lab, LabError,
     process::{self, run},
-    scenario::{WorkloadCmd, spec::SidecarMode},
+    scenario::{Cmd, spec::SidecarMode},
 };
 
 /// The proxy's transparent outbound listener (Istio: 15001).
@@ -74,7 +74,7 @@ fn capture_per_pod(ns: &str) -> Result<(), LabError> {
 pub fn enable(
     lab: &mut Lab,
     mode: SidecarMode,
-    workload: &WorkloadCmd,
+    workload: &Cmd,
     routes: &[(String, Ipv4Addr, u16)],
 ) -> Result<Sidecars, LabError> {
     let mut s = Sidecars { proxies: Vec::new(), mode: Some(mode) };

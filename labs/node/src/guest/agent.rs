@@ -17,11 +17,13 @@ use super::{
 use crate::{
     preflight,
     process::Cancel,
-    scenario::{self, WorkloadCmd},
+    scenario::{self, Cmd, Programs},
 };
 
 /// Where the image puts the workloads binary.
 pub const WORKLOAD_BIN: &str = "/bin/workload";
+/// Where the image puts the mesh agent.
+pub const MESH_AGENT_BIN: &str = "/bin/mesh-agent";
 
 #[derive(Clone)]
 struct Out(Arc<Mutex<File>>);
@@ -221,8 +223,11 @@ fn run_scenario(
             return ReplyBody::Error { message: e.to_string(), unmet: e.is_unmet() };
         }
     };
-    let workload = WorkloadCmd { program: WORKLOAD_BIN.into(), prefix: Vec::new() };
-    match scenario::execute(sc, host, workload, options, cancel, gate, |event| {
+    let programs = Programs {
+        workload: Cmd { program: WORKLOAD_BIN.into(), prefix: Vec::new() },
+        agent: Cmd { program: MESH_AGENT_BIN.into(), prefix: Vec::new() },
+    };
+    match scenario::execute(sc, host, programs, options, cancel, gate, |event| {
         out.send(id, ReplyBody::Event { event })
     }) {
         Ok(outcome) => ReplyBody::Outcome { outcome },

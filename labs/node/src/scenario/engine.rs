@@ -476,10 +476,12 @@ impl Engine<'_> {
     /// Starts the mesh; returns what to tell the reader.
     fn mesh_on(&mut self) -> Result<Vec<String>, LabError> {
         let port = self.sidecar_port();
-        let mesh = self.lab.start_mesh()?;
+        let said = self.lab.start_mesh(&self.ctx.agent)?;
+        let pid = self.lab.agent_mut().and_then(|a| a.pid()).unwrap_or_default();
+        let mesh = self.lab.mesh_mut().expect("started");
         let mut lines = mesh.describe();
-        lines.push(format!("maps pinned in {}", mesh.pin_dir().display()));
-        self.lab.mesh_mut().expect("started").set_sidecar_port(port)?;
+        lines.extend(said.into_iter().map(|l| format!("agent (pid {pid}): {l}")));
+        mesh.set_sidecar_port(port)?;
         if port != 0 {
             lines.push(format!("sidecars present: app <-> proxy hops redirected via 127.0.0.1:{port}"));
         }

@@ -87,14 +87,22 @@ pub enum LoadError {
     Mesh(mesh_agent::meshfile::MeshFileError),
 }
 
-/// How to start a workload process (see the `workloads` crate): `program prefix.. ARGS`.
+/// The programs the lab starts: workloads inside pods (see the `workloads` crate) and the mesh
+/// agent (`mesh-agent`). On the host both are `lab-runner` itself; in a VM, binaries of their own.
 #[derive(Debug, Clone)]
-pub struct WorkloadCmd {
+pub struct Programs {
+    pub workload: Cmd,
+    pub agent: Cmd,
+}
+
+/// How to start one of them: `program prefix.. ARGS`.
+#[derive(Debug, Clone)]
+pub struct Cmd {
     pub program: PathBuf,
     pub prefix: Vec<String>,
 }
 
-impl WorkloadCmd {
+impl Cmd {
     pub fn command<S: AsRef<str>>(&self, args: &[S]) -> Command {
         let mut cmd = Command::new(&self.program);
         cmd.args(&self.prefix).args(args.iter().map(AsRef::as_ref));
@@ -143,7 +151,8 @@ impl Default for Options {
 /// Everything a scenario needs from its caller.
 pub struct Context {
     pub host: Host,
-    pub workload: WorkloadCmd,
+    pub workload: Cmd,
+    pub agent: Cmd,
     pub options: Options,
     pub cancel: Cancel,
     pub events: Sender<Event>,
@@ -196,14 +205,15 @@ pub struct Outcome {
 pub fn execute(
     scenario: Scenario,
     host: Host,
-    workload: WorkloadCmd,
+    programs: Programs,
     options: Options,
     cancel: Cancel,
     gate: Option<Receiver<()>>,
     mut on_event: impl FnMut(Event),
 ) -> Result<Outcome, LabError> {
     let (events, rx) = std::sync::mpsc::channel();
-    let ctx = Context { host, workload, options, cancel, events, gate };
+    let Programs { workload, agent } = programs;
+    let ctx = Context { host, workload, agent, options, cancel, events, gate };
     let engine = std::thread::spawn(move || engine::run(&scenario, &ctx));
     for event in rx {
         on_event(event);

@@ -1,0 +1,360 @@
+//! The mesh as it lives in bpffs: everything a running datapath needs is pinned, so it keeps
+//! working when its agent dies, and a new agent (or `mesh-agent apply`/`status`) finds it there.
+//!
+//! ```text
+//! <pin dir>/layout-<LAYOUT_VERSION>/
+//!     SOCKETS COUNTERS SIDECAR SOCK_STATE SERVICES BACKENDS   maps user space reads or writes
+//!     link-<program>                                           one bpf_link per cgroup program
+//!     cgroup-<id>/                                             written last: the install is complete,
+//!                                                              and which cgroup it serves
+//! ```
+//!
+//! sk_msg is not a link: it is attached to the `SOCKETS` sockhash and lives as long as that map.
+//! A pinned link keeps its program attached with no process holding it; removing the pin (and
+//! closing the last descriptor) detaches it. The layout version changes whenever a pinned map's
+//! type, key, value or size changes; an agent never adopts pins of another layout, and checks
+//! each map it adopts against [`MAPS`] as well.
+use std::{
+    collections::{BTreeMap, HashMap},
+    fs,
+    mem::size_of,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
+
+use aya::maps::{Array, Map, MapData, MapType, PerCpuArray};
+use mesh_common::{
+    BACKENDS_MAP, Backend, BackendKey, COUNTER_SLOTS, COUNTERS_MAP, Counter, MAX_BACKEND_SLOTS, MAX_SERVICES,
+    MAX_SOCKETS, SERVICES_MAP, SIDECAR_MAP, SOCK_STATE_MAP, SOCKETS_MAP, ServiceKey, ServiceValue, SockKey,
+};
+use serde::Serialize;
+
+use crate::{Counters, MeshError, Variant, services};
+
+/// Bump when a pinned map's definition changes, or the set of pins does.
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// One pinned map as this build defines it.
+#[derive(Debug, Clone, Copy)]
+pub struct MapSpec {
+    pub name: &'static str,
+    pub map_type: MapType,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+}
+
+const fn spec(name: &'static str, map_type: MapType, key: usize, value: usize, max_entries: u32) -> MapSpec {
+    MapSpec { name, map_type, key_size: key as u32, value_size: value as u32, max_entries }
+}
+
+// ANCHOR: layout
+/// The pinned maps of [`LAYOUT_VERSION`] (a test checks them against the loaded object).
+pub const MAPS: [MapSpec; 6] = [
+    spec(SOCKETS_MAP, MapType::SockHash, size_of::<SockKey>(), 4, MAX_SOCKETS),
+    spec(COUNTERS_MAP, MapType::PerCpuArray, 4, 8, COUNTER_SLOTS),
+    spec(SIDECAR_MAP, MapType::Array, 4, 4, 1),
+    spec(SOCK_STATE_MAP, MapType::LruHash, size_of::<SockKey>(), 4, MAX_SOCKETS),
+    spec(SERVICES_MAP, MapType::Hash, size_of::<ServiceKey>(), size_of::<ServiceValue>(), MAX_SERVICES),
+    spec(BACKENDS_MAP, MapType::Hash, size_of::<BackendKey>(), size_of::<Backend>(), MAX_BACKEND_SLOTS),
+];
+
+/// The cgroup programs of a build, each held by one pinned link (sk_msg lives with `SOCKETS`).
+pub fn linked_programs(variant: Variant) -> [&'static str; 10] {
+    [
+        variant.setsockopt(),
+        variant.programs().1,
+        "mesh_connect4",
+        "mesh_connect6",
+        "mesh_getpeername4",
+        "mesh_getpeername6",
+        "mesh_sendmsg4",
+        "mesh_sendmsg6",
+        "mesh_recvmsg4",
+        "mesh_recvmsg6",
+    ]
+}
+// ANCHOR_END: layout
+
+/// This build's folder under `pin_dir`.
+pub fn layout_dir(pin_dir: &Path) -> PathBuf {
+    pin_dir.join(format!("layout-{LAYOUT_VERSION}"))
+}
+
+pub(crate) fn link_pin(layout: &Path, program: &str) -> PathBuf {
+    layout.join(format!("link-{program}"))
+}
+
+pub(crate) fn cgroup_marker(layout: &Path, cgroup_id: u64) -> PathBuf {
+    layout.join(format!("cgroup-{cgroup_id}"))
+}
+
+/// The id the kernel gives a cgroup v2 directory (its inode number).
+pub fn cgroup_id(cgroup: &Path) -> Result<u64, MeshError> {
+    fs::metadata(cgroup)
+        .map(|m| m.ino())
+        .map_err(|source| MeshError::Cgroup { path: cgroup.to_owned(), source })
+}
+
+/// What `pin_dir` holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    /// Nothing of the mesh.
+    Nothing,
+    /// A complete install of this layout.
+    Complete { variant: Variant, cgroup_id: u64 },
+    /// Pins of this layout without the completion marker: an agent died while installing.
+    Partial,
+    /// Pins of another layout (`layout-N`, or the unversioned maps of the first agents).
+    Other { what: String },
+}
+
+/// Looks at `pin_dir` without opening anything.
+pub fn find(pin_dir: &Path) -> Found {
+    let Ok(entries) = fs::read_dir(pin_dir) else { return Found::Nothing };
+    let ours = format!("layout-{LAYOUT_VERSION}");
+    let mut have_ours = false;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name == ours {
+            have_ours = true;
+        } else if name.starts_with("layout-") || MAPS.iter().any(|m| m.name == name) {
+            return Found::Other { what: name };
+        }
+    }
+    if !have_ours {
+        return Found::Nothing;
+    }
+    let layout = layout_dir(pin_dir);
+    let marker = fs::read_dir(&layout).into_iter().flatten().flatten().find_map(|e| {
+        e.file_name().to_string_lossy().strip_prefix("cgroup-").and_then(|id| id.parse::<u64>().ok())
+    });
+    let variant =
+        [Variant::Netns, Variant::NoNetns].into_iter().find(|v| link_pin(&layout, v.programs().1).exists());
+    match (marker, variant) {
+        (Some(cgroup_id), Some(variant))
+            if MAPS.iter().all(|m| layout.join(m.name).exists())
+                && linked_programs(variant).iter().all(|p| link_pin(&layout, p).exists()) =>
+        {
+            Found::Complete { variant, cgroup_id }
+        }
+        _ => Found::Partial,
+    }
+}
+
+/// Removes the mesh's pins under `pin_dir`: every `layout-N` folder (maps, links, markers; any
+/// layout) and the unversioned maps of the first agents, then `pin_dir` itself if that left it
+/// empty. Removing a link's pin detaches its program once no process holds the link; removing
+/// the sockhash's pin frees it, with sk_msg, once no process holds the map. Returns the pins
+/// removed.
+pub fn uninstall(pin_dir: &Path) -> Result<Vec<PathBuf>, MeshError> {
+    let mut removed = Vec::new();
+    let Ok(entries) = fs::read_dir(pin_dir) else { return Ok(removed) };
+    for e in entries.flatten() {
+        let (name, path) = (e.file_name().to_string_lossy().into_owned(), e.path());
+        if name.starts_with("layout-") && path.is_dir() {
+            remove_tree(&path, &mut removed)?;
+        } else if MAPS.iter().any(|m| m.name == name) {
+            fs::remove_file(&path).map_err(|source| MeshError::Io {
+                what: "cannot unpin",
+                path: path.clone(),
+                source,
+            })?;
+            removed.push(path);
+        }
+    }
+    // Shared with something else: leave it.
+    let _ = fs::remove_dir(pin_dir);
+    Ok(removed)
+}
+
+fn remove_tree(dir: &Path, removed: &mut Vec<PathBuf>) -> Result<(), MeshError> {
+    let io = |what: &'static str, path: &Path| {
+        let path = path.to_owned();
+        move |source| MeshError::Io { what, path, source }
+    };
+    for e in fs::read_dir(dir).map_err(io("cannot read", dir))? {
+        let path = e.map_err(io("cannot read", dir))?.path();
+        if path.is_dir() {
+            remove_tree(&path, removed)?;
+        } else {
+            fs::remove_file(&path).map_err(io("cannot unpin", &path))?;
+            removed.push(path);
+        }
+    }
+    fs::remove_dir(dir).map_err(io("cannot remove", dir))
+}
+
+/// The running mesh's maps, opened from their pins: what user space reads and writes, whether
+/// the agent that installed the mesh is this process, another one, or dead.
+///
+/// Holding it keeps the maps alive: drop it before uninstalling.
+pub struct Pinned {
+    layout: PathBuf,
+    variant: Variant,
+    cgroup_id: u64,
+    maps: HashMap<&'static str, Map>,
+}
+
+impl Pinned {
+    /// Opens a complete install of this layout under `pin_dir`, checking every map's definition.
+    pub fn open(pin_dir: &Path) -> Result<Pinned, MeshError> {
+        let (variant, cgroup_id) = match find(pin_dir) {
+            Found::Complete { variant, cgroup_id } => (variant, cgroup_id),
+            Found::Nothing => return Err(MeshError::NotInstalled { path: pin_dir.to_owned() }),
+            Found::Partial => return Err(MeshError::Partial { pin_dir: pin_dir.to_owned() }),
+            Found::Other { what } => {
+                return Err(MeshError::Layout { pin_dir: pin_dir.to_owned(), found: what });
+            }
+        };
+        let layout = layout_dir(pin_dir);
+        let mut maps = HashMap::new();
+        for s in MAPS {
+            let path = layout.join(s.name);
+            let data = MapData::from_pin(&path).map_err(|source| MeshError::Map { map: s.name, source })?;
+            check(&data, &s, &path, pin_dir)?;
+            maps.insert(
+                s.name,
+                Map::from_map_data(data).map_err(|source| MeshError::Map { map: s.name, source })?,
+            );
+        }
+        Ok(Pinned { layout, variant, cgroup_id, maps })
+    }
+
+    /// Which build of the programs is attached.
+    pub fn variant(&self) -> Variant {
+        self.variant
+    }
+
+    /// The cgroup the programs serve.
+    pub fn cgroup_id(&self) -> u64 {
+        self.cgroup_id
+    }
+
+    /// The attached programs and what the build means on this kernel.
+    pub fn describe(&self) -> Vec<String> {
+        let (msg, ops) = self.variant.programs();
+        let linked = linked_programs(self.variant);
+        vec![
+            format!("sk_msg: {msg} attached to the sockhash"),
+            format!("cgroup/setsockopt: {} attached to the cgroup", self.variant.setsockopt()),
+            format!("sock_ops: {ops} attached to the cgroup"),
+            format!("cgroup/connect, getpeername, sendmsg, recvmsg: {} attached to the cgroup", linked[2..].join(", ")),
+            match self.variant {
+                Variant::Netns => "loopback sockets keyed by network namespace cookie and 4-tuple".into(),
+                Variant::NoNetns => "this kernel cannot give sock_ops/sk_msg the netns cookie (before 5.15): loopback-to-loopback connections are not redirected".into(),
+            },
+        ]
+    }
+
+    /// The folder holding the pins.
+    pub fn layout(&self) -> &Path {
+        &self.layout
+    }
+
+    fn map(&self, name: &'static str) -> &Map {
+        self.maps.get(name).expect("every map of MAPS is opened")
+    }
+
+    /// Current counter totals (summed over CPUs).
+    pub fn counters(&self) -> Result<Counters, MeshError> {
+        let err = |source| MeshError::Map { map: COUNTERS_MAP, source };
+        let array: PerCpuArray<&MapData, u64> = self.map(COUNTERS_MAP).try_into().map_err(err)?;
+        let mut out = Counters::default();
+        for c in Counter::ALL {
+            out.set(c, array.get(&(c as u32), 0).map_err(err)?.iter().sum());
+        }
+        Ok(out)
+    }
+
+    /// Tells the datapath that pods run sidecar proxies whose transparent outbound listener is
+    /// `port` (0: no sidecars), so app <-> sidecar hops are redirected too.
+    pub fn set_sidecar_port(&mut self, port: u16) -> Result<(), MeshError> {
+        let err = |source| MeshError::Map { map: SIDECAR_MAP, source };
+        let map = self.maps.get_mut(SIDECAR_MAP).expect("opened");
+        let mut array: Array<&mut MapData, u32> = map.try_into().map_err(err)?;
+        array.set(0, u32::from(port), 0).map_err(err)
+    }
+
+    /// Makes the service maps hold exactly `wanted`, by difference (see [`services`]).
+    pub fn set_services(
+        &mut self,
+        wanted: &BTreeMap<ServiceKey, Vec<Backend>>,
+    ) -> Result<services::Applied, MeshError> {
+        let [Some(s), Some(b)] = self.maps.get_disjoint_mut([SERVICES_MAP, BACKENDS_MAP]) else {
+            unreachable!("every map of MAPS is opened")
+        };
+        services::reconcile(s, b, wanted)
+    }
+
+    /// How many entries each map holds, beside its capacity.
+    pub fn fill(&self) -> Vec<MapFill> {
+        MAPS.iter()
+            .map(|s| {
+                let entries = match s.map_type {
+                    MapType::Array | MapType::PerCpuArray => Ok(s.max_entries as usize),
+                    _ => count_keys(self.map(s.name), s),
+                };
+                MapFill {
+                    name: s.name,
+                    map_type: format!("{:?}", s.map_type),
+                    entries: entries.ok(),
+                    max_entries: s.max_entries,
+                }
+            })
+            .collect()
+    }
+}
+
+/// One map's occupancy (`entries` is `None` when it could not be counted).
+#[derive(Debug, Clone, Serialize)]
+pub struct MapFill {
+    pub name: &'static str,
+    pub map_type: String,
+    pub entries: Option<usize>,
+    pub max_entries: u32,
+}
+
+fn count_keys(map: &Map, s: &MapSpec) -> Result<usize, aya::maps::MapError> {
+    use aya::maps::{HashMap, SockHash};
+    match s.name {
+        SOCKETS_MAP => {
+            let m: SockHash<&MapData, SockKey> = map.try_into()?;
+            Ok(m.keys().count())
+        }
+        SOCK_STATE_MAP => {
+            let m: aya::maps::HashMap<&MapData, SockKey, u32> = map.try_into()?;
+            Ok(m.keys().count())
+        }
+        SERVICES_MAP => {
+            let m: HashMap<&MapData, ServiceKey, ServiceValue> = map.try_into()?;
+            Ok(m.keys().count())
+        }
+        BACKENDS_MAP => {
+            let m: HashMap<&MapData, BackendKey, Backend> = map.try_into()?;
+            Ok(m.keys().count())
+        }
+        _ => Ok(0),
+    }
+}
+
+/// Refuses a pinned map whose definition is not this build's.
+fn check(data: &MapData, s: &MapSpec, path: &Path, pin_dir: &Path) -> Result<(), MeshError> {
+    let info = data.info().map_err(|source| MeshError::Map { map: s.name, source })?;
+    let have = (info.map_type().ok(), info.key_size(), info.value_size(), info.max_entries());
+    let want = (Some(s.map_type), s.key_size, s.value_size, s.max_entries);
+    if have != want {
+        return Err(MeshError::MapMismatch {
+            path: path.to_owned(),
+            pin_dir: pin_dir.to_owned(),
+            found: describe(have),
+            expected: describe(want),
+        });
+    }
+    Ok(())
+}
+
+fn describe((t, k, v, n): (Option<MapType>, u32, u32, u32)) -> String {
+    let t = t.map_or_else(|| "unknown type".to_owned(), |t| format!("{t:?}"));
+    format!("{t}, key {k} B, value {v} B, {n} entries")
+}

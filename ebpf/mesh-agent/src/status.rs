@@ -1,0 +1,153 @@
+//! `mesh-agent status`: what is loaded, attached and pinned, and how full each map is, read from
+//! the pins and the kernel (not from an agent's memory: it works with the agent dead).
+use std::{collections::BTreeMap, fs::File, os::fd::AsFd as _, path::Path};
+
+use aya::programs::links::{FdLink, PinnedLink};
+use serde::Serialize;
+
+use crate::{
+    Counters, MeshError,
+    pins::{self, MapFill, Pinned},
+    sys,
+};
+
+/// One pinned link and the program it holds attached.
+#[derive(Debug, Clone, Serialize)]
+pub struct LinkStatus {
+    pub pin: String,
+    pub link_id: u32,
+    pub program_id: u32,
+    /// As the kernel stores it (at most 15 characters).
+    pub program: String,
+}
+
+/// The cgroup hooks the mesh uses, as `bpf_attach_type` values (`<linux/bpf.h>`).
+pub const HOOKS: [(&str, u32); 10] = [
+    ("sock_ops", 3),
+    ("connect4", 10),
+    ("connect6", 11),
+    ("sendmsg4", 14),
+    ("sendmsg6", 15),
+    ("recvmsg4", 19),
+    ("recvmsg6", 20),
+    ("setsockopt", 22),
+    ("getpeername4", 29),
+    ("getpeername6", 30),
+];
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub layout: String,
+    pub variant: crate::Variant,
+    pub cgroup_id: u64,
+    pub links: Vec<LinkStatus>,
+    /// Per hook of the cgroup (when given): the programs attached, by name. The mesh's own
+    /// appear exactly once each when it is healthy.
+    pub attached: BTreeMap<String, Vec<String>>,
+    pub maps: Vec<MapFill>,
+    pub counters: Counters,
+}
+
+/// Reads the status of the mesh pinned under `pin_dir`; with `cgroup`, also what that cgroup
+/// has attached at each of the mesh's hooks.
+pub fn read(pin_dir: &Path, cgroup: Option<&Path>) -> Result<Status, MeshError> {
+    let pinned = Pinned::open(pin_dir)?;
+    let names: BTreeMap<u32, String> = aya::programs::loaded_programs()
+        .flatten()
+        .map(|p| (p.id(), p.name_as_str().unwrap_or("?").to_owned()))
+        .collect();
+    let mut links = Vec::new();
+    for p in pins::linked_programs(pinned.variant()) {
+        let path = pins::link_pin(pinned.layout(), p);
+        let link: FdLink = PinnedLink::from_pin(&path)
+            .map_err(|source| MeshError::Link { path: path.clone(), source })?
+            .into();
+        let info = link.info().map_err(|source| MeshError::Link { path: path.clone(), source })?;
+        links.push(LinkStatus {
+            pin: path.display().to_string(),
+            link_id: info.id(),
+            program_id: info.program_id(),
+            program: names.get(&info.program_id()).cloned().unwrap_or_default(),
+        });
+    }
+    let mut attached = BTreeMap::new();
+    if let Some(cg) = cgroup {
+        let dir = File::open(cg).map_err(|source| MeshError::Cgroup { path: cg.to_owned(), source })?;
+        for (hook, attach_type) in HOOKS {
+            let ids = sys::prog_query(dir.as_fd(), attach_type).map_err(|source| MeshError::Io {
+                what: "cannot query the programs of",
+                path: cg.to_owned(),
+                source,
+            })?;
+            let progs =
+                ids.iter().map(|id| names.get(id).cloned().unwrap_or_else(|| format!("id {id}"))).collect();
+            attached.insert(hook.to_owned(), progs);
+        }
+    }
+    Ok(Status {
+        layout: pinned.layout().display().to_string(),
+        variant: pinned.variant(),
+        cgroup_id: pinned.cgroup_id(),
+        links,
+        attached,
+        maps: pinned.fill(),
+        counters: pinned.counters()?,
+    })
+}
+
+impl Status {
+    /// Hooks where the cgroup does not run exactly one program of the mesh.
+    pub fn attach_problems(&self) -> Vec<String> {
+        self.attached
+            .iter()
+            .filter_map(|(hook, progs)| {
+                let ours = progs.iter().filter(|p| p.starts_with("mesh_")).count();
+                (ours != 1).then(|| format!("{hook}: {ours} mesh programs attached ({})", progs.join(", ")))
+            })
+            .collect()
+    }
+
+    /// The human form.
+    pub fn render(&self) -> String {
+        let mut out = format!(
+            "pins:     {} (cgroup id {}, build {:?})\nsk_msg:   {} attached to the SOCKETS sockhash (lives as long as the map)\n",
+            self.layout,
+            self.cgroup_id,
+            self.variant,
+            self.variant.programs().0
+        );
+        out.push_str("links:\n");
+        for l in &self.links {
+            out.push_str(&format!(
+                "  link {:>5}  prog {:>5}  {:<16} {}\n",
+                l.link_id, l.program_id, l.program, l.pin
+            ));
+        }
+        if !self.attached.is_empty() {
+            out.push_str("cgroup hooks (programs attached):\n");
+            for (hook, progs) in &self.attached {
+                out.push_str(&format!(
+                    "  {hook:<13} {}\n",
+                    if progs.is_empty() { "-".into() } else { progs.join(", ") }
+                ));
+            }
+            let problems = self.attach_problems();
+            out.push_str(&if problems.is_empty() {
+                "  each mesh program attached once\n".to_owned()
+            } else {
+                format!("  NOT HEALTHY: {}\n", problems.join("; "))
+            });
+        }
+        out.push_str("maps:\n");
+        for m in &self.maps {
+            let entries = m.entries.map_or_else(|| "?".to_owned(), |e| e.to_string());
+            let pct = m.entries.map_or(0.0, |e| 100.0 * e as f64 / f64::from(m.max_entries));
+            out.push_str(&format!(
+                "  {:<12} {:<12} {entries:>7} / {:<7} ({pct:.1} %)\n",
+                m.name, m.map_type, m.max_entries
+            ));
+        }
+        out.push_str(&format!("counters: {}\n", serde_json::to_string(&self.counters).unwrap_or_default()));
+        out
+    }
+}

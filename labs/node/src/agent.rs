@@ -1,0 +1,201 @@
+//! The lab's mesh agent: one `mesh-agent run` process serving the lab's whole cgroup, as a node
+//! runs it, and the lab's own handle on the maps it pinned ([`Pinned`]: counters, services,
+//! the sidecar port). The datapath lives in the pins, not in the process: a scenario can kill the
+//! agent (the mesh keeps working) and start it again (it adopts the pins).
+use std::{
+    io::{BufRead as _, BufReader},
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::{Child, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use mesh_agent::{Pinned, cli::EXIT_UNMET, pins};
+
+use crate::{LabError, scenario::Cmd};
+
+/// How long an agent may take to install (loading 13 programs under TCG takes seconds).
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a stopping agent may take to detach and unpin before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+
+pub struct Agent {
+    cmd: Cmd,
+    cgroup: PathBuf,
+    pin_dir: PathBuf,
+    /// Mesh file and pods file the agent applies when it starts (after adopting too).
+    files: Option<(PathBuf, PathBuf)>,
+    child: Option<Child>,
+    pinned: Option<Pinned>,
+}
+
+impl Agent {
+    /// Starts the agent and waits until it serves; returns it with what it said.
+    pub fn start(cmd: &Cmd, cgroup: &Path, pin_dir: &Path) -> Result<(Agent, Vec<String>), LabError> {
+        let mut agent = Agent {
+            cmd: cmd.clone(),
+            cgroup: cgroup.to_owned(),
+            pin_dir: pin_dir.to_owned(),
+            files: None,
+            child: None,
+            pinned: None,
+        };
+        let said = agent.spawn()?;
+        Ok((agent, said))
+    }
+
+    /// The maps, opened from the pins.
+    pub fn pins(&self) -> &Pinned {
+        self.pinned.as_ref().expect("opened at start")
+    }
+
+    pub fn pins_mut(&mut self) -> &mut Pinned {
+        self.pinned.as_mut().expect("opened at start")
+    }
+
+    /// The agent process, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The files a restarted agent applies (the mesh file last applied, and the lab's pods).
+    pub fn set_files(&mut self, mesh: PathBuf, pods: PathBuf) {
+        self.files = Some((mesh, pods));
+    }
+
+    fn spawn(&mut self) -> Result<Vec<String>, LabError> {
+        let mut args: Vec<String> = vec![
+            "run".into(),
+            "--cgroup".into(),
+            self.cgroup.display().to_string(),
+            "--pin-dir".into(),
+            self.pin_dir.display().to_string(),
+            // The lab reads counters from the pins; the agent's own reports are not needed.
+            "--interval-ms".into(),
+            "3600000".into(),
+        ];
+        if let Some((mesh, pods)) = &self.files {
+            args.extend([
+                "--file".into(),
+                mesh.display().to_string(),
+                "--pods".into(),
+                pods.display().to_string(),
+            ]);
+        }
+        let mut cmd = self.cmd.command(&args);
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        // SAFETY: prctl is async-signal-safe. The agent dies with the lab's owner thread, even
+        // when that is killed outright (the pins then go with `lab-runner clean`).
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let what = crate::process::describe(&cmd);
+        let mut child = cmd.spawn().map_err(|source| LabError::Spawn { command: what.clone(), source })?;
+        let (tx, lines) = mpsc::channel();
+        let stderr = child.stderr.take().expect("piped");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + START_TIMEOUT;
+        let mut said = Vec::new();
+        loop {
+            match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) => {
+                    let serving = line.starts_with("mesh-agent: serving");
+                    said.push(line.trim_start_matches("mesh-agent: ").to_owned());
+                    if serving {
+                        break;
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    // Exited before serving: its last words say why.
+                    let status = child.wait().ok();
+                    let unmet = status.and_then(|s| s.code()) == Some(EXIT_UNMET);
+                    return Err(LabError::Agent { message: said.join("\n"), unmet });
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(LabError::Timeout {
+                        what: format!("{what} (starting)"),
+                        seconds: START_TIMEOUT.as_secs(),
+                    });
+                }
+            }
+        }
+        self.child = Some(child);
+        if self.pinned.is_none() {
+            self.pinned = Some(Pinned::open(&self.pin_dir)?);
+        }
+        Ok(said)
+    }
+
+    /// SIGKILL: the agent gets no chance to clean up; the datapath stays in the pins.
+    pub fn kill(&mut self) -> Option<u32> {
+        let mut child = self.child.take()?;
+        let pid = child.id();
+        let _ = child.kill();
+        let _ = child.wait();
+        Some(pid)
+    }
+
+    /// Starts a new agent process (after [`Agent::kill`]); it adopts the pins.
+    pub fn restart(&mut self) -> Result<Vec<String>, LabError> {
+        self.kill();
+        self.spawn()
+    }
+
+    /// Stops the agent (SIGTERM: it detaches and unpins) and makes sure nothing is left: a dead
+    /// or stuck agent's pins are removed here.
+    pub fn stop(mut self) -> Result<(), LabError> {
+        self.stop_inner()
+    }
+
+    fn stop_inner(&mut self) -> Result<(), LabError> {
+        // Our map descriptors first: held, they would keep the maps alive after the unpin.
+        drop(self.pinned.take());
+        let mut failure = None;
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: signalling our own child, not yet reaped.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + STOP_TIMEOUT;
+            loop {
+                match child.try_wait() {
+                    Ok(Some(s)) if s.success() => break,
+                    Ok(Some(s)) => {
+                        failure = Some(format!("the mesh agent exited with {s} when stopped"));
+                        break;
+                    }
+                    Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                    _ => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        failure =
+                            Some(format!("the mesh agent did not stop within {} s", STOP_TIMEOUT.as_secs()));
+                        break;
+                    }
+                }
+            }
+        }
+        // Whatever the agent did or could not do: no pin survives the lab's mesh.
+        pins::uninstall(&self.pin_dir)?;
+        match failure {
+            Some(message) => Err(LabError::Agent { message, unmet: false }),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.stop_inner();
+    }
+}
