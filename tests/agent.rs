@@ -15,6 +15,9 @@ use std::{
 
 use serde_json::Value;
 
+/// Tests that touch the kernel run one at a time.
+static KERNEL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Removes the test's cgroup and pins and kills the agent, even when an assertion fails.
 struct Sandbox {
     cgroup: PathBuf,
@@ -46,6 +49,7 @@ fn cgroup2_root() -> PathBuf {
 
 #[test]
 fn agent_counts_passes_and_cleans_up_on_sigterm() {
+    let _k = KERNEL.lock().unwrap_or_else(|p| p.into_inner());
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         assert!(
@@ -84,7 +88,7 @@ fn agent_counts_passes_and_cleans_up_on_sigterm() {
     let first = counters.recv_timeout(Duration::from_secs(30)).expect("agent reports counters once attached");
     assert_eq!(first["msg_redirected"], 0);
     for map in ["SOCKETS", "COUNTERS"] {
-        assert!(sb.pins.join(map).exists(), "{map} pinned");
+        assert!(sb.pins.join("layout-1").join(map).exists(), "{map} pinned");
     }
 
     // A client inside the cgroup talks to a server outside it: only the client's socket is in
@@ -131,4 +135,142 @@ fn agent_counts_passes_and_cleans_up_on_sigterm() {
     let attached: Value =
         if text.trim().is_empty() { Value::Array(vec![]) } else { serde_json::from_str(&text).unwrap() };
     assert_eq!(attached, Value::Array(vec![]), "no program left on the cgroup");
+}
+
+fn agent(sb: &Sandbox, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_mesh-agent"));
+    c.args(args);
+    for (flag, path) in [("--cgroup", &sb.cgroup), ("--pin-dir", &sb.pins)] {
+        if args[0] == "run" || flag == "--pin-dir" {
+            c.arg(flag).arg(path);
+        }
+    }
+    c
+}
+
+/// Starts `mesh-agent run` and returns it with what it said up to "serving".
+fn serve(sb: &Sandbox) -> (Child, String) {
+    let mut child = agent(sb, &["run", "--interval-ms", "100000"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut said = String::new();
+    loop {
+        let Ok(line) = rx.recv_timeout(Duration::from_secs(60)) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("agent did not serve; it said: {said}");
+        };
+        said.push_str(&line);
+        said.push('\n');
+        if line.contains("serving") {
+            return (child, said);
+        }
+    }
+}
+
+/// The programs bpftool lists on the cgroup, by name.
+fn attached(cgroup: &Path) -> Vec<String> {
+    let out = Command::new("bpftool").arg("-j").arg("cgroup").arg("show").arg(cgroup).output().unwrap();
+    assert!(out.status.success(), "bpftool: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    if text.trim().is_empty() {
+        return Vec::new();
+    }
+    let v: Value = serde_json::from_str(&text).unwrap();
+    let mut names: Vec<String> =
+        v.as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap_or("?").to_owned()).collect();
+    names.sort();
+    names
+}
+
+fn output(mut c: Command) -> (bool, String) {
+    let out = c.output().unwrap();
+    (
+        out.status.success(),
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+    )
+}
+
+#[test]
+fn a_killed_agent_leaves_the_datapath_and_the_next_one_adopts_it() {
+    let _k = KERNEL.lock().unwrap_or_else(|p| p.into_inner());
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(
+            std::env::var("SIDECARLESS_REQUIRE_ROOT_TESTS").as_deref() != Ok("1"),
+            "needs root, and SIDECARLESS_REQUIRE_ROOT_TESTS=1 forbids skipping"
+        );
+        eprintln!("SKIPPED a_killed_agent_leaves_the_datapath_and_the_next_one_adopts_it: needs root");
+        return;
+    }
+    let tag = format!("sidecarless-restart-test-{}", std::process::id());
+    let mut sb =
+        Sandbox { cgroup: cgroup2_root().join(&tag), pins: Path::new("/sys/fs/bpf").join(&tag), agent: None };
+    fs::create_dir(&sb.cgroup).unwrap();
+    let files = std::env::temp_dir().join(&tag);
+    fs::create_dir_all(&files).unwrap();
+    let good = files.join("mesh.toml");
+    fs::write(&good, "[[services]]\nname = \"s\"\naddress = \"10.96.7.7\"\nport = 80\nbackends = [{ address = \"127.0.0.1:9\" }]\n").unwrap();
+    let bad = files.join("bad.toml");
+    fs::write(&bad, "[[services]]\nname = \"s\"\nadress = \"10.96.7.7\"\nport = 80\n").unwrap();
+
+    let (first, said) = serve(&sb);
+    sb.agent = Some(first);
+    assert!(said.contains("installed in"), "{said}");
+    let programs = attached(&sb.cgroup);
+    assert_eq!(programs.len(), 10, "{programs:?}");
+
+    // apply: by difference, idempotent; a rejected file changes nothing.
+    let (ok, out) = output(agent(&sb, &["apply", good.to_str().unwrap()]));
+    assert!(ok && out.contains("1 added, 0 changed, 0 removed, 0 unchanged"), "{out}");
+    let (ok, out) = output(agent(&sb, &["apply", good.to_str().unwrap()]));
+    assert!(ok && out.contains("0 added, 0 changed, 0 removed, 1 unchanged"), "{out}");
+    let (ok, out) = output(agent(&sb, &["apply", bad.to_str().unwrap()]));
+    assert!(!ok && out.contains(&format!("{}:3: unknown field `adress`", bad.display())), "{out}");
+    let (ok, out) = output(agent(&sb, &["status", "--json"]));
+    assert!(ok, "{out}");
+    let status: Value = serde_json::from_str(&out).unwrap();
+    let services = status["maps"].as_array().unwrap().iter().find(|m| m["name"] == "SERVICES").unwrap();
+    assert_eq!(services["entries"], 1, "the rejected file left the service as it was: {status}");
+
+    // SIGKILL: no clean-up runs; the links keep every program attached.
+    let mut first = sb.agent.take().unwrap();
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert_eq!(attached(&sb.cgroup), programs, "still attached with the agent dead");
+
+    // The next agent adopts: nothing attached twice.
+    let (second, said) = serve(&sb);
+    sb.agent = Some(second);
+    assert!(said.contains("adopted 10 pinned links and 1 services"), "{said}");
+    assert_eq!(attached(&sb.cgroup), programs, "each program once");
+    let (ok, out) = output(agent(&sb, &["status", "--cgroup", sb.cgroup.to_str().unwrap()]));
+    assert!(ok && out.contains("each mesh program attached once"), "{out}");
+
+    // SIGHUP is a stop like SIGTERM: everything detached and unpinned.
+    let mut second = sb.agent.take().unwrap();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(second.id() as i32, libc::SIGHUP) };
+    assert!(second.wait().unwrap().success());
+    assert!(!sb.pins.exists(), "pins removed");
+    assert_eq!(attached(&sb.cgroup), Vec::<String>::new());
+
+    // Pins of another layout are never adopted; uninstall removes them.
+    fs::create_dir_all(sb.pins.join("layout-0")).unwrap();
+    let (ok, out) = output(agent(&sb, &["run"]));
+    assert!(!ok && out.contains("layout-0: pins of another layout"), "{out}");
+    assert_eq!(attached(&sb.cgroup), Vec::<String>::new(), "nothing attached");
+    let (ok, out) = output(agent(&sb, &["uninstall"]));
+    assert!(ok, "{out}");
+    assert!(!sb.pins.exists());
+    let _ = fs::remove_dir_all(&files);
 }

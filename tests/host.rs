@@ -53,7 +53,11 @@ fn remains_of(lab: &str) -> Vec<String> {
             (f[2] == "cgroup2").then(|| f[1].to_owned())
         })
         .expect("cgroup2 mounted");
-    for dir in [format!("{cgroup2}/sidecarless-lab/{lab}"), format!("/sys/fs/bpf/sidecarless-lab/{lab}")] {
+    for dir in [
+        format!("{cgroup2}/sidecarless-lab/{lab}"),
+        format!("/sys/fs/bpf/sidecarless-lab/{lab}"),
+        format!("/run/sidecarless-lab/{lab}"),
+    ] {
         if Path::new(&dir).exists() {
             left.push(dir);
         }
@@ -62,7 +66,7 @@ fn remains_of(lab: &str) -> Vec<String> {
     left
 }
 
-/// Live processes running our workloads (`lab-runner workload ...`).
+/// Live processes running our workloads or the mesh agent (`lab-runner workload|mesh-agent ...`).
 fn workload_processes() -> Vec<String> {
     let me = bin();
     let mut out = Vec::new();
@@ -73,7 +77,11 @@ fn workload_processes() -> Vec<String> {
         let args: Vec<_> =
             cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
         let zombie = fs::read_to_string(e.path().join("stat")).is_ok_and(|s| s.contains(") Z "));
-        if !zombie && args.len() > 1 && Path::new(&args[0]) == me && args[1] == "workload" {
+        if !zombie
+            && args.len() > 1
+            && Path::new(&args[0]) == me
+            && ["workload", "mesh-agent"].contains(&args[1].as_str())
+        {
             out.push(format!("process {} {}", e.file_name().to_string_lossy(), args.join(" ")));
         }
     }
@@ -534,6 +542,30 @@ fn the_lab_agrees_with_sockperf_and_iperf3() {
     }
     assert!(r["sockmap"]["msg_redirected"].as_f64().unwrap() > 0.0);
     assert_eq!(v["report"]["machine"]["pinned"], true);
+    assert_eq!(remains_of(v["report"]["lab"].as_str().unwrap()), Vec::<String>::new());
+}
+
+#[test]
+fn agent_restart_keeps_the_datapath_and_adopts_it() {
+    let _k = KERNEL.lock().unwrap_or_else(|p| p.into_inner());
+    if !root_or_skip("agent_restart_keeps_the_datapath_and_adopts_it") {
+        return;
+    }
+    let v = passed_on_host("agent-restart", &[]);
+    let r = &v["report"]["results"];
+    let get = |run: &str, key: &str| r[run][key].as_f64().unwrap_or_else(|| panic!("no {run}.{key} in {r}"));
+    // Under load, across the SIGKILL and the restart: not one failed round trip.
+    assert!(get("rr", "round_trips") > 1000.0, "{}", r["rr"]);
+    assert_eq!(get("rr", "failed"), 0.0, "{}", r["rr"]);
+    // With the agent dead: balanced over all backends, inserted and redirected.
+    assert_eq!((get("down", "connections"), get("down", "backends")), (300.0, 3.0));
+    assert!(get("down", "inserted") >= 600.0, "{}", r["down"]);
+    // The new agent adopted all ten links and the four services; each program once.
+    assert_eq!(
+        (get("restart", "adopted"), get("restart", "links"), get("restart", "services")),
+        (1.0, 10.0, 4.0)
+    );
+    assert_eq!(get("restart", "attached_once"), 1.0);
     assert_eq!(remains_of(v["report"]["lab"].as_str().unwrap()), Vec::<String>::new());
 }
 

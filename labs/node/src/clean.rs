@@ -10,7 +10,11 @@ use std::{
 use mesh_agent::mounts::{self, BPFFS};
 use serde::Serialize;
 
-use crate::{LabError, LabId, cgroup, lab::NETNS_PREFIX, netns};
+use crate::{
+    LabError, LabId, cgroup,
+    lab::{NETNS_PREFIX, RUN_DIR},
+    netns,
+};
 
 /// One thing a dead lab left behind.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -19,6 +23,7 @@ pub enum Leftover {
     Netns { name: String },
     Cgroup { path: PathBuf },
     Pins { path: PathBuf },
+    Files { path: PathBuf },
 }
 
 impl std::fmt::Display for Leftover {
@@ -27,6 +32,7 @@ impl std::fmt::Display for Leftover {
             Leftover::Netns { name } => write!(f, "network namespace {name}"),
             Leftover::Cgroup { path } => write!(f, "cgroup {}", path.display()),
             Leftover::Pins { path } => write!(f, "bpffs pins {}", path.display()),
+            Leftover::Files { path } => write!(f, "lab files {}", path.display()),
         }
     }
 }
@@ -51,6 +57,13 @@ pub fn leftovers() -> Vec<Leftover> {
             out.insert(Leftover::Cgroup { path: shared });
         }
     }
+    let files = Path::new(RUN_DIR);
+    for path in dead_lab_dirs(files) {
+        out.insert(Leftover::Files { path });
+    }
+    if files.exists() && live_lab_dirs(files) == 0 {
+        out.insert(Leftover::Files { path: files.to_owned() });
+    }
     let shared = Path::new(BPFFS).join(cgroup::LABS_DIR);
     for path in dead_lab_dirs(&shared) {
         out.insert(Leftover::Pins { path });
@@ -67,7 +80,9 @@ pub fn remove(l: &Leftover) -> Result<(), LabError> {
     match l {
         Leftover::Netns { name } => netns::delete(name),
         Leftover::Cgroup { path } => cgroup::remove_tree(path, Duration::from_secs(5)),
-        Leftover::Pins { path } => fs::remove_dir_all(path).map_err(LabError::io("cannot remove", path)),
+        Leftover::Pins { path } | Leftover::Files { path } => {
+            fs::remove_dir_all(path).map_err(LabError::io("cannot remove", path))
+        }
     }
 }
 

@@ -27,6 +27,8 @@ use crate::{
 
 /// Prefix of every network namespace a lab creates.
 pub const NETNS_PREFIX: &str = "slab-";
+/// Where labs keep their files ([`LabId::run_dir`]).
+pub const RUN_DIR: &str = "/run/sidecarless-lab";
 /// Name of the bridge in the node namespace.
 const BRIDGE: &str = "br0";
 /// Name reserved for the node namespace.
@@ -68,6 +70,12 @@ impl LabId {
     /// The lab's cgroup directory under the cgroup v2 root.
     pub fn cgroup(&self, cgroup2: &Path) -> PathBuf {
         cgroup2.join(cgroup::LABS_DIR).join(self.to_string())
+    }
+
+    /// The lab's folder for files its processes read (the mesh file and pods file the agent
+    /// applies when it restarts).
+    pub fn run_dir(&self) -> PathBuf {
+        Path::new(RUN_DIR).join(self.to_string())
     }
 
     /// The lab's bpffs pin directory.
@@ -228,6 +236,12 @@ impl Lab {
         Ok(pid)
     }
 
+    /// Starts `cmd` in `pod` with its stdout and stderr piped; the caller owns (and reaps) it.
+    pub fn spawn_piped(&self, pod: &str, mut cmd: Command) -> Result<Child, LabError> {
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        self.start(pod, cmd, None)
+    }
+
     /// Kills and reaps one process started with [`Lab::spawn`].
     pub fn stop(&mut self, pid: u32) {
         if let Some(i) = self.children.iter().position(|c| c.id() == pid) {
@@ -337,6 +351,15 @@ impl Lab {
         self.agent.as_mut().map(Agent::pins_mut)
     }
 
+    /// Writes `name` in the lab's run folder (created on first use); returns its path.
+    pub fn write_file(&self, name: &str, contents: &[u8]) -> Result<PathBuf, LabError> {
+        let dir = self.id.run_dir();
+        fs::create_dir_all(&dir).map_err(LabError::io("cannot create", &dir))?;
+        let path = dir.join(name);
+        fs::write(&path, contents).map_err(LabError::io("cannot write", &path))?;
+        Ok(path)
+    }
+
     /// The mesh agent process and its pins.
     pub fn agent_mut(&mut self) -> Option<&mut Agent> {
         self.agent.as_mut()
@@ -376,6 +399,11 @@ impl Lab {
             keep(netns::delete(&pod.netns));
         }
         keep(netns::delete(&self.id.netns(NODE)));
+        let run_dir = self.id.run_dir();
+        if run_dir.exists() {
+            keep(fs::remove_dir_all(&run_dir).map_err(LabError::io("cannot remove", &run_dir)));
+        }
+        let _ = fs::remove_dir(RUN_DIR);
         let pin_dir = self.id.pin_dir();
         if pin_dir.exists() {
             keep(fs::remove_dir_all(&pin_dir).map_err(LabError::io("cannot remove", &pin_dir)));

@@ -6,6 +6,7 @@ pub mod cpu;
 pub mod echo;
 pub mod isolation;
 pub mod lb_probe;
+pub mod load;
 pub mod proxy;
 pub mod rr;
 pub mod stream;
@@ -25,6 +26,8 @@ pub enum Workload {
     ConnectRate(connect_rate::Args),
     /// Which backend each new connection to a service reaches, and what getpeername() says.
     LbProbe(lb_probe::Args),
+    /// Steady request/response traffic for a fixed time, counting failures and stalls.
+    Load(load::Args),
     /// Byte-stream echo server.
     Echo(echo::Args),
     /// TCP conformance server: the server side of every `conform` case.
@@ -54,6 +57,7 @@ impl Workload {
             Workload::Stream(a) => print_report(&stream::run(&a)?, a.json),
             Workload::ConnectRate(a) => print_report(&connect_rate::run(&a)?, a.json),
             Workload::LbProbe(a) => print_report(&lb_probe::run(&a)?, a.json),
+            Workload::Load(a) => print_report(&load::run(&a)?, true),
             Workload::Echo(a) => echo::serve(&a),
             Workload::ConformServer(a) => conform::serve(&a),
             Workload::LoopbackIsolation(a) => {

@@ -17,8 +17,8 @@ use workloads::{
 use super::{
     Context, Outcome, kernel_bugs, kernel_release, requirements,
     spec::{
-        Family, FigureDef, Measure, OnOff, Op, PathDef, Scenario, Severity, SidecarMode, Step, ToolDef,
-        WorkloadDef,
+        AgentAction, Family, FigureDef, Measure, OnOff, Op, PathDef, Scenario, Severity, SidecarMode, Step,
+        ToolDef, WorkloadDef,
     },
     stats::{self, Spread, Verdict},
 };
@@ -132,6 +132,16 @@ struct Engine<'a> {
     ports: BTreeMap<String, Vec<u16>>,
     /// The services of the mesh file applied last, with who is behind each backend slot.
     services: Vec<Resolved>,
+    /// Background loads by name, until an `await` step collects them.
+    loads: BTreeMap<String, Load>,
+}
+
+/// A `load` step's process, running in the background.
+struct Load {
+    child: std::process::Child,
+    label: String,
+    /// Reads the report the load prints when it ends.
+    report: std::thread::JoinHandle<String>,
 }
 
 /// The bench step's fields.
@@ -227,10 +237,16 @@ pub fn run(sc: &Scenario, ctx: &Context) -> Result<Outcome, LabError> {
         sidecars: Sidecars::default(),
         ports: BTreeMap::new(),
         services: Vec::new(),
+        loads: BTreeMap::new(),
     };
     let result = e.steps(sc);
     // Teardown errors matter (a leak is a bug) but must not hide the scenario's own error.
-    let Engine { lab, mut report, failures, .. } = e;
+    let Engine { lab, mut report, failures, loads, .. } = e;
+    // Loads a failed step left running: killed and reaped before their pods go.
+    for (_, mut l) in loads {
+        let _ = l.child.kill();
+        let _ = l.child.wait();
+    }
     let cpu = CpuTimes::now().since(&cpu0);
     let pct = |v: u64| 100.0 * v as f64 / cpu.total().max(1) as f64;
     report.machine.load_end = Machine::load();
@@ -304,11 +320,17 @@ impl Engine<'_> {
         Ok(())
     }
 
-    /// Fills the placeholders of a `try` command: `<pins>` (the mesh's bpffs folder),
-    /// `<cgroup>` (the lab's cgroup) and `<netns:POD>`.
+    /// Fills the placeholders of a `try` command: `<pins>` (the folder holding the mesh's
+    /// pinned maps and links), `<pin-dir>` (the agent's `--pin-dir`, above it), `<cgroup>` (the
+    /// lab's cgroup), `<mesh-agent>` (the agent command) and `<netns:POD>`.
     fn fill(&self, t: &str) -> String {
-        let mut s = t.replace("<pins>", &self.lab.id().pin_dir().display().to_string());
+        let pin_dir = self.lab.id().pin_dir();
+        let mut s = t.replace("<pins>", &mesh_agent::pins::layout_dir(&pin_dir).display().to_string());
+        s = s.replace("<pin-dir>", &pin_dir.display().to_string());
         s = s.replace("<cgroup>", &self.lab.cgroup().display().to_string());
+        let agent = &self.ctx.agent;
+        let agent = std::iter::once(agent.program.display().to_string()).chain(agent.prefix.iter().cloned());
+        s = s.replace("<mesh-agent>", &agent.collect::<Vec<_>>().join(" "));
         for p in self.lab.pods() {
             s = s.replace(&format!("<netns:{}>", p.name), &p.netns);
             s = s.replace(&format!("<ip:{}>", p.name), &p.ipv4.to_string());
@@ -380,6 +402,11 @@ impl Engine<'_> {
                 let udp = *protocol == mesh_agent::meshfile::Protocol::Udp;
                 self.balance(label, name, from, *address, *connections, udp)?;
             }
+            Step::Load { name, from, address, connections, seconds, .. } => {
+                self.load(label, name, from, *address, *connections, *seconds)?;
+            }
+            Step::Await { load, .. } => self.await_load(label, load)?,
+            Step::Agent { name, action, .. } => self.agent(label, name, *action)?,
             Step::Mesh { state: OnOff::On, .. } => {
                 for line in self.mesh_on()? {
                     self.out(label, line);
@@ -729,11 +756,18 @@ impl Engine<'_> {
             .map(|p| PodAddrs { name: p.name.clone(), labels: p.labels.clone(), ipv4: p.ipv4, ipv6: p.ipv6 })
             .collect();
         let resolved = mf.resolve(&pods);
-        let wanted: BTreeMap<_, _> =
-            resolved.iter().flat_map(|r| r.keys.iter().map(|k| (*k, r.slots.clone()))).collect();
+        let wanted = mesh_agent::meshfile::wanted(&resolved);
         let mesh =
             self.lab.mesh_mut().ok_or_else(|| failed("the mesh must be on to apply a mesh file".into()))?;
         let applied = mesh.set_services(&wanted)?;
+        // What a restarted agent applies: this file, with the lab's pods.
+        let base = std::path::Path::new(file).file_name().map_or("mesh.toml".into(), |n| n.to_string_lossy());
+        let mesh_path = self.lab.write_file(&base, text.as_bytes())?;
+        let pods_json = serde_json::to_vec_pretty(&pods).expect("pods serialize");
+        let pods_path = self.lab.write_file("pods.json", &pods_json)?;
+        if let Some(a) = self.lab.agent_mut() {
+            a.set_files(mesh_path, pods_path);
+        }
         for r in &resolved {
             let behind = if r.slot_names.is_empty() {
                 "no backend (connect() is refused)".into()
@@ -829,6 +863,7 @@ impl Engine<'_> {
             ("outside", f64::from(outside)),
             ("peer_is_service", f64::from(r.peer_is_target) / f64::from(ok.max(1))),
             ("msg_redirected", c.msg_redirected as f64),
+            ("inserted", c.sockets_inserted as f64),
             ("sticky", if udp { f64::from(r.sticky) / f64::from(ok.max(1)) } else { 0.0 }),
         ];
         self.out(
@@ -846,6 +881,150 @@ impl Engine<'_> {
         }
         Ok(())
     }
+
+    // ANCHOR: load
+    /// Starts `workload load` in `from` and returns once its connections are up.
+    fn load(
+        &mut self,
+        label: &str,
+        name: &str,
+        from: &str,
+        address: SocketAddr,
+        connections: u32,
+        seconds: f64,
+    ) -> Result<(), LabError> {
+        let args = [
+            "load".to_owned(),
+            "--connect".into(),
+            address.to_string(),
+            "--connections".into(),
+            connections.to_string(),
+            "--seconds".into(),
+            seconds.to_string(),
+        ];
+        let mut child = self.lab.spawn_piped(from, self.ctx.workload.command(&args))?;
+        let mut stdout = std::io::BufReader::new(child.stdout.take().expect("piped"));
+        let mut line = String::new();
+        use std::io::BufRead as _;
+        if stdout.read_line(&mut line).map_err(LabError::io("cannot read from", "workload load"))? == 0
+            || line.trim() != "ready"
+        {
+            let _ = child.kill();
+            let out = child.wait_with_output().map_err(LabError::io("cannot wait for", "workload load"))?;
+            return Err(LabError::Command {
+                command: format!("workload load --connect {address}"),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            });
+        }
+        // The rest of stdout (the report) is read at `await`.
+        child.stdout = None;
+        let rest = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = std::io::Read::read_to_string(&mut stdout, &mut s);
+            s
+        });
+        self.out(
+            label,
+            format!("{connections} connections {from} -> {address} doing round trips for {seconds} s, in the background"),
+        );
+        self.loads.insert(name.to_owned(), Load { child, label: label.to_owned(), report: rest });
+        Ok(())
+    }
+
+    /// Waits for a background load and stores its figures.
+    fn await_load(&mut self, label: &str, name: &str) -> Result<(), LabError> {
+        let Load { mut child, label: started, report } = self.loads.remove(name).expect("checked at parse");
+        let status = child.wait().map_err(LabError::io("cannot wait for", "workload load"))?;
+        let text = report.join().unwrap_or_default();
+        let r: workloads::load::LoadReport =
+            serde_json::from_str(text.trim()).map_err(|e| LabError::Parse {
+                command: format!("workload load ({started}, {status})"),
+                detail: format!("{e}: {text}"),
+            })?;
+        self.out(
+            label,
+            format!(
+                "{}: {} round trips, {} failed, longest {:.1} ms",
+                r.target, r.round_trips, r.failed, r.max_round_trip_ms
+            ),
+        );
+        for e in &r.errors {
+            self.out(label, format!("error: {e}"));
+        }
+        let values = [
+            ("round_trips", r.round_trips as f64),
+            ("failed", r.failed as f64),
+            ("max_round_trip_ms", r.max_round_trip_ms),
+            ("seconds", r.seconds),
+        ];
+        let res = self.report.results.entry(name.to_owned()).or_default();
+        for (k, v) in values {
+            res.insert(k.into(), v);
+        }
+        for (k, v) in values {
+            self.metric(label, k, v, if k == "max_round_trip_ms" { "ms" } else { "" });
+        }
+        Ok(())
+    }
+    // ANCHOR_END: load
+
+    // ANCHOR: agent
+    /// Kills the mesh agent (SIGKILL) or starts it again.
+    fn agent(&mut self, label: &str, name: &str, action: AgentAction) -> Result<(), LabError> {
+        let failed =
+            |stderr: &str| LabError::Command { command: format!("agent {name}"), stderr: stderr.into() };
+        let cgroup = self.lab.cgroup().to_owned();
+        let pin_dir = self.lab.id().pin_dir();
+        let agent = self.lab.agent_mut().ok_or_else(|| failed("the mesh must be on"))?;
+        let mut values = vec![];
+        match action {
+            AgentAction::Kill => {
+                let pid = agent.kill().ok_or_else(|| failed("the agent is not running"))?;
+                self.out(label, format!("agent pid {pid} killed (SIGKILL): no clean-up ran"));
+                values.push(("killed", 1.0));
+            }
+            AgentAction::Start => {
+                let said = agent.restart()?;
+                let pid = agent.pid().unwrap_or_default();
+                let adopted = said.iter().find_map(|l| adopted_counts(l));
+                let reapplied = said.iter().find_map(|l| applied_counts(l));
+                for l in said {
+                    self.out(label, format!("agent (pid {pid}): {l}"));
+                }
+                // What the kernel says, not what the agent says: each mesh program once.
+                let status = mesh_agent::status::read(&pin_dir, Some(&cgroup))?;
+                let problems = status.attach_problems();
+                self.out(
+                    label,
+                    if problems.is_empty() {
+                        format!(
+                            "cgroup: each of the {} mesh hooks runs one mesh program",
+                            status.attached.len()
+                        )
+                    } else {
+                        format!("cgroup: {}", problems.join("; "))
+                    },
+                );
+                let (links, services) = adopted.unwrap_or((0, 0));
+                values.extend([
+                    ("adopted", f64::from(u8::from(adopted.is_some()))),
+                    ("links", links as f64),
+                    ("services", services as f64),
+                    ("attached_once", f64::from(u8::from(problems.is_empty()))),
+                    ("reapplied_changes", reapplied.map_or(0.0, |[a, c, r, _]| (a + c + r) as f64)),
+                ]);
+            }
+        }
+        let res = self.report.results.entry(name.to_owned()).or_default();
+        for (k, v) in &values {
+            res.insert((*k).into(), *v);
+        }
+        for (k, v) in values {
+            self.metric(label, k, v, "");
+        }
+        Ok(())
+    }
+    // ANCHOR_END: agent
 
     /// Keeps one echo connection busy while the mesh starts and stops under it.
     fn hold_across_mesh(
@@ -1280,6 +1459,25 @@ impl Engine<'_> {
     // ANCHOR_END: expect
 }
 
+/// `adopted N pinned links and M services from ...` -> (N, M).
+fn adopted_counts(line: &str) -> Option<(usize, usize)> {
+    let rest = line.strip_prefix("adopted ")?;
+    let mut words = rest.split_whitespace();
+    let links = words.next()?.parse().ok()?;
+    let services = words.nth(3)?.parse().ok()?;
+    Some((links, services))
+}
+
+/// `applied FILE: a added, c changed, r removed, u unchanged` -> [a, c, r, u].
+fn applied_counts(line: &str) -> Option<[usize; 4]> {
+    let (_, counts) = line.strip_prefix("applied ")?.rsplit_once(": ")?;
+    let mut out = [0; 4];
+    for (slot, part) in out.iter_mut().zip(counts.split(", ")) {
+        *slot = part.split_whitespace().next()?.parse().ok()?;
+    }
+    Some(out)
+}
+
 /// How a step is named in events: its result name, or what it does.
 fn label(step: &Step) -> String {
     match step {
@@ -1290,6 +1488,8 @@ fn label(step: &Step) -> String {
         Step::Conform { name, .. }
         | Step::Apply { name, .. }
         | Step::Balance { name, .. }
+        | Step::Load { name, .. }
+        | Step::Agent { name, .. }
         | Step::Isolation { name, .. }
         | Step::Exec { name, .. }
         | Step::Compute { name, .. } => name.clone(),
@@ -1301,6 +1501,7 @@ fn label(step: &Step) -> String {
             SidecarMode::Off => "sidecars off".into(),
         },
         Step::Expect { metric, .. } => format!("expect {metric}"),
+        Step::Await { load, .. } => format!("await {load}"),
     }
 }
 
@@ -1313,11 +1514,14 @@ fn texts(step: &Step) -> (&str, &[String]) {
         | Step::Isolation { explain, try_, .. }
         | Step::Apply { explain, try_, .. }
         | Step::Balance { explain, try_, .. }
+        | Step::Load { explain, try_, .. }
+        | Step::Agent { explain, try_, .. }
         | Step::Mesh { explain, try_, .. }
         | Step::Sidecars { explain, try_, .. } => (explain, try_),
-        Step::Exec { explain, .. } | Step::Compute { explain, .. } | Step::Expect { explain, .. } => {
-            (explain, &[])
-        }
+        Step::Exec { explain, .. }
+        | Step::Compute { explain, .. }
+        | Step::Expect { explain, .. }
+        | Step::Await { explain, .. } => (explain, &[]),
     }
 }
 

@@ -420,6 +420,38 @@ pub enum Step {
         #[serde(default, rename = "try")]
         try_: Vec<String>,
     },
+    /// Steady request/response traffic from a pod in the background (`workload load`), for
+    /// `seconds`; the step returns once every connection is up. An `await` step collects it.
+    Load {
+        name: String,
+        from: String,
+        /// Where `rr-server` answers: a pod's address and port, or a service address.
+        address: std::net::SocketAddr,
+        #[serde(default = "four")]
+        connections: u32,
+        #[serde(default = "ten")]
+        seconds: f64,
+        #[serde(default)]
+        explain: String,
+        #[serde(default, rename = "try")]
+        try_: Vec<String>,
+    },
+    /// Waits for the `load` step named `load` to finish; stores its figures under that name.
+    Await {
+        load: String,
+        #[serde(default)]
+        explain: String,
+    },
+    /// The mesh agent process: `kill` it (SIGKILL: no clean-up, the datapath stays in the
+    /// pins) or `start` it again (it adopts the pins and re-applies the last mesh file).
+    Agent {
+        name: String,
+        action: AgentAction,
+        #[serde(default)]
+        explain: String,
+        #[serde(default, rename = "try")]
+        try_: Vec<String>,
+    },
     /// `name.value = factor * metric` (divided by `of` when given): ratios, extrapolations.
     Compute {
         name: String,
@@ -451,6 +483,22 @@ pub enum Step {
 }
 // ANCHOR_END: steps
 
+/// What an `agent` step does to the mesh agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AgentAction {
+    Kill,
+    Start,
+}
+
+fn four() -> u32 {
+    4
+}
+
+fn ten() -> f64 {
+    10.0
+}
+
 impl Step {
     /// Short kind name, for messages.
     pub fn kind(&self) -> &'static str {
@@ -464,6 +512,9 @@ impl Step {
             Step::Exec { .. } => "exec",
             Step::Apply { .. } => "apply",
             Step::Balance { .. } => "balance",
+            Step::Load { .. } => "load",
+            Step::Await { .. } => "await",
+            Step::Agent { .. } => "agent",
             Step::Compute { .. } => "compute",
             Step::Expect { .. } => "expect",
         }
@@ -480,7 +531,8 @@ pub const APPLY_METRICS: &[&str] = &["added", "changed", "removed", "unchanged"]
 /// reached, the least and most loaded backend's share against its fair share (1.0 = exactly
 /// fair; weights count), connections that reached no backend the service has now, and the share
 /// of connections whose getpeername() (UDP: the replies' source) was the service address; messages
-/// sk_msg redirected meanwhile; UDP: the share of sockets whose two datagrams reached one backend.
+/// sk_msg redirected and sockets sock_ops inserted meanwhile (all the lab's, not only the
+/// step's); UDP: the share of sockets whose two datagrams reached one backend.
 pub const BALANCE_METRICS: &[&str] = &[
     "connections",
     "errors",
@@ -490,8 +542,20 @@ pub const BALANCE_METRICS: &[&str] = &[
     "outside",
     "peer_is_service",
     "msg_redirected",
+    "inserted",
     "sticky",
 ];
+
+/// Metrics a load stores under its name once awaited: round trips done and failed, the longest
+/// round trip in milliseconds, and the seconds it ran.
+pub const LOAD_METRICS: &[&str] = &["round_trips", "failed", "max_round_trip_ms", "seconds"];
+
+/// Metrics every agent step stores under its name: for `kill`, `killed` (1); for `start`,
+/// `adopted` (1 when it found the pins and attached nothing, 0 when it installed), `links` and
+/// `services` it adopted, `attached_once` (1 when the cgroup runs each mesh program exactly
+/// once), and the changes re-applying the mesh file made (`reapplied_changes`).
+pub const AGENT_METRICS: &[&str] =
+    &["killed", "adopted", "links", "services", "attached_once", "reapplied_changes"];
 
 /// Metrics every isolation step stores under its name.
 pub const ISOLATION_METRICS: &[&str] =
@@ -612,6 +676,7 @@ impl Scenario {
         let pods: BTreeSet<&str> = self.pods.iter().map(|p| p.name.as_str()).collect();
         let mut results: BTreeMap<String, Vec<&str>> = BTreeMap::new();
         let mut conform_results: BTreeSet<&str> = BTreeSet::new();
+        let mut loads: BTreeSet<String> = BTreeSet::new();
         for (i, step) in self.steps.iter().enumerate() {
             let err = |message: String| {
                 let line = locate(text, step.span(), subject(&message).as_deref());
@@ -776,8 +841,41 @@ impl Scenario {
                     }
                     results.insert(name.clone(), BALANCE_METRICS.to_vec());
                 }
+                Step::Load { name, from, connections, seconds, .. } => {
+                    pod(from)?;
+                    if *connections == 0 || !(*seconds > 0.0 && *seconds <= 600.0) {
+                        return Err(err(format!(
+                            "step {}: a load needs at least 1 connection and 0 < seconds <= 600",
+                            i + 1
+                        )));
+                    }
+                    if results.contains_key(name) {
+                        return Err(err(format!("step {}: name {name:?} is already used", i + 1)));
+                    }
+                    loads.insert(name.clone());
+                }
+                Step::Await { load, .. } => {
+                    if !loads.remove(load) {
+                        return Err(err(format!(
+                            "step {}: await {load:?}: no earlier load step by that name is still running",
+                            i + 1
+                        )));
+                    }
+                    results.insert(load.clone(), LOAD_METRICS.to_vec());
+                }
+                Step::Agent { name, .. } => {
+                    results.insert(name.clone(), AGENT_METRICS.to_vec());
+                }
                 Step::Explain { .. } | Step::Mesh { .. } | Step::Sidecars { .. } => {}
             }
+        }
+        if let Some(l) = loads.first() {
+            let line = text.find(&format!("\"{l}\"")).map_or(1, |i| line_of(text, i));
+            return Err(SpecError {
+                file: file.to_owned(),
+                line,
+                message: format!("load {l:?} is never awaited (add a step: do = \"await\", load = {l:?})"),
+            });
         }
         Ok(())
     }
