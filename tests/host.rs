@@ -303,7 +303,7 @@ fn sigint_during_the_mesh_run_tears_everything_down() {
     }
     // Interrupt while the programs are attached, the maps pinned and rr is running.
     let (mut child, lab) = start_long_mesh_run();
-    let pins = format!("/sys/fs/bpf/sidecarless-lab/{lab}/SOCKETS");
+    let pins = format!("/sys/fs/bpf/sidecarless-lab/{lab}/layout-1/SOCKETS");
     assert!(Path::new(&pins).exists(), "mesh maps should be pinned at {pins} mid-run");
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };

@@ -30,7 +30,8 @@ pub const GUEST_BINARIES: &[&str] = &["lab-node", "workload", "mesh-agent"];
 /// nft flavour, one multi-call binary) work in the guest.
 pub const HOST_TOOLS: &[&str] = &["ip", "tc", "bpftool", "xtables-nft-multi"];
 /// Names under which the multi-call xtables binary answers.
-const XTABLES_NAMES: &[&str] = &["iptables", "ip6tables", "iptables-nft", "ip6tables-nft"];
+const XTABLES_NAMES: &[&str] =
+    &["iptables", "ip6tables", "iptables-nft", "ip6tables-nft", "iptables-restore", "iptables-nft-restore"];
 /// iptables' extensions (matches, targets), loaded with dlopen, so invisible to ldd.
 const XTABLES_PLUGINS: &str = "/usr/lib/x86_64-linux-gnu/xtables";
 

@@ -12,7 +12,8 @@ use crate::{VmError, catalog::Kernel};
 
 /// Modules the lab loads when they are not built in: the control channel and console
 /// (virtio_pci, virtio_console), pods (veth, bridge), loss injection (sch_netem), and what
-/// iptables-nft needs for sidecar capture (nat REDIRECT and DNAT, the owner match).
+/// iptables-nft needs for sidecar capture (nat REDIRECT and DNAT, the owner match) and for
+/// kube-proxy's rules (statistic, comment, MARK).
 pub const LAB_MODULES: &[&str] = &[
     "virtio_pci",
     "virtio_console",
@@ -28,6 +29,9 @@ pub const LAB_MODULES: &[&str] = &[
     "xt_REDIRECT",
     "xt_owner",
     "xt_tcpudp",
+    "xt_statistic",
+    "xt_comment",
+    "xt_mark",
 ];
 
 /// The extracted kernel.

@@ -142,17 +142,20 @@ pub fn find(pin_dir: &Path) -> Found {
     }
 }
 
-/// Removes the mesh's pins under `pin_dir`: every `layout-N` folder (maps, links, markers; any
-/// layout) and the unversioned maps of the first agents, then `pin_dir` itself if that left it
-/// empty. Removing a link's pin detaches its program once no process holds the link; removing
-/// the sockhash's pin frees it, with sk_msg, once no process holds the map. Returns the pins
-/// removed.
+// ANCHOR: uninstall
+/// Removes the mesh under `pin_dir`, at once and for every layout found (`layout-N`, and the
+/// unversioned maps of the first agents): each pinned link is detached (`BPF_LINK_DETACH`: no new
+/// connection is balanced or inserted from here on), the sockhash is emptied (its sockets get
+/// their TCP operations back now, not when the map is freed), then the pins are removed and
+/// `pin_dir` too if that left it empty. Returns the pins removed.
 pub fn uninstall(pin_dir: &Path) -> Result<Vec<PathBuf>, MeshError> {
     let mut removed = Vec::new();
     let Ok(entries) = fs::read_dir(pin_dir) else { return Ok(removed) };
     for e in entries.flatten() {
         let (name, path) = (e.file_name().to_string_lossy().into_owned(), e.path());
         if name.starts_with("layout-") && path.is_dir() {
+            detach_links(&path);
+            empty_sockhash(&path.join(SOCKETS_MAP));
             remove_tree(&path, &mut removed)?;
         } else if MAPS.iter().any(|m| m.name == name) {
             fs::remove_file(&path).map_err(|source| MeshError::Io {
@@ -166,6 +169,31 @@ pub fn uninstall(pin_dir: &Path) -> Result<Vec<PathBuf>, MeshError> {
     // Shared with something else: leave it.
     let _ = fs::remove_dir(pin_dir);
     Ok(removed)
+}
+// ANCHOR_END: uninstall
+
+/// Detaches every pinned link in `layout` (best effort: removing the pin detaches it later
+/// anyway).
+fn detach_links(layout: &Path) {
+    use std::os::fd::AsFd as _;
+    for e in fs::read_dir(layout).into_iter().flatten().flatten() {
+        if e.file_name().to_string_lossy().starts_with("link-")
+            && let Ok(link) = crate::sys::obj_get(&e.path())
+        {
+            let _ = crate::sys::link_detach(link.as_fd());
+        }
+    }
+}
+
+/// Deletes every socket from the pinned sockhash at `path`, if it is one of ours.
+fn empty_sockhash(path: &Path) {
+    let Ok(data) = MapData::from_pin(path) else { return };
+    let Ok(map) = Map::from_map_data(data) else { return };
+    let Ok(mut hash) = aya::maps::SockHash::<MapData, SockKey>::try_from(map) else { return };
+    let keys: Vec<SockKey> = hash.keys().flatten().collect();
+    for k in keys {
+        let _ = hash.remove(&k);
+    }
 }
 
 fn remove_tree(dir: &Path, removed: &mut Vec<PathBuf>) -> Result<(), MeshError> {

@@ -46,10 +46,15 @@ pub fn reconcile(
     let current: BTreeMap<ServiceKey, ServiceValue> =
         services.iter().collect::<Result<Vec<_>, _>>().map_err(err(SERVICES_MAP))?.into_iter().collect();
     let mut used: BTreeSet<u32> = current.values().map(|v| v.id).collect();
+    // The lowest unused ids, found with a cursor that only moves forward (10,000 services must
+    // not mean 10,000 scans from 1).
+    let mut cursor = 1u32;
     let mut fresh_id = || {
-        let id = (1..).find(|i| !used.contains(i)).expect("fewer than 2^32 services");
-        used.insert(id);
-        id
+        while used.contains(&cursor) {
+            cursor += 1;
+        }
+        used.insert(cursor);
+        cursor
     };
     let mut out = Applied::default();
     for (key, slots) in wanted {

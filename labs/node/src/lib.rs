@@ -12,6 +12,7 @@ pub mod clean;
 pub mod error;
 pub mod event;
 pub mod guest;
+pub mod kube_proxy;
 pub mod lab;
 pub mod netns;
 pub mod preflight;

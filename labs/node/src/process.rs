@@ -72,6 +72,30 @@ pub fn run(mut cmd: Command) -> Result<Output, LabError> {
     }
 }
 
+/// Like [`run`], with `input` on the command's stdin.
+pub fn run_with_input(mut cmd: Command, input: &[u8]) -> Result<Output, LabError> {
+    use std::io::Write as _;
+    let command = describe(&cmd);
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| LabError::Spawn { command: command.clone(), source })?;
+    let mut stdin = child.stdin.take().expect("piped");
+    // Written from a thread: a big input must not dead-lock against a full stdout pipe.
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
+    let out =
+        child.wait_with_output().map_err(|source| LabError::Spawn { command: command.clone(), source })?;
+    let _ = writer.join();
+    if out.status.success() {
+        Ok(out)
+    } else {
+        Err(LabError::Command { command, stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned() })
+    }
+}
+
 /// `program arg arg ...`, for messages.
 pub fn describe(cmd: &Command) -> String {
     std::iter::once(cmd.get_program())

@@ -43,7 +43,7 @@ pub struct Sidecars {
 }
 
 /// Runs `iptables ARGS` in a pod's network namespace.
-fn iptables(ns: &str, args: &[&str]) -> Result<(), LabError> {
+pub(crate) fn iptables(ns: &str, args: &[&str]) -> Result<(), LabError> {
     let ipt = process::tool("iptables").ok_or_else(|| LabError::Command {
         command: "iptables".into(),
         stderr: "not installed (the sidecar modes need it)".into(),

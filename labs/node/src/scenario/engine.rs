@@ -1,9 +1,14 @@
 //! Runs a [`Scenario`]: builds the lab, executes the steps in order, keeps named results, checks
 //! expectations, and tears everything down (also on error and on cancel).
-use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    time::Duration,
+};
 
 use mesh_agent::Counters;
 use mesh_agent::meshfile::{MeshFile, PodAddrs, Resolved};
+use mesh_common::{AF_INET, Backend, IPPROTO_TCP, ServiceKey};
 use serde::Serialize;
 use workloads::{
     conform::{CaseResult, ConformReport, HoldReport},
@@ -407,6 +412,10 @@ impl Engine<'_> {
             }
             Step::Await { load, .. } => self.await_load(label, load)?,
             Step::Agent { name, action, .. } => self.agent(label, name, *action)?,
+            Step::ServiceScale { name, from, pods, port, counts, connections, repetitions, .. } => {
+                let reps = repetitions.unwrap_or(self.ctx.options.repetitions).max(1);
+                self.service_scale(label, name, from, pods, *port, counts, *connections, reps)?;
+            }
             Step::Mesh { state: OnOff::On, .. } => {
                 for line in self.mesh_on()? {
                     self.out(label, line);
@@ -1026,6 +1035,165 @@ impl Engine<'_> {
     }
     // ANCHOR_END: agent
 
+    // ANCHOR: service_scale
+    /// Connection cost against the number of services, socket load balancing beside kube-proxy's
+    /// iptables rules. The measured service is the last one installed: for iptables the end of
+    /// KUBE-SERVICES, the longest walk (a service picked at random walks half of it).
+    #[allow(clippy::too_many_arguments)]
+    fn service_scale(
+        &mut self,
+        label: &str,
+        name: &str,
+        from: &str,
+        labels: &BTreeMap<String, String>,
+        port: u16,
+        counts: &[u32],
+        connections: u32,
+        reps: u32,
+    ) -> Result<(), LabError> {
+        let failed =
+            |why: &str| LabError::Command { command: format!("service-scale {name}"), stderr: why.into() };
+        if self.lab.mesh().is_none() {
+            return Err(failed("the mesh must be on"));
+        }
+        if self.sidecars.mode.unwrap_or(SidecarMode::Off) != SidecarMode::Off {
+            return Err(failed("sidecars must be off (the step replaces the client's nat table)"));
+        }
+        let backends: Vec<&crate::lab::Pod> = self
+            .lab
+            .pods()
+            .iter()
+            .filter(|p| labels.iter().all(|(k, v)| p.labels.get(k) == Some(v)))
+            .collect();
+        if backends.is_empty() {
+            return Err(failed("no pod carries the backend labels"));
+        }
+        let endpoints: Vec<SocketAddrV4> = backends.iter().map(|p| SocketAddrV4::new(p.ipv4, port)).collect();
+        let slots: Vec<Backend> = backends
+            .iter()
+            .map(|p| Backend { ip4: u32::from_ne_bytes(p.ipv4.octets()), ip6: [0; 4], port: u32::from(port) })
+            .collect();
+        let restore = crate::process::tool("iptables-restore")
+            .ok_or_else(|| failed("iptables-restore is not installed"))?;
+        let ns = self.lab.pod(from).netns.clone();
+        // kube-proxy's addresses need a route to be connected to (the mesh's are rewritten first).
+        crate::process::ip(&["-n", &ns, "route", "add", "10.99.0.0/16", "dev", "eth0"])?;
+        let base = mesh_agent::meshfile::wanted(&self.services);
+        let result = self.service_scale_runs(
+            label,
+            name,
+            from,
+            &ns,
+            &restore,
+            &endpoints,
+            &slots,
+            &base,
+            counts,
+            connections,
+            reps,
+        );
+        // Whatever happened: the client's nat table, its route and the mesh's services as before.
+        let _ = crate::sidecar::iptables(&ns, &["-t", "nat", "-F"]);
+        let _ = crate::sidecar::iptables(&ns, &["-t", "nat", "-X"]);
+        let _ = crate::process::ip(&["-n", &ns, "route", "del", "10.99.0.0/16"]);
+        if let Some(m) = self.lab.mesh_mut() {
+            m.set_services(&base)?;
+        }
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn service_scale_runs(
+        &mut self,
+        label: &str,
+        name: &str,
+        from: &str,
+        ns: &str,
+        restore: &std::path::Path,
+        endpoints: &[SocketAddrV4],
+        slots: &[Backend],
+        base: &BTreeMap<ServiceKey, Vec<Backend>>,
+        counts: &[u32],
+        connections: u32,
+        reps: u32,
+    ) -> Result<(), LabError> {
+        let vip =
+            |net: u8, i: u32| SocketAddrV4::new(Ipv4Addr::new(10, net, (i / 256) as u8, (i % 256) as u8), 80);
+        let mut sorted = counts.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        for n in sorted {
+            self.ctx.cancel.check()?;
+            // The mesh: n services in the maps, next to the scenario's own.
+            let mut wanted = base.clone();
+            for i in 0..n {
+                let a = vip(98, i);
+                let key = ServiceKey {
+                    ip: [u32::from_ne_bytes(a.ip().octets()), 0, 0, 0],
+                    port: u32::from(a.port()),
+                    family: AF_INET,
+                    protocol: IPPROTO_TCP,
+                    pad: 0,
+                };
+                wanted.insert(key, slots.to_vec());
+            }
+            let t0 = std::time::Instant::now();
+            self.lab.mesh_mut().expect("checked").set_services(&wanted)?;
+            let mesh_ms = t0.elapsed().as_secs_f64() * 1e3;
+            // kube-proxy: the same n services as iptables rules (the nat table replaced whole).
+            let vips: Vec<SocketAddrV4> = (0..n).map(|i| vip(99, i)).collect();
+            let table = crate::kube_proxy::nat_table(&vips, endpoints);
+            let t0 = std::time::Instant::now();
+            let mut cmd = std::process::Command::new(crate::process::ip_binary());
+            cmd.args(["netns", "exec", ns]).arg(restore).arg("-w");
+            crate::process::run_with_input(cmd, table.as_bytes())?;
+            let ipt_ms = t0.elapsed().as_secs_f64() * 1e3;
+            let rules = table.lines().filter(|l| l.starts_with("-A ")).count();
+            self.out(
+                label,
+                format!(
+                    "{n} service{}: mesh maps written in {mesh_ms:.0} ms; {rules} iptables rules restored in {ipt_ms:.0} ms",
+                    if n == 1 { "" } else { "s" }
+                ),
+            );
+            let (mut mesh, mut ipt) = (Vec::new(), Vec::new());
+            for _ in 0..reps {
+                self.ctx.cancel.check()?;
+                mesh.push(self.connect_p50(from, vip(98, n - 1), connections)?);
+                crate::sidecar::iptables(ns, crate::kube_proxy::OUTPUT_JUMP)?;
+                let p50 = self.connect_p50(from, vip(99, n - 1), connections);
+                let mut delete = crate::kube_proxy::OUTPUT_JUMP.to_vec();
+                delete[2] = "-D";
+                crate::sidecar::iptables(ns, &delete)?;
+                ipt.push(p50?);
+            }
+            for (mode, samples) in [("mesh", &mesh), ("iptables", &ipt)] {
+                let Some(s) = Spread::of(samples) else { continue };
+                let key = format!("{mode}_{n}");
+                self.out(label, format!("{key:<16} {}", interval(&s, "us")));
+                self.report.results.entry(name.to_owned()).or_default().insert(key.clone(), s.median);
+                self.metric(label, &key, s.median, "us");
+                self.report.stats.insert(format!("{name}.{key}"), s);
+            }
+        }
+        Ok(())
+    }
+
+    /// The median connection (connect() to the response's last byte) of one connect-rate run.
+    fn connect_p50(&self, from: &str, to: SocketAddrV4, connections: u32) -> Result<f64, LabError> {
+        let args = [
+            "connect-rate".to_owned(),
+            "--connect".into(),
+            to.to_string(),
+            "--connections".into(),
+            connections.to_string(),
+            "--json".into(),
+        ];
+        let r: ConnectReport = self.run_json(from, &args)?;
+        Ok(r.latency_us.p50)
+    }
+    // ANCHOR_END: service_scale
+
     /// Keeps one echo connection busy while the mesh starts and stops under it.
     fn hold_across_mesh(
         &mut self,
@@ -1490,6 +1658,7 @@ fn label(step: &Step) -> String {
         | Step::Balance { name, .. }
         | Step::Load { name, .. }
         | Step::Agent { name, .. }
+        | Step::ServiceScale { name, .. }
         | Step::Isolation { name, .. }
         | Step::Exec { name, .. }
         | Step::Compute { name, .. } => name.clone(),
@@ -1516,6 +1685,7 @@ fn texts(step: &Step) -> (&str, &[String]) {
         | Step::Balance { explain, try_, .. }
         | Step::Load { explain, try_, .. }
         | Step::Agent { explain, try_, .. }
+        | Step::ServiceScale { explain, try_, .. }
         | Step::Mesh { explain, try_, .. }
         | Step::Sidecars { explain, try_, .. } => (explain, try_),
         Step::Exec { explain, .. }

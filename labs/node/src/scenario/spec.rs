@@ -452,6 +452,30 @@ pub enum Step {
         #[serde(default, rename = "try")]
         try_: Vec<String>,
     },
+    /// The cost of one connection (connect() plus the first round trip) to a service against how
+    /// many services exist: socket load balancing (services in the mesh's maps) beside
+    /// kube-proxy's iptables mode (rules built the way kube-proxy builds them, in `from`'s
+    /// namespace). Every count in turn; at each, the repetitions alternate the two. Stores
+    /// `mesh_<count>` and `iptables_<count>` (microseconds, the median connection).
+    ServiceScale {
+        name: String,
+        from: String,
+        /// The backends: pods with these labels, their rr-server on `port`.
+        pods: BTreeMap<String, String>,
+        port: u16,
+        #[serde(default = "scale_counts")]
+        counts: Vec<u32>,
+        /// Connections per run.
+        #[serde(default = "thousand")]
+        connections: u32,
+        /// Runs per count and mode (default: the `--repetitions` option).
+        #[serde(default)]
+        repetitions: Option<u32>,
+        #[serde(default)]
+        explain: String,
+        #[serde(default, rename = "try")]
+        try_: Vec<String>,
+    },
     /// `name.value = factor * metric` (divided by `of` when given): ratios, extrapolations.
     Compute {
         name: String,
@@ -491,6 +515,13 @@ pub enum AgentAction {
     Start,
 }
 
+fn scale_counts() -> Vec<u32> {
+    vec![1, 100, 1_000, 10_000]
+}
+
+/// Most services a `service-scale` step may install (the mesh's map holds 16,384).
+pub const MAX_SCALE_SERVICES: u32 = 10_000;
+
 fn four() -> u32 {
     4
 }
@@ -515,6 +546,7 @@ impl Step {
             Step::Load { .. } => "load",
             Step::Await { .. } => "await",
             Step::Agent { .. } => "agent",
+            Step::ServiceScale { .. } => "service-scale",
             Step::Compute { .. } => "compute",
             Step::Expect { .. } => "expect",
         }
@@ -677,6 +709,17 @@ impl Scenario {
         let mut results: BTreeMap<String, Vec<&str>> = BTreeMap::new();
         let mut conform_results: BTreeSet<&str> = BTreeSet::new();
         let mut loads: BTreeSet<String> = BTreeSet::new();
+        // Keys that depend on a step's settings, owned here so `results` can borrow them.
+        let scale_keys: Vec<Vec<String>> = self
+            .steps
+            .iter()
+            .map(|s| match s.get_ref() {
+                Step::ServiceScale { counts, .. } => {
+                    counts.iter().flat_map(|c| [format!("mesh_{c}"), format!("iptables_{c}")]).collect()
+                }
+                _ => Vec::new(),
+            })
+            .collect();
         for (i, step) in self.steps.iter().enumerate() {
             let err = |message: String| {
                 let line = locate(text, step.span(), subject(&message).as_deref());
@@ -865,6 +908,20 @@ impl Scenario {
                 }
                 Step::Agent { name, .. } => {
                     results.insert(name.clone(), AGENT_METRICS.to_vec());
+                }
+                Step::ServiceScale { name, from, port, counts, connections, .. } => {
+                    pod(from)?;
+                    port_ok(*port)?;
+                    if counts.is_empty() || counts.iter().any(|c| *c == 0 || *c > MAX_SCALE_SERVICES) {
+                        return Err(err(format!(
+                            "step {}: counts must be 1 to {MAX_SCALE_SERVICES} services each",
+                            i + 1
+                        )));
+                    }
+                    if *connections == 0 {
+                        return Err(err(format!("step {}: `connections` must be at least 1", i + 1)));
+                    }
+                    results.insert(name.clone(), scale_keys[i].iter().map(String::as_str).collect());
                 }
                 Step::Explain { .. } | Step::Mesh { .. } | Step::Sidecars { .. } => {}
             }
