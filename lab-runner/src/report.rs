@@ -61,12 +61,17 @@ pub fn markdown(outcome: &Outcome, when: &str, backend: &str, svg: &str) -> Stri
         .flatten()
         .filter_map(|r| r["name"].as_str())
         .collect();
+    let scale = scale_table(&outcome.report);
+    let scaled: Vec<&String> = scale.iter().map(|(name, _)| name).collect();
     let other: Vec<(String, String)> = outcome.report["results"]
         .as_object()
         .into_iter()
         .flatten()
         .filter(|(name, keys)| {
-            !shown.contains(name) && !conform.contains(&name.as_str()) && keys.get("value").is_none()
+            !shown.contains(name)
+                && !scaled.contains(name)
+                && !conform.contains(&name.as_str())
+                && keys.get("value").is_none()
         })
         .map(|(name, keys)| {
             let cells: Vec<String> = keys
@@ -79,6 +84,7 @@ pub fn markdown(outcome: &Outcome, when: &str, backend: &str, svg: &str) -> Stri
         })
         .collect();
     ctx.insert("other", &other);
+    ctx.insert("scale", &scale);
     ctx.insert("fig_columns", &fig_columns);
     ctx.insert("fig_rows", &fig_rows);
     let (columns, rows) = conformance_table(&outcome.report);
@@ -121,6 +127,10 @@ fn figures_table(report: &Value) -> (Vec<String>, Vec<(String, Vec<String>)>) {
             paths.push(path.to_owned());
         }
     }
+    // A step with spreads of its own (service-scale) is no data path.
+    paths.retain(|p| {
+        FIGURES.iter().any(|(k, _)| results.get(p.as_str()).is_some_and(|r| r.get(*k).is_some()))
+    });
     let used: Vec<(&str, &str)> = FIGURES
         .into_iter()
         .filter(|(k, _)| paths.iter().any(|p| results[p.as_str()].get(*k).is_some()))
@@ -142,6 +152,44 @@ fn figures_table(report: &Value) -> (Vec<String>, Vec<(String, Vec<String>)>) {
         })
         .collect();
     (used.into_iter().map(|(_, h)| h.to_owned()).collect(), rows)
+}
+
+/// Services, then the socket LB and the iptables cell.
+type ScaleRow = (u64, String, String);
+
+/// service-scale steps: per step, one row per service count with the median connection for
+/// each mode (and its interquartile range).
+fn scale_table(report: &Value) -> Vec<(String, Vec<ScaleRow>)> {
+    let stats = &report["stats"];
+    let cell = |key: String| {
+        let s = &stats[&key];
+        match (s["median"].as_f64(), s["q1"].as_f64(), s["q3"].as_f64()) {
+            (Some(m), Some(a), Some(b)) => format!("{} ({}-{})", sig3(m), sig3(a), sig3(b)),
+            _ => "-".to_owned(),
+        }
+    };
+    report["results"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(name, keys)| {
+            let mut counts: Vec<u64> = keys
+                .as_object()?
+                .keys()
+                .filter_map(|k| k.strip_prefix("mesh_")?.parse().ok())
+                .filter(|n: &u64| keys.get(format!("iptables_{n}")).is_some())
+                .collect();
+            if counts.is_empty() {
+                return None;
+            }
+            counts.sort_unstable();
+            let rows = counts
+                .into_iter()
+                .map(|n| (n, cell(format!("{name}.mesh_{n}")), cell(format!("{name}.iptables_{n}"))))
+                .collect();
+            Some((name.clone(), rows))
+        })
+        .collect()
 }
 
 /// Three significant digits (no more than whole units for large figures).

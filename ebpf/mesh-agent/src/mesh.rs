@@ -8,7 +8,7 @@ use aya::{
     Ebpf,
     maps::{MapData, SockHash},
     programs::{
-        CgroupAttachMode, Program, SkMsg,
+        CgroupAttachMode, CgroupSockAddr, Program, SkMsg,
         links::{FdLink, LinkError, PinnedLink},
     },
 };
@@ -304,6 +304,24 @@ fn pin_all(
 }
 // ANCHOR_END: install
 
+/// Loads the program for a sock_addr role: its ECONNREFUSED build where the verifier takes it
+/// (5.18 and later: `bpf_set_retval`), else the plain one. Returns the name of the one loaded.
+fn load_sock_addr(ebpf: &mut Ebpf, role: &'static str) -> Result<&'static str, MeshError> {
+    if let Some((_, refused)) = pins::REFUSED_BUILDS.iter().find(|(r, _)| *r == role) {
+        let p: &mut CgroupSockAddr =
+            program(ebpf, refused)?.try_into().map_err(|e| MeshError::program(refused, e))?;
+        match p.load().map_err(|e| MeshError::program(refused, e)) {
+            Ok(()) => return Ok(refused),
+            // An older verifier does not know the helper: the plain build below.
+            Err(MeshError::Refused { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let p: &mut CgroupSockAddr = program(ebpf, role)?.try_into().map_err(|e| MeshError::program(role, e))?;
+    p.load().map_err(|e| MeshError::program(role, e))?;
+    Ok(role)
+}
+
 /// A link made by aya or by us ([`sys::link_create`]), to be pinned.
 enum ToPin {
     Aya(FdLink),
@@ -371,8 +389,10 @@ fn attach(ebpf: &mut Ebpf, cgroup_dir: &File) -> Result<Vec<(&'static str, ToPin
                 let id = p.attach(cgroup_dir, CgroupAttachMode::Single).map_err(err)?;
                 ToPin::Aya(fd_link(name, p.take_link(id).map_err(err)?.try_into())?)
             }
-            Program::CgroupSockAddr(p) => {
-                p.load().map_err(err)?;
+            Program::CgroupSockAddr(_) => {
+                let loaded = load_sock_addr(ebpf, name)?;
+                let p: &mut CgroupSockAddr =
+                    program(ebpf, loaded)?.try_into().map_err(|e| MeshError::program(loaded, e))?;
                 let id = p.attach(cgroup_dir, CgroupAttachMode::Single).map_err(err)?;
                 ToPin::Aya(fd_link(name, p.take_link(id).map_err(err)?.try_into())?)
             }

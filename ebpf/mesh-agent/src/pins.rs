@@ -74,6 +74,16 @@ pub fn linked_programs(variant: Variant) -> [&'static str; 10] {
         "mesh_recvmsg6",
     ]
 }
+
+/// Roles with a second build that refuses with ECONNREFUSED instead of EPERM
+/// (`bpf_set_retval`, 5.18): (role, that build). The link is pinned under the role's name
+/// whichever build the kernel took.
+pub const REFUSED_BUILDS: [(&str, &str); 4] = [
+    ("mesh_connect4", "mesh_connect4_refused"),
+    ("mesh_connect6", "mesh_connect6_refused"),
+    ("mesh_sendmsg4", "mesh_sendmsg4_refused"),
+    ("mesh_sendmsg6", "mesh_sendmsg6_refused"),
+];
 // ANCHOR_END: layout
 
 /// This build's folder under `pin_dir`.
@@ -259,6 +269,13 @@ impl Pinned {
         self.cgroup_id
     }
 
+    /// The errno of a connect() or sendto() refused for want of a backend: which build of
+    /// connect4 the kernel runs (the kernel keeps 15 characters of a program's name).
+    pub fn refusal(&self) -> &'static str {
+        let name = link_program(&link_pin(&self.layout, "mesh_connect4")).map(|(_, _, n)| n);
+        if name.is_some_and(|n| n.starts_with("mesh_connect4_r")) { "ECONNREFUSED" } else { "EPERM" }
+    }
+
     /// The attached programs and what the build means on this kernel.
     pub fn describe(&self) -> Vec<String> {
         let (msg, ops) = self.variant.programs();
@@ -268,6 +285,7 @@ impl Pinned {
             format!("cgroup/setsockopt: {} attached to the cgroup", self.variant.setsockopt()),
             format!("sock_ops: {ops} attached to the cgroup"),
             format!("cgroup/connect, getpeername, sendmsg, recvmsg: {} attached to the cgroup", linked[2..].join(", ")),
+            format!("a service without backends refuses connect() and sendto() with {}", self.refusal()),
             match self.variant {
                 Variant::Netns => "loopback sockets keyed by network namespace cookie and 4-tuple".into(),
                 Variant::NoNetns => "this kernel cannot give sock_ops/sk_msg the netns cookie (before 5.15): loopback-to-loopback connections are not redirected".into(),
@@ -332,6 +350,19 @@ impl Pinned {
             })
             .collect()
     }
+}
+
+/// The link pinned at `path`: its id, its program's id and the program's name (as the kernel
+/// keeps it: 15 characters).
+pub fn link_program(path: &Path) -> Option<(u32, u32, String)> {
+    let link: aya::programs::links::FdLink = aya::programs::links::PinnedLink::from_pin(path).ok()?.into();
+    let info = link.info().ok()?;
+    let name = aya::programs::loaded_programs()
+        .flatten()
+        .find(|p| p.id() == info.program_id())
+        .map(|p| p.name_as_str().unwrap_or("?").to_owned())
+        .unwrap_or_default();
+    Some((info.id(), info.program_id(), name))
 }
 
 /// One map's occupancy (`entries` is `None` when it could not be counted).

@@ -2,7 +2,6 @@
 //! the pins and the kernel (not from an agent's memory: it works with the agent dead).
 use std::{collections::BTreeMap, fs::File, os::fd::AsFd as _, path::Path};
 
-use aya::programs::links::{FdLink, PinnedLink};
 use serde::Serialize;
 
 use crate::{
@@ -46,6 +45,8 @@ pub struct Status {
     pub attached: BTreeMap<String, Vec<String>>,
     pub maps: Vec<MapFill>,
     pub counters: Counters,
+    /// The errno of a connect() refused for want of a backend.
+    pub refusal: &'static str,
 }
 
 /// Reads the status of the mesh pinned under `pin_dir`; with `cgroup`, also what that cgroup
@@ -59,16 +60,11 @@ pub fn read(pin_dir: &Path, cgroup: Option<&Path>) -> Result<Status, MeshError> 
     let mut links = Vec::new();
     for p in pins::linked_programs(pinned.variant()) {
         let path = pins::link_pin(pinned.layout(), p);
-        let link: FdLink = PinnedLink::from_pin(&path)
-            .map_err(|source| MeshError::Link { path: path.clone(), source })?
-            .into();
-        let info = link.info().map_err(|source| MeshError::Link { path: path.clone(), source })?;
-        links.push(LinkStatus {
-            pin: path.display().to_string(),
-            link_id: info.id(),
-            program_id: info.program_id(),
-            program: names.get(&info.program_id()).cloned().unwrap_or_default(),
-        });
+        let (link_id, program_id, program) = pins::link_program(&path).ok_or_else(|| MeshError::Link {
+            path: path.clone(),
+            source: aya::programs::links::LinkError::InvalidLink,
+        })?;
+        links.push(LinkStatus { pin: path.display().to_string(), link_id, program_id, program });
     }
     let mut attached = BTreeMap::new();
     if let Some(cg) = cgroup {
@@ -92,6 +88,7 @@ pub fn read(pin_dir: &Path, cgroup: Option<&Path>) -> Result<Status, MeshError> 
         attached,
         maps: pinned.fill(),
         counters: pinned.counters()?,
+        refusal: pinned.refusal(),
     })
 }
 
@@ -147,6 +144,7 @@ impl Status {
                 m.name, m.map_type, m.max_entries
             ));
         }
+        out.push_str(&format!("no backend: connect() and sendto() fail with {}\n", self.refusal));
         out.push_str(&format!("counters: {}\n", serde_json::to_string(&self.counters).unwrap_or_default()));
         out
     }

@@ -9,9 +9,10 @@
 //! - Service lookup: `SERVICES` by (virtual address, port, protocol); not a service: the
 //!   connect() proceeds untouched. A backend slot is picked at random (`bpf_get_prandom_u32`) out
 //!   of the service's `slots`; a weight-2 backend has two slots.
-//! - No backend: the program returns 0 and connect() fails with `EPERM` (the errno a
-//!   connect4 program can give on every pinned kernel; `bpf_set_retval` could choose another from
-//!   5.18).
+//! - No backend: the program returns 0 and connect() fails. Two builds: `mesh_connect4_refused`
+//!   first calls `bpf_set_retval(-ECONNREFUSED)` (cgroup programs have the helper from 5.18), so
+//!   the application sees what a host with nothing listening says; `mesh_connect4` leaves the
+//!   kernel's `EPERM`, for older kernels. The agent loads the first the verifier accepts.
 //! - The address the application asked for is kept in the socket's storage (`ORIGINAL_DST`), so
 //!   getpeername() can answer with it (`getpeername.rs`); it goes away with the socket.
 //! - connect6 serves IPv6 services and dual-stack applications reaching an IPv4 service through an
@@ -19,7 +20,11 @@
 //!   mapped.
 //! - Minimum kernel: 4.17 (connect hooks), 5.3 (socket storage in these programs).
 //! - Book: `book/src/hooks/connect.md`.
-use aya_ebpf::{helpers::bpf_get_prandom_u32, macros::cgroup_sock_addr, programs::SockAddrContext};
+use aya_ebpf::{
+    helpers::{bpf_get_prandom_u32, bpf_set_retval},
+    macros::cgroup_sock_addr,
+    programs::SockAddrContext,
+};
 use mesh_common::{AF_INET, AF_INET6, Backend, BackendKey, Counter, OriginalDst, ServiceKey};
 
 use crate::{
@@ -28,26 +33,33 @@ use crate::{
 };
 
 #[cgroup_sock_addr(connect4)]
+pub fn mesh_connect4_refused(ctx: SockAddrContext) -> i32 {
+    balance::<true>(&ctx, AF_INET)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn mesh_connect6_refused(ctx: SockAddrContext) -> i32 {
+    balance::<true>(&ctx, AF_INET6)
+}
+
+#[cgroup_sock_addr(connect4)]
 pub fn mesh_connect4(ctx: SockAddrContext) -> i32 {
-    balance(&ctx, AF_INET)
+    balance::<false>(&ctx, AF_INET)
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn mesh_connect6(ctx: SockAddrContext) -> i32 {
-    balance(&ctx, AF_INET6)
+    balance::<false>(&ctx, AF_INET6)
 }
 
 // ANCHOR: connect4
 /// connect() to a service: a backend instead, the service kept for getpeername().
 #[inline(always)]
-fn balance(ctx: &SockAddrContext, family: u32) -> i32 {
+fn balance<const ECONNREFUSED: bool>(ctx: &SockAddrContext, family: u32) -> i32 {
     let asked = sock_addr::read(ctx, family);
     let key = asked.service_key(sock_addr::protocol(ctx));
-    let Some(backend) = pick(&key) else { return verdict_without_backend(&key) };
-    let Some(to) = asked.backend(&backend) else {
-        bump(Counter::ConnectRefused);
-        return 0;
-    };
+    let Some(backend) = pick(&key) else { return verdict_without_backend::<ECONNREFUSED>(&key) };
+    let Some(to) = asked.backend(&backend) else { return refuse::<ECONNREFUSED>() };
     remember(ctx, &asked, backend);
     sock_addr::write(ctx, &to);
     bump(Counter::ConnectBalanced);
@@ -71,18 +83,31 @@ pub fn pick(key: &ServiceKey) -> Option<Backend> {
 }
 // ANCHOR_END: pick
 
-/// 1 (let connect() go on untouched) for an address that is no service; 0 (connect() fails with
-/// EPERM) for a service with no backend.
+/// 1 (let connect() go on untouched) for an address that is no service; a refusal for a
+/// service with no backend.
 #[inline(always)]
-pub fn verdict_without_backend(key: &ServiceKey) -> i32 {
+pub fn verdict_without_backend<const ECONNREFUSED: bool>(key: &ServiceKey) -> i32 {
     // SAFETY: a plain lookup.
-    if unsafe { SERVICES.get(key) }.is_some() {
-        bump(Counter::ConnectRefused);
-        0
-    } else {
-        1
-    }
+    if unsafe { SERVICES.get(key) }.is_some() { refuse::<ECONNREFUSED>() } else { 1 }
 }
+
+// ANCHOR: refuse
+/// `ECONNREFUSED` from `<errno.h>`.
+const ECONNREFUSED_ERRNO: i32 = 111;
+
+/// Fails the call: returning 0 makes it fail with EPERM, unless the program set another error
+/// first (`bpf_set_retval`, cgroup programs from 5.18; the build that calls it is refused by
+/// older verifiers, and the agent loads the other).
+#[inline(always)]
+pub fn refuse<const ECONNREFUSED: bool>() -> i32 {
+    bump(Counter::ConnectRefused);
+    if ECONNREFUSED {
+        // SAFETY: no memory involved; the value is what the system call will return.
+        unsafe { bpf_set_retval(-ECONNREFUSED_ERRNO) };
+    }
+    0
+}
+// ANCHOR_END: refuse
 
 /// Keeps the address the application connected to, and its backend, in the socket's storage.
 #[inline(always)]

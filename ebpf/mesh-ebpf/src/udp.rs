@@ -6,25 +6,36 @@
 //!
 //! - Attach: `BPF_CGROUP_UDP4_SENDMSG`, `..._UDP6_SENDMSG` (4.18), `BPF_CGROUP_UDP4_RECVMSG`,
 //!   `..._UDP6_RECVMSG` (5.2) on the lab's cgroup.
-//! - No backend: sendmsg returns 0 and `sendto()` fails with EPERM. recvmsg programs must return 1.
+//! - No backend: sendmsg refuses and `sendto()` fails with ECONNREFUSED (the `_refused` build,
+//!   5.18 and later) or EPERM (see `connect.rs`). recvmsg programs must return 1.
 //! - Book: `book/src/hooks/connect.md`.
 use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
 use mesh_common::{AF_INET, AF_INET6, Backend, Counter, ServiceKey};
 
 use crate::{
-    connect::{pick, remember, verdict_without_backend},
+    connect::{pick, refuse, remember, verdict_without_backend},
     maps::{ORIGINAL_DST, bump},
     sock_addr::{self, Addr},
 };
 
 #[cgroup_sock_addr(sendmsg4)]
+pub fn mesh_sendmsg4_refused(ctx: SockAddrContext) -> i32 {
+    send_to_backend::<true>(&ctx, AF_INET)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn mesh_sendmsg6_refused(ctx: SockAddrContext) -> i32 {
+    send_to_backend::<true>(&ctx, AF_INET6)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
 pub fn mesh_sendmsg4(ctx: SockAddrContext) -> i32 {
-    send_to_backend(&ctx, AF_INET)
+    send_to_backend::<false>(&ctx, AF_INET)
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn mesh_sendmsg6(ctx: SockAddrContext) -> i32 {
-    send_to_backend(&ctx, AF_INET6)
+    send_to_backend::<false>(&ctx, AF_INET6)
 }
 
 #[cgroup_sock_addr(recvmsg4)]
@@ -40,14 +51,13 @@ pub fn mesh_recvmsg6(ctx: SockAddrContext) -> i32 {
 // ANCHOR: sendmsg4
 /// A datagram to a service goes to the socket's backend for it.
 #[inline(always)]
-fn send_to_backend(ctx: &SockAddrContext, family: u32) -> i32 {
+fn send_to_backend<const ECONNREFUSED: bool>(ctx: &SockAddrContext, family: u32) -> i32 {
     let asked = sock_addr::read(ctx, family);
     let key = asked.service_key(sock_addr::protocol(ctx));
-    let Some(backend) = sticky_backend(ctx, &key, &asked) else { return verdict_without_backend(&key) };
-    let Some(to) = asked.backend(&backend) else {
-        bump(Counter::ConnectRefused);
-        return 0;
+    let Some(backend) = sticky_backend(ctx, &key, &asked) else {
+        return verdict_without_backend::<ECONNREFUSED>(&key);
     };
+    let Some(to) = asked.backend(&backend) else { return refuse::<ECONNREFUSED>() };
     sock_addr::write(ctx, &to);
     1
 }

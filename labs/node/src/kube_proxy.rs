@@ -40,6 +40,7 @@ fn chain(prefix: &str, what: &str) -> String {
     format!("{prefix}{tail}")
 }
 
+// ANCHOR: rules
 /// The nat table for `services` (virtual address and port, TCP) each load-balanced over
 /// `endpoints`: a complete `iptables-restore` input that replaces the nat table. The jump from
 /// OUTPUT is left out ([`OUTPUT_JUMP`] adds it), so the rules can be in place and unused.
@@ -90,6 +91,7 @@ pub fn nat_table(services: &[SocketAddrV4], endpoints: &[SocketAddrV4]) -> Strin
     t.push_str("COMMIT\n");
     t
 }
+// ANCHOR_END: rules
 
 #[cfg(test)]
 mod tests {

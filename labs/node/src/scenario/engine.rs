@@ -873,6 +873,7 @@ impl Engine<'_> {
             ("peer_is_service", f64::from(r.peer_is_target) / f64::from(ok.max(1))),
             ("msg_redirected", c.msg_redirected as f64),
             ("inserted", c.sockets_inserted as f64),
+            ("errno", f64::from(common_errno(r.errors.keys()))),
             ("sticky", if udp { f64::from(r.sticky) / f64::from(ok.max(1)) } else { 0.0 }),
         ];
         self.out(
@@ -886,6 +887,9 @@ impl Engine<'_> {
         for (k, v) in values {
             let unit =
                 if matches!(k, "min_ratio" | "max_ratio" | "peer_is_service" | "sticky") { "x" } else { "" };
+            if k == "errno" && v == 0.0 {
+                continue;
+            }
             self.metric(label, k, v, unit);
         }
         Ok(())
@@ -1625,6 +1629,23 @@ impl Engine<'_> {
         Check { text, passed: verdict == Verdict::Holds, verdict, severity }
     }
     // ANCHOR_END: expect
+}
+
+/// The `os error N` every message names, or 0 (none, or they differ).
+fn common_errno<'a>(errors: impl Iterator<Item = &'a String>) -> i32 {
+    let mut found = None;
+    for e in errors {
+        let n = e
+            .rsplit_once("os error ")
+            .and_then(|(_, rest)| rest.trim_end_matches(')').parse::<i32>().ok())
+            .unwrap_or(0);
+        match found {
+            None => found = Some(n),
+            Some(m) if m == n => {}
+            Some(_) => return 0,
+        }
+    }
+    found.unwrap_or(0)
 }
 
 /// `adopted N pinned links and M services from ...` -> (N, M).

@@ -564,7 +564,8 @@ pub const APPLY_METRICS: &[&str] = &["added", "changed", "removed", "unchanged"]
 /// fair; weights count), connections that reached no backend the service has now, and the share
 /// of connections whose getpeername() (UDP: the replies' source) was the service address; messages
 /// sk_msg redirected and sockets sock_ops inserted meanwhile (all the lab's, not only the
-/// step's); UDP: the share of sockets whose two datagrams reached one backend.
+/// step's); UDP: the share of sockets whose two datagrams reached one backend; `errno`: the
+/// error number every failed connection got (0 when none failed or they differ).
 pub const BALANCE_METRICS: &[&str] = &[
     "connections",
     "errors",
@@ -576,6 +577,7 @@ pub const BALANCE_METRICS: &[&str] = &[
     "msg_redirected",
     "inserted",
     "sticky",
+    "errno",
 ];
 
 /// Metrics a load stores under its name once awaited: round trips done and failed, the longest
