@@ -34,7 +34,18 @@ fn list_names_the_shipped_scenarios() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let names: Vec<_> =
         v.as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap().to_owned()).collect();
-    assert_eq!(names, ["conformance", "crosscheck", "service-lb", "sidecar-baseline", "sockmap"]);
+    assert_eq!(
+        names,
+        [
+            "agent-restart",
+            "conformance",
+            "crosscheck",
+            "service-lb",
+            "service-scale",
+            "sidecar-baseline",
+            "sockmap"
+        ]
+    );
 }
 
 #[test]
@@ -45,7 +56,7 @@ fn unknown_scenario_is_a_usage_error_naming_the_known_ones() {
         .code(2)
         .stderr(predicate::str::contains("unknown scenario \"sockmapp\""))
         .stderr(predicate::str::contains(
-            "known: conformance, crosscheck, service-lb, sidecar-baseline, sockmap",
+            "known: agent-restart, conformance, crosscheck, service-lb, service-scale, sidecar-baseline, sockmap",
         ));
 }
 

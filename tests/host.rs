@@ -570,6 +570,26 @@ fn agent_restart_keeps_the_datapath_and_adopts_it() {
 }
 
 #[test]
+fn service_scale_measures_socket_lb_beside_kube_proxy_and_cleans_up() {
+    let _k = KERNEL.lock().unwrap_or_else(|p| p.into_inner());
+    if !root_or_skip("service_scale_measures_socket_lb_beside_kube_proxy_and_cleans_up") {
+        return;
+    }
+    let v = passed_on_host("service-scale", &[]);
+    let r = &v["report"]["results"];
+    let get = |run: &str, key: &str| r[run][key].as_f64().unwrap_or_else(|| panic!("no {run}.{key} in {r}"));
+    for n in [1, 100, 1000, 10000] {
+        for mode in ["mesh", "iptables"] {
+            let us = get("scale", &format!("{mode}_{n}"));
+            assert!(us > 0.0 && us < 100_000.0, "{mode}_{n} = {us}");
+        }
+    }
+    // The ratios exist; their size is the benchmark's business, not a test's.
+    assert!(get("mesh_growth", "value") > 0.0 && get("iptables_growth", "value") > 0.0);
+    assert_eq!(remains_of(v["report"]["lab"].as_str().unwrap()), Vec::<String>::new());
+}
+
+#[test]
 fn service_lb_balances_at_connect_and_hides_the_backend() {
     let _k = KERNEL.lock().unwrap_or_else(|p| p.into_inner());
     if !root_or_skip("service_lb_balances_at_connect_and_hides_the_backend") {
@@ -596,5 +616,7 @@ fn service_lb_balances_at_connect_and_hides_the_backend() {
     );
     // The balanced connections were redirected by sk_msg: a request and a response each.
     assert_eq!(get("spread", "msg_redirected"), 6000.0);
+    // This kernel (>= 5.18) lets the program choose the errno.
+    assert_eq!(get("refused", "errno"), 111.0);
     assert_eq!(remains_of(v["report"]["lab"].as_str().unwrap()), Vec::<String>::new());
 }

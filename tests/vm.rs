@@ -241,6 +241,23 @@ fn service_lb_passes_inside_the_vm() {
     assert_eq!((get("udp", "sticky"), get("udp", "peer_is_service")), (1.0, 1.0));
     assert_eq!(get("after", "outside"), 0.0);
     assert_eq!(get("refused", "errors"), 10.0);
+    // 6.1 has bpf_set_retval for cgroup programs: the honest errno.
+    assert_eq!(get("refused", "errno"), 111.0);
+    assert_eq!(qemus_under(&env.root), Vec::<i32>::new());
+    assert_eq!(env.state_dirs(), Vec::<String>::new());
+}
+
+#[test]
+fn agent_restart_passes_inside_the_vm() {
+    let Some((_vm, env)) = start("agent_restart_passes_inside_the_vm", "agent-restart") else { return };
+    let v = passed_on_61(&env, "agent-restart", &[]);
+    let r = &v["report"]["results"];
+    let get = |run: &str, key: &str| r[run][key].as_f64().unwrap_or_else(|| panic!("no {run}.{key}"));
+    assert_eq!(get("rr", "failed"), 0.0);
+    assert!(get("rr", "round_trips") > 0.0);
+    assert_eq!(get("down", "backends"), 3.0);
+    assert!(get("down", "inserted") >= 600.0);
+    assert_eq!((get("restart", "adopted"), get("restart", "attached_once")), (1.0, 1.0));
     assert_eq!(qemus_under(&env.root), Vec::<i32>::new());
     assert_eq!(env.state_dirs(), Vec::<String>::new());
 }
