@@ -49,7 +49,9 @@ const fn spec(name: &'static str, map_type: MapType, key: usize, value: usize, m
 }
 
 // ANCHOR: layout
-/// The pinned maps of [`LAYOUT_VERSION`] (a test checks them against the loaded object).
+/// The pinned maps of [`LAYOUT_VERSION`]. Every install opens what it just pinned through
+/// [`Pinned::open`], which checks each map against this table: a table that drifts from the
+/// object fails every install, in every kernel test.
 pub const MAPS: [MapSpec; 6] = [
     spec(SOCKETS_MAP, MapType::SockHash, size_of::<SockKey>(), 4, MAX_SOCKETS),
     spec(COUNTERS_MAP, MapType::PerCpuArray, 4, 8, COUNTER_SLOTS),

@@ -8,7 +8,7 @@ use std::{
 
 use mesh_agent::Counters;
 use mesh_agent::meshfile::{MeshFile, PodAddrs, Resolved};
-use mesh_common::{AF_INET, Backend, IPPROTO_TCP, ServiceKey};
+use mesh_common::{AF_INET, AF_INET6, Backend, IPPROTO_TCP, ServiceKey};
 use serde::Serialize;
 use workloads::{
     conform::{CaseResult, ConformReport, HoldReport},
@@ -203,6 +203,7 @@ struct ConformArgs<'s> {
     cases: &'s [String],
     short_lived: Option<u32>,
     across_mesh: bool,
+    via: Option<&'s str>,
 }
 
 /// Runs the scenario in a fresh lab; a scenario whose requirements are missing is skipped.
@@ -385,6 +386,7 @@ impl Engine<'_> {
                 cases,
                 short_lived,
                 across_mesh,
+                via,
                 ..
             } => {
                 let args = ConformArgs {
@@ -398,6 +400,7 @@ impl Engine<'_> {
                     cases,
                     short_lived: *short_lived,
                     across_mesh: *across_mesh,
+                    via: via.as_deref(),
                 };
                 self.conform(label, &args)?;
             }
@@ -574,7 +577,15 @@ impl Engine<'_> {
         let c0 = counters(&self.lab)?;
         let (mut total, mut differences, mut known, mut held_ok) = (0usize, 0usize, 0usize, 1.0);
         for family in a.families {
-            let target = SocketAddr::new(self.pod_ip(a.to, *family), a.port);
+            let target = match a.via {
+                None => SocketAddr::new(self.pod_ip(a.to, *family), a.port),
+                Some(service) => self.service_address(service, *family).ok_or_else(|| LabError::Command {
+                    command: format!("conform {}", a.name),
+                    stderr: format!(
+                        "via = {service:?}: the mesh file applied last has no such service for {family:?}"
+                    ),
+                })?,
+            };
             let mut args =
                 vec!["conform".to_owned(), "--connect".into(), target.to_string(), "--json".into()];
             if !a.cases.is_empty() {
@@ -1198,6 +1209,23 @@ impl Engine<'_> {
     }
     // ANCHOR_END: service_scale
 
+    /// A service's virtual address for `family`, from the mesh file applied last.
+    fn service_address(&self, service: &str, family: Family) -> Option<SocketAddr> {
+        let r = self.services.iter().find(|r| r.name == service)?;
+        let k =
+            r.keys.iter().find(|k| k.family == if family == Family::Ipv4 { AF_INET } else { AF_INET6 })?;
+        let ip: std::net::IpAddr = if k.family == AF_INET {
+            Ipv4Addr::from(k.ip[0].to_ne_bytes()).into()
+        } else {
+            let mut b = [0u8; 16];
+            for (i, w) in k.ip.iter().enumerate() {
+                b[4 * i..4 * i + 4].copy_from_slice(&w.to_ne_bytes());
+            }
+            std::net::Ipv6Addr::from(b).into()
+        };
+        Some(SocketAddr::new(ip, k.port as u16))
+    }
+
     /// Keeps one echo connection busy while the mesh starts and stops under it.
     fn hold_across_mesh(
         &mut self,
@@ -1780,6 +1808,28 @@ fn wait_listening(pid: u32, port: u16, cancel: &super::Cancel) -> Result<(), Lab
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_what_the_agent_says_it_adopted_and_applied() {
+        let adopted =
+            "adopted 10 pinned links and 4 services from /sys/fs/bpf/x/layout-1 (nothing attached again)";
+        assert_eq!(adopted_counts(adopted), Some((10, 4)));
+        assert_eq!(adopted_counts("installed in /sys/fs/bpf/x/layout-1"), None);
+        let applied = "applied /run/sidecarless-lab/1-0/web.toml: 0 added, 2 changed, 1 removed, 4 unchanged";
+        assert_eq!(applied_counts(applied), Some([0, 2, 1, 4]));
+    }
+
+    #[test]
+    fn the_common_errno_of_failed_connections() {
+        let refused = ["Connection refused (os error 111)".to_owned()];
+        assert_eq!(common_errno(refused.iter()), 111);
+        let mixed = [
+            "Connection refused (os error 111)".to_owned(),
+            "Operation not permitted (os error 1)".to_owned(),
+        ];
+        assert_eq!(common_errno(mixed.iter()), 0);
+        assert_eq!(common_errno([].iter()), 0);
+    }
 
     #[test]
     fn a_figure_is_the_last_matching_line_times_the_factor() {

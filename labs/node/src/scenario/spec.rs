@@ -347,6 +347,10 @@ pub enum Step {
         short_lived: Option<u32>,
         #[serde(default)]
         across_mesh: bool,
+        /// Connect through this service of the mesh file applied last (its virtual address for
+        /// each family) instead of to `to`'s own address: socket load balancing in the path.
+        #[serde(default)]
+        via: Option<String>,
         #[serde(default)]
         explain: String,
         #[serde(default, rename = "try")]
