@@ -883,6 +883,7 @@ impl Engine<'_> {
             ("outside", f64::from(outside)),
             ("peer_is_service", f64::from(r.peer_is_target) / f64::from(ok.max(1))),
             ("msg_redirected", c.msg_redirected as f64),
+            ("msg_seen", (c.msg_redirected + c.msg_passed) as f64),
             ("inserted", c.sockets_inserted as f64),
             ("errno", f64::from(common_errno(r.errors.keys()))),
             ("sticky", if udp { f64::from(r.sticky) / f64::from(ok.max(1)) } else { 0.0 }),

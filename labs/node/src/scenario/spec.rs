@@ -567,8 +567,8 @@ pub const APPLY_METRICS: &[&str] = &["added", "changed", "removed", "unchanged"]
 /// reached, the least and most loaded backend's share against its fair share (1.0 = exactly
 /// fair; weights count), connections that reached no backend the service has now, and the share
 /// of connections whose getpeername() (UDP: the replies' source) was the service address; messages
-/// sk_msg redirected and sockets sock_ops inserted meanwhile (all the lab's, not only the
-/// step's); UDP: the share of sockets whose two datagrams reached one backend; `errno`: the
+/// sk_msg redirected, messages sk_msg saw at all (`msg_seen`: redirected + passed) and sockets
+/// sock_ops inserted meanwhile (all the lab's, not only the step's); UDP: the share of sockets whose two datagrams reached one backend; `errno`: the
 /// error number every failed connection got (0 when none failed or they differ).
 pub const BALANCE_METRICS: &[&str] = &[
     "connections",
@@ -579,6 +579,7 @@ pub const BALANCE_METRICS: &[&str] = &[
     "outside",
     "peer_is_service",
     "msg_redirected",
+    "msg_seen",
     "inserted",
     "sticky",
     "errno",
