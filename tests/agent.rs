@@ -88,7 +88,7 @@ fn agent_counts_passes_and_cleans_up_on_sigterm() {
     let first = counters.recv_timeout(Duration::from_secs(30)).expect("agent reports counters once attached");
     assert_eq!(first["msg_redirected"], 0);
     for map in ["SOCKETS", "COUNTERS"] {
-        assert!(sb.pins.join("layout-1").join(map).exists(), "{map} pinned");
+        assert!(sb.pins.join("layout-2").join(map).exists(), "{map} pinned");
     }
 
     // A client inside the cgroup talks to a server outside it: only the client's socket is in

@@ -303,7 +303,7 @@ fn sigint_during_the_mesh_run_tears_everything_down() {
     }
     // Interrupt while the programs are attached, the maps pinned and rr is running.
     let (mut child, lab) = start_long_mesh_run();
-    let pins = format!("/sys/fs/bpf/sidecarless-lab/{lab}/layout-1/SOCKETS");
+    let pins = format!("/sys/fs/bpf/sidecarless-lab/{lab}/layout-2/SOCKETS");
     assert!(Path::new(&pins).exists(), "mesh maps should be pinned at {pins} mid-run");
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
@@ -583,6 +583,28 @@ fn the_book_exercises_answers_hold_on_this_kernel() {
     assert_eq!(r["udp"]["msg_redirected"], 0.0, "{r}");
     // This kernel (>= 5.18): the errno the book gives for it.
     assert_eq!(r["nowhere"]["errno"], 111.0, "{r}");
+    assert_eq!(remains_of(v["report"]["lab"].as_str().unwrap()), Vec::<String>::new());
+}
+
+#[test]
+fn policy_denies_every_bypass_at_connect_and_sendto() {
+    let _k = KERNEL.lock().unwrap_or_else(|p| p.into_inner());
+    if !root_or_skip("policy_denies_every_bypass_at_connect_and_sendto") {
+        return;
+    }
+    let v = passed_on_host("policy", &[]);
+    let r = &v["report"]["results"];
+    let get = |run: &str, key: &str| r[run][key].as_f64().unwrap_or_else(|| panic!("no {run}.{key} in {r}"));
+    // Allowed: through the service and to the pod address; backend -> db.
+    for run in ["service", "pod", "backend_to_db"] {
+        assert_eq!(get(run, "errors"), 0.0, "{run}: {}", r[run]);
+    }
+    // Denied with EPERM, before any connection exists: IPv4, IPv6, mapped, UDP, after revocation.
+    for run in ["to_db", "to_db6", "to_db_mapped", "to_db_udp", "revoked"] {
+        assert_eq!(get(run, "errors"), 20.0, "{run}: {}", r[run]);
+        assert_eq!(get(run, "errno"), 1.0, "{run}: {}", r[run]);
+        assert_eq!(get(run, "inserted"), 0.0, "{run}: {}", r[run]);
+    }
     assert_eq!(remains_of(v["report"]["lab"].as_str().unwrap()), Vec::<String>::new());
 }
 

@@ -112,9 +112,9 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Apply { file, pin_dir, pods } => {
             // A rejected file is refused before the maps are touched.
-            let resolved = meshfile::load(&file, pods.as_deref()).map_err(anyhow::Error::msg)?;
+            let loaded = meshfile::load(&file, pods.as_deref()).map_err(anyhow::Error::msg)?;
             let mut pinned = Pinned::open(&pin_dir)?;
-            apply(&mut pinned, &file, &resolved)
+            apply(&mut pinned, &file, &loaded)
         }
         Command::Status { pin_dir, cgroup, json } => {
             let s = status::read(&pin_dir, cgroup.as_deref())?;
@@ -136,8 +136,19 @@ pub fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
-fn apply(pinned: &mut Pinned, file: &Path, resolved: &[meshfile::Resolved]) -> anyhow::Result<()> {
+fn apply(pinned: &mut Pinned, file: &Path, loaded: &meshfile::Loaded) -> anyhow::Result<()> {
+    let resolved = &loaded.services;
     let applied = pinned.set_services(&meshfile::wanted(resolved))?;
+    let policy = crate::policy::resolve(&loaded.file, &loaded.pods);
+    let p = pinned.set_policy(&policy)?;
+    eprintln!(
+        "mesh-agent: policy: {} rules, {} allow entries, {} policed identities ({} entries added, {} removed)",
+        loaded.file.policy.len(),
+        policy.allow.len(),
+        policy.policed.len(),
+        p.added,
+        p.removed
+    );
     for r in resolved {
         let behind = if r.slot_names.is_empty() { "no backend".into() } else { r.slot_names.join(", ") };
         eprintln!("mesh-agent: service {}: {behind}", r.name);
@@ -166,7 +177,7 @@ fn serve(
     // SAFETY: plain libc call on a set we own.
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &signals, std::ptr::null_mut()) };
     // A bad file is refused before anything is installed or adopted.
-    let resolved = file.map(|f| meshfile::load(f, pods).map_err(anyhow::Error::msg)).transpose()?;
+    let loaded = file.map(|f| meshfile::load(f, pods).map_err(anyhow::Error::msg)).transpose()?;
 
     let mut mesh = Mesh::start(cgroup, pin_dir)?;
     match mesh.started() {
@@ -180,8 +191,8 @@ fn serve(
             pins::layout_dir(pin_dir).display()
         ),
     }
-    if let (Some(f), Some(r)) = (file, &resolved) {
-        apply(mesh.pins_mut(), f, r)?;
+    if let (Some(f), Some(l)) = (file, &loaded) {
+        apply(mesh.pins_mut(), f, l)?;
     }
     eprintln!("mesh-agent: serving {}", cgroup.display());
     let interval = Duration::from_millis(interval_ms);

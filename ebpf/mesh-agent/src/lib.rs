@@ -12,6 +12,7 @@ pub mod meshfile;
 pub mod mounts;
 pub mod object;
 pub mod pins;
+pub mod policy;
 pub mod probe;
 pub mod services;
 pub mod status;

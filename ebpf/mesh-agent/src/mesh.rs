@@ -67,6 +67,7 @@ pub struct Counters {
     pub rcvlowat_tcp: u64,
     pub connect_balanced: u64,
     pub connect_refused: u64,
+    pub policy_denied: u64,
 }
 
 impl Counters {
@@ -81,6 +82,7 @@ impl Counters {
             Counter::RcvlowatTcp => self.rcvlowat_tcp = v,
             Counter::ConnectBalanced => self.connect_balanced = v,
             Counter::ConnectRefused => self.connect_refused = v,
+            Counter::PolicyDenied => self.policy_denied = v,
         }
     }
 
@@ -96,6 +98,7 @@ impl Counters {
             rcvlowat_tcp: self.rcvlowat_tcp.saturating_sub(earlier.rcvlowat_tcp),
             connect_balanced: self.connect_balanced.saturating_sub(earlier.connect_balanced),
             connect_refused: self.connect_refused.saturating_sub(earlier.connect_refused),
+            policy_denied: self.policy_denied.saturating_sub(earlier.policy_denied),
         }
     }
 
@@ -111,6 +114,7 @@ impl Counters {
             rcvlowat_tcp: self.rcvlowat_tcp + other.rcvlowat_tcp,
             connect_balanced: self.connect_balanced + other.connect_balanced,
             connect_refused: self.connect_refused + other.connect_refused,
+            policy_denied: self.policy_denied + other.policy_denied,
         }
     }
 }

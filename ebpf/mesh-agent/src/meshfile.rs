@@ -30,6 +30,24 @@ use crate::toml_span::{line_of, locate, subject};
 pub struct MeshFile {
     #[serde(default)]
     pub services: Vec<toml::Spanned<Service>>,
+    /// Allowed flows. A pod some rule names in `to` accepts only what the rules allow; other
+    /// pods are open.
+    #[serde(default)]
+    pub policy: Vec<toml::Spanned<Rule>>,
+}
+
+/// One allowed flow: from the pods carrying `from`'s labels (every pod when empty) to the pods
+/// carrying `to`'s, on `ports` (every port when empty), over `protocol`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    #[serde(default)]
+    pub from: BTreeMap<String, String>,
+    pub to: BTreeMap<String, String>,
+    #[serde(default)]
+    pub ports: Vec<u16>,
+    #[serde(default)]
+    pub protocol: Protocol,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -96,6 +114,9 @@ pub struct PodAddrs {
     pub labels: BTreeMap<String, String>,
     pub ipv4: Ipv4Addr,
     pub ipv6: Ipv6Addr,
+    /// The pod's cgroup v2 directory: how policy knows who is connecting.
+    #[serde(default)]
+    pub cgroup: Option<std::path::PathBuf>,
 }
 
 /// One service ready for the maps, with the names of the backends behind each slot.
@@ -166,6 +187,22 @@ impl MeshFile {
                         format!("service {quoted}: `weight` must be 1-{MAX_WEIGHT}"),
                     ));
                 }
+            }
+        }
+        for spanned in &mf.policy {
+            let r = spanned.get_ref();
+            let at = |needle: &str| locate(text, spanned.span(), Some(needle));
+            if r.to.is_empty() {
+                return Err(err(
+                    line_of(text, spanned.span().start),
+                    "policy rule: `to` must name the labels of the pods it lets in".into(),
+                ));
+            }
+            if r.ports.contains(&0) {
+                return Err(err(
+                    at("ports"),
+                    "policy rule: `ports` must be 1-65535 (leave it out for every port)".into(),
+                ));
             }
         }
         Ok(mf)
@@ -239,9 +276,16 @@ pub fn wanted(resolved: &[Resolved]) -> std::collections::BTreeMap<ServiceKey, V
     resolved.iter().flat_map(|r| r.keys.iter().map(|k| (*k, r.slots.clone()))).collect()
 }
 
-/// Reads a mesh file and, for backends chosen by label, a pods file (JSON list of
+/// A mesh file read from disk with the pods it is resolved against.
+pub struct Loaded {
+    pub file: MeshFile,
+    pub pods: Vec<PodAddrs>,
+    pub services: Vec<Resolved>,
+}
+
+/// Reads a mesh file and, for backends and rules chosen by label, a pods file (JSON list of
 /// [`PodAddrs`]); every error is one line naming the file.
-pub fn load(file: &std::path::Path, pods: Option<&std::path::Path>) -> Result<Vec<Resolved>, String> {
+pub fn load(file: &std::path::Path, pods: Option<&std::path::Path>) -> Result<Loaded, String> {
     let shown = file.display().to_string();
     let text = std::fs::read_to_string(file).map_err(|e| format!("{shown}: cannot read: {e}"))?;
     let mf = MeshFile::parse(&text, &shown).map_err(|e| e.to_string())?;
@@ -252,7 +296,8 @@ pub fn load(file: &std::path::Path, pods: Option<&std::path::Path>) -> Result<Ve
             serde_json::from_str(&t).map_err(|e| format!("{}:{}: {e}", p.display(), e.line()))?
         }
     };
-    Ok(mf.resolve(&pods))
+    let services = mf.resolve(&pods);
+    Ok(Loaded { file: mf, pods, services })
 }
 
 impl Resolved {
@@ -304,6 +349,7 @@ port = 80
             labels: [("app".to_owned(), app.to_owned())].into(),
             ipv4: Ipv4Addr::new(10, 77, 0, n),
             ipv6: format!("fd77::{n:x}").parse().unwrap(),
+            cgroup: None,
         };
         vec![pod("a", "web", 11), pod("b", "web", 12), pod("c", "db", 13)]
     }
@@ -345,6 +391,34 @@ port = 80
         let e = err(&GOOD.replace("\"10.96.0.11\"", "\"10.96.0.10\""));
         assert!(e.contains("10.96.0.10 port 80 is already another service's"), "{e}");
         let e = err("[[policy]]\nfrom = \"a\"\n");
-        assert!(e.starts_with("m.toml:1: unknown field `policy`, expected `services`"), "{e}");
+        assert!(e.starts_with("m.toml:2: invalid type: string \"a\", expected a map"), "{e}");
+        let e = err("[[policy]]\nfrom = { app = \"a\" }\nports = [80]\n");
+        assert!(e.starts_with("m.toml:1: missing field `to`"), "{e}");
+        let e = err("[[policy]]\nto = { app = \"b\" }\nports = [0]\n");
+        assert!(e.starts_with("m.toml:3: policy rule: `ports` must be 1-65535"), "{e}");
+        let e = err("[[identities]]\nname = \"x\"\n");
+        assert!(
+            e.starts_with("m.toml:1: unknown field `identities`, expected `services` or `policy`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn policy_rules_become_identities_and_allow_entries() {
+        let mf = MeshFile::parse(
+            "[[policy]]\nfrom = { app = \"web\" }\nto = { app = \"db\" }\nports = [5432]\n",
+            "m.toml",
+        )
+        .unwrap();
+        let w = crate::policy::resolve(&mf, &pods());
+        // Two label sets: web (a, b share it) and db.
+        assert_eq!(w.members.len(), 2);
+        let db = *w.members.iter().find(|(_, m)| m == &&vec!["c".to_owned()]).unwrap().0;
+        let web = *w.members.iter().find(|(_, m)| m.len() == 2).unwrap().0;
+        assert_eq!(w.policed, [db].into());
+        let keys: Vec<_> = w.allow.keys().collect();
+        assert_eq!(keys, [&mesh_common::PolicyKey { from: web, to: db, port: 5432, protocol: IPPROTO_TCP }]);
+        // Each pod's two addresses carry its identity.
+        assert_eq!(w.identities.len(), 6);
     }
 }

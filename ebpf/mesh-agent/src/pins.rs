@@ -4,6 +4,7 @@
 //! ```text
 //! <pin dir>/layout-<LAYOUT_VERSION>/
 //!     SOCKETS COUNTERS SIDECAR SOCK_STATE SERVICES BACKENDS   maps user space reads or writes
+//!     IDENTITIES CGROUP_IDS POLICY POLICED
 //!     link-<program>                                           one bpf_link per cgroup program
 //!     cgroup-<id>/                                             written last: the install is complete,
 //!                                                              and which cgroup it serves
@@ -24,15 +25,17 @@ use std::{
 
 use aya::maps::{Array, Map, MapData, MapType, PerCpuArray};
 use mesh_common::{
-    BACKENDS_MAP, Backend, BackendKey, COUNTER_SLOTS, COUNTERS_MAP, Counter, MAX_BACKEND_SLOTS, MAX_SERVICES,
-    MAX_SOCKETS, SERVICES_MAP, SIDECAR_MAP, SOCK_STATE_MAP, SOCKETS_MAP, ServiceKey, ServiceValue, SockKey,
+    BACKENDS_MAP, Backend, BackendKey, CGROUP_IDS_MAP, COUNTER_SLOTS, COUNTERS_MAP, Counter, IDENTITIES_MAP,
+    IdentityAddr, MAX_BACKEND_SLOTS, MAX_IDENTITY_ADDRS, MAX_POLICY, MAX_SERVICES, MAX_SOCKETS, POLICED_MAP,
+    POLICY_MAP, PolicyKey, SERVICES_MAP, SIDECAR_MAP, SOCK_STATE_MAP, SOCKETS_MAP, ServiceKey, ServiceValue,
+    SockKey,
 };
 use serde::Serialize;
 
 use crate::{Counters, MeshError, Variant, services};
 
 /// Bump when a pinned map's definition changes, or the set of pins does.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// One pinned map as this build defines it.
 #[derive(Debug, Clone, Copy)]
@@ -52,13 +55,18 @@ const fn spec(name: &'static str, map_type: MapType, key: usize, value: usize, m
 /// The pinned maps of [`LAYOUT_VERSION`]. Every install opens what it just pinned through
 /// [`Pinned::open`], which checks each map against this table: a table that drifts from the
 /// object fails every install, in every kernel test.
-pub const MAPS: [MapSpec; 6] = [
+pub const MAPS: [MapSpec; 10] = [
     spec(SOCKETS_MAP, MapType::SockHash, size_of::<SockKey>(), 4, MAX_SOCKETS),
     spec(COUNTERS_MAP, MapType::PerCpuArray, 4, 8, COUNTER_SLOTS),
     spec(SIDECAR_MAP, MapType::Array, 4, 4, 1),
     spec(SOCK_STATE_MAP, MapType::LruHash, size_of::<SockKey>(), 4, MAX_SOCKETS),
     spec(SERVICES_MAP, MapType::Hash, size_of::<ServiceKey>(), size_of::<ServiceValue>(), MAX_SERVICES),
     spec(BACKENDS_MAP, MapType::Hash, size_of::<BackendKey>(), size_of::<Backend>(), MAX_BACKEND_SLOTS),
+    // An LPM trie's key is its 4-byte prefix length, then the data.
+    spec(IDENTITIES_MAP, MapType::LpmTrie, 4 + size_of::<IdentityAddr>(), 4, MAX_IDENTITY_ADDRS),
+    spec(CGROUP_IDS_MAP, MapType::Hash, 8, 4, MAX_IDENTITY_ADDRS),
+    spec(POLICY_MAP, MapType::Hash, size_of::<PolicyKey>(), 4, MAX_POLICY),
+    spec(POLICED_MAP, MapType::Hash, 4, 4, MAX_IDENTITY_ADDRS),
 ];
 
 /// The cgroup programs of a build, each held by one pinned link (sk_msg lives with `SOCKETS`).
@@ -335,6 +343,21 @@ impl Pinned {
         services::reconcile(s, b, wanted)
     }
 
+    /// Makes the policy maps hold exactly `wanted`, by difference: new identities and allow
+    /// entries first, then the destinations to police, then what is gone (so a flow that stays
+    /// allowed is never denied in between).
+    pub fn set_policy(
+        &mut self,
+        wanted: &crate::policy::Wanted,
+    ) -> Result<crate::policy::Applied, MeshError> {
+        let [Some(ids), Some(cgroups), Some(policy), Some(policed)] =
+            self.maps.get_disjoint_mut([IDENTITIES_MAP, CGROUP_IDS_MAP, POLICY_MAP, POLICED_MAP])
+        else {
+            unreachable!("every map of MAPS is opened")
+        };
+        crate::policy::reconcile(ids, cgroups, policy, policed, wanted)
+    }
+
     /// How many entries each map holds, beside its capacity.
     pub fn fill(&self) -> Vec<MapFill> {
         MAPS.iter()
@@ -393,6 +416,22 @@ fn count_keys(map: &Map, s: &MapSpec) -> Result<usize, aya::maps::MapError> {
         }
         BACKENDS_MAP => {
             let m: HashMap<&MapData, BackendKey, Backend> = map.try_into()?;
+            Ok(m.keys().count())
+        }
+        IDENTITIES_MAP => {
+            let m: aya::maps::LpmTrie<&MapData, IdentityAddr, u32> = map.try_into()?;
+            Ok(m.keys().count())
+        }
+        CGROUP_IDS_MAP => {
+            let m: HashMap<&MapData, u64, u32> = map.try_into()?;
+            Ok(m.keys().count())
+        }
+        POLICY_MAP => {
+            let m: HashMap<&MapData, PolicyKey, u32> = map.try_into()?;
+            Ok(m.keys().count())
+        }
+        POLICED_MAP => {
+            let m: HashMap<&MapData, u32, u32> = map.try_into()?;
             Ok(m.keys().count())
         }
         _ => Ok(0),

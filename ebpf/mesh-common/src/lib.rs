@@ -226,6 +226,8 @@ pub enum Counter {
     ConnectBalanced = 7,
     /// connect() to a service address refused: no backend (for the socket's family).
     ConnectRefused = 8,
+    /// connect() or sendto() refused by policy (EPERM).
+    PolicyDenied = 9,
 }
 
 // ANCHOR: sock_state
@@ -249,7 +251,7 @@ impl SockState {
 
 impl Counter {
     /// Every counter, in slot order.
-    pub const ALL: [Counter; 9] = [
+    pub const ALL: [Counter; 10] = [
         Counter::SocketsInserted,
         Counter::InsertFailed,
         Counter::MsgRedirected,
@@ -259,6 +261,7 @@ impl Counter {
         Counter::RcvlowatTcp,
         Counter::ConnectBalanced,
         Counter::ConnectRefused,
+        Counter::PolicyDenied,
     ];
 
     /// Stable snake_case name, used in JSON output and metrics.
@@ -273,9 +276,50 @@ impl Counter {
             Counter::RcvlowatTcp => "rcvlowat_tcp",
             Counter::ConnectBalanced => "connect_balanced",
             Counter::ConnectRefused => "connect_refused",
+            Counter::PolicyDenied => "policy_denied",
         }
     }
 }
+
+// ANCHOR: policy_types
+/// Name of the address -> identity map (longest prefix match; [`IdentityAddr`] -> identity).
+pub const IDENTITIES_MAP: &str = "IDENTITIES";
+/// Name of the cgroup id -> identity map: who a connecting socket's process is.
+pub const CGROUP_IDS_MAP: &str = "CGROUP_IDS";
+/// Name of the allow-list ([`PolicyKey`] -> rule number, from 1).
+pub const POLICY_MAP: &str = "POLICY";
+/// Name of the set of identities some rule selects as destination (identity -> 1): connections
+/// to them are denied unless a rule allows them. Identities outside it are open.
+pub const POLICED_MAP: &str = "POLICED";
+/// The identity of every address no pod has (outside the lab).
+pub const WORLD_IDENTITY: u32 = 2;
+/// The first identity given to a pod's label set.
+pub const FIRST_POD_IDENTITY: u32 = 256;
+/// Capacities: addresses with an identity, cgroups, allow entries.
+pub const MAX_IDENTITY_ADDRS: u32 = 16_384;
+pub const MAX_POLICY: u32 = 65_536;
+
+/// The data of an `IDENTITIES` key: family, then the address in network byte order (IPv4 in
+/// `ip[0]`; an IPv4-mapped IPv6 address is looked up as IPv4). The trie's prefix length counts
+/// the family's 32 bits too: 64 for an IPv4 host, 160 for an IPv6 host.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IdentityAddr {
+    pub family: u32,
+    pub ip: [u32; 4],
+}
+
+/// One allowed flow: from an identity to an identity, a port (host byte order; 0: any port) and
+/// a protocol.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PolicyKey {
+    pub from: u32,
+    pub to: u32,
+    pub port: u32,
+    pub protocol: u32,
+}
+// ANCHOR_END: policy_types
 
 /// Number of slots in the `COUNTERS` array.
 pub const COUNTER_SLOTS: u32 = Counter::ALL.len() as u32;
@@ -288,6 +332,8 @@ mod user {
     unsafe impl aya::Pod for super::ServiceValue {}
     unsafe impl aya::Pod for super::BackendKey {}
     unsafe impl aya::Pod for super::Backend {}
+    unsafe impl aya::Pod for super::IdentityAddr {}
+    unsafe impl aya::Pod for super::PolicyKey {}
 }
 
 #[cfg(test)]

@@ -29,6 +29,7 @@ use mesh_common::{AF_INET, AF_INET6, Backend, BackendKey, Counter, OriginalDst, 
 
 use crate::{
     maps::{BACKENDS, ORIGINAL_DST, SERVICES, bump},
+    policy,
     sock_addr::{self, Addr},
 };
 
@@ -57,9 +58,16 @@ pub fn mesh_connect6(ctx: SockAddrContext) -> i32 {
 #[inline(always)]
 fn balance<const ECONNREFUSED: bool>(ctx: &SockAddrContext, family: u32) -> i32 {
     let asked = sock_addr::read(ctx, family);
-    let key = asked.service_key(sock_addr::protocol(ctx));
-    let Some(backend) = pick(&key) else { return verdict_without_backend::<ECONNREFUSED>(&key) };
+    let protocol = sock_addr::protocol(ctx);
+    let key = asked.service_key(protocol);
+    let Some(backend) = pick(&key) else {
+        return verdict_without_backend::<ECONNREFUSED>(&key, &asked, protocol);
+    };
     let Some(to) = asked.backend(&backend) else { return refuse::<ECONNREFUSED>() };
+    // Policy judges where the connection really goes: the backend, not the service.
+    if !policy::allowed(&to, protocol) {
+        return deny();
+    }
     remember(ctx, &asked, backend);
     sock_addr::write(ctx, &to);
     bump(Counter::ConnectBalanced);
@@ -83,12 +91,29 @@ pub fn pick(key: &ServiceKey) -> Option<Backend> {
 }
 // ANCHOR_END: pick
 
-/// 1 (let connect() go on untouched) for an address that is no service; a refusal for a
-/// service with no backend.
+/// For an address that is no service: 1 (the call goes on untouched) if policy allows it, a
+/// denial if not. For a service with no backend: a refusal.
 #[inline(always)]
-pub fn verdict_without_backend<const ECONNREFUSED: bool>(key: &ServiceKey) -> i32 {
+pub fn verdict_without_backend<const ECONNREFUSED: bool>(
+    key: &ServiceKey,
+    asked: &Addr,
+    protocol: u32,
+) -> i32 {
     // SAFETY: a plain lookup.
-    if unsafe { SERVICES.get(key) }.is_some() { refuse::<ECONNREFUSED>() } else { 1 }
+    if unsafe { SERVICES.get(key) }.is_some() {
+        refuse::<ECONNREFUSED>()
+    } else if policy::allowed(asked, protocol) {
+        1
+    } else {
+        deny()
+    }
+}
+
+/// Fails the call with EPERM: policy does not allow it.
+#[inline(always)]
+pub fn deny() -> i32 {
+    bump(Counter::PolicyDenied);
+    0
 }
 
 // ANCHOR: refuse

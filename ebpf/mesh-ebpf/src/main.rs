@@ -7,6 +7,7 @@
 mod connect;
 mod getpeername;
 mod maps;
+mod policy;
 mod setsockopt;
 mod sk_msg;
 mod sock_addr;

@@ -2,11 +2,11 @@
 use aya_ebpf::{
     btf_maps::SkStorage,
     macros::{btf_map, map},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, SockHash},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, SockHash},
 };
 use mesh_common::{
-    Backend, BackendKey, COUNTER_SLOTS, Counter, MAX_BACKEND_SLOTS, MAX_SERVICES, MAX_SOCKETS, OriginalDst,
-    ServiceKey, ServiceValue, SockKey,
+    Backend, BackendKey, COUNTER_SLOTS, Counter, IdentityAddr, MAX_BACKEND_SLOTS, MAX_IDENTITY_ADDRS,
+    MAX_POLICY, MAX_SERVICES, MAX_SOCKETS, OriginalDst, PolicyKey, ServiceKey, ServiceValue, SockKey,
 };
 
 // ANCHOR: maps
@@ -50,6 +50,25 @@ pub static BACKENDS: HashMap<BackendKey, Backend> = HashMap::with_max_entries(MA
 #[btf_map]
 pub static ORIGINAL_DST: SkStorage<OriginalDst> = SkStorage::new();
 // ANCHOR_END: service_maps
+
+// ANCHOR: policy_maps
+/// Address -> identity, longest prefix first (aya-ebpf adds `BPF_F_NO_PREALLOC`, which an LPM
+/// trie requires).
+#[map(name = "IDENTITIES")]
+pub static IDENTITIES: LpmTrie<IdentityAddr, u32> = LpmTrie::with_max_entries(MAX_IDENTITY_ADDRS, 0);
+
+/// cgroup id -> identity of the pod whose processes live there.
+#[map(name = "CGROUP_IDS")]
+pub static CGROUP_IDS: HashMap<u64, u32> = HashMap::with_max_entries(MAX_IDENTITY_ADDRS, 0);
+
+/// The allow-list.
+#[map(name = "POLICY")]
+pub static POLICY: HashMap<PolicyKey, u32> = HashMap::with_max_entries(MAX_POLICY, 0);
+
+/// Identities that only accept what the allow-list names.
+#[map(name = "POLICED")]
+pub static POLICED: HashMap<u32, u32> = HashMap::with_max_entries(MAX_IDENTITY_ADDRS, 0);
+// ANCHOR_END: policy_maps
 
 /// The socket's state bits (0 when it has none).
 #[inline(always)]

@@ -13,8 +13,9 @@ use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
 use mesh_common::{AF_INET, AF_INET6, Backend, Counter, ServiceKey};
 
 use crate::{
-    connect::{pick, refuse, remember, verdict_without_backend},
+    connect::{deny, pick, refuse, remember, verdict_without_backend},
     maps::{ORIGINAL_DST, bump},
+    policy,
     sock_addr::{self, Addr},
 };
 
@@ -53,11 +54,15 @@ pub fn mesh_recvmsg6(ctx: SockAddrContext) -> i32 {
 #[inline(always)]
 fn send_to_backend<const ECONNREFUSED: bool>(ctx: &SockAddrContext, family: u32) -> i32 {
     let asked = sock_addr::read(ctx, family);
-    let key = asked.service_key(sock_addr::protocol(ctx));
+    let protocol = sock_addr::protocol(ctx);
+    let key = asked.service_key(protocol);
     let Some(backend) = sticky_backend(ctx, &key, &asked) else {
-        return verdict_without_backend::<ECONNREFUSED>(&key);
+        return verdict_without_backend::<ECONNREFUSED>(&key, &asked, protocol);
     };
     let Some(to) = asked.backend(&backend) else { return refuse::<ECONNREFUSED>() };
+    if !policy::allowed(&to, protocol) {
+        return deny();
+    }
     sock_addr::write(ctx, &to);
     1
 }

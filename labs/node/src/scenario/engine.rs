@@ -773,13 +773,37 @@ impl Engine<'_> {
             .lab
             .pods()
             .iter()
-            .map(|p| PodAddrs { name: p.name.clone(), labels: p.labels.clone(), ipv4: p.ipv4, ipv6: p.ipv6 })
+            .map(|p| PodAddrs {
+                name: p.name.clone(),
+                labels: p.labels.clone(),
+                ipv4: p.ipv4,
+                ipv6: p.ipv6,
+                cgroup: Some(p.cgroup.clone()),
+            })
             .collect();
         let resolved = mf.resolve(&pods);
         let wanted = mesh_agent::meshfile::wanted(&resolved);
+        let policy = mesh_agent::policy::resolve(&mf, &pods);
         let mesh =
             self.lab.mesh_mut().ok_or_else(|| failed("the mesh must be on to apply a mesh file".into()))?;
         let applied = mesh.set_services(&wanted)?;
+        let p = mesh.set_policy(&policy)?;
+        if !mf.policy.is_empty() || p.removed > 0 {
+            for id in &policy.policed {
+                let who = policy.members.get(id).map(|m| m.join(", ")).unwrap_or_default();
+                self.out(label, format!("policy: identity {id} ({who}) accepts only what the rules allow"));
+            }
+            self.out(
+                label,
+                format!(
+                    "policy: {} rules -> {} allow entries ({} map entries added, {} removed)",
+                    mf.policy.len(),
+                    policy.allow.len(),
+                    p.added,
+                    p.removed
+                ),
+            );
+        }
         // What a restarted agent applies: this file, with the lab's pods.
         let base = std::path::Path::new(file).file_name().map_or("mesh.toml".into(), |n| n.to_string_lossy());
         let mesh_path = self.lab.write_file(&base, text.as_bytes())?;
