@@ -42,7 +42,7 @@ pub enum Command {
         /// Mesh file to apply once serving (also after adopting).
         #[arg(long)]
         file: Option<PathBuf>,
-        /// Pods file (JSON list of {name, labels, ipv4, ipv6}) for backends chosen by label.
+        /// Pods file (JSON list of {name, labels, ipv4, ipv6, cgroup}) for backends and rules chosen by label.
         #[arg(long)]
         pods: Option<PathBuf>,
         /// Milliseconds between counter reports.
@@ -54,7 +54,7 @@ pub enum Command {
         file: PathBuf,
         #[arg(long)]
         pin_dir: PathBuf,
-        /// Pods file (JSON list of {name, labels, ipv4, ipv6}) for backends chosen by label.
+        /// Pods file (JSON list of {name, labels, ipv4, ipv6, cgroup}) for backends and rules chosen by label.
         #[arg(long)]
         pods: Option<PathBuf>,
     },
