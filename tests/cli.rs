@@ -40,6 +40,7 @@ fn list_names_the_shipped_scenarios() {
             "agent-restart",
             "conformance",
             "crosscheck",
+            "policy",
             "service-lb",
             "service-scale",
             "sidecar-baseline",
