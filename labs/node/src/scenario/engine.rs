@@ -139,6 +139,8 @@ struct Engine<'a> {
     services: Vec<Resolved>,
     /// Background loads by name, until an `await` step collects them.
     loads: BTreeMap<String, Load>,
+    /// What the policy maps hold after the mesh file applied last.
+    policy: mesh_agent::policy::Wanted,
 }
 
 /// A `load` step's process, running in the background.
@@ -244,6 +246,7 @@ pub fn run(sc: &Scenario, ctx: &Context) -> Result<Outcome, LabError> {
         ports: BTreeMap::new(),
         services: Vec::new(),
         loads: BTreeMap::new(),
+        policy: mesh_agent::policy::Wanted::default(),
     };
     let result = e.steps(sc);
     // Teardown errors matter (a leak is a bug) but must not hide the scenario's own error.
@@ -415,6 +418,10 @@ impl Engine<'_> {
             }
             Step::Await { load, .. } => self.await_load(label, load)?,
             Step::Agent { name, action, .. } => self.agent(label, name, *action)?,
+            Step::PolicyScale { name, from, address, counts, connections, repetitions, .. } => {
+                let reps = repetitions.unwrap_or(self.ctx.options.repetitions).max(1);
+                self.policy_scale(label, name, from, *address, counts, *connections, reps)?;
+            }
             Step::ServiceScale { name, from, pods, port, counts, connections, repetitions, .. } => {
                 let reps = repetitions.unwrap_or(self.ctx.options.repetitions).max(1);
                 self.service_scale(label, name, from, pods, *port, counts, *connections, reps)?;
@@ -788,6 +795,7 @@ impl Engine<'_> {
             self.lab.mesh_mut().ok_or_else(|| failed("the mesh must be on to apply a mesh file".into()))?;
         let applied = mesh.set_services(&wanted)?;
         let p = mesh.set_policy(&policy)?;
+        self.policy = policy.clone();
         if !mf.policy.is_empty() || p.removed > 0 {
             for id in &policy.policed {
                 let who = policy.members.get(id).map(|m| m.join(", ")).unwrap_or_default();
@@ -1218,6 +1226,87 @@ impl Engine<'_> {
         }
         Ok(())
     }
+
+    // ANCHOR: policy_scale
+    /// Connection cost against the size of the allow-list: the applied rules plus `n` entries
+    /// between identities no pod has (the policy maps are hashes: a connection's lookups do not
+    /// depend on how many entries there are, and this measures that they do not).
+    #[allow(clippy::too_many_arguments)]
+    fn policy_scale(
+        &mut self,
+        label: &str,
+        name: &str,
+        from: &str,
+        address: SocketAddr,
+        counts: &[u32],
+        connections: u32,
+        reps: u32,
+    ) -> Result<(), LabError> {
+        let SocketAddr::V4(to) = address else {
+            return Err(LabError::Command {
+                command: format!("policy-scale {name}"),
+                stderr: "address must be IPv4".into(),
+            });
+        };
+        if self.lab.mesh().is_none() {
+            return Err(LabError::Command {
+                command: format!("policy-scale {name}"),
+                stderr: "the mesh must be on".into(),
+            });
+        }
+        let base = self.policy.clone();
+        let mut sorted = counts.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let mut result = Ok(());
+        for n in sorted {
+            let mut wanted = base.clone();
+            for i in 0..n {
+                // Identities far above any pod's: entries that exist, and match nothing.
+                let key = mesh_common::PolicyKey {
+                    from: 1_000_000 + i,
+                    to: 2_000_000 + i,
+                    port: 7000,
+                    protocol: IPPROTO_TCP,
+                };
+                wanted.allow.insert(key, 1);
+            }
+            let t0 = std::time::Instant::now();
+            let written = self.lab.mesh_mut().expect("checked").set_policy(&wanted);
+            if let Err(e) = written {
+                result = Err(e.into());
+                break;
+            }
+            let ms = t0.elapsed().as_secs_f64() * 1e3;
+            self.out(label, format!("{} allow entries (+{n}): written in {ms:.0} ms", wanted.allow.len()));
+            let mut samples = Vec::new();
+            for _ in 0..reps {
+                match self.ctx.cancel.check().and_then(|()| self.connect_p50(from, to, connections)) {
+                    Ok(v) => samples.push(v),
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                }
+            }
+            if result.is_err() {
+                break;
+            }
+            if let Some(s) = Spread::of(&samples) {
+                let key = format!("rules_{n}");
+                self.out(label, format!("{key:<12} {}", interval(&s, "us")));
+                self.report.results.entry(name.to_owned()).or_default().insert(key.clone(), s.median);
+                self.metric(label, &key, s.median, "us");
+                self.report.stats.insert(format!("{name}.{key}"), s);
+            }
+        }
+        // The rules as the mesh file has them, whatever happened.
+        if let Some(m) = self.lab.mesh_mut() {
+            m.set_policy(&base)?;
+        }
+        result
+    }
+    // ANCHOR_END: policy_scale
 
     /// The median connection (connect() to the response's last byte) of one connect-rate run.
     fn connect_p50(&self, from: &str, to: SocketAddrV4, connections: u32) -> Result<f64, LabError> {
@@ -1733,6 +1822,7 @@ fn label(step: &Step) -> String {
         | Step::Load { name, .. }
         | Step::Agent { name, .. }
         | Step::ServiceScale { name, .. }
+        | Step::PolicyScale { name, .. }
         | Step::Isolation { name, .. }
         | Step::Exec { name, .. }
         | Step::Compute { name, .. } => name.clone(),
@@ -1760,6 +1850,7 @@ fn texts(step: &Step) -> (&str, &[String]) {
         | Step::Load { explain, try_, .. }
         | Step::Agent { explain, try_, .. }
         | Step::ServiceScale { explain, try_, .. }
+        | Step::PolicyScale { explain, try_, .. }
         | Step::Mesh { explain, try_, .. }
         | Step::Sidecars { explain, try_, .. } => (explain, try_),
         Step::Exec { explain, .. }

@@ -480,6 +480,25 @@ pub enum Step {
         #[serde(default, rename = "try")]
         try_: Vec<String>,
     },
+    /// The cost of one connection (connect() plus the first round trip) to `address` against how
+    /// many allow-list entries the policy holds: the rules of the mesh file applied last, plus
+    /// `count` entries between identities no pod has. Stores `rules_<count>` (microseconds, the
+    /// median connection).
+    PolicyScale {
+        name: String,
+        from: String,
+        address: std::net::SocketAddr,
+        #[serde(default = "rule_counts")]
+        counts: Vec<u32>,
+        #[serde(default = "thousand")]
+        connections: u32,
+        #[serde(default)]
+        repetitions: Option<u32>,
+        #[serde(default)]
+        explain: String,
+        #[serde(default, rename = "try")]
+        try_: Vec<String>,
+    },
     /// `name.value = factor * metric` (divided by `of` when given): ratios, extrapolations.
     Compute {
         name: String,
@@ -519,6 +538,13 @@ pub enum AgentAction {
     Start,
 }
 
+fn rule_counts() -> Vec<u32> {
+    vec![0, 100, 1_000, 10_000]
+}
+
+/// Most extra allow entries a `policy-scale` step may add (the map holds 65,536).
+pub const MAX_SCALE_RULES: u32 = 60_000;
+
 fn scale_counts() -> Vec<u32> {
     vec![1, 100, 1_000, 10_000]
 }
@@ -551,6 +577,7 @@ impl Step {
             Step::Await { .. } => "await",
             Step::Agent { .. } => "agent",
             Step::ServiceScale { .. } => "service-scale",
+            Step::PolicyScale { .. } => "policy-scale",
             Step::Compute { .. } => "compute",
             Step::Expect { .. } => "expect",
         }
@@ -724,6 +751,7 @@ impl Scenario {
                 Step::ServiceScale { counts, .. } => {
                     counts.iter().flat_map(|c| [format!("mesh_{c}"), format!("iptables_{c}")]).collect()
                 }
+                Step::PolicyScale { counts, .. } => counts.iter().map(|c| format!("rules_{c}")).collect(),
                 _ => Vec::new(),
             })
             .collect();
@@ -915,6 +943,19 @@ impl Scenario {
                 }
                 Step::Agent { name, .. } => {
                     results.insert(name.clone(), AGENT_METRICS.to_vec());
+                }
+                Step::PolicyScale { name, from, counts, connections, .. } => {
+                    pod(from)?;
+                    if counts.is_empty() || counts.iter().any(|c| *c > MAX_SCALE_RULES) {
+                        return Err(err(format!(
+                            "step {}: counts must be 0 to {MAX_SCALE_RULES} rules each",
+                            i + 1
+                        )));
+                    }
+                    if *connections == 0 {
+                        return Err(err(format!("step {}: `connections` must be at least 1", i + 1)));
+                    }
+                    results.insert(name.clone(), scale_keys[i].iter().map(String::as_str).collect());
                 }
                 Step::ServiceScale { name, from, port, counts, connections, .. } => {
                     pod(from)?;
