@@ -313,7 +313,8 @@ impl Resolved {
 }
 
 /// An IPv6 address as four words in network byte order, as the kernel hands them to BPF.
-fn words(a: Ipv6Addr) -> [u32; 4] {
+/// An IPv6 address as the kernel's four network-order words.
+pub(crate) fn words(a: Ipv6Addr) -> [u32; 4] {
     let o = a.octets();
     [0, 4, 8, 12].map(|i| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]))
 }

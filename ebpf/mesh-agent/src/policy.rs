@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use crate::{
     MeshError,
-    meshfile::{MeshFile, PodAddrs, Protocol},
+    meshfile::{MeshFile, PodAddrs, Protocol, words},
 };
 
 /// What the policy maps must hold.
@@ -39,11 +39,6 @@ pub struct Wanted {
 pub struct Applied {
     pub added: usize,
     pub removed: usize,
-}
-
-fn words(a: std::net::Ipv6Addr) -> [u32; 4] {
-    let o = a.octets();
-    core::array::from_fn(|i| u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]]))
 }
 
 // ANCHOR: resolve

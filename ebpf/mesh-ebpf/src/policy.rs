@@ -18,9 +18,6 @@ use crate::{
     sock_addr::Addr,
 };
 
-/// `::ffff:0:0/96`'s third word, as BPF holds it.
-const MAPPED: u32 = 0xffff_u32.to_be();
-
 // ANCHOR: allowed
 /// Whether the calling process may reach `to` (the final destination) over `protocol`.
 #[inline(always)]
@@ -42,9 +39,8 @@ pub fn allowed(to: &Addr, protocol: u32) -> bool {
 /// The identity of an address (an IPv4-mapped IPv6 address as its IPv4 address).
 #[inline(always)]
 fn identity_of(a: &Addr) -> u32 {
-    let mapped = a.family == AF_INET6 && a.ip[0] == 0 && a.ip[1] == 0 && a.ip[2] == MAPPED;
-    let (data, bits) = if a.family == AF_INET || mapped {
-        let v4 = if mapped { a.ip[3] } else { a.ip[0] };
+    let (data, bits) = if a.family == AF_INET || a.mapped() {
+        let v4 = if a.mapped() { a.ip[3] } else { a.ip[0] };
         (IdentityAddr { family: AF_INET, ip: [v4, 0, 0, 0] }, 64)
     } else {
         (IdentityAddr { family: AF_INET6, ip: a.ip }, 160)

@@ -21,7 +21,7 @@ pub struct Addr {
 impl Addr {
     /// An IPv6 address of the form `::ffff:a.b.c.d`.
     #[inline(always)]
-    fn mapped(&self) -> bool {
+    pub fn mapped(&self) -> bool {
         self.family == AF_INET6 && self.ip[0] == 0 && self.ip[1] == 0 && self.ip[2] == MAPPED
     }
 

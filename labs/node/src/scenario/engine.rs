@@ -1216,12 +1216,7 @@ impl Engine<'_> {
                 ipt.push(p50?);
             }
             for (mode, samples) in [("mesh", &mesh), ("iptables", &ipt)] {
-                let Some(s) = Spread::of(samples) else { continue };
-                let key = format!("{mode}_{n}");
-                self.out(label, format!("{key:<16} {}", interval(&s, "us")));
-                self.report.results.entry(name.to_owned()).or_default().insert(key.clone(), s.median);
-                self.metric(label, &key, s.median, "us");
-                self.report.stats.insert(format!("{name}.{key}"), s);
+                self.store_spread(label, name, &format!("{mode}_{n}"), samples);
             }
         }
         Ok(())
@@ -1292,13 +1287,7 @@ impl Engine<'_> {
             if result.is_err() {
                 break;
             }
-            if let Some(s) = Spread::of(&samples) {
-                let key = format!("rules_{n}");
-                self.out(label, format!("{key:<12} {}", interval(&s, "us")));
-                self.report.results.entry(name.to_owned()).or_default().insert(key.clone(), s.median);
-                self.metric(label, &key, s.median, "us");
-                self.report.stats.insert(format!("{name}.{key}"), s);
-            }
+            self.store_spread(label, name, &format!("rules_{n}"), &samples);
         }
         // The rules as the mesh file has them, whatever happened.
         if let Some(m) = self.lab.mesh_mut() {
@@ -1307,6 +1296,15 @@ impl Engine<'_> {
         result
     }
     // ANCHOR_END: policy_scale
+
+    /// Stores `name.key` as the median of `samples` (microseconds), its spread for the report.
+    fn store_spread(&mut self, label: &str, name: &str, key: &str, samples: &[f64]) {
+        let Some(s) = Spread::of(samples) else { return };
+        self.out(label, format!("{key:<16} {}", interval(&s, "us")));
+        self.report.results.entry(name.to_owned()).or_default().insert(key.to_owned(), s.median);
+        self.metric(label, key, s.median, "us");
+        self.report.stats.insert(format!("{name}.{key}"), s);
+    }
 
     /// The median connection (connect() to the response's last byte) of one connect-rate run.
     fn connect_p50(&self, from: &str, to: SocketAddrV4, connections: u32) -> Result<f64, LabError> {
