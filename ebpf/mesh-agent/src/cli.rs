@@ -2,11 +2,12 @@
 //! mesh it pinned.
 //!
 //! - `run`: serve a cgroup until SIGINT, SIGTERM or SIGHUP (then uninstall); adopts the pins of
-//!   an agent that died; prints the counters as JSON lines.
+//!   an agent that died; prints the counters and each policy denial as JSON lines.
 //! - `apply FILE`: bring the services in the running maps to FILE's, by difference.
 //! - `status`: what is loaded, attached and pinned, and how full each map is.
 //! - `uninstall`: detach everything and remove the pins (also after an agent was killed).
 use std::{
+    collections::BTreeMap,
     path::{Path, PathBuf},
     process::ExitCode,
     time::Duration,
@@ -15,7 +16,11 @@ use std::{
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
-use crate::{Mesh, MeshError, Pinned, Started, meshfile, pins, status};
+use crate::{
+    Mesh, MeshError, Pinned, Started,
+    denials::{DenialRecord, Denials},
+    meshfile, pins, status,
+};
 
 #[derive(Parser)]
 #[command(
@@ -114,7 +119,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
             // A rejected file is refused before the maps are touched.
             let loaded = meshfile::load(&file, pods.as_deref()).map_err(anyhow::Error::msg)?;
             let mut pinned = Pinned::open(&pin_dir)?;
-            apply(&mut pinned, &file, &loaded)
+            apply(&mut pinned, &file, &loaded).map(drop)
         }
         Command::Status { pin_dir, cgroup, json } => {
             let s = status::read(&pin_dir, cgroup.as_deref())?;
@@ -136,7 +141,12 @@ pub fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
-fn apply(pinned: &mut Pinned, file: &Path, loaded: &meshfile::Loaded) -> anyhow::Result<()> {
+/// Applies `loaded`; returns which pods each identity stands for.
+fn apply(
+    pinned: &mut Pinned,
+    file: &Path,
+    loaded: &meshfile::Loaded,
+) -> anyhow::Result<BTreeMap<u32, Vec<String>>> {
     let resolved = &loaded.services;
     let applied = pinned.set_services(&meshfile::wanted(resolved))?;
     let policy = crate::policy::resolve(&loaded.file, &loaded.pods);
@@ -161,7 +171,7 @@ fn apply(pinned: &mut Pinned, file: &Path, loaded: &meshfile::Loaded) -> anyhow:
         applied.removed,
         applied.unchanged
     );
-    Ok(())
+    Ok(policy.members)
 }
 
 fn serve(
@@ -191,14 +201,20 @@ fn serve(
             pins::layout_dir(pin_dir).display()
         ),
     }
+    let mut members = BTreeMap::new();
     if let (Some(f), Some(l)) = (file, &loaded) {
-        apply(mesh.pins_mut(), f, l)?;
+        members = apply(mesh.pins_mut(), f, l)?;
     }
+    let mut denials = mesh.pins_mut().take_denials().map(Denials::new).transpose()?;
     eprintln!("mesh-agent: serving {}", cgroup.display());
     let interval = Duration::from_millis(interval_ms);
     let timeout = libc::timespec { tv_sec: interval.as_secs() as _, tv_nsec: interval.subsec_nanos() as _ };
     loop {
         println!("{}", serde_json::to_string(&mesh.counters()?)?);
+        for d in denials.as_mut().map(Denials::drain).unwrap_or_default() {
+            let record = DenialRecord::new(&d, &members);
+            println!("{}", serde_json::json!({ "denial": record }));
+        }
         // SAFETY: waits on our own signal set; a null info pointer is allowed.
         let sig = unsafe { libc::sigtimedwait(&signals, std::ptr::null_mut(), &timeout) };
         if [libc::SIGINT, libc::SIGTERM, libc::SIGHUP].contains(&sig) {

@@ -6,6 +6,7 @@
 //! maps from the pins (counters, services), from any process; [`Mesh::stop`] (or drop)
 //! detaches the programs and removes the pins.
 pub mod cli;
+pub mod denials;
 mod error;
 mod mesh;
 pub mod meshfile;

@@ -8,7 +8,7 @@ use aya::{
     Ebpf,
     maps::{MapData, SockHash},
     programs::{
-        CgroupAttachMode, CgroupSockAddr, Program, SkMsg,
+        CgroupAttachMode, CgroupSkbAttachType, CgroupSockAddr, Program, SkMsg,
         links::{FdLink, LinkError, PinnedLink},
     },
 };
@@ -68,6 +68,9 @@ pub struct Counters {
     pub connect_balanced: u64,
     pub connect_refused: u64,
     pub policy_denied: u64,
+    pub ingress_denied: u64,
+    pub message_denied: u64,
+    pub events_lost: u64,
 }
 
 impl Counters {
@@ -83,6 +86,9 @@ impl Counters {
             Counter::ConnectBalanced => self.connect_balanced = v,
             Counter::ConnectRefused => self.connect_refused = v,
             Counter::PolicyDenied => self.policy_denied = v,
+            Counter::IngressDenied => self.ingress_denied = v,
+            Counter::MessageDenied => self.message_denied = v,
+            Counter::EventsLost => self.events_lost = v,
         }
     }
 
@@ -99,6 +105,9 @@ impl Counters {
             connect_balanced: self.connect_balanced.saturating_sub(earlier.connect_balanced),
             connect_refused: self.connect_refused.saturating_sub(earlier.connect_refused),
             policy_denied: self.policy_denied.saturating_sub(earlier.policy_denied),
+            ingress_denied: self.ingress_denied.saturating_sub(earlier.ingress_denied),
+            message_denied: self.message_denied.saturating_sub(earlier.message_denied),
+            events_lost: self.events_lost.saturating_sub(earlier.events_lost),
         }
     }
 
@@ -115,6 +124,9 @@ impl Counters {
             connect_balanced: self.connect_balanced + other.connect_balanced,
             connect_refused: self.connect_refused + other.connect_refused,
             policy_denied: self.policy_denied + other.policy_denied,
+            ingress_denied: self.ingress_denied + other.ingress_denied,
+            message_denied: self.message_denied + other.message_denied,
+            events_lost: self.events_lost + other.events_lost,
         }
     }
 }
@@ -391,6 +403,13 @@ fn attach(ebpf: &mut Ebpf, cgroup_dir: &File) -> Result<Vec<(&'static str, ToPin
             Program::SockOps(p) => {
                 p.load().map_err(err)?;
                 let id = p.attach(cgroup_dir, CgroupAttachMode::Single).map_err(err)?;
+                ToPin::Aya(fd_link(name, p.take_link(id).map_err(err)?.try_into())?)
+            }
+            Program::CgroupSkb(p) => {
+                p.load().map_err(err)?;
+                let id = p
+                    .attach(cgroup_dir, CgroupSkbAttachType::Ingress, CgroupAttachMode::Single)
+                    .map_err(err)?;
                 ToPin::Aya(fd_link(name, p.take_link(id).map_err(err)?.try_into())?)
             }
             Program::CgroupSockAddr(_) => {

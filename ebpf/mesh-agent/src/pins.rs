@@ -4,7 +4,7 @@
 //! ```text
 //! <pin dir>/layout-<LAYOUT_VERSION>/
 //!     SOCKETS COUNTERS SIDECAR SOCK_STATE SERVICES BACKENDS   maps user space reads or writes
-//!     IDENTITIES CGROUP_IDS POLICY POLICED
+//!     IDENTITIES CGROUP_IDS POLICY POLICED POLICY_GEN SOCK_POLICY VERDICTS DENIALS
 //!     link-<program>                                           one bpf_link per cgroup program
 //!     cgroup-<id>/                                             written last: the install is complete,
 //!                                                              and which cgroup it serves
@@ -25,17 +25,18 @@ use std::{
 
 use aya::maps::{Array, Map, MapData, MapType, PerCpuArray};
 use mesh_common::{
-    BACKENDS_MAP, Backend, BackendKey, CGROUP_IDS_MAP, COUNTER_SLOTS, COUNTERS_MAP, Counter, IDENTITIES_MAP,
-    IdentityAddr, MAX_BACKEND_SLOTS, MAX_IDENTITY_ADDRS, MAX_POLICY, MAX_SERVICES, MAX_SOCKETS, POLICED_MAP,
-    POLICY_MAP, PolicyKey, SERVICES_MAP, SIDECAR_MAP, SOCK_STATE_MAP, SOCKETS_MAP, ServiceKey, ServiceValue,
-    SockKey,
+    BACKENDS_MAP, Backend, BackendKey, CGROUP_IDS_MAP, COUNTER_SLOTS, COUNTERS_MAP, Counter, DENIALS_BYTES,
+    DENIALS_MAP, Hook, IDENTITIES_MAP, IdentityAddr, MAX_BACKEND_SLOTS, MAX_IDENTITY_ADDRS, MAX_POLICY,
+    MAX_RULES, MAX_SERVICES, MAX_SOCKETS, POLICED_MAP, POLICY_GEN_MAP, POLICY_MAP, PolicyKey, SERVICES_MAP,
+    SIDECAR_MAP, SOCK_POLICY_MAP, SOCK_STATE_MAP, SOCKETS_MAP, ServiceKey, ServiceValue, SockKey,
+    VERDICTS_MAP,
 };
 use serde::Serialize;
 
 use crate::{Counters, MeshError, Variant, services};
 
 /// Bump when a pinned map's definition changes, or the set of pins does.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// One pinned map as this build defines it.
 #[derive(Debug, Clone, Copy)]
@@ -55,7 +56,7 @@ const fn spec(name: &'static str, map_type: MapType, key: usize, value: usize, m
 /// The pinned maps of [`LAYOUT_VERSION`]. Every install opens what it just pinned through
 /// [`Pinned::open`], which checks each map against this table: a table that drifts from the
 /// object fails every install, in every kernel test.
-pub const MAPS: [MapSpec; 10] = [
+pub const MAPS: [MapSpec; 14] = [
     spec(SOCKETS_MAP, MapType::SockHash, size_of::<SockKey>(), 4, MAX_SOCKETS),
     spec(COUNTERS_MAP, MapType::PerCpuArray, 4, 8, COUNTER_SLOTS),
     spec(SIDECAR_MAP, MapType::Array, 4, 4, 1),
@@ -67,10 +68,15 @@ pub const MAPS: [MapSpec; 10] = [
     spec(CGROUP_IDS_MAP, MapType::Hash, 8, 4, MAX_IDENTITY_ADDRS),
     spec(POLICY_MAP, MapType::Hash, size_of::<PolicyKey>(), 4, MAX_POLICY),
     spec(POLICED_MAP, MapType::Hash, 4, 4, MAX_IDENTITY_ADDRS),
+    spec(POLICY_GEN_MAP, MapType::Array, 4, 4, 1),
+    spec(SOCK_POLICY_MAP, MapType::LruHash, size_of::<SockKey>(), 4, MAX_SOCKETS),
+    spec(VERDICTS_MAP, MapType::PerCpuArray, 4, 8, MAX_RULES * Hook::COUNT),
+    // A ring buffer has no key or value; its size is its byte count.
+    spec(DENIALS_MAP, MapType::RingBuf, 0, 0, DENIALS_BYTES),
 ];
 
 /// The cgroup programs of a build, each held by one pinned link (sk_msg lives with `SOCKETS`).
-pub fn linked_programs(variant: Variant) -> [&'static str; 10] {
+pub fn linked_programs(variant: Variant) -> [&'static str; 11] {
     [
         variant.setsockopt(),
         variant.programs().1,
@@ -82,6 +88,7 @@ pub fn linked_programs(variant: Variant) -> [&'static str; 10] {
         "mesh_sendmsg6",
         "mesh_recvmsg4",
         "mesh_recvmsg6",
+        "mesh_ingress",
     ]
 }
 
@@ -294,7 +301,11 @@ impl Pinned {
             format!("sk_msg: {msg} attached to the sockhash"),
             format!("cgroup/setsockopt: {} attached to the cgroup", self.variant.setsockopt()),
             format!("sock_ops: {ops} attached to the cgroup"),
-            format!("cgroup/connect, getpeername, sendmsg, recvmsg: {} attached to the cgroup", linked[2..].join(", ")),
+            format!(
+                "cgroup/connect, getpeername, sendmsg, recvmsg: {} attached to the cgroup",
+                linked[2..10].join(", ")
+            ),
+            format!("cgroup_skb/ingress: {} attached to the cgroup", linked[10]),
             format!("a service without backends refuses connect() and sendto() with {}", self.refusal()),
             match self.variant {
                 Variant::Netns => "loopback sockets keyed by network namespace cookie and 4-tuple".into(),
@@ -309,7 +320,7 @@ impl Pinned {
     }
 
     fn map(&self, name: &'static str) -> &Map {
-        self.maps.get(name).expect("every map of MAPS is opened")
+        self.maps.get(name).expect("every map of MAPS but a taken DENIALS is opened")
     }
 
     /// Current counter totals (summed over CPUs).
@@ -355,7 +366,45 @@ impl Pinned {
         else {
             unreachable!("every map of MAPS is opened")
         };
-        crate::policy::reconcile(ids, cgroups, policy, policed, wanted)
+        let applied = crate::policy::reconcile(ids, cgroups, policy, policed, wanted)?;
+        // Established connections are judged again at their next message (sk_msg) once the
+        // generation moves; it moves only when something changed.
+        if applied.added + applied.removed > 0 {
+            let err = |source| MeshError::Map { map: POLICY_GEN_MAP, source };
+            let map = self.maps.get_mut(POLICY_GEN_MAP).expect("opened");
+            let mut array: Array<&mut MapData, u32> = map.try_into().map_err(err)?;
+            let generation = array.get(&0, 0).map_err(err)?;
+            array.set(0, generation.wrapping_add(1).max(1), 0).map_err(err)?;
+        }
+        Ok(applied)
+    }
+
+    /// The policy generation (0: no policy was ever applied).
+    pub fn policy_generation(&self) -> Result<u32, MeshError> {
+        let err = |source| MeshError::Map { map: POLICY_GEN_MAP, source };
+        let array: Array<&MapData, u32> = self.map(POLICY_GEN_MAP).try_into().map_err(err)?;
+        array.get(&0, 0).map_err(err)
+    }
+
+    /// Verdicts counted so far, summed over CPUs: (rule number, hook) -> count, nonzero only;
+    /// rule 0 holds the denials.
+    pub fn verdicts(&self) -> Result<BTreeMap<(u32, u32), u64>, MeshError> {
+        let err = |source| MeshError::Map { map: VERDICTS_MAP, source };
+        let array: PerCpuArray<&MapData, u64> = self.map(VERDICTS_MAP).try_into().map_err(err)?;
+        let mut out = BTreeMap::new();
+        for (i, per_cpu) in array.iter().enumerate() {
+            let n: u64 = per_cpu.map_err(err)?.iter().sum();
+            if n > 0 {
+                let i = i as u32;
+                out.insert((i / Hook::COUNT, i % Hook::COUNT + 1), n);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The ring buffer of denials, for one reader (the running agent).
+    pub fn take_denials(&mut self) -> Option<Map> {
+        self.maps.remove(DENIALS_MAP)
     }
 
     /// How many entries each map holds, beside its capacity.
@@ -364,6 +413,8 @@ impl Pinned {
             .map(|s| {
                 let entries = match s.map_type {
                     MapType::Array | MapType::PerCpuArray => Ok(s.max_entries as usize),
+                    // Bytes, not entries; what is unread is the agent's business.
+                    MapType::RingBuf => Err(aya::maps::MapError::InvalidName { name: s.name.into() }),
                     _ => count_keys(self.map(s.name), s),
                 };
                 MapFill {
@@ -432,6 +483,10 @@ fn count_keys(map: &Map, s: &MapSpec) -> Result<usize, aya::maps::MapError> {
         }
         POLICED_MAP => {
             let m: HashMap<&MapData, u32, u32> = map.try_into()?;
+            Ok(m.keys().count())
+        }
+        SOCK_POLICY_MAP => {
+            let m: aya::maps::HashMap<&MapData, SockKey, u32> = map.try_into()?;
             Ok(m.keys().count())
         }
         _ => Ok(0),

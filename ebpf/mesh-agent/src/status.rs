@@ -21,7 +21,8 @@ pub struct LinkStatus {
 }
 
 /// The cgroup hooks the mesh uses, as `bpf_attach_type` values (`<linux/bpf.h>`).
-pub const HOOKS: [(&str, u32); 10] = [
+pub const HOOKS: [(&str, u32); 11] = [
+    ("ingress", 0),
     ("sock_ops", 3),
     ("connect4", 10),
     ("connect6", 11),
@@ -47,6 +48,18 @@ pub struct Status {
     pub counters: Counters,
     /// The errno of a connect() refused for want of a backend.
     pub refusal: &'static str,
+    /// How many times the policy changed (0: never applied).
+    pub policy_generation: u32,
+    /// Verdicts per rule (0: denials) and hook.
+    pub verdicts: Vec<RuleVerdicts>,
+}
+
+/// What one rule (or, as rule 0, the default deny) decided at each hook.
+#[derive(Debug, Clone, Serialize)]
+pub struct RuleVerdicts {
+    pub rule: u32,
+    pub hook: &'static str,
+    pub count: u64,
 }
 
 /// Reads the status of the mesh pinned under `pin_dir`; with `cgroup`, also what that cgroup
@@ -89,6 +102,12 @@ pub fn read(pin_dir: &Path, cgroup: Option<&Path>) -> Result<Status, MeshError> 
         maps: pinned.fill(),
         counters: pinned.counters()?,
         refusal: pinned.refusal(),
+        policy_generation: pinned.policy_generation()?,
+        verdicts: pinned
+            .verdicts()?
+            .into_iter()
+            .map(|((rule, hook), count)| RuleVerdicts { rule, hook: mesh_common::Hook::name(hook), count })
+            .collect(),
     })
 }
 
@@ -146,6 +165,11 @@ impl Status {
         }
         out.push_str(&format!("no backend: connect() and sendto() fail with {}\n", self.refusal));
         out.push_str(&format!("counters: {}\n", serde_json::to_string(&self.counters).unwrap_or_default()));
+        out.push_str(&format!("policy generation {}\n", self.policy_generation));
+        for v in &self.verdicts {
+            let what = if v.rule == 0 { "denied".to_owned() } else { format!("rule {} allowed", v.rule) };
+            out.push_str(&format!("  {what:<16} at {:<8} {}\n", v.hook, v.count));
+        }
         out
     }
 }

@@ -228,6 +228,14 @@ pub enum Counter {
     ConnectRefused = 8,
     /// connect() or sendto() refused by policy (EPERM).
     PolicyDenied = 9,
+    /// A packet dropped by the ingress check (a connection opening or datagram policy does not
+    /// allow, from a peer the egress checks never saw).
+    IngressDenied = 10,
+    /// A message of an established connection dropped in sk_msg because the policy no longer
+    /// allows the connection (a revoked rule).
+    MessageDenied = 11,
+    /// A denial whose event did not fit in the `DENIALS` ring buffer (nobody draining it).
+    EventsLost = 12,
 }
 
 // ANCHOR: sock_state
@@ -251,7 +259,7 @@ impl SockState {
 
 impl Counter {
     /// Every counter, in slot order.
-    pub const ALL: [Counter; 10] = [
+    pub const ALL: [Counter; 13] = [
         Counter::SocketsInserted,
         Counter::InsertFailed,
         Counter::MsgRedirected,
@@ -262,6 +270,9 @@ impl Counter {
         Counter::ConnectBalanced,
         Counter::ConnectRefused,
         Counter::PolicyDenied,
+        Counter::IngressDenied,
+        Counter::MessageDenied,
+        Counter::EventsLost,
     ];
 
     /// Stable snake_case name, used in JSON output and metrics.
@@ -277,6 +288,9 @@ impl Counter {
             Counter::ConnectBalanced => "connect_balanced",
             Counter::ConnectRefused => "connect_refused",
             Counter::PolicyDenied => "policy_denied",
+            Counter::IngressDenied => "ingress_denied",
+            Counter::MessageDenied => "message_denied",
+            Counter::EventsLost => "events_lost",
         }
     }
 }
@@ -298,6 +312,75 @@ pub const FIRST_POD_IDENTITY: u32 = 256;
 /// Capacities: addresses with an identity, cgroups, allow entries.
 pub const MAX_IDENTITY_ADDRS: u32 = 16_384;
 pub const MAX_POLICY: u32 = 65_536;
+/// Name of the per-CPU verdict counters: slot `rule * HOOKS + hook - 1` counts what `hook`
+/// judged under rule number `rule` (from 1); rule 0 counts denials.
+pub const VERDICTS_MAP: &str = "VERDICTS";
+/// Rules whose verdicts are counted (rule numbers 1 .. MAX_RULES - 1; later rules still work).
+pub const MAX_RULES: u32 = 1024;
+/// Name of the ring buffer of [`Denial`] events.
+pub const DENIALS_MAP: &str = "DENIALS";
+/// Its size in bytes (a power of two, a multiple of the page size): 4,096 events.
+pub const DENIALS_BYTES: u32 = 256 * 1024;
+/// Name of the one-slot array holding the policy generation: the agent adds one each time the
+/// allow-list or an identity changes; 0 while no policy was ever applied.
+pub const POLICY_GEN_MAP: &str = "POLICY_GEN";
+/// Name of the per-socket policy state (keyed like `SOCKETS`): see [`SockPolicy`].
+pub const SOCK_POLICY_MAP: &str = "SOCK_POLICY";
+
+/// Where a verdict was made.
+pub struct Hook;
+
+impl Hook {
+    /// connect4/6: a TCP connection or a connecting UDP socket.
+    pub const CONNECT: u32 = 1;
+    /// sendmsg4/6: an unconnected UDP datagram.
+    pub const SENDMSG: u32 = 2;
+    /// cgroup_skb ingress: a TCP SYN or a UDP datagram arriving at a pod's socket.
+    pub const INGRESS: u32 = 3;
+    /// sk_msg: a message of an established connection, judged again after the policy changed.
+    pub const MESSAGE: u32 = 4;
+    /// How many there are (slots per rule in `VERDICTS`).
+    pub const COUNT: u32 = 4;
+
+    pub const fn name(hook: u32) -> &'static str {
+        match hook {
+            Hook::CONNECT => "connect",
+            Hook::SENDMSG => "sendmsg",
+            Hook::INGRESS => "ingress",
+            Hook::MESSAGE => "message",
+            _ => "?",
+        }
+    }
+}
+
+/// The value of a socket's `SOCK_POLICY` entry: the policy generation it was last judged under
+/// (upper bits) and two flags. sock_ops writes it when the socket enters the sockhash.
+pub struct SockPolicy;
+
+impl SockPolicy {
+    /// The socket accepted the connection (the peer is the client).
+    pub const PASSIVE: u32 = 1;
+    /// A message was dropped: the connection is cut for good (its byte stream has a hole).
+    pub const DENIED: u32 = 2;
+    /// The generation sits above the flags.
+    pub const GEN_SHIFT: u32 = 2;
+}
+
+/// One denial, as the kernel reports it in `DENIALS`. Addresses like [`IdentityAddr`]'s
+/// (network byte order, IPv4 in word 0); `src` is zero where the hook does not know it yet
+/// (connect). `port` is the destination port, host byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Denial {
+    pub hook: u32,
+    pub protocol: u32,
+    pub from: u32,
+    pub to: u32,
+    pub family: u32,
+    pub port: u32,
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+}
 
 /// The data of an `IDENTITIES` key: family, then the address in network byte order (IPv4 in
 /// `ip[0]`; an IPv4-mapped IPv6 address is looked up as IPv4). The trie's prefix length counts
@@ -334,6 +417,7 @@ mod user {
     unsafe impl aya::Pod for super::Backend {}
     unsafe impl aya::Pod for super::IdentityAddr {}
     unsafe impl aya::Pod for super::PolicyKey {}
+    unsafe impl aya::Pod for super::Denial {}
 }
 
 #[cfg(test)]

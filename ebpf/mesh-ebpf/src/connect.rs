@@ -25,7 +25,7 @@ use aya_ebpf::{
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
-use mesh_common::{AF_INET, AF_INET6, Backend, BackendKey, Counter, OriginalDst, ServiceKey};
+use mesh_common::{AF_INET, AF_INET6, Backend, BackendKey, Counter, Hook, OriginalDst, ServiceKey};
 
 use crate::{
     maps::{BACKENDS, ORIGINAL_DST, SERVICES, bump},
@@ -61,11 +61,11 @@ fn balance<const ECONNREFUSED: bool>(ctx: &SockAddrContext, family: u32) -> i32 
     let protocol = sock_addr::protocol(ctx);
     let key = asked.service_key(protocol);
     let Some(backend) = pick(&key) else {
-        return verdict_without_backend::<ECONNREFUSED>(&key, &asked, protocol);
+        return verdict_without_backend::<ECONNREFUSED>(&key, &asked, protocol, Hook::CONNECT);
     };
     let Some(to) = asked.backend(&backend) else { return refuse::<ECONNREFUSED>() };
     // Policy judges where the connection really goes: the backend, not the service.
-    if !policy::allowed(&to, protocol) {
+    if !policy::allowed(&to, protocol, Hook::CONNECT) {
         return deny();
     }
     remember(ctx, &asked, backend);
@@ -98,11 +98,12 @@ pub fn verdict_without_backend<const ECONNREFUSED: bool>(
     key: &ServiceKey,
     asked: &Addr,
     protocol: u32,
+    hook: u32,
 ) -> i32 {
     // SAFETY: a plain lookup.
     if unsafe { SERVICES.get(key) }.is_some() {
         refuse::<ECONNREFUSED>()
-    } else if policy::allowed(asked, protocol) {
+    } else if policy::allowed(asked, protocol, hook) {
         1
     } else {
         deny()

@@ -6,6 +6,7 @@
 
 mod connect;
 mod getpeername;
+mod ingress;
 mod maps;
 mod policy;
 mod setsockopt;

@@ -2,11 +2,12 @@
 use aya_ebpf::{
     btf_maps::SkStorage,
     macros::{btf_map, map},
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, SockHash},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, SockHash},
 };
 use mesh_common::{
-    Backend, BackendKey, COUNTER_SLOTS, Counter, IdentityAddr, MAX_BACKEND_SLOTS, MAX_IDENTITY_ADDRS,
-    MAX_POLICY, MAX_SERVICES, MAX_SOCKETS, OriginalDst, PolicyKey, ServiceKey, ServiceValue, SockKey,
+    Backend, BackendKey, COUNTER_SLOTS, Counter, DENIALS_BYTES, Hook, IdentityAddr, MAX_BACKEND_SLOTS,
+    MAX_IDENTITY_ADDRS, MAX_POLICY, MAX_RULES, MAX_SERVICES, MAX_SOCKETS, OriginalDst, PolicyKey, ServiceKey,
+    ServiceValue, SockKey,
 };
 
 // ANCHOR: maps
@@ -68,6 +69,23 @@ pub static POLICY: HashMap<PolicyKey, u32> = HashMap::with_max_entries(MAX_POLIC
 /// Identities that only accept what the allow-list names.
 #[map(name = "POLICED")]
 pub static POLICED: HashMap<u32, u32> = HashMap::with_max_entries(MAX_IDENTITY_ADDRS, 0);
+
+/// Slot 0: the policy generation (see `mesh_common::POLICY_GEN_MAP`).
+#[map(name = "POLICY_GEN")]
+pub static POLICY_GEN: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Per socket in `SOCKETS`: direction, and the generation its connection was last judged under
+/// (`mesh_common::SockPolicy`). LRU: a lost close callback cannot fill it.
+#[map(name = "SOCK_POLICY")]
+pub static SOCK_POLICY: LruHashMap<SockKey, u32> = LruHashMap::with_max_entries(MAX_SOCKETS, 0);
+
+/// Verdicts per rule and hook (see `mesh_common::VERDICTS_MAP`).
+#[map(name = "VERDICTS")]
+pub static VERDICTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_RULES * Hook::COUNT, 0);
+
+/// One `mesh_common::Denial` per denied connection, datagram, packet or message.
+#[map(name = "DENIALS")]
+pub static DENIALS: RingBuf = RingBuf::with_byte_size(DENIALS_BYTES, 0);
 // ANCHOR_END: policy_maps
 
 /// The socket's state bits (0 when it has none).

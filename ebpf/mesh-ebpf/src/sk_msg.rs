@@ -5,6 +5,10 @@
 //! - Verdict: `bpf_msg_redirect_hash(.., BPF_F_INGRESS)` queues the bytes on the peer socket's
 //!   psock ingress list, skipping TCP, IP, qdiscs, netfilter, the veths and the bridge. No local
 //!   peer: pass, and the message (and every later one from this socket) takes the TCP/IP path.
+//! - Policy: once a policy exists, each socket's connection is judged again at its first
+//!   message after every policy change (`POLICY_GEN`); a connection the policy no longer allows
+//!   is cut: `SK_DROP` (the writer's sendmsg fails with EACCES) for this and every later message
+//!   of either end. Redirected bytes skip cgroup_skb and netfilter: this is their only check.
 //! - Two builds of the same body: `mesh_redirect` keys by network namespace
 //!   (`bpf_get_netns_cookie`, sk_msg since 5.15), `mesh_redirect_nocookie` for older kernels.
 //! - Minimum kernel: 4.17 (sk_msg, sockhash, `bpf_msg_redirect_hash`); the address and port
@@ -20,9 +24,15 @@ use aya_ebpf::{
     macros::sk_msg,
     programs::SkMsgContext,
 };
-use mesh_common::{AF_INET, AF_INET6, Counter, SockKey, SockState};
+use mesh_common::{AF_INET, AF_INET6, Counter, Hook, IPPROTO_TCP, SockKey, SockPolicy, SockState};
 
-use crate::maps::{SIDECAR_ALIASES, SOCK_STATE, SOCKETS, bump, set_sock_state, sidecar_port, sock_state};
+use crate::{
+    maps::{
+        POLICY_GEN, SIDECAR_ALIASES, SOCK_POLICY, SOCK_STATE, SOCKETS, bump, set_sock_state, sidecar_port,
+        sock_state,
+    },
+    policy::{self, Flow},
+};
 
 // ANCHOR: entry
 #[sk_msg]
@@ -49,6 +59,10 @@ fn try_mesh_redirect<const NETNS: bool>(ctx: &SkMsgContext) -> Result<u32, u32> 
         return Ok(sk_action::SK_PASS);
     }
     let me = msg_key::<NETNS>(ctx, family);
+    if !still_allowed(&me) {
+        bump(Counter::MessageDenied);
+        return Ok(sk_action::SK_DROP);
+    }
     // Once a message of this socket went through TCP, all later ones must too: the peer reads
     // its redirect queue before its TCP receive queue, so a redirected message could overtake
     // bytes still in flight.
@@ -80,6 +94,51 @@ fn try_mesh_redirect<const NETNS: bool>(ctx: &SkMsgContext) -> Result<u32, u32> 
     Ok(sk_action::SK_PASS)
 }
 // ANCHOR_END: body
+
+// ANCHOR: still_allowed
+/// Whether the policy still allows this socket's connection. Judged again (as the client's
+/// connection to the server's port) once per policy generation; a denial is final: the sender
+/// gets EACCES, its bytes are gone, and every later message of either end is dropped too.
+/// A socket sock_ops never filed (its entry aged out of the LRU) is left alone.
+#[inline(always)]
+fn still_allowed(me: &SockKey) -> bool {
+    let generation = POLICY_GEN.get(0).copied().unwrap_or(0);
+    if generation == 0 {
+        return true;
+    }
+    let Some(state) = SOCK_POLICY.get_ptr_mut(me) else { return true };
+    // SAFETY: a live map value; only this socket's own messages write it.
+    let v = unsafe { *state };
+    if v & SockPolicy::DENIED != 0 {
+        return false;
+    }
+    if v >> SockPolicy::GEN_SHIFT == generation {
+        return true;
+    }
+    let (client, server, port) = if v & SockPolicy::PASSIVE != 0 {
+        (me.remote_ip, me.local_ip, me.local_port)
+    } else {
+        (me.local_ip, me.remote_ip, me.remote_port)
+    };
+    let to = policy::identity_of(me.family, &server);
+    let (from, verdict) = policy::judge(|| policy::identity_of(me.family, &client), to, port, IPPROTO_TCP);
+    let flow = Flow {
+        hook: Hook::MESSAGE,
+        protocol: IPPROTO_TCP,
+        from,
+        to,
+        family: me.family,
+        port,
+        src: client,
+        dst: server,
+    };
+    let allowed = policy::record(verdict, &flow);
+    let denied = if allowed { 0 } else { SockPolicy::DENIED };
+    // SAFETY: as above.
+    unsafe { *state = (v & SockPolicy::PASSIVE) | denied | (generation << SockPolicy::GEN_SHIFT) };
+    allowed
+}
+// ANCHOR_END: still_allowed
 
 /// Redirects the message to `target`, unless it asked to receive through TCP only
 /// (`NO_REDIRECT`), which counts as a miss. On a hit the helper records the target and returns

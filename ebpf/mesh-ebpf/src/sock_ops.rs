@@ -25,9 +25,11 @@ use aya_ebpf::{
     macros::sock_ops,
     programs::SockOpsContext,
 };
-use mesh_common::{AF_INET, AF_INET6, Counter, SockKey, SockState};
+use mesh_common::{AF_INET, AF_INET6, Counter, SockKey, SockPolicy, SockState};
 
-use crate::maps::{SIDECAR_ALIASES, SOCK_STATE, SOCKETS, bump, remove_socket, sidecar_port, sock_state};
+use crate::maps::{
+    SIDECAR_ALIASES, SOCK_POLICY, SOCK_STATE, SOCKETS, bump, remove_socket, sidecar_port, sock_state,
+};
 
 const SOL_SOCKET: i32 = 1;
 const SO_RCVLOWAT: i32 = 18;
@@ -93,6 +95,9 @@ fn insert<const NETNS: bool>(ctx: &SockOpsContext, op: u32, mut key: SockKey) ->
         return Ok(());
     }
     bump(Counter::SocketsInserted);
+    // Which end this is, for sk_msg's policy check (judged as client -> server's port).
+    let passive = if op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB { SockPolicy::PASSIVE } else { 0 };
+    let _ = SOCK_POLICY.insert(&key, &passive, 0);
     // Ask for state callbacks on this socket: half-close and close are handled above.
     let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
     // With sidecars, remember under which key the proxy will look for this application socket
@@ -124,6 +129,7 @@ fn state_changed(key: &SockKey, old: u32, new: u32) {
     }
     if new == BPF_TCP_CLOSE {
         let _ = SOCK_STATE.remove(key);
+        let _ = SOCK_POLICY.remove(key);
         let port = sidecar_port();
         if port != 0 && key.family == AF_INET {
             let _ = SIDECAR_ALIASES.remove(&key.sidecar_alias(port));

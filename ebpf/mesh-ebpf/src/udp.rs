@@ -10,7 +10,7 @@
 //!   5.18 and later) or EPERM (see `connect.rs`). recvmsg programs must return 1.
 //! - Book: `book/src/hooks/connect.md`.
 use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
-use mesh_common::{AF_INET, AF_INET6, Backend, Counter, ServiceKey};
+use mesh_common::{AF_INET, AF_INET6, Backend, Counter, Hook, ServiceKey};
 
 use crate::{
     connect::{deny, pick, refuse, remember, verdict_without_backend},
@@ -57,10 +57,10 @@ fn send_to_backend<const ECONNREFUSED: bool>(ctx: &SockAddrContext, family: u32)
     let protocol = sock_addr::protocol(ctx);
     let key = asked.service_key(protocol);
     let Some(backend) = sticky_backend(ctx, &key, &asked) else {
-        return verdict_without_backend::<ECONNREFUSED>(&key, &asked, protocol);
+        return verdict_without_backend::<ECONNREFUSED>(&key, &asked, protocol, Hook::SENDMSG);
     };
     let Some(to) = asked.backend(&backend) else { return refuse::<ECONNREFUSED>() };
-    if !policy::allowed(&to, protocol) {
+    if !policy::allowed(&to, protocol, Hook::SENDMSG) {
         return deny();
     }
     sock_addr::write(ctx, &to);

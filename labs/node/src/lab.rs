@@ -230,7 +230,7 @@ impl Lab {
     /// as 1337, which its iptables rules exempt from capture).
     pub fn spawn_as(&mut self, pod: &str, mut cmd: Command, uid: Option<u32>) -> Result<u32, LabError> {
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-        let child = self.start(pod, cmd, uid)?;
+        let child = self.start(pod, cmd, uid, true)?;
         let pid = child.id();
         self.children.push(child);
         Ok(pid)
@@ -239,7 +239,28 @@ impl Lab {
     /// Starts `cmd` in `pod` with its stdout and stderr piped; the caller owns (and reaps) it.
     pub fn spawn_piped(&self, pod: &str, mut cmd: Command) -> Result<Child, LabError> {
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        self.start(pod, cmd, None)
+        self.start(pod, cmd, None, true)
+    }
+
+    /// Like [`Lab::spawn_piped`], but the process joins only the pod's network namespace, not
+    /// its cgroup: a process outside the lab's cgroup, which the mesh's cgroup programs never
+    /// see (it stays in the caller's cgroup).
+    pub fn spawn_piped_outside(&self, pod: &str, mut cmd: Command) -> Result<Child, LabError> {
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        self.start(pod, cmd, None, false)
+    }
+
+    /// [`Lab::run_status`] for a process outside the lab's cgroup (see [`Lab::spawn_piped_outside`]).
+    pub fn run_outside(
+        &self,
+        pod: &str,
+        cmd: Command,
+        timeout: Duration,
+        cancel: &Cancel,
+    ) -> Result<Output, LabError> {
+        let what = process::describe(&cmd);
+        let child = self.spawn_piped_outside(pod, cmd)?;
+        process::wait_output(child, &what, timeout, cancel)
     }
 
     /// Kills and reaps one process started with [`Lab::spawn`].
@@ -261,7 +282,7 @@ impl Lab {
     ) -> Result<Output, LabError> {
         let what = process::describe(&cmd);
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        let child = self.start(pod, cmd, None)?;
+        let child = self.start(pod, cmd, None, true)?;
         process::wait_output(child, &what, timeout, cancel)
     }
 
@@ -286,7 +307,14 @@ impl Lab {
     // ANCHOR: enter_pod
     /// Spawns `cmd` inside the pod: the child joins the pod's network namespace and cgroup
     /// between fork and exec, so every socket it makes is the pod's (and sock_ops sees it).
-    fn start(&self, pod: &str, mut cmd: Command, uid: Option<u32>) -> Result<Child, LabError> {
+    /// Without `join_cgroup` it joins the namespace only.
+    fn start(
+        &self,
+        pod: &str,
+        mut cmd: Command,
+        uid: Option<u32>,
+        join_cgroup: bool,
+    ) -> Result<Child, LabError> {
         let pod = self.pod(pod);
         let ns_path = Path::new(netns::NETNS_DIR).join(&pod.netns);
         let ns = File::open(&ns_path).map_err(LabError::io("cannot open network namespace", &ns_path))?;
@@ -304,7 +332,7 @@ impl Lab {
                     return Err(io::Error::last_os_error());
                 }
                 // "0" moves the writing process itself into the cgroup.
-                if libc::write(procs_fd, b"0".as_ptr().cast(), 1) != 1 {
+                if join_cgroup && libc::write(procs_fd, b"0".as_ptr().cast(), 1) != 1 {
                     return Err(io::Error::last_os_error());
                 }
                 // Drop root last: joining the namespace and the cgroup needed it.

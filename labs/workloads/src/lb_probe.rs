@@ -4,14 +4,14 @@
 //! address, not the backend's).
 use std::{
     collections::BTreeMap,
-    io::{BufRead, BufReader},
-    net::SocketAddr,
+    io::{BufRead, BufReader, Write as _},
+    net::{SocketAddr, TcpStream},
     time::Duration,
 };
 
 use serde::{Deserialize, Serialize};
 
-use crate::rr::{self, Hello};
+use crate::rr::Hello;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
@@ -25,6 +25,11 @@ pub struct Args {
     /// replies say they come from.
     #[arg(long)]
     pub udp: bool,
+    /// Give up on a connection not established after this long. A SYN dropped on the way (by
+    /// the receiving pod's ingress policy) is retried by the kernel for about two minutes before
+    /// connect() fails with ETIMEDOUT; this deadline stands in for it, and is reported the same.
+    #[arg(long, default_value_t = 2000)]
+    pub connect_timeout_ms: u64,
     /// Print the report as one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -57,12 +62,11 @@ pub fn run(args: &Args) -> anyhow::Result<ProbeReport> {
         return Ok(r);
     }
     for _ in 0..args.connections {
-        let conn = match rr::connect(args.connect, Hello::Name, true, Duration::ZERO) {
+        let timeout = Duration::from_millis(args.connect_timeout_ms);
+        let conn = match connect(args.connect, timeout) {
             Ok(c) => c,
             Err(e) => {
-                let errno =
-                    e.downcast_ref::<std::io::Error>().map_or_else(|| format!("{e:#}"), |io| io.to_string());
-                *r.errors.entry(errno).or_default() += 1;
+                *r.errors.entry(e.to_string()).or_default() += 1;
                 continue;
             }
         };
@@ -78,6 +82,22 @@ pub fn run(args: &Args) -> anyhow::Result<ProbeReport> {
     Ok(r)
 }
 // ANCHOR_END: probe
+
+/// One connection that says hello; a connect() still pending after `timeout` fails as the
+/// kernel's own SYN retries would have: ETIMEDOUT.
+fn connect(to: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
+    let conn = TcpStream::connect_timeout(&to, timeout).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::TimedOut && e.raw_os_error().is_none() {
+            std::io::Error::from_raw_os_error(libc::ETIMEDOUT)
+        } else {
+            e
+        }
+    })?;
+    conn.set_nodelay(true)?;
+    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    (&conn).write_all(&Hello::Name.encode())?;
+    Ok(conn)
+}
 
 /// One unconnected UDP socket, two datagrams: who answers, from which address, the same twice?
 fn udp_once(to: SocketAddr, r: &mut ProbeReport) -> std::io::Result<()> {
@@ -111,20 +131,28 @@ mod tests {
     #[test]
     fn counts_who_answered_and_the_peer_seen() {
         let addr = crate::rr::tests::local_server();
-        let r = run(&Args { connect: addr, connections: 20, udp: false, json: true }).unwrap();
+        let r =
+            run(&Args { connect: addr, connections: 20, udp: false, json: true, connect_timeout_ms: 2000 })
+                .unwrap();
         assert_eq!(r.reached, BTreeMap::from([("test".to_owned(), 20)]));
         assert_eq!(r.peer_is_target, 20);
         assert!(r.errors.is_empty());
-        let refused =
-            run(&Args { connect: "127.0.0.1:9".parse().unwrap(), connections: 2, udp: false, json: true })
-                .unwrap();
+        let refused = run(&Args {
+            connect: "127.0.0.1:9".parse().unwrap(),
+            connections: 2,
+            udp: false,
+            json: true,
+            connect_timeout_ms: 2000,
+        })
+        .unwrap();
         assert_eq!(refused.errors.values().sum::<u32>(), 2, "{refused:?}");
     }
 
     #[test]
     fn udp_names_the_server_and_its_address() {
         let addr = crate::rr::tests::local_server();
-        let r = run(&Args { connect: addr, connections: 5, udp: true, json: true }).unwrap();
+        let r = run(&Args { connect: addr, connections: 5, udp: true, json: true, connect_timeout_ms: 2000 })
+            .unwrap();
         assert_eq!(r.reached, BTreeMap::from([("test".to_owned(), 5)]), "{r:?}");
         assert_eq!((r.peer_is_target, r.sticky), (5, 5));
     }

@@ -2,7 +2,8 @@
 //! stopping at the first. A scenario starts it, disturbs the mesh (kills its agent, restarts it)
 //! and then reads whether any round trip failed or stalled.
 //!
-//! Prints `ready` on its own line once every connection is up, then one JSON report at the end.
+//! Prints `ready` on its own line once every connection is up and did one round trip (counted),
+//! then one JSON report at the end.
 use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpStream},
@@ -10,6 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
 use crate::rr::{self, Hello};
@@ -48,9 +50,14 @@ pub struct LoadReport {
 // ANCHOR: load
 pub fn run(args: &Args) -> anyhow::Result<LoadReport> {
     let hello = Hello::PingPong { request: args.size as u32, response: args.size as u32 };
-    let conns = (0..args.connections)
+    let mut conns = (0..args.connections)
         .map(|_| rr::connect(args.connect, hello, true, Duration::from_secs(5)))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    // Ready means working: one round trip on every connection first.
+    let (request, mut response) = (vec![b'q'; args.size], vec![0u8; args.size]);
+    for c in &mut conns {
+        c.write_all(&request).and_then(|()| c.read_exact(&mut response)).context("first round trip")?;
+    }
     println!("ready");
     let until = Instant::now() + Duration::from_secs_f64(args.seconds);
     let workers: Vec<_> = conns
@@ -66,6 +73,7 @@ pub fn run(args: &Args) -> anyhow::Result<LoadReport> {
         seconds: args.seconds,
         ..LoadReport::default()
     };
+    r.round_trips = u64::from(args.connections);
     for w in workers {
         let one = w.join().map_err(|_| anyhow::anyhow!("load worker panicked"))?;
         r.round_trips += one.round_trips;

@@ -211,7 +211,15 @@ fn answer(mut conn: TcpStream, name: &str) -> io::Result<()> {
 pub fn connect(to: SocketAddr, hello: Hello, nodelay: bool, timeout: Duration) -> anyhow::Result<TcpStream> {
     let deadline = Instant::now() + timeout;
     loop {
-        match TcpStream::connect(to) {
+        // Within the window each attempt has a deadline too: a SYN dropped on the way (policy)
+        // would otherwise be retried by the kernel for minutes.
+        let left = deadline.saturating_duration_since(Instant::now());
+        let attempt = if timeout.is_zero() {
+            TcpStream::connect(to)
+        } else {
+            TcpStream::connect_timeout(&to, left.max(Duration::from_millis(100)))
+        };
+        match attempt {
             Ok(mut s) => {
                 s.set_nodelay(nodelay)?;
                 s.write_all(&hello.encode()).with_context(|| format!("hello to {to}"))?;

@@ -149,6 +149,8 @@ struct Load {
     label: String,
     /// Reads the report the load prints when it ends.
     report: std::thread::JoinHandle<String>,
+    /// The mesh's counters when it started.
+    counters: Counters,
 }
 
 /// The bench step's fields.
@@ -409,11 +411,13 @@ impl Engine<'_> {
             }
             Step::Isolation { name, pods, port, .. } => self.isolation(label, name, pods, *port)?,
             Step::Apply { name, file, .. } => self.apply(label, name, file)?,
-            Step::Balance { name, from, address, connections, protocol, .. } => {
+            Step::Balance { name, from, address, connections, protocol, outside_mesh, .. } => {
                 let udp = *protocol == mesh_agent::meshfile::Protocol::Udp;
+                let from = Client { pod: from, outside_mesh: *outside_mesh };
                 self.balance(label, name, from, *address, *connections, udp)?;
             }
-            Step::Load { name, from, address, connections, seconds, .. } => {
+            Step::Load { name, from, address, connections, seconds, outside_mesh, .. } => {
+                let from = Client { pod: from, outside_mesh: *outside_mesh };
                 self.load(label, name, from, *address, *connections, *seconds)?;
             }
             Step::Await { load, .. } => self.await_load(label, load)?,
@@ -856,7 +860,7 @@ impl Engine<'_> {
         &mut self,
         label: &str,
         name: &str,
-        from: &str,
+        from: Client<'_>,
         address: SocketAddr,
         connections: u32,
         udp: bool,
@@ -875,7 +879,16 @@ impl Engine<'_> {
             format!("{connections} {what} {from} -> {address}, one after another ({})", self.config()),
         );
         let c0 = self.counters()?;
-        let r: ProbeReport = self.run_json(from, &args)?;
+        let r: ProbeReport = if from.outside_mesh {
+            let cmd = self.ctx.workload.command(&args);
+            let out = self.lab.run_outside(from.pod, cmd, RUN_TIMEOUT, &self.ctx.cancel)?;
+            serde_json::from_slice(&out.stdout).map_err(|e| LabError::Parse {
+                command: "workload lb-probe".into(),
+                detail: format!("{e}: {}", String::from_utf8_lossy(&out.stdout)),
+            })?
+        } else {
+            self.run_json(from.pod, &args)?
+        };
         let c = self.counters()?.since(&c0);
         let ok: u32 = r.reached.values().sum();
         let errors: u32 = r.errors.values().sum();
@@ -918,6 +931,7 @@ impl Engine<'_> {
             ("msg_seen", (c.msg_redirected + c.msg_passed) as f64),
             ("inserted", c.sockets_inserted as f64),
             ("errno", f64::from(common_errno(r.errors.keys()))),
+            ("ingress_denied", c.ingress_denied as f64),
             ("sticky", if udp { f64::from(r.sticky) / f64::from(ok.max(1)) } else { 0.0 }),
         ];
         self.out(
@@ -945,7 +959,7 @@ impl Engine<'_> {
         &mut self,
         label: &str,
         name: &str,
-        from: &str,
+        from: Client<'_>,
         address: SocketAddr,
         connections: u32,
         seconds: f64,
@@ -959,7 +973,12 @@ impl Engine<'_> {
             "--seconds".into(),
             seconds.to_string(),
         ];
-        let mut child = self.lab.spawn_piped(from, self.ctx.workload.command(&args))?;
+        let cmd = self.ctx.workload.command(&args);
+        let mut child = if from.outside_mesh {
+            self.lab.spawn_piped_outside(from.pod, cmd)?
+        } else {
+            self.lab.spawn_piped(from.pod, cmd)?
+        };
         let mut stdout = std::io::BufReader::new(child.stdout.take().expect("piped"));
         let mut line = String::new();
         use std::io::BufRead as _;
@@ -984,13 +1003,15 @@ impl Engine<'_> {
             label,
             format!("{connections} connections {from} -> {address} doing round trips for {seconds} s, in the background"),
         );
-        self.loads.insert(name.to_owned(), Load { child, label: label.to_owned(), report: rest });
+        let counters = self.counters()?;
+        self.loads.insert(name.to_owned(), Load { child, label: label.to_owned(), report: rest, counters });
         Ok(())
     }
 
     /// Waits for a background load and stores its figures.
     fn await_load(&mut self, label: &str, name: &str) -> Result<(), LabError> {
-        let Load { mut child, label: started, report } = self.loads.remove(name).expect("checked at parse");
+        let Load { mut child, label: started, report, counters } =
+            self.loads.remove(name).expect("checked at parse");
         let status = child.wait().map_err(LabError::io("cannot wait for", "workload load"))?;
         let text = report.join().unwrap_or_default();
         let r: workloads::load::LoadReport =
@@ -1008,9 +1029,12 @@ impl Engine<'_> {
         for e in &r.errors {
             self.out(label, format!("error: {e}"));
         }
+        // Messages dropped by policy in sk_msg while it ran (any connection's).
+        let message_denied = self.counters()?.since(&counters).message_denied;
         let values = [
             ("round_trips", r.round_trips as f64),
             ("failed", r.failed as f64),
+            ("message_denied", message_denied as f64),
             ("max_round_trip_ms", r.max_round_trip_ms),
             ("seconds", r.seconds),
         ];
@@ -1855,6 +1879,23 @@ fn texts(step: &Step) -> (&str, &[String]) {
         | Step::Compute { explain, .. }
         | Step::Expect { explain, .. }
         | Step::Await { explain, .. } => (explain, &[]),
+    }
+}
+
+/// Where a client runs: in a pod, or in its network namespace outside the lab's cgroup.
+#[derive(Clone, Copy)]
+struct Client<'a> {
+    pod: &'a str,
+    outside_mesh: bool,
+}
+
+impl std::fmt::Display for Client<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.pod)?;
+        if self.outside_mesh {
+            f.write_str(" (a process outside the mesh)")?;
+        }
+        Ok(())
     }
 }
 

@@ -419,6 +419,10 @@ pub enum Step {
         protocol: mesh_agent::meshfile::Protocol,
         #[serde(default = "thousand")]
         connections: u32,
+        /// Run the client in `from`'s network namespace but outside the lab's cgroup: a process
+        /// the mesh never sees connect (no connect4, no sock_ops, no load balancing).
+        #[serde(default)]
+        outside_mesh: bool,
         #[serde(default)]
         explain: String,
         #[serde(default, rename = "try")]
@@ -435,6 +439,9 @@ pub enum Step {
         connections: u32,
         #[serde(default = "ten")]
         seconds: f64,
+        /// As for `balance`: outside the lab's cgroup, unseen by the mesh.
+        #[serde(default)]
+        outside_mesh: bool,
         #[serde(default)]
         explain: String,
         #[serde(default, rename = "try")]
@@ -596,7 +603,8 @@ pub const APPLY_METRICS: &[&str] = &["added", "changed", "removed", "unchanged"]
 /// of connections whose getpeername() (UDP: the replies' source) was the service address; messages
 /// sk_msg redirected, messages sk_msg saw at all (`msg_seen`: redirected + passed) and sockets
 /// sock_ops inserted meanwhile (all the lab's, not only the step's); UDP: the share of sockets whose two datagrams reached one backend; `errno`: the
-/// error number every failed connection got (0 when none failed or they differ).
+/// error number every failed connection got (0 when none failed or they differ);
+/// `ingress_denied`: packets the ingress policy dropped meanwhile.
 pub const BALANCE_METRICS: &[&str] = &[
     "connections",
     "errors",
@@ -610,11 +618,14 @@ pub const BALANCE_METRICS: &[&str] = &[
     "inserted",
     "sticky",
     "errno",
+    "ingress_denied",
 ];
 
 /// Metrics a load stores under its name once awaited: round trips done and failed, the longest
-/// round trip in milliseconds, and the seconds it ran.
-pub const LOAD_METRICS: &[&str] = &["round_trips", "failed", "max_round_trip_ms", "seconds"];
+/// round trip in milliseconds, the seconds it ran, and the messages sk_msg dropped by policy
+/// meanwhile (`message_denied`, all the lab's connections).
+pub const LOAD_METRICS: &[&str] =
+    &["round_trips", "failed", "message_denied", "max_round_trip_ms", "seconds"];
 
 /// Metrics every agent step stores under its name: for `kill`, `killed` (1); for `start`,
 /// `adopted` (1 when it found the pins and attached nothing, 0 when it installed), `links` and
