@@ -88,7 +88,8 @@ fn agent_counts_passes_and_cleans_up_on_sigterm() {
     let first = counters.recv_timeout(Duration::from_secs(30)).expect("agent reports counters once attached");
     assert_eq!(first["msg_redirected"], 0);
     for map in ["SOCKETS", "COUNTERS"] {
-        assert!(sb.pins.join("layout-2").join(map).exists(), "{map} pinned");
+        let layout = format!("layout-{}", mesh_agent::pins::LAYOUT_VERSION);
+        assert!(sb.pins.join(layout).join(map).exists(), "{map} pinned");
     }
 
     // A client inside the cgroup talks to a server outside it: only the client's socket is in
@@ -116,6 +117,47 @@ fn agent_counts_passes_and_cleans_up_on_sigterm() {
     assert!(seen["sockets_inserted"].as_u64() >= Some(1), "{seen}");
     assert!(seen["msg_passed"].as_u64() >= Some(1), "{seen}");
     assert_eq!(seen["msg_redirected"], 0, "{seen}");
+
+    // Police 127.0.0.1 (pod "b" here), allowing only pod "a" on port 1: the next connect() from
+    // this cgroup (no pod's: world) fails with EPERM, and the agent prints the kernel's event.
+    let mesh = std::env::temp_dir().join(format!("{tag}.toml"));
+    let pods = std::env::temp_dir().join(format!("{tag}.json"));
+    fs::write(&mesh, "[[policy]]\nfrom = { app = \"a\" }\nto = { app = \"b\" }\nports = [1]\n").unwrap();
+    let pod = |name: &str, v4: &str, v6: &str| serde_json::json!({ "name": name, "labels": { "app": name }, "ipv4": v4, "ipv6": v6 });
+    fs::write(
+        &pods,
+        serde_json::to_string(&[pod("a", "10.255.0.1", "fd00::1"), pod("b", "127.0.0.1", "::1")]).unwrap(),
+    )
+    .unwrap();
+    let applied = Command::new(env!("CARGO_BIN_EXE_mesh-agent"))
+        .arg("apply")
+        .arg(&mesh)
+        .arg("--pin-dir")
+        .arg(&sb.pins)
+        .arg("--pods")
+        .arg(&pods)
+        .output()
+        .unwrap();
+    let _ = (fs::remove_file(&mesh), fs::remove_file(&pods));
+    assert!(applied.status.success(), "apply: {}", String::from_utf8_lossy(&applied.stderr));
+    let script =
+        format!("echo 0 > {}/cgroup.procs && exec 3<>/dev/tcp/127.0.0.1/{port}", sb.cgroup.display());
+    let denied = Command::new("bash").args(["-c", &script]).output().unwrap();
+    assert!(!denied.status.success(), "connect() to a policed address must fail");
+    assert!(String::from_utf8_lossy(&denied.stderr).contains("not permitted"), "{denied:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let event = loop {
+        let v = counters.recv_timeout(Duration::from_secs(10)).expect("agent output");
+        if v.get("denial").is_some() || Instant::now() > deadline {
+            break v;
+        }
+    };
+    eprintln!("denial event: {event}");
+    let d = &event["denial"];
+    assert_eq!(d["hook"], "connect", "{event}");
+    assert_eq!(d["from"]["pods"], serde_json::json!(["world"]), "{event}");
+    assert_eq!(d["dst"], "127.0.0.1", "{event}");
+    assert_eq!(d["port"], port, "{event}");
 
     // SIGTERM: detach, unpin, exit 0.
     let mut agent = sb.agent.take().unwrap();
@@ -227,7 +269,7 @@ fn a_killed_agent_leaves_the_datapath_and_the_next_one_adopts_it() {
     sb.agent = Some(first);
     assert!(said.contains("installed in"), "{said}");
     let programs = attached(&sb.cgroup);
-    assert_eq!(programs.len(), 10, "{programs:?}");
+    assert_eq!(programs.len(), mesh_agent::status::HOOKS.len(), "{programs:?}");
 
     // apply: by difference, idempotent; a rejected file changes nothing.
     let (ok, out) = output(agent(&sb, &["apply", good.to_str().unwrap()]));
@@ -251,7 +293,7 @@ fn a_killed_agent_leaves_the_datapath_and_the_next_one_adopts_it() {
     // The next agent adopts: nothing attached twice.
     let (second, said) = serve(&sb);
     sb.agent = Some(second);
-    assert!(said.contains("adopted 10 pinned links and 1 services"), "{said}");
+    assert!(said.contains(&format!("adopted {} pinned links and 1 services", programs.len())), "{said}");
     assert_eq!(attached(&sb.cgroup), programs, "each program once");
     let (ok, out) = output(agent(&sb, &["status", "--cgroup", sb.cgroup.to_str().unwrap()]));
     assert!(ok && out.contains("each mesh program attached once"), "{out}");

@@ -8,9 +8,10 @@
 //! - `uninstall`: detach everything and remove the pins (also after an agent was killed).
 use std::{
     collections::BTreeMap,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     path::{Path, PathBuf},
     process::ExitCode,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
@@ -207,22 +208,47 @@ fn serve(
     }
     let mut denials = mesh.pins_mut().take_denials().map(Denials::new).transpose()?;
     eprintln!("mesh-agent: serving {}", cgroup.display());
+    // One wait for everything: a stop signal (through a signalfd), a denial in the ring buffer
+    // (printed at once), or the next counter report.
+    // SAFETY: a new descriptor for our own (blocked) signal set.
+    let sigfd = unsafe { libc::signalfd(-1, &signals, libc::SFD_CLOEXEC) };
+    anyhow::ensure!(sigfd >= 0, "signalfd: {}", std::io::Error::last_os_error());
+    // SAFETY: we own the new descriptor.
+    let sigfd = unsafe { OwnedFd::from_raw_fd(sigfd) };
     let interval = Duration::from_millis(interval_ms);
-    let timeout = libc::timespec { tv_sec: interval.as_secs() as _, tv_nsec: interval.subsec_nanos() as _ };
+    let mut next_report = Instant::now();
     loop {
-        println!("{}", serde_json::to_string(&mesh.counters()?)?);
-        for d in denials.as_mut().map(Denials::drain).unwrap_or_default() {
-            let record = DenialRecord::new(&d, &members);
-            println!("{}", serde_json::json!({ "denial": record }));
-        }
-        // SAFETY: waits on our own signal set; a null info pointer is allowed.
-        let sig = unsafe { libc::sigtimedwait(&signals, std::ptr::null_mut(), &timeout) };
-        if [libc::SIGINT, libc::SIGTERM, libc::SIGHUP].contains(&sig) {
+        if Instant::now() >= next_report {
             println!("{}", serde_json::to_string(&mesh.counters()?)?);
+            next_report = Instant::now() + interval;
+        }
+        print_denials(denials.as_mut(), &members);
+        let mut fds = vec![libc::pollfd { fd: sigfd.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
+        if let Some(d) = &denials {
+            fds.push(libc::pollfd { fd: d.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+        }
+        let wait =
+            next_report.saturating_duration_since(Instant::now()).as_millis().min(i32::MAX as u128) as i32;
+        // SAFETY: `fds` is a live array of the length given.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, wait) };
+        if n < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            anyhow::bail!("poll: {}", std::io::Error::last_os_error());
+        }
+        if fds[0].revents & libc::POLLIN != 0 {
+            println!("{}", serde_json::to_string(&mesh.counters()?)?);
+            print_denials(denials.as_mut(), &members);
+            drop(denials);
             mesh.stop().context("clean shutdown")?;
             eprintln!("mesh-agent: detached and unpinned");
             return Ok(());
         }
+    }
+}
+
+/// Prints every waiting denial as a JSON line.
+fn print_denials(denials: Option<&mut Denials>, members: &BTreeMap<u32, Vec<String>>) {
+    for d in denials.map(Denials::drain).unwrap_or_default() {
+        println!("{}", serde_json::json!({ "denial": DenialRecord::new(&d, members) }));
     }
 }
 

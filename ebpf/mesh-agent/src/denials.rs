@@ -83,6 +83,11 @@ impl Denials {
         RingBuf::try_from(map).map(Denials).map_err(|source| MeshError::Map { map: DENIALS_MAP, source })
     }
 
+    /// The ring buffer's descriptor: readable when events wait.
+    pub fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.0)
+    }
+
     /// Every event waiting, oldest first.
     pub fn drain(&mut self) -> Vec<Denial> {
         let mut out = Vec::new();

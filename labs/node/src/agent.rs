@@ -31,13 +31,19 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Starts the agent and waits until it serves; returns it with what it said.
-    pub fn start(cmd: &Cmd, cgroup: &Path, pin_dir: &Path) -> Result<(Agent, Vec<String>), LabError> {
+    /// Starts the agent (applying `files`, the mesh file and the pods file, once it serves) and
+    /// waits until it serves; returns it with what it said.
+    pub fn start(
+        cmd: &Cmd,
+        cgroup: &Path,
+        pin_dir: &Path,
+        files: Option<(PathBuf, PathBuf)>,
+    ) -> Result<(Agent, Vec<String>), LabError> {
         let mut agent = Agent {
             cmd: cmd.clone(),
             cgroup: cgroup.to_owned(),
             pin_dir: pin_dir.to_owned(),
-            files: None,
+            files,
             child: None,
             pinned: None,
         };

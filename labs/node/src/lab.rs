@@ -29,6 +29,10 @@ use crate::{
 pub const NETNS_PREFIX: &str = "slab-";
 /// Where labs keep their files ([`LabId::run_dir`]).
 pub const RUN_DIR: &str = "/run/sidecarless-lab";
+/// The mesh file applied last and the pods it was resolved against, in the lab's run folder.
+pub const MESH_FILE: &str = "mesh.toml";
+pub const PODS_FILE: &str = "pods.json";
+
 /// Name of the bridge in the node namespace.
 const BRIDGE: &str = "br0";
 /// Name reserved for the node namespace.
@@ -365,7 +369,11 @@ impl Lab {
         if self.agent.is_some() {
             return Ok(Vec::new());
         }
-        let (a, said) = Agent::start(agent, &self.cgroup, &self.id.pin_dir())?;
+        // The mesh file applied last is the lab's declared mesh: a mesh switched off and on
+        // again comes back with it (the same as an agent restarted after a crash).
+        let files = [MESH_FILE, PODS_FILE].map(|f| self.id.run_dir().join(f));
+        let files = files.iter().all(|f| f.exists()).then(|| (files[0].clone(), files[1].clone()));
+        let (a, said) = Agent::start(agent, &self.cgroup, &self.id.pin_dir(), files)?;
         self.agent = Some(a);
         Ok(said)
     }
@@ -380,7 +388,17 @@ impl Lab {
     }
 
     /// Writes `name` in the lab's run folder (created on first use); returns its path.
-    pub fn write_file(&self, name: &str, contents: &[u8]) -> Result<PathBuf, LabError> {
+    /// Keeps the mesh file applied last and the lab's pods (see [`MESH_FILE`]): a restarted agent,
+    /// and the mesh switched on again, apply them. Returns their paths.
+    pub fn keep_mesh_files(&mut self, mesh: &[u8], pods: &[u8]) -> Result<(PathBuf, PathBuf), LabError> {
+        let files = (self.write_file(MESH_FILE, mesh)?, self.write_file(PODS_FILE, pods)?);
+        if let Some(a) = self.agent.as_mut() {
+            a.set_files(files.0.clone(), files.1.clone());
+        }
+        Ok(files)
+    }
+
+    fn write_file(&self, name: &str, contents: &[u8]) -> Result<PathBuf, LabError> {
         let dir = self.id.run_dir();
         fs::create_dir_all(&dir).map_err(LabError::io("cannot create", &dir))?;
         let path = dir.join(name);

@@ -817,13 +817,8 @@ impl Engine<'_> {
             );
         }
         // What a restarted agent applies: this file, with the lab's pods.
-        let base = std::path::Path::new(file).file_name().map_or("mesh.toml".into(), |n| n.to_string_lossy());
-        let mesh_path = self.lab.write_file(&base, text.as_bytes())?;
         let pods_json = serde_json::to_vec_pretty(&pods).expect("pods serialize");
-        let pods_path = self.lab.write_file("pods.json", &pods_json)?;
-        if let Some(a) = self.lab.agent_mut() {
-            a.set_files(mesh_path, pods_path);
-        }
+        self.lab.keep_mesh_files(text.as_bytes(), &pods_json)?;
         for r in &resolved {
             let behind = if r.slot_names.is_empty() {
                 "no backend (connect() is refused)".into()
