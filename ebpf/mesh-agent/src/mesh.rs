@@ -6,13 +6,13 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{MapData, SockHash},
+    maps::{MapData, ProgramArray, SockHash},
     programs::{
         CgroupAttachMode, CgroupSkbAttachType, CgroupSockAddr, Program, SkMsg,
         links::{FdLink, LinkError, PinnedLink},
     },
 };
-use mesh_common::{Counter, SERVICES_MAP, SOCKETS_MAP, SockKey};
+use mesh_common::{Counter, HTTP_PROGS_MAP, SERVICES_MAP, SOCKETS_MAP, SockKey};
 use serde::Serialize;
 
 use crate::{
@@ -41,6 +41,14 @@ impl Variant {
         }
     }
 
+    /// The HTTP-judging sk_msg program of this build (tail-called through `HTTP_PROGS`).
+    pub const fn http(self) -> &'static str {
+        match self {
+            Variant::Netns => "mesh_http",
+            Variant::NoNetns => "mesh_http_nocookie",
+        }
+    }
+
     /// The cgroup/setsockopt program of this build.
     pub const fn setsockopt(self) -> &'static str {
         match self {
@@ -55,80 +63,50 @@ fn load_sk_msg(ebpf: &mut Ebpf, name: &'static str) -> Result<(), MeshError> {
     prog.load().map_err(|e| MeshError::program(name, e))
 }
 
-/// What the kernel programs counted, summed over CPUs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Counters {
-    pub sockets_inserted: u64,
-    pub insert_failed: u64,
-    pub msg_redirected: u64,
-    pub msg_passed: u64,
-    pub loopback_skipped: u64,
-    pub half_close_detached: u64,
-    pub rcvlowat_tcp: u64,
-    pub connect_balanced: u64,
-    pub connect_refused: u64,
-    pub policy_denied: u64,
-    pub ingress_denied: u64,
-    pub message_denied: u64,
-    pub events_lost: u64,
+/// Declares [`Counters`]: one field per [`Counter`] (its `name()`), and the arithmetic on them.
+macro_rules! counters {
+    ($($field:ident = $variant:ident),* $(,)?) => {
+        /// What the kernel programs counted, summed over CPUs.
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+        pub struct Counters {
+            $(pub $field: u64,)*
+        }
+
+        impl Counters {
+            pub(crate) fn set(&mut self, c: Counter, v: u64) {
+                match c {
+                    $(Counter::$variant => self.$field = v,)*
+                }
+            }
+
+            /// What happened between `earlier` and `self`.
+            pub fn since(&self, earlier: &Counters) -> Counters {
+                Counters { $($field: self.$field.saturating_sub(earlier.$field),)* }
+            }
+
+            /// Both together (totals over several runs).
+            pub fn plus(&self, other: &Counters) -> Counters {
+                Counters { $($field: self.$field + other.$field,)* }
+            }
+        }
+    };
 }
 
-impl Counters {
-    pub(crate) fn set(&mut self, c: Counter, v: u64) {
-        match c {
-            Counter::SocketsInserted => self.sockets_inserted = v,
-            Counter::InsertFailed => self.insert_failed = v,
-            Counter::MsgRedirected => self.msg_redirected = v,
-            Counter::MsgPassed => self.msg_passed = v,
-            Counter::LoopbackSkipped => self.loopback_skipped = v,
-            Counter::HalfCloseDetached => self.half_close_detached = v,
-            Counter::RcvlowatTcp => self.rcvlowat_tcp = v,
-            Counter::ConnectBalanced => self.connect_balanced = v,
-            Counter::ConnectRefused => self.connect_refused = v,
-            Counter::PolicyDenied => self.policy_denied = v,
-            Counter::IngressDenied => self.ingress_denied = v,
-            Counter::MessageDenied => self.message_denied = v,
-            Counter::EventsLost => self.events_lost = v,
-        }
-    }
-
-    /// What happened between `earlier` and `self`.
-    pub fn since(&self, earlier: &Counters) -> Counters {
-        Counters {
-            sockets_inserted: self.sockets_inserted.saturating_sub(earlier.sockets_inserted),
-            insert_failed: self.insert_failed.saturating_sub(earlier.insert_failed),
-            msg_redirected: self.msg_redirected.saturating_sub(earlier.msg_redirected),
-            msg_passed: self.msg_passed.saturating_sub(earlier.msg_passed),
-            loopback_skipped: self.loopback_skipped.saturating_sub(earlier.loopback_skipped),
-            half_close_detached: self.half_close_detached.saturating_sub(earlier.half_close_detached),
-            rcvlowat_tcp: self.rcvlowat_tcp.saturating_sub(earlier.rcvlowat_tcp),
-            connect_balanced: self.connect_balanced.saturating_sub(earlier.connect_balanced),
-            connect_refused: self.connect_refused.saturating_sub(earlier.connect_refused),
-            policy_denied: self.policy_denied.saturating_sub(earlier.policy_denied),
-            ingress_denied: self.ingress_denied.saturating_sub(earlier.ingress_denied),
-            message_denied: self.message_denied.saturating_sub(earlier.message_denied),
-            events_lost: self.events_lost.saturating_sub(earlier.events_lost),
-        }
-    }
-
-    /// Both together (totals over several runs).
-    pub fn plus(&self, other: &Counters) -> Counters {
-        Counters {
-            sockets_inserted: self.sockets_inserted + other.sockets_inserted,
-            insert_failed: self.insert_failed + other.insert_failed,
-            msg_redirected: self.msg_redirected + other.msg_redirected,
-            msg_passed: self.msg_passed + other.msg_passed,
-            loopback_skipped: self.loopback_skipped + other.loopback_skipped,
-            half_close_detached: self.half_close_detached + other.half_close_detached,
-            rcvlowat_tcp: self.rcvlowat_tcp + other.rcvlowat_tcp,
-            connect_balanced: self.connect_balanced + other.connect_balanced,
-            connect_refused: self.connect_refused + other.connect_refused,
-            policy_denied: self.policy_denied + other.policy_denied,
-            ingress_denied: self.ingress_denied + other.ingress_denied,
-            message_denied: self.message_denied + other.message_denied,
-            events_lost: self.events_lost + other.events_lost,
-        }
-    }
+counters! {
+    sockets_inserted = SocketsInserted,
+    insert_failed = InsertFailed,
+    msg_redirected = MsgRedirected,
+    msg_passed = MsgPassed,
+    loopback_skipped = LoopbackSkipped,
+    half_close_detached = HalfCloseDetached,
+    rcvlowat_tcp = RcvlowatTcp,
+    connect_balanced = ConnectBalanced,
+    connect_refused = ConnectRefused,
+    policy_denied = PolicyDenied,
+    ingress_denied = IngressDenied,
+    message_denied = MessageDenied,
+    events_lost = EventsLost,
+    http_denied = HttpDenied,
 }
 
 /// How [`Mesh::start`] found the node.
@@ -374,6 +352,27 @@ fn attach(ebpf: &mut Ebpf, cgroup_dir: &File) -> Result<Vec<(&'static str, ToPin
         }
         Err(e) => return Err(e),
     };
+    // The HTTP judge, in the program array the redirect program tail-calls (see pins.rs: the
+    // array is pinned, or it would empty itself when this process exits).
+    load_sk_msg(ebpf, variant.http())?;
+    let http_fd = {
+        let p: &SkMsg = ebpf
+            .program(variant.http())
+            .ok_or(MeshError::Missing { name: variant.http() })?
+            .try_into()
+            .map_err(|e| MeshError::program(variant.http(), e))?;
+        p.fd()
+            .map_err(|e| MeshError::program(variant.http(), e))?
+            .try_clone()
+            .map_err(|e| MeshError::program(variant.http(), aya::programs::ProgramError::from(e)))?
+    };
+    let mut progs: ProgramArray<&mut MapData> = ebpf
+        .map_mut(HTTP_PROGS_MAP)
+        .ok_or(MeshError::Missing { name: HTTP_PROGS_MAP })?
+        .try_into()
+        .map_err(|source| MeshError::Map { map: HTTP_PROGS_MAP, source })?;
+    progs.set(0, &http_fd, 0).map_err(|source| MeshError::Map { map: HTTP_PROGS_MAP, source })?;
+
     // sk_msg first: a socket sock_ops inserts must find its verdict program already there.
     let msg_name = variant.programs().0;
     let redirect: &mut SkMsg =
@@ -433,4 +432,21 @@ fn map<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a aya::maps::Map, Mes
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut aya::programs::Program, MeshError> {
     ebpf.program_mut(name).ok_or(MeshError::Missing { name })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counter_fields_are_the_counters_names() {
+        let mut c = Counters::default();
+        for (i, k) in Counter::ALL.into_iter().enumerate() {
+            c.set(k, i as u64 + 1);
+        }
+        let json = serde_json::to_value(c).unwrap();
+        for (i, k) in Counter::ALL.into_iter().enumerate() {
+            assert_eq!(json[k.name()], i as u64 + 1, "{}", k.name());
+        }
+    }
 }

@@ -48,6 +48,18 @@ pub struct Rule {
     pub ports: Vec<u16>,
     #[serde(default)]
     pub protocol: Protocol,
+    /// HTTP/1.1 requests the connection may carry (judged in the client's sk_msg); none: any
+    /// bytes.
+    #[serde(default)]
+    pub http: Vec<HttpMatchDef>,
+}
+
+/// One allowed request: `method` exactly (`GET`), the target starting with `path` (`/api`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpMatchDef {
+    pub method: String,
+    pub path: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -204,6 +216,9 @@ impl MeshFile {
                     "policy rule: `ports` must be 1-65535 (leave it out for every port)".into(),
                 ));
             }
+            if let Some(problem) = http_problem(r) {
+                return Err(err(at("http"), format!("policy rule: {problem}")));
+            }
         }
         Ok(mf)
     }
@@ -319,6 +334,46 @@ pub(crate) fn words(a: Ipv6Addr) -> [u32; 4] {
     [0, 4, 8, 12].map(|i| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]))
 }
 
+/// What is wrong with a rule's `http` list, if anything.
+fn http_problem(r: &Rule) -> Option<String> {
+    use mesh_common::{HTTP_METHOD_MAX, HTTP_PATH_MAX, MAX_HTTP_MATCHES};
+    if r.http.is_empty() {
+        return None;
+    }
+    if r.http.len() > MAX_HTTP_MATCHES {
+        return Some(format!("`http` takes at most {MAX_HTTP_MATCHES} matches per rule"));
+    }
+    if r.protocol == Protocol::Udp {
+        return Some("`http` needs `protocol = \"tcp\"`".into());
+    }
+    for m in &r.http {
+        if m.method.is_empty()
+            || m.method.len() > HTTP_METHOD_MAX
+            || !m.method.bytes().all(|b| b.is_ascii_uppercase())
+        {
+            return Some(format!(
+                "`http` method {:?} must be 1-{HTTP_METHOD_MAX} capital letters (GET, POST, ...)",
+                m.method
+            ));
+        }
+        if !m.path.starts_with('/') || m.path.len() > HTTP_PATH_MAX {
+            return Some(format!(
+                "`http` path {:?} must start with / and be at most {HTTP_PATH_MAX} bytes",
+                m.path
+            ));
+        }
+        if m.path.bytes().any(|b| b == b'%' || b.is_ascii_whitespace() || !b.is_ascii_graphic())
+            || m.path.contains("..")
+        {
+            return Some(format!(
+                "`http` path {:?} must be plain printable ASCII without %, .. or spaces (targets with them are always refused)",
+                m.path
+            ));
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -402,6 +457,32 @@ port = 80
             e.starts_with("m.toml:1: unknown field `identities`, expected `services` or `policy`"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn http_matches_are_checked_where_they_are_written() {
+        let rule =
+            |http: &str| format!("[[policy]]\nfrom = {{ app = \"a\" }}\nto = {{ app = \"b\" }}\n{http}\n");
+        let e = err(&rule("http = [{ method = \"get\", path = \"/api\" }]"));
+        assert!(
+            e.starts_with("m.toml:4: policy rule: `http` method \"get\" must be 1-8 capital letters"),
+            "{e}"
+        );
+        let e = err(&rule("http = [{ method = \"GET\", path = \"api\" }]"));
+        assert!(e.starts_with("m.toml:4: policy rule: `http` path \"api\" must start with /"), "{e}");
+        let e = err(&rule("http = [{ method = \"GET\", path = \"/a/../b\" }]"));
+        assert!(e.contains("without %, .. or spaces"), "{e}");
+        let e = err(&rule("http = [{ method = \"GET\", pth = \"/api\" }]"));
+        assert!(e.starts_with("m.toml:4: unknown field `pth`, expected `method` or `path`"), "{e}");
+        let five = ["{ method = \"GET\", path = \"/\" }"; 5].join(", ");
+        let e = err(&rule(&format!("http = [{five}]")));
+        assert!(e.contains("at most 4 matches"), "{e}");
+        let e = err(&rule("protocol = \"udp\"\nhttp = [{ method = \"GET\", path = \"/\" }]"));
+        assert!(e.contains("`http` needs `protocol = \"tcp\"`"), "{e}");
+        let ok = MeshFile::parse(&rule("http = [{ method = \"GET\", path = \"/api\" }]"), "m.toml").unwrap();
+        let h = crate::policy::http_rules(&ok.policy[0].get_ref().http);
+        assert_eq!((h.count, h.matches[0].method_len, h.matches[0].path_len), (1, 3, 4));
+        assert_eq!(&h.matches[0].path[..5], b"/api\0");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! <pin dir>/layout-<LAYOUT_VERSION>/
 //!     SOCKETS COUNTERS SIDECAR SOCK_STATE SERVICES BACKENDS   maps user space reads or writes
 //!     IDENTITIES CGROUP_IDS POLICY POLICED POLICY_GEN SOCK_POLICY VERDICTS DENIALS
+//!     HTTP_RULES MESH_CONNECTS HTTP_PROGS
 //!     link-<program>                                           one bpf_link per cgroup program
 //!     cgroup-<id>/                                             written last: the install is complete,
 //!                                                              and which cgroup it serves
@@ -26,9 +27,10 @@ use std::{
 use aya::maps::{Array, Map, MapData, MapType, PerCpuArray};
 use mesh_common::{
     BACKENDS_MAP, Backend, BackendKey, CGROUP_IDS_MAP, COUNTER_SLOTS, COUNTERS_MAP, Counter, DENIALS_BYTES,
-    DENIALS_MAP, Hook, IDENTITIES_MAP, IdentityAddr, MAX_BACKEND_SLOTS, MAX_IDENTITY_ADDRS, MAX_POLICY,
-    MAX_RULES, MAX_SERVICES, MAX_SOCKETS, POLICED_MAP, POLICY_GEN_MAP, POLICY_MAP, PolicyKey, SERVICES_MAP,
-    SIDECAR_MAP, SOCK_POLICY_MAP, SOCK_STATE_MAP, SOCKETS_MAP, ServiceKey, ServiceValue, SockKey,
+    DENIALS_MAP, HTTP_PROGS_MAP, HTTP_RULES_MAP, Hook, HttpRules, IDENTITIES_MAP, IdentityAddr,
+    MAX_BACKEND_SLOTS, MAX_IDENTITY_ADDRS, MAX_POLICY, MAX_RULES, MAX_SERVICES, MAX_SOCKETS,
+    MESH_CONNECTS_MAP, POLICED_MAP, POLICY_GEN_MAP, POLICY_MAP, PolicyKey, SERVICES_MAP, SIDECAR_MAP,
+    SOCK_POLICY_MAP, SOCK_STATE_MAP, SOCKETS_MAP, ServiceKey, ServiceValue, SockKey, SockPolicy,
     VERDICTS_MAP,
 };
 use serde::Serialize;
@@ -56,7 +58,7 @@ const fn spec(name: &'static str, map_type: MapType, key: usize, value: usize, m
 /// The pinned maps of [`LAYOUT_VERSION`]. Every install opens what it just pinned through
 /// [`Pinned::open`], which checks each map against this table: a table that drifts from the
 /// object fails every install, in every kernel test.
-pub const MAPS: [MapSpec; 14] = [
+pub const MAPS: [MapSpec; 17] = [
     spec(SOCKETS_MAP, MapType::SockHash, size_of::<SockKey>(), 4, MAX_SOCKETS),
     spec(COUNTERS_MAP, MapType::PerCpuArray, 4, 8, COUNTER_SLOTS),
     spec(SIDECAR_MAP, MapType::Array, 4, 4, 1),
@@ -69,7 +71,11 @@ pub const MAPS: [MapSpec; 14] = [
     spec(POLICY_MAP, MapType::Hash, size_of::<PolicyKey>(), 4, MAX_POLICY),
     spec(POLICED_MAP, MapType::Hash, 4, 4, MAX_IDENTITY_ADDRS),
     spec(POLICY_GEN_MAP, MapType::Array, 4, 4, 1),
-    spec(SOCK_POLICY_MAP, MapType::LruHash, size_of::<SockKey>(), 4, MAX_SOCKETS),
+    spec(SOCK_POLICY_MAP, MapType::LruHash, size_of::<SockKey>(), size_of::<SockPolicy>(), MAX_SOCKETS),
+    spec(HTTP_RULES_MAP, MapType::Hash, 4, size_of::<HttpRules>(), MAX_RULES),
+    spec(MESH_CONNECTS_MAP, MapType::LruHash, size_of::<SockKey>(), 4, MAX_SOCKETS),
+    // Pinned for its user reference: a program array is emptied when the last one goes.
+    spec(HTTP_PROGS_MAP, MapType::ProgramArray, 4, 4, 1),
     spec(VERDICTS_MAP, MapType::PerCpuArray, 4, 8, MAX_RULES * Hook::COUNT),
     // A ring buffer has no key or value; its size is its byte count.
     spec(DENIALS_MAP, MapType::RingBuf, 0, 0, DENIALS_BYTES),
@@ -361,12 +367,13 @@ impl Pinned {
         &mut self,
         wanted: &crate::policy::Wanted,
     ) -> Result<crate::policy::Applied, MeshError> {
-        let [Some(ids), Some(cgroups), Some(policy), Some(policed)] =
-            self.maps.get_disjoint_mut([IDENTITIES_MAP, CGROUP_IDS_MAP, POLICY_MAP, POLICED_MAP])
+        let [Some(ids), Some(cgroups), Some(policy), Some(policed), Some(http)] = self
+            .maps
+            .get_disjoint_mut([IDENTITIES_MAP, CGROUP_IDS_MAP, POLICY_MAP, POLICED_MAP, HTTP_RULES_MAP])
         else {
             unreachable!("every map of MAPS is opened")
         };
-        let applied = crate::policy::reconcile(ids, cgroups, policy, policed, wanted)?;
+        let applied = crate::policy::reconcile([ids, cgroups, policy, policed, http], wanted)?;
         // Established connections are judged again at their next message (sk_msg) once the
         // generation moves; it moves only when something changed.
         if applied.added + applied.removed > 0 {
@@ -486,7 +493,15 @@ fn count_keys(map: &Map, s: &MapSpec) -> Result<usize, aya::maps::MapError> {
             Ok(m.keys().count())
         }
         SOCK_POLICY_MAP => {
+            let m: aya::maps::HashMap<&MapData, SockKey, SockPolicy> = map.try_into()?;
+            Ok(m.keys().count())
+        }
+        MESH_CONNECTS_MAP => {
             let m: aya::maps::HashMap<&MapData, SockKey, u32> = map.try_into()?;
+            Ok(m.keys().count())
+        }
+        HTTP_RULES_MAP => {
+            let m: HashMap<&MapData, u32, HttpRules> = map.try_into()?;
             Ok(m.keys().count())
         }
         _ => Ok(0),

@@ -11,14 +11,15 @@ use aya::maps::{
     lpm_trie::{Key, LpmTrie},
 };
 use mesh_common::{
-    AF_INET, AF_INET6, CGROUP_IDS_MAP, FIRST_POD_IDENTITY, IDENTITIES_MAP, IPPROTO_TCP, IPPROTO_UDP,
-    IdentityAddr, POLICED_MAP, POLICY_MAP, PolicyKey,
+    AF_INET, AF_INET6, CGROUP_IDS_MAP, FIRST_POD_IDENTITY, HTTP_METHOD_MAX, HTTP_PATH_MAX, HTTP_RULES_MAP,
+    HttpMatch, HttpRules, IDENTITIES_MAP, IPPROTO_TCP, IPPROTO_UDP, IdentityAddr, MAX_HTTP_MATCHES,
+    POLICED_MAP, POLICY_MAP, PolicyKey,
 };
 use serde::Serialize;
 
 use crate::{
     MeshError,
-    meshfile::{MeshFile, PodAddrs, Protocol, words},
+    meshfile::{HttpMatchDef, MeshFile, PodAddrs, Protocol, words},
 };
 
 /// What the policy maps must hold.
@@ -30,6 +31,8 @@ pub struct Wanted {
     /// Allowed flow -> rule number (from 1).
     pub allow: BTreeMap<PolicyKey, u32>,
     pub policed: BTreeSet<u32>,
+    /// Rule number -> its HTTP matches (rules that have some).
+    pub http: BTreeMap<u32, HttpRules>,
     /// Identity -> the pods that have it (for messages).
     pub members: BTreeMap<u32, Vec<String>>,
 }
@@ -82,17 +85,42 @@ pub fn resolve(mf: &MeshFile, pods: &[PodAddrs]) -> Wanted {
             }
         }
         w.policed.extend(to);
+        if !r.http.is_empty() {
+            w.http.insert(i as u32 + 1, http_rules(&r.http));
+        }
     }
     w
 }
+
+/// A rule's HTTP matches as the kernel reads them (checked by the mesh file's parser: at most
+/// `MAX_HTTP_MATCHES`, each method and path within its array).
+pub fn http_rules(defs: &[HttpMatchDef]) -> HttpRules {
+    let empty = HttpMatch {
+        method: [0; HTTP_METHOD_MAX],
+        method_mask: [0; HTTP_METHOD_MAX],
+        method_len: 0,
+        path_len: 0,
+        path: [0; HTTP_PATH_MAX],
+        path_mask: [0; HTTP_PATH_MAX],
+    };
+    let mut rules =
+        HttpRules { count: defs.len().min(MAX_HTTP_MATCHES) as u32, matches: [empty; MAX_HTTP_MATCHES] };
+    for (slot, d) in rules.matches.iter_mut().zip(defs) {
+        slot.method[..d.method.len()].copy_from_slice(d.method.as_bytes());
+        slot.method_mask[..d.method.len()].fill(0xff);
+        slot.method_len = d.method.len() as u32;
+        slot.path[..d.path.len()].copy_from_slice(d.path.as_bytes());
+        slot.path_mask[..d.path.len()].fill(0xff);
+        slot.path_len = d.path.len() as u32;
+    }
+    rules
+}
 // ANCHOR_END: resolve
 
-/// Brings the four maps to `w`: additions first, removals last.
+/// Brings the five maps to `w`: additions first, removals last (HTTP matches go in before the
+/// allow entries that use them, and out after).
 pub fn reconcile(
-    ids: &mut Map,
-    cgroups: &mut Map,
-    policy: &mut Map,
-    policed: &mut Map,
+    [ids, cgroups, policy, policed, http]: [&mut Map; 5],
     w: &Wanted,
 ) -> Result<Applied, MeshError> {
     let err = |map: &'static str| move |source| MeshError::Map { map, source };
@@ -100,7 +128,16 @@ pub fn reconcile(
     let mut cgroups: HashMap<&mut MapData, u64, u32> = cgroups.try_into().map_err(err(CGROUP_IDS_MAP))?;
     let mut policy: HashMap<&mut MapData, PolicyKey, u32> = policy.try_into().map_err(err(POLICY_MAP))?;
     let mut policed: HashMap<&mut MapData, u32, u32> = policed.try_into().map_err(err(POLICED_MAP))?;
+    let mut http: HashMap<&mut MapData, u32, HttpRules> = http.try_into().map_err(err(HTTP_RULES_MAP))?;
     let mut out = Applied::default();
+    let have_http: BTreeMap<u32, HttpRules> =
+        http.iter().collect::<Result<_, _>>().map_err(err(HTTP_RULES_MAP))?;
+    for (rule, h) in &w.http {
+        if have_http.get(rule) != Some(h) {
+            http.insert(rule, h, 0).map_err(err(HTTP_RULES_MAP))?;
+            out.added += 1;
+        }
+    }
 
     let have_ids: BTreeMap<(u32, IdentityAddr), u32> = ids
         .iter()
@@ -149,6 +186,10 @@ pub fn reconcile(
     }
     for k in have_ids.keys().filter(|k| !w.identities.contains_key(k)) {
         ids.remove(&Key::new(k.0, k.1)).map_err(err(IDENTITIES_MAP))?;
+        out.removed += 1;
+    }
+    for rule in have_http.keys().filter(|r| !w.http.contains_key(r)) {
+        http.remove(rule).map_err(err(HTTP_RULES_MAP))?;
         out.removed += 1;
     }
     Ok(out)

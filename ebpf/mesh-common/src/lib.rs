@@ -236,6 +236,8 @@ pub enum Counter {
     MessageDenied = 11,
     /// A denial whose event did not fit in the `DENIALS` ring buffer (nobody draining it).
     EventsLost = 12,
+    /// An HTTP request dropped in sk_msg (no HTTP rule matched it, or it could not be judged).
+    HttpDenied = 13,
 }
 
 // ANCHOR: sock_state
@@ -259,7 +261,7 @@ impl SockState {
 
 impl Counter {
     /// Every counter, in slot order.
-    pub const ALL: [Counter; 13] = [
+    pub const ALL: [Counter; 14] = [
         Counter::SocketsInserted,
         Counter::InsertFailed,
         Counter::MsgRedirected,
@@ -273,6 +275,7 @@ impl Counter {
         Counter::IngressDenied,
         Counter::MessageDenied,
         Counter::EventsLost,
+        Counter::HttpDenied,
     ];
 
     /// Stable snake_case name, used in JSON output and metrics.
@@ -291,6 +294,7 @@ impl Counter {
             Counter::IngressDenied => "ingress_denied",
             Counter::MessageDenied => "message_denied",
             Counter::EventsLost => "events_lost",
+            Counter::HttpDenied => "http_denied",
         }
     }
 }
@@ -339,8 +343,10 @@ impl Hook {
     pub const INGRESS: u32 = 3;
     /// sk_msg: a message of an established connection, judged again after the policy changed.
     pub const MESSAGE: u32 = 4;
+    /// sk_msg: an HTTP request line, judged against the rule's HTTP matches.
+    pub const HTTP: u32 = 5;
     /// How many there are (slots per rule in `VERDICTS`).
-    pub const COUNT: u32 = 4;
+    pub const COUNT: u32 = 5;
 
     pub const fn name(hook: u32) -> &'static str {
         match hook {
@@ -348,23 +354,77 @@ impl Hook {
             Hook::SENDMSG => "sendmsg",
             Hook::INGRESS => "ingress",
             Hook::MESSAGE => "message",
+            Hook::HTTP => "http",
             _ => "?",
         }
     }
 }
 
-/// The value of a socket's `SOCK_POLICY` entry: the policy generation it was last judged under
-/// (upper bits) and two flags. sock_ops writes it when the socket enters the sockhash.
-pub struct SockPolicy;
+/// A socket's `SOCK_POLICY` entry: sock_ops writes it when the socket enters the sockhash,
+/// sk_msg keeps it up to date.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockPolicy {
+    /// [`SockPolicy::PASSIVE`], [`SockPolicy::DENIED`].
+    pub flags: u32,
+    /// The policy generation the connection was last judged under (0: not yet).
+    pub generation: u32,
+    /// The rule that allows the connection when it has HTTP matches (this socket then parses
+    /// the requests it sends), else 0.
+    pub http_rule: u32,
+    /// Where the request stream stands: [`SockPolicy::HTTP_REQUEST`] (a request line comes
+    /// next) or [`SockPolicy::HTTP_HEADERS`] plus how many bytes of the blank line that ends
+    /// the headers (`\r\n\r\n`) the last message ended with.
+    pub http_state: u32,
+}
 
 impl SockPolicy {
     /// The socket accepted the connection (the peer is the client).
     pub const PASSIVE: u32 = 1;
     /// A message was dropped: the connection is cut for good (its byte stream has a hole).
     pub const DENIED: u32 = 2;
-    /// The generation sits above the flags.
-    pub const GEN_SHIFT: u32 = 2;
+    pub const HTTP_REQUEST: u32 = 0;
+    pub const HTTP_HEADERS: u32 = 0x100;
 }
+
+// ANCHOR: http_types
+/// Name of the HTTP matches per rule (rule number -> [`HttpRules`]): a connection allowed by a
+/// rule listed here may only carry requests one of its matches allows.
+pub const HTTP_RULES_MAP: &str = "HTTP_RULES";
+/// Matches per rule, bytes of a method, bytes of a path prefix.
+pub const MAX_HTTP_MATCHES: usize = 4;
+pub const HTTP_METHOD_MAX: usize = 8;
+pub const HTTP_PATH_MAX: usize = 64;
+/// Name of the program array holding the HTTP-judging sk_msg program (slot 0), which the
+/// redirect program tail-calls.
+pub const HTTP_PROGS_MAP: &str = "HTTP_PROGS";
+/// Name of the connections the mesh saw a lab process open (sock_ops `TCP_CONNECT_CB`, keyed
+/// like `SOCKETS` without the netns cookie): the ingress check lets a SYN onto a port with
+/// HTTP rules only from them, since only a mesh client's requests are parsed.
+pub const MESH_CONNECTS_MAP: &str = "MESH_CONNECTS";
+
+/// One allowed request shape: a method and a path prefix, both exact bytes. The masks are
+/// 0xff over the used bytes and 0 after them: the kernel compares with `(a ^ b) & mask`, since
+/// a comparison against the length would be a branch per byte for the verifier.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HttpMatch {
+    pub method: [u8; HTTP_METHOD_MAX],
+    pub method_mask: [u8; HTTP_METHOD_MAX],
+    pub method_len: u32,
+    pub path_len: u32,
+    pub path: [u8; HTTP_PATH_MAX],
+    pub path_mask: [u8; HTTP_PATH_MAX],
+}
+
+/// A rule's HTTP matches; `count` of them are used.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HttpRules {
+    pub count: u32,
+    pub matches: [HttpMatch; MAX_HTTP_MATCHES],
+}
+// ANCHOR_END: http_types
 
 /// One denial, as the kernel reports it in `DENIALS`. Addresses like [`IdentityAddr`]'s
 /// (network byte order, IPv4 in word 0); `src` is zero where the hook does not know it yet
@@ -418,6 +478,8 @@ mod user {
     unsafe impl aya::Pod for super::IdentityAddr {}
     unsafe impl aya::Pod for super::PolicyKey {}
     unsafe impl aya::Pod for super::Denial {}
+    unsafe impl aya::Pod for super::SockPolicy {}
+    unsafe impl aya::Pod for super::HttpRules {}
 }
 
 #[cfg(test)]

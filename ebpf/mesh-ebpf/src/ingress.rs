@@ -10,6 +10,9 @@
 //!   address, identity of the destination address, destination port, protocol). Packets of
 //!   established TCP connections pass: like a connection-tracking firewall, ingress decides
 //!   when a connection opens (revocation reaches established connections through sk_msg).
+//! - A port whose rule has HTTP matches takes connections only from lab processes: their
+//!   requests are judged in the client's sk_msg (`http.rs`); a connection sock_ops did not see
+//!   open (`MESH_CONNECTS`) has nobody to judge its requests and is dropped.
 //! - Fail closed: to a policed pod, any IP protocol but TCP, UDP and ICMP is dropped (an IPv6
 //!   extension header in front of TCP is not parsed; it is dropped instead).
 //! - Dropped: the packet vanishes (cgroup_skb cannot answer with a reset); a TCP client retries
@@ -19,11 +22,11 @@
 //! - Minimum kernel: 4.10 (cgroup_skb), `bpf_skb_load_bytes` in it since 4.10.
 //! - Book: `book/src/hooks/cgroup-skb.md`.
 use aya_ebpf::{macros::cgroup_skb, programs::SkBuffContext};
-use mesh_common::{AF_INET, AF_INET6, Counter, Hook, IPPROTO_TCP, IPPROTO_UDP};
+use mesh_common::{AF_INET, AF_INET6, Counter, Hook, IPPROTO_TCP, IPPROTO_UDP, SockKey};
 
 use crate::{
-    maps::bump,
-    policy::{self, Flow},
+    maps::{HTTP_RULES, MESH_CONNECTS, bump},
+    policy::{self, Flow, Verdict},
 };
 
 const IPPROTO_ICMP: u8 = 1;
@@ -77,6 +80,17 @@ fn check(ctx: &SkBuffContext) -> Result<bool, i64> {
     };
     let to = policy::identity_of(family, &dst);
     let (from, verdict) = policy::judge(|| policy::identity_of(family, &src), to, port, u32::from(protocol));
+    let verdict = match verdict {
+        // HTTP matches are enforced by the client's sk_msg: only a connection a lab process
+        // opened (sock_ops saw its SYN leave) has one.
+        Verdict::Allowed(rule) if unsafe { HTTP_RULES.get(&rule) }.is_some() => {
+            let sport = u32::from(u16::from_be(ctx.load(l4)?));
+            let key = SockKey::new(0, family, src, dst, sport, port);
+            // SAFETY: a plain lookup.
+            if unsafe { MESH_CONNECTS.get(&key) }.is_some() { verdict } else { Verdict::Denied }
+        }
+        v => v,
+    };
     let flow = Flow { hook: Hook::INGRESS, protocol: u32::from(protocol), from, to, family, port, src, dst };
     let deliver = policy::record(verdict, &flow);
     if !deliver {

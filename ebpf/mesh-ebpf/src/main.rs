@@ -6,6 +6,7 @@
 
 mod connect;
 mod getpeername;
+mod http;
 mod ingress;
 mod maps;
 mod policy;

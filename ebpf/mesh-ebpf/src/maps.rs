@@ -2,12 +2,12 @@
 use aya_ebpf::{
     btf_maps::SkStorage,
     macros::{btf_map, map},
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, SockHash},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf, SockHash},
 };
 use mesh_common::{
-    Backend, BackendKey, COUNTER_SLOTS, Counter, DENIALS_BYTES, Hook, IdentityAddr, MAX_BACKEND_SLOTS,
-    MAX_IDENTITY_ADDRS, MAX_POLICY, MAX_RULES, MAX_SERVICES, MAX_SOCKETS, OriginalDst, PolicyKey, ServiceKey,
-    ServiceValue, SockKey,
+    Backend, BackendKey, COUNTER_SLOTS, Counter, DENIALS_BYTES, Hook, HttpRules, IdentityAddr,
+    MAX_BACKEND_SLOTS, MAX_IDENTITY_ADDRS, MAX_POLICY, MAX_RULES, MAX_SERVICES, MAX_SOCKETS, OriginalDst,
+    PolicyKey, ServiceKey, ServiceValue, SockKey, SockPolicy,
 };
 
 // ANCHOR: maps
@@ -77,7 +77,33 @@ pub static POLICY_GEN: Array<u32> = Array::with_max_entries(1, 0);
 /// Per socket in `SOCKETS`: direction, and the generation its connection was last judged under
 /// (`mesh_common::SockPolicy`). LRU: a lost close callback cannot fill it.
 #[map(name = "SOCK_POLICY")]
-pub static SOCK_POLICY: LruHashMap<SockKey, u32> = LruHashMap::with_max_entries(MAX_SOCKETS, 0);
+pub static SOCK_POLICY: LruHashMap<SockKey, SockPolicy> = LruHashMap::with_max_entries(MAX_SOCKETS, 0);
+
+/// Rule number -> its HTTP matches (only rules that have some).
+#[map(name = "HTTP_RULES")]
+pub static HTTP_RULES: HashMap<u32, HttpRules> = HashMap::with_max_entries(MAX_RULES, 0);
+
+/// Slot 0: the HTTP-judging build of sk_msg (`mesh_http` or `mesh_http_nocookie`, the one
+/// matching the attached redirect program), which the redirect program tail-calls. The agent
+/// fills it and pins it: a program array empties itself when its last user reference goes.
+#[map(name = "HTTP_PROGS")]
+pub static HTTP_PROGS: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// One per-CPU word of scratch memory (see `http.rs`'s `opaque`).
+#[map(name = "SCRATCH")]
+pub static SCRATCH: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Bytes of a request line `http.rs` copies: method, space, target (a power of two).
+pub const HTTP_LINE: usize = 128;
+
+/// Per-CPU copy of the message being judged (the stack has 512 bytes for everything).
+#[map(name = "MSG_BUF")]
+pub static MSG_BUF: PerCpuArray<[u8; crate::http::SCAN]> = PerCpuArray::with_max_entries(1, 0);
+
+/// Connections a lab process opened, as the client sees them (no netns cookie): sock_ops
+/// writes them before the SYN leaves; ingress asks for them (see `mesh_common::MESH_CONNECTS_MAP`).
+#[map(name = "MESH_CONNECTS")]
+pub static MESH_CONNECTS: LruHashMap<SockKey, u32> = LruHashMap::with_max_entries(MAX_SOCKETS, 0);
 
 /// Verdicts per rule and hook (see `mesh_common::VERDICTS_MAP`).
 #[map(name = "VERDICTS")]

@@ -98,10 +98,7 @@ pub fn record(verdict: Verdict, f: &Flow) -> bool {
         Verdict::Allowed(rule) => rule,
         Verdict::Denied => 0,
     };
-    if let Some(slot) = VERDICTS.get_ptr_mut(rule * Hook::COUNT + f.hook - 1) {
-        // SAFETY: this CPU's slot of a live per-CPU value.
-        unsafe { *slot += 1 };
-    }
+    count(rule, f.hook);
     if rule != 0 {
         return true;
     }
@@ -121,6 +118,15 @@ pub fn record(verdict: Verdict, f: &Flow) -> bool {
     false
 }
 // ANCHOR_END: record
+
+/// Counts one verdict of `hook` under `rule` (0: a denial).
+#[inline(always)]
+pub fn count(rule: u32, hook: u32) {
+    if let Some(slot) = VERDICTS.get_ptr_mut(rule * Hook::COUNT + hook - 1) {
+        // SAFETY: this CPU's slot of a live per-CPU value.
+        unsafe { *slot += 1 };
+    }
+}
 
 /// The identity of an address (words in network byte order, IPv4 in word 0; an IPv4-mapped
 /// IPv6 address as its IPv4 address).

@@ -9,6 +9,7 @@
 //!   message after every policy change (`POLICY_GEN`); a connection the policy no longer allows
 //!   is cut: `SK_DROP` (the writer's sendmsg fails with EACCES) for this and every later message
 //!   of either end. Redirected bytes skip cgroup_skb and netfilter: this is their only check.
+//!   A client allowed by a rule with HTTP matches has each request line judged (`http.rs`).
 //! - Two builds of the same body: `mesh_redirect` keys by network namespace
 //!   (`bpf_get_netns_cookie`, sk_msg since 5.15), `mesh_redirect_nocookie` for older kernels.
 //! - Minimum kernel: 4.17 (sk_msg, sockhash, `bpf_msg_redirect_hash`); the address and port
@@ -27,17 +28,18 @@ use aya_ebpf::{
 use mesh_common::{AF_INET, AF_INET6, Counter, Hook, IPPROTO_TCP, SockKey, SockPolicy, SockState};
 
 use crate::{
+    http::{self, Http},
     maps::{
-        POLICY_GEN, SIDECAR_ALIASES, SOCK_POLICY, SOCK_STATE, SOCKETS, bump, set_sock_state, sidecar_port,
-        sock_state,
+        HTTP_PROGS, HTTP_RULES, POLICY_GEN, SIDECAR_ALIASES, SOCK_POLICY, SOCK_STATE, SOCKETS, bump,
+        set_sock_state, sidecar_port, sock_state,
     },
-    policy::{self, Flow},
+    policy::{self, Flow, Verdict},
 };
 
 // ANCHOR: entry
 #[sk_msg]
 pub fn mesh_redirect(ctx: SkMsgContext) -> u32 {
-    match try_mesh_redirect::<true>(&ctx) {
+    match try_mesh_redirect::<true, false>(&ctx) {
         Ok(verdict) | Err(verdict) => verdict,
     }
 }
@@ -45,23 +47,43 @@ pub fn mesh_redirect(ctx: SkMsgContext) -> u32 {
 /// The same for kernels before 5.15, whose sk_msg cannot read the netns cookie.
 #[sk_msg]
 pub fn mesh_redirect_nocookie(ctx: SkMsgContext) -> u32 {
-    match try_mesh_redirect::<false>(&ctx) {
+    match try_mesh_redirect::<false, false>(&ctx) {
+        Ok(verdict) | Err(verdict) => verdict,
+    }
+}
+
+/// The same body after HTTP judging, for clients whose connection is allowed by a rule with
+/// HTTP matches: the redirect program tail-calls it (`HTTP_PROGS`). A program of its own, so the
+/// verifier checks the parser once, apart from every path through the redirect program.
+#[sk_msg]
+pub fn mesh_http(ctx: SkMsgContext) -> u32 {
+    match try_mesh_redirect::<true, true>(&ctx) {
+        Ok(verdict) | Err(verdict) => verdict,
+    }
+}
+
+#[sk_msg]
+pub fn mesh_http_nocookie(ctx: SkMsgContext) -> u32 {
+    match try_mesh_redirect::<false, true>(&ctx) {
         Ok(verdict) | Err(verdict) => verdict,
     }
 }
 // ANCHOR_END: entry
 
 // ANCHOR: body
-fn try_mesh_redirect<const NETNS: bool>(ctx: &SkMsgContext) -> Result<u32, u32> {
+fn try_mesh_redirect<const NETNS: bool, const HTTP: bool>(ctx: &SkMsgContext) -> Result<u32, u32> {
     // SAFETY: a u32 field of the live sk_msg_md the kernel handed us.
     let family = unsafe { read_volatile(&raw const (*ctx.msg).family) };
     if family != AF_INET && family != AF_INET6 {
         return Ok(sk_action::SK_PASS);
     }
     let me = msg_key::<NETNS>(ctx, family);
-    if !still_allowed(&me) {
-        bump(Counter::MessageDenied);
-        return Ok(sk_action::SK_DROP);
+    let check = if HTTP { http_check(ctx, &me) } else { policy_check(ctx, &me) };
+    match check {
+        Check::Pass => {}
+        // Held back, not sent: the program runs again with the next write.
+        Check::Cork => return Ok(sk_action::SK_PASS),
+        Check::Drop => return Ok(sk_action::SK_DROP),
     }
     // Once a message of this socket went through TCP, all later ones must too: the peer reads
     // its redirect queue before its TCP receive queue, so a redirected message could overtake
@@ -96,47 +118,109 @@ fn try_mesh_redirect<const NETNS: bool>(ctx: &SkMsgContext) -> Result<u32, u32> 
 // ANCHOR_END: body
 
 // ANCHOR: still_allowed
-/// Whether the policy still allows this socket's connection. Judged again (as the client's
+enum Check {
+    Pass,
+    Cork,
+    Drop,
+}
+
+/// The policy's say on this message. The connection is judged again (as the client's
 /// connection to the server's port) once per policy generation; a denial is final: the sender
-/// gets EACCES, its bytes are gone, and every later message of either end is dropped too.
-/// A socket sock_ops never filed (its entry aged out of the LRU) is left alone.
+/// gets EACCES, its bytes are gone, and every later message of either end is dropped too. A
+/// client whose connection is allowed by a rule with HTTP matches has every request judged
+/// ([`http::judge`]). A socket sock_ops never filed (its entry aged out of the LRU) is left
+/// alone.
 #[inline(always)]
-fn still_allowed(me: &SockKey) -> bool {
+fn policy_check(ctx: &SkMsgContext, me: &SockKey) -> Check {
     let generation = POLICY_GEN.get(0).copied().unwrap_or(0);
     if generation == 0 {
-        return true;
+        return Check::Pass;
     }
-    let Some(state) = SOCK_POLICY.get_ptr_mut(me) else { return true };
-    // SAFETY: a live map value; only this socket's own messages write it.
-    let v = unsafe { *state };
-    if v & SockPolicy::DENIED != 0 {
-        return false;
+    let Some(state) = SOCK_POLICY.get_ptr_mut(me) else { return Check::Pass };
+    // SAFETY: a live map value; only this socket's own messages (serialised by its socket
+    // lock) write it.
+    let p = unsafe { &mut *state };
+    if p.flags & SockPolicy::DENIED != 0 {
+        bump(Counter::MessageDenied);
+        return Check::Drop;
     }
-    if v >> SockPolicy::GEN_SHIFT == generation {
-        return true;
-    }
-    let (client, server, port) = if v & SockPolicy::PASSIVE != 0 {
+    let passive = p.flags & SockPolicy::PASSIVE != 0;
+    let (client, server, port) = if passive {
         (me.remote_ip, me.local_ip, me.local_port)
     } else {
         (me.local_ip, me.remote_ip, me.remote_port)
     };
     let to = policy::identity_of(me.family, &server);
-    let (from, verdict) = policy::judge(|| policy::identity_of(me.family, &client), to, port, IPPROTO_TCP);
-    let flow = Flow {
+    let mut flow = Flow {
         hook: Hook::MESSAGE,
         protocol: IPPROTO_TCP,
-        from,
+        from: 0,
         to,
         family: me.family,
         port,
         src: client,
         dst: server,
     };
-    let allowed = policy::record(verdict, &flow);
-    let denied = if allowed { 0 } else { SockPolicy::DENIED };
-    // SAFETY: as above.
-    unsafe { *state = (v & SockPolicy::PASSIVE) | denied | (generation << SockPolicy::GEN_SHIFT) };
-    allowed
+    if p.generation != generation {
+        let (from, verdict) =
+            policy::judge(|| policy::identity_of(me.family, &client), to, port, IPPROTO_TCP);
+        flow.from = from;
+        p.generation = generation;
+        if !policy::record(verdict, &flow) {
+            p.flags |= SockPolicy::DENIED;
+            bump(Counter::MessageDenied);
+            return Check::Drop;
+        }
+        // Only the client parses: requests are what it sends.
+        p.http_rule = match verdict {
+            Verdict::Allowed(rule) if !passive && unsafe { HTTP_RULES.get(&rule) }.is_some() => rule,
+            _ => 0,
+        };
+    }
+    if p.http_rule == 0 {
+        return Check::Pass;
+    }
+    // SAFETY: the context is the live sk_msg; on success this does not return.
+    let _ = unsafe { HTTP_PROGS.tail_call(ctx, 0) };
+    // No HTTP program in the array: nothing can judge the request, so it does not pass.
+    p.flags |= SockPolicy::DENIED;
+    bump(Counter::HttpDenied);
+    Check::Drop
+}
+
+/// The HTTP program's check: the redirect program judged the connection a moment ago, and
+/// tail-called here because its rule has HTTP matches; the request in this message is judged.
+#[inline(always)]
+fn http_check(ctx: &SkMsgContext, me: &SockKey) -> Check {
+    let Some(state) = SOCK_POLICY.get_ptr_mut(me) else { return Check::Drop };
+    // SAFETY: as in policy_check.
+    let p = unsafe { &mut *state };
+    // SAFETY: a plain lookup; the value stays valid for this program run.
+    let Some(rules) = (unsafe { HTTP_RULES.get(&p.http_rule) }) else { return Check::Drop };
+    match http::judge(ctx, rules, &mut p.http_state) {
+        Http::Allow => {
+            policy::count(p.http_rule, Hook::HTTP);
+            Check::Pass
+        }
+        Http::Cork => Check::Cork,
+        Http::Deny => {
+            p.flags |= SockPolicy::DENIED;
+            let (client, server) = (me.local_ip, me.remote_ip);
+            let flow = Flow {
+                hook: Hook::HTTP,
+                protocol: IPPROTO_TCP,
+                from: policy::identity_of(me.family, &client),
+                to: policy::identity_of(me.family, &server),
+                family: me.family,
+                port: me.remote_port,
+                src: client,
+                dst: server,
+            };
+            policy::record(Verdict::Denied, &flow);
+            bump(Counter::HttpDenied);
+            Check::Drop
+        }
+    }
 }
 // ANCHOR_END: still_allowed
 

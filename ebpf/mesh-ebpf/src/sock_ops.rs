@@ -4,7 +4,8 @@
 //! - Attach: `BPF_CGROUP_SOCK_OPS` on a cgroup v2 directory; runs for TCP sockets created by
 //!   processes in that cgroup (or below it), at each state callback.
 //! - Callbacks used: `ACTIVE_ESTABLISHED` (connect() completed) and `PASSIVE_ESTABLISHED`
-//!   (accept side), for IPv4 and IPv6: insert. `STATE_CB` (enabled per socket with
+//!   (accept side), for IPv4 and IPv6: insert. `TCP_CONNECT` (before the SYN leaves): note the
+//!   connection in `MESH_CONNECTS` for the receiving pod's ingress check. `STATE_CB` (enabled per socket with
 //!   `bpf_sock_ops_cb_flags_set`): on a half-close before any byte was redirected to the socket,
 //!   take it out of the map (see `book/src/hooks/redirect-changes.md`); on close, forget it.
 //! - Two builds of the same body: `mesh_sockops` keys sockets by network namespace too
@@ -18,8 +19,8 @@
 use aya_ebpf::{
     bindings::{
         BPF_NOEXIST, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
-        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_TCP_CLOSE, BPF_TCP_ESTABLISHED,
-        BPF_TCP_FIN_WAIT1,
+        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_TCP_CLOSE,
+        BPF_TCP_ESTABLISHED, BPF_TCP_FIN_WAIT1,
     },
     helpers::{bpf_get_netns_cookie, bpf_getsockopt},
     macros::sock_ops,
@@ -28,7 +29,8 @@ use aya_ebpf::{
 use mesh_common::{AF_INET, AF_INET6, Counter, SockKey, SockPolicy, SockState};
 
 use crate::maps::{
-    SIDECAR_ALIASES, SOCK_POLICY, SOCK_STATE, SOCKETS, bump, remove_socket, sidecar_port, sock_state,
+    MESH_CONNECTS, SIDECAR_ALIASES, SOCK_POLICY, SOCK_STATE, SOCKETS, bump, remove_socket, sidecar_port,
+    sock_state,
 };
 
 const SOL_SOCKET: i32 = 1;
@@ -67,6 +69,12 @@ fn try_mesh_sockops<const NETNS: bool>(ctx: &SockOpsContext) -> Result<(), ()> {
             state_changed(&key, ctx.arg(0), ctx.arg(1));
             Ok(())
         }
+        BPF_SOCK_OPS_TCP_CONNECT_CB => {
+            // The SYN is about to leave: the receiving pod's ingress check may ask whether a
+            // lab process opened this connection (it sees addresses, not namespaces).
+            let _ = MESH_CONNECTS.insert(&SockKey { netns: 0, ..key }, &1, 0);
+            Ok(())
+        }
         _ => Ok(()),
     }
 }
@@ -96,8 +104,8 @@ fn insert<const NETNS: bool>(ctx: &SockOpsContext, op: u32, mut key: SockKey) ->
     }
     bump(Counter::SocketsInserted);
     // Which end this is, for sk_msg's policy check (judged as client -> server's port).
-    let passive = if op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB { SockPolicy::PASSIVE } else { 0 };
-    let _ = SOCK_POLICY.insert(&key, &passive, 0);
+    let flags = if op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB { SockPolicy::PASSIVE } else { 0 };
+    let _ = SOCK_POLICY.insert(&key, &SockPolicy { flags, ..SockPolicy::default() }, 0);
     // Ask for state callbacks on this socket: half-close and close are handled above.
     let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
     // With sidecars, remember under which key the proxy will look for this application socket
@@ -130,6 +138,7 @@ fn state_changed(key: &SockKey, old: u32, new: u32) {
     if new == BPF_TCP_CLOSE {
         let _ = SOCK_STATE.remove(key);
         let _ = SOCK_POLICY.remove(key);
+        let _ = MESH_CONNECTS.remove(&SockKey { netns: 0, ..*key });
         let port = sidecar_port();
         if port != 0 && key.family == AF_INET {
             let _ = SIDECAR_ALIASES.remove(&key.sidecar_alias(port));

@@ -4,6 +4,7 @@ pub mod conform;
 pub mod connect_rate;
 pub mod cpu;
 pub mod echo;
+pub mod http;
 pub mod isolation;
 pub mod lb_probe;
 pub mod load;
@@ -38,6 +39,10 @@ pub enum Workload {
     LoopbackIsolation(isolation::Args),
     /// L4 sidecar proxy (tokio): transparent outbound/inbound listeners or fixed routes.
     Proxy(proxy::Args),
+    /// HTTP/1.1 server: 200 OK to every request, naming itself and the request.
+    HttpServer(http::ServerArgs),
+    /// HTTP/1.1 requests over one connection (one per write, split, or pipelined): what each got.
+    HttpProbe(http::ProbeArgs),
 }
 
 impl Workload {
@@ -59,6 +64,8 @@ impl Workload {
             Workload::LbProbe(a) => print_report(&lb_probe::run(&a)?, a.json),
             Workload::Load(a) => print_report(&load::run(&a)?, true),
             Workload::Echo(a) => echo::serve(&a),
+            Workload::HttpServer(a) => http::serve(&a),
+            Workload::HttpProbe(a) => print_report(&http::probe(&a)?, a.json),
             Workload::ConformServer(a) => conform::serve(&a),
             Workload::LoopbackIsolation(a) => {
                 println!("{}", serde_json::to_string(&isolation::run(&a)?)?);

@@ -311,6 +311,15 @@ impl Engine<'_> {
                 Some(WorkloadDef::ConformServer { port }) => {
                     vec!["conform-server".into(), "--listen".into(), format!("[::]:{port}")]
                 }
+                Some(WorkloadDef::HttpServer { port }) => {
+                    vec![
+                        "http-server".into(),
+                        "--listen".into(),
+                        format!("[::]:{port}"),
+                        "--name".into(),
+                        p.name.clone(),
+                    ]
+                }
                 Some(WorkloadDef::Command { port, command }) => {
                     let mut cmd = std::process::Command::new(&command[0]);
                     cmd.args(&command[1..]);
@@ -421,6 +430,9 @@ impl Engine<'_> {
                 self.load(label, name, from, *address, *connections, *seconds)?;
             }
             Step::Await { load, .. } => self.await_load(label, load)?,
+            Step::Http { name, from, address, requests, mode, .. } => {
+                self.http(label, name, from, *address, requests, *mode)?;
+            }
             Step::Agent { name, action, .. } => self.agent(label, name, *action)?,
             Step::PolicyScale { name, from, address, counts, connections, repetitions, .. } => {
                 let reps = repetitions.unwrap_or(self.ctx.options.repetitions).max(1);
@@ -944,6 +956,55 @@ impl Engine<'_> {
                 continue;
             }
             self.metric(label, k, v, unit);
+        }
+        Ok(())
+    }
+
+    /// HTTP requests from `from` over one connection: what each got.
+    fn http(
+        &mut self,
+        label: &str,
+        name: &str,
+        from: &str,
+        address: SocketAddr,
+        requests: &[String],
+        mode: workloads::http::Mode,
+    ) -> Result<(), LabError> {
+        let mode_arg =
+            serde_json::to_value(mode).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+        let mut args = vec![
+            "http-probe".to_owned(),
+            "--connect".into(),
+            address.to_string(),
+            "--mode".into(),
+            mode_arg.clone(),
+        ];
+        for r in requests {
+            args.extend(["--request".to_owned(), r.clone()]);
+        }
+        args.push("--json".into());
+        self.out(
+            label,
+            format!("{from} -> {address}: {} over one connection ({mode_arg})", requests.join(", ")),
+        );
+        let c0 = self.counters()?;
+        let r: workloads::http::ProbeReport = self.run_json(from, &args)?;
+        let c = self.counters()?.since(&c0);
+        for a in &r.answers {
+            self.out(label, a.clone());
+        }
+        let values = [
+            ("ok", f64::from(r.ok)),
+            ("failed", f64::from(r.failed)),
+            ("errno", f64::from(common_errno(r.answers.iter().filter(|a| a.contains("os error"))))),
+            ("http_denied", c.http_denied as f64),
+        ];
+        let res = self.report.results.entry(name.to_owned()).or_default();
+        for (k, v) in values {
+            res.insert(k.into(), v);
+        }
+        for (k, v) in values {
+            self.metric(label, k, v, "");
         }
         Ok(())
     }
@@ -1837,6 +1898,7 @@ fn label(step: &Step) -> String {
         | Step::Apply { name, .. }
         | Step::Balance { name, .. }
         | Step::Load { name, .. }
+        | Step::Http { name, .. }
         | Step::Agent { name, .. }
         | Step::ServiceScale { name, .. }
         | Step::PolicyScale { name, .. }
@@ -1865,6 +1927,7 @@ fn texts(step: &Step) -> (&str, &[String]) {
         | Step::Apply { explain, try_, .. }
         | Step::Balance { explain, try_, .. }
         | Step::Load { explain, try_, .. }
+        | Step::Http { explain, try_, .. }
         | Step::Agent { explain, try_, .. }
         | Step::ServiceScale { explain, try_, .. }
         | Step::PolicyScale { explain, try_, .. }

@@ -59,6 +59,8 @@ pub enum WorkloadDef {
     Echo { port: u16 },
     /// `workload conform-server`: the server side of the TCP conformance suite.
     ConformServer { port: u16 },
+    /// `workload http-server`: 200 OK to every HTTP/1.1 request.
+    HttpServer { port: u16 },
     /// Any program (a real server: sockperf, iperf3, redis-server, ...), started with
     /// `command` in the pod and ready once `port` accepts connections.
     Command { port: u16, command: Vec<String> },
@@ -71,6 +73,7 @@ impl WorkloadDef {
             WorkloadDef::RrServer { port }
             | WorkloadDef::Echo { port }
             | WorkloadDef::ConformServer { port }
+            | WorkloadDef::HttpServer { port }
             | WorkloadDef::Command { port, .. } => *port,
         }
     }
@@ -428,6 +431,23 @@ pub enum Step {
         #[serde(default, rename = "try")]
         try_: Vec<String>,
     },
+    /// HTTP/1.1 requests from a pod over one connection (`workload http-probe`): which were
+    /// answered, which failed.
+    Http {
+        name: String,
+        from: String,
+        address: std::net::SocketAddr,
+        /// `METHOD /path` each, sent in order.
+        requests: Vec<String>,
+        /// `keep-alive` (one write per request), `split` (each request line in two writes) or
+        /// `pipeline` (all in one write).
+        #[serde(default)]
+        mode: workloads::http::Mode,
+        #[serde(default)]
+        explain: String,
+        #[serde(default, rename = "try")]
+        try_: Vec<String>,
+    },
     /// Steady request/response traffic from a pod in the background (`workload load`), for
     /// `seconds`; the step returns once every connection is up. An `await` step collects it.
     Load {
@@ -581,6 +601,7 @@ impl Step {
             Step::Apply { .. } => "apply",
             Step::Balance { .. } => "balance",
             Step::Load { .. } => "load",
+            Step::Http { .. } => "http",
             Step::Await { .. } => "await",
             Step::Agent { .. } => "agent",
             Step::ServiceScale { .. } => "service-scale",
@@ -620,6 +641,11 @@ pub const BALANCE_METRICS: &[&str] = &[
     "errno",
     "ingress_denied",
 ];
+
+/// Metrics every http step stores under its name: requests answered 200 (`ok`), requests that
+/// got no answer (`failed`), the error number that ended the connection (`errno`, 0 if none)
+/// and requests sk_msg dropped meanwhile (`http_denied`).
+pub const HTTP_METRICS: &[&str] = &["ok", "failed", "errno", "http_denied"];
 
 /// Metrics a load stores under its name once awaited: round trips done and failed, the longest
 /// round trip in milliseconds, the seconds it ran, and the messages sk_msg dropped by policy
@@ -929,6 +955,16 @@ impl Scenario {
                         return Err(err(format!("step {}: `connections` must be at least 1", i + 1)));
                     }
                     results.insert(name.clone(), BALANCE_METRICS.to_vec());
+                }
+                Step::Http { name, from, requests, .. } => {
+                    pod(from)?;
+                    if requests.is_empty() {
+                        return Err(err(format!(
+                            "step {}: `requests` must name at least one request",
+                            i + 1
+                        )));
+                    }
+                    results.insert(name.clone(), HTTP_METRICS.to_vec());
                 }
                 Step::Load { name, from, connections, seconds, .. } => {
                     pod(from)?;
