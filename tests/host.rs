@@ -622,6 +622,31 @@ fn policy_denies_every_bypass_and_cuts_revoked_connections() {
         assert_eq!(get(run, "failed"), 4.0, "{run}: {}", r[run]);
     }
     assert!(get("established", "message_denied") >= 4.0, "{}", r["established"]);
+    // HTTP in sk_msg: GET under /api answered; another method, another path, `..` denied with
+    // EACCES; a request line split across writes judged whole; pipelining refused; a client
+    // outside the mesh never gets a connection to a port with HTTP rules.
+    assert_eq!((get("http_get", "ok"), get("http_get", "failed")), (3.0, 0.0), "{}", r["http_get"]);
+    assert_eq!((get("http_post", "ok"), get("http_post", "failed")), (1.0, 1.0), "{}", r["http_post"]);
+    assert_eq!(get("http_post", "errno"), 13.0, "{}", r["http_post"]);
+    for run in ["http_admin", "http_dots"] {
+        assert_eq!(
+            (get(run, "ok"), get(run, "failed"), get(run, "http_denied")),
+            (0.0, 1.0, 1.0),
+            "{run}: {}",
+            r[run]
+        );
+    }
+    // This kernel (6.18) runs the program again on a corked message: the split line is judged.
+    assert_eq!((get("http_split", "ok"), get("http_split", "failed")), (2.0, 0.0), "{}", r["http_split"]);
+    assert_eq!((get("http_split_admin", "ok"), get("http_split_admin", "failed")), (0.0, 1.0));
+    assert_eq!(get("http_headers_split", "ok"), 2.0, "{}", r["http_headers_split"]);
+    assert_eq!(
+        (get("http_pipeline", "ok"), get("http_pipeline", "failed")),
+        (0.0, 2.0),
+        "{}",
+        r["http_pipeline"]
+    );
+    assert_eq!(get("outside_to_api", "errors"), 2.0, "{}", r["outside_to_api"]);
     assert_eq!(remains_of(v["report"]["lab"].as_str().unwrap()), Vec::<String>::new());
 }
 

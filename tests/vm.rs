@@ -263,6 +263,24 @@ fn agent_restart_passes_inside_the_vm() {
 }
 
 #[test]
+fn policy_passes_inside_the_vm() {
+    let Some((_vm, env)) = start("policy_passes_inside_the_vm", "policy") else { return };
+    // One repetition: the bench's figures are the matrix's business, not this test's.
+    let v = passed_on_61(&env, "policy", &["--repetitions", "1"]);
+    let r = &v["report"]["results"];
+    let get = |run: &str, key: &str| r[run][key].as_f64().unwrap_or_else(|| panic!("no {run}.{key}"));
+    // 6.1: egress denials, ingress drops for a process outside the mesh, HTTP judged in sk_msg
+    // (a split request line included), revoked connections cut.
+    assert_eq!((get("to_db", "errors"), get("to_db", "errno")), (20.0, 1.0));
+    assert!(get("outside_to_db", "ingress_denied") >= 3.0);
+    assert_eq!((get("http_get", "ok"), get("http_post", "errno")), (3.0, 13.0));
+    assert_eq!((get("http_split", "ok"), get("http_split_admin", "ok")), (2.0, 0.0));
+    assert_eq!((get("established", "failed"), get("established_outside", "failed")), (4.0, 4.0));
+    assert_eq!(qemus_under(&env.root), Vec::<i32>::new());
+    assert_eq!(env.state_dirs(), Vec::<String>::new());
+}
+
+#[test]
 fn a_vm_killed_mid_scenario_is_reported_and_cleaned_up() {
     let Some((_vm, env)) = start("a_vm_killed_mid_scenario_is_reported_and_cleaned_up", "killed") else {
         return;

@@ -93,6 +93,7 @@ pub fn judge(ctx: &SkMsgContext, rules: &HttpRules, state: &mut u32) -> Http {
 /// branch in a loop is a path the verifier must explore. `COUNTS` is 1 for a byte read before
 /// the blank line was complete.
 static BLANK: [u8; 2048] = blank_table(false);
+static ROW: [u16; 8] = [0, 256, 512, 768, 1024, 1280, 1536, 1792];
 static COUNTS: [u8; 2048] = blank_table(true);
 
 const fn blank_table(counts: bool) -> [u8; 2048] {
@@ -150,7 +151,9 @@ fn blank_line(buf: &[u8; SCAN], matched: u32) -> (usize, usize) {
     let mut st = (matched & 3) as usize;
     let mut before = 0usize;
     for &b in buf.iter() {
-        let i = ((st << 8) | usize::from(b)) & 2047;
+        // Row start from a table, then add and mask: written as `st << 8 | b`, LLVM moves the
+        // mask inside the OR and 6.1's verifier loses the bound of the OR's result.
+        let i = (usize::from(ROW[st & 7]) + usize::from(b)) & 2047;
         before += usize::from(COUNTS[i]);
         st = usize::from(BLANK[i]);
     }
@@ -187,7 +190,7 @@ fn request_line(buf: &[u8; SCAN], n: usize, rules: &HttpRules) -> Line {
         let class = TARGET[usize::from(b)] & (in_target & (sp ^ 1)) as u8 * 3;
         bad |= (class & 1) | (prev_dot & (class >> 1));
         prev_dot = class >> 1;
-        phase = usize::from(PHASE_NEXT[(((phase & 3) << 1) | sp) & 7]);
+        phase = usize::from(PHASE_NEXT[(usize::from(PHASE_ROW[phase & 3]) + sp) & 7]);
     }
     if phase < 2 {
         // The target has not ended: more may come, unless the line is already too long.
@@ -252,6 +255,7 @@ fn copy(ctx: &SkMsgContext, buf: &mut [u8; SCAN]) -> usize {
 static IN_METHOD: [u8; 4] = [1, 0, 0, 0];
 static IN_TARGET: [u8; 4] = [0, 1, 0, 0];
 static PHASE_NEXT: [u8; 8] = [0, 1, 1, 2, 2, 2, 2, 2];
+static PHASE_ROW: [u8; 4] = [0, 2, 4, 6];
 static SPACE: [u8; 256] = {
     let mut t = [0u8; 256];
     t[b' ' as usize] = 1;

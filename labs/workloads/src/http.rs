@@ -31,6 +31,8 @@ pub enum Mode {
     KeepAlive,
     /// Each request in two writes, split inside its request line (after 2 bytes).
     Split,
+    /// Each request in two writes: the request line, then the headers.
+    SplitHeaders,
     /// All requests in one write, then the answers (pipelining).
     Pipeline,
 }
@@ -138,11 +140,18 @@ pub fn probe(args: &ProbeArgs) -> anyhow::Result<ProbeReport> {
                 sent_all.as_ref().map(drop).map_err(|e| std::io::Error::new(e.kind(), e.to_string()))
             }
             Mode::KeepAlive => w.write_all(req),
-            Mode::Split => w.write_all(&req[..2]).and_then(|()| {
-                // Long enough for the first write to leave on its own.
-                thread::sleep(Duration::from_millis(50));
-                w.write_all(&req[2..])
-            }),
+            Mode::Split | Mode::SplitHeaders => {
+                let at = if args.mode == Mode::Split {
+                    2
+                } else {
+                    req.windows(2).position(|w| w == b"\r\n").map_or(2, |p| p + 2)
+                };
+                w.write_all(&req[..at]).and_then(|()| {
+                    // Long enough for the first write to leave on its own.
+                    thread::sleep(Duration::from_millis(50));
+                    w.write_all(&req[at..])
+                })
+            }
         };
         let answer = sent.map_err(anyhow::Error::from).and_then(|()| read_answer(&mut reader));
         match answer {
@@ -208,7 +217,7 @@ mod tests {
         drop(listener);
         thread::spawn(move || serve(&ServerArgs { listen: addr, name: "s".into() }));
         thread::sleep(Duration::from_millis(100));
-        for mode in [Mode::KeepAlive, Mode::Split, Mode::Pipeline] {
+        for mode in [Mode::KeepAlive, Mode::Split, Mode::SplitHeaders, Mode::Pipeline] {
             let r = probe(&ProbeArgs {
                 connect: addr,
                 requests: vec!["GET /api".into(), "POST /api".into(), "GET /admin".into()],

@@ -439,8 +439,8 @@ pub enum Step {
         address: std::net::SocketAddr,
         /// `METHOD /path` each, sent in order.
         requests: Vec<String>,
-        /// `keep-alive` (one write per request), `split` (each request line in two writes) or
-        /// `pipeline` (all in one write).
+        /// `keep-alive` (one write per request), `split` (each request line in two writes),
+        /// `split-headers` (request line, then headers) or `pipeline` (all in one write).
         #[serde(default)]
         mode: workloads::http::Mode,
         #[serde(default)]
