@@ -50,6 +50,19 @@ pub struct ProbeArgs {
     pub json: bool,
 }
 
+#[derive(Debug, Clone, clap::Args)]
+pub struct RrArgs {
+    #[arg(long)]
+    pub connect: SocketAddr,
+    /// The request, as `METHOD /path`, sent again and again on one keep-alive connection.
+    #[arg(long, default_value = "GET /")]
+    pub request: String,
+    #[arg(long, default_value_t = 2000)]
+    pub round_trips: u64,
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// What each request got: `200` (or another status), or the error that ended the connection.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ProbeReport {
@@ -85,6 +98,7 @@ pub fn serve(args: &ServerArgs) -> anyhow::Result<()> {
 
 /// Answers requests on one connection until it closes.
 fn answer(conn: TcpStream, name: &str) -> anyhow::Result<()> {
+    conn.set_nodelay(true)?;
     let mut reader = BufReader::new(conn.try_clone()?);
     let mut out = conn;
     loop {
@@ -110,7 +124,10 @@ fn answer(conn: TcpStream, name: &str) -> anyhow::Result<()> {
         }
         std::io::copy(&mut (&mut reader).take(length as u64), &mut std::io::sink())?;
         let body = format!("{name} {request}\n");
-        write!(out, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len())?;
+        // One write: several small ones would meet Nagle's algorithm and the client's delayed
+        // ACK (40 ms a response).
+        let response = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+        out.write_all(response.as_bytes())?;
     }
 }
 
@@ -174,6 +191,50 @@ pub fn probe(args: &ProbeArgs) -> anyhow::Result<ProbeReport> {
 }
 // ANCHOR_END: probe
 
+/// HTTP request/response latency: one keep-alive connection, one request at a time, an HDR
+/// histogram of the round trips (after 100 unmeasured), reported like `rr`'s.
+pub fn rr(args: &RrArgs) -> anyhow::Result<crate::rr::RrReport> {
+    let (method, path) = args.request.split_once(' ').unwrap_or((&args.request, "/"));
+    let req = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\n\r\n", args.connect).into_bytes();
+    let conn = TcpStream::connect_timeout(&args.connect, Duration::from_secs(2))
+        .with_context(|| format!("connect {}", args.connect))?;
+    conn.set_nodelay(true)?;
+    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut w = conn;
+    let mut hist = crate::rr::new_histogram();
+    let warmup = 100;
+    let start = std::time::Instant::now();
+    for i in 0..warmup + args.round_trips {
+        let t0 = std::time::Instant::now();
+        w.write_all(&req)?;
+        let status = read_answer(&mut reader)?;
+        if status != "200" {
+            bail!("{} answered {status}", args.request);
+        }
+        if i >= warmup {
+            hist.saturating_record(t0.elapsed().as_nanos() as u64);
+        }
+    }
+    let elapsed_s = start.elapsed().as_secs_f64();
+    let us = |ns: u64| ns as f64 / 1000.0;
+    Ok(crate::rr::RrReport {
+        target: args.connect.to_string(),
+        connections: 1,
+        request_size: req.len(),
+        response_size: 0,
+        nodelay: true,
+        round_trips: hist.len(),
+        elapsed_s,
+        round_trips_per_s: hist.len() as f64 / elapsed_s.max(f64::EPSILON),
+        latency_us: crate::rr::latency(&hist),
+        curve: crate::rr::CURVE_PERCENTILES
+            .iter()
+            .map(|p| [*p, us(hist.value_at_quantile(p / 100.0))])
+            .collect(),
+    })
+}
+
 /// The status code of one response, its body read.
 fn read_answer(reader: &mut BufReader<TcpStream>) -> anyhow::Result<String> {
     let mut status = String::new();
@@ -227,5 +288,9 @@ mod tests {
             .unwrap();
             assert_eq!((r.ok, r.failed), (3, 0), "{mode:?}: {r}");
         }
+        let r =
+            rr(&RrArgs { connect: addr, request: "GET /api".into(), round_trips: 50, json: true }).unwrap();
+        assert_eq!(r.round_trips, 50);
+        assert!(r.latency_us.p50 > 0.0);
     }
 }

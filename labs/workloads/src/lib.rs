@@ -43,6 +43,8 @@ pub enum Workload {
     HttpServer(http::ServerArgs),
     /// HTTP/1.1 requests over one connection (one per write, split, or pipelined): what each got.
     HttpProbe(http::ProbeArgs),
+    /// HTTP/1.1 request/response latency on one keep-alive connection (reported like `rr`).
+    HttpRr(http::RrArgs),
 }
 
 impl Workload {
@@ -66,6 +68,7 @@ impl Workload {
             Workload::Echo(a) => echo::serve(&a),
             Workload::HttpServer(a) => http::serve(&a),
             Workload::HttpProbe(a) => print_report(&http::probe(&a)?, a.json),
+            Workload::HttpRr(a) => print_report(&http::rr(&a)?, a.json),
             Workload::ConformServer(a) => conform::serve(&a),
             Workload::LoopbackIsolation(a) => {
                 println!("{}", serde_json::to_string(&isolation::run(&a)?)?);

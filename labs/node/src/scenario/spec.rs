@@ -205,6 +205,10 @@ pub enum Measure {
     /// Connections per second: connect, one request and response, close.
     #[serde(rename = "connect-rate")]
     ConnectRate,
+    /// HTTP/1.1 `GET /api` round trips on one keep-alive connection (the target must be an
+    /// `http-server` pod): through the mesh, each request is judged by the HTTP rules.
+    #[serde(rename = "http-latency")]
+    HttpLatency,
 }
 
 impl Measure {
@@ -229,6 +233,7 @@ impl Measure {
             Measure::Throughput => &["mb_s", "cpu_s_per_gb", "write_errors"],
             Measure::Throughput4 => &["mb_s_4", "cpu_s_per_gb_4", "write_errors_4"],
             Measure::ConnectRate => &["conn_s", "conn_p50"],
+            Measure::HttpLatency => &["http_p50", "http_p99"],
         }
     }
 }
