@@ -144,27 +144,28 @@ fn policy_check(ctx: &SkMsgContext, me: &SockKey) -> Check {
         bump(Counter::MessageDenied);
         return Check::Drop;
     }
-    let passive = p.flags & SockPolicy::PASSIVE != 0;
-    let (client, server, port) = if passive {
-        (me.remote_ip, me.local_ip, me.local_port)
-    } else {
-        (me.local_ip, me.remote_ip, me.remote_port)
-    };
-    let to = policy::identity_of(me.family, &server);
-    let mut flow = Flow {
-        hook: Hook::MESSAGE,
-        protocol: IPPROTO_TCP,
-        from: 0,
-        to,
-        family: me.family,
-        port,
-        src: client,
-        dst: server,
-    };
     if p.generation != generation {
+        // Only now the addresses' identities: a message of an unchanged policy costs two
+        // lookups (the generation and this entry).
+        let passive = p.flags & SockPolicy::PASSIVE != 0;
+        let (client, server, port) = if passive {
+            (me.remote_ip, me.local_ip, me.local_port)
+        } else {
+            (me.local_ip, me.remote_ip, me.remote_port)
+        };
+        let to = policy::identity_of(me.family, &server);
         let (from, verdict) =
             policy::judge(|| policy::identity_of(me.family, &client), to, port, IPPROTO_TCP);
-        flow.from = from;
+        let flow = Flow {
+            hook: Hook::MESSAGE,
+            protocol: IPPROTO_TCP,
+            from,
+            to,
+            family: me.family,
+            port,
+            src: client,
+            dst: server,
+        };
         p.generation = generation;
         if !policy::record(verdict, &flow) {
             p.flags |= SockPolicy::DENIED;
