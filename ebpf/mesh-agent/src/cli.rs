@@ -153,8 +153,9 @@ fn apply(
     let policy = crate::policy::resolve(&loaded.file, &loaded.pods);
     let p = pinned.set_policy(&policy)?;
     eprintln!(
-        "mesh-agent: policy: {} rules, {} allow entries, {} policed identities ({} entries added, {} removed)",
+        "mesh-agent: policy: {} rules ({} with HTTP matches), {} allow entries, {} policed identities ({} entries added, {} removed)",
         loaded.file.policy.len(),
+        policy.http.len(),
         policy.allow.len(),
         policy.policed.len(),
         p.added,

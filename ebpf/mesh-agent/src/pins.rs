@@ -304,7 +304,7 @@ impl Pinned {
         let (msg, ops) = self.variant.programs();
         let linked = linked_programs(self.variant);
         vec![
-            format!("sk_msg: {msg} attached to the sockhash"),
+            format!("sk_msg: {msg} attached to the sockhash; it tail-calls {} for HTTP rules", self.variant.http()),
             format!("cgroup/setsockopt: {} attached to the cgroup", self.variant.setsockopt()),
             format!("sock_ops: {ops} attached to the cgroup"),
             format!(
@@ -384,6 +384,14 @@ impl Pinned {
             array.set(0, generation.wrapping_add(1).max(1), 0).map_err(err)?;
         }
         Ok(applied)
+    }
+
+    /// Whether the HTTP judge is in its program array (without it, every request on a
+    /// connection whose rule has HTTP matches is denied).
+    pub fn http_judge_present(&self) -> Result<bool, MeshError> {
+        let err = |source| MeshError::Map { map: HTTP_PROGS_MAP, source };
+        let progs: aya::maps::ProgramArray<&MapData> = self.map(HTTP_PROGS_MAP).try_into().map_err(err)?;
+        Ok(progs.indices().next().is_some())
     }
 
     /// The policy generation (0: no policy was ever applied).
@@ -503,6 +511,10 @@ fn count_keys(map: &Map, s: &MapSpec) -> Result<usize, aya::maps::MapError> {
         HTTP_RULES_MAP => {
             let m: HashMap<&MapData, u32, HttpRules> = map.try_into()?;
             Ok(m.keys().count())
+        }
+        HTTP_PROGS_MAP => {
+            let m: aya::maps::ProgramArray<&MapData> = map.try_into()?;
+            Ok(m.indices().count())
         }
         _ => Ok(0),
     }

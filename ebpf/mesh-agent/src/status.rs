@@ -50,6 +50,8 @@ pub struct Status {
     pub refusal: &'static str,
     /// How many times the policy changed (0: never applied).
     pub policy_generation: u32,
+    /// The HTTP judge (`mesh_http`) is in `HTTP_PROGS`, where the redirect program tail-calls it.
+    pub http_judge: bool,
     /// Verdicts per rule (0: denials) and hook.
     pub verdicts: Vec<RuleVerdicts>,
 }
@@ -103,6 +105,7 @@ pub fn read(pin_dir: &Path, cgroup: Option<&Path>) -> Result<Status, MeshError> 
         counters: pinned.counters()?,
         refusal: pinned.refusal(),
         policy_generation: pinned.policy_generation()?,
+        http_judge: pinned.http_judge_present()?,
         verdicts: pinned
             .verdicts()?
             .into_iter()
@@ -112,15 +115,21 @@ pub fn read(pin_dir: &Path, cgroup: Option<&Path>) -> Result<Status, MeshError> 
 }
 
 impl Status {
-    /// Hooks where the cgroup does not run exactly one program of the mesh.
+    /// Hooks where the cgroup does not run exactly one program of the mesh, and a missing HTTP
+    /// judge.
     pub fn attach_problems(&self) -> Vec<String> {
-        self.attached
+        let mut problems: Vec<String> = self
+            .attached
             .iter()
             .filter_map(|(hook, progs)| {
                 let ours = progs.iter().filter(|p| p.starts_with("mesh_")).count();
                 (ours != 1).then(|| format!("{hook}: {ours} mesh programs attached ({})", progs.join(", ")))
             })
-            .collect()
+            .collect();
+        if !self.http_judge {
+            problems.push("HTTP_PROGS is empty: requests under HTTP rules are all denied".into());
+        }
+        problems
     }
 
     /// The human form.
@@ -165,7 +174,11 @@ impl Status {
         }
         out.push_str(&format!("no backend: connect() and sendto() fail with {}\n", self.refusal));
         out.push_str(&format!("counters: {}\n", serde_json::to_string(&self.counters).unwrap_or_default()));
-        out.push_str(&format!("policy generation {}\n", self.policy_generation));
+        out.push_str(&format!(
+            "policy generation {}; HTTP judge {}\n",
+            self.policy_generation,
+            if self.http_judge { "in HTTP_PROGS" } else { "MISSING" }
+        ));
         for v in &self.verdicts {
             let what = if v.rule == 0 { "denied".to_owned() } else { format!("rule {} allowed", v.rule) };
             out.push_str(&format!("  {what:<16} at {:<8} {}\n", v.hook, v.count));

@@ -820,9 +820,10 @@ impl Engine<'_> {
             self.out(
                 label,
                 format!(
-                    "policy: {} rules -> {} allow entries ({} map entries added, {} removed)",
+                    "policy: {} rules -> {} allow entries, {} with HTTP matches ({} map entries added, {} removed)",
                     mf.policy.len(),
                     policy.allow.len(),
+                    policy.http.len(),
                     p.added,
                     p.removed
                 ),
