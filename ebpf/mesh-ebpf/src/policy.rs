@@ -76,7 +76,10 @@ pub fn allowed(to: &Addr, protocol: u32, hook: u32) -> bool {
 }
 // ANCHOR_END: allowed
 
-/// One judged flow, for the counters and the event.
+/// One judged flow, for the counters and the event. The same fields as `Denial`, but not that
+/// type: built as a `Denial` and handed to the ring buffer whole, one path of sk_msg's check
+/// reached the verifier with a field never written (`R2 !read_ok`, 6.18); copying into the
+/// event at the last moment, as below, verifies.
 pub struct Flow {
     pub hook: u32,
     pub protocol: u32,

@@ -254,7 +254,7 @@ impl Lab {
         self.start(pod, cmd, None, false)
     }
 
-    /// [`Lab::run_status`] for a process outside the lab's cgroup (see [`Lab::spawn_piped_outside`]).
+    /// [`Lab::run`] for a process outside the lab's cgroup (see [`Lab::spawn_piped_outside`]).
     pub fn run_outside(
         &self,
         pod: &str,
@@ -262,9 +262,8 @@ impl Lab {
         timeout: Duration,
         cancel: &Cancel,
     ) -> Result<Output, LabError> {
-        let what = process::describe(&cmd);
-        let child = self.spawn_piped_outside(pod, cmd)?;
-        process::wait_output(child, &what, timeout, cancel)
+        let command = process::describe(&cmd);
+        succeeded(command, self.run_to_end(pod, cmd, timeout, cancel, false)?)
     }
 
     /// Kills and reaps one process started with [`Lab::spawn`].
@@ -280,13 +279,24 @@ impl Lab {
     pub fn run_status(
         &self,
         pod: &str,
-        mut cmd: Command,
+        cmd: Command,
         timeout: Duration,
         cancel: &Cancel,
     ) -> Result<Output, LabError> {
+        self.run_to_end(pod, cmd, timeout, cancel, true)
+    }
+
+    fn run_to_end(
+        &self,
+        pod: &str,
+        mut cmd: Command,
+        timeout: Duration,
+        cancel: &Cancel,
+        join_cgroup: bool,
+    ) -> Result<Output, LabError> {
         let what = process::describe(&cmd);
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        let child = self.start(pod, cmd, None, true)?;
+        let child = self.start(pod, cmd, None, join_cgroup)?;
         process::wait_output(child, &what, timeout, cancel)
     }
 
@@ -300,12 +310,7 @@ impl Lab {
         cancel: &Cancel,
     ) -> Result<Output, LabError> {
         let command = process::describe(&cmd);
-        let out = self.run_status(pod, cmd, timeout, cancel)?;
-        if out.status.success() {
-            Ok(out)
-        } else {
-            Err(LabError::Command { command, stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned() })
-        }
+        succeeded(command, self.run_status(pod, cmd, timeout, cancel)?)
     }
 
     // ANCHOR: enter_pod
@@ -465,6 +470,15 @@ impl Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         let _ = self.teardown_inner();
+    }
+}
+
+/// `out`, or the failure of `command` with its stderr when it exited non-zero.
+fn succeeded(command: String, out: Output) -> Result<Output, LabError> {
+    if out.status.success() {
+        Ok(out)
+    } else {
+        Err(LabError::Command { command, stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned() })
     }
 }
 

@@ -887,16 +887,7 @@ impl Engine<'_> {
             format!("{connections} {what} {from} -> {address}, one after another ({})", self.config()),
         );
         let c0 = self.counters()?;
-        let r: ProbeReport = if from.outside_mesh {
-            let cmd = self.ctx.workload.command(&args);
-            let out = self.lab.run_outside(from.pod, cmd, RUN_TIMEOUT, &self.ctx.cancel)?;
-            serde_json::from_slice(&out.stdout).map_err(|e| LabError::Parse {
-                command: "workload lb-probe".into(),
-                detail: format!("{e}: {}", String::from_utf8_lossy(&out.stdout)),
-            })?
-        } else {
-            self.run_json(from.pod, &args)?
-        };
+        let r: ProbeReport = self.run_json_as(from, &args)?;
         let c = self.counters()?.since(&c0);
         let ok: u32 = r.reached.values().sum();
         let errors: u32 = r.errors.values().sum();
@@ -1769,8 +1760,21 @@ impl Engine<'_> {
         from: &str,
         args: &[S],
     ) -> Result<T, LabError> {
+        self.run_json_as(Client { pod: from, outside_mesh: false }, args)
+    }
+
+    /// [`Self::run_json`], in a pod or outside the mesh in its network namespace.
+    fn run_json_as<T: serde::de::DeserializeOwned, S: AsRef<str>>(
+        &self,
+        from: Client<'_>,
+        args: &[S],
+    ) -> Result<T, LabError> {
         let cmd = self.pinned(self.ctx.workload.command(args), Role::Client);
-        let out = self.lab.run(from, cmd, RUN_TIMEOUT, &self.ctx.cancel)?;
+        let out = if from.outside_mesh {
+            self.lab.run_outside(from.pod, cmd, RUN_TIMEOUT, &self.ctx.cancel)?
+        } else {
+            self.lab.run(from.pod, cmd, RUN_TIMEOUT, &self.ctx.cancel)?
+        };
         serde_json::from_slice(&out.stdout).map_err(|e| LabError::Parse {
             command: format!("workload {}", args.first().map_or("", AsRef::as_ref)),
             detail: format!("{e}: {}", String::from_utf8_lossy(&out.stdout)),
