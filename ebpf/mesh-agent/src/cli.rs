@@ -11,7 +11,7 @@ use std::{
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     path::{Path, PathBuf},
     process::ExitCode,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::Context as _;
@@ -19,9 +19,13 @@ use clap::{Parser, Subcommand};
 
 use crate::{
     Mesh, MeshError, Pinned, Started,
-    denials::{DenialRecord, Denials},
-    meshfile, pins, status,
+    denials::{DenialRecord, Denials, Events},
+    flows::{self, Flow, FlowLog, Names},
+    meshfile,
+    metrics::{self, Metrics},
+    observe, pins, status,
 };
+use mesh_common::FlowRecord;
 
 #[derive(Parser)]
 #[command(
@@ -54,6 +58,32 @@ pub enum Command {
         /// Milliseconds between counter reports.
         #[arg(long, default_value_t = 1000)]
         interval_ms: u64,
+        /// The flow log: one JSON line per closed connection and per denial (read it with
+        /// `mesh-agent observe`).
+        #[arg(long, default_value = flows::DEFAULT_FLOW_LOG)]
+        flow_log: PathBuf,
+        /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
+        #[arg(long)]
+        metrics: Option<std::net::SocketAddr>,
+    },
+    /// Print the flow log (closed connections and denials), as a table or JSON lines.
+    Observe {
+        #[arg(long, default_value = flows::DEFAULT_FLOW_LOG)]
+        flow_log: PathBuf,
+        /// Keep printing new events as the agent writes them.
+        #[arg(long, short)]
+        follow: bool,
+        /// Only events with this pod at either end.
+        #[arg(long)]
+        pod: Option<String>,
+        /// Only events with this port at either end.
+        #[arg(long)]
+        port: Option<u16>,
+        /// Only `allowed` or `denied` events.
+        #[arg(long, value_parser = ["allowed", "denied"])]
+        verdict: Option<String>,
+        #[arg(long, short, value_enum, default_value_t = observe::Output::Table)]
+        output: observe::Output,
     },
     /// Bring the running mesh's services to FILE's: added, changed and removed entries only.
     Apply {
@@ -113,8 +143,13 @@ pub fn code(e: &anyhow::Error) -> i32 {
 /// Runs one command.
 pub fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Run { cgroup, pin_dir, file, pods, interval_ms } => {
-            serve(&cgroup, &pin_dir, file.as_deref(), pods.as_deref(), interval_ms)
+        Command::Run { cgroup, pin_dir, file, pods, interval_ms, flow_log, metrics } => {
+            let outputs = Outputs { interval: Duration::from_millis(interval_ms), flow_log, metrics };
+            serve(&cgroup, &pin_dir, file.as_deref(), pods.as_deref(), &outputs)
+        }
+        Command::Observe { flow_log, follow, pod, port, verdict, output } => {
+            let filter = observe::Filter { pod, port, verdict };
+            observe::run(&flow_log, &filter, output, follow, &mut std::io::stdout().lock())
         }
         Command::Apply { file, pin_dir, pods } => {
             // A rejected file is refused before the maps are touched.
@@ -176,12 +211,20 @@ fn apply(
     Ok(policy.members)
 }
 
+/// Where a running agent reports.
+struct Outputs {
+    /// Between counter reports on stdout.
+    interval: Duration,
+    flow_log: PathBuf,
+    metrics: Option<std::net::SocketAddr>,
+}
+
 fn serve(
     cgroup: &Path,
     pin_dir: &Path,
     file: Option<&Path>,
     pods: Option<&Path>,
-    interval_ms: u64,
+    outputs: &Outputs,
 ) -> anyhow::Result<()> {
     // Block the stop signals first so they wait for sigtimedwait below instead of killing us
     // half-way through installing.
@@ -207,26 +250,45 @@ fn serve(
     if let (Some(f), Some(l)) = (file, &loaded) {
         members = apply(mesh.pins_mut(), f, l)?;
     }
-    let mut denials = mesh.pins_mut().take_denials().map(Denials::new).transpose()?;
+    let mut events = Reporter {
+        denials: mesh.pins_mut().take_denials().map(|m| Denials::new(m, mesh_common::DENIALS_MAP)).transpose()?,
+        flows: mesh
+            .pins_mut()
+            .take_flow_events()
+            .map(|m| Events::<FlowRecord>::new(m, mesh_common::FLOW_EVENTS_MAP))
+            .transpose()?,
+        log: FlowLog::open(&outputs.flow_log)
+            .with_context(|| format!("cannot open the flow log {}", outputs.flow_log.display()))?,
+        names: Names::new(loaded.as_ref().map_or(&[][..], |l| &l.pods[..])),
+        members,
+        metrics: None,
+    };
+    if let Some(addr) = outputs.metrics {
+        let (metrics, registry) = Metrics::new();
+        let bound = metrics::serve(addr, pin_dir.to_owned(), metrics.clone(), registry)
+            .with_context(|| format!("cannot serve metrics on {addr}"))?;
+        eprintln!("mesh-agent: metrics at http://{bound}/metrics");
+        events.metrics = Some(metrics);
+    }
+    eprintln!("mesh-agent: flow log {}", events.log.path().display());
     eprintln!("mesh-agent: serving {}", cgroup.display());
-    // One wait for everything: a stop signal (through a signalfd), a denial in the ring buffer
-    // (printed at once), or the next counter report.
+    // One wait for everything: a stop signal (through a signalfd), an event in a ring buffer
+    // (handled at once), or the next counter report.
     // SAFETY: a new descriptor for our own (blocked) signal set.
     let sigfd = unsafe { libc::signalfd(-1, &signals, libc::SFD_CLOEXEC) };
     anyhow::ensure!(sigfd >= 0, "signalfd: {}", std::io::Error::last_os_error());
     // SAFETY: we own the new descriptor.
     let sigfd = unsafe { OwnedFd::from_raw_fd(sigfd) };
-    let interval = Duration::from_millis(interval_ms);
     let mut next_report = Instant::now();
     loop {
         if Instant::now() >= next_report {
             println!("{}", serde_json::to_string(&mesh.counters()?)?);
-            next_report = Instant::now() + interval;
+            next_report = Instant::now() + outputs.interval;
         }
-        print_denials(denials.as_mut(), &members);
+        events.drain()?;
         let mut fds = vec![libc::pollfd { fd: sigfd.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
-        if let Some(d) = &denials {
-            fds.push(libc::pollfd { fd: d.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+        for fd in events.fds() {
+            fds.push(libc::pollfd { fd, events: libc::POLLIN, revents: 0 });
         }
         let wait =
             next_report.saturating_duration_since(Instant::now()).as_millis().min(i32::MAX as u128) as i32;
@@ -237,8 +299,8 @@ fn serve(
         }
         if fds[0].revents & libc::POLLIN != 0 {
             println!("{}", serde_json::to_string(&mesh.counters()?)?);
-            print_denials(denials.as_mut(), &members);
-            drop(denials);
+            events.drain()?;
+            drop(events);
             mesh.stop().context("clean shutdown")?;
             eprintln!("mesh-agent: detached and unpinned");
             return Ok(());
@@ -246,10 +308,43 @@ fn serve(
     }
 }
 
-/// Prints every waiting denial as a JSON line.
-fn print_denials(denials: Option<&mut Denials>, members: &BTreeMap<u32, Vec<String>>) {
-    for d in denials.map(Denials::drain).unwrap_or_default() {
-        println!("{}", serde_json::json!({ "denial": DenialRecord::new(&d, members) }));
+/// What the running agent does with the kernel's events.
+struct Reporter {
+    denials: Option<Denials>,
+    flows: Option<Events<FlowRecord>>,
+    log: FlowLog,
+    names: Names,
+    /// Identity -> pods, for denials.
+    members: BTreeMap<u32, Vec<String>>,
+    metrics: Option<Metrics>,
+}
+
+impl Reporter {
+    fn fds(&self) -> Vec<std::os::fd::RawFd> {
+        self.denials.iter().map(Events::as_raw_fd).chain(self.flows.iter().map(Events::as_raw_fd)).collect()
+    }
+
+    /// Every waiting event: denials printed (stdout) and logged, flows logged; both counted in
+    /// the metrics.
+    fn drain(&mut self) -> anyhow::Result<()> {
+        for d in self.denials.as_mut().map(Events::drain).unwrap_or_default() {
+            let record = DenialRecord::new(&d, &self.members);
+            let event = serde_json::json!({ "denial": record });
+            println!("{event}");
+            self.log.write(&event)?;
+            if let Some(m) = &self.metrics {
+                m.denial(&record);
+            }
+        }
+        let now = SystemTime::now();
+        for r in self.flows.as_mut().map(Events::drain).unwrap_or_default() {
+            let flow = Flow::new(&r, &self.names, now);
+            self.log.write(&serde_json::json!({ "flow": flow }))?;
+            if let Some(m) = &self.metrics {
+                m.flow(&flow);
+            }
+        }
+        Ok(())
     }
 }
 

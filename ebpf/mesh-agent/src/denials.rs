@@ -7,7 +7,7 @@ use std::{
 };
 
 use aya::maps::{Map, MapData, RingBuf};
-use mesh_common::{AF_INET, DENIALS_MAP, Denial, Hook, IPPROTO_TCP, IPPROTO_UDP, WORLD_IDENTITY};
+use mesh_common::{AF_INET, Denial, Hook, IPPROTO_TCP, IPPROTO_UDP, WORLD_IDENTITY};
 use serde::Serialize;
 
 use crate::MeshError;
@@ -75,26 +75,39 @@ fn ip(family: u32, w: [u32; 4]) -> IpAddr {
     }
 }
 
-/// The reading end of `DENIALS`.
-pub struct Denials(RingBuf<MapData>);
+/// Words in network byte order, IPv4 in word 0 (as the kernel's records hold them).
+pub(crate) fn ip_of(family: u32, w: [u32; 4]) -> IpAddr {
+    ip(family, w)
+}
 
-impl Denials {
-    pub fn new(map: Map) -> Result<Denials, MeshError> {
-        RingBuf::try_from(map).map(Denials).map_err(|source| MeshError::Map { map: DENIALS_MAP, source })
+/// The reading end of a ring buffer of `T` records (`DENIALS`, `FLOW_EVENTS`).
+pub struct Events<T> {
+    ring: RingBuf<MapData>,
+    _records: std::marker::PhantomData<T>,
+}
+
+/// The reading end of `DENIALS`.
+pub type Denials = Events<Denial>;
+
+impl<T: aya::Pod> Events<T> {
+    pub fn new(map: Map, name: &'static str) -> Result<Events<T>, MeshError> {
+        let ring = RingBuf::try_from(map).map_err(|source| MeshError::Map { map: name, source })?;
+        Ok(Events { ring, _records: std::marker::PhantomData })
     }
 
     /// The ring buffer's descriptor: readable when events wait.
     pub fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        std::os::fd::AsRawFd::as_raw_fd(&self.0)
+        std::os::fd::AsRawFd::as_raw_fd(&self.ring)
     }
 
     /// Every event waiting, oldest first.
-    pub fn drain(&mut self) -> Vec<Denial> {
+    pub fn drain(&mut self) -> Vec<T> {
         let mut out = Vec::new();
-        while let Some(item) = self.0.next() {
-            if item.len() >= size_of::<Denial>() {
-                // SAFETY: the kernel wrote a whole Denial (plain u32s) at the start of the item.
-                out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Denial>()) });
+        while let Some(item) = self.ring.next() {
+            if item.len() >= size_of::<T>() {
+                // SAFETY: the kernel wrote a whole T (a Pod: any bytes are a valid value) at
+                // the start of the item.
+                out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<T>()) });
             }
         }
         out

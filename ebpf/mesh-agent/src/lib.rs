@@ -8,10 +8,13 @@
 pub mod cli;
 pub mod denials;
 mod error;
+pub mod flows;
 mod mesh;
 pub mod meshfile;
+pub mod metrics;
 pub mod mounts;
 pub mod object;
+pub mod observe;
 pub mod pins;
 pub mod policy;
 pub mod probe;

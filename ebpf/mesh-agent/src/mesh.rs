@@ -49,6 +49,14 @@ impl Variant {
         }
     }
 
+    /// The telemetry sock_ops program of this build.
+    pub const fn telemetry(self) -> &'static str {
+        match self {
+            Variant::Netns => "mesh_telemetry",
+            Variant::NoNetns => "mesh_telemetry_nocookie",
+        }
+    }
+
     /// The cgroup/setsockopt program of this build.
     pub const fn setsockopt(self) -> &'static str {
         match self {
@@ -107,6 +115,7 @@ counters! {
     message_denied = MessageDenied,
     events_lost = EventsLost,
     http_denied = HttpDenied,
+    flow_events_lost = FlowEventsLost,
 }
 
 /// How [`Mesh::start`] found the node.
@@ -190,7 +199,10 @@ impl Mesh {
                 }
                 // Drop (on an error) removes whatever part was pinned.
                 mesh.ebpf = Some(install(cgroup, wanted, pin_dir)?);
-                mesh.pinned = Some(Pinned::open(pin_dir)?);
+                let mut pinned = Pinned::open(pin_dir)?;
+                // Telemetry starts on; an adopted mesh keeps what its pins say.
+                pinned.set_telemetry(true)?;
+                mesh.pinned = Some(pinned);
             }
         }
         Ok(mesh)

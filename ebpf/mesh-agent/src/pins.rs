@@ -31,14 +31,14 @@ use mesh_common::{
     MAX_BACKEND_SLOTS, MAX_IDENTITY_ADDRS, MAX_POLICY, MAX_RULES, MAX_SERVICES, MAX_SOCKETS,
     MESH_CONNECTS_MAP, POLICED_MAP, POLICY_GEN_MAP, POLICY_MAP, PolicyKey, SERVICES_MAP, SIDECAR_MAP,
     SOCK_POLICY_MAP, SOCK_STATE_MAP, SOCKETS_MAP, ServiceKey, ServiceValue, SockKey, SockPolicy,
-    VERDICTS_MAP,
+    VERDICTS_MAP, FLOWS_MAP, FLOW_EVENTS_MAP, FLOW_EVENTS_BYTES, FlowRecord, TELEMETRY_MAP,
 };
 use serde::Serialize;
 
 use crate::{Counters, MeshError, Variant, services};
 
 /// Bump when a pinned map's definition changes, or the set of pins does.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// One pinned map as this build defines it.
 #[derive(Debug, Clone, Copy)]
@@ -58,7 +58,7 @@ const fn spec(name: &'static str, map_type: MapType, key: usize, value: usize, m
 /// The pinned maps of [`LAYOUT_VERSION`]. Every install opens what it just pinned through
 /// [`Pinned::open`], which checks each map against this table: a table that drifts from the
 /// object fails every install, in every kernel test.
-pub const MAPS: [MapSpec; 17] = [
+pub const MAPS: [MapSpec; 20] = [
     spec(SOCKETS_MAP, MapType::SockHash, size_of::<SockKey>(), 4, MAX_SOCKETS),
     spec(COUNTERS_MAP, MapType::PerCpuArray, 4, 8, COUNTER_SLOTS),
     spec(SIDECAR_MAP, MapType::Array, 4, 4, 1),
@@ -79,10 +79,13 @@ pub const MAPS: [MapSpec; 17] = [
     spec(VERDICTS_MAP, MapType::PerCpuArray, 4, 8, MAX_RULES * Hook::COUNT),
     // A ring buffer has no key or value; its size is its byte count.
     spec(DENIALS_MAP, MapType::RingBuf, 0, 0, DENIALS_BYTES),
+    spec(FLOWS_MAP, MapType::LruHash, size_of::<SockKey>(), size_of::<FlowRecord>(), MAX_SOCKETS),
+    spec(FLOW_EVENTS_MAP, MapType::RingBuf, 0, 0, FLOW_EVENTS_BYTES),
+    spec(TELEMETRY_MAP, MapType::Array, 4, 4, 1),
 ];
 
 /// The cgroup programs of a build, each held by one pinned link (sk_msg lives with `SOCKETS`).
-pub fn linked_programs(variant: Variant) -> [&'static str; 11] {
+pub fn linked_programs(variant: Variant) -> [&'static str; 12] {
     [
         variant.setsockopt(),
         variant.programs().1,
@@ -95,6 +98,7 @@ pub fn linked_programs(variant: Variant) -> [&'static str; 11] {
         "mesh_recvmsg4",
         "mesh_recvmsg6",
         "mesh_ingress",
+        variant.telemetry(),
     ]
 }
 
@@ -312,6 +316,7 @@ impl Pinned {
                 linked[2..10].join(", ")
             ),
             format!("cgroup_skb/ingress: {} attached to the cgroup", linked[10]),
+            format!("sock_ops (telemetry): {} attached to the cgroup", linked[11]),
             format!("a service without backends refuses connect() and sendto() with {}", self.refusal()),
             match self.variant {
                 Variant::Netns => "loopback sockets keyed by network namespace cookie and 4-tuple".into(),
@@ -420,6 +425,27 @@ impl Pinned {
     /// The ring buffer of denials, for one reader (the running agent).
     pub fn take_denials(&mut self) -> Option<Map> {
         self.maps.remove(DENIALS_MAP)
+    }
+
+    /// The ring buffer of closed flows, for one reader (the running agent).
+    pub fn take_flow_events(&mut self) -> Option<Map> {
+        self.maps.remove(FLOW_EVENTS_MAP)
+    }
+
+    /// Switches telemetry (flow records) on or off; sockets established while it is off have
+    /// no record.
+    pub fn set_telemetry(&mut self, on: bool) -> Result<(), MeshError> {
+        let err = |source| MeshError::Map { map: TELEMETRY_MAP, source };
+        let map = self.maps.get_mut(TELEMETRY_MAP).expect("opened");
+        let mut array: Array<&mut MapData, u32> = map.try_into().map_err(err)?;
+        array.set(0, u32::from(on), 0).map_err(err)
+    }
+
+    /// Whether telemetry is on.
+    pub fn telemetry(&self) -> Result<bool, MeshError> {
+        let err = |source| MeshError::Map { map: TELEMETRY_MAP, source };
+        let array: Array<&MapData, u32> = self.map(TELEMETRY_MAP).try_into().map_err(err)?;
+        Ok(array.get(&0, 0).map_err(err)? != 0)
     }
 
     /// How many entries each map holds, beside its capacity.

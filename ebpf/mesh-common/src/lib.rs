@@ -238,6 +238,8 @@ pub enum Counter {
     EventsLost = 12,
     /// An HTTP request dropped in sk_msg (no HTTP rule matched it, or it could not be judged).
     HttpDenied = 13,
+    /// A closed connection whose flow record did not fit in the `FLOW_EVENTS` ring buffer.
+    FlowEventsLost = 14,
 }
 
 // ANCHOR: sock_state
@@ -261,7 +263,7 @@ impl SockState {
 
 impl Counter {
     /// Every counter, in slot order.
-    pub const ALL: [Counter; 14] = [
+    pub const ALL: [Counter; 15] = [
         Counter::SocketsInserted,
         Counter::InsertFailed,
         Counter::MsgRedirected,
@@ -276,6 +278,7 @@ impl Counter {
         Counter::MessageDenied,
         Counter::EventsLost,
         Counter::HttpDenied,
+        Counter::FlowEventsLost,
     ];
 
     /// Stable snake_case name, used in JSON output and metrics.
@@ -295,6 +298,7 @@ impl Counter {
             Counter::MessageDenied => "message_denied",
             Counter::EventsLost => "events_lost",
             Counter::HttpDenied => "http_denied",
+            Counter::FlowEventsLost => "flow_events_lost",
         }
     }
 }
@@ -464,6 +468,64 @@ pub struct PolicyKey {
 }
 // ANCHOR_END: policy_types
 
+// ANCHOR: flow_types
+/// Name of the per-socket flow accounting (keyed like `SOCKETS`, value [`FlowRecord`]): sock_ops
+/// opens an entry when a lab socket's connection is established and closes it (into
+/// `FLOW_EVENTS`) when the socket closes; sk_msg adds the bytes it redirects.
+pub const FLOWS_MAP: &str = "FLOWS";
+/// Name of the ring buffer of closed flows ([`FlowRecord`]s).
+pub const FLOW_EVENTS_MAP: &str = "FLOW_EVENTS";
+/// Its size in bytes (a power of two): about 8,000 records.
+pub const FLOW_EVENTS_BYTES: u32 = 1024 * 1024;
+/// Name of the one-slot array switching telemetry: 1 on (the agent's default), 0 off.
+pub const TELEMETRY_MAP: &str = "TELEMETRY";
+
+/// One TCP socket's view of its connection: opened when the connection is established, sent to
+/// user space when the socket closes. While open, `tcp_sent`/`tcp_received` hold the kernel's
+/// `bytes_acked`/`bytes_received` at the start (so the SYN is not counted); on close they become
+/// the payload bytes that went through TCP, with a FIN taken off (see `FlowRecord::FIN_*`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowRecord {
+    pub key: SockKey,
+    /// `bpf_ktime_get_ns` at established and at close (0 while open).
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub tcp_sent: u64,
+    pub tcp_received: u64,
+    /// Payload bytes sk_msg redirected from this socket to its peer, and from the peer to it.
+    pub redirected_sent: u64,
+    pub redirected_received: u64,
+    /// Smoothed RTT at close (µs), and the smallest and largest RTT sample the RTT callback saw.
+    pub srtt_us: u32,
+    pub rtt_min_us: u32,
+    pub rtt_max_us: u32,
+    pub rtt_samples: u32,
+    /// The kernel's `total_retrans` at close, and retransmissions the RETRANS callback counted.
+    pub retransmits: u32,
+    pub retrans_cb: u32,
+    /// `FlowRecord::CLIENT`, `FlowRecord::FIN_SENT`, ...
+    pub flags: u32,
+    /// The TCP state the socket closed from.
+    pub last_state: u32,
+    /// `rcv_nxt` at the last state change (tells a FIN from a timeout in FIN_WAIT2).
+    pub rcv_nxt: u32,
+    /// The policy's last word on the connection: 0 allowed, else the `Hook` that denied it.
+    pub denied_by: u32,
+}
+
+impl FlowRecord {
+    /// This socket opened the connection (connect()); without it, it accepted it.
+    pub const CLIENT: u32 = 1;
+    /// This socket sent its FIN.
+    pub const FIN_SENT: u32 = 2;
+    /// The peer's FIN arrived.
+    pub const FIN_RECEIVED: u32 = 4;
+    /// Closed: the record is final.
+    pub const CLOSED: u32 = 8;
+}
+// ANCHOR_END: flow_types
+
 /// Number of slots in the `COUNTERS` array.
 pub const COUNTER_SLOTS: u32 = Counter::ALL.len() as u32;
 
@@ -480,6 +542,7 @@ mod user {
     unsafe impl aya::Pod for super::Denial {}
     unsafe impl aya::Pod for super::SockPolicy {}
     unsafe impl aya::Pod for super::HttpRules {}
+    unsafe impl aya::Pod for super::FlowRecord {}
 }
 
 #[cfg(test)]
@@ -528,6 +591,12 @@ mod tests {
         assert_eq!(core::mem::size_of::<BackendKey>(), 8);
         assert_eq!(core::mem::size_of::<Backend>(), 4 + 16 + 4);
         assert_eq!(core::mem::size_of::<OriginalDst>(), 16 + 8 + 24);
+    }
+
+    #[test]
+    fn flow_has_no_padding() {
+        // The key, six u64s, ten u32s: what the kernel writes is what user space reads.
+        assert_eq!(core::mem::size_of::<FlowRecord>(), 56 + 6 * 8 + 10 * 4);
     }
 
     #[test]

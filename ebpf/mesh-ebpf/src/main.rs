@@ -14,6 +14,7 @@ mod setsockopt;
 mod sk_msg;
 mod sock_addr;
 mod sock_ops;
+mod telemetry;
 mod udp;
 
 #[cfg(not(test))]

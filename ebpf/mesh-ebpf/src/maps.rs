@@ -5,7 +5,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf, SockHash},
 };
 use mesh_common::{
-    Backend, BackendKey, COUNTER_SLOTS, Counter, DENIALS_BYTES, Hook, HttpRules, IdentityAddr,
+    Backend, BackendKey, COUNTER_SLOTS, Counter, DENIALS_BYTES, FLOW_EVENTS_BYTES, FlowRecord, Hook, HttpRules, IdentityAddr,
     MAX_BACKEND_SLOTS, MAX_IDENTITY_ADDRS, MAX_POLICY, MAX_RULES, MAX_SERVICES, MAX_SOCKETS, OriginalDst,
     PolicyKey, ServiceKey, ServiceValue, SockKey, SockPolicy,
 };
@@ -113,6 +113,21 @@ pub static VERDICTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_RULES 
 #[map(name = "DENIALS")]
 pub static DENIALS: RingBuf = RingBuf::with_byte_size(DENIALS_BYTES, 0);
 // ANCHOR_END: policy_maps
+
+// ANCHOR: flow_maps
+/// Per socket (keyed like `SOCKETS`): its flow record while the connection is open (see
+/// `telemetry.rs`). LRU: a lost close callback cannot fill it.
+#[map(name = "FLOWS")]
+pub static FLOWS: LruHashMap<SockKey, FlowRecord> = LruHashMap::with_max_entries(MAX_SOCKETS, 0);
+
+/// Closed flows, to user space.
+#[map(name = "FLOW_EVENTS")]
+pub static FLOW_EVENTS: RingBuf = RingBuf::with_byte_size(FLOW_EVENTS_BYTES, 0);
+
+/// Slot 0: 1 when telemetry is on (set by the agent).
+#[map(name = "TELEMETRY")]
+pub static TELEMETRY: Array<u32> = Array::with_max_entries(1, 0);
+// ANCHOR_END: flow_maps
 
 /// The socket's state bits (0 when it has none).
 #[inline(always)]

@@ -34,6 +34,7 @@ use crate::{
         set_sock_state, sidecar_port, sock_state,
     },
     policy::{self, Flow, Verdict},
+    telemetry,
 };
 
 // ANCHOR: entry
@@ -93,7 +94,7 @@ fn try_mesh_redirect<const NETNS: bool, const HTTP: bool>(ctx: &SkMsgContext) ->
         return Ok(sk_action::SK_PASS);
     }
     // The peer socket is stored under this connection's key seen from the other end.
-    let mut redirected = redirect(ctx, &mut me.peer());
+    let mut redirected = redirect(ctx, &me, &mut me.peer());
     // With sidecars the loopback hop between an application and its proxy does not mirror
     // (iptables rewrote the destination): try both ways across it.
     let port = sidecar_port();
@@ -101,10 +102,10 @@ fn try_mesh_redirect<const NETNS: bool, const HTTP: bool>(ctx: &SkMsgContext) ->
         // proxy -> app: our peer is filed as an alias of the application's real key.
         // SAFETY: a plain lookup; the value is copied out at once.
         if let Some(real) = unsafe { SIDECAR_ALIASES.get(&me.peer()) } {
-            redirected = redirect(ctx, &mut { *real });
+            redirected = redirect(ctx, &me, &mut { *real });
         } else if family == AF_INET {
             // app -> proxy: the proxy accepted the REDIRECTed connection on 127.0.0.1:<port>.
-            redirected = redirect(ctx, &mut me.sidecar_alias(port).peer());
+            redirected = redirect(ctx, &me, &mut me.sidecar_alias(port).peer());
         }
     }
     if redirected {
@@ -169,6 +170,7 @@ fn policy_check(ctx: &SkMsgContext, me: &SockKey) -> Check {
         p.generation = generation;
         if !policy::record(verdict, &flow) {
             p.flags |= SockPolicy::DENIED;
+            telemetry::denied(me, Hook::MESSAGE);
             bump(Counter::MessageDenied);
             return Check::Drop;
         }
@@ -218,6 +220,7 @@ fn http_check(ctx: &SkMsgContext, me: &SockKey) -> Check {
                 dst: server,
             };
             policy::record(Verdict::Denied, &flow);
+            telemetry::denied(me, Hook::HTTP);
             bump(Counter::HttpDenied);
             Check::Drop
         }
@@ -230,9 +233,10 @@ fn http_check(ctx: &SkMsgContext, me: &SockKey) -> Check {
 /// SK_PASS (the program's SK_PASS then means "deliver there") and the target is marked
 /// `RECEIVED`: its redirect queue may now hold bytes it has not read, so it must stay in the map
 /// until it closes (see sock_ops.rs). On a miss the helper records nothing and the message takes
-/// TCP/IP. One lookup of the target's state either way.
+/// TCP/IP. One lookup of the target's state either way. With telemetry on, the bytes are added
+/// to both ends' flow records (TCP's own counters never see them).
 #[inline(always)]
-fn redirect(ctx: &SkMsgContext, target: &mut SockKey) -> bool {
+fn redirect(ctx: &SkMsgContext, me: &SockKey, target: &mut SockKey) -> bool {
     let state = SOCK_STATE.get_ptr_mut(&*target);
     // SAFETY: a live map value; racing writers only ever add bits.
     let bits = state.map_or(0, |p| unsafe { *p });
@@ -249,6 +253,8 @@ fn redirect(ctx: &SkMsgContext, target: &mut SockKey) -> bool {
             let _ = SOCK_STATE.insert(&*target, &SockState::RECEIVED, 0);
         }
     }
+    // SAFETY: a u32 field of the live sk_msg_md.
+    telemetry::redirected(me, target, unsafe { read_volatile(&raw const (*ctx.msg).size) });
     true
 }
 

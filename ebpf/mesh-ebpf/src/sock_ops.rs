@@ -150,7 +150,7 @@ fn state_changed(key: &SockKey, old: u32, new: u32) {
 /// The connection as this socket sees it. The verifier only accepts 4-byte loads of the address
 /// fields, so each word is read on its own (volatile keeps LLVM from merging two into one).
 #[inline(always)]
-fn sock_key<const NETNS: bool>(ctx: &SockOpsContext, family: u32) -> SockKey {
+pub fn sock_key<const NETNS: bool>(ctx: &SockOpsContext, family: u32) -> SockKey {
     let ops = ctx.ops;
     let (local, remote) = if family == AF_INET {
         ([ctx.local_ip4(), 0, 0, 0], [ctx.remote_ip4(), 0, 0, 0])
