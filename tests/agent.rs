@@ -25,6 +25,17 @@ struct Sandbox {
     agent: Option<Child>,
 }
 
+impl Sandbox {
+    fn new(tag: &str) -> Sandbox {
+        Sandbox { cgroup: cgroup2_root().join(tag), pins: Path::new("/sys/fs/bpf").join(tag), agent: None }
+    }
+
+    /// The agent's flow log (in the temp folder, removed with the sandbox).
+    fn flow_log(&self) -> PathBuf {
+        std::env::temp_dir().join(format!("{}.flows.jsonl", self.pins.file_name().unwrap().to_string_lossy()))
+    }
+}
+
 impl Drop for Sandbox {
     fn drop(&mut self) {
         if let Some(mut a) = self.agent.take() {
@@ -33,6 +44,7 @@ impl Drop for Sandbox {
         }
         let _ = fs::remove_dir_all(&self.pins);
         let _ = fs::remove_dir(&self.cgroup);
+        let _ = fs::remove_file(self.flow_log());
     }
 }
 
@@ -60,8 +72,7 @@ fn agent_counts_passes_and_cleans_up_on_sigterm() {
         return;
     }
     let tag = format!("sidecarless-agent-test-{}", std::process::id());
-    let mut sb =
-        Sandbox { cgroup: cgroup2_root().join(&tag), pins: Path::new("/sys/fs/bpf").join(&tag), agent: None };
+    let mut sb = Sandbox::new(&tag);
     fs::create_dir(&sb.cgroup).unwrap();
 
     let mut agent = Command::new(env!("CARGO_BIN_EXE_mesh-agent"))
@@ -70,6 +81,8 @@ fn agent_counts_passes_and_cleans_up_on_sigterm() {
         .arg(&sb.cgroup)
         .arg("--pin-dir")
         .arg(&sb.pins)
+        .arg("--flow-log")
+        .arg(sb.flow_log())
         .args(["--interval-ms", "50"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -182,7 +195,7 @@ fn agent_counts_passes_and_cleans_up_on_sigterm() {
 fn agent(sb: &Sandbox, args: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_mesh-agent"));
     c.args(args);
-    for (flag, path) in [("--cgroup", &sb.cgroup), ("--pin-dir", &sb.pins)] {
+    for (flag, path) in [("--cgroup", &sb.cgroup), ("--pin-dir", &sb.pins), ("--flow-log", &sb.flow_log())] {
         if args[0] == "run" || flag == "--pin-dir" {
             c.arg(flag).arg(path);
         }
@@ -192,7 +205,12 @@ fn agent(sb: &Sandbox, args: &[&str]) -> Command {
 
 /// Starts `mesh-agent run` and returns it with what it said up to "serving".
 fn serve(sb: &Sandbox) -> (Child, String) {
+    serve_with(sb, &[])
+}
+
+fn serve_with(sb: &Sandbox, extra: &[&str]) -> (Child, String) {
     let mut child = agent(sb, &["run", "--interval-ms", "100000"])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -255,8 +273,7 @@ fn a_killed_agent_leaves_the_datapath_and_the_next_one_adopts_it() {
         return;
     }
     let tag = format!("sidecarless-restart-test-{}", std::process::id());
-    let mut sb =
-        Sandbox { cgroup: cgroup2_root().join(&tag), pins: Path::new("/sys/fs/bpf").join(&tag), agent: None };
+    let mut sb = Sandbox::new(&tag);
     fs::create_dir(&sb.cgroup).unwrap();
     let files = std::env::temp_dir().join(&tag);
     fs::create_dir_all(&files).unwrap();
@@ -269,7 +286,12 @@ fn a_killed_agent_leaves_the_datapath_and_the_next_one_adopts_it() {
     sb.agent = Some(first);
     assert!(said.contains("installed in"), "{said}");
     let programs = attached(&sb.cgroup);
-    assert_eq!(programs.len(), mesh_agent::status::HOOKS.len(), "{programs:?}");
+    // One program per hook, two at sock_ops (the redirect's and telemetry's): one per pinned link.
+    assert_eq!(
+        programs.len(),
+        mesh_agent::pins::linked_programs(mesh_agent::Variant::Netns).len(),
+        "{programs:?}"
+    );
 
     // apply: by difference, idempotent; a rejected file changes nothing.
     let (ok, out) = output(agent(&sb, &["apply", good.to_str().unwrap()]));
@@ -316,3 +338,100 @@ fn a_killed_agent_leaves_the_datapath_and_the_next_one_adopts_it() {
     assert!(!sb.pins.exists());
     let _ = fs::remove_dir_all(&files);
 }
+
+// ANCHOR: telemetry_test
+#[test]
+fn flow_records_count_every_byte_and_the_metrics_pass_promtool() {
+    let _k = KERNEL.lock().unwrap_or_else(|p| p.into_inner());
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(std::env::var("SIDECARLESS_REQUIRE_ROOT_TESTS").as_deref() != Ok("1"), "needs root");
+        eprintln!("SKIPPED flow_records_count_every_byte_and_the_metrics_pass_promtool: needs root");
+        return;
+    }
+    let promtool = ["/usr/bin/promtool", "/usr/local/bin/promtool"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("promtool (Debian package prometheus) is missing: run scripts/setup.sh");
+    let tag = format!("sidecarless-telemetry-test-{}", std::process::id());
+    let mut sb = Sandbox::new(&tag);
+    fs::create_dir(&sb.cgroup).unwrap();
+    let (child, said) = serve_with(&sb, &["--metrics", "127.0.0.1:0"]);
+    sb.agent = Some(child);
+    let metrics: std::net::SocketAddr = said
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("mesh-agent: metrics at http://")?.strip_suffix("/metrics")?.parse().ok()
+        })
+        .unwrap_or_else(|| panic!("no metrics address in: {said}"));
+
+    // A client in the cgroup writes 100,000 bytes to a server outside it (so they go by TCP),
+    // then reads to the end: the server answers 23,456 bytes and closes first.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let script = format!(
+        "echo 0 > {}/cgroup.procs && exec 3<>/dev/tcp/127.0.0.1/{port} && head -c 100000 /dev/zero >&3 && cat <&3 | wc -c",
+        sb.cgroup.display()
+    );
+    let client = Command::new("bash").args(["-c", &script]).stdout(Stdio::piped()).spawn().unwrap();
+    let (mut conn, _) = listener.accept().unwrap();
+    let mut got = vec![0u8; 100_000];
+    conn.read_exact(&mut got).unwrap();
+    std::io::Write::write_all(&mut conn, &[7u8; 23_456]).unwrap();
+    drop(conn);
+    let out = client.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "23456");
+
+    // Its flow record: exactly those bytes, both ways, all through TCP.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let flow = loop {
+        let log = fs::read_to_string(sb.flow_log()).unwrap_or_default();
+        let found = log.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).find_map(|mut v| {
+            let f = v.get_mut("flow")?.take();
+            (f["destination"]["port"] == port).then_some(f)
+        });
+        match found {
+            Some(f) => break f,
+            None if Instant::now() > deadline => panic!("no flow record for port {port}: {log}"),
+            None => thread::sleep(Duration::from_millis(100)),
+        }
+    };
+    eprintln!("flow record: {flow}");
+    assert_eq!(flow["reporter"], "client", "{flow}");
+    assert_eq!(flow["bytes"], serde_json::json!({ "to_server": 100000, "to_client": 23456 }), "{flow}");
+    assert_eq!((flow["path"].as_str(), flow["verdict"].as_str()), (Some("tcp"), Some("allowed")), "{flow}");
+    assert!(flow["srtt_us"].as_u64() > Some(0) && flow["rtt_samples"].as_u64() > Some(0), "{flow}");
+
+    // `mesh-agent observe` finds it by port.
+    let mut observed = Command::new(env!("CARGO_BIN_EXE_mesh-agent"));
+    observed.args(["observe", "--port", &port.to_string(), "-o", "json", "--flow-log"]).arg(sb.flow_log());
+    let (ok, text) = output(observed);
+    assert!(ok && text.contains("\"to_client\":23456"), "{text}");
+
+    // The metrics count it, and promtool accepts them.
+    let mut s = std::net::TcpStream::connect(metrics).unwrap();
+    std::io::Write::write_all(&mut s, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    let body = answer.split_once("\r\n\r\n").unwrap().1;
+    let series = format!(
+        "mesh_tcp_bytes_total{{reporter=\"client\",source=\"loopback\",destination=\"loopback\",destination_port=\"{port}\",direction=\"to_server\",path=\"tcp\"}} 100000"
+    );
+    assert!(body.contains(&series), "{series} not in:\n{body}");
+    let mut check = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(check.stdin.as_mut().unwrap(), body.as_bytes()).unwrap();
+    let checked = check.wait_with_output().unwrap();
+    assert!(
+        checked.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+}
+// ANCHOR_END: telemetry_test

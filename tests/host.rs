@@ -565,7 +565,7 @@ fn agent_restart_keeps_the_datapath_and_adopts_it() {
     assert_eq!((get("down", "connections"), get("down", "backends")), (300.0, 3.0));
     assert!(get("down", "inserted") >= 600.0, "{}", r["down"]);
     // The new agent adopted every link and the four services; each program once.
-    let links = mesh_agent::status::HOOKS.len() as f64;
+    let links = mesh_agent::pins::linked_programs(mesh_agent::Variant::Netns).len() as f64;
     assert_eq!(
         (get("restart", "adopted"), get("restart", "links"), get("restart", "services")),
         (1.0, links, 4.0)
@@ -701,5 +701,38 @@ fn service_lb_balances_at_connect_and_hides_the_backend() {
     assert!(get("spread", "msg_redirected") >= 5940.0, "{}", r["spread"]);
     // This kernel (>= 5.18) lets the program choose the errno.
     assert_eq!(get("refused", "errno"), 111.0);
+    assert_eq!(remains_of(v["report"]["lab"].as_str().unwrap()), Vec::<String>::new());
+}
+
+#[test]
+fn telemetry_counts_every_byte_and_prometheus_agrees() {
+    let _k = KERNEL.lock().unwrap_or_else(|p| p.into_inner());
+    if !root_or_skip("telemetry_counts_every_byte_and_prometheus_agrees") {
+        return;
+    }
+    let v = passed_on_host("telemetry", &["--repetitions", "2", "--round-trips", "2000"]);
+    let r = &v["report"]["results"];
+    let get = |run: &str, key: &str| r[run][key].as_f64().unwrap_or_else(|| panic!("no {run}.{key} in {r}"));
+    // Both ends of four connections report exactly the bytes the client counted: the request
+    // redirected by sk_msg, the answer through TCP.
+    assert_eq!((get("redirected", "exact"), get("redirected", "expected_records")), (8.0, 8.0));
+    assert_eq!(
+        (get("redirected", "redirected_bytes"), get("redirected", "tcp_bytes")),
+        (4_000_032.0, 400_000.0)
+    );
+    // From outside the mesh: only the server reports, all TCP, exact.
+    assert_eq!((get("outside", "exact"), get("outside", "records")), (4.0, 4.0));
+    assert_eq!(get("outside", "redirected_bytes"), 0.0);
+    // A real Prometheus server scraped the agent and agrees with the flow log.
+    assert!(get("scraped", "flow_log_bytes") > 8_000_000.0, "{}", r["scraped"]);
+    assert_eq!(get("scraped", "bytes"), get("scraped", "flow_log_bytes"), "{}", r["scraped"]);
+    assert_eq!(get("scraped", "flows"), get("scraped", "flow_log_flows"), "{}", r["scraped"]);
+    assert_eq!(get("tracked", "flow_events_lost"), 0.0);
+    // netem: run where the kernel has it, else skipped with the reason (this host's kernel has none).
+    let skipped = &v["report"]["skipped_steps"];
+    match r.get("delayed") {
+        Some(_) => assert!(get("delayed", "srtt_us") >= 20_000.0, "{}", r["delayed"]),
+        None => assert!(skipped.to_string().contains("no sch_netem"), "{skipped}"),
+    }
     assert_eq!(remains_of(v["report"]["lab"].as_str().unwrap()), Vec::<String>::new());
 }

@@ -281,6 +281,27 @@ fn policy_passes_inside_the_vm() {
 }
 
 #[test]
+fn telemetry_passes_inside_the_vm() {
+    let Some((_vm, env)) = start("telemetry_passes_inside_the_vm", "telemetry") else { return };
+    let v = passed_on_61(&env, "telemetry", &["--repetitions", "1"]);
+    let r = &v["report"]["results"];
+    let get = |run: &str, key: &str| r[run][key].as_f64().unwrap_or_else(|| panic!("no {run}.{key}"));
+    // 6.1: exact bytes both ways, redirected and through TCP; netem runs here: the 20 ms delay
+    // shows in the RTT, the loss as retransmits the callback saw too.
+    assert_eq!((get("redirected", "exact"), get("outside", "exact")), (8.0, 4.0));
+    assert!(get("delayed", "srtt_us") >= 20_000.0, "{}", r["delayed"]);
+    assert!(get("lossy", "retransmits_seen") > 0.0, "{}", r["lossy"]);
+    // No Prometheus in the VM image: that step says so.
+    assert!(
+        v["report"]["skipped_steps"].to_string().contains("prometheus"),
+        "{}",
+        v["report"]["skipped_steps"]
+    );
+    assert_eq!(qemus_under(&env.root), Vec::<i32>::new());
+    assert_eq!(env.state_dirs(), Vec::<String>::new());
+}
+
+#[test]
 fn a_vm_killed_mid_scenario_is_reported_and_cleaned_up() {
     let Some((_vm, env)) = start("a_vm_killed_mid_scenario_is_reported_and_cleaned_up", "killed") else {
         return;

@@ -211,6 +211,9 @@ fn apply(
     Ok(policy.members)
 }
 
+/// How often the running agent drains the flow records whether or not the kernel woke it.
+const DRAIN_TICK: Duration = Duration::from_millis(100);
+
 /// Where a running agent reports.
 struct Outputs {
     /// Between counter reports on stdout.
@@ -251,7 +254,11 @@ fn serve(
         members = apply(mesh.pins_mut(), f, l)?;
     }
     let mut events = Reporter {
-        denials: mesh.pins_mut().take_denials().map(|m| Denials::new(m, mesh_common::DENIALS_MAP)).transpose()?,
+        denials: mesh
+            .pins_mut()
+            .take_denials()
+            .map(|m| Denials::new(m, mesh_common::DENIALS_MAP))
+            .transpose()?,
         flows: mesh
             .pins_mut()
             .take_flow_events()
@@ -290,8 +297,8 @@ fn serve(
         for fd in events.fds() {
             fds.push(libc::pollfd { fd, events: libc::POLLIN, revents: 0 });
         }
-        let wait =
-            next_report.saturating_duration_since(Instant::now()).as_millis().min(i32::MAX as u128) as i32;
+        // Flow records do not wake us one by one (see telemetry.rs): look every DRAIN_TICK.
+        let wait = next_report.saturating_duration_since(Instant::now()).min(DRAIN_TICK).as_millis() as i32;
         // SAFETY: `fds` is a live array of the length given.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, wait) };
         if n < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
@@ -344,6 +351,7 @@ impl Reporter {
                 m.flow(&flow);
             }
         }
+        self.log.flush()?;
         Ok(())
     }
 }

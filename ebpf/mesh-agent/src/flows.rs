@@ -5,7 +5,7 @@
 use std::{
     collections::BTreeMap,
     fs::{self, File, OpenOptions},
-    io::Write as _,
+    io::{BufWriter, Write as _},
     net::IpAddr,
     path::{Path, PathBuf},
     time::{SystemTime, UNIX_EPOCH},
@@ -109,7 +109,10 @@ impl Flow {
             pod: names.of(ip_of(k.family, k.remote_ip)),
         };
         let client = r.flags & FlowRecord::CLIENT != 0;
-        let sent = Directions { to_server: r.tcp_sent + r.redirected_sent, to_client: r.tcp_received + r.redirected_received };
+        let sent = Directions {
+            to_server: r.tcp_sent + r.redirected_sent,
+            to_client: r.tcp_received + r.redirected_received,
+        };
         let sent_redirected = Directions { to_server: r.redirected_sent, to_client: r.redirected_received };
         // A server's "sent" is towards the client.
         let flip = |d: Directions| Directions { to_server: d.to_client, to_client: d.to_server };
@@ -170,7 +173,7 @@ pub fn tcp_state(s: u32) -> &'static str {
 /// rotated at [`ROTATE_BYTES`].
 pub struct FlowLog {
     path: PathBuf,
-    file: File,
+    file: BufWriter<File>,
     written: u64,
 }
 
@@ -181,27 +184,33 @@ impl FlowLog {
         }
         let file = OpenOptions::new().create(true).append(true).open(path)?;
         let written = file.metadata()?.len();
-        Ok(FlowLog { path: path.to_owned(), file, written })
+        Ok(FlowLog { path: path.to_owned(), file: BufWriter::new(file), written })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// Appends one event (one line, one write: a reader never sees half of it).
+    /// Appends one event as a line (buffered: [`FlowLog::flush`] after a batch).
     pub fn write(&mut self, event: &serde_json::Value) -> std::io::Result<()> {
         let mut line = serde_json::to_vec(event)?;
         line.push(b'\n');
         if self.written + line.len() as u64 > ROTATE_BYTES {
+            self.file.flush()?;
             let mut old = self.path.clone().into_os_string();
             old.push(".1");
             fs::rename(&self.path, &old)?;
-            self.file = OpenOptions::new().create(true).append(true).open(&self.path)?;
+            self.file = BufWriter::new(OpenOptions::new().create(true).append(true).open(&self.path)?);
             self.written = 0;
         }
         self.file.write_all(&line)?;
         self.written += line.len() as u64;
         Ok(())
+    }
+
+    /// Writes out what is buffered (a reader may see a batch's last line cut until then).
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
     }
 }
 // ANCHOR_END: log
@@ -248,7 +257,10 @@ mod tests {
     #[test]
     fn both_ends_orient_the_flow_client_to_server() {
         let c = Flow::new(&record(true), &pods(), UNIX_EPOCH);
-        assert_eq!((c.reporter, c.source.pod.as_str(), c.destination.pod.as_str()), ("client", "client", "server"));
+        assert_eq!(
+            (c.reporter, c.source.pod.as_str(), c.destination.pod.as_str()),
+            ("client", "client", "server")
+        );
         assert_eq!(c.bytes, Directions { to_server: 110, to_client: 220 });
         assert_eq!(c.redirected, Directions { to_server: 100, to_client: 200 });
         assert_eq!((c.path, c.closed_from, c.duration_ms), ("both", "FIN_WAIT2", 2.5));
@@ -277,6 +289,7 @@ mod tests {
         log.written = ROTATE_BYTES - 5;
         log.write(&serde_json::json!({"flow": 1})).unwrap();
         log.write(&serde_json::json!({"flow": 2})).unwrap();
+        log.flush().unwrap();
         assert_eq!(fs::read_to_string(&path).unwrap(), "{\"flow\":1}\n{\"flow\":2}\n");
         assert!(dir.join("flows.jsonl.1").exists());
         fs::remove_dir_all(&dir).unwrap();

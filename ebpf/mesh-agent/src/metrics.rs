@@ -111,12 +111,28 @@ impl Metrics {
             map_capacity: Family::default(),
         };
         let mut r = Registry::with_prefix("mesh");
-        r.register("tcp_flows", "TCP connections closed, as each end in the mesh reported them", m.flows.clone());
+        r.register(
+            "tcp_flows",
+            "TCP connections closed, as each end in the mesh reported them",
+            m.flows.clone(),
+        );
         r.register("tcp_bytes", "Payload bytes of closed TCP connections, each way", m.bytes.clone());
         r.register("tcp_rtt_seconds", "Smoothed RTT of closed TCP connections at close", m.rtt.clone());
-        r.register("tcp_retransmits", "Segments retransmitted by closed TCP connections", m.retransmits.clone());
-        r.register("policy_denials", "Connections, datagrams, packets and messages the policy denied", m.denials.clone());
-        r.register("policy_verdicts", "Verdicts per rule number and hook (rule 0: denials)", m.verdicts.clone());
+        r.register(
+            "tcp_retransmits",
+            "Segments retransmitted by closed TCP connections",
+            m.retransmits.clone(),
+        );
+        r.register(
+            "policy_denials",
+            "Connections, datagrams, packets and messages the policy denied",
+            m.denials.clone(),
+        );
+        r.register(
+            "policy_verdicts",
+            "Verdicts per rule number and hook (rule 0: denials)",
+            m.verdicts.clone(),
+        );
         r.register("datapath_events", "The kernel programs' counters (COUNTERS map)", m.datapath.clone());
         r.register("map_entries", "Entries in each pinned map", m.map_entries.clone());
         r.register("map_capacity", "Capacity of each pinned map", m.map_capacity.clone());
@@ -142,7 +158,8 @@ impl Metrics {
             for (path, n) in [("redirected", redirected), ("tcp", total - redirected)] {
                 // Families only grow: a series that would stay 0 is not created.
                 if n > 0 {
-                    let l = ByteLabels { flow: labels.clone(), direction: direction.into(), path: path.into() };
+                    let l =
+                        ByteLabels { flow: labels.clone(), direction: direction.into(), path: path.into() };
                     self.bytes.get_or_create(&l).inc_by(n);
                 }
             }
@@ -157,7 +174,8 @@ impl Metrics {
     /// Counts one denial.
     pub fn denial(&self, d: &DenialRecord) {
         let name = |pods: &[String]| pods.first().cloned().unwrap_or_else(|| "?".into());
-        let l = DenialLabels { hook: d.hook.into(), source: name(&d.from.pods), destination: name(&d.to.pods) };
+        let l =
+            DenialLabels { hook: d.hook.into(), source: name(&d.from.pods), destination: name(&d.to.pods) };
         self.denials.get_or_create(&l).inc();
     }
     // ANCHOR_END: record
@@ -168,7 +186,10 @@ impl Metrics {
             let json = serde_json::to_value(c).unwrap_or_default();
             for k in DpCounter::ALL {
                 let v = json[k.name()].as_u64().unwrap_or(0);
-                self.datapath.get_or_create(&NameLabel { name: k.name().into() }).inner().store(v, Ordering::Relaxed);
+                self.datapath
+                    .get_or_create(&NameLabel { name: k.name().into() })
+                    .inner()
+                    .store(v, Ordering::Relaxed);
             }
         }
         if let Ok(v) = pinned.verdicts() {
@@ -190,7 +211,12 @@ impl Metrics {
 // ANCHOR: serve
 /// Serves `GET /metrics` on `addr` from a thread of its own (the maps opened again from
 /// `pin_dir` there); returns the address it listens on.
-pub fn serve(addr: SocketAddr, pin_dir: PathBuf, metrics: Metrics, registry: Registry) -> std::io::Result<SocketAddr> {
+pub fn serve(
+    addr: SocketAddr,
+    pin_dir: PathBuf,
+    metrics: Metrics,
+    registry: Registry,
+) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)?;
     let bound = listener.local_addr()?;
     std::thread::Builder::new().name("metrics".into()).spawn(move || {
@@ -243,10 +269,8 @@ fn answer(mut stream: TcpStream, registry: &Registry) -> std::io::Result<()> {
 /// OpenMetrics text as the classic Prometheus text format (0.0.4): a counter family is named
 /// with its `_total` suffix there, and there is no `# EOF` or `# UNIT`.
 pub fn classic_text(openmetrics: &str) -> String {
-    let counters: std::collections::HashSet<&str> = openmetrics
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
-        .collect();
+    let counters: std::collections::HashSet<&str> =
+        openmetrics.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter")).collect();
     let mut out = String::with_capacity(openmetrics.len());
     for line in openmetrics.lines() {
         if line == "# EOF" || line.starts_with("# UNIT ") {
@@ -295,10 +319,19 @@ mod tests {
         let mut text = String::new();
         encode(&mut text, &r).unwrap();
         let l = r#"reporter="client",source="world",destination="world",destination_port="7000""#;
-        assert!(text.contains(&format!("mesh_tcp_flows_total{{{l},path=\"both\",verdict=\"allowed\"}} 1")), "{text}");
-        assert!(text.contains(&format!("mesh_tcp_bytes_total{{{l},direction=\"to_server\",path=\"redirected\"}} 1000")));
-        assert!(text.contains(&format!("mesh_tcp_bytes_total{{{l},direction=\"to_server\",path=\"tcp\"}} 5")));
-        assert!(text.contains(&format!("mesh_tcp_bytes_total{{{l},direction=\"to_client\",path=\"redirected\"}} 2000")));
+        assert!(
+            text.contains(&format!("mesh_tcp_flows_total{{{l},path=\"both\",verdict=\"allowed\"}} 1")),
+            "{text}"
+        );
+        assert!(text.contains(&format!(
+            "mesh_tcp_bytes_total{{{l},direction=\"to_server\",path=\"redirected\"}} 1000"
+        )));
+        assert!(
+            text.contains(&format!("mesh_tcp_bytes_total{{{l},direction=\"to_server\",path=\"tcp\"}} 5"))
+        );
+        assert!(text.contains(&format!(
+            "mesh_tcp_bytes_total{{{l},direction=\"to_client\",path=\"redirected\"}} 2000"
+        )));
         assert!(text.contains(&format!("mesh_tcp_rtt_seconds_count{{{l}}} 1")));
         assert!(text.ends_with("# EOF\n"));
         let classic = classic_text(&text);

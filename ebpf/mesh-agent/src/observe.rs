@@ -49,8 +49,18 @@ pub enum Output {
 
 /// Prints the matching events of `log`; with `follow`, keeps printing new ones (across
 /// rotation) until the process is stopped.
-pub fn run(log: &Path, filter: &Filter, output: Output, follow: bool, out: &mut impl Write) -> anyhow::Result<()> {
-    let open = || File::open(log).map_err(|e| anyhow::anyhow!("{}: {e} (is the agent running with this --flow-log?)", log.display()));
+pub fn run(
+    log: &Path,
+    filter: &Filter,
+    output: Output,
+    follow: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let open = || {
+        File::open(log).map_err(|e| {
+            anyhow::anyhow!("{}: {e} (is the agent running with this --flow-log?)", log.display())
+        })
+    };
     let mut file = open()?;
     if output == Output::Table {
         writeln!(out, "{}", header())?;
@@ -106,7 +116,16 @@ fn print(line: &str, filter: &Filter, output: Output, out: &mut impl Write) -> a
 fn header() -> String {
     format!(
         "{:<12} {:<8} {:<30} {:<30} {:<8} {:<10} {:>10} {:>10} {:>9} {:>7}",
-        "TIME", "REPORTER", "SOURCE", "DESTINATION", "VERDICT", "PATH", "TO_SERVER", "TO_CLIENT", "SRTT_US", "RETRANS"
+        "TIME",
+        "REPORTER",
+        "SOURCE",
+        "DESTINATION",
+        "VERDICT",
+        "PATH",
+        "TO_SERVER",
+        "TO_CLIENT",
+        "SRTT_US",
+        "RETRANS"
     )
 }
 

@@ -52,6 +52,8 @@ pub struct Status {
     pub policy_generation: u32,
     /// The HTTP judge (`mesh_http`) is in `HTTP_PROGS`, where the redirect program tail-calls it.
     pub http_judge: bool,
+    /// Flow records (telemetry) are on.
+    pub telemetry: bool,
     /// Verdicts per rule (0: denials) and hook.
     pub verdicts: Vec<RuleVerdicts>,
 }
@@ -106,6 +108,7 @@ pub fn read(pin_dir: &Path, cgroup: Option<&Path>) -> Result<Status, MeshError> 
         refusal: pinned.refusal(),
         policy_generation: pinned.policy_generation()?,
         http_judge: pinned.http_judge_present()?,
+        telemetry: pinned.telemetry()?,
         verdicts: pinned
             .verdicts()?
             .into_iter()
@@ -122,8 +125,11 @@ impl Status {
             .attached
             .iter()
             .filter_map(|(hook, progs)| {
-                let ours = progs.iter().filter(|p| p.starts_with("mesh_")).count();
-                (ours != 1).then(|| format!("{hook}: {ours} mesh programs attached ({})", progs.join(", ")))
+                // sock_ops runs two (the redirect's and telemetry's); each exactly once.
+                let ours: Vec<&String> = progs.iter().filter(|p| p.starts_with("mesh_")).collect();
+                let once = ours.iter().all(|p| ours.iter().filter(|q| *q == p).count() == 1);
+                (ours.is_empty() || !once)
+                    .then(|| format!("{hook}: {} mesh programs attached ({})", ours.len(), progs.join(", ")))
             })
             .collect();
         if !self.http_judge {
@@ -175,9 +181,10 @@ impl Status {
         out.push_str(&format!("no backend: connect() and sendto() fail with {}\n", self.refusal));
         out.push_str(&format!("counters: {}\n", serde_json::to_string(&self.counters).unwrap_or_default()));
         out.push_str(&format!(
-            "policy generation {}; HTTP judge {}\n",
+            "policy generation {}; HTTP judge {}; telemetry {}\n",
             self.policy_generation,
-            if self.http_judge { "in HTTP_PROGS" } else { "MISSING" }
+            if self.http_judge { "in HTTP_PROGS" } else { "MISSING" },
+            if self.telemetry { "on" } else { "off" }
         ));
         for v in &self.verdicts {
             let what = if v.rule == 0 { "denied".to_owned() } else { format!("rule {} allowed", v.rule) };

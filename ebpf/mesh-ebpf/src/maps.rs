@@ -5,9 +5,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf, SockHash},
 };
 use mesh_common::{
-    Backend, BackendKey, COUNTER_SLOTS, Counter, DENIALS_BYTES, FLOW_EVENTS_BYTES, FlowRecord, Hook, HttpRules, IdentityAddr,
-    MAX_BACKEND_SLOTS, MAX_IDENTITY_ADDRS, MAX_POLICY, MAX_RULES, MAX_SERVICES, MAX_SOCKETS, OriginalDst,
-    PolicyKey, ServiceKey, ServiceValue, SockKey, SockPolicy,
+    Backend, BackendKey, COUNTER_SLOTS, Counter, DENIALS_BYTES, FLOW_EVENTS_BYTES, FlowRecord, Hook,
+    HttpRules, IdentityAddr, MAX_BACKEND_SLOTS, MAX_IDENTITY_ADDRS, MAX_POLICY, MAX_RULES, MAX_SERVICES,
+    MAX_SOCKETS, OriginalDst, PolicyKey, ServiceKey, ServiceValue, SockKey, SockPolicy,
 };
 
 // ANCHOR: maps

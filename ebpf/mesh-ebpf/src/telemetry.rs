@@ -20,16 +20,17 @@ use core::ptr::read_volatile;
 
 use aya_ebpf::{
     bindings::{
-        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_RETRANS_CB,
-        BPF_SOCK_OPS_RETRANS_CB_FLAG, BPF_SOCK_OPS_RTT_CB, BPF_SOCK_OPS_RTT_CB_FLAG, BPF_SOCK_OPS_STATE_CB,
-        BPF_SOCK_OPS_STATE_CB_FLAG, BPF_TCP_CLOSE, BPF_TCP_CLOSE_WAIT, BPF_TCP_CLOSING, BPF_TCP_FIN_WAIT1,
-        BPF_TCP_FIN_WAIT2, BPF_TCP_LAST_ACK,
+        BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB,
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_RETRANS_CB, BPF_SOCK_OPS_RETRANS_CB_FLAG,
+        BPF_SOCK_OPS_RTT_CB, BPF_SOCK_OPS_RTT_CB_FLAG, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
+        BPF_TCP_CLOSE, BPF_TCP_CLOSE_WAIT, BPF_TCP_CLOSING, BPF_TCP_FIN_WAIT1, BPF_TCP_FIN_WAIT2,
+        BPF_TCP_LAST_ACK,
     },
     helpers::bpf_ktime_get_ns,
     macros::sock_ops,
     programs::SockOpsContext,
 };
-use mesh_common::{AF_INET, AF_INET6, Counter, FlowRecord, SockKey};
+use mesh_common::{AF_INET, AF_INET6, Counter, FLOW_EVENTS_BYTES, FlowRecord, SockKey};
 
 use crate::{
     maps::{FLOW_EVENTS, FLOWS, TELEMETRY, bump},
@@ -86,12 +87,12 @@ fn observe<const NETNS: bool>(ctx: &SockOpsContext) {
             }
         }
         BPF_SOCK_OPS_RETRANS_CB => {
-            // arg 2: the retransmission's result (0: the segment left).
+            // arg 1: how many segments were retransmitted, arg 2: the result (0: they left).
             if ctx.arg(2) == 0
                 && let Some(f) = FLOWS.get_ptr_mut(&key)
             {
                 // SAFETY: as above.
-                unsafe { (*f).retrans_cb += 1 };
+                unsafe { (*f).retrans_cb += ctx.arg(1) };
             }
         }
         _ => {}
@@ -170,7 +171,14 @@ fn state_changed(ctx: &SockOpsContext, key: &SockKey, old: u32, new: u32) {
     f.flags |= FlowRecord::CLOSED;
     // SAFETY: a plain helper call.
     f.end_ns = unsafe { bpf_ktime_get_ns() };
-    if FLOW_EVENTS.output::<FlowRecord>(&*f, 0).is_err() {
+    // Wake the agent only once records pile up (an eighth of the ring): it drains every 100 ms
+    // anyway, and a wakeup per closed connection would cost more than the record.
+    let wake = if FLOW_EVENTS.query(BPF_RB_AVAIL_DATA.into()) > u64::from(FLOW_EVENTS_BYTES / 8) {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    if FLOW_EVENTS.output::<FlowRecord>(&*f, wake.into()).is_err() {
         bump(Counter::FlowEventsLost);
     }
     let _ = FLOWS.remove(key);

@@ -24,10 +24,14 @@ pub struct Agent {
     cmd: Cmd,
     cgroup: PathBuf,
     pin_dir: PathBuf,
+    /// Where the agent writes its flow log.
+    flow_log: PathBuf,
     /// Mesh file and pods file the agent applies when it starts (after adopting too).
     files: Option<(PathBuf, PathBuf)>,
     child: Option<Child>,
     pinned: Option<Pinned>,
+    /// Where the running agent serves Prometheus metrics (a port of its choosing on loopback).
+    metrics: Option<std::net::SocketAddr>,
 }
 
 impl Agent {
@@ -37,15 +41,18 @@ impl Agent {
         cmd: &Cmd,
         cgroup: &Path,
         pin_dir: &Path,
+        flow_log: &Path,
         files: Option<(PathBuf, PathBuf)>,
     ) -> Result<(Agent, Vec<String>), LabError> {
         let mut agent = Agent {
             cmd: cmd.clone(),
             cgroup: cgroup.to_owned(),
             pin_dir: pin_dir.to_owned(),
+            flow_log: flow_log.to_owned(),
             files,
             child: None,
             pinned: None,
+            metrics: None,
         };
         let said = agent.spawn()?;
         Ok((agent, said))
@@ -58,6 +65,11 @@ impl Agent {
 
     pub fn pins_mut(&mut self) -> &mut Pinned {
         self.pinned.as_mut().expect("opened at start")
+    }
+
+    /// Where the running agent serves Prometheus metrics.
+    pub fn metrics(&self) -> Option<std::net::SocketAddr> {
+        self.child.as_ref().and(self.metrics)
     }
 
     /// The agent process, while it runs.
@@ -80,6 +92,11 @@ impl Agent {
             // The lab reads counters from the pins; the agent's own reports are not needed.
             "--interval-ms".into(),
             "3600000".into(),
+            "--flow-log".into(),
+            self.flow_log.display().to_string(),
+            // In the node's namespace, on a port the kernel picks: the agent says which.
+            "--metrics".into(),
+            "127.0.0.1:0".into(),
         ];
         if let Some((mesh, pods)) = &self.files {
             args.extend([
@@ -138,6 +155,9 @@ impl Agent {
             }
         }
         self.child = Some(child);
+        self.metrics = said
+            .iter()
+            .find_map(|l| l.strip_prefix("metrics at http://")?.strip_suffix("/metrics")?.parse().ok());
         if self.pinned.is_none() {
             self.pinned = Some(Pinned::open(&self.pin_dir)?);
         }

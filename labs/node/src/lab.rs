@@ -32,6 +32,8 @@ pub const RUN_DIR: &str = "/run/sidecarless-lab";
 /// The mesh file applied last and the pods it was resolved against, in the lab's run folder.
 pub const MESH_FILE: &str = "mesh.toml";
 pub const PODS_FILE: &str = "pods.json";
+/// The agent's flow log, in the lab's folder (see `mesh-agent run --flow-log`).
+pub const FLOW_LOG: &str = "flows.jsonl";
 
 /// Name of the bridge in the node namespace.
 const BRIDGE: &str = "br0";
@@ -378,7 +380,8 @@ impl Lab {
         // again comes back with it (the same as an agent restarted after a crash).
         let files = [MESH_FILE, PODS_FILE].map(|f| self.id.run_dir().join(f));
         let files = files.iter().all(|f| f.exists()).then(|| (files[0].clone(), files[1].clone()));
-        let (a, said) = Agent::start(agent, &self.cgroup, &self.id.pin_dir(), files)?;
+        let flow_log = self.id.run_dir().join(FLOW_LOG);
+        let (a, said) = Agent::start(agent, &self.cgroup, &self.id.pin_dir(), &flow_log, files)?;
         self.agent = Some(a);
         Ok(said)
     }
@@ -412,6 +415,10 @@ impl Lab {
     }
 
     /// The mesh agent process and its pins.
+    pub fn agent(&self) -> Option<&Agent> {
+        self.agent.as_ref()
+    }
+
     pub fn agent_mut(&mut self) -> Option<&mut Agent> {
         self.agent.as_mut()
     }

@@ -42,6 +42,14 @@ pub fn ip_binary() -> &'static str {
         .unwrap_or("ip")
 }
 
+/// The iproute2 `tc` binary (absolute, like [`ip_binary`]: busybox has a `tc` applet too).
+pub fn tc_binary() -> &'static str {
+    ["/usr/sbin/tc", "/sbin/tc", "/usr/bin/tc", "/bin/tc"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .unwrap_or("tc")
+}
+
 /// A program on PATH or in the sbin folders (which a non-root PATH may lack).
 pub fn tool(name: &str) -> Option<std::path::PathBuf> {
     let path = std::env::var("PATH").unwrap_or_default();
@@ -177,6 +185,36 @@ impl Drain {
             thread::sleep(Duration::from_millis(1));
         }
         std::mem::take(&mut *self.buf.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// A background process that is killed (and reaped) when the guard goes, whatever ends the
+/// step that started it: success, an error, a cancel. It dies with the lab's owner thread too.
+pub struct Guard(Child);
+
+impl Guard {
+    pub fn spawn(mut cmd: Command) -> Result<Guard, LabError> {
+        use std::os::unix::process::CommandExt as _;
+        // SAFETY: prctl is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let command = describe(&cmd);
+        cmd.spawn().map(Guard).map_err(|source| LabError::Spawn { command, source })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 

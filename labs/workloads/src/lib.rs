@@ -11,6 +11,7 @@ pub mod load;
 pub mod proxy;
 pub mod rr;
 pub mod stream;
+pub mod transfer;
 
 use clap::Subcommand;
 
@@ -45,6 +46,10 @@ pub enum Workload {
     HttpProbe(http::ProbeArgs),
     /// HTTP/1.1 request/response latency on one keep-alive connection (reported like `rr`).
     HttpRr(http::RrArgs),
+    /// Byte-exact transfer server: reads to the end, answers with the bytes the hello asked for.
+    TransferServer(transfer::ServerArgs),
+    /// Byte-exact transfers, one connection after another: what each side wrote and read.
+    Transfer(transfer::ClientArgs),
 }
 
 impl Workload {
@@ -93,6 +98,8 @@ impl Workload {
                 Ok(())
             }
             Workload::Proxy(a) => proxy::serve(&a),
+            Workload::TransferServer(a) => transfer::serve(&a),
+            Workload::Transfer(a) => transfer::run(&a),
         }
     }
 }

@@ -124,6 +124,8 @@ pub struct Report {
     pub runs: Vec<Run>,
     pub conform: Vec<ConformRun>,
     pub checks: Vec<Check>,
+    /// Steps skipped for want of something on this kernel or machine: step -> why.
+    pub skipped_steps: BTreeMap<String, String>,
     pub machine: Machine,
 }
 
@@ -141,6 +143,9 @@ struct Engine<'a> {
     loads: BTreeMap<String, Load>,
     /// What the policy maps hold after the mesh file applied last.
     policy: mesh_agent::policy::Wanted,
+    /// Results of steps skipped (a kernel without what they need), with the reason: steps
+    /// that read them are skipped too.
+    skipped: BTreeMap<String, String>,
 }
 
 /// A `load` step's process, running in the background.
@@ -249,6 +254,7 @@ pub fn run(sc: &Scenario, ctx: &Context) -> Result<Outcome, LabError> {
         services: Vec::new(),
         loads: BTreeMap::new(),
         policy: mesh_agent::policy::Wanted::default(),
+        skipped: BTreeMap::new(),
     };
     let result = e.steps(sc);
     // Teardown errors matter (a leak is a bug) but must not hide the scenario's own error.
@@ -311,6 +317,9 @@ impl Engine<'_> {
                 Some(WorkloadDef::ConformServer { port }) => {
                     vec!["conform-server".into(), "--listen".into(), format!("[::]:{port}")]
                 }
+                Some(WorkloadDef::TransferServer { port }) => {
+                    vec!["transfer-server".into(), "--listen".into(), format!("[::]:{port}")]
+                }
                 Some(WorkloadDef::HttpServer { port }) => {
                     vec![
                         "http-server".into(),
@@ -342,15 +351,23 @@ impl Engine<'_> {
 
     /// Fills the placeholders of a `try` command: `<pins>` (the folder holding the mesh's
     /// pinned maps and links), `<pin-dir>` (the agent's `--pin-dir`, above it), `<cgroup>` (the
-    /// lab's cgroup), `<mesh-agent>` (the agent command) and `<netns:POD>`.
+    /// lab's cgroup), `<flow-log>` (the agent's flow log), `<mesh-agent>` (the agent command),
+    /// `<workload>` (the workload command),
+    /// `<netns:POD>`, `<ip:POD>` and `<ip6:POD>`.
     fn fill(&self, t: &str) -> String {
         let pin_dir = self.lab.id().pin_dir();
         let mut s = t.replace("<pins>", &mesh_agent::pins::layout_dir(&pin_dir).display().to_string());
         s = s.replace("<pin-dir>", &pin_dir.display().to_string());
         s = s.replace("<cgroup>", &self.lab.cgroup().display().to_string());
+        s = s
+            .replace("<flow-log>", &self.lab.id().run_dir().join(crate::lab::FLOW_LOG).display().to_string());
         let agent = &self.ctx.agent;
         let agent = std::iter::once(agent.program.display().to_string()).chain(agent.prefix.iter().cloned());
         s = s.replace("<mesh-agent>", &agent.collect::<Vec<_>>().join(" "));
+        let workload = &self.ctx.workload;
+        let workload =
+            std::iter::once(workload.program.display().to_string()).chain(workload.prefix.iter().cloned());
+        s = s.replace("<workload>", &workload.collect::<Vec<_>>().join(" "));
         for p in self.lab.pods() {
             s = s.replace(&format!("<netns:{}>", p.name), &p.netns);
             s = s.replace(&format!("<ip:{}>", p.name), &p.ipv4.to_string());
@@ -433,6 +450,38 @@ impl Engine<'_> {
             Step::Http { name, from, address, requests, mode, .. } => {
                 self.http(label, name, from, *address, requests, *mode)?;
             }
+            Step::Transfer {
+                name, from, to, port, send, receive, connections, outside_mesh, netem, ..
+            } => {
+                let from = Client { pod: from, outside_mesh: *outside_mesh };
+                let t = TransferArgs {
+                    name,
+                    from,
+                    to,
+                    port: *port,
+                    send: *send,
+                    receive: *receive,
+                    connections: *connections,
+                };
+                if let Some(params) = netem
+                    && let Err(reason) = self.netem(to, Some(params))
+                {
+                    self.skip(label, name, reason);
+                    return Ok(());
+                }
+                let done = self.transfer(label, &t);
+                if netem.is_some() {
+                    self.netem(to, None)
+                        .map_err(|stderr| LabError::Command { command: "tc qdisc del".into(), stderr })?;
+                }
+                done?;
+            }
+            Step::Prometheus { name, .. } => {
+                if let Err(reason) = self.prometheus(label, name)? {
+                    self.skip(label, name, reason);
+                    return Ok(());
+                }
+            }
             Step::Agent { name, action, .. } => self.agent(label, name, *action)?,
             Step::PolicyScale { name, from, address, counts, connections, repetitions, .. } => {
                 let reps = repetitions.unwrap_or(self.ctx.options.repetitions).max(1);
@@ -454,8 +503,17 @@ impl Engine<'_> {
                 }
             }
             Step::Exec { name, pod, command, expect_exit, figures, .. } => {
-                let mut cmd = std::process::Command::new(&command[0]);
-                cmd.args(&command[1..]);
+                // `<mesh-agent>` and `<workload>` as a word of their own stand for several words
+                // (`lab-runner mesh-agent` on the host); other words keep their spaces.
+                let words: Vec<String> = command
+                    .iter()
+                    .flat_map(|w| match w.as_str() {
+                        "<mesh-agent>" | "<workload>" => self.fill(w).split(' ').map(str::to_owned).collect(),
+                        _ => vec![self.fill(w)],
+                    })
+                    .collect();
+                let mut cmd = std::process::Command::new(&words[0]);
+                cmd.args(&words[1..]);
                 let out = self.lab.run_status(pod, cmd, RUN_TIMEOUT, &self.ctx.cancel)?;
                 for line in String::from_utf8_lossy(&out.stdout)
                     .lines()
@@ -491,6 +549,14 @@ impl Engine<'_> {
                     self.ctx.emit(Event::StepFailed { step: label.into(), reason });
                     return Ok(());
                 }
+            }
+            Step::Compute { metric, of, .. } | Step::Expect { metric, of, .. }
+                if let Some((needs, why)) = self.skipped_input(metric, of.as_deref()) =>
+            {
+                let reason = format!("reads {needs}, skipped: {why}");
+                let name = if let Step::Compute { name, .. } = step { name.as_str() } else { "" };
+                self.skip(label, name, reason);
+                return Ok(());
             }
             Step::Compute { name, metric, of, factor, unit, .. } => {
                 let spread = match of {
@@ -1001,6 +1067,234 @@ impl Engine<'_> {
         Ok(())
     }
 
+    /// Skips the step `label` (whose results would be `name`'s) for `reason`: steps reading
+    /// its results are skipped too.
+    fn skip(&mut self, label: &str, name: &str, reason: String) {
+        if !name.is_empty() {
+            self.skipped.insert(name.to_owned(), reason.clone());
+        }
+        self.report.skipped_steps.insert(label.to_owned(), reason.clone());
+        self.ctx.emit(Event::StepSkipped { step: label.into(), reason });
+    }
+
+    /// The first of `metric`, `of` that a skipped step was to store, with the reason.
+    fn skipped_input(&self, metric: &str, of: Option<&str>) -> Option<(String, String)> {
+        [Some(metric), of].into_iter().flatten().find_map(|m| {
+            let name = m.rsplit_once('.').map_or(m, |(n, _)| n);
+            self.skipped.get(name).map(|why| (name.to_owned(), why.clone()))
+        })
+    }
+
+    // ANCHOR: transfer
+    /// Byte-exact transfers from a pod, then the flow records of those connections from the
+    /// agent's flow log, compared with what the client counted.
+    fn transfer(&mut self, label: &str, t: &TransferArgs<'_>) -> Result<(), LabError> {
+        let target = SocketAddr::new(self.pod_ip(t.to, Family::Ipv4), t.port);
+        let args: Vec<String> = vec![
+            "transfer".into(),
+            "--connect".into(),
+            target.to_string(),
+            "--send".into(),
+            t.send.to_string(),
+            "--receive".into(),
+            t.receive.to_string(),
+            "--connections".into(),
+            t.connections.to_string(),
+            "--json".into(),
+        ];
+        self.out(
+            label,
+            format!(
+                "{} connections {} -> {target}, one after another: {} bytes to the server, {} back ({})",
+                t.connections,
+                t.from,
+                t.send + 8,
+                t.receive,
+                self.config()
+            ),
+        );
+        let since = std::time::SystemTime::now();
+        let done: Vec<workloads::transfer::Transfer> = self.run_json_as(t.from, &args)?;
+        // Who reports: every socket of the mesh, i.e. the server's and, unless it runs outside
+        // the mesh, the client's.
+        let per_connection = match (self.lab.mesh().is_some(), t.from.outside_mesh) {
+            (false, _) => 0,
+            (true, true) => 1,
+            (true, false) => 2,
+        };
+        let expected = per_connection * done.len();
+        let by_port: BTreeMap<u64, &workloads::transfer::Transfer> =
+            done.iter().map(|d| (u64::from(d.local_port), d)).collect();
+        let log = self.lab.id().run_dir().join(crate::lab::FLOW_LOG);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let records = loop {
+            let r = flow_records(&log, since, t.port, &by_port);
+            if r.len() >= expected || std::time::Instant::now() >= deadline {
+                break r;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let field = |f: &serde_json::Value, a: &str, b: &str| f[a][b].as_u64().unwrap_or(0);
+        let mut exact = 0;
+        for f in &records {
+            self.out(label, mesh_agent::observe::row(&serde_json::json!({ "flow": f })));
+            let d = by_port[&f["source"]["port"].as_u64().unwrap_or(0)];
+            if field(f, "bytes", "to_server") == d.sent && field(f, "bytes", "to_client") == d.received {
+                exact += 1;
+            } else {
+                self.out(
+                    label,
+                    format!("  bytes differ: the client wrote {} and read {}", d.sent, d.received),
+                );
+            }
+        }
+        // One record per connection for the byte split (the client's when there is one).
+        let mut one: BTreeMap<u64, &serde_json::Value> = BTreeMap::new();
+        for f in &records {
+            let port = f["source"]["port"].as_u64().unwrap_or(0);
+            if f["reporter"] == "client" || !one.contains_key(&port) {
+                one.insert(port, f);
+            }
+        }
+        let redirected: u64 = one
+            .values()
+            .map(|f| field(f, "redirected", "to_server") + field(f, "redirected", "to_client"))
+            .sum();
+        let total: u64 =
+            one.values().map(|f| field(f, "bytes", "to_server") + field(f, "bytes", "to_client")).sum();
+        let num = |f: &serde_json::Value, k: &str| f[k].as_f64().unwrap_or(0.0);
+        let mut srtt: Vec<f64> = records.iter().map(|f| num(f, "srtt_us")).collect();
+        srtt.sort_by(f64::total_cmp);
+        let sum = |k: &str| records.iter().map(|f| num(f, k)).sum::<f64>();
+        let values = [
+            ("connections", done.len() as f64),
+            ("records", records.len() as f64),
+            ("expected_records", expected as f64),
+            ("exact", f64::from(exact)),
+            ("bytes", done.iter().map(|d| d.sent + d.received).sum::<u64>() as f64),
+            ("redirected_bytes", redirected as f64),
+            ("tcp_bytes", total.saturating_sub(redirected) as f64),
+            ("srtt_us", srtt.get(srtt.len() / 2).copied().unwrap_or(f64::NAN)),
+            ("rtt_max_us", records.iter().map(|f| num(f, "rtt_max_us")).fold(f64::NAN, f64::max)),
+            ("rtt_samples", sum("rtt_samples")),
+            ("retransmits", sum("retransmits")),
+            ("retransmits_seen", sum("retransmits_seen")),
+        ];
+        let res = self.report.results.entry(t.name.to_owned()).or_default();
+        for (k, v) in values {
+            res.insert(k.into(), v);
+        }
+        for (k, v) in values {
+            self.metric(label, k, v, "");
+        }
+        Ok(())
+    }
+
+    /// Puts a netem qdisc with `params` on `pod`'s eth0 (`None`: removes it). A kernel without
+    /// sch_netem is an `Err` with tc's words; any other failure too, marked as such.
+    fn netem(&self, pod: &str, params: Option<&str>) -> Result<(), String> {
+        let mut cmd = std::process::Command::new(crate::process::tc_binary());
+        match params {
+            Some(p) => {
+                cmd.args(["qdisc", "replace", "dev", "eth0", "root", "netem"]).args(p.split_whitespace())
+            }
+            None => cmd.args(["qdisc", "del", "dev", "eth0", "root"]),
+        };
+        let what = crate::process::describe(&cmd);
+        let out = self
+            .lab
+            .run_status(pod, cmd, Duration::from_secs(10), &self.ctx.cancel)
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let said = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+        if said.contains("qdisc kind is unknown") {
+            Err(format!("this kernel has no sch_netem (`{what}`: {said})"))
+        } else {
+            Err(format!("`{what}` failed: {said}"))
+        }
+    }
+    // ANCHOR_END: transfer
+
+    // ANCHOR: prometheus
+    /// Starts a Prometheus server that scrapes the agent every second, and asks it (PromQL over
+    /// its HTTP API) for the byte and flow totals until they equal the flow log's. `Ok(Err)`:
+    /// skipped, with the reason.
+    fn prometheus(&mut self, label: &str, name: &str) -> Result<Result<(), String>, LabError> {
+        let Some(binary) = crate::process::tool("prometheus") else {
+            return Ok(Err("no prometheus binary here (Debian's `prometheus` package has it; the VM images do not carry it)".into()));
+        };
+        let Some(target) = self.lab.agent().and_then(crate::agent::Agent::metrics) else {
+            return Err(LabError::Command {
+                command: "prometheus".into(),
+                stderr: "the mesh agent is not running (turn the mesh on first)".into(),
+            });
+        };
+        let dir = self.lab.id().run_dir().join("prometheus");
+        std::fs::create_dir_all(&dir).map_err(LabError::io("cannot create", &dir))?;
+        let config = dir.join("prometheus.yml");
+        let yml = format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: mesh-agent\n    static_configs:\n      - targets: ['{target}']\n"
+        );
+        std::fs::write(&config, yml).map_err(LabError::io("cannot write", &config))?;
+        // A free port for its web API (asked of the kernel, then handed over).
+        let web = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(LabError::io("cannot bind", std::path::Path::new("127.0.0.1:0")))?;
+        let mut cmd = std::process::Command::new(&binary);
+        cmd.arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!("--web.listen-address={web}"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(
+                std::fs::File::create(dir.join("prometheus.log"))
+                    .map_err(LabError::io("cannot create", &dir))?,
+            );
+        let server = crate::process::Guard::spawn(cmd)?;
+        self.out(
+            label,
+            format!(
+                "prometheus (pid {}) on http://{web}, scraping http://{target}/metrics every second",
+                server.pid()
+            ),
+        );
+        let log = self.lab.id().run_dir().join(crate::lab::FLOW_LOG);
+        let (log_bytes, log_flows) = flow_log_totals(&log);
+        let queries = ["sum(mesh_tcp_bytes_total)", "sum(mesh_tcp_flows_total)"];
+        let started = std::time::Instant::now();
+        let mut got = (f64::NAN, f64::NAN);
+        while started.elapsed() < Duration::from_secs(60) {
+            self.ctx.cancel.check()?;
+            std::thread::sleep(Duration::from_millis(500));
+            let ask = |q: &str| promql(web, q).unwrap_or(f64::NAN);
+            got = (ask(queries[0]), ask(queries[1]));
+            if got == (log_bytes as f64, log_flows as f64) {
+                break;
+            }
+        }
+        drop(server);
+        self.out(label, format!("{} = {} (flow log: {log_bytes})", queries[0], got.0));
+        self.out(label, format!("{} = {} (flow log: {log_flows} records)", queries[1], got.1));
+        let values = [
+            ("bytes", got.0),
+            ("flows", got.1),
+            ("flow_log_bytes", log_bytes as f64),
+            ("flow_log_flows", log_flows as f64),
+            ("seconds", started.elapsed().as_secs_f64()),
+        ];
+        let res = self.report.results.entry(name.to_owned()).or_default();
+        for (k, v) in values {
+            res.insert(k.into(), v);
+        }
+        for (k, v) in values {
+            self.metric(label, k, v, "");
+        }
+        Ok(Ok(()))
+    }
+    // ANCHOR_END: prometheus
+
     // ANCHOR: load
     /// Starts `workload load` in `from` and returns once its connections are up.
     fn load(
@@ -1494,8 +1788,10 @@ impl Engine<'_> {
             Some(SidecarMode::PerNode) => parts.push("proxy per node"),
             _ => {}
         }
-        if self.lab.mesh().is_some() {
-            parts.push("eBPF mesh");
+        match self.lab.mesh().map(|m| m.telemetry().unwrap_or(true)) {
+            Some(true) => parts.push("eBPF mesh"),
+            Some(false) => parts.push("eBPF mesh (telemetry off)"),
+            None => {}
         }
         if parts.is_empty() { "direct".into() } else { parts.join(" + ") }
     }
@@ -1507,8 +1803,17 @@ impl Engine<'_> {
         let mesh = if self.lab.mesh().is_some() { OnOff::On } else { OnOff::Off };
         let before = (self.sidecars.mode.unwrap_or(SidecarMode::Off), mesh);
         let result = self.bench_paths(label, a);
-        let restored = self.switch_to(before.0, before.1);
+        let restored = self.switch_to(before.0, before.1).and_then(|_| self.set_telemetry(OnOff::On));
         result.and(restored.map(drop))
+    }
+
+    /// Telemetry on or off for connections established from now on (nothing to do without the
+    /// mesh).
+    fn set_telemetry(&mut self, state: OnOff) -> Result<(), LabError> {
+        if let Some(m) = self.lab.mesh_mut() {
+            m.set_telemetry(state == OnOff::On)?;
+        }
+        Ok(())
     }
 
     fn bench_paths(&mut self, label: &str, a: &BenchArgs) -> Result<(), LabError> {
@@ -1520,6 +1825,7 @@ impl Engine<'_> {
         for p in a.paths {
             self.ctx.cancel.check()?;
             self.switch_to(p.sidecars, p.mesh)?;
+            self.set_telemetry(p.telemetry)?;
             // The step's first measure, short: the server may speak only that protocol (HTTP).
             let first = [a.measures.first().copied().unwrap_or(Measure::Latency)];
             self.visit(a.from, a.target, &first, &[], a.round_trips.min(WARMUP_ROUND_TRIPS))?;
@@ -1538,6 +1844,7 @@ impl Engine<'_> {
             for (i, p) in a.paths.iter().enumerate() {
                 self.ctx.cancel.check()?;
                 let lines = self.switch_to(p.sidecars, p.mesh)?;
+                self.set_telemetry(p.telemetry)?;
                 let sub = p.name.clone();
                 if rep == 0 {
                     self.ctx.emit(Event::StepStarted { step: sub.clone(), explain: p.explain.clone() });
@@ -1612,6 +1919,11 @@ impl Engine<'_> {
                 ]
                 .map(|(k, v)| (k.to_owned(), v)),
             );
+        }
+        if values.iter().any(|(k, _)| k == "conn_s") {
+            // Flow records the ring buffer had no room for, over every visit (a connection
+            // storm is where the agent could fall behind).
+            values.push(("flow_events_lost".to_owned(), mesh.flow_events_lost as f64));
         }
         let rss_mean = if rss.is_empty() {
             0.0
@@ -1913,6 +2225,8 @@ fn label(step: &Step) -> String {
         | Step::Balance { name, .. }
         | Step::Load { name, .. }
         | Step::Http { name, .. }
+        | Step::Transfer { name, .. }
+        | Step::Prometheus { name, .. }
         | Step::Agent { name, .. }
         | Step::ServiceScale { name, .. }
         | Step::PolicyScale { name, .. }
@@ -1942,6 +2256,8 @@ fn texts(step: &Step) -> (&str, &[String]) {
         | Step::Balance { explain, try_, .. }
         | Step::Load { explain, try_, .. }
         | Step::Http { explain, try_, .. }
+        | Step::Transfer { explain, try_, .. }
+        | Step::Prometheus { explain, try_, .. }
         | Step::Agent { explain, try_, .. }
         | Step::ServiceScale { explain, try_, .. }
         | Step::PolicyScale { explain, try_, .. }
@@ -1952,6 +2268,78 @@ fn texts(step: &Step) -> (&str, &[String]) {
         | Step::Expect { explain, .. }
         | Step::Await { explain, .. } => (explain, &[]),
     }
+}
+
+/// A `transfer` step's arguments.
+struct TransferArgs<'a> {
+    name: &'a str,
+    from: Client<'a>,
+    to: &'a str,
+    port: u16,
+    send: u64,
+    receive: u64,
+    connections: u32,
+}
+
+/// The flows of the flow log at `log` read after `since`, to `port`, from one of the client
+/// ports in `ports` (each a flow record's `flow` object).
+fn flow_records<T>(
+    log: &std::path::Path,
+    since: std::time::SystemTime,
+    port: u16,
+    ports: &BTreeMap<u64, T>,
+) -> Vec<serde_json::Value> {
+    let after = since.duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|mut e| e.get_mut("flow").map(serde_json::Value::take))
+        .filter(|f| {
+            f["time"].as_f64().unwrap_or(0.0) >= after
+                && f["destination"]["port"].as_u64() == Some(u64::from(port))
+                && f["source"]["port"].as_u64().is_some_and(|p| ports.contains_key(&p))
+        })
+        .collect()
+}
+
+/// Every flow record's bytes (both ways) and the number of records, in the flow log at `log`.
+fn flow_log_totals(log: &std::path::Path) -> (u64, u64) {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let flows: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|mut e| e.get_mut("flow").map(serde_json::Value::take))
+        .collect();
+    let bytes = flows
+        .iter()
+        .map(|f| {
+            f["bytes"]["to_server"].as_u64().unwrap_or(0) + f["bytes"]["to_client"].as_u64().unwrap_or(0)
+        })
+        .sum();
+    (bytes, flows.len() as u64)
+}
+
+/// One instant PromQL query (`GET /api/v1/query`) whose answer is a single number.
+fn promql(server: SocketAddr, query: &str) -> Option<f64> {
+    use std::io::{Read as _, Write as _};
+    let encoded: String = query
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"_-.".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    let mut s = std::net::TcpStream::connect_timeout(&server, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET /api/v1/query?query={encoded} HTTP/1.0\r\nHost: {server}\r\n\r\n").ok()?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).ok()?;
+    let body: serde_json::Value = serde_json::from_str(answer.split_once("\r\n\r\n")?.1).ok()?;
+    // {"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[t,"N"]}]}}
+    body["data"]["result"][0]["value"][1].as_str()?.parse().ok()
 }
 
 /// Where a client runs: in a pod, or in its network namespace outside the lab's cgroup.

@@ -61,6 +61,8 @@ pub enum WorkloadDef {
     ConformServer { port: u16 },
     /// `workload http-server`: 200 OK to every HTTP/1.1 request.
     HttpServer { port: u16 },
+    /// `workload transfer-server`: reads to the end, answers with the bytes asked for.
+    TransferServer { port: u16 },
     /// Any program (a real server: sockperf, iperf3, redis-server, ...), started with
     /// `command` in the pod and ready once `port` accepts connections.
     Command { port: u16, command: Vec<String> },
@@ -74,6 +76,7 @@ impl WorkloadDef {
             | WorkloadDef::Echo { port }
             | WorkloadDef::ConformServer { port }
             | WorkloadDef::HttpServer { port }
+            | WorkloadDef::TransferServer { port }
             | WorkloadDef::Command { port, .. } => *port,
         }
     }
@@ -177,6 +180,9 @@ pub struct PathDef {
     pub sidecars: SidecarMode,
     #[serde(default = "off")]
     pub mesh: OnOff,
+    /// With the mesh on: its flow records (telemetry) on or off for this path's connections.
+    #[serde(default = "on")]
+    pub telemetry: OnOff,
     /// Shown (with `try`) the first time the path is measured.
     #[serde(default)]
     pub explain: String,
@@ -232,7 +238,7 @@ impl Measure {
             Measure::Latency64k => &["p50_64k", "p99_64k"],
             Measure::Throughput => &["mb_s", "cpu_s_per_gb", "write_errors"],
             Measure::Throughput4 => &["mb_s_4", "cpu_s_per_gb_4", "write_errors_4"],
-            Measure::ConnectRate => &["conn_s", "conn_p50"],
+            Measure::ConnectRate => &["conn_s", "conn_p50", "flow_events_lost"],
             Measure::HttpLatency => &["http_p50", "http_p99"],
         }
     }
@@ -453,6 +459,48 @@ pub enum Step {
         #[serde(default, rename = "try")]
         try_: Vec<String>,
     },
+    /// Byte-exact transfers from a pod to a `transfer-server` pod (`workload transfer`), one
+    /// connection after another, each checked against the mesh's flow log: every flow record of
+    /// those connections (the client's, the server's) must carry exactly the bytes the
+    /// client wrote and read, each way.
+    Transfer {
+        name: String,
+        from: String,
+        to: String,
+        port: u16,
+        /// Payload bytes each connection sends to the server (plus an 8-byte hello).
+        #[serde(default = "million")]
+        send: u64,
+        /// Bytes the server answers with on each connection.
+        #[serde(default = "hundred_thousand")]
+        receive: u64,
+        #[serde(default = "four")]
+        connections: u32,
+        /// As for `balance`: the client outside the lab's cgroup. Its socket is not in the
+        /// mesh, so nothing is redirected: the flows take TCP, and only the server reports them.
+        #[serde(default)]
+        outside_mesh: bool,
+        /// `tc ... netem` parameters for `to`'s eth0 during the step (`"delay 20ms"`,
+        /// `"loss 5%"`). On a kernel without sch_netem the step is skipped with the reason, and
+        /// so is every later step that reads its results.
+        #[serde(default)]
+        netem: Option<String>,
+        #[serde(default)]
+        explain: String,
+        #[serde(default, rename = "try")]
+        try_: Vec<String>,
+    },
+    /// A real Prometheus server (the `prometheus` binary, in the node's namespace, with a
+    /// generated config and its own storage in the lab's folder) scrapes the mesh agent's
+    /// metrics; a PromQL query over its HTTP API must find the byte and flow totals the flow
+    /// log holds. Skipped with the reason where no `prometheus` binary exists (the VM images).
+    Prometheus {
+        name: String,
+        #[serde(default)]
+        explain: String,
+        #[serde(default, rename = "try")]
+        try_: Vec<String>,
+    },
     /// Steady request/response traffic from a pod in the background (`workload load`), for
     /// `seconds`; the step returns once every connection is up. An `await` step collects it.
     Load {
@@ -588,6 +636,18 @@ fn four() -> u32 {
     4
 }
 
+fn on() -> OnOff {
+    OnOff::On
+}
+
+fn million() -> u64 {
+    1_000_000
+}
+
+fn hundred_thousand() -> u64 {
+    100_000
+}
+
 fn ten() -> f64 {
     10.0
 }
@@ -607,6 +667,8 @@ impl Step {
             Step::Balance { .. } => "balance",
             Step::Load { .. } => "load",
             Step::Http { .. } => "http",
+            Step::Transfer { .. } => "transfer",
+            Step::Prometheus { .. } => "prometheus",
             Step::Await { .. } => "await",
             Step::Agent { .. } => "agent",
             Step::ServiceScale { .. } => "service-scale",
@@ -651,6 +713,31 @@ pub const BALANCE_METRICS: &[&str] = &[
 /// got no answer (`failed`), the error number that ended the connection (`errno`, 0 if none)
 /// and requests sk_msg dropped meanwhile (`http_denied`).
 pub const HTTP_METRICS: &[&str] = &["ok", "failed", "errno", "http_denied"];
+
+/// Metrics a `prometheus` step stores under its name: byte and flow totals as Prometheus
+/// answered them (`sum(mesh_tcp_bytes_total)`, `sum(mesh_tcp_flows_total)`), the same totals
+/// from the flow log, and the seconds until they agreed (or the step gave up).
+pub const PROMETHEUS_METRICS: &[&str] = &["bytes", "flows", "flow_log_bytes", "flow_log_flows", "seconds"];
+
+/// Metrics a `transfer` step stores under its name: connections done, flow records found and
+/// expected, records whose bytes equal the client's count both ways, bytes the client counted,
+/// bytes the records say sk_msg redirected and TCP carried (summed over connections, from one
+/// record each), the median smoothed RTT and the largest RTT sample (µs), retransmitted segments
+/// (the kernel's count and the callback's) and RTT samples, over all records.
+pub const TRANSFER_METRICS: &[&str] = &[
+    "connections",
+    "records",
+    "expected_records",
+    "exact",
+    "bytes",
+    "redirected_bytes",
+    "tcp_bytes",
+    "srtt_us",
+    "rtt_max_us",
+    "rtt_samples",
+    "retransmits",
+    "retransmits_seen",
+];
 
 /// Metrics a load stores under its name once awaited: round trips done and failed, the longest
 /// round trip in milliseconds, the seconds it ran, and the messages sk_msg dropped by policy
@@ -970,6 +1057,23 @@ impl Scenario {
                         )));
                     }
                     results.insert(name.clone(), HTTP_METRICS.to_vec());
+                }
+                Step::Transfer { name, from, to, connections, netem, .. } => {
+                    pod(from)?;
+                    pod(to)?;
+                    if *connections == 0 {
+                        return Err(err(format!("step {}: `connections` must be at least 1", i + 1)));
+                    }
+                    if netem.as_ref().is_some_and(|n| n.split_whitespace().next().is_none()) {
+                        return Err(err(format!(
+                            "step {}: `netem` needs tc netem parameters, like \"delay 20ms\"",
+                            i + 1
+                        )));
+                    }
+                    results.insert(name.clone(), TRANSFER_METRICS.to_vec());
+                }
+                Step::Prometheus { name, .. } => {
+                    results.insert(name.clone(), PROMETHEUS_METRICS.to_vec());
                 }
                 Step::Load { name, from, connections, seconds, .. } => {
                     pod(from)?;
