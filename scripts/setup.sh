@@ -16,7 +16,8 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 # qemu-system-x86 + busybox-static: the VM backend; iproute2/bpftool are also copied into VM images.
 # vagrant: only to validate the rendered Vagrantfile in the tests.
 # sockperf, iperf3: established tools the lab's own benchmarks are cross-checked against.
-apt_pkgs=(iproute2 iptables bpftool procps qemu-system-x86 busybox-static vagrant sockperf iperf3)
+# prometheus: the telemetry scenario's real Prometheus server, and promtool for the metrics test.
+apt_pkgs=(iproute2 iptables bpftool procps qemu-system-x86 busybox-static vagrant sockperf iperf3 prometheus)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -27,6 +28,13 @@ if [ ${#missing[@]} -gt 0 ]; then
     exit 1
   fi
   log "apt-get install ${missing[*]}"
+  # Packages with a daemon (prometheus) must not start it: the lab starts its own when a
+  # scenario needs one. A policy-rc.d that says "no" for the length of the install does that.
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+    chmod +x /usr/sbin/policy-rc.d
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
   DEBIAN_FRONTEND=noninteractive apt-get update -qq
   # --no-remove: never let apt remove an installed package to make room (a newer qemu-utils once
   # went that way without a word); stop and say so instead.

@@ -249,6 +249,17 @@ fn serve(
             pins::layout_dir(pin_dir).display()
         ),
     }
+    // The retransmit tracepoint lives with this process; the datapath does not need it.
+    let tracepoint = match crate::tracepoint::attach(pin_dir) {
+        Ok(t) => {
+            eprintln!("mesh-agent: tracepoint tcp:tcp_retransmit_skb attached (mesh_retransmit)");
+            Some(t)
+        }
+        Err(why) => {
+            eprintln!("mesh-agent: tracepoint tcp:tcp_retransmit_skb not attached: {why}");
+            None
+        }
+    };
     let mut members = BTreeMap::new();
     if let (Some(f), Some(l)) = (file, &loaded) {
         members = apply(mesh.pins_mut(), f, l)?;
@@ -308,6 +319,8 @@ fn serve(
             println!("{}", serde_json::to_string(&mesh.counters()?)?);
             events.drain()?;
             drop(events);
+            // Its map descriptors would keep the maps alive past their unpinning.
+            drop(tracepoint);
             mesh.stop().context("clean shutdown")?;
             eprintln!("mesh-agent: detached and unpinned");
             return Ok(());

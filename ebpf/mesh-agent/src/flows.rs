@@ -46,6 +46,8 @@ pub struct Flow {
     /// RETRANS callback saw.
     pub retransmits: u32,
     pub retransmits_seen: u32,
+    /// Retransmissions the `tcp:tcp_retransmit_skb` tracepoint saw (0 where it is not attached).
+    pub retransmits_traced: u32,
     pub duration_ms: f64,
     /// `allowed`, or `denied` when sk_msg cut the connection.
     pub verdict: &'static str,
@@ -142,6 +144,7 @@ impl Flow {
             rtt_samples: r.rtt_samples,
             retransmits: r.retransmits,
             retransmits_seen: r.retrans_cb,
+            retransmits_traced: r.retrans_tp,
             duration_ms: r.end_ns.saturating_sub(r.start_ns) as f64 / 1e6,
             verdict: if r.denied_by == 0 { "allowed" } else { "denied" },
             denied_by: (r.denied_by != 0).then(|| Hook::name(r.denied_by)),

@@ -22,6 +22,7 @@ pub mod services;
 pub mod status;
 pub mod sys;
 pub mod toml_span;
+pub mod tracepoint;
 
 pub use error::MeshError;
 pub use mesh::{Counters, Mesh, Started, Variant};

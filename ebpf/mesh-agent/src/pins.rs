@@ -31,7 +31,7 @@ use mesh_common::{
     Hook, HttpRules, IDENTITIES_MAP, IdentityAddr, MAX_BACKEND_SLOTS, MAX_IDENTITY_ADDRS, MAX_POLICY,
     MAX_RULES, MAX_SERVICES, MAX_SOCKETS, MESH_CONNECTS_MAP, POLICED_MAP, POLICY_GEN_MAP, POLICY_MAP,
     PolicyKey, SERVICES_MAP, SIDECAR_MAP, SOCK_POLICY_MAP, SOCK_STATE_MAP, SOCKETS_MAP, ServiceKey,
-    ServiceValue, SockKey, SockPolicy, TELEMETRY_MAP, VERDICTS_MAP,
+    ServiceValue, SockKey, SockPolicy, TELEMETRY_MAP, TRACE_LAYOUT_MAP, TraceLayout, VERDICTS_MAP,
 };
 use serde::Serialize;
 
@@ -58,7 +58,7 @@ const fn spec(name: &'static str, map_type: MapType, key: usize, value: usize, m
 /// The pinned maps of [`LAYOUT_VERSION`]. Every install opens what it just pinned through
 /// [`Pinned::open`], which checks each map against this table: a table that drifts from the
 /// object fails every install, in every kernel test.
-pub const MAPS: [MapSpec; 20] = [
+pub const MAPS: [MapSpec; 21] = [
     spec(SOCKETS_MAP, MapType::SockHash, size_of::<SockKey>(), 4, MAX_SOCKETS),
     spec(COUNTERS_MAP, MapType::PerCpuArray, 4, 8, COUNTER_SLOTS),
     spec(SIDECAR_MAP, MapType::Array, 4, 4, 1),
@@ -82,6 +82,7 @@ pub const MAPS: [MapSpec; 20] = [
     spec(FLOWS_MAP, MapType::LruHash, size_of::<SockKey>(), size_of::<FlowRecord>(), MAX_SOCKETS),
     spec(FLOW_EVENTS_MAP, MapType::RingBuf, 0, 0, FLOW_EVENTS_BYTES),
     spec(TELEMETRY_MAP, MapType::Array, 4, 4, 1),
+    spec(TRACE_LAYOUT_MAP, MapType::Array, 4, size_of::<TraceLayout>(), 1),
 ];
 
 /// The cgroup programs of a build, each held by one pinned link (sk_msg lives with `SOCKETS`).

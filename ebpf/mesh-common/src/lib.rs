@@ -479,6 +479,24 @@ pub const FLOW_EVENTS_MAP: &str = "FLOW_EVENTS";
 pub const FLOW_EVENTS_BYTES: u32 = 1024 * 1024;
 /// Name of the one-slot array switching telemetry: 1 on (the agent's default), 0 off.
 pub const TELEMETRY_MAP: &str = "TELEMETRY";
+/// Name of the one-slot array with the field offsets of the `tcp:tcp_retransmit_skb`
+/// tracepoint on this kernel ([`TraceLayout`]), read by the agent from tracefs.
+pub const TRACE_LAYOUT_MAP: &str = "TRACE_LAYOUT";
+
+/// Where the fields the tracepoint program reads sit in the tracepoint's record (bytes from
+/// its start, as tracefs' `format` file says); `ready` is 1 once the agent filled it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TraceLayout {
+    pub sport: u32,
+    pub dport: u32,
+    pub family: u32,
+    pub saddr: u32,
+    pub daddr: u32,
+    pub saddr_v6: u32,
+    pub daddr_v6: u32,
+    pub ready: u32,
+}
 
 /// One TCP socket's view of its connection: opened when the connection is established, sent to
 /// user space when the socket closes. While open, `tcp_sent`/`tcp_received` hold the kernel's
@@ -512,6 +530,11 @@ pub struct FlowRecord {
     pub rcv_nxt: u32,
     /// The policy's last word on the connection: 0 allowed, else the `Hook` that denied it.
     pub denied_by: u32,
+    /// Retransmissions the `tcp:tcp_retransmit_skb` tracepoint saw (one per call, which may
+    /// carry several segments).
+    pub retrans_tp: u32,
+    /// Always 0 (keeps the record free of implicit padding).
+    pub pad: u32,
 }
 
 impl FlowRecord {
@@ -543,6 +566,7 @@ mod user {
     unsafe impl aya::Pod for super::SockPolicy {}
     unsafe impl aya::Pod for super::HttpRules {}
     unsafe impl aya::Pod for super::FlowRecord {}
+    unsafe impl aya::Pod for super::TraceLayout {}
 }
 
 #[cfg(test)]
@@ -595,8 +619,8 @@ mod tests {
 
     #[test]
     fn flow_has_no_padding() {
-        // The key, six u64s, ten u32s: what the kernel writes is what user space reads.
-        assert_eq!(core::mem::size_of::<FlowRecord>(), 56 + 6 * 8 + 10 * 4);
+        // The key, six u64s, twelve u32s: what the kernel writes is what user space reads.
+        assert_eq!(core::mem::size_of::<FlowRecord>(), 56 + 6 * 8 + 12 * 4);
     }
 
     #[test]

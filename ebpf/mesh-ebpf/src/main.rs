@@ -15,6 +15,7 @@ mod sk_msg;
 mod sock_addr;
 mod sock_ops;
 mod telemetry;
+mod trace;
 mod udp;
 
 #[cfg(not(test))]

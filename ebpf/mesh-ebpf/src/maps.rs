@@ -7,7 +7,7 @@ use aya_ebpf::{
 use mesh_common::{
     Backend, BackendKey, COUNTER_SLOTS, Counter, DENIALS_BYTES, FLOW_EVENTS_BYTES, FlowRecord, Hook,
     HttpRules, IdentityAddr, MAX_BACKEND_SLOTS, MAX_IDENTITY_ADDRS, MAX_POLICY, MAX_RULES, MAX_SERVICES,
-    MAX_SOCKETS, OriginalDst, PolicyKey, ServiceKey, ServiceValue, SockKey, SockPolicy,
+    MAX_SOCKETS, OriginalDst, PolicyKey, ServiceKey, ServiceValue, SockKey, SockPolicy, TraceLayout,
 };
 
 // ANCHOR: maps
@@ -127,6 +127,10 @@ pub static FLOW_EVENTS: RingBuf = RingBuf::with_byte_size(FLOW_EVENTS_BYTES, 0);
 /// Slot 0: 1 when telemetry is on (set by the agent).
 #[map(name = "TELEMETRY")]
 pub static TELEMETRY: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Slot 0: where `tcp:tcp_retransmit_skb`'s fields are on this kernel (see `trace.rs`).
+#[map(name = "TRACE_LAYOUT")]
+pub static TRACE_LAYOUT: Array<TraceLayout> = Array::with_max_entries(1, 0);
 // ANCHOR_END: flow_maps
 
 /// The socket's state bits (0 when it has none).

@@ -1179,6 +1179,7 @@ impl Engine<'_> {
             ("rtt_samples", sum("rtt_samples")),
             ("retransmits", sum("retransmits")),
             ("retransmits_seen", sum("retransmits_seen")),
+            ("retransmits_traced", sum("retransmits_traced")),
         ];
         let res = self.report.results.entry(t.name.to_owned()).or_default();
         for (k, v) in values {

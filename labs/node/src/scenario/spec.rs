@@ -722,8 +722,9 @@ pub const PROMETHEUS_METRICS: &[&str] = &["bytes", "flows", "flow_log_bytes", "f
 /// Metrics a `transfer` step stores under its name: connections done, flow records found and
 /// expected, records whose bytes equal the client's count both ways, bytes the client counted,
 /// bytes the records say sk_msg redirected and TCP carried (summed over connections, from one
-/// record each), the median smoothed RTT and the largest RTT sample (µs), retransmitted segments
-/// (the kernel's count and the callback's) and RTT samples, over all records.
+/// record each), the median smoothed RTT and the largest RTT sample (µs), RTT samples, and
+/// retransmissions: segments (the kernel's count, the callback's) and the tracepoint's events,
+/// over all records.
 pub const TRANSFER_METRICS: &[&str] = &[
     "connections",
     "records",
@@ -737,6 +738,7 @@ pub const TRANSFER_METRICS: &[&str] = &[
     "rtt_samples",
     "retransmits",
     "retransmits_seen",
+    "retransmits_traced",
 ];
 
 /// Metrics a load stores under its name once awaited: round trips done and failed, the longest
