@@ -484,15 +484,14 @@ pub const TELEMETRY_MAP: &str = "TELEMETRY";
 pub const TRACE_LAYOUT_MAP: &str = "TRACE_LAYOUT";
 
 /// Where the fields the tracepoint program reads sit in the tracepoint's record (bytes from
-/// its start, as tracefs' `format` file says); `ready` is 1 once the agent filled it.
+/// its start, as tracefs' `format` file says); `ready` is 1 once the agent filled it. The
+/// addresses are the IPv6 fields, which every kernel fills for both families (an IPv4 socket's
+/// as `::ffff:a.b.c.d`); 5.10's record has no `family` field.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TraceLayout {
     pub sport: u32,
     pub dport: u32,
-    pub family: u32,
-    pub saddr: u32,
-    pub daddr: u32,
     pub saddr_v6: u32,
     pub daddr_v6: u32,
     pub ready: u32,

@@ -4,15 +4,16 @@
 //!
 //! - Attach: a classic tracepoint (perf event); runs for every socket of the node. Only
 //!   sockets with a `FLOWS` entry count: the lab's, while telemetry is on.
-//! - The record's layout differs between kernels (fields were added over the years): the agent
-//!   reads the offsets from tracefs' `format` file into `TRACE_LAYOUT`; the program reads there.
+//! - The record's layout differs between kernels (5.10 has no `family`, 6.18 an `err` more): the
+//!   agent reads the offsets from tracefs' `format` file into `TRACE_LAYOUT`; the program reads
+//!   there. The IPv6 address fields are filled for both families (IPv4 as `::ffff:a.b.c.d`).
 //! - The tracepoint knows no network namespace: a loopback connection (keyed with the netns
 //!   cookie on >= 5.15) is not matched; pod-to-pod connections are.
 //! - Minimum kernel: 4.16 (the tracepoint's address fields), 4.7 (BPF on tracepoints).
 //! - Not pinned: it lives with the agent process (a restarted agent attaches it again).
 //! - Book: `book/src/hooks/telemetry.md`.
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use mesh_common::{AF_INET, AF_INET6, SockKey};
+use mesh_common::{AF_INET6, SockKey};
 
 use crate::{
     maps::{FLOWS, TRACE_LAYOUT},
@@ -32,29 +33,18 @@ fn count(ctx: &TracePointContext) -> Result<(), i32> {
         return Ok(());
     }
     // SAFETY: each read is bpf_probe_read_kernel at an offset tracefs gave for this record.
-    let (family, sport, dport) = unsafe {
+    let (sport, dport, local, remote) = unsafe {
         (
-            u32::from(ctx.read_at::<u16>(l.family as usize)?),
             // Host byte order in the record (the kernel stores ntohs of the socket's ports).
             u32::from(ctx.read_at::<u16>(l.sport as usize)?),
             u32::from(ctx.read_at::<u16>(l.dport as usize)?),
+            // Network order, like the keys' words; an IPv4 socket's as ::ffff:a.b.c.d.
+            ctx.read_at::<[u32; 4]>(l.saddr_v6 as usize)?,
+            ctx.read_at::<[u32; 4]>(l.daddr_v6 as usize)?,
         )
     };
-    let (local, remote) = match family {
-        // SAFETY: as above; addresses are bytes in network order, like the keys' words.
-        AF_INET => unsafe {
-            (
-                [ctx.read_at::<u32>(l.saddr as usize)?, 0, 0, 0],
-                [ctx.read_at::<u32>(l.daddr as usize)?, 0, 0, 0],
-            )
-        },
-        // SAFETY: as above.
-        AF_INET6 => unsafe {
-            (ctx.read_at::<[u32; 4]>(l.saddr_v6 as usize)?, ctx.read_at::<[u32; 4]>(l.daddr_v6 as usize)?)
-        },
-        _ => return Ok(()),
-    };
-    let key = SockKey::new(0, family, local, remote, sport, dport);
+    // SockKey::new folds an IPv4-mapped pair into the IPv4 key sock_ops filed.
+    let key = SockKey::new(0, AF_INET6, local, remote, sport, dport);
     if let Some(f) = FLOWS.get_ptr_mut(&key) {
         // SAFETY: a live map value; a stray lost increment only costs a count.
         unsafe { (*f).retrans_tp += 1 };

@@ -72,6 +72,22 @@ impl Agent {
         self.child.as_ref().and(self.metrics)
     }
 
+    /// What the running agent costs: its resident memory and the kernel memory of the BPF maps
+    /// it holds (each map once, by id, from `memlock` in `/proc/<pid>/fdinfo`), in KiB.
+    pub fn memory_kb(&self) -> Option<(u64, u64)> {
+        let pid = self.pid()?;
+        let rss = crate::sidecar::rss_kb(pid)?;
+        let mut maps = std::collections::BTreeMap::new();
+        for fd in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).ok()?.flatten() {
+            let info = std::fs::read_to_string(fd.path()).unwrap_or_default();
+            let field = |k: &str| info.lines().find_map(|l| l.strip_prefix(k)?.trim().parse::<u64>().ok());
+            if let (Some(id), Some(bytes)) = (field("map_id:"), field("memlock:")) {
+                maps.insert(id, bytes);
+            }
+        }
+        Some((rss, maps.values().sum::<u64>() / 1024))
+    }
+
     /// The agent process, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)

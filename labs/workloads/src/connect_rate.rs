@@ -26,6 +26,12 @@ pub struct Args {
     /// Bytes in the request and in the response.
     #[arg(long, default_value_t = rr::DEFAULT_SIZE)]
     pub size: usize,
+    /// Keep going for this long instead of a number of connections (a connection storm).
+    #[arg(long)]
+    pub seconds: Option<f64>,
+    /// At most this many new connections per second (0: as fast as one client can).
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
     /// Print the report as one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -71,16 +77,24 @@ pub fn run(args: &Args) -> anyhow::Result<ConnectReport> {
     }
     let mut hist = rr::new_histogram();
     let start = Instant::now();
-    for _ in 0..args.connections {
+    let until = args.seconds.map(|s| start + Duration::from_secs_f64(s));
+    let mut done = 0u32;
+    while until.map_or(done < args.connections, |u| Instant::now() < u) {
+        if args.rate > 0.0 {
+            // Paced: connection i starts no earlier than i / rate seconds in.
+            let due = start + Duration::from_secs_f64(f64::from(done) / args.rate);
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        }
         let took = cycle(args.connect, size, &request, &mut response)?;
         hist.saturating_record(took.as_nanos() as u64);
+        done += 1;
     }
     let elapsed_s = start.elapsed().as_secs_f64();
     Ok(ConnectReport {
         target: args.connect.to_string(),
-        connections: args.connections,
+        connections: done,
         elapsed_s,
-        per_s: f64::from(args.connections) / elapsed_s.max(f64::EPSILON),
+        per_s: f64::from(done) / elapsed_s.max(f64::EPSILON),
         latency_us: rr::latency(&hist),
     })
 }
@@ -92,9 +106,34 @@ mod tests {
     #[test]
     fn counts_whole_connections() {
         let addr = crate::rr::tests::local_server();
-        let args = Args { connect: addr, connections: 50, warmup: 2, size: 64, json: true };
+        let args = Args {
+            connect: addr,
+            connections: 50,
+            warmup: 2,
+            size: 64,
+            json: true,
+            seconds: None,
+            rate: 0.0,
+        };
         let r = run(&args).unwrap();
         assert_eq!(r.connections, 50);
         assert!(r.per_s > 0.0 && r.latency_us.p50 > 0.0, "{r:?}");
+    }
+
+    #[test]
+    fn paced_for_a_time() {
+        let addr = crate::rr::tests::local_server();
+        let args = Args {
+            connect: addr,
+            connections: 1,
+            warmup: 0,
+            size: 64,
+            json: true,
+            seconds: Some(0.3),
+            rate: 100.0,
+        };
+        let r = run(&args).unwrap();
+        // 100 per second for 0.3 s: 30 or 31 (the last starts just before the deadline).
+        assert!((25..=31).contains(&r.connections), "{r:?}");
     }
 }

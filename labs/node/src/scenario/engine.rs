@@ -1821,6 +1821,8 @@ impl Engine<'_> {
         let n = a.repetitions as usize;
         let mut visits: Vec<Vec<Visit>> = a.paths.iter().map(|_| Vec::new()).collect();
         let mut rss: Vec<Vec<(String, u64)>> = vec![Vec::new(); a.paths.len()];
+        // With the mesh on: the agent's resident memory and its maps' kernel memory (KiB).
+        let mut agent_mem: Vec<Option<(u64, u64)>> = vec![None; a.paths.len()];
         let mut configs = vec![String::new(); a.paths.len()];
         // Warm-up, unmeasured: each path's first connections, proxies and programs.
         for p in a.paths {
@@ -1862,6 +1864,7 @@ impl Engine<'_> {
                     .iter()
                     .filter_map(|p| Some((p.at.clone(), sidecar::rss_kb(p.pid)?)))
                     .collect();
+                agent_mem[i] = self.lab.agent().and_then(crate::agent::Agent::memory_kb);
                 if rep == 0 {
                     for (k, x) in &v.figures {
                         self.out(&sub, format!("first repetition: {k} {}", round3(*x)));
@@ -1885,6 +1888,17 @@ impl Engine<'_> {
         }
         for (i, p) in a.paths.iter().enumerate() {
             self.store_path(&p.name, &p.name, &configs[i], &visits[i], &rss[i]);
+            let r = self.report.results.entry(p.name.clone()).or_default();
+            let (agent_rss, map_kb) = agent_mem[i].unwrap_or_default();
+            r.insert("agent_rss_kb".into(), agent_rss as f64);
+            r.insert("map_kb".into(), map_kb as f64);
+            r.insert("agent_total_kb".into(), (agent_rss + map_kb) as f64);
+            if let Some((rss, maps)) = agent_mem[i] {
+                self.out(
+                    &p.name,
+                    format!("mesh agent: {rss} KiB resident, its maps {maps} KiB of kernel memory"),
+                );
+            }
         }
         Ok(())
     }
@@ -1921,17 +1935,17 @@ impl Engine<'_> {
                 .map(|(k, v)| (k.to_owned(), v)),
             );
         }
-        if values.iter().any(|(k, _)| k == "conn_s") {
-            // Flow records the ring buffer had no room for, over every visit (a connection
-            // storm is where the agent could fall behind).
-            values.push(("flow_events_lost".to_owned(), mesh.flow_events_lost as f64));
-        }
         let rss_mean = if rss.is_empty() {
             0.0
         } else {
             rss.iter().map(|(_, k)| *k as f64).sum::<f64>() / rss.len() as f64
         };
-        values.extend([("proxies".to_owned(), rss.len() as f64), ("proxy_rss_kb".to_owned(), rss_mean)]);
+        let rss_total = rss.iter().map(|(_, k)| *k as f64).sum::<f64>();
+        values.extend([
+            ("proxies".to_owned(), rss.len() as f64),
+            ("proxy_rss_kb".to_owned(), rss_mean),
+            ("proxy_rss_total_kb".to_owned(), rss_total),
+        ]);
         let r = self.report.results.entry(name.to_owned()).or_default();
         for (k, v) in &values {
             r.insert(k.clone(), *v);

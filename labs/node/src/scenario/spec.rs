@@ -238,7 +238,7 @@ impl Measure {
             Measure::Latency64k => &["p50_64k", "p99_64k"],
             Measure::Throughput => &["mb_s", "cpu_s_per_gb", "write_errors"],
             Measure::Throughput4 => &["mb_s_4", "cpu_s_per_gb_4", "write_errors_4"],
-            Measure::ConnectRate => &["conn_s", "conn_p50", "flow_events_lost"],
+            Measure::ConnectRate => &["conn_s", "conn_p50"],
             Measure::HttpLatency => &["http_p50", "http_p99"],
         }
     }
@@ -283,7 +283,8 @@ fn check_figures(figures: &BTreeMap<String, FigureDef>) -> Result<(), String> {
 }
 
 /// Figures every path stores besides its measures'.
-pub const PATH_METRICS: &[&str] = &["proxies", "proxy_rss_kb"];
+pub const PATH_METRICS: &[&str] =
+    &["proxies", "proxy_rss_kb", "proxy_rss_total_kb", "agent_rss_kb", "map_kb", "agent_total_kb"];
 
 fn latency_only() -> Vec<Measure> {
     vec![Measure::Latency]
