@@ -52,7 +52,8 @@ pub enum Command {
         /// Mesh file to apply once serving (also after adopting).
         #[arg(long)]
         file: Option<PathBuf>,
-        /// Pods file (JSON list of {name, labels, ipv4, ipv6, cgroup}) for backends and rules chosen by label.
+        /// Pods file (JSON list of {name, labels, ipv4, ipv6, cgroup}) for backends and rules chosen by
+        /// label, and the pod names in the flow log.
         #[arg(long)]
         pods: Option<PathBuf>,
         /// Milliseconds between counter reports.
@@ -236,6 +237,12 @@ fn serve(
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &signals, std::ptr::null_mut()) };
     // A bad file is refused before anything is installed or adopted.
     let loaded = file.map(|f| meshfile::load(f, pods).map_err(anyhow::Error::msg)).transpose()?;
+    // The pods name the flow log's addresses, with or without a mesh file.
+    let pod_list = match (&loaded, pods) {
+        (Some(l), _) => l.pods.clone(),
+        (None, Some(p)) => meshfile::load_pods(p).map_err(anyhow::Error::msg)?,
+        (None, None) => Vec::new(),
+    };
 
     let mut mesh = Mesh::start(cgroup, pin_dir)?;
     match mesh.started() {
@@ -277,7 +284,7 @@ fn serve(
             .transpose()?,
         log: FlowLog::open(&outputs.flow_log)
             .with_context(|| format!("cannot open the flow log {}", outputs.flow_log.display()))?,
-        names: Names::new(loaded.as_ref().map_or(&[][..], |l| &l.pods[..])),
+        names: Names::new(&pod_list),
         members,
         metrics: None,
     };

@@ -304,15 +304,15 @@ pub fn load(file: &std::path::Path, pods: Option<&std::path::Path>) -> Result<Lo
     let shown = file.display().to_string();
     let text = std::fs::read_to_string(file).map_err(|e| format!("{shown}: cannot read: {e}"))?;
     let mf = MeshFile::parse(&text, &shown).map_err(|e| e.to_string())?;
-    let pods: Vec<PodAddrs> = match pods {
-        None => Vec::new(),
-        Some(p) => {
-            let t = std::fs::read_to_string(p).map_err(|e| format!("{}: cannot read: {e}", p.display()))?;
-            serde_json::from_str(&t).map_err(|e| format!("{}:{}: {e}", p.display(), e.line()))?
-        }
-    };
+    let pods: Vec<PodAddrs> = pods.map(load_pods).transpose()?.unwrap_or_default();
     let services = mf.resolve(&pods);
     Ok(Loaded { file: mf, pods, services })
+}
+
+/// Reads a pods file (JSON list of [`PodAddrs`]); an error names the file and line.
+pub fn load_pods(p: &std::path::Path) -> Result<Vec<PodAddrs>, String> {
+    let t = std::fs::read_to_string(p).map_err(|e| format!("{}: cannot read: {e}", p.display()))?;
+    serde_json::from_str(&t).map_err(|e| format!("{}:{}: {e}", p.display(), e.line()))
 }
 
 impl Resolved {

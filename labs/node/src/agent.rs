@@ -26,8 +26,10 @@ pub struct Agent {
     pin_dir: PathBuf,
     /// Where the agent writes its flow log.
     flow_log: PathBuf,
-    /// Mesh file and pods file the agent applies when it starts (after adopting too).
-    files: Option<(PathBuf, PathBuf)>,
+    /// The lab's pods (for backends, rules and the flow log's names), and the mesh file the
+    /// agent applies when it starts (after adopting too), once one was applied.
+    pods: PathBuf,
+    mesh_file: Option<PathBuf>,
     child: Option<Child>,
     pinned: Option<Pinned>,
     /// Where the running agent serves Prometheus metrics (a port of its choosing on loopback).
@@ -35,21 +37,23 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Starts the agent (applying `files`, the mesh file and the pods file, once it serves) and
-    /// waits until it serves; returns it with what it said.
+    /// Starts the agent (with the lab's `pods`, applying `mesh_file` once it serves) and waits
+    /// until it serves; returns it with what it said.
     pub fn start(
         cmd: &Cmd,
         cgroup: &Path,
         pin_dir: &Path,
         flow_log: &Path,
-        files: Option<(PathBuf, PathBuf)>,
+        pods: &Path,
+        mesh_file: Option<PathBuf>,
     ) -> Result<(Agent, Vec<String>), LabError> {
         let mut agent = Agent {
             cmd: cmd.clone(),
             cgroup: cgroup.to_owned(),
             pin_dir: pin_dir.to_owned(),
             flow_log: flow_log.to_owned(),
-            files,
+            pods: pods.to_owned(),
+            mesh_file,
             child: None,
             pinned: None,
             metrics: None,
@@ -93,9 +97,9 @@ impl Agent {
         self.child.as_ref().map(Child::id)
     }
 
-    /// The files a restarted agent applies (the mesh file last applied, and the lab's pods).
-    pub fn set_files(&mut self, mesh: PathBuf, pods: PathBuf) {
-        self.files = Some((mesh, pods));
+    /// The mesh file a restarted agent applies (the one applied last).
+    pub fn set_mesh_file(&mut self, mesh: PathBuf) {
+        self.mesh_file = Some(mesh);
     }
 
     fn spawn(&mut self) -> Result<Vec<String>, LabError> {
@@ -114,13 +118,9 @@ impl Agent {
             "--metrics".into(),
             "127.0.0.1:0".into(),
         ];
-        if let Some((mesh, pods)) = &self.files {
-            args.extend([
-                "--file".into(),
-                mesh.display().to_string(),
-                "--pods".into(),
-                pods.display().to_string(),
-            ]);
+        args.extend(["--pods".into(), self.pods.display().to_string()]);
+        if let Some(mesh) = &self.mesh_file {
+            args.extend(["--file".into(), mesh.display().to_string()]);
         }
         let mut cmd = self.cmd.command(&args);
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());

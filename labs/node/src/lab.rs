@@ -378,10 +378,10 @@ impl Lab {
         }
         // The mesh file applied last is the lab's declared mesh: a mesh switched off and on
         // again comes back with it (the same as an agent restarted after a crash).
-        let files = [MESH_FILE, PODS_FILE].map(|f| self.id.run_dir().join(f));
-        let files = files.iter().all(|f| f.exists()).then(|| (files[0].clone(), files[1].clone()));
+        let mesh_file = Some(self.id.run_dir().join(MESH_FILE)).filter(|f| f.exists());
+        let pods = self.write_file(PODS_FILE, &self.pods_json())?;
         let flow_log = self.id.run_dir().join(FLOW_LOG);
-        let (a, said) = Agent::start(agent, &self.cgroup, &self.id.pin_dir(), &flow_log, files)?;
+        let (a, said) = Agent::start(agent, &self.cgroup, &self.id.pin_dir(), &flow_log, &pods, mesh_file)?;
         self.agent = Some(a);
         Ok(said)
     }
@@ -396,14 +396,32 @@ impl Lab {
     }
 
     /// Writes `name` in the lab's run folder (created on first use); returns its path.
-    /// Keeps the mesh file applied last and the lab's pods (see [`MESH_FILE`]): a restarted agent,
-    /// and the mesh switched on again, apply them. Returns their paths.
-    pub fn keep_mesh_files(&mut self, mesh: &[u8], pods: &[u8]) -> Result<(PathBuf, PathBuf), LabError> {
-        let files = (self.write_file(MESH_FILE, mesh)?, self.write_file(PODS_FILE, pods)?);
+    /// Keeps the mesh file applied last (see [`MESH_FILE`]): a restarted agent, and the mesh
+    /// switched on again, apply it. Returns its path.
+    pub fn keep_mesh_file(&mut self, mesh: &[u8]) -> Result<PathBuf, LabError> {
+        let file = self.write_file(MESH_FILE, mesh)?;
         if let Some(a) = self.agent.as_mut() {
-            a.set_files(files.0.clone(), files.1.clone());
+            a.set_mesh_file(file.clone());
         }
-        Ok(files)
+        Ok(file)
+    }
+
+    /// The pods as the mesh agent's `--pods` file lists them: names, labels, addresses, cgroups.
+    pub fn pod_addrs(&self) -> Vec<mesh_agent::meshfile::PodAddrs> {
+        self.pods
+            .iter()
+            .map(|p| mesh_agent::meshfile::PodAddrs {
+                name: p.name.clone(),
+                labels: p.labels.clone(),
+                ipv4: p.ipv4,
+                ipv6: p.ipv6,
+                cgroup: Some(p.cgroup.clone()),
+            })
+            .collect()
+    }
+
+    fn pods_json(&self) -> Vec<u8> {
+        serde_json::to_vec_pretty(&self.pod_addrs()).expect("pods serialize")
     }
 
     fn write_file(&self, name: &str, contents: &[u8]) -> Result<PathBuf, LabError> {

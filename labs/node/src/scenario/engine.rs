@@ -858,18 +858,7 @@ impl Engine<'_> {
         let failed = |stderr: String| LabError::Command { command: format!("apply {file}"), stderr };
         let (shown, text) = super::mesh_file(file).map_err(|e| failed(e.to_string()))?;
         let mf = MeshFile::parse(&text, &shown).map_err(|e| failed(e.to_string()))?;
-        let pods: Vec<PodAddrs> = self
-            .lab
-            .pods()
-            .iter()
-            .map(|p| PodAddrs {
-                name: p.name.clone(),
-                labels: p.labels.clone(),
-                ipv4: p.ipv4,
-                ipv6: p.ipv6,
-                cgroup: Some(p.cgroup.clone()),
-            })
-            .collect();
+        let pods: Vec<PodAddrs> = self.lab.pod_addrs();
         let resolved = mf.resolve(&pods);
         let wanted = mesh_agent::meshfile::wanted(&resolved);
         let policy = mesh_agent::policy::resolve(&mf, &pods);
@@ -895,9 +884,8 @@ impl Engine<'_> {
                 ),
             );
         }
-        // What a restarted agent applies: this file, with the lab's pods.
-        let pods_json = serde_json::to_vec_pretty(&pods).expect("pods serialize");
-        self.lab.keep_mesh_files(text.as_bytes(), &pods_json)?;
+        // What a restarted agent applies: this file (with the lab's pods).
+        self.lab.keep_mesh_file(text.as_bytes())?;
         for r in &resolved {
             let behind = if r.slot_names.is_empty() {
                 "no backend (connect() is refused)".into()
