@@ -359,10 +359,20 @@ fn sidecar_baseline_prints_ratios_and_proxy_memory_and_writes_reports() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     let summary = &stdout[stdout.find("== summary").expect("a summary")..];
-    // Rows for the three configurations, the per-proxy memory, the ratios, the extrapolation.
-    for row in
-        ["direct", "sidecars", "per-node", "sidecars_vs_direct", "per_node_vs_direct", "fleet_proxy_gb"]
-    {
+    // Rows for the four configurations, the per-proxy memory, the ratios, the extrapolation,
+    // the memory of 30 proxies beside the mesh's.
+    for row in [
+        "direct",
+        "sidecars",
+        "per-node",
+        "mesh",
+        "sidecars_vs_direct",
+        "per_node_vs_direct",
+        "fleet_proxy_gb",
+        "proxies_mb",
+        "mesh_mb",
+        "mesh_vs_proxies_memory",
+    ] {
         assert!(summary.lines().any(|l| l.trim_start().starts_with(row)), "no {row} row in:\n{summary}");
     }
     let sidecars = summary.lines().find(|l| l.trim_start().starts_with("sidecars ")).unwrap();
@@ -373,10 +383,17 @@ fn sidecar_baseline_prints_ratios_and_proxy_memory_and_writes_reports() {
     assert!(md.contains("| sidecars | sidecars per pod |"), "{md}");
     assert!(md.contains("![latency percentiles](latency.svg)"));
     let svg = fs::read_to_string(dir.join("latency.svg")).unwrap();
-    assert_eq!(svg.matches("<polyline").count(), 3);
+    assert_eq!(svg.matches("<polyline").count(), 4);
     let outcome: Value =
         serde_json::from_str(&fs::read_to_string(dir.join("outcome.json")).unwrap()).unwrap();
-    assert!(outcome["report"]["results"]["sidecars"]["proxy_rss_kb"].as_f64().unwrap() > 100.0);
+    let r = &outcome["report"]["results"];
+    assert!(r["sidecars"]["proxy_rss_kb"].as_f64().unwrap() > 100.0);
+    // Memory: 30 proxies' resident memory, and the one agent's beside it (its own and its maps').
+    assert_eq!(r["sidecars"]["proxies"].as_f64(), Some(30.0));
+    assert!(r["sidecars"]["proxy_rss_total_kb"].as_f64().unwrap() > 30.0 * 100.0, "{}", r["sidecars"]);
+    assert!(r["mesh"]["agent_rss_kb"].as_f64().unwrap() > 100.0, "{}", r["mesh"]);
+    assert!(r["mesh"]["map_kb"].as_f64().unwrap() > 1000.0, "{}", r["mesh"]);
+    assert!(r["mesh_vs_proxies_memory"]["value"].as_f64().unwrap() > 0.0);
     fs::remove_dir_all(results).unwrap();
     assert_eq!(remains_of(outcome["report"]["lab"].as_str().unwrap()), Vec::<String>::new());
 }
