@@ -841,13 +841,7 @@ impl Engine<'_> {
             ("msg_redirected", c.msg_redirected as f64),
             ("loopback_skipped", c.loopback_skipped as f64),
         ];
-        let r = self.report.results.entry(name.to_owned()).or_default();
-        for (k, v) in values {
-            r.insert(k.into(), v);
-        }
-        for (k, v) in values {
-            self.metric(label, k, v, "");
-        }
+        self.store(label, name, &values);
         Ok(())
     }
 
@@ -1045,13 +1039,7 @@ impl Engine<'_> {
             ("errno", f64::from(common_errno(r.answers.iter().filter(|a| a.contains("os error"))))),
             ("http_denied", c.http_denied as f64),
         ];
-        let res = self.report.results.entry(name.to_owned()).or_default();
-        for (k, v) in values {
-            res.insert(k.into(), v);
-        }
-        for (k, v) in values {
-            self.metric(label, k, v, "");
-        }
+        self.store(label, name, &values);
         Ok(())
     }
 
@@ -1063,6 +1051,17 @@ impl Engine<'_> {
         }
         self.report.skipped_steps.insert(label.to_owned(), reason.clone());
         self.ctx.emit(Event::StepSkipped { step: label.into(), reason });
+    }
+
+    /// Stores `values` under `name` and shows each as a figure of step `label`.
+    fn store(&mut self, label: &str, name: &str, values: &[(&str, f64)]) {
+        let r = self.report.results.entry(name.to_owned()).or_default();
+        for (k, v) in values {
+            r.insert((*k).into(), *v);
+        }
+        for (k, v) in values {
+            self.metric(label, k, *v, "");
+        }
     }
 
     /// The first of `metric`, `of` that a skipped step was to store, with the reason.
@@ -1169,13 +1168,7 @@ impl Engine<'_> {
             ("retransmits_seen", sum("retransmits_seen")),
             ("retransmits_traced", sum("retransmits_traced")),
         ];
-        let res = self.report.results.entry(t.name.to_owned()).or_default();
-        for (k, v) in values {
-            res.insert(k.into(), v);
-        }
-        for (k, v) in values {
-            self.metric(label, k, v, "");
-        }
+        self.store(label, t.name, &values);
         Ok(())
     }
 
@@ -1273,13 +1266,7 @@ impl Engine<'_> {
             ("flow_log_flows", log_flows as f64),
             ("seconds", started.elapsed().as_secs_f64()),
         ];
-        let res = self.report.results.entry(name.to_owned()).or_default();
-        for (k, v) in values {
-            res.insert(k.into(), v);
-        }
-        for (k, v) in values {
-            self.metric(label, k, v, "");
-        }
+        self.store(label, name, &values);
         Ok(Ok(()))
     }
     // ANCHOR_END: prometheus
