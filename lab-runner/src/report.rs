@@ -18,6 +18,9 @@ pub fn write(results: &Path, outcome: &Outcome, backend: &str) -> std::io::Resul
     fs::create_dir_all(&dir)?;
     fs::write(dir.join("outcome.json"), serde_json::to_string_pretty(outcome).expect("serializes"))?;
     fs::write(dir.join("latency.svg"), svg(&outcome.report))?;
+    if let Some(rtt) = rtt_svg(&outcome.report) {
+        fs::write(dir.join("rtt.svg"), rtt)?;
+    }
     fs::write(dir.join("report.md"), markdown(outcome, &when, backend, "latency.svg"))?;
     Ok(dir)
 }
@@ -319,6 +322,73 @@ pub fn svg(report: &Value) -> String {
     s
 }
 
+// ANCHOR: rtt_svg
+/// One row per flow record of the `transfer` steps: the smoothed RTT at close (a dot) and the
+/// range of smoothed RTTs the RTT callback saw (a bar), on a log scale; `None` without flows.
+pub fn rtt_svg(report: &Value) -> Option<String> {
+    let flows = report["flows"].as_array().filter(|f| !f.is_empty())?;
+    let num = |f: &Value, k: &str| f[k].as_f64().unwrap_or(0.0).max(1.0);
+    let (row, left, right, top) = (16.0, 190.0, 30.0, 20.0);
+    let (w, h) = (720.0, top + row * flows.len() as f64 + 50.0);
+    let all: Vec<f64> = flows
+        .iter()
+        .flat_map(|f| ["srtt_us", "rtt_min_us", "rtt_max_us"].map(|k| num(f, k).log10()))
+        .collect();
+    let lo = all.iter().copied().fold(f64::MAX, f64::min).floor();
+    let hi = all.iter().copied().fold(f64::MIN, f64::max).ceil().max(lo + 1.0);
+    let px = |us: f64| left + (us.log10() - lo) / (hi - lo) * (w - left - right);
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+    );
+    let bottom = top + row * flows.len() as f64;
+    let mut e = lo;
+    while e <= hi {
+        let x = px(10f64.powf(e));
+        s.push_str(&format!(
+            "<line x1=\"{x:.1}\" y1=\"{top}\" x2=\"{x:.1}\" y2=\"{bottom:.1}\" stroke=\"#ddd\"/>\n"
+        ));
+        s.push_str(&format!(
+            "<text x=\"{x:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{} µs</text>\n",
+            bottom + 16.0,
+            10f64.powf(e)
+        ));
+        e += 1.0;
+    }
+    s.push_str(&format!(
+        "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">smoothed RTT at close (dot), range seen by the RTT callback (bar)</text>\n",
+        (left + w - right) / 2.0,
+        h - 10.0
+    ));
+    let mut steps: Vec<&str> = Vec::new();
+    for (i, f) in flows.iter().enumerate() {
+        let step = f["step"].as_str().unwrap_or("?");
+        if !steps.contains(&step) {
+            steps.push(step);
+        }
+        let color = COLORS[(steps.len() - 1) % COLORS.len()];
+        let y = top + row * i as f64 + row / 2.0;
+        let label = format!("{step} {} :{}", f["reporter"].as_str().unwrap_or("?"), f["port"]);
+        s.push_str(&format!(
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>\n",
+            left - 8.0,
+            y + 4.0,
+            escape(&label)
+        ));
+        s.push_str(&format!(
+            "<line x1=\"{:.1}\" y1=\"{y:.1}\" x2=\"{:.1}\" y2=\"{y:.1}\" stroke=\"{color}\" stroke-width=\"4\" opacity=\"0.4\"/>\n",
+            px(num(f, "rtt_min_us")),
+            px(num(f, "rtt_max_us"))
+        ));
+        s.push_str(&format!(
+            "<circle cx=\"{:.1}\" cy=\"{y:.1}\" r=\"4\" fill=\"{color}\"/>\n",
+            px(num(f, "srtt_us"))
+        ));
+    }
+    s.push_str("</svg>\n");
+    Some(s)
+}
+// ANCHOR_END: rtt_svg
+
 fn escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
@@ -373,6 +443,18 @@ mod tests {
     fn dates() {
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(civil_from_days(20_785), (2026, 11, 28));
+    }
+
+    #[test]
+    fn rtt_svg_draws_a_row_per_flow() {
+        assert_eq!(rtt_svg(&serde_json::json!({ "flows": [] })), None);
+        let report = serde_json::json!({ "flows": [
+            { "step": "redirected", "reporter": "client", "port": 40000, "srtt_us": 30.0, "rtt_min_us": 20.0, "rtt_max_us": 90.0 },
+            { "step": "delayed", "reporter": "server", "port": 40002, "srtt_us": 20500.0, "rtt_min_us": 20100.0, "rtt_max_us": 21000.0 },
+        ]});
+        let s = rtt_svg(&report).unwrap();
+        assert_eq!(s.matches("<circle").count(), 2);
+        assert!(s.contains("delayed server :40002") && s.contains("10000 µs"), "{s}");
     }
 
     #[test]

@@ -126,7 +126,23 @@ pub struct Report {
     pub checks: Vec<Check>,
     /// Steps skipped for want of something on this kernel or machine: step -> why.
     pub skipped_steps: BTreeMap<String, String>,
+    /// The RTT of every flow record `transfer` steps checked (the report plots them).
+    pub flows: Vec<FlowRtt>,
     pub machine: Machine,
+}
+
+/// One flow record's RTT, as a `transfer` step read it from the flow log.
+#[derive(Debug, Clone, Serialize)]
+pub struct FlowRtt {
+    /// The step's result name.
+    pub step: String,
+    /// `client` or `server`.
+    pub reporter: String,
+    /// The client's port (which connection).
+    pub port: u64,
+    pub srtt_us: f64,
+    pub rtt_min_us: f64,
+    pub rtt_max_us: f64,
 }
 
 struct Engine<'a> {
@@ -1125,6 +1141,15 @@ impl Engine<'_> {
         let mut exact = 0;
         for f in &records {
             self.out(label, mesh_agent::observe::row(&serde_json::json!({ "flow": f })));
+            let num = |k: &str| f[k].as_f64().unwrap_or(0.0);
+            self.report.flows.push(FlowRtt {
+                step: t.name.to_owned(),
+                reporter: f["reporter"].as_str().unwrap_or("?").to_owned(),
+                port: f["source"]["port"].as_u64().unwrap_or(0),
+                srtt_us: num("srtt_us"),
+                rtt_min_us: num("rtt_min_us"),
+                rtt_max_us: num("rtt_max_us"),
+            });
             let d = by_port[&f["source"]["port"].as_u64().unwrap_or(0)];
             if field(f, "bytes", "to_server") == d.sent && field(f, "bytes", "to_client") == d.received {
                 exact += 1;
