@@ -365,6 +365,21 @@ fn flow_records_count_every_byte_and_the_metrics_pass_promtool() {
         })
         .unwrap_or_else(|| panic!("no metrics address in: {said}"));
 
+    // `observe --follow` started before the traffic prints its flow as it arrives.
+    let mut follower = Command::new(env!("CARGO_BIN_EXE_mesh-agent"))
+        .args(["observe", "--follow", "-o", "json", "--flow-log"])
+        .arg(sb.flow_log())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, followed) = mpsc::channel::<String>();
+    let out = follower.stdout.take().unwrap();
+    thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+
     // A client in the cgroup writes 100,000 bytes to a server outside it (so they go by TCP),
     // then reads to the end: the server answers 23,456 bytes and closes first.
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -401,6 +416,10 @@ fn flow_records_count_every_byte_and_the_metrics_pass_promtool() {
     assert_eq!(flow["bytes"], serde_json::json!({ "to_server": 100000, "to_client": 23456 }), "{flow}");
     assert_eq!((flow["path"].as_str(), flow["verdict"].as_str()), (Some("tcp"), Some("allowed")), "{flow}");
     assert!(flow["srtt_us"].as_u64() > Some(0) && flow["rtt_samples"].as_u64() > Some(0), "{flow}");
+
+    let line = followed.recv_timeout(Duration::from_secs(10)).expect("observe --follow printed the flow");
+    let _ = (follower.kill(), follower.wait());
+    assert!(line.contains(&format!("\"port\":{port}")) && line.contains("\"to_client\":23456"), "{line}");
 
     // `mesh-agent observe` finds it by port.
     let mut observed = Command::new(env!("CARGO_BIN_EXE_mesh-agent"));
