@@ -2,7 +2,9 @@
 //! mesh it pinned.
 //!
 //! - `run`: serve a cgroup until SIGINT, SIGTERM or SIGHUP (then uninstall); adopts the pins of
-//!   an agent that died; prints the counters and each policy denial as JSON lines.
+//!   an agent that died; prints the counters and each policy denial as JSON lines; writes the flow
+//!   log (closed connections and denials) and, with `--metrics`, serves Prometheus metrics.
+//! - `observe`: the flow log, filtered, as a table or JSON lines (`--follow`).
 //! - `apply FILE`: bring the services in the running maps to FILE's, by difference.
 //! - `status`: what is loaded, attached and pinned, and how full each map is.
 //! - `uninstall`: detach everything and remove the pins (also after an agent was killed).
