@@ -44,7 +44,8 @@ fn list_names_the_shipped_scenarios() {
             "service-lb",
             "service-scale",
             "sidecar-baseline",
-            "sockmap"
+            "sockmap",
+            "telemetry"
         ]
     );
 }

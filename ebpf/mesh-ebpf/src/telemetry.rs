@@ -66,6 +66,11 @@ fn observe<const NETNS: bool>(ctx: &SockOpsContext) {
     }
     let op = ctx.op();
     let key = sock_key::<NETNS>(ctx, family);
+    if !NETNS && key.is_loopback() {
+        // Without the netns cookie, one pod's 127.0.0.1:a -> 127.0.0.1:b has the same key as
+        // another's: their records would mix. Left out, like the redirect leaves them out.
+        return;
+    }
     match op {
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB | BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB if on() => {
             open(ctx, key, op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB);
