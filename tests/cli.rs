@@ -174,15 +174,18 @@ fn the_book_s_cli_reference_is_the_binary_s_help() {
         assert!(out.status.success());
         String::from_utf8(out.stdout).unwrap().trim_end().to_owned()
     };
+    // The subcommands a help text lists, `help` left out.
+    let commands_of = |text: &str| -> Vec<String> {
+        text.lines()
+            .skip_while(|l| !l.starts_with("Commands:"))
+            .skip(1)
+            .take_while(|l| !l.trim().is_empty())
+            .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+            .filter(|c| c != "help")
+            .collect()
+    };
     let top = help(&[]);
-    let commands: Vec<String> = top
-        .lines()
-        .skip_while(|l| !l.starts_with("Commands:"))
-        .skip(1)
-        .take_while(|l| !l.trim().is_empty())
-        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
-        .filter(|c| c != "help")
-        .collect();
+    let commands = commands_of(&top);
     assert!(commands.len() >= 8, "{commands:?}");
     let mut text = String::from(
         "<!-- Generated from `lab-runner --help` by tests/cli.rs; do not edit (SIDECARLESS_UPDATE_BOOK=1 cargo test rewrites it). -->\n\n",
@@ -191,6 +194,16 @@ fn the_book_s_cli_reference_is_the_binary_s_help() {
     for c in &commands {
         let sub = help(&[c.as_str()]);
         text.push_str(&format!("\n### lab-runner {c}\n\n```text\n{sub}\n```\n"));
+    }
+    // The mesh agent (`lab-runner mesh-agent`, the same as the `mesh-agent` binary) and each of
+    // its commands: not in the top-level list, since the lab runs it for you.
+    let agent = help(&["mesh-agent"]);
+    let agent_commands = commands_of(&agent);
+    assert!(agent_commands.iter().any(|c| c == "observe"), "{agent_commands:?}");
+    text.push_str(&format!("\n### lab-runner mesh-agent\n\n```text\n{agent}\n```\n"));
+    for c in &agent_commands {
+        let sub = help(&["mesh-agent", c.as_str()]);
+        text.push_str(&format!("\n### lab-runner mesh-agent {c}\n\n```text\n{sub}\n```\n"));
     }
     let path =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../book/src/reference/cli-generated.md");
