@@ -18,6 +18,11 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 # sockperf, iperf3: established tools the lab's own benchmarks are cross-checked against.
 # prometheus: the telemetry scenario's real Prometheus server, and promtool for the metrics test.
 apt_pkgs=(iproute2 iptables bpftool procps qemu-system-x86 busybox-static vagrant sockperf iperf3 prometheus)
+# The C twin (ebpf/mesh-c): clang for the BPF objects; libbpf-sys builds libbpf, libelf (from
+# elfutils, with autotools, flex, bison, gawk) and zlib from source, for the host and, with
+# musl-gcc, for the static guest build.
+apt_pkgs+=(clang-16 llvm-16 musl-tools libelf-dev zlib1g-dev pkg-config make gcc autoconf automake autopoint
+  libtool m4 flex bison gawk gettext linux-libc-dev)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -159,6 +159,10 @@ pub struct MatrixArgs {
     /// Where to write matrix.md and matrix.json.
     #[arg(long, default_value = "results")]
     pub out: PathBuf,
+    /// Run every scenario once per engine (comma-separated, e.g. `aya,libbpf`; default: the
+    /// `--engine` option's).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub engines: Vec<mesh_agent::Engine>,
     #[arg(long)]
     pub mirror: Option<String>,
     #[arg(long, value_enum, default_value_t = AccelArg::Auto)]
@@ -187,6 +191,10 @@ pub struct RunArgs {
     /// Connections in the conformance suite's `short-lived` case (where a step does not set it).
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub short_lived: u32,
+    /// Who loads the mesh's redirect (sock_ops + sk_msg): the Rust programs through aya, or their
+    /// C twin (CO-RE) through libbpf. Bench paths may name their own.
+    #[arg(long, value_enum, default_value_t = mesh_agent::Engine::Aya)]
+    pub engine: mesh_agent::Engine,
 }
 
 impl RunArgs {
@@ -197,6 +205,7 @@ impl RunArgs {
             pin: self.pin,
             size: self.size,
             short_lived: self.short_lived,
+            engine: self.engine,
         }
     }
 }

@@ -20,7 +20,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 use crate::{
-    Mesh, MeshError, Pinned, Started,
+    Engine, Mesh, MeshError, Pinned, Started,
     denials::{DenialRecord, Denials, Events},
     flows::{self, Flow, FlowLog, Names},
     meshfile,
@@ -68,6 +68,11 @@ pub enum Command {
         /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
         #[arg(long)]
         metrics: Option<std::net::SocketAddr>,
+        /// Who loads the redirect's sock_ops and sk_msg programs when installing: the Rust
+        /// programs through aya, or their C twin (CO-RE) through libbpf. An adopted mesh keeps
+        /// the engine it was installed with.
+        #[arg(long, value_enum, default_value_t = Engine::Aya)]
+        engine: Engine,
     },
     /// Print the flow log (closed connections and denials), as a table or JSON lines.
     Observe {
@@ -146,9 +151,9 @@ pub fn code(e: &anyhow::Error) -> i32 {
 /// Runs one command.
 pub fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Run { cgroup, pin_dir, file, pods, interval_ms, flow_log, metrics } => {
+        Command::Run { cgroup, pin_dir, file, pods, interval_ms, flow_log, metrics, engine } => {
             let outputs = Outputs { interval: Duration::from_millis(interval_ms), flow_log, metrics };
-            serve(&cgroup, &pin_dir, file.as_deref(), pods.as_deref(), &outputs)
+            serve(&cgroup, &pin_dir, engine, file.as_deref(), pods.as_deref(), &outputs)
         }
         Command::Observe { flow_log, follow, pod, port, verdict, output } => {
             let filter = observe::Filter { pod, port, verdict };
@@ -228,6 +233,7 @@ struct Outputs {
 fn serve(
     cgroup: &Path,
     pin_dir: &Path,
+    engine: Engine,
     file: Option<&Path>,
     pods: Option<&Path>,
     outputs: &Outputs,
@@ -246,16 +252,18 @@ fn serve(
         (None, None) => Vec::new(),
     };
 
-    let mut mesh = Mesh::start(cgroup, pin_dir)?;
+    let mut mesh = Mesh::start(cgroup, pin_dir, engine)?;
     match mesh.started() {
         Started::Installed { replaced_partial } => eprintln!(
-            "mesh-agent: installed in {}{}",
+            "mesh-agent: installed in {} (redirect loaded by {}){}",
             pins::layout_dir(pin_dir).display(),
+            engine.name(),
             if *replaced_partial { " (removed an incomplete install first)" } else { "" }
         ),
-        Started::Adopted { links, services } => eprintln!(
-            "mesh-agent: adopted {links} pinned links and {services} services from {} (nothing attached again)",
-            pins::layout_dir(pin_dir).display()
+        Started::Adopted { links, services, engine: installed } => eprintln!(
+            "mesh-agent: adopted {links} pinned links and {services} services from {} (nothing attached again; redirect loaded by {})",
+            pins::layout_dir(pin_dir).display(),
+            installed.name()
         ),
     }
     // The retransmit tracepoint lives with this process; the datapath does not need it.

@@ -58,6 +58,12 @@ pub enum MeshError {
         #[source]
         source: aya::programs::links::LinkError,
     },
+    #[error("libbpf: {what}: {source}")]
+    Libbpf {
+        what: &'static str,
+        #[source]
+        source: libbpf_rs::Error,
+    },
     #[error("{what} {path}")]
     Io {
         what: &'static str,

@@ -4,7 +4,8 @@
 //! cgroup v2 directory (sk_msg to the sockhash), and pins maps and links under a bpffs directory
 //! ([`pins`]), or adopts what a previous agent pinned there. [`Pinned`] opens a running mesh's
 //! maps from the pins (counters, services), from any process; [`Mesh::stop`] (or drop)
-//! detaches the programs and removes the pins.
+//! detaches the programs and removes the pins. With [`Engine::Libbpf`] the redirect's two
+//! programs come from the C twin instead ([`twin`]).
 pub mod cli;
 pub mod denials;
 mod error;
@@ -23,7 +24,8 @@ pub mod status;
 pub mod sys;
 pub mod toml_span;
 pub mod tracepoint;
+pub mod twin;
 
 pub use error::MeshError;
-pub use mesh::{Counters, Mesh, Started, Variant};
+pub use mesh::{Counters, Engine, Mesh, Started, Variant};
 pub use pins::Pinned;

@@ -17,6 +17,7 @@ use serde::Serialize;
 
 use crate::{
     MeshError, mounts, object,
+    twin,
     pins::{self, Found, Pinned},
     sys,
 };
@@ -62,6 +63,26 @@ impl Variant {
         match self {
             Variant::Netns => "mesh_setsockopt",
             Variant::NoNetns => "mesh_setsockopt_nocookie",
+        }
+    }
+}
+
+/// Who loads the redirect's sock_ops and sk_msg programs; the rest of the mesh is aya's either way.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Engine {
+    /// The Rust programs of mesh-ebpf, loaded by aya.
+    #[default]
+    Aya,
+    /// The C twin (ebpf/mesh-c, CO-RE), loaded by libbpf through libbpf-rs skeletons.
+    Libbpf,
+}
+
+impl Engine {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Engine::Aya => "aya",
+            Engine::Libbpf => "libbpf",
         }
     }
 }
@@ -126,7 +147,7 @@ pub enum Started {
     Installed { replaced_partial: bool },
     /// A complete install of this layout for this cgroup was there, left by an agent that is
     /// gone: its programs stay attached through their pinned links, nothing was attached again.
-    Adopted { links: usize, services: usize },
+    Adopted { links: usize, services: usize, engine: Engine },
 }
 
 /// The mesh as its agent runs it: installed by this process or adopted from the pins of a
@@ -147,7 +168,10 @@ impl Mesh {
     /// Serves `cgroup` (a cgroup v2 directory) from the pins under `pin_dir` (on bpffs): adopts a
     /// complete install of this layout for the same cgroup, else installs (see [`crate::pins`]).
     /// Pins of another layout, or of another cgroup, are refused.
-    pub fn start(cgroup: &Path, pin_dir: &Path) -> Result<Mesh, MeshError> {
+    ///
+    /// `engine` chooses who loads the redirect when installing; an adopted mesh keeps the
+    /// engine it was installed with (see [`Started::Adopted`]).
+    pub fn start(cgroup: &Path, pin_dir: &Path, engine: Engine) -> Result<Mesh, MeshError> {
         if !object::is_real() {
             return Err(MeshError::StubObject);
         }
@@ -175,7 +199,7 @@ impl Mesh {
                     wanted,
                 });
             }
-            Found::Complete { variant, .. } => {
+            Found::Complete { variant, engine: installed, .. } => {
                 // ANCHOR: adopt
                 let layout = pins::layout_dir(pin_dir);
                 for p in pins::linked_programs(variant) {
@@ -188,6 +212,7 @@ impl Mesh {
                 mesh.started = Started::Adopted {
                     links: pins::linked_programs(variant).len(),
                     services: services.unwrap_or(0),
+                    engine: installed,
                 };
                 mesh.pinned = Some(pinned);
                 // ANCHOR_END: adopt
@@ -198,7 +223,7 @@ impl Mesh {
                     mesh.started = Started::Installed { replaced_partial: true };
                 }
                 // Drop (on an error) removes whatever part was pinned.
-                mesh.ebpf = Some(install(cgroup, wanted, pin_dir)?);
+                mesh.ebpf = Some(install(cgroup, wanted, pin_dir, engine)?);
                 let mut pinned = Pinned::open(pin_dir)?;
                 // Telemetry starts on; an adopted mesh keeps what its pins say.
                 pinned.set_telemetry(true)?;
@@ -261,38 +286,43 @@ impl Drop for Mesh {
 }
 
 // ANCHOR: install
-/// Loads the programs, attaches them to `cgroup`, and pins the maps, the links and last the
-/// completion marker. On an error nothing stays attached or pinned.
-fn install(cgroup: &Path, cgroup_id: u64, pin_dir: &Path) -> Result<Ebpf, MeshError> {
+/// Loads the programs, pins the maps, attaches the programs to `cgroup`, and pins the links and
+/// last the completion marker. On an error nothing stays attached or pinned.
+fn install(cgroup: &Path, cgroup_id: u64, pin_dir: &Path, engine: Engine) -> Result<Ebpf, MeshError> {
     let cgroup_dir =
         File::open(cgroup).map_err(|source| MeshError::Cgroup { path: cgroup.to_owned(), source })?;
     let mut ebpf = Ebpf::load(object::MESH_EBPF).map_err(MeshError::Parse)?;
-    let links = attach(&mut ebpf, &cgroup_dir)?;
-    let pinned = pin_all(&ebpf, links, cgroup_id, pin_dir);
-    if pinned.is_err() {
+    let layout = pins::layout_dir(pin_dir);
+    let installed = pin_maps(&ebpf, &layout)
+        .and_then(|()| attach(&mut ebpf, &cgroup_dir, engine))
+        .and_then(|links| pin_links(links, cgroup_id, engine, &layout));
+    if installed.is_err() {
         let _ = pins::uninstall(pin_dir);
     }
-    pinned.map(|()| ebpf)
+    installed.map(|()| ebpf)
 }
 
-fn pin_all(
-    ebpf: &Ebpf,
-    links: Vec<(&'static str, ToPin)>,
-    cgroup_id: u64,
-    pin_dir: &Path,
-) -> Result<(), MeshError> {
-    let layout = pins::layout_dir(pin_dir);
-    fs::create_dir_all(&layout).map_err(|source| MeshError::Io {
+fn pin_maps(ebpf: &Ebpf, layout: &Path) -> Result<(), MeshError> {
+    fs::create_dir_all(layout).map_err(|source| MeshError::Io {
         what: "cannot create pin directory",
-        path: layout.clone(),
+        path: layout.to_owned(),
         source,
     })?;
     for spec in pins::MAPS {
         let path = layout.join(spec.name);
         map(ebpf, spec.name)?.pin(&path).map_err(|source| MeshError::Pin { path: path.clone(), source })?;
     }
+    Ok(())
+}
+
+fn pin_links(
+    links: Vec<(&'static str, ToPin)>,
+    cgroup_id: u64,
+    engine: Engine,
+    layout: &Path,
+) -> Result<(), MeshError> {
     for (program, link) in links {
-        let path = pins::link_pin(&layout, program);
+        let path = pins::link_pin(layout, program);
         // The pin keeps the program attached after our descriptor closes.
         match link {
             ToPin::Aya(l) => {
@@ -305,8 +335,11 @@ fn pin_all(
             })?,
         }
     }
-    let marker = pins::cgroup_marker(&layout, cgroup_id);
-    fs::create_dir(&marker).map_err(|source| MeshError::Io { what: "cannot create", path: marker, source })
+    let mkdir = |dir: PathBuf| fs::create_dir(&dir).map_err(|source| MeshError::Io { what: "cannot create", path: dir, source });
+    if let Some(marker) = pins::engine_marker(layout, engine) {
+        mkdir(marker)?;
+    }
+    mkdir(pins::cgroup_marker(layout, cgroup_id))
 }
 // ANCHOR_END: install
 
@@ -341,7 +374,11 @@ fn fd_link(name: &'static str, link: Result<FdLink, LinkError>) -> Result<FdLink
 
 /// Attaches sk_msg to the sockhash and every cgroup program to `cgroup_dir`; returns the cgroup
 /// programs' links, taken from aya so they can be pinned.
-fn attach(ebpf: &mut Ebpf, cgroup_dir: &File) -> Result<Vec<(&'static str, ToPin)>, MeshError> {
+fn attach(
+    ebpf: &mut Ebpf,
+    cgroup_dir: &File,
+    engine: Engine,
+) -> Result<Vec<(&'static str, ToPin)>, MeshError> {
     // ANCHOR: attach
     let sockets_fd = {
         let sockets: SockHash<&MapData, SockKey> = map(ebpf, SOCKETS_MAP)?
@@ -356,13 +393,24 @@ fn attach(ebpf: &mut Ebpf, cgroup_dir: &File) -> Result<Vec<(&'static str, ToPin
 
     // The build whose keys carry the netns cookie, unless this kernel's verifier does not
     // know the helper for these program types (before 5.15): then the one without it.
-    let variant = match load_sk_msg(ebpf, Variant::Netns.programs().0) {
-        Ok(_) => Variant::Netns,
-        Err(MeshError::Refused { verifier_log, .. }) if verifier_log.contains("get_netns_cookie") => {
-            load_sk_msg(ebpf, Variant::NoNetns.programs().0)?;
-            Variant::NoNetns
+    // sk_msg first: a socket sock_ops inserts must find its verdict program already there.
+    let variant = match engine {
+        Engine::Aya => {
+            let variant = match load_sk_msg(ebpf, Variant::Netns.programs().0) {
+                Ok(_) => Variant::Netns,
+                Err(MeshError::Refused { verifier_log, .. }) if verifier_log.contains("get_netns_cookie") => {
+                    load_sk_msg(ebpf, Variant::NoNetns.programs().0)?;
+                    Variant::NoNetns
+                }
+                Err(e) => return Err(e),
+            };
+            let msg_name = variant.programs().0;
+            let redirect: &mut SkMsg =
+                program(ebpf, msg_name)?.try_into().map_err(|e| MeshError::program(msg_name, e))?;
+            redirect.attach(&sockets_fd).map_err(|e| MeshError::program(msg_name, e))?;
+            variant
         }
-        Err(e) => return Err(e),
+        Engine::Libbpf => twin::attach_sk_msg(&map_fds(ebpf)?, sockets_fd.as_fd())?,
     };
     // The HTTP judge, in the program array the redirect program tail-calls (see pins.rs: the
     // array is pinned, or it would empty itself when this process exits).
@@ -385,12 +433,6 @@ fn attach(ebpf: &mut Ebpf, cgroup_dir: &File) -> Result<Vec<(&'static str, ToPin
         .map_err(|source| MeshError::Map { map: HTTP_PROGS_MAP, source })?;
     progs.set(0, &http_fd, 0).map_err(|source| MeshError::Map { map: HTTP_PROGS_MAP, source })?;
 
-    // sk_msg first: a socket sock_ops inserts must find its verdict program already there.
-    let msg_name = variant.programs().0;
-    let redirect: &mut SkMsg =
-        program(ebpf, msg_name)?.try_into().map_err(|e| MeshError::program(msg_name, e))?;
-    redirect.attach(&sockets_fd).map_err(|e| MeshError::program(msg_name, e))?;
-
     // Then the setsockopt guard, so no socket can enter the map before it is watched; then
     // sock_ops; then socket load balancing (with no service in the map it lets every call
     // through). Single = no flags: on >= 5.7 aya attaches through a bpf_link, which coexists
@@ -410,6 +452,9 @@ fn attach(ebpf: &mut Ebpf, cgroup_dir: &File) -> Result<Vec<(&'static str, ToPin
                         source,
                     },
                 )?)
+            }
+            Program::SockOps(_) if engine == Engine::Libbpf && name == variant.programs().1 => {
+                ToPin::Raw(twin::attach_sock_ops(&map_fds(ebpf)?, variant, cgroup_dir.as_fd())?)
             }
             Program::SockOps(p) => {
                 p.load().map_err(err)?;
@@ -436,6 +481,25 @@ fn attach(ebpf: &mut Ebpf, cgroup_dir: &File) -> Result<Vec<(&'static str, ToPin
     }
     // ANCHOR_END: attach
     Ok(links)
+}
+
+/// Descriptors of the maps the C twin declares (their kinds), by name, for libbpf to reuse.
+fn map_fds(ebpf: &Ebpf) -> Result<twin::Maps, MeshError> {
+    use aya::maps::Map;
+    ebpf.maps()
+        .filter_map(|(name, m)| match m {
+            Map::SockHash(d) | Map::PerCpuArray(d) | Map::LruHashMap(d) | Map::Array(d) => Some((name, d)),
+            _ => None,
+        })
+        .map(|(name, d)| {
+            let fd = d.fd().as_fd().try_clone_to_owned().map_err(|source| MeshError::Io {
+                what: "cannot duplicate the fd of map",
+                path: PathBuf::from(name),
+                source,
+            })?;
+            Ok((name.to_owned(), fd))
+        })
+        .collect()
 }
 
 fn map<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a aya::maps::Map, MeshError> {

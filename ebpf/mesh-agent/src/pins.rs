@@ -35,7 +35,7 @@ use mesh_common::{
 };
 use serde::Serialize;
 
-use crate::{Counters, MeshError, Variant, services};
+use crate::{Counters, Engine, MeshError, Variant, services};
 
 /// Bump when a pinned map's definition changes, or the set of pins does.
 pub const LAYOUT_VERSION: u32 = 4;
@@ -127,6 +127,12 @@ pub(crate) fn cgroup_marker(layout: &Path, cgroup_id: u64) -> PathBuf {
     layout.join(format!("cgroup-{cgroup_id}"))
 }
 
+/// A directory (bpffs holds no plain files) saying which engine loaded the redirect; absent for
+/// aya, the default.
+pub(crate) fn engine_marker(layout: &Path, engine: Engine) -> Option<PathBuf> {
+    (engine != Engine::Aya).then(|| layout.join(format!("engine-{}", engine.name())))
+}
+
 /// The id the kernel gives a cgroup v2 directory (its inode number).
 pub fn cgroup_id(cgroup: &Path) -> Result<u64, MeshError> {
     fs::metadata(cgroup)
@@ -140,7 +146,7 @@ pub enum Found {
     /// Nothing of the mesh.
     Nothing,
     /// A complete install of this layout.
-    Complete { variant: Variant, cgroup_id: u64 },
+    Complete { variant: Variant, cgroup_id: u64, engine: Engine },
     /// Pins of this layout without the completion marker: an agent died while installing.
     Partial,
     /// Pins of another layout (`layout-N`, or the unversioned maps of the first agents).
@@ -174,7 +180,11 @@ pub fn find(pin_dir: &Path) -> Found {
             if MAPS.iter().all(|m| layout.join(m.name).exists())
                 && linked_programs(variant).iter().all(|p| link_pin(&layout, p).exists()) =>
         {
-            Found::Complete { variant, cgroup_id }
+            let engine = [Engine::Libbpf]
+                .into_iter()
+                .find(|e| engine_marker(&layout, *e).is_some_and(|m| m.is_dir()))
+                .unwrap_or(Engine::Aya);
+            Found::Complete { variant, cgroup_id, engine }
         }
         _ => Found::Partial,
     }
@@ -259,14 +269,15 @@ pub struct Pinned {
     layout: PathBuf,
     variant: Variant,
     cgroup_id: u64,
+    engine: Engine,
     maps: HashMap<&'static str, Map>,
 }
 
 impl Pinned {
     /// Opens a complete install of this layout under `pin_dir`, checking every map's definition.
     pub fn open(pin_dir: &Path) -> Result<Pinned, MeshError> {
-        let (variant, cgroup_id) = match find(pin_dir) {
-            Found::Complete { variant, cgroup_id } => (variant, cgroup_id),
+        let (variant, cgroup_id, engine) = match find(pin_dir) {
+            Found::Complete { variant, cgroup_id, engine } => (variant, cgroup_id, engine),
             Found::Nothing => return Err(MeshError::NotInstalled { path: pin_dir.to_owned() }),
             Found::Partial => return Err(MeshError::Partial { pin_dir: pin_dir.to_owned() }),
             Found::Other { what } => {
@@ -284,12 +295,17 @@ impl Pinned {
                 Map::from_map_data(data).map_err(|source| MeshError::Map { map: s.name, source })?,
             );
         }
-        Ok(Pinned { layout, variant, cgroup_id, maps })
+        Ok(Pinned { layout, variant, cgroup_id, engine, maps })
     }
 
     /// Which build of the programs is attached.
     pub fn variant(&self) -> Variant {
         self.variant
+    }
+
+    /// Which engine loaded the redirect (aya, or libbpf with the C twin).
+    pub fn engine(&self) -> Engine {
+        self.engine
     }
 
     /// The cgroup the programs serve.
@@ -308,10 +324,20 @@ impl Pinned {
     pub fn describe(&self) -> Vec<String> {
         let (msg, ops) = self.variant.programs();
         let linked = linked_programs(self.variant);
+        let (msg, ops) = match self.engine {
+            Engine::Aya => (
+                format!("sk_msg: {msg} attached to the sockhash; it tail-calls {} for HTTP rules", self.variant.http()),
+                format!("sock_ops: {ops} attached to the cgroup"),
+            ),
+            Engine::Libbpf => (
+                format!("sk_msg: {msg} of the C twin (libbpf) attached to the sockhash: redirect only, no per-message policy, HTTP judge or telemetry bytes"),
+                format!("sock_ops: {ops} of the C twin (libbpf) attached to the cgroup"),
+            ),
+        };
         vec![
-            format!("sk_msg: {msg} attached to the sockhash; it tail-calls {} for HTTP rules", self.variant.http()),
+            msg,
             format!("cgroup/setsockopt: {} attached to the cgroup", self.variant.setsockopt()),
-            format!("sock_ops: {ops} attached to the cgroup"),
+            ops,
             format!(
                 "cgroup/connect, getpeername, sendmsg, recvmsg: {} attached to the cgroup",
                 linked[2..10].join(", ")

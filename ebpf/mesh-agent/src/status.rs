@@ -39,6 +39,8 @@ pub const HOOKS: [(&str, u32); 11] = [
 pub struct Status {
     pub layout: String,
     pub variant: crate::Variant,
+    /// Who loaded the redirect's programs (aya, or libbpf with the C twin).
+    pub engine: crate::Engine,
     pub cgroup_id: u64,
     pub links: Vec<LinkStatus>,
     /// Per hook of the cgroup (when given): the programs attached, by name. The mesh's own
@@ -100,6 +102,7 @@ pub fn read(pin_dir: &Path, cgroup: Option<&Path>) -> Result<Status, MeshError> 
     Ok(Status {
         layout: pinned.layout().display().to_string(),
         variant: pinned.variant(),
+        engine: pinned.engine(),
         cgroup_id: pinned.cgroup_id(),
         links,
         attached,
@@ -141,10 +144,11 @@ impl Status {
     /// The human form.
     pub fn render(&self) -> String {
         let mut out = format!(
-            "pins:     {} (cgroup id {}, build {:?})\nsk_msg:   {} attached to the SOCKETS sockhash (lives as long as the map)\n",
+            "pins:     {} (cgroup id {}, build {:?}, redirect loaded by {})\nsk_msg:   {} attached to the SOCKETS sockhash (lives as long as the map)\n",
             self.layout,
             self.cgroup_id,
             self.variant,
+            self.engine.name(),
             self.variant.programs().0
         );
         out.push_str("links:\n");

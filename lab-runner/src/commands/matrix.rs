@@ -9,6 +9,7 @@ use lab_vm::{
     catalog::Catalog,
     machine::{BootOptions, Machine},
 };
+use mesh_agent::Engine;
 use serde::Serialize;
 
 use crate::{
@@ -32,6 +33,8 @@ enum Status {
 #[derive(Debug, Clone, Serialize)]
 struct Cell {
     scenario: String,
+    /// Who loaded the redirect.
+    engine: Engine,
     status: Status,
     detail: String,
     /// For a conformance scenario: each case and what the runs through the mesh showed.
@@ -77,18 +80,19 @@ pub fn run(args: &MatrixArgs) -> i32 {
         Ok(c) => c,
         Err(code) => return code,
     };
+    let engines = if args.engines.is_empty() { vec![args.run.engine] } else { args.engines.clone() };
     let mut rows = Vec::new();
     for k in &kernels {
         if cancel.is_cancelled() {
             break;
         }
-        rows.push(kernel_row(k, args, &scenarios, &cancel));
+        rows.push(kernel_row(k, args, &scenarios, &engines, &cancel));
     }
     if cancel.is_cancelled() {
         eprintln!("lab-runner: interrupted; every VM was stopped");
         return exit::INTERRUPTED;
     }
-    let md = markdown(&rows, &scenarios);
+    let md = markdown(&rows, &scenarios, &engines);
     println!("\n{md}");
     if let Err(e) = fs::create_dir_all(&args.out)
         .and_then(|()| fs::write(args.out.join("matrix.md"), &md))
@@ -108,6 +112,7 @@ fn kernel_row(
     kernel: &str,
     args: &MatrixArgs,
     scenarios: &[Loaded],
+    engines: &[Engine],
     cancel: &lab_node::process::Cancel,
 ) -> Row {
     let mut row = Row {
@@ -121,9 +126,11 @@ fn kernel_row(
     let error_all = |row: &mut Row, msg: String| {
         row.cells = scenarios
             .iter()
-            .map(|s| Cell {
+            .flat_map(|s| engines.iter().map(move |e| (s, *e)))
+            .map(|(s, engine)| Cell {
                 cases: Vec::new(),
                 scenario: s.scenario.name.clone(),
+                engine,
                 status: Status::Error,
                 detail: msg.clone(),
             })
@@ -181,44 +188,55 @@ fn kernel_row(
         );
         row.boot_s.push(m.state.boot_s);
         if i == 0 {
-            for s in scenarios {
+            for (s, engine) in scenarios.iter().flat_map(|s| engines.iter().map(move |e| (s, *e))) {
                 let mut quiet = ui::View::new(true, false);
-                let options = args.run.options();
+                let options = lab_node::scenario::Options { engine, ..args.run.options() };
                 let outcome = run_on(&mut m, s, options, cancel, false, &mut quiet);
                 let cases = outcome.as_ref().map(|o| conform_cases(&o.report)).unwrap_or_default();
                 let cell = match outcome {
                     Ok(Outcome { skipped: Some(reason), .. }) => Cell {
                         cases: Vec::new(),
                         scenario: s.scenario.name.clone(),
+                        engine,
                         status: Status::Skip,
                         detail: reason,
                     },
                     Ok(o) if o.passed => Cell {
                         cases: Vec::new(),
                         scenario: s.scenario.name.clone(),
+                        engine,
                         status: Status::Pass,
                         detail: summary(&o.report),
                     },
                     Ok(o) => Cell {
                         cases: Vec::new(),
                         scenario: s.scenario.name.clone(),
+                        engine,
                         status: Status::Fail,
                         detail: o.failures.join("; "),
                     },
                     Err(e) if e.is_unmet() => Cell {
                         cases: Vec::new(),
                         scenario: s.scenario.name.clone(),
+                        engine,
                         status: Status::Skip,
                         detail: first_line(&e),
                     },
                     Err(e) => Cell {
                         cases: Vec::new(),
                         scenario: s.scenario.name.clone(),
+                        engine,
                         status: Status::Error,
                         detail: first_line(&e),
                     },
                 };
-                eprintln!("kernel {kernel}: {} {:?} {}", s.scenario.name, cell.status, cell.detail);
+                eprintln!(
+                    "kernel {kernel}: {} ({}) {:?} {}",
+                    s.scenario.name,
+                    engine.name(),
+                    cell.status,
+                    cell.detail
+                );
                 row.cells.push(Cell { cases, ..cell });
             }
         }
@@ -327,16 +345,27 @@ fn median(v: &[f64]) -> Option<f64> {
     }
 }
 
-fn markdown(rows: &[Row], scenarios: &[Loaded]) -> String {
+/// A row's name: the scenario, with the engine when it is not the only one or not aya.
+fn row_label(scenario: &str, engine: Engine, engines: &[Engine]) -> String {
+    if engines.len() == 1 && engine == Engine::Aya {
+        scenario.to_owned()
+    } else {
+        format!("{scenario} ({})", engine.name())
+    }
+}
+
+fn markdown(rows: &[Row], scenarios: &[Loaded], engines: &[Engine]) -> String {
     let mut s = String::from("| | ");
     s.push_str(&rows.iter().map(|r| format!("{} ({})", r.kernel, r.release)).collect::<Vec<_>>().join(" | "));
     s.push_str(" |\n|---|");
     s.push_str(&"---|".repeat(rows.len()));
     s.push('\n');
-    for sc in scenarios {
-        s.push_str(&format!("| {} |", sc.scenario.name));
+    let pairs: Vec<(&str, Engine)> =
+        scenarios.iter().flat_map(|sc| engines.iter().map(|e| (sc.scenario.name.as_str(), *e))).collect();
+    for &(name, engine) in &pairs {
+        s.push_str(&format!("| {} |", row_label(name, engine, engines)));
         for r in rows {
-            let cell = r.cells.iter().find(|c| c.scenario == sc.scenario.name);
+            let cell = r.cells.iter().find(|c| c.scenario == name && c.engine == engine);
             let text = match cell {
                 Some(Cell { status: Status::Pass, detail, .. }) if detail.is_empty() => "pass".to_owned(),
                 Some(Cell { status: Status::Pass, detail, .. }) => format!("pass ({detail})"),
@@ -358,11 +387,11 @@ fn markdown(rows: &[Row], scenarios: &[Loaded]) -> String {
         }
     }
     s.push('\n');
-    for sc in scenarios {
+    for &(name, engine) in &pairs {
         let cells: Vec<Option<&Cell>> =
-            rows.iter().map(|r| r.cells.iter().find(|c| c.scenario == sc.scenario.name)).collect();
+            rows.iter().map(|r| r.cells.iter().find(|c| c.scenario == name && c.engine == engine)).collect();
         let Some(first) = cells.iter().flatten().find(|c| !c.cases.is_empty()) else { continue };
-        s.push_str(&format!("\n### {}: case by kernel\n\n| case |", sc.scenario.name));
+        s.push_str(&format!("\n### {}: case by kernel\n\n| case |", row_label(name, engine, engines)));
         for r in rows {
             s.push_str(&format!(" {} |", r.kernel));
         }
@@ -401,15 +430,29 @@ mod tests {
             accel: "tcg".into(),
             boot_s: vec![5.0, 4.0, 6.0],
             boot_median_s: Some(5.0),
-            cells: vec![Cell {
-                cases: Vec::new(),
-                scenario: "sockmap".into(),
-                status: Status::Skip,
-                detail: "no | pipes".into(),
-            }],
+            cells: vec![
+                Cell {
+                    cases: Vec::new(),
+                    scenario: "sockmap".into(),
+                    engine: Engine::Aya,
+                    status: Status::Skip,
+                    detail: "no | pipes".into(),
+                },
+                Cell {
+                    cases: Vec::new(),
+                    scenario: "sockmap".into(),
+                    engine: Engine::Libbpf,
+                    status: Status::Pass,
+                    detail: String::new(),
+                },
+            ],
         }];
-        let md = markdown(&rows, &[load("sockmap").ok().unwrap()]);
+        let scenarios = [load("sockmap").ok().unwrap()];
+        let md = markdown(&rows, &scenarios, &[Engine::Aya]);
         assert!(md.contains("| sockmap | skip: no \\| pipes |"), "{md}");
         assert!(md.contains("5.0 s (tcg, 3 boots)"), "{md}");
+        let both = markdown(&rows, &scenarios, &[Engine::Aya, Engine::Libbpf]);
+        assert!(both.contains("| sockmap (aya) | skip: no \\| pipes |"), "{both}");
+        assert!(both.contains("| sockmap (libbpf) | pass |"), "{both}");
     }
 }

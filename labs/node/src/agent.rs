@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use mesh_agent::{Pinned, cli::EXIT_UNMET, pins};
+use mesh_agent::{Engine, Pinned, cli::EXIT_UNMET, pins};
 
 use crate::{LabError, scenario::Cmd};
 
@@ -22,6 +22,8 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 
 pub struct Agent {
     cmd: Cmd,
+    /// Who loads the redirect when this agent installs the mesh.
+    engine: Engine,
     cgroup: PathBuf,
     pin_dir: PathBuf,
     /// Where the agent writes its flow log.
@@ -41,6 +43,7 @@ impl Agent {
     /// until it serves; returns it with what it said.
     pub fn start(
         cmd: &Cmd,
+        engine: Engine,
         cgroup: &Path,
         pin_dir: &Path,
         flow_log: &Path,
@@ -49,6 +52,7 @@ impl Agent {
     ) -> Result<(Agent, Vec<String>), LabError> {
         let mut agent = Agent {
             cmd: cmd.clone(),
+            engine,
             cgroup: cgroup.to_owned(),
             pin_dir: pin_dir.to_owned(),
             flow_log: flow_log.to_owned(),
@@ -117,6 +121,8 @@ impl Agent {
             // In the node's namespace, on a port the kernel picks: the agent says which.
             "--metrics".into(),
             "127.0.0.1:0".into(),
+            "--engine".into(),
+            self.engine.name().into(),
         ];
         args.extend(["--pods".into(), self.pods.display().to_string()]);
         if let Some(mesh) = &self.mesh_file {

@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use mesh_agent::{Pinned, mounts::BPFFS};
+use mesh_agent::{Engine, Pinned, mounts::BPFFS};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -372,7 +372,7 @@ impl Lab {
 
     /// Starts the mesh agent (`agent`: how to run `mesh-agent`) on this lab's cgroup, pinning
     /// in the lab's pin dir; returns what the agent said (installed, or adopted).
-    pub fn start_mesh(&mut self, agent: &Cmd) -> Result<Vec<String>, LabError> {
+    pub fn start_mesh(&mut self, agent: &Cmd, engine: Engine) -> Result<Vec<String>, LabError> {
         if self.agent.is_some() {
             return Ok(Vec::new());
         }
@@ -381,7 +381,8 @@ impl Lab {
         let mesh_file = Some(self.id.run_dir().join(MESH_FILE)).filter(|f| f.exists());
         let pods = self.write_file(PODS_FILE, &self.pods_json())?;
         let flow_log = self.id.run_dir().join(FLOW_LOG);
-        let (a, said) = Agent::start(agent, &self.cgroup, &self.id.pin_dir(), &flow_log, &pods, mesh_file)?;
+        let (a, said) =
+            Agent::start(agent, engine, &self.cgroup, &self.id.pin_dir(), &flow_log, &pods, mesh_file)?;
         self.agent = Some(a);
         Ok(said)
     }

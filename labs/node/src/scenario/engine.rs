@@ -6,7 +6,7 @@ use std::{
     time::Duration,
 };
 
-use mesh_agent::Counters;
+use mesh_agent::{Counters, Pinned};
 use mesh_agent::meshfile::{MeshFile, PodAddrs, Resolved};
 use mesh_common::{AF_INET, AF_INET6, Backend, IPPROTO_TCP, ServiceKey};
 use serde::Serialize;
@@ -619,8 +619,12 @@ impl Engine<'_> {
 
     /// Starts the mesh; returns what to tell the reader.
     fn mesh_on(&mut self) -> Result<Vec<String>, LabError> {
+        self.mesh_on_with(self.ctx.options.engine)
+    }
+
+    fn mesh_on_with(&mut self, engine: mesh_agent::Engine) -> Result<Vec<String>, LabError> {
         let port = self.sidecar_port();
-        let said = self.lab.start_mesh(&self.ctx.agent)?;
+        let said = self.lab.start_mesh(&self.ctx.agent, engine)?;
         let pid = self.lab.agent_mut().and_then(|a| a.pid()).unwrap_or_default();
         let mesh = self.lab.mesh_mut().expect("started");
         let mut lines = mesh.describe();
@@ -659,14 +663,26 @@ impl Engine<'_> {
     }
 
     /// Puts proxies and mesh in the given state, changing only what differs.
-    fn switch_to(&mut self, sidecars: SidecarMode, mesh: OnOff) -> Result<Vec<String>, LabError> {
+    /// Proxies and mesh as a path wants them; `engine` (default: the run's) loads the redirect
+    /// when the mesh is on: a mesh running with the other engine is stopped and started again.
+    fn switch_to(
+        &mut self,
+        sidecars: SidecarMode,
+        mesh: OnOff,
+        engine: Option<mesh_agent::Engine>,
+    ) -> Result<Vec<String>, LabError> {
         let mut lines = Vec::new();
         if self.sidecars.mode.unwrap_or(SidecarMode::Off) != sidecars {
             lines.extend(self.set_sidecars(sidecars)?);
         }
-        match (mesh, self.lab.mesh().is_some()) {
-            (OnOff::On, false) => lines.extend(self.mesh_on()?),
-            (OnOff::Off, true) => self.lab.stop_mesh()?,
+        let engine = engine.unwrap_or(self.ctx.options.engine);
+        match (mesh, self.lab.mesh().map(Pinned::engine)) {
+            (OnOff::On, None) => lines.extend(self.mesh_on_with(engine)?),
+            (OnOff::On, Some(running)) if running != engine => {
+                self.lab.stop_mesh()?;
+                lines.extend(self.mesh_on_with(engine)?);
+            }
+            (OnOff::Off, Some(_)) => self.lab.stop_mesh()?,
             _ => {}
         }
         Ok(lines)
@@ -1789,9 +1805,13 @@ impl Engine<'_> {
             Some(SidecarMode::PerNode) => parts.push("proxy per node"),
             _ => {}
         }
-        match self.lab.mesh().map(|m| m.telemetry().unwrap_or(true)) {
-            Some(true) => parts.push("eBPF mesh"),
-            Some(false) => parts.push("eBPF mesh (telemetry off)"),
+        match self.lab.mesh().map(|m| (m.telemetry().unwrap_or(true), m.engine())) {
+            Some((true, mesh_agent::Engine::Aya)) => parts.push("eBPF mesh"),
+            Some((false, mesh_agent::Engine::Aya)) => parts.push("eBPF mesh (telemetry off)"),
+            Some((true, mesh_agent::Engine::Libbpf)) => parts.push("eBPF mesh (redirect by the C twin, libbpf)"),
+            Some((false, mesh_agent::Engine::Libbpf)) => {
+                parts.push("eBPF mesh (redirect by the C twin, libbpf; telemetry off)")
+            }
             None => {}
         }
         if parts.is_empty() { "direct".into() } else { parts.join(" + ") }
@@ -1804,7 +1824,9 @@ impl Engine<'_> {
         let mesh = if self.lab.mesh().is_some() { OnOff::On } else { OnOff::Off };
         let before = (self.sidecars.mode.unwrap_or(SidecarMode::Off), mesh);
         let result = self.bench_paths(label, a);
-        let restored = self.switch_to(before.0, before.1).and_then(|_| self.set_telemetry(OnOff::On));
+        let engine = self.lab.mesh().map(Pinned::engine);
+        let restored =
+            self.switch_to(before.0, before.1, engine).and_then(|_| self.set_telemetry(OnOff::On));
         result.and(restored.map(drop))
     }
 
@@ -1827,7 +1849,7 @@ impl Engine<'_> {
         // Warm-up, unmeasured: each path's first connections, proxies and programs.
         for p in a.paths {
             self.ctx.cancel.check()?;
-            self.switch_to(p.sidecars, p.mesh)?;
+            self.switch_to(p.sidecars, p.mesh, p.engine)?;
             self.set_telemetry(p.telemetry)?;
             // The step's first measure, short: the server may speak only that protocol (HTTP).
             let first = [a.measures.first().copied().unwrap_or(Measure::Latency)];
@@ -1846,7 +1868,7 @@ impl Engine<'_> {
         for rep in 0..n {
             for (i, p) in a.paths.iter().enumerate() {
                 self.ctx.cancel.check()?;
-                let lines = self.switch_to(p.sidecars, p.mesh)?;
+                let lines = self.switch_to(p.sidecars, p.mesh, p.engine)?;
                 self.set_telemetry(p.telemetry)?;
                 let sub = p.name.clone();
                 if rep == 0 {

@@ -126,6 +126,10 @@ pub struct Options {
     /// Connections in the conformance suite's `short-lived` case (a step may set its own).
     #[serde(default = "default_short_lived")]
     pub short_lived: u32,
+    /// Who loads the redirect's programs whenever the mesh starts (a bench path may name its
+    /// own): aya (the Rust programs) or libbpf (their C twin).
+    #[serde(default)]
+    pub engine: mesh_agent::Engine,
 }
 
 fn default_repetitions() -> u32 {
@@ -144,6 +148,7 @@ impl Default for Options {
             pin: false,
             size: workloads::rr::DEFAULT_SIZE,
             short_lived: default_short_lived(),
+            engine: mesh_agent::Engine::Aya,
         }
     }
 }

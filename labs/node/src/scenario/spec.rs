@@ -183,6 +183,9 @@ pub struct PathDef {
     /// With the mesh on: its flow records (telemetry) on or off for this path's connections.
     #[serde(default = "on")]
     pub telemetry: OnOff,
+    /// With the mesh on: who loads the redirect for this path (default: the run's `--engine`).
+    #[serde(default)]
+    pub engine: Option<mesh_agent::Engine>,
     /// Shown (with `try`) the first time the path is measured.
     #[serde(default)]
     pub explain: String,
