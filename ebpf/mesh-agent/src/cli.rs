@@ -74,6 +74,15 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = Engine::Aya)]
         engine: Engine,
     },
+    /// Load the redirect's sock_ops and sk_msg programs with each engine (aya: the Rust
+    /// programs; libbpf: their C twin) without attaching them, and print what each cost: object
+    /// size, load time (median of the runs), translated and JIT-ed sizes, verified instructions.
+    Engines {
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+        runs: u32,
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the flow log (closed connections and denials), as a table or JSON lines.
     Observe {
         #[arg(long, default_value = flows::DEFAULT_FLOW_LOG)]
@@ -154,6 +163,15 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::Run { cgroup, pin_dir, file, pods, interval_ms, flow_log, metrics, engine } => {
             let outputs = Outputs { interval: Duration::from_millis(interval_ms), flow_log, metrics };
             serve(&cgroup, &pin_dir, engine, file.as_deref(), pods.as_deref(), &outputs)
+        }
+        Command::Engines { runs, json } => {
+            let loaded = crate::engines::measure(runs)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&loaded)?);
+            } else {
+                print!("{}", crate::engines::render(&loaded));
+            }
+            Ok(())
         }
         Command::Observe { flow_log, follow, pod, port, verdict, output } => {
             let filter = observe::Filter { pod, port, verdict };

@@ -8,6 +8,7 @@
 //! programs come from the C twin instead ([`twin`]).
 pub mod cli;
 pub mod denials;
+pub mod engines;
 mod error;
 pub mod flows;
 mod mesh;

@@ -92,6 +92,19 @@ fn load_sk_msg(ebpf: &mut Ebpf, name: &'static str) -> Result<(), MeshError> {
     prog.load().map_err(|e| MeshError::program(name, e))
 }
 
+/// Loads aya's sk_msg redirect: the build whose keys carry the netns cookie, unless this
+/// kernel's verifier does not know the helper for sk_msg (before 5.15): then the one without.
+pub(crate) fn load_redirect(ebpf: &mut Ebpf) -> Result<Variant, MeshError> {
+    match load_sk_msg(ebpf, Variant::Netns.programs().0) {
+        Ok(()) => Ok(Variant::Netns),
+        Err(MeshError::Refused { verifier_log, .. }) if verifier_log.contains("get_netns_cookie") => {
+            load_sk_msg(ebpf, Variant::NoNetns.programs().0)?;
+            Ok(Variant::NoNetns)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Declares [`Counters`]: one field per [`Counter`] (its `name()`), and the arithmetic on them.
 macro_rules! counters {
     ($($field:ident = $variant:ident),* $(,)?) => {
@@ -396,14 +409,7 @@ fn attach(
     // sk_msg first: a socket sock_ops inserts must find its verdict program already there.
     let variant = match engine {
         Engine::Aya => {
-            let variant = match load_sk_msg(ebpf, Variant::Netns.programs().0) {
-                Ok(_) => Variant::Netns,
-                Err(MeshError::Refused { verifier_log, .. }) if verifier_log.contains("get_netns_cookie") => {
-                    load_sk_msg(ebpf, Variant::NoNetns.programs().0)?;
-                    Variant::NoNetns
-                }
-                Err(e) => return Err(e),
-            };
+            let variant = load_redirect(ebpf)?;
             let msg_name = variant.programs().0;
             let redirect: &mut SkMsg =
                 program(ebpf, msg_name)?.try_into().map_err(|e| MeshError::program(msg_name, e))?;
@@ -484,7 +490,7 @@ fn attach(
 }
 
 /// Descriptors of the maps the C twin declares (their kinds), by name, for libbpf to reuse.
-fn map_fds(ebpf: &Ebpf) -> Result<twin::Maps, MeshError> {
+pub(crate) fn map_fds(ebpf: &Ebpf) -> Result<twin::Maps, MeshError> {
     use aya::maps::Map;
     ebpf.maps()
         .filter_map(|(name, m)| match m {
@@ -506,7 +512,7 @@ fn map<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a aya::maps::Map, Mes
     ebpf.map(name).ok_or(MeshError::Missing { name })
 }
 
-fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut aya::programs::Program, MeshError> {
+pub(crate) fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut aya::programs::Program, MeshError> {
     ebpf.program_mut(name).ok_or(MeshError::Missing { name })
 }
 

@@ -136,6 +136,33 @@ pub fn attach_sock_ops(maps: &Maps, variant: Variant, cgroup: BorrowedFd<'_>) ->
 }
 // ANCHOR_END: attach
 
+/// Loads the twin's two programs of `variant` without attaching them (for `mesh-agent
+/// engines`): for each, its name, how long libbpf's load took (open to loaded: CO-RE
+/// relocation against the kernel's BTF, map reuse, the verifier) and a descriptor of the program.
+pub fn load_unattached(
+    maps: &Maps,
+    variant: Variant,
+) -> Result<Vec<(&'static str, std::time::Duration, OwnedFd)>, MeshError> {
+    let (msg, ops) = variant.programs();
+    let dup = |name: &'static str, fd: BorrowedFd<'_>| {
+        fd.try_clone_to_owned().map_err(|source| MeshError::Io { what: "cannot duplicate", path: name.into(), source })
+    };
+    let mut out = Vec::new();
+    let mut storage = MaybeUninit::uninit();
+    let t = std::time::Instant::now();
+    let mut skel = load(SkMsgSkelBuilder::default(), &mut storage, maps, msg)?;
+    let took = t.elapsed();
+    let prog = skel.object_mut().progs_mut().find(|p| p.name() == msg).ok_or(MeshError::Missing { name: msg })?;
+    out.push((msg, took, dup(msg, prog.as_fd())?));
+    let mut storage = MaybeUninit::uninit();
+    let t = std::time::Instant::now();
+    let mut skel = load(SockOpsSkelBuilder::default(), &mut storage, maps, ops)?;
+    let took = t.elapsed();
+    let prog = skel.object_mut().progs_mut().find(|p| p.name() == ops).ok_or(MeshError::Missing { name: ops })?;
+    out.push((ops, took, dup(ops, prog.as_fd())?));
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use std::mem::{offset_of, size_of};
