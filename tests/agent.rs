@@ -339,6 +339,71 @@ fn a_killed_agent_leaves_the_datapath_and_the_next_one_adopts_it() {
     let _ = fs::remove_dir_all(&files);
 }
 
+#[test]
+fn the_libbpf_engine_installs_the_c_twin_and_a_restart_keeps_it() {
+    let _k = KERNEL.lock().unwrap_or_else(|p| p.into_inner());
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(
+            std::env::var("SIDECARLESS_REQUIRE_ROOT_TESTS").as_deref() != Ok("1"),
+            "needs root, and SIDECARLESS_REQUIRE_ROOT_TESTS=1 forbids skipping"
+        );
+        eprintln!("SKIPPED the_libbpf_engine_installs_the_c_twin_and_a_restart_keeps_it: needs root");
+        return;
+    }
+    let tag = format!("sidecarless-twin-test-{}", std::process::id());
+    let mut sb = Sandbox::new(&tag);
+    fs::create_dir(&sb.cgroup).unwrap();
+    let (first, said) = serve_with(&sb, &["--engine", "libbpf"]);
+    sb.agent = Some(first);
+    assert!(said.contains("(redirect loaded by libbpf)"), "{said}");
+    let programs = attached(&sb.cgroup);
+    assert_eq!(
+        programs.len(),
+        mesh_agent::pins::linked_programs(mesh_agent::Variant::Netns).len(),
+        "the C sock_ops beside aya's other programs, one per pinned link: {programs:?}"
+    );
+    let (ok, out) = output(agent(&sb, &["status", "--cgroup", sb.cgroup.to_str().unwrap()]));
+    assert!(
+        ok && out.contains("redirect loaded by libbpf") && out.contains("each mesh program attached once"),
+        "{out}"
+    );
+
+    // Killed and restarted (with no engine named): the pins are adopted as the C twin's.
+    let mut first = sb.agent.take().unwrap();
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert_eq!(attached(&sb.cgroup), programs, "still attached with the agent dead");
+    let (second, said) = serve(&sb);
+    sb.agent = Some(second);
+    assert!(said.contains("redirect loaded by libbpf"), "{said}");
+    assert_eq!(attached(&sb.cgroup), programs, "each program once");
+    let (ok, out) = output(agent(&sb, &["status", "--json"]));
+    assert!(ok, "{out}");
+    let status: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(status["engine"], "libbpf", "{status}");
+
+    // Stopped: everything detached and unpinned, as with aya.
+    let mut second = sb.agent.take().unwrap();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(second.id() as i32, libc::SIGTERM) };
+    assert!(second.wait().unwrap().success());
+    assert!(!sb.pins.exists(), "pins removed");
+    assert_eq!(attached(&sb.cgroup), Vec::<String>::new());
+
+    // Both engines load on this kernel, and the kernel reports on each program.
+    let mut engines = Command::new(env!("CARGO_BIN_EXE_mesh-agent"));
+    engines.args(["engines", "--runs", "1", "--json"]);
+    let (ok, out) = output(engines);
+    assert!(ok, "{out}");
+    let loaded: Value = serde_json::from_str(&out).unwrap();
+    let rows = loaded.as_array().unwrap();
+    assert_eq!(rows.len(), 4, "two programs, two engines: {loaded}");
+    for r in rows {
+        assert!(r["xlated_insns"].as_u64().unwrap() > 0 && r["object_bytes"].as_u64().unwrap() > 0, "{r}");
+    }
+}
+
 // ANCHOR: telemetry_test
 #[test]
 fn flow_records_count_every_byte_and_the_metrics_pass_promtool() {

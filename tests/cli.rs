@@ -45,7 +45,8 @@ fn list_names_the_shipped_scenarios() {
             "service-scale",
             "sidecar-baseline",
             "sockmap",
-            "telemetry"
+            "telemetry",
+            "twin"
         ]
     );
 }

@@ -756,3 +756,53 @@ fn telemetry_counts_every_byte_and_prometheus_agrees() {
     }
     assert_eq!(remains_of(v["report"]["lab"].as_str().unwrap()), Vec::<String>::new());
 }
+
+#[test]
+fn twin_moves_the_same_counters_with_either_engine() {
+    let _k = KERNEL.lock().unwrap_or_else(|p| p.into_inner());
+    if !root_or_skip("twin_moves_the_same_counters_with_either_engine") {
+        return;
+    }
+    let v = passed_on_host("twin", &["--repetitions", "3", "--round-trips", "1000"]);
+    let r = &v["report"]["results"];
+    let get = |run: &str, key: &str| r[run][key].as_f64().unwrap_or_else(|| panic!("no {run}.{key} in {r}"));
+    // 3 repetitions x (1,000 + 1,000 64 KiB) round trips, both directions, with either engine.
+    assert!(get("aya", "msg_redirected") >= 6_000.0);
+    assert_eq!(get("libbpf", "msg_redirected"), get("aya", "msg_redirected"));
+    assert_eq!(get("libbpf", "sockets_inserted"), get("aya", "sockets_inserted"));
+    for key in
+        ["libbpf_vs_aya", "libbpf_vs_aya_64k", "libbpf_vs_aya_throughput", "libbpf_vs_aya_connect_rate"]
+    {
+        assert!(get(key, "value") > 0.0, "{key}");
+    }
+    // The kernel's view of both builds, from `mesh-agent engines` in the lab.
+    for key in ["aya_msg_insns", "libbpf_msg_insns", "aya_ops_insns", "libbpf_ops_insns"] {
+        assert!(get("programs", key) > 0.0, "{key}");
+    }
+    // The agent ran with each engine in turn.
+    let steps = serde_json::to_string(&v["report"]).unwrap();
+    assert!(steps.contains("redirect by the C twin, libbpf"), "libbpf path reported");
+    let lab = v["report"]["lab"].as_str().unwrap();
+    assert_eq!(remains_of(lab), Vec::<String>::new());
+}
+
+#[test]
+fn sockmap_and_conformance_pass_with_the_libbpf_engine() {
+    let _k = KERNEL.lock().unwrap_or_else(|p| p.into_inner());
+    if !root_or_skip("sockmap_and_conformance_pass_with_the_libbpf_engine") {
+        return;
+    }
+    let v = passed_on_host("sockmap", &["--engine", "libbpf", "--repetitions", "2", "--round-trips", "1000"]);
+    let r = &v["report"]["results"];
+    assert!(r["sockmap"]["msg_redirected"].as_f64().unwrap() >= 4_000.0, "{r}");
+    assert!(r["sidecars+sockmap"]["msg_redirected"].as_f64().unwrap() >= 8_000.0, "{r}");
+    assert_eq!(remains_of(v["report"]["lab"].as_str().unwrap()), Vec::<String>::new());
+
+    let v = passed_on_host("conformance", &["--engine", "libbpf", "--short-lived", "2000"]);
+    let r = &v["report"]["results"];
+    assert_eq!(r["sockmap"]["differences"], 0.0, "{:#}", unexplained(&v));
+    assert_eq!(r["sidecars+sockmap"]["differences"], 0.0, "{:#}", unexplained(&v));
+    assert!(r["sockmap"]["msg_redirected"].as_f64().unwrap() > 1_000.0, "{r}");
+    assert_eq!(r["loopback"]["foreign_bytes"], 0.0);
+    assert_eq!(remains_of(v["report"]["lab"].as_str().unwrap()), Vec::<String>::new());
+}

@@ -407,3 +407,22 @@ fn matrix_writes_the_table_with_boot_times() {
     assert_eq!(rows[0]["boot_s"].as_array().unwrap().len(), 2);
     assert_eq!(qemus_under(&env.root), Vec::<i32>::new());
 }
+
+#[test]
+fn sockmap_with_the_libbpf_engine_passes_inside_the_vm() {
+    let Some((_vm, env)) = start("sockmap_with_the_libbpf_engine_passes_inside_the_vm", "sockmap-libbpf")
+    else {
+        return;
+    };
+    // The guest's static mesh-agent carries libbpf, libelf and zlib; the C twin loads on 6.1.
+    let v =
+        passed_on_61(&env, "sockmap", &["--engine", "libbpf", "--repetitions", "1", "--round-trips", "1000"]);
+    let r = &v["report"]["results"];
+    let get = |run: &str, key: &str| r[run][key].as_f64().unwrap_or_else(|| panic!("no {run}.{key}"));
+    assert!(get("sockmap", "msg_redirected") >= 2_000.0);
+    assert!(get("sidecars+sockmap", "msg_redirected") > 0.0);
+    assert!(get("sockmap", "packets") * 100.0 <= get("direct", "packets"));
+    let text = serde_json::to_string(&v["report"]).unwrap();
+    assert!(text.contains("redirect by the C twin, libbpf"), "the libbpf engine ran");
+    assert_eq!(qemus_under(&env.root), Vec::<i32>::new());
+}

@@ -34,12 +34,7 @@ fn main() -> anyhow::Result<()> {
             .source(&source)
             .obj(out.join(format!("{hook}.bpf.o")))
             .clang(&clang)
-            .clang_args([
-                "-I".as_ref(),
-                out.as_os_str(),
-                "-Wall".as_ref(),
-                "-Werror".as_ref(),
-            ])
+            .clang_args(["-I".as_ref(), out.as_os_str(), "-Wall".as_ref(), "-Werror".as_ref()])
             .build_and_generate(out.join(format!("{hook}.skel.rs")))
             .with_context(|| format!("cannot build {} with {}", source.display(), clang.display()))?;
     }
@@ -58,7 +53,9 @@ fn find_clang() -> PathBuf {
 
 fn dump_vmlinux(to: &Path) -> anyhow::Result<()> {
     if !Path::new(KERNEL_BTF).exists() {
-        bail!("{KERNEL_BTF} is missing: this kernel has no BTF to generate vmlinux.h from (CONFIG_DEBUG_INFO_BTF)");
+        bail!(
+            "{KERNEL_BTF} is missing: this kernel has no BTF to generate vmlinux.h from (CONFIG_DEBUG_INFO_BTF)"
+        );
     }
     let bpftool = ["bpftool", "/usr/sbin/bpftool"]
         .into_iter()

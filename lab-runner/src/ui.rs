@@ -180,9 +180,12 @@ impl View {
             outln!("\nSKIPPED: {reason}");
             return;
         }
-        // Steps that measured a run (they have a p50) form the table; the rest follow.
-        let (runs, others): (Vec<_>, Vec<_>) =
-            self.table.iter().partition(|(_, row)| row.iter().any(|f| f.name == "p50"));
+        // Steps that measured a run (a latency, a throughput or a connection rate) form the
+        // table; the rest follow, named by their step.
+        let (runs, others): (Vec<_>, Vec<_>) = self
+            .table
+            .iter()
+            .partition(|(_, row)| row.iter().any(|f| ["p50", "mb_s", "conn_s"].contains(&f.name.as_str())));
         let mut columns: Vec<&str> = Vec::new();
         for f in runs.iter().flat_map(|(_, row)| row) {
             if !columns.contains(&f.name.as_str()) {
@@ -204,8 +207,15 @@ impl View {
             }
             outln!();
         }
-        for f in others.iter().flat_map(|(_, row)| row) {
-            outln!("   {:<27} {}", f.name, figure(f.value, &f.unit));
+        for (step, row) in &others {
+            for f in row {
+                let name = if short(step) == f.name {
+                    f.name.clone()
+                } else {
+                    format!("{}.{}", short(step), f.name)
+                };
+                outln!("   {name:<27} {}", figure(f.value, &f.unit));
+            }
         }
         if o.passed {
             outln!("\nPASS");

@@ -52,9 +52,8 @@ fn info(fd: BorrowedFd<'_>) -> Result<Info, MeshError> {
     let mut i = libbpf_rs::libbpf_sys::bpf_prog_info::default();
     let mut len = size_of::<libbpf_rs::libbpf_sys::bpf_prog_info>() as u32;
     // SAFETY: `i` is a live bpf_prog_info of `len` bytes; the kernel fills what it knows.
-    let ret = unsafe {
-        libbpf_rs::libbpf_sys::bpf_prog_get_info_by_fd(fd.as_raw_fd(), &raw mut i, &raw mut len)
-    };
+    let ret =
+        unsafe { libbpf_rs::libbpf_sys::bpf_prog_get_info_by_fd(fd.as_raw_fd(), &raw mut i, &raw mut len) };
     if ret != 0 {
         return Err(MeshError::Io {
             what: "cannot read program info of",

@@ -17,9 +17,8 @@ use serde::Serialize;
 
 use crate::{
     MeshError, mounts, object,
-    twin,
     pins::{self, Found, Pinned},
-    sys,
+    sys, twin,
 };
 
 /// The two builds of the kernel programs.
@@ -348,7 +347,9 @@ fn pin_links(
             })?,
         }
     }
-    let mkdir = |dir: PathBuf| fs::create_dir(&dir).map_err(|source| MeshError::Io { what: "cannot create", path: dir, source });
+    let mkdir = |dir: PathBuf| {
+        fs::create_dir(&dir).map_err(|source| MeshError::Io { what: "cannot create", path: dir, source })
+    };
     if let Some(marker) = pins::engine_marker(layout, engine) {
         mkdir(marker)?;
     }
@@ -512,7 +513,10 @@ fn map<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a aya::maps::Map, Mes
     ebpf.map(name).ok_or(MeshError::Missing { name })
 }
 
-pub(crate) fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut aya::programs::Program, MeshError> {
+pub(crate) fn program<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut aya::programs::Program, MeshError> {
     ebpf.program_mut(name).ok_or(MeshError::Missing { name })
 }
 

@@ -326,11 +326,16 @@ impl Pinned {
         let linked = linked_programs(self.variant);
         let (msg, ops) = match self.engine {
             Engine::Aya => (
-                format!("sk_msg: {msg} attached to the sockhash; it tail-calls {} for HTTP rules", self.variant.http()),
+                format!(
+                    "sk_msg: {msg} attached to the sockhash; it tail-calls {} for HTTP rules",
+                    self.variant.http()
+                ),
                 format!("sock_ops: {ops} attached to the cgroup"),
             ),
             Engine::Libbpf => (
-                format!("sk_msg: {msg} of the C twin (libbpf) attached to the sockhash: redirect only, no per-message policy, HTTP judge or telemetry bytes"),
+                format!(
+                    "sk_msg: {msg} of the C twin (libbpf) attached to the sockhash: redirect only, no per-message policy, HTTP judge or telemetry bytes"
+                ),
                 format!("sock_ops: {ops} of the C twin (libbpf) attached to the cgroup"),
             ),
         };

@@ -127,7 +127,8 @@ pub fn attach_sock_ops(maps: &Maps, variant: Variant, cgroup: BorrowedFd<'_>) ->
     let name = variant.programs().1;
     let mut skel = load(SockOpsSkelBuilder::default(), &mut storage, maps, name)?;
     let prog = skel.object_mut().progs_mut().find(|p| p.name() == name).ok_or(MeshError::Missing { name })?;
-    let link = prog.attach_cgroup(cgroup.as_raw_fd()).map_err(libbpf("cannot link sock_ops to the cgroup"))?;
+    let link =
+        prog.attach_cgroup(cgroup.as_raw_fd()).map_err(libbpf("cannot link sock_ops to the cgroup"))?;
     link.as_fd().try_clone_to_owned().map_err(|source| MeshError::Io {
         what: "cannot duplicate the link of",
         path: name.into(),
@@ -145,20 +146,26 @@ pub fn load_unattached(
 ) -> Result<Vec<(&'static str, std::time::Duration, OwnedFd)>, MeshError> {
     let (msg, ops) = variant.programs();
     let dup = |name: &'static str, fd: BorrowedFd<'_>| {
-        fd.try_clone_to_owned().map_err(|source| MeshError::Io { what: "cannot duplicate", path: name.into(), source })
+        fd.try_clone_to_owned().map_err(|source| MeshError::Io {
+            what: "cannot duplicate",
+            path: name.into(),
+            source,
+        })
     };
     let mut out = Vec::new();
     let mut storage = MaybeUninit::uninit();
     let t = std::time::Instant::now();
     let mut skel = load(SkMsgSkelBuilder::default(), &mut storage, maps, msg)?;
     let took = t.elapsed();
-    let prog = skel.object_mut().progs_mut().find(|p| p.name() == msg).ok_or(MeshError::Missing { name: msg })?;
+    let prog =
+        skel.object_mut().progs_mut().find(|p| p.name() == msg).ok_or(MeshError::Missing { name: msg })?;
     out.push((msg, took, dup(msg, prog.as_fd())?));
     let mut storage = MaybeUninit::uninit();
     let t = std::time::Instant::now();
     let mut skel = load(SockOpsSkelBuilder::default(), &mut storage, maps, ops)?;
     let took = t.elapsed();
-    let prog = skel.object_mut().progs_mut().find(|p| p.name() == ops).ok_or(MeshError::Missing { name: ops })?;
+    let prog =
+        skel.object_mut().progs_mut().find(|p| p.name() == ops).ok_or(MeshError::Missing { name: ops })?;
     out.push((ops, took, dup(ops, prog.as_fd())?));
     Ok(out)
 }

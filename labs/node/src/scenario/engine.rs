@@ -6,8 +6,8 @@ use std::{
     time::Duration,
 };
 
-use mesh_agent::{Counters, Pinned};
 use mesh_agent::meshfile::{MeshFile, PodAddrs, Resolved};
+use mesh_agent::{Counters, Pinned};
 use mesh_common::{AF_INET, AF_INET6, Backend, IPPROTO_TCP, ServiceKey};
 use serde::Serialize;
 use workloads::{
@@ -1808,7 +1808,9 @@ impl Engine<'_> {
         match self.lab.mesh().map(|m| (m.telemetry().unwrap_or(true), m.engine())) {
             Some((true, mesh_agent::Engine::Aya)) => parts.push("eBPF mesh"),
             Some((false, mesh_agent::Engine::Aya)) => parts.push("eBPF mesh (telemetry off)"),
-            Some((true, mesh_agent::Engine::Libbpf)) => parts.push("eBPF mesh (redirect by the C twin, libbpf)"),
+            Some((true, mesh_agent::Engine::Libbpf)) => {
+                parts.push("eBPF mesh (redirect by the C twin, libbpf)")
+            }
             Some((false, mesh_agent::Engine::Libbpf)) => {
                 parts.push("eBPF mesh (redirect by the C twin, libbpf; telemetry off)")
             }
@@ -1825,8 +1827,7 @@ impl Engine<'_> {
         let before = (self.sidecars.mode.unwrap_or(SidecarMode::Off), mesh);
         let result = self.bench_paths(label, a);
         let engine = self.lab.mesh().map(Pinned::engine);
-        let restored =
-            self.switch_to(before.0, before.1, engine).and_then(|_| self.set_telemetry(OnOff::On));
+        let restored = self.switch_to(before.0, before.1, engine).and_then(|_| self.set_telemetry(OnOff::On));
         result.and(restored.map(drop))
     }
 
