@@ -47,14 +47,25 @@ pub struct ConnectReport {
     pub latency_us: Latency,
 }
 
+/// How long one connection's request or response may take before the run fails.
+const CYCLE_DEADLINE: Duration = Duration::from_secs(30);
+
 // ANCHOR: cycle
 /// One connection's life; returns how long it took until the response was in.
 fn cycle(to: SocketAddr, size: u32, request: &[u8], response: &mut [u8]) -> anyhow::Result<Duration> {
     let t0 = Instant::now();
     let hello = Hello::PingPong { request: size, response: size };
     let mut conn = rr::connect(to, hello, true, Duration::ZERO)?;
-    conn.write_all(request).context("request")?;
-    conn.read_exact(response).context("response")?;
+    // A response lost on the way is an error naming the connection, not a hang (the request is
+    // small: its write does not block); a healthy path answers in milliseconds, even under TCG.
+    conn.set_read_timeout(Some(CYCLE_DEADLINE)).context("read timeout")?;
+    // (The local address is asked for only on an error: a getsockname per connection would be
+    // part of what is measured.)
+    let local = |c: &std::net::TcpStream| c.local_addr().map_or_else(|_| "?".into(), |a| a.to_string());
+    conn.write_all(request).with_context(|| format!("request on {} -> {to}", local(&conn)))?;
+    conn.read_exact(response).with_context(|| {
+        format!("response on {} -> {to} (none within {} s)", local(&conn), CYCLE_DEADLINE.as_secs())
+    })?;
     let took = t0.elapsed();
     drop(conn);
     Ok(took)
