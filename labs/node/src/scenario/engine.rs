@@ -909,6 +909,14 @@ impl Engine<'_> {
                     p.removed
                 ),
             );
+            if self.lab.mesh().map(Pinned::engine) == Some(mesh_agent::Engine::Libbpf) {
+                self.out(
+                    label,
+                    "policy: the redirect is the C twin's (--engine libbpf), whose sk_msg neither judges \
+                     established connections again nor HTTP requests: connect and ingress checks only"
+                        .into(),
+                );
+            }
         }
         // What a restarted agent applies: this file (with the lab's pods).
         self.lab.keep_mesh_file(text.as_bytes())?;
