@@ -606,6 +606,14 @@ fn the_book_exercises_answers_hold_on_this_kernel() {
     // This kernel (>= 5.18): the errno the book gives for it.
     assert_eq!(r["nowhere"]["errno"], 111.0, "{r}");
     assert_eq!(remains_of(v["report"]["lab"].as_str().unwrap()), Vec::<String>::new());
+    // Exercise 6: with the C twin loading the redirect, the same checks hold and every step
+    // inserted the same sockets.
+    let c = passed_on_host(file, &["--engine", "libbpf"]);
+    let rc = &c["report"]["results"];
+    for step in ["pod", "service", "udp", "nowhere"] {
+        assert_eq!(rc[step]["inserted"], r[step]["inserted"], "{step}: {rc} vs {r}");
+    }
+    assert_eq!(remains_of(c["report"]["lab"].as_str().unwrap()), Vec::<String>::new());
 }
 
 #[test]
