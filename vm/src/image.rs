@@ -251,8 +251,13 @@ fn busybox_applets(busybox: &Path) -> Result<Vec<String>, VmError> {
 
 /// The shared libraries `ldd` says `bin` loads, the dynamic loader included.
 fn shared_libraries(bin: &Path) -> Result<Vec<PathBuf>, VmError> {
+    // Without the caller's LD_LIBRARY_PATH: the guest has none, so its tools must find their
+    // libraries where the system keeps them. (`cargo test` puts build scripts' output folders
+    // on that path, where libbpf-sys leaves a libelf.so.1 of its own; `ip` resolved there once
+    // and the image carried that copy at a path the guest never searches.)
     let out = Command::new("ldd")
         .arg(bin)
+        .env_remove("LD_LIBRARY_PATH")
         .output()
         .map_err(|e| VmError::Missing { what: "ldd".into(), detail: e.to_string() })?;
     Ok(parse_ldd(&String::from_utf8_lossy(&out.stdout)))
