@@ -128,7 +128,14 @@ fn passed_on_host(scenario: &str, extra: &[&str]) -> Value {
     let stdout = String::from_utf8_lossy(&out.stdout);
     // What failed first (the full outcome after it is long).
     let brief = serde_json::from_slice::<Value>(&out.stdout)
-        .map(|v| format!("failures: {}\nunexplained cases: {:#}", v["failures"], unexplained(&v)))
+        .map(|v| {
+            format!(
+                "failures: {}\nworkload errors: {}\nunexplained cases: {:#}",
+                v["failures"],
+                v["report"]["errors"],
+                unexplained(&v)
+            )
+        })
         .unwrap_or_default();
     assert_eq!(out.status.code(), Some(0), "{brief}\nstderr: {stderr}\nstdout: {stdout}");
     let v: Value = serde_json::from_slice(&out.stdout).expect("one JSON object on stdout");

@@ -128,6 +128,9 @@ pub struct Report {
     pub skipped_steps: BTreeMap<String, String>,
     /// The RTT of every flow record `transfer` steps checked (the report plots them).
     pub flows: Vec<FlowRtt>,
+    /// What a workload said when it failed, by step (the figures only count the failures).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub errors: BTreeMap<String, Vec<String>>,
     pub machine: Machine,
 }
 
@@ -845,7 +848,7 @@ impl Engine<'_> {
         ];
         self.out(
             label,
-            format!("127.0.0.1:40300 -> 127.0.0.1:{port} in {} at once ({})", pods.join(", "), self.config()),
+            format!("127.0.0.1:30300 -> 127.0.0.1:{port} in {} at once ({})", pods.join(", "), self.config()),
         );
         let c0 = self.lab.mesh().map(|m| m.counters()).transpose()?.unwrap_or_default();
         let out = self.lab.run(&pods[0], self.ctx.workload.command(&args), RUN_TIMEOUT, &self.ctx.cancel)?;
@@ -859,17 +862,24 @@ impl Engine<'_> {
             self.out(
                 label,
                 format!(
-                    "pod {p}: {} bytes received, {} from another pod{}",
+                    "pod {p}: {} bytes received, {} from another pod, {} reads woken early with no data{}",
                     r.bytes,
                     r.foreign_bytes,
+                    r.early_eagain,
                     r.error.as_deref().map(|e| format!(", error: {e}")).unwrap_or_default()
                 ),
             );
+        }
+        for (p, r) in pods.iter().zip(&report.pods) {
+            if let Some(e) = &r.error {
+                self.report.errors.entry(name.to_owned()).or_default().push(format!("pod {p}: {e}"));
+            }
         }
         let values = [
             ("bytes", report.pods.iter().map(|p| p.bytes).sum::<u64>() as f64),
             ("foreign_bytes", report.pods.iter().map(|p| p.foreign_bytes).sum::<u64>() as f64),
             ("errors", report.pods.iter().filter(|p| p.error.is_some()).count() as f64),
+            ("early_eagain", report.pods.iter().map(|p| u64::from(p.early_eagain)).sum::<u64>() as f64),
             ("msg_redirected", c.msg_redirected as f64),
             ("loopback_skipped", c.loopback_skipped as f64),
         ];
