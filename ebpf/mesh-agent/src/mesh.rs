@@ -408,8 +408,10 @@ fn attach(
     // The build whose keys carry the netns cookie, unless this kernel's verifier does not
     // know the helper for these program types (before 5.15): then the one without it.
     // sk_msg first: a socket sock_ops inserts must find its verdict program already there.
-    let variant = match engine {
-        Engine::Aya => {
+    // The C twin reuses aya's maps: their descriptors, taken once for both of its programs.
+    let twin_maps = if engine == Engine::Libbpf { Some(map_fds(ebpf)?) } else { None };
+    let variant = match &twin_maps {
+        None => {
             let variant = load_redirect(ebpf)?;
             let msg_name = variant.programs().0;
             let redirect: &mut SkMsg =
@@ -417,7 +419,7 @@ fn attach(
             redirect.attach(&sockets_fd).map_err(|e| MeshError::program(msg_name, e))?;
             variant
         }
-        Engine::Libbpf => twin::attach_sk_msg(&map_fds(ebpf)?, sockets_fd.as_fd())?,
+        Some(maps) => twin::attach_sk_msg(maps, sockets_fd.as_fd())?,
     };
     // The HTTP judge, in the program array the redirect program tail-calls (see pins.rs: the
     // array is pinned, or it would empty itself when this process exits).
@@ -460,8 +462,9 @@ fn attach(
                     },
                 )?)
             }
-            Program::SockOps(_) if engine == Engine::Libbpf && name == variant.programs().1 => {
-                ToPin::Raw(twin::attach_sock_ops(&map_fds(ebpf)?, variant, cgroup_dir.as_fd())?)
+            Program::SockOps(_) if twin_maps.is_some() && name == variant.programs().1 => {
+                let maps = twin_maps.as_ref().expect("checked");
+                ToPin::Raw(twin::attach_sock_ops(maps, variant, cgroup_dir.as_fd())?)
             }
             Program::SockOps(p) => {
                 p.load().map_err(err)?;
