@@ -17,7 +17,9 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 # vagrant: only to validate the rendered Vagrantfile in the tests.
 # sockperf, iperf3: established tools the lab's own benchmarks are cross-checked against.
 # prometheus: the telemetry scenario's real Prometheus server, and promtool for the metrics test.
-apt_pkgs=(iproute2 iptables bpftool procps qemu-system-x86 busybox-static vagrant sockperf iperf3 prometheus)
+# redis-server, redis-tools, nginx-light, wrk: the applications of scenarios/apps.toml.
+apt_pkgs=(iproute2 iptables bpftool procps qemu-system-x86 busybox-static vagrant sockperf iperf3 prometheus
+  redis-server redis-tools nginx-light wrk)
 # The C twin (ebpf/mesh-c): clang for the BPF objects; libbpf-sys builds libbpf, libelf (from
 # elfutils, with autotools, flex, bison, gawk) and zlib from source, for the host and, with
 # musl-gcc, for the static guest build.
@@ -33,7 +35,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     exit 1
   fi
   log "apt-get install ${missing[*]}"
-  # Packages with a daemon (prometheus) must not start it: the lab starts its own when a
+  # Packages with a daemon (prometheus, redis, nginx) must not start it: the lab starts its own when a
   # scenario needs one. A policy-rc.d that says "no" for the length of the install does that.
   if [ ! -e /usr/sbin/policy-rc.d ]; then
     printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d

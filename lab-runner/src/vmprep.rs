@@ -53,11 +53,25 @@ pub fn fetch_kernel(kernel: &Kernel, mirror_flag: Option<&str>) -> Result<Kernel
     kernel::extract(kernel, &debs, &cache)
 }
 
-/// Kernel + image for `kernel_name`.
+/// The programs an image carries beside its own: every shipped scenario's `[requires] tools`
+/// and `extra` (a scenario file's), so one image (and the VM `up` boots) runs them all.
+pub fn image_tools(extra: &[String]) -> Vec<String> {
+    let mut tools: Vec<String> = lab_node::scenario::builtin()
+        .into_iter()
+        .flat_map(|(_, s)| s.requires.tools)
+        .chain(extra.iter().cloned())
+        .collect();
+    tools.sort();
+    tools.dedup();
+    tools
+}
+
+/// Kernel + image for `kernel_name`; the image carries [`image_tools`]`(extra_tools)`.
 pub fn prepare(
     kernel_name: &str,
     mirror_flag: Option<&str>,
     guest_bin: Option<&PathBuf>,
+    extra_tools: &[String],
 ) -> Result<Prepared, VmError> {
     let kernel = Catalog::builtin().get(kernel_name)?.clone();
     let files = fetch_kernel(&kernel, mirror_flag)?;
@@ -65,7 +79,7 @@ pub fn prepare(
     let (modules, missing) = kernel::resolve(&files, LAB_MODULES)?;
     let bins = guest_bins(guest_bin);
     let image = image::build(
-        &image::Inputs { guest_bins: &bins, kernel: &files, modules: &modules },
+        &image::Inputs { guest_bins: &bins, kernel: &files, modules: &modules, tools: &image_tools(extra_tools) },
         &paths::cache_dir(),
     )?;
     let missing =
@@ -145,9 +159,9 @@ fn one_line(s: &str) -> String {
 }
 
 /// Boots a VM for `args` under `name`.
-pub fn boot(name: &str, args: &VmArgs, tied: bool) -> Result<Machine, VmError> {
+pub fn boot(name: &str, args: &VmArgs, tied: bool, extra_tools: &[String]) -> Result<Machine, VmError> {
     let kernel_name = args.kernel.as_deref().unwrap_or(DEFAULT_KERNEL);
-    let p = prepare(kernel_name, args.mirror.as_deref(), args.guest_bin.as_ref())?;
+    let p = prepare(kernel_name, args.mirror.as_deref(), args.guest_bin.as_ref(), extra_tools)?;
     let accel = choose_accel(args.accel, &p)?;
     eprintln!("booting kernel {} ({}) with {accel}...", p.kernel.name, p.kernel.release);
     let m = Machine::boot(&BootOptions {

@@ -6,6 +6,7 @@
 //! | `/bin/workload`, `/bin/mesh-agent` | the workloads and the standalone agent (static musl) |
 //! | `/bin/busybox` + applet links | a shell and the usual tools |
 //! | `/usr/sbin/{ip,tc,bpftool,iptables}` | the host's iproute2, bpftool and iptables-nft, with their shared libraries and iptables' extensions |
+//! | `/usr/bin/<tool>` | the programs scenarios require (`[requires] tools`: redis-server, wrk, ...) found on this machine, with their shared libraries |
 //! | `/boot/config-<release>` | the kernel config, for `[requires] config` |
 //! | `/lib/modules/<release>/…` | the lab's modules, decompressed, and `load.list` in load order |
 use std::{
@@ -43,6 +44,9 @@ pub struct Inputs<'a> {
     pub guest_bins: &'a Path,
     pub kernel: &'a KernelFiles,
     pub modules: &'a [Module],
+    /// Programs scenarios need (`[requires] tools`), copied from this machine when it has them
+    /// (a scenario whose tool is missing here skips in the guest and says which).
+    pub tools: &'a [String],
 }
 
 /// A built (or cached) image.
@@ -155,8 +159,15 @@ pub fn build(inputs: &Inputs, cache: &Path) -> Result<Image, VmError> {
         detail: "not found (install busybox-static)".into(),
     })?;
     t.file("bin/busybox", 0o755, read(&busybox)?);
+    let extra: Vec<(&String, PathBuf)> = inputs
+        .tools
+        .iter()
+        .filter(|t| !HOST_TOOLS.contains(&t.as_str()) && !XTABLES_NAMES.contains(&t.as_str()))
+        .filter_map(|t| which(t).map(|p| (t, p)))
+        .collect();
     for applet in busybox_applets(&busybox)? {
         if !HOST_TOOLS.contains(&applet.as_str())
+            && !extra.iter().any(|(t, _)| **t == applet)
             && !XTABLES_NAMES.contains(&applet.as_str())
             && applet != "init"
             && applet != "busybox"
@@ -172,6 +183,15 @@ pub fn build(inputs: &Inputs, cache: &Path) -> Result<Image, VmError> {
         })?;
         t.file(&format!("usr/sbin/{tool}"), 0o755, read(&path)?);
         for lib in shared_libraries(&path)? {
+            t.file(&lib.to_string_lossy(), 0o755, read(&lib)?);
+        }
+    }
+
+    // Under the name asked for, whatever the host's file is called: Debian's redis-server is a
+    // link to redis-check-rdb, and the program picks its role from argv[0].
+    for (tool, path) in &extra {
+        t.file(&format!("usr/bin/{tool}"), 0o755, read(path)?);
+        for lib in shared_libraries(path)? {
             t.file(&lib.to_string_lossy(), 0o755, read(&lib)?);
         }
     }

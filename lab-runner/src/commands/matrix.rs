@@ -144,7 +144,8 @@ fn kernel_row(
         cpus: 2,
         guest_bin: args.guest_bin.clone(),
     };
-    let prepared = vmprep::prepare(kernel, vm.mirror.as_deref(), vm.guest_bin.as_ref())
+    let tools: Vec<String> = scenarios.iter().flat_map(|s| s.scenario.requires.tools.clone()).collect();
+    let prepared = vmprep::prepare(kernel, vm.mirror.as_deref(), vm.guest_bin.as_ref(), &tools)
         .and_then(|p| vmprep::choose_accel(vm.accel, &p).map(|a| (p, a)));
     let (p, accel) = match prepared {
         Ok(x) => x,

@@ -121,7 +121,7 @@ fn in_vm(args: &ScenarioArgs, l: &Loaded, options: Options) -> Result<(Outcome, 
             }
             (m, false)
         }
-        Ok(None) => match vmprep::boot(&format!("scenario-{}", std::process::id()), &args.vm, true) {
+        Ok(None) => match vmprep::boot(&format!("scenario-{}", std::process::id()), &args.vm, true, &l.scenario.requires.tools) {
             Ok(m) => (m, true),
             Err(e) => return Err(ui::fail_vm(&e)),
         },

@@ -21,7 +21,7 @@ pub fn run(args: &UpArgs) -> i32 {
     if args.print_qemu {
         return print_qemu(args);
     }
-    match vmprep::boot(DEFAULT_NAME, &args.vm, false) {
+    match vmprep::boot(DEFAULT_NAME, &args.vm, false, &[]) {
         Ok(m) => {
             println!(
                 "VM up: kernel {} ({}), {}, ready in {:.1} s; state in {}",
@@ -39,7 +39,7 @@ pub fn run(args: &UpArgs) -> i32 {
 
 fn print_qemu(args: &UpArgs) -> i32 {
     let kernel = args.vm.kernel.as_deref().unwrap_or(DEFAULT_KERNEL);
-    let p = match vmprep::prepare(kernel, args.vm.mirror.as_deref(), args.vm.guest_bin.as_ref()) {
+    let p = match vmprep::prepare(kernel, args.vm.mirror.as_deref(), args.vm.guest_bin.as_ref(), &[]) {
         Ok(p) => p,
         Err(e) => return ui::fail_vm(&e),
     };

@@ -234,8 +234,18 @@ impl Lab {
 
     /// Like [`Lab::spawn`], switching to user `uid` after joining the pod (a sidecar proxy runs
     /// as 1337, which its iptables rules exempt from capture).
+    /// Its output (stdout and stderr) goes to the pod's log in the run folder ([`Lab::log_tail`]).
     pub fn spawn_as(&mut self, pod: &str, mut cmd: Command, uid: Option<u32>) -> Result<u32, LabError> {
-        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        let log = self.log_path(pod);
+        let dir = self.id.run_dir();
+        fs::create_dir_all(&dir).map_err(LabError::io("cannot create", &dir))?;
+        let out = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .map_err(LabError::io("cannot open", &log))?;
+        let err = out.try_clone().map_err(LabError::io("cannot open", &log))?;
+        cmd.stdin(Stdio::null()).stdout(out).stderr(err);
         let child = self.start(pod, cmd, uid, true)?;
         let pid = child.id();
         self.children.push(child);
@@ -266,6 +276,18 @@ impl Lab {
     ) -> Result<Output, LabError> {
         let command = process::describe(&cmd);
         succeeded(command, self.run_to_end(pod, cmd, timeout, cancel, false)?)
+    }
+
+    /// Where the output of the pod's long-running processes goes.
+    pub fn log_path(&self, pod: &str) -> PathBuf {
+        self.id.run_dir().join(format!("{pod}.log"))
+    }
+
+    /// The last `lines` lines of the pod's log (empty when it has none), for error messages.
+    pub fn log_tail(&self, pod: &str, lines: usize) -> String {
+        let text = fs::read_to_string(self.log_path(pod)).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
     }
 
     /// Kills and reaps one process started with [`Lab::spawn`].
@@ -425,7 +447,8 @@ impl Lab {
         serde_json::to_vec_pretty(&self.pod_addrs()).expect("pods serialize")
     }
 
-    fn write_file(&self, name: &str, contents: &[u8]) -> Result<PathBuf, LabError> {
+    /// Writes `name` into the lab's run folder (a scenario's `[files]`); returns its path.
+    pub fn write_file(&self, name: &str, contents: &[u8]) -> Result<PathBuf, LabError> {
         let dir = self.id.run_dir();
         fs::create_dir_all(&dir).map_err(LabError::io("cannot create", &dir))?;
         let path = dir.join(name);

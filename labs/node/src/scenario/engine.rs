@@ -165,6 +165,8 @@ struct Engine<'a> {
     /// Results of steps skipped (a kernel without what they need), with the reason: steps
     /// that read them are skipped too.
     skipped: BTreeMap<String, String>,
+    /// The scenario's `[files]`, written into the run folder: name and path.
+    files: Vec<(String, std::path::PathBuf)>,
 }
 
 /// A `load` step's process, running in the background.
@@ -200,8 +202,11 @@ const TOTALS: &[&str] = &["write_errors", "write_errors_4"];
 struct Visit {
     figures: Vec<(String, f64)>,
     rr: Option<RrReport>,
+    /// Packets on the client's interface and the mesh's counters, over the latency run (or,
+    /// in a bench of tools only, over the tools' runs).
     packets: u64,
     mesh: Counters,
+    counted: bool,
 }
 
 impl Visit {
@@ -274,6 +279,7 @@ pub fn run(sc: &Scenario, ctx: &Context) -> Result<Outcome, LabError> {
         loads: BTreeMap::new(),
         policy: mesh_agent::policy::Wanted::default(),
         skipped: BTreeMap::new(),
+        files: Vec::new(),
     };
     let result = e.steps(sc);
     // Teardown errors matter (a leak is a bug) but must not hide the scenario's own error.
@@ -318,6 +324,10 @@ impl Engine<'_> {
     }
 
     fn start_workloads(&mut self, sc: &Scenario) -> Result<(), LabError> {
+        for (name, contents) in &sc.files {
+            let path = self.lab.write_file(name, contents.as_bytes())?;
+            self.files.push((name.clone(), path));
+        }
         for p in &sc.pods {
             let args: Vec<String> = match &p.workload {
                 None => continue,
@@ -349,12 +359,19 @@ impl Engine<'_> {
                     ]
                 }
                 Some(WorkloadDef::Command { port, command }) => {
-                    let mut cmd = std::process::Command::new(&command[0]);
-                    cmd.args(&command[1..]);
+                    let words: Vec<String> = command.iter().map(|w| self.fill(w)).collect();
+                    let mut cmd = std::process::Command::new(&words[0]);
+                    cmd.args(&words[1..]);
                     let pid = self.lab.spawn(&p.name, self.pinned(cmd, Role::Server))?;
                     self.ports.entry(p.name.clone()).or_default().push(*port);
-                    self.out("lab", format!("pod {}: {} (pid {pid})", p.name, command.join(" ")));
-                    wait_listening(pid, *port, &self.ctx.cancel)?;
+                    self.out("lab", format!("pod {}: {} (pid {pid})", p.name, words.join(" ")));
+                    wait_listening(pid, *port, &self.ctx.cancel).map_err(|e| match e {
+                        LabError::Command { command, stderr } => LabError::Command {
+                            command,
+                            stderr: format!("{stderr}; its log ({}):\n{}", self.lab.log_path(&p.name).display(), self.lab.log_tail(&p.name, 15)),
+                        },
+                        e => e,
+                    })?;
                     continue;
                 }
             };
@@ -371,7 +388,7 @@ impl Engine<'_> {
     /// Fills the placeholders of a `try` command: `<pins>` (the folder holding the mesh's
     /// pinned maps and links), `<pin-dir>` (the agent's `--pin-dir`, above it), `<cgroup>` (the
     /// lab's cgroup), `<flow-log>` (the agent's flow log), `<mesh-agent>` (the agent command),
-    /// `<workload>` (the workload command),
+    /// `<workload>` (the workload command), `<file:NAME>` (a file of the scenario's `[files]`),
     /// `<netns:POD>`, `<ip:POD>` and `<ip6:POD>`.
     fn fill(&self, t: &str) -> String {
         let pin_dir = self.lab.id().pin_dir();
@@ -387,6 +404,9 @@ impl Engine<'_> {
         let workload =
             std::iter::once(workload.program.display().to_string()).chain(workload.prefix.iter().cloned());
         s = s.replace("<workload>", &workload.collect::<Vec<_>>().join(" "));
+        for (name, path) in &self.files {
+            s = s.replace(&format!("<file:{name}>"), &path.display().to_string());
+        }
         for p in self.lab.pods() {
             s = s.replace(&format!("<netns:{}>", p.name), &p.netns);
             s = s.replace(&format!("<ip:{}>", p.name), &p.ipv4.to_string());
@@ -1871,8 +1891,11 @@ impl Engine<'_> {
             self.switch_to(p.sidecars, p.mesh, p.engine)?;
             self.set_telemetry(p.telemetry)?;
             // The step's first measure, short: the server may speak only that protocol (HTTP).
-            let first = [a.measures.first().copied().unwrap_or(Measure::Latency)];
-            self.visit(a.from, a.target, &first, &[], a.round_trips.min(WARMUP_ROUND_TRIPS))?;
+            // A bench of tools only (a real server, no rr-server) warms up with its tools.
+            match a.measures.first() {
+                Some(m) => self.visit(a.from, a.target, &[*m], &[], a.round_trips.min(WARMUP_ROUND_TRIPS))?,
+                None => self.visit(a.from, a.target, &[], a.tools, 0)?,
+            };
         }
         self.out(
             label,
@@ -1965,7 +1988,7 @@ impl Engine<'_> {
         let mesh = visits.iter().fold(Counters::default(), |t, v| t.plus(&v.mesh));
         let packets: u64 = visits.iter().map(|v| v.packets).sum();
         let latency_runs: Vec<&RrReport> = visits.iter().filter_map(|v| v.rr.as_ref()).collect();
-        if !latency_runs.is_empty() {
+        if visits.iter().any(|v| v.counted) {
             values.extend(
                 [
                     ("packets", packets as f64),
@@ -2052,6 +2075,7 @@ impl Engine<'_> {
                     let (p1, c1) = (self.packets()?, self.counters()?);
                     v.packets = p1.saturating_sub(p0);
                     v.mesh = c1.since(&c0);
+                    v.counted = true;
                     let l = &r.latency_us;
                     v.add([
                         ("p50", l.p50),
@@ -2100,6 +2124,9 @@ impl Engine<'_> {
                 }
             }
         }
+        // A bench of tools only (a real application's client) counts over the tools instead.
+        let count_tools = !v.counted && !tools.is_empty();
+        let (p0, c0) = if count_tools { (self.packets()?, self.counters()?) } else { Default::default() };
         for t in tools {
             self.ctx.cancel.check()?;
             let words: Vec<String> = t.command.iter().map(|w| self.fill(w)).collect();
@@ -2118,6 +2145,11 @@ impl Engine<'_> {
                 })?;
                 v.figures.push((name.clone(), value));
             }
+        }
+        if count_tools {
+            v.packets = self.packets()?.saturating_sub(p0);
+            v.mesh = self.counters()?.since(&c0);
+            v.counted = true;
         }
         Ok(v)
     }

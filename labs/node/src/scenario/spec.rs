@@ -16,6 +16,11 @@ pub struct Scenario {
     pub requires: Requires,
     pub pods: Vec<PodDef>,
     pub steps: Vec<toml::Spanned<Step>>,
+    /// Files the scenario's programs read (a server's configuration, a client's script), by
+    /// name: written into the lab's run folder when the lab comes up; `<file:NAME>` in a command
+    /// is the file's path. They travel inside the scenario, so a VM gets them too.
+    #[serde(default)]
+    pub files: BTreeMap<String, String>,
 }
 
 /// What the kernel must offer; anything missing turns the scenario into a skip with the reason.
@@ -246,6 +251,10 @@ impl Measure {
         }
     }
 }
+
+/// Counts a bench stores per path over its latency runs, or over its tools' runs when it has
+/// no latency measure.
+pub const COUNTED: [&str; 4] = ["packets", "msg_redirected", "msg_passed", "sockets_inserted"];
 
 // ANCHOR: tools
 /// An established tool run on each path beside the lab's own measures (sockperf, iperf3, ...),
@@ -827,6 +836,39 @@ impl Scenario {
         Ok(())
     }
 
+    /// File names become paths in the lab's run folder; every `<file:NAME>` names one of them.
+    fn check_files(&self, text: &str, file: &str) -> Result<(), SpecError> {
+        let at = |needle: &str, message: String| {
+            let line = text.find(needle).map_or(1, |i| line_of(text, i));
+            SpecError { file: file.to_owned(), line, message }
+        };
+        for name in self.files.keys() {
+            let valid = !name.is_empty()
+                && name.len() <= 64
+                && !name.starts_with('.')
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+            if !valid {
+                return Err(at(
+                    name,
+                    format!("file name {name:?}: expected 1 to 64 characters a-z, A-Z, 0-9, '.', '_' or '-', not starting with '.'"),
+                ));
+            }
+        }
+        for (i, _) in text.match_indices("<file:") {
+            let name: String = text[i + 6..].chars().take_while(|&c| c != '>' && c != '\n').collect();
+            if !self.files.contains_key(&name) {
+                let known: Vec<&str> = self.files.keys().map(String::as_str).collect();
+                let known = if known.is_empty() { "none".to_owned() } else { known.join(", ") };
+                return Err(SpecError {
+                    file: file.to_owned(),
+                    line: line_of(text, i),
+                    message: format!("<file:{name}>: no such file in [files] (known: {known})"),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// A misspelt requirement is the file's mistake, not a missing kernel feature: refuse it
     /// instead of skipping the scenario for it.
     fn check_requires(&self, text: &str, file: &str) -> Result<(), SpecError> {
@@ -874,6 +916,7 @@ impl Scenario {
     fn check(&self, text: &str, file: &str) -> Result<(), SpecError> {
         self.check_requires(text, file)?;
         self.check_pods(text, file)?;
+        self.check_files(text, file)?;
         let pods: BTreeSet<&str> = self.pods.iter().map(|p| p.name.as_str()).collect();
         let mut results: BTreeMap<String, Vec<&str>> = BTreeMap::new();
         let mut conform_results: BTreeSet<&str> = BTreeSet::new();
@@ -950,9 +993,9 @@ impl Scenario {
                         }
                         check_figures(&t.figures).map_err(|m| err(format!("step {}: {m}", i + 1)))?;
                     }
-                    if paths.is_empty() || measures.is_empty() {
+                    if paths.is_empty() || (measures.is_empty() && tools.is_empty()) {
                         return Err(err(format!(
-                            "step {}: a bench needs at least one entry in `paths` and in `measures`",
+                            "step {}: a bench needs at least one entry in `paths`, and one in `measures` or `tools`",
                             i + 1
                         )));
                     }
@@ -975,6 +1018,9 @@ impl Scenario {
                             keys.extend(m.keys());
                         }
                         keys.extend(tools.iter().flat_map(|t| t.figures.keys().map(String::as_str)));
+                        if !tools.is_empty() && !measures.contains(&Measure::Latency) {
+                            keys.extend(COUNTED);
+                        }
                         results.insert(p.name.clone(), keys);
                     }
                 }
