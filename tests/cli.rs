@@ -38,6 +38,7 @@ fn list_names_the_shipped_scenarios() {
         names,
         [
             "agent-restart",
+            "apps",
             "conformance",
             "crosscheck",
             "policy",

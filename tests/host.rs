@@ -821,3 +821,28 @@ fn sockmap_and_conformance_pass_with_the_libbpf_engine() {
     assert_eq!(r["loopback"]["foreign_bytes"], 0.0);
     assert_eq!(remains_of(v["report"]["lab"].as_str().unwrap()), Vec::<String>::new());
 }
+
+#[test]
+fn real_applications_run_direct_through_sidecars_and_through_the_mesh() {
+    let _k = KERNEL.lock().unwrap_or_else(|p| p.into_inner());
+    if !root_or_skip("real_applications_run_direct_through_sidecars_and_through_the_mesh") {
+        return;
+    }
+    let v = passed_on_host("apps", &["--repetitions", "2"]);
+    let r = &v["report"]["results"];
+    let get = |run: &str, key: &str| r[run][key].as_f64().unwrap_or_else(|| panic!("no {run}.{key} in {r}"));
+    // Figures read from redis-benchmark's and wrk's own output, on every path.
+    for path in ["direct", "sidecars", "mesh"] {
+        for key in ["redis_set_rps", "redis_get_rps", "redis_get_p50", "wrk_rps", "wrk_p50", "wrk_p99"] {
+            assert!(get(path, key) > 0.0, "{path}.{key}");
+        }
+        assert_eq!(get(path, "wrk_errors"), 0.0, "{path}");
+    }
+    assert_eq!(get("sidecars", "proxies"), 3.0);
+    // The applications' own connections went through the redirect: 2 repetitions + a warm-up
+    // of 20,000 redis requests and responses each, and wrk's.
+    assert!(get("mesh", "msg_redirected") >= 60_000.0, "{r}");
+    assert_eq!(get("direct", "msg_redirected"), 0.0);
+    assert!(get("mesh", "packets") * 100.0 <= get("direct", "packets"), "{r}");
+    assert_eq!(remains_of(v["report"]["lab"].as_str().unwrap()), Vec::<String>::new());
+}

@@ -426,3 +426,20 @@ fn sockmap_with_the_libbpf_engine_passes_inside_the_vm() {
     assert!(text.contains("redirect by the C twin, libbpf"), "the libbpf engine ran");
     assert_eq!(qemus_under(&env.root), Vec::<i32>::new());
 }
+
+#[test]
+fn real_applications_run_inside_the_vm() {
+    let Some((_vm, env)) = start("real_applications_run_inside_the_vm", "apps") else { return };
+    // redis-server, redis-benchmark, nginx and wrk come from this machine, with their libraries.
+    let v = passed_on_61(&env, "apps", &["--repetitions", "2"]);
+    let r = &v["report"]["results"];
+    let get = |run: &str, key: &str| r[run][key].as_f64().unwrap_or_else(|| panic!("no {run}.{key} in {r}"));
+    for path in ["direct", "sidecars", "mesh"] {
+        for key in ["redis_get_rps", "redis_set_rps", "wrk_rps", "wrk_p50"] {
+            assert!(get(path, key) > 0.0, "{path}.{key}");
+        }
+    }
+    assert!(get("mesh", "msg_redirected") >= 60_000.0, "{r}");
+    assert_eq!(qemus_under(&env.root), Vec::<i32>::new());
+    assert_eq!(env.state_dirs(), Vec::<String>::new());
+}

@@ -79,7 +79,12 @@ pub fn prepare(
     let (modules, missing) = kernel::resolve(&files, LAB_MODULES)?;
     let bins = guest_bins(guest_bin);
     let image = image::build(
-        &image::Inputs { guest_bins: &bins, kernel: &files, modules: &modules, tools: &image_tools(extra_tools) },
+        &image::Inputs {
+            guest_bins: &bins,
+            kernel: &files,
+            modules: &modules,
+            tools: &image_tools(extra_tools),
+        },
         &paths::cache_dir(),
     )?;
     let missing =

@@ -1,4 +1,4 @@
-//! The host side of the guest protocol (`lab_node::guest::protocol`), over the unix socket
+//! The host side of the guest protocol (`lab_protocol::wire`), over the unix socket
 //! QEMU exposes for the `lab.control` virtio-serial port. Every wait has a deadline.
 use std::{
     fs,
@@ -9,9 +9,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lab_node::{
-    guest::protocol::{Reply, ReplyBody, Request, RequestBody},
-    process::Cancel,
+use lab_protocol::{
+    Cancel,
+    wire::{Reply, ReplyBody, Request, RequestBody, VERSION},
 };
 
 use crate::VmError;
@@ -54,6 +54,21 @@ impl Channel {
         Ok(Channel { stream, reader, serial_log: serial_log.to_owned(), next_id })
     }
 
+    /// Asks the guest who it is; returns its kernel release. A guest of another protocol
+    /// version (a VM left up by another build) is refused with what to do.
+    pub fn hello(&mut self, vm: &str, timeout: Duration, during: &str) -> Result<String, VmError> {
+        match self.request(RequestBody::Hello, timeout, during, None, |_| None)? {
+            ReplyBody::Ready { kernel, protocol, .. } if protocol == VERSION => Ok(kernel),
+            ReplyBody::Ready { protocol, .. } => {
+                Err(VmError::Version { name: vm.to_owned(), guest: protocol, host: VERSION })
+            }
+            other => Err(VmError::Guest {
+                message: format!("unexpected answer to hello: {other:?}"),
+                unmet: false,
+            }),
+        }
+    }
+
     fn send(&mut self, id: u64, body: RequestBody) -> Result<(), VmError> {
         let mut line = serde_json::to_string(&Request { id, body }).expect("request serializes");
         line.push('\n');
@@ -87,11 +102,18 @@ impl Channel {
             match self.reader.read_until(b'\n', &mut buf) {
                 Ok(0) => return Err(self.gone(during)),
                 Ok(_) if buf.ends_with(b"\n") => {
-                    let reply: Option<Reply> = serde_json::from_slice(&buf).ok();
-                    buf.clear();
-                    let Some(reply) = reply.filter(|r| r.id == id) else {
-                        continue;
+                    let reply = match serde_json::from_slice::<Reply>(&buf) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            let line = String::from_utf8_lossy(&buf).trim_end().chars().take(300).collect();
+                            let _ = self.send(id, RequestBody::Cancel);
+                            return Err(VmError::Garbled { line, detail: e.to_string() });
+                        }
                     };
+                    buf.clear();
+                    if reply.id != id {
+                        continue;
+                    }
                     if reply.body.is_final() {
                         if cancelled {
                             return Err(VmError::Cancelled);
@@ -112,6 +134,11 @@ impl Channel {
                     ) =>
                 {
                     if Instant::now() >= deadline {
+                        // Giving up: the guest is told to stop too, so it is free for the next
+                        // request if it ever wakes up.
+                        if !cancelled {
+                            let _ = self.send(id, RequestBody::Cancel);
+                        }
                         return Err(VmError::GuestSilent {
                             during: during.to_owned(),
                             seconds: timeout.as_secs(),
@@ -134,4 +161,59 @@ pub fn tail(path: &Path, n: usize) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].iter().map(|l| format!("  | {l}")).collect::<Vec<_>>().join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::net::UnixListener;
+
+    use super::*;
+
+    /// A fake guest on a unix socket: answers every request line with `answer` (its `{id}`
+    /// replaced by the request's id) and records what it was sent.
+    fn fake_guest(tag: &str, answer: &'static str) -> (PathBuf, thread::JoinHandle<Vec<String>>) {
+        let dir = std::env::temp_dir().join(format!("slab-channel-{}-{tag}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("control.sock");
+        let listener = UnixListener::bind(&socket).unwrap();
+        let guest = thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut w = stream.try_clone().unwrap();
+            let mut seen = Vec::new();
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                let id = lab_protocol::wire::id_of(&line);
+                seen.push(line);
+                let _ = w.write_all(format!("{}\n", answer.replace("{id}", &id.to_string())).as_bytes());
+            }
+            seen
+        });
+        (socket, guest)
+    }
+
+    #[test]
+    fn a_guest_from_an_older_build_is_refused_with_what_to_do() {
+        // What a guest from before versioning answers: no `protocol`.
+        let (socket, guest) =
+            fake_guest("old", r#"{"id":{id},"kind":"ready","kernel":"6.1.0","uptime_s":1.0}"#);
+        let mut ch = Channel::connect(&socket, &socket, Duration::from_secs(2)).unwrap();
+        let e = ch.hello("lab", Duration::from_secs(2), "while saying hello").unwrap_err();
+        assert!(matches!(e, VmError::Version { guest: 0, host: VERSION, .. }), "{e:?}");
+        assert!(e.to_string().contains("`lab-runner down`, then run again"), "{e}");
+        drop(ch);
+        guest.join().unwrap();
+        fs::remove_dir_all(socket.parent().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn a_line_that_is_no_reply_is_an_error_and_the_guest_is_told_to_stop() {
+        let (socket, guest) = fake_guest("garbled", "Kernel panic - not syncing");
+        let mut ch = Channel::connect(&socket, &socket, Duration::from_secs(2)).unwrap();
+        let e = ch.hello("lab", Duration::from_secs(2), "while saying hello").unwrap_err();
+        assert!(matches!(&e, VmError::Garbled { line, .. } if line == "Kernel panic - not syncing"), "{e:?}");
+        drop(ch);
+        let seen = guest.join().unwrap();
+        assert!(seen.len() == 2 && seen[1].contains(r#""op":"cancel""#), "{seen:?}");
+        fs::remove_dir_all(socket.parent().unwrap()).unwrap();
+    }
 }

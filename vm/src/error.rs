@@ -24,6 +24,19 @@ pub enum VmError {
     Command { command: String, detail: String },
     #[error("{what}: {detail}")]
     Missing { what: String, detail: String },
+    /// Something this program made or keeps is unusable (a corrupt state file, a cached package
+    /// that does not decompress, a template that does not render): a failure, never a skip.
+    #[error("{what} is broken: {detail}")]
+    Broken { what: String, detail: String },
+    /// The guest speaks another version of the protocol (a VM booted by another build).
+    #[error(
+        "the VM {name} runs a guest from another build (protocol {guest}, this lab-runner speaks \
+         {host}): `lab-runner down`, then run again (a fresh VM gets this build's image)"
+    )]
+    Version { name: String, guest: u32, host: u32 },
+    /// The guest sent a line that is not a reply.
+    #[error("the guest sent a line that is not a protocol reply ({detail}): {line}")]
+    Garbled { line: String, detail: String },
     #[error("{what} {path}")]
     Io {
         what: &'static str,

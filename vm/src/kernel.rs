@@ -71,9 +71,12 @@ pub fn extract(kernel: &Kernel, debs: &[PathBuf], cache: &Path) -> Result<Kernel
         fs::write(&marker, &want).map_err(VmError::io("cannot write", &marker))?;
     }
     let find = |candidates: &[String], what: &str| {
-        candidates.iter().map(|c| dir.join(c)).find(|p| p.exists()).ok_or_else(|| VmError::Missing {
-            what: format!("{what} of kernel {}", kernel.name),
-            detail: format!("none of {candidates:?} in {}", dir.display()),
+        candidates.iter().map(|c| dir.join(c)).find(|p| p.exists()).ok_or_else(|| VmError::Broken {
+            what: format!("the extracted packages of kernel {}", kernel.name),
+            detail: format!(
+                "no {what}: none of {candidates:?} in {} (remove it to extract again)",
+                dir.display()
+            ),
         })
     };
     let r = &kernel.release;
@@ -136,9 +139,9 @@ fn visit(
         return Ok(());
     }
     let Some((rel, source)) = index.get(name) else {
-        return Err(VmError::Missing {
-            what: format!("module {name}"),
-            detail: "a dependency is not in the package".into(),
+        return Err(VmError::Broken {
+            what: format!("the kernel package's module {name}"),
+            detail: "a module depends on it, and the package does not hold it".into(),
         });
     };
     for dep in depends(&read_module(source)?) {
@@ -175,9 +178,9 @@ pub fn read_module(path: &Path) -> Result<Vec<u8>, VmError> {
     let raw = fs::read(path).map_err(VmError::io("cannot read", path))?;
     if path.extension().is_some_and(|e| e == "xz") {
         let mut out = Vec::new();
-        lzma_rs::xz_decompress(&mut raw.as_slice(), &mut out).map_err(|e| VmError::Missing {
+        lzma_rs::xz_decompress(&mut raw.as_slice(), &mut out).map_err(|e| VmError::Broken {
             what: format!("module {}", path.display()),
-            detail: format!("cannot decompress: {e}"),
+            detail: format!("cannot decompress: {e} (remove it to have the package extracted again)"),
         })?;
         Ok(out)
     } else {

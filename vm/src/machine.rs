@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lab_node::guest::protocol::{ReplyBody, RequestBody};
+use lab_protocol::wire::RequestBody;
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -156,25 +156,16 @@ impl Machine {
             },
             child: Some(child),
         };
-        let ready =
-            Channel::connect(&control(&dir), &serial(&dir), Duration::from_secs(10)).and_then(|mut ch| {
-                ch.request(RequestBody::Hello, o.boot_timeout(), "while booting", None, |_| None)
-            });
+        let ready = Channel::connect(&control(&dir), &serial(&dir), Duration::from_secs(10))
+            .and_then(|mut ch| ch.hello(o.name, o.boot_timeout(), "while booting"));
         match ready {
-            Ok(ReplyBody::Ready { kernel, .. }) => {
+            Ok(kernel) => {
                 m.state.release = kernel;
                 m.state.boot_s = started.elapsed().as_secs_f64();
                 let json = serde_json::to_string_pretty(&m.state).expect("state serializes");
                 fs::write(dir.join("state.json"), json)
                     .map_err(VmError::io("cannot write", dir.join("state.json")))?;
                 Ok(m)
-            }
-            Ok(other) => {
-                m.kill();
-                Err(VmError::Guest {
-                    message: format!("unexpected answer while booting: {other:?}"),
-                    unmet: false,
-                })
             }
             Err(e) => {
                 // QEMU itself failing (no KVM, a bad option) says why on its stderr.
@@ -195,9 +186,13 @@ impl Machine {
             }
             return Ok(None);
         };
-        let state: State = serde_json::from_str(&text).map_err(|e| VmError::Missing {
-            what: format!("state of VM {name}"),
-            detail: format!("{}: {e}", dir.join("state.json").display()),
+        let state: State = serde_json::from_str(&text).map_err(|e| VmError::Broken {
+            what: format!("the state of VM {name}"),
+            detail: format!(
+                "{}: {e} (if no QEMU of it runs, remove {} and run again)",
+                dir.join("state.json").display(),
+                dir.display()
+            ),
         })?;
         let mut m = Machine { dir, state, child: None };
         if m.alive() {
@@ -218,7 +213,15 @@ impl Machine {
         String::from_utf8_lossy(&cmdline).contains("qemu") && !stat.contains(") Z ")
     }
 
-    pub fn channel(&self) -> Result<Channel, VmError> {
+    /// A channel to the guest, after checking (within `timeout`, at most 30 s) that it speaks
+    /// this build's protocol.
+    pub fn channel(&self, timeout: Duration) -> Result<Channel, VmError> {
+        let mut ch = self.raw_channel()?;
+        ch.hello(&self.state.name, timeout.min(Duration::from_secs(30)), "while saying hello")?;
+        Ok(ch)
+    }
+
+    fn raw_channel(&self) -> Result<Channel, VmError> {
         Channel::connect(&control(&self.dir), &serial(&self.dir), Duration::from_secs(5))
     }
 
@@ -238,7 +241,7 @@ impl Machine {
     pub fn down(mut self) -> Result<(), VmError> {
         // The guest powers off without answering: the socket closes as QEMU exits. A guest that
         // stays silent instead (hung, stopped) is killed at once.
-        let answered = self.channel().map(|mut ch| {
+        let answered = self.raw_channel().map(|mut ch| {
             ch.request(RequestBody::Poweroff, Duration::from_secs(5), "while powering off", None, |_| None)
         });
         if let Ok(Err(VmError::VmGone { .. })) = answered {

@@ -46,10 +46,8 @@ pub fn render(
     ctx.insert("provider", &provider);
     ctx.insert("packages", &packages);
     ctx.insert("guest_bins", guest_bins);
-    tera::Tera::one_off(TEMPLATE, &ctx, false).map_err(|e| VmError::Missing {
-        what: "Vagrantfile template".into(),
-        detail: lab_node::error::chain(&e),
-    })
+    tera::Tera::one_off(TEMPLATE, &ctx, false)
+        .map_err(|e| VmError::Broken { what: "Vagrantfile template".into(), detail: lab_protocol::chain(&e) })
 }
 
 #[cfg(test)]

@@ -66,25 +66,8 @@ impl Variant {
     }
 }
 
-/// Who loads the redirect's sock_ops and sk_msg programs; the rest of the mesh is aya's either way.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum Engine {
-    /// The Rust programs of mesh-ebpf, loaded by aya.
-    #[default]
-    Aya,
-    /// The C twin (ebpf/mesh-c, CO-RE), loaded by libbpf through libbpf-rs skeletons.
-    Libbpf,
-}
-
-impl Engine {
-    pub const fn name(self) -> &'static str {
-        match self {
-            Engine::Aya => "aya",
-            Engine::Libbpf => "libbpf",
-        }
-    }
-}
+/// Who loads the redirect's sock_ops and sk_msg programs (shared with the lab's scenario options).
+pub use lab_protocol::Engine;
 
 fn load_sk_msg(ebpf: &mut Ebpf, name: &'static str) -> Result<(), MeshError> {
     let prog: &mut SkMsg = program(ebpf, name)?.try_into().map_err(|e| MeshError::program(name, e))?;

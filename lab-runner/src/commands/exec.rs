@@ -1,7 +1,7 @@
 //! `lab-runner exec -- CMD`: runs CMD in the VM, streaming its output; exits with its code.
 use std::{io::Write, time::Duration};
 
-use lab_node::guest::protocol::{ReplyBody, RequestBody};
+use lab_protocol::wire::{ReplyBody, RequestBody};
 use lab_vm::{
     VmError,
     machine::{DEFAULT_NAME, Machine},
@@ -19,7 +19,7 @@ pub fn run(args: &ExecArgs) -> i32 {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let result = m.channel().and_then(|mut ch| {
+    let result = m.channel(Duration::from_secs(args.timeout)).and_then(|mut ch| {
         ch.request(
             RequestBody::Exec { argv: args.command.clone() },
             Duration::from_secs(args.timeout),

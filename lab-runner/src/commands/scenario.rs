@@ -1,6 +1,6 @@
 //! `lab-runner scenario NAME|FILE`: runs a scenario in a VM (default) or on this machine's
 //! kernel, renders its events, and writes the result files.
-use std::sync::mpsc;
+use std::{sync::mpsc, time::Duration};
 
 use lab_node::{
     clean,
@@ -121,7 +121,12 @@ fn in_vm(args: &ScenarioArgs, l: &Loaded, options: Options) -> Result<(Outcome, 
             }
             (m, false)
         }
-        Ok(None) => match vmprep::boot(&format!("scenario-{}", std::process::id()), &args.vm, true, &l.scenario.requires.tools) {
+        Ok(None) => match vmprep::boot(
+            &format!("scenario-{}", std::process::id()),
+            &args.vm,
+            true,
+            &l.scenario.requires.tools,
+        ) {
             Ok(m) => (m, true),
             Err(e) => return Err(ui::fail_vm(&e)),
         },
@@ -156,7 +161,7 @@ pub fn run_on(
     guided: bool,
     view: &mut ui::View,
 ) -> Result<Outcome, VmError> {
-    let mut ch = m.channel()?;
+    let mut ch = m.channel(Duration::from_secs(30))?;
     let timeout = vmprep::scenario_timeout(m.state.accel);
     let during = format!("during scenario {} on kernel {}", l.scenario.name, m.state.kernel);
     let request = RequestBody::Scenario { file: l.file.clone(), source: l.text.clone(), options, guided };

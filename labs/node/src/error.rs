@@ -60,13 +60,10 @@ impl LabError {
     }
 }
 
-/// The error and its causes on one line (`a: b: c`).
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        msg.push_str(&format!(": {s}"));
-        source = s.source();
+pub use lab_protocol::chain;
+
+impl From<lab_protocol::Cancelled> for LabError {
+    fn from(_: lab_protocol::Cancelled) -> Self {
+        LabError::Cancelled
     }
-    msg
 }

@@ -13,7 +13,7 @@ use std::{
 };
 
 use mesh_agent::{Engine, Pinned, mounts::BPFFS};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::{
     LabError,
@@ -116,18 +116,7 @@ impl PodSpec {
 }
 
 /// A pod that exists: where it lives and how to reach it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Pod {
-    pub name: String,
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-    pub netns: String,
-    pub cgroup: PathBuf,
-    /// The pod's interface in its namespace.
-    pub interface: String,
-    pub ipv4: Ipv4Addr,
-    pub ipv6: Ipv6Addr,
-}
+pub use lab_protocol::Pod;
 
 /// A running lab. Drop (or [`Lab::teardown`]) stops the mesh, kills the pods' processes and
 /// removes the cgroups, namespaces and pins.

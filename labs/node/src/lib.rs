@@ -10,7 +10,6 @@ pub mod agent;
 pub mod cgroup;
 pub mod clean;
 pub mod error;
-pub mod event;
 pub mod guest;
 pub mod kube_proxy;
 pub mod lab;
@@ -21,5 +20,5 @@ pub mod scenario;
 pub mod sidecar;
 
 pub use error::LabError;
-pub use event::Event;
 pub use lab::{Lab, LabId, PodSpec};
+pub use lab_protocol::Event;

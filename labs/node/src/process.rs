@@ -13,23 +13,20 @@ use std::{
 
 use crate::LabError;
 
-/// Set from a signal handler (Ctrl-C, SIGTERM); every wait in the lab gives up when it is set.
-#[derive(Debug, Clone, Default)]
-pub struct Cancel(Arc<AtomicBool>);
+pub use lab_protocol::Cancel;
 
-impl Cancel {
-    pub fn new() -> Self {
-        Self::default()
-    }
-    pub fn cancel(&self) {
-        self.0.store(true, Ordering::SeqCst);
-    }
-    pub fn is_cancelled(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
-    }
-    /// `Err(Cancelled)` once cancelled.
-    pub fn check(&self) -> Result<(), LabError> {
-        if self.is_cancelled() { Err(LabError::Cancelled) } else { Ok(()) }
+/// How to start one of them: `program prefix.. ARGS`.
+#[derive(Debug, Clone)]
+pub struct Cmd {
+    pub program: std::path::PathBuf,
+    pub prefix: Vec<String>,
+}
+
+impl Cmd {
+    pub fn command<S: AsRef<str>>(&self, args: &[S]) -> Command {
+        let mut cmd = Command::new(&self.program);
+        cmd.args(&self.prefix).args(args.iter().map(AsRef::as_ref));
+        cmd
     }
 }
 

@@ -10,13 +10,23 @@
 //!   the pod workloads' ports to the node proxy, which forwards it on a fixed route.
 use std::{fs, net::Ipv4Addr, path::Path};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{
     Lab, LabError,
-    process::{self, run},
-    scenario::{Cmd, spec::SidecarMode},
+    process::{self, Cmd, run},
 };
+
+/// How pods get their proxies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SidecarMode {
+    /// One proxy per pod, traffic captured by iptables REDIRECT (Istio's sidecar mode).
+    PerPod,
+    /// One proxy for the node, traffic DNAT'ed to it (ambient-style).
+    PerNode,
+    Off,
+}
 
 /// The proxy's transparent outbound listener (Istio: 15001).
 pub const OUTBOUND_PORT: u16 = 15001;

@@ -12,7 +12,7 @@ use std::{
 
 use super::{
     init,
-    protocol::{CONTROL_PORT, Reply, ReplyBody, Request, RequestBody},
+    protocol::{self, CONTROL_PORT, Reply, ReplyBody, Request, RequestBody, VERSION},
 };
 use crate::{
     preflight,
@@ -25,6 +25,7 @@ pub const WORKLOAD_BIN: &str = "/bin/workload";
 /// Where the image puts the mesh agent.
 pub const MESH_AGENT_BIN: &str = "/bin/mesh-agent";
 
+/// Where replies go: the control port (or, in tests, a file).
 #[derive(Clone)]
 struct Out(Arc<Mutex<File>>);
 
@@ -87,14 +88,18 @@ pub fn serve() -> io::Result<()> {
         let req: Request = match serde_json::from_str(line.trim()) {
             Ok(r) => r,
             Err(e) => {
+                // Answered, not dropped: a host of another build learns why at once.
                 init::log(&format!("bad request {:?}: {e}", line.trim()));
+                let message = format!("cannot read request (protocol {VERSION}): {e}");
+                out.send(protocol::id_of(line.trim()), ReplyBody::Error { message, unmet: false });
                 continue;
             }
         };
         let id = req.id;
         match req.body {
             RequestBody::Hello => {
-                out.send(id, ReplyBody::Ready { kernel: scenario::kernel_release(), uptime_s: uptime() })
+                let kernel = scenario::kernel_release();
+                out.send(id, ReplyBody::Ready { kernel, uptime_s: uptime(), protocol: VERSION })
             }
             RequestBody::Cancel => {
                 if let Some(job) = running.lock().unwrap().as_ref() {
@@ -123,22 +128,43 @@ pub fn serve() -> io::Result<()> {
                 let (gate_tx, gate_rx) = std::sync::mpsc::channel();
                 let guided = matches!(body, RequestBody::Scenario { guided: true, .. });
                 *slot = Some(Job { cancel: cancel.clone(), gate: guided.then_some(gate_tx) });
-                let (out, running) = (out.clone(), running.clone());
-                thread::spawn(move || {
-                    let reply = match body {
-                        RequestBody::Exec { argv } => exec(id, &argv, &cancel, &out),
-                        RequestBody::Scenario { file, source, options, .. } => {
-                            let gate = guided.then_some(gate_rx);
-                            run_scenario(id, &file, &source, options, cancel, gate, &out)
-                        }
-                        _ => unreachable!("handled above"),
-                    };
-                    *running.lock().unwrap() = None;
-                    out.send(id, reply);
+                drop(slot);
+                start_job(id, &out, &running, move |out| match body {
+                    RequestBody::Exec { argv } => exec(id, &argv, &cancel, out),
+                    RequestBody::Scenario { file, source, options, .. } => {
+                        let gate = guided.then_some(gate_rx);
+                        run_scenario(id, &file, &source, options, cancel, gate, out)
+                    }
+                    other => ReplyBody::Error { message: format!("not a job: {other:?}"), unmet: false },
                 });
             }
         }
     }
+}
+
+/// Runs `work` on a thread of its own; its reply (or, if it panics, an error reply saying so)
+/// ends the request, and the agent is free for the next one either way.
+fn start_job(
+    id: u64,
+    out: &Out,
+    running: &Arc<Mutex<Option<Job>>>,
+    work: impl FnOnce(&Out) -> ReplyBody + Send + 'static,
+) -> thread::JoinHandle<()> {
+    let (out, running) = (out.clone(), running.clone());
+    thread::spawn(move || {
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&out)));
+        let reply = result.unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".into());
+            init::log(&format!("request {id} panicked: {what}"));
+            ReplyBody::Error { message: format!("the guest agent panicked: {what}"), unmet: false }
+        });
+        *running.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        out.send(id, reply);
+    })
 }
 
 fn uptime() -> f64 {
@@ -232,5 +258,35 @@ fn run_scenario(
     }) {
         Ok(outcome) => ReplyBody::Outcome { outcome },
         Err(e) => ReplyBody::Error { message: crate::error::chain(&e), unmet: e.is_unmet() },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn replies(path: &std::path::Path) -> Vec<Reply> {
+        fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+
+    #[test]
+    fn a_panicking_job_answers_with_an_error_and_frees_the_agent() {
+        let path = std::env::temp_dir().join(format!("agent-panic-{}.jsonl", std::process::id()));
+        let out = Out(Arc::new(Mutex::new(File::create(&path).unwrap())));
+        let running: Arc<Mutex<Option<Job>>> = Arc::default();
+        *running.lock().unwrap() = Some(Job { cancel: Cancel::new(), gate: None });
+        start_job(7, &out, &running, |_| panic!("scenario thread blew up")).join().unwrap();
+        assert!(running.lock().unwrap().is_none(), "the agent is still busy");
+        *running.lock().unwrap() = Some(Job { cancel: Cancel::new(), gate: None });
+        start_job(8, &out, &running, |_| ReplyBody::Exit { code: 0 }).join().unwrap();
+        let r = replies(&path);
+        fs::remove_file(&path).unwrap();
+        assert_eq!(r.len(), 2);
+        assert!(
+            matches!(&r[0].body, ReplyBody::Error { message, .. } if r[0].id == 7 && message.contains("panicked: scenario thread blew up")),
+            "{:?}",
+            r[0]
+        );
+        assert!(matches!(r[1].body, ReplyBody::Exit { code: 0 }) && r[1].id == 8);
     }
 }

@@ -1,5 +1,5 @@
 //! lab-node inside a VM: PID 1 ([`init`]) and the agent the host talks to ([`agent`]) over a
-//! virtio-serial port, with JSON lines ([`protocol`]).
+//! virtio-serial port, with JSON lines ([`protocol`], the `lab-protocol` crate's wire format).
 pub mod agent;
 pub mod init;
-pub mod protocol;
+pub use lab_protocol::wire as protocol;

@@ -368,7 +368,11 @@ impl Engine<'_> {
                     wait_listening(pid, *port, &self.ctx.cancel).map_err(|e| match e {
                         LabError::Command { command, stderr } => LabError::Command {
                             command,
-                            stderr: format!("{stderr}; its log ({}):\n{}", self.lab.log_path(&p.name).display(), self.lab.log_tail(&p.name, 15)),
+                            stderr: format!(
+                                "{stderr}; its log ({}):\n{}",
+                                self.lab.log_path(&p.name).display(),
+                                self.lab.log_tail(&p.name, 15)
+                            ),
                         },
                         e => e,
                     })?;
@@ -1674,7 +1678,7 @@ impl Engine<'_> {
         let mut sorted = counts.to_vec();
         sorted.sort_unstable();
         sorted.dedup();
-        let mut result = Ok(());
+        let mut result: Result<(), LabError> = Ok(());
         for n in sorted {
             let mut wanted = base.clone();
             for i in 0..n {
@@ -1697,7 +1701,8 @@ impl Engine<'_> {
             self.out(label, format!("{} allow entries (+{n}): written in {ms:.0} ms", wanted.allow.len()));
             let mut samples = Vec::new();
             for _ in 0..reps {
-                match self.ctx.cancel.check().and_then(|()| self.connect_p50(from, to, connections)) {
+                let sample = self.ctx.cancel.check().map_err(LabError::from);
+                match sample.and_then(|()| self.connect_p50(from, to, connections)) {
                     Ok(v) => samples.push(v),
                     Err(e) => {
                         result = Err(e);

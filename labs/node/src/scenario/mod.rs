@@ -10,11 +10,9 @@ pub mod stats;
 
 use std::{
     path::{Path, PathBuf},
-    process::Command,
     sync::mpsc::{Receiver, Sender},
 };
 
-use serde::{Deserialize, Serialize};
 pub use spec::Scenario;
 
 use crate::{Event, LabError, preflight::Host, process::Cancel};
@@ -95,63 +93,9 @@ pub struct Programs {
     pub agent: Cmd,
 }
 
-/// How to start one of them: `program prefix.. ARGS`.
-#[derive(Debug, Clone)]
-pub struct Cmd {
-    pub program: PathBuf,
-    pub prefix: Vec<String>,
-}
+pub use crate::process::Cmd;
 
-impl Cmd {
-    pub fn command<S: AsRef<str>>(&self, args: &[S]) -> Command {
-        let mut cmd = Command::new(&self.program);
-        cmd.args(&self.prefix).args(args.iter().map(AsRef::as_ref));
-        cmd
-    }
-}
-
-/// Knobs shared by scenarios.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Options {
-    /// Measured round trips per latency run (a bench step may set its own).
-    pub round_trips: u64,
-    /// Measured repetitions of each bench step (a step may set its own).
-    #[serde(default = "default_repetitions")]
-    pub repetitions: u32,
-    /// Pin benchmark clients to the first CPU and servers to the last (`taskset`-style).
-    #[serde(default)]
-    pub pin: bool,
-    /// Request and response size in bytes.
-    pub size: usize,
-    /// Connections in the conformance suite's `short-lived` case (a step may set its own).
-    #[serde(default = "default_short_lived")]
-    pub short_lived: u32,
-    /// Who loads the redirect's programs whenever the mesh starts (a bench path may name its
-    /// own): aya (the Rust programs) or libbpf (their C twin).
-    #[serde(default)]
-    pub engine: mesh_agent::Engine,
-}
-
-fn default_repetitions() -> u32 {
-    10
-}
-
-fn default_short_lived() -> u32 {
-    10_000
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Options {
-            round_trips: 2_000,
-            repetitions: default_repetitions(),
-            pin: false,
-            size: workloads::rr::DEFAULT_SIZE,
-            short_lived: default_short_lived(),
-            engine: mesh_agent::Engine::Aya,
-        }
-    }
-}
+pub use lab_protocol::{Options, Outcome};
 
 /// Everything a scenario needs from its caller.
 pub struct Context {
@@ -186,21 +130,6 @@ impl Context {
         }
         Ok(())
     }
-}
-
-/// What a scenario concluded.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Outcome {
-    pub scenario: String,
-    pub kernel: String,
-    pub passed: bool,
-    /// Why it failed (empty when passed).
-    pub failures: Vec<String>,
-    /// Set when the kernel lacks something the scenario requires: nothing ran.
-    #[serde(default)]
-    pub skipped: Option<String>,
-    /// The scenario's own figures ([`engine::Report`]).
-    pub report: serde_json::Value,
 }
 
 /// Runs a scenario on its own engine thread and hands each event to `on_event` as it comes.

@@ -102,16 +102,7 @@ pub enum OnOff {
     Off,
 }
 
-/// How pods get their proxies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum SidecarMode {
-    /// One proxy per pod, traffic captured by iptables REDIRECT (Istio's sidecar mode).
-    PerPod,
-    /// One proxy for the node, traffic DNAT'ed to it (ambient-style).
-    PerNode,
-    Off,
-}
+pub use crate::sidecar::SidecarMode;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 pub enum Op {
@@ -850,7 +841,9 @@ impl Scenario {
             if !valid {
                 return Err(at(
                     name,
-                    format!("file name {name:?}: expected 1 to 64 characters a-z, A-Z, 0-9, '.', '_' or '-', not starting with '.'"),
+                    format!(
+                        "file name {name:?}: expected 1 to 64 characters a-z, A-Z, 0-9, '.', '_' or '-', not starting with '.'"
+                    ),
                 ));
             }
         }
@@ -1269,7 +1262,9 @@ mod tests {
             "{e}"
         );
         let e = err(&GOOD.replace("paths = [{ name = \"direct\" }]", "paths = []"));
-        assert!(e.contains("at least one entry in `paths` and in `measures`"), "{e}");
+        assert!(e.contains("at least one entry in `paths`, and one in `measures` or `tools`"), "{e}");
+        let e = err(&GOOD.replace("port = 7000\n", "port = 7000\nmeasures = []\n"));
+        assert!(e.contains("at least one entry in `paths`, and one in `measures` or `tools`"), "{e}");
         let e = err(&GOOD.replace("{ name = \"direct\" }", "{ name = \"direct\", mesh = \"yes\" }"));
         assert!(e.starts_with("t.toml:11: unknown variant `yes`, expected `on` or `off`"), "{e}");
         let e = err(&GOOD.replace("port = 7000\n", "port = 7000\nmeasures = [\"latency-1k\"]\n"));
@@ -1293,6 +1288,19 @@ mod tests {
         assert!(err(&bad).contains("needs a capture group"));
         let good = format!("{GOOD}\n{exec}figures = {{ x = {{ regex = '([0-9]+) ops' }} }}\n");
         Scenario::parse(&good, "t.toml").unwrap();
+    }
+
+    #[test]
+    fn files_are_named_plainly_and_every_file_placeholder_names_one() {
+        let exec =
+            "[[steps]]\ndo = \"exec\"\nname = \"x\"\npod = \"a\"\ncommand = [\"cat\", \"<file:a.conf>\"]\n";
+        let good = format!("{GOOD}\n{exec}\n[files]\n\"a.conf\" = \"x\"\n");
+        Scenario::parse(&good, "t.toml").unwrap();
+        let e = err(&format!("{GOOD}\n{exec}"));
+        let line = format!("{GOOD}\n{exec}").lines().position(|l| l.contains("<file:")).unwrap() + 1;
+        assert_eq!(e, format!("t.toml:{line}: <file:a.conf>: no such file in [files] (known: none)"));
+        let e = err(&format!("{GOOD}\n{exec}\n[files]\n\"../a.conf\" = \"x\"\n"));
+        assert!(e.contains("file name \"../a.conf\": expected 1 to 64 characters"), "{e}");
     }
 
     #[test]

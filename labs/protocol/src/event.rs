@@ -1,8 +1,26 @@
 //! What the engine reports while a scenario runs. The terminal UI, `--json` and reports all
 //! consume the same stream.
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+};
+
 use serde::{Deserialize, Serialize};
 
-use crate::lab::Pod;
+/// One pod of a running lab, as events and reports show it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Pod {
+    pub name: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub netns: String,
+    pub cgroup: PathBuf,
+    /// The pod's interface in its namespace.
+    pub interface: String,
+    pub ipv4: Ipv4Addr,
+    pub ipv6: Ipv6Addr,
+}
 
 /// One thing that happened.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -6,10 +6,15 @@
 //! confuse the next one.
 use serde::{Deserialize, Serialize};
 
-use crate::{Event, scenario::Options, scenario::Outcome};
+use crate::{Event, Options, Outcome};
 
 /// Name of the virtio-serial port the agent serves.
 pub const CONTROL_PORT: &str = "lab.control";
+
+/// The protocol's version, sent in `ready`: raised whenever a message changes, so a host never
+/// talks to a guest built from other sources (a VM left up by an older build). Guests from
+/// before versioning send none, which reads as 0.
+pub const VERSION: u32 = 1;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Request {
@@ -50,6 +55,9 @@ pub enum ReplyBody {
     Ready {
         kernel: String,
         uptime_s: f64,
+        /// The guest's [`VERSION`].
+        #[serde(default)]
+        protocol: u32,
     },
     Stdout {
         data: String,
@@ -66,7 +74,8 @@ pub enum ReplyBody {
     Outcome {
         outcome: Outcome,
     },
-    /// The request failed. `unmet` marks a missing requirement rather than a fault.
+    /// The request failed (or could not be read: then its id is 0 when none could be found).
+    /// `unmet` marks a missing requirement rather than a fault.
     Error {
         message: String,
         unmet: bool,
@@ -87,9 +96,24 @@ impl ReplyBody {
     }
 }
 
+/// The id of a request line that does not parse as a [`Request`], if it has one: the guest
+/// answers that id with an error instead of dropping the line.
+pub fn id_of(line: &str) -> u64 {
+    serde_json::from_str::<serde_json::Value>(line).ok().and_then(|v| v.get("id")?.as_u64()).unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_guest_without_a_version_reads_as_version_0_and_bad_lines_keep_their_id() {
+        let old: Reply =
+            serde_json::from_str(r#"{"id":1,"kind":"ready","kernel":"6.1","uptime_s":2.5}"#).unwrap();
+        assert!(matches!(old.body, ReplyBody::Ready { protocol: 0, .. }));
+        assert_eq!(id_of(r#"{"id":42,"op":"frobnicate"}"#), 42);
+        assert_eq!(id_of("not json"), 0);
+    }
 
     #[test]
     fn wire_format_is_flat_json_lines() {

@@ -1,0 +1,141 @@
+//! What the host and the guest say to each other, and the types both sides of that conversation
+//! share: a scenario's [`Options`], its [`Event`]s and [`Outcome`], the [`Cancel`] flag every
+//! wait honours, and the [`wire`] format of the `lab.control` port.
+//!
+//! No kernel and no eBPF in here: the VM crate speaks to the guest through this crate alone, so
+//! building it never builds the mesh.
+mod event;
+pub mod wire;
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
+};
+
+pub use event::{Event, Pod};
+use serde::{Deserialize, Serialize};
+
+/// Set from a signal handler (Ctrl-C, SIGTERM); every wait in the lab gives up when it is set.
+#[derive(Debug, Clone, Default)]
+pub struct Cancel(Arc<AtomicBool>);
+
+/// What [`Cancel::check`] returns once cancelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cancelled;
+
+impl std::fmt::Display for Cancelled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("cancelled")
+    }
+}
+
+impl std::error::Error for Cancelled {}
+
+impl Cancel {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+    /// `Err(Cancelled)` once cancelled.
+    pub fn check(&self) -> Result<(), Cancelled> {
+        if self.is_cancelled() { Err(Cancelled) } else { Ok(()) }
+    }
+}
+
+/// Who loads the redirect's sock_ops and sk_msg programs; the rest of the mesh is aya's either way.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[serde(rename_all = "kebab-case")]
+pub enum Engine {
+    /// The Rust programs of mesh-ebpf, loaded by aya.
+    #[default]
+    Aya,
+    /// The C twin (ebpf/mesh-c, CO-RE), loaded by libbpf through libbpf-rs skeletons.
+    Libbpf,
+}
+
+impl Engine {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Engine::Aya => "aya",
+            Engine::Libbpf => "libbpf",
+        }
+    }
+}
+
+/// Request and response size of a latency run when none is asked for (the rr client's default).
+pub const DEFAULT_SIZE: usize = 64;
+
+/// Knobs shared by scenarios.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Options {
+    /// Measured round trips per latency run (a bench step may set its own).
+    pub round_trips: u64,
+    /// Measured repetitions of each bench step (a step may set its own).
+    #[serde(default = "default_repetitions")]
+    pub repetitions: u32,
+    /// Pin benchmark clients to the first CPU and servers to the last (`taskset`-style).
+    #[serde(default)]
+    pub pin: bool,
+    /// Request and response size in bytes.
+    pub size: usize,
+    /// Connections in the conformance suite's `short-lived` case (a step may set its own).
+    #[serde(default = "default_short_lived")]
+    pub short_lived: u32,
+    /// Who loads the redirect's programs whenever the mesh starts (a bench path may name its
+    /// own): aya (the Rust programs) or libbpf (their C twin).
+    #[serde(default)]
+    pub engine: Engine,
+}
+
+fn default_repetitions() -> u32 {
+    10
+}
+
+fn default_short_lived() -> u32 {
+    10_000
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            round_trips: 2_000,
+            repetitions: default_repetitions(),
+            pin: false,
+            size: DEFAULT_SIZE,
+            short_lived: default_short_lived(),
+            engine: Engine::Aya,
+        }
+    }
+}
+
+/// What a scenario concluded.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Outcome {
+    pub scenario: String,
+    pub kernel: String,
+    pub passed: bool,
+    /// Why it failed (empty when passed).
+    pub failures: Vec<String>,
+    /// Set when the kernel lacks something the scenario requires: nothing ran.
+    #[serde(default)]
+    pub skipped: Option<String>,
+    /// The scenario's own figures (the engine's report).
+    pub report: serde_json::Value,
+}
+
+/// An error and its sources on one line: `outer: inner: innermost`.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        msg.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    msg
+}
