@@ -443,3 +443,36 @@ fn real_applications_run_inside_the_vm() {
     assert_eq!(qemus_under(&env.root), Vec::<i32>::new());
     assert_eq!(env.state_dirs(), Vec::<String>::new());
 }
+
+#[test]
+fn ctrl_c_during_boot_stops_at_once_and_leaves_nothing() {
+    let Some((_vm, env)) = start("ctrl_c_during_boot_stops_at_once_and_leaves_nothing", "ctrlc") else {
+        return;
+    };
+    let mut child =
+        env.cmd(&[&["up"][..], &ON_61].concat()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut said = Vec::new();
+    for line in lines.by_ref().map_while(Result::ok) {
+        said.push(line.clone());
+        if line.starts_with("booting kernel") {
+            break;
+        }
+    }
+    // QEMU is up and the guest is booting (it takes seconds under TCG): interrupt now.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while qemus_under(&env.root).is_empty() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(qemus_under(&env.root).len(), 1, "QEMU runs: {said:?}");
+    // SAFETY: interrupting the lab-runner this test started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let t = Instant::now();
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = child.wait().unwrap();
+    assert!(t.elapsed() < Duration::from_secs(3), "stopped after {:?}", t.elapsed());
+    assert_eq!(status.code(), Some(130), "{said:?} {rest:?}");
+    assert!(rest.iter().any(|l| l.contains("interrupted; nothing was left running")), "{rest:?}");
+    assert_eq!(qemus_under(&env.root), Vec::<i32>::new());
+    assert_eq!(env.state_dirs(), Vec::<String>::new());
+}

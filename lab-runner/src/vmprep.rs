@@ -12,6 +12,7 @@ use lab_vm::{
     mirror, paths,
     qemu::{self, Accel},
 };
+use lab_protocol::Cancel;
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -41,14 +42,14 @@ pub fn guest_bins(flag: Option<&PathBuf>) -> PathBuf {
 }
 
 /// Fetches (verified) and extracts the kernel's packages.
-pub fn fetch_kernel(kernel: &Kernel, mirror_flag: Option<&str>) -> Result<KernelFiles, VmError> {
+pub fn fetch_kernel(kernel: &Kernel, mirror_flag: Option<&str>, cancel: &Cancel) -> Result<KernelFiles, VmError> {
     let cache = paths::cache_dir();
     let mirror = mirror::resolve(mirror_flag)?;
     let mut view = ui::FetchView::new();
     let debs = kernel
         .packages
         .iter()
-        .map(|p| fetch::package(&mirror, p, &cache, &mut |e: FetchEvent| view.event(&e)))
+        .map(|p| fetch::package(&mirror, p, &cache, cancel, &mut |e: FetchEvent| view.event(&e)))
         .collect::<Result<Vec<_>, _>>()?;
     kernel::extract(kernel, &debs, &cache)
 }
@@ -72,9 +73,10 @@ pub fn prepare(
     mirror_flag: Option<&str>,
     guest_bin: Option<&PathBuf>,
     extra_tools: &[String],
+    cancel: &Cancel,
 ) -> Result<Prepared, VmError> {
     let kernel = Catalog::builtin().get(kernel_name)?.clone();
-    let files = fetch_kernel(&kernel, mirror_flag)?;
+    let files = fetch_kernel(&kernel, mirror_flag, cancel)?;
     // `missing`: no module of that name (absent, or compiled into another module).
     let (modules, missing) = kernel::resolve(&files, LAB_MODULES)?;
     let bins = guest_bins(guest_bin);
@@ -86,6 +88,7 @@ pub fn prepare(
             tools: &image_tools(extra_tools),
         },
         &paths::cache_dir(),
+        cancel,
     )?;
     let missing =
         if missing.is_empty() { String::new() } else { format!("; no module for {}", missing.join(", ")) };
@@ -107,7 +110,7 @@ struct Probe {
 
 /// The accelerator: as asked, or for `auto` KVM only if a probe boot answered here. The probe's
 /// verdict is cached per host kernel (a failed KVM probe costs a boot timeout once).
-pub fn choose_accel(arg: AccelArg, p: &Prepared) -> Result<Accel, VmError> {
+pub fn choose_accel(arg: AccelArg, p: &Prepared, cancel: &Cancel) -> Result<Accel, VmError> {
     match arg {
         AccelArg::Tcg => return Ok(Accel::Tcg),
         AccelArg::Kvm if qemu::kvm_device_usable() => return Ok(Accel::Kvm),
@@ -141,6 +144,7 @@ pub fn choose_accel(arg: AccelArg, p: &Prepared) -> Result<Accel, VmError> {
         memory_mb: qemu::DEFAULT_MEMORY_MB,
         cpus: 1,
         tied: true,
+        cancel,
     };
     let (accel, reason) = match Machine::boot(&opts) {
         Ok(m) => {
@@ -148,6 +152,7 @@ pub fn choose_accel(arg: AccelArg, p: &Prepared) -> Result<Accel, VmError> {
             let _ = m.down();
             (Accel::Kvm, r)
         }
+        Err(VmError::Cancelled) => return Err(VmError::Cancelled),
         Err(e) => (Accel::Tcg, format!("KVM probe boot failed: {}", one_line(&e.to_string()))),
     };
     eprintln!("accel: {accel} ({reason})");
@@ -164,10 +169,16 @@ fn one_line(s: &str) -> String {
 }
 
 /// Boots a VM for `args` under `name`.
-pub fn boot(name: &str, args: &VmArgs, tied: bool, extra_tools: &[String]) -> Result<Machine, VmError> {
+pub fn boot(
+    name: &str,
+    args: &VmArgs,
+    tied: bool,
+    extra_tools: &[String],
+    cancel: &Cancel,
+) -> Result<Machine, VmError> {
     let kernel_name = args.kernel.as_deref().unwrap_or(DEFAULT_KERNEL);
-    let p = prepare(kernel_name, args.mirror.as_deref(), args.guest_bin.as_ref(), extra_tools)?;
-    let accel = choose_accel(args.accel, &p)?;
+    let p = prepare(kernel_name, args.mirror.as_deref(), args.guest_bin.as_ref(), extra_tools, cancel)?;
+    let accel = choose_accel(args.accel, &p, cancel)?;
     eprintln!("booting kernel {} ({}) with {accel}...", p.kernel.name, p.kernel.release);
     let m = Machine::boot(&BootOptions {
         name,
@@ -178,6 +189,7 @@ pub fn boot(name: &str, args: &VmArgs, tied: bool, extra_tools: &[String]) -> Re
         memory_mb: args.memory,
         cpus: args.cpus,
         tied,
+        cancel,
     })?;
     eprintln!("VM {name} up: {} ({accel}), agent ready after {:.1} s", m.state.release, m.state.boot_s);
     Ok(m)

@@ -26,6 +26,8 @@ pub struct Channel {
     reader: BufReader<UnixStream>,
     serial_log: PathBuf,
     next_id: u64,
+    /// A cancelled request returns at once instead of asking the guest to wind down.
+    abandon_on_cancel: bool,
 }
 
 impl Channel {
@@ -51,13 +53,28 @@ impl Channel {
         let next_id = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_micros() as u64);
-        Ok(Channel { stream, reader, serial_log: serial_log.to_owned(), next_id })
+        Ok(Channel { stream, reader, serial_log: serial_log.to_owned(), next_id, abandon_on_cancel: false })
     }
 
     /// Asks the guest who it is; returns its kernel release. A guest of another protocol
     /// version (a VM left up by another build) is refused with what to do.
     pub fn hello(&mut self, vm: &str, timeout: Duration, during: &str) -> Result<String, VmError> {
-        match self.request(RequestBody::Hello, timeout, during, None, |_| None)? {
+        self.hello_or_cancel(vm, timeout, during, &Cancel::new())
+    }
+
+    /// [`Channel::hello`], given up at once when `cancel` is set (a booting guest has nothing
+    /// to wind down).
+    pub fn hello_or_cancel(
+        &mut self,
+        vm: &str,
+        timeout: Duration,
+        during: &str,
+        cancel: &Cancel,
+    ) -> Result<String, VmError> {
+        self.abandon_on_cancel = true;
+        let reply = self.request(RequestBody::Hello, timeout, during, Some(cancel), |_| None);
+        self.abandon_on_cancel = false;
+        match reply? {
             ReplyBody::Ready { kernel, protocol, .. } if protocol == VERSION => Ok(kernel),
             ReplyBody::Ready { protocol, .. } => {
                 Err(VmError::Version { name: vm.to_owned(), guest: protocol, host: VERSION })
@@ -95,6 +112,9 @@ impl Channel {
         let mut buf = Vec::new();
         loop {
             if !cancelled && cancel.is_some_and(Cancel::is_cancelled) {
+                if self.abandon_on_cancel {
+                    return Err(VmError::Cancelled);
+                }
                 cancelled = true;
                 self.send(id, RequestBody::Cancel)?;
                 deadline = Instant::now() + CANCEL_GRACE;

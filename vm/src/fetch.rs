@@ -4,11 +4,22 @@ use std::{
     fs::{self, File},
     io::{self, Read, Write},
     path::{Path, PathBuf},
+    sync::mpsc,
+    thread,
+    time::Duration,
 };
 
+use lab_protocol::Cancel;
 use sha2::{Digest, Sha256};
 
 use crate::{VmError, catalog::Package};
+
+/// A mirror that accepts no connection within this long is reported, not waited on.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// From the request to the response's headers.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The whole body of one package (the largest is about 100 MB).
+const BODY_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 /// What a fetch reports while it works (the UI draws progress bars from it).
 #[derive(Debug, Clone)]
@@ -40,6 +51,7 @@ pub fn package(
     mirror: &str,
     pkg: &Package,
     cache: &Path,
+    cancel: &Cancel,
     on: &mut dyn FnMut(FetchEvent),
 ) -> Result<PathBuf, VmError> {
     let dir = cache.join("debs");
@@ -56,7 +68,7 @@ pub fn package(
     }
     let url = format!("{}/{}", mirror.trim_end_matches('/'), pkg.path);
     let part = dest.with_extension("deb.part");
-    let result = download(&url, pkg, &part, on);
+    let result = download(&url, pkg, &part, cancel, on);
     if result.is_err() {
         let _ = fs::remove_file(&part);
     }
@@ -71,15 +83,54 @@ pub fn package(
 }
 
 /// Streams `url` into `part`, hashing as it goes; returns the sha256.
+/// What the download thread reports.
+enum Progress {
+    Started,
+    Bytes(u64),
+    Finished(Result<String, VmError>),
+}
+
+/// Downloads on a thread of its own, so a stalled mirror never holds a Ctrl-C: the caller
+/// polls `cancel` and walks away (the thread dies with the process; the `.part` is removed).
 fn download(
     url: &str,
     pkg: &Package,
     part: &Path,
+    cancel: &Cancel,
     on: &mut dyn FnMut(FetchEvent),
 ) -> Result<String, VmError> {
+    let (tx, rx) = mpsc::channel();
+    let (url_owned, part_owned) = (url.to_owned(), part.to_owned());
+    thread::spawn(move || {
+        let result = fetch_to(&url_owned, &part_owned, &tx);
+        let _ = tx.send(Progress::Finished(result));
+    });
+    loop {
+        if cancel.is_cancelled() {
+            return Err(VmError::Cancelled);
+        }
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(Progress::Started) => on(FetchEvent::Start { name: pkg.name.clone(), bytes: pkg.size }),
+            Ok(Progress::Bytes(done)) => on(FetchEvent::Progress { name: pkg.name.clone(), done }),
+            Ok(Progress::Finished(result)) => return result,
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(VmError::Broken { what: format!("the download of {url}"), detail: "its thread died".into() });
+            }
+        }
+    }
+}
+
+fn fetch_to(url: &str, part: &Path, tx: &mpsc::Sender<Progress>) -> Result<String, VmError> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_connect(Some(CONNECT_TIMEOUT))
+        .timeout_recv_response(Some(RESPONSE_TIMEOUT))
+        .timeout_recv_body(Some(BODY_TIMEOUT))
+        .build()
+        .into();
     let mut resp =
-        ureq::get(url).call().map_err(|e| VmError::Download { url: url.to_owned(), source: Box::new(e) })?;
-    on(FetchEvent::Start { name: pkg.name.clone(), bytes: pkg.size });
+        agent.get(url).call().map_err(|e| VmError::Download { url: url.to_owned(), source: Box::new(e) })?;
+    let _ = tx.send(Progress::Started);
     let mut body = resp.body_mut().as_reader();
     let mut out = File::create(part).map_err(VmError::io("cannot create", part))?;
     let mut hasher = Sha256::new();
@@ -93,7 +144,10 @@ fn download(
         hasher.update(&buf[..n]);
         out.write_all(&buf[..n]).map_err(VmError::io("cannot write", part))?;
         done += n as u64;
-        on(FetchEvent::Progress { name: pkg.name.clone(), done });
+        if tx.send(Progress::Bytes(done)).is_err() {
+            // Nobody waits any more (cancelled): stop.
+            return Err(VmError::Cancelled);
+        }
     }
     out.sync_all().map_err(VmError::io("cannot sync", part))?;
     Ok(hex::encode(hasher.finalize()))

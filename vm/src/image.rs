@@ -123,7 +123,7 @@ impl Tree {
 
 /// Assembles the image's contents and writes it, unless an image with the same content hash is
 /// already cached.
-pub fn build(inputs: &Inputs, cache: &Path) -> Result<Image, VmError> {
+pub fn build(inputs: &Inputs, cache: &Path, cancel: &lab_protocol::Cancel) -> Result<Image, VmError> {
     let mut t = Tree::default();
     for d in ["bin", "sbin", "usr/bin", "usr/sbin", "proc", "sys", "dev", "run", "tmp", "root", "etc", "mnt"]
     {
@@ -224,14 +224,20 @@ pub fn build(inputs: &Inputs, cache: &Path) -> Result<Image, VmError> {
     }
     fs::create_dir_all(&dir).map_err(VmError::io("cannot create", &dir))?;
     let part = path.with_extension("part");
-    write_cpio(&t, &part).map_err(VmError::io("cannot write image", &part))?;
+    if let Err(e) = write_cpio(&t, &part, cancel) {
+        let _ = fs::remove_file(&part);
+        return Err(if cancel.is_cancelled() { VmError::Cancelled } else { VmError::io("cannot write image", &part)(e) });
+    }
     fs::rename(&part, &path).map_err(VmError::io("cannot move into place", &path))?;
     Ok(Image { path, hash, cached: false })
 }
 
-fn write_cpio(t: &Tree, out: &Path) -> std::io::Result<()> {
+fn write_cpio(t: &Tree, out: &Path, cancel: &lab_protocol::Cancel) -> std::io::Result<()> {
     let mut gz = GzEncoder::new(File::create(out)?, Compression::fast());
     for (ino, (path, e)) in t.0.iter().enumerate() {
+        if cancel.is_cancelled() {
+            return Err(std::io::Error::new(std::io::ErrorKind::Interrupted, "cancelled"));
+        }
         let (kind, nlink, data): (u32, u32, &[u8]) = match &e.content {
             Content::Dir => (0o040000, 2, &[]),
             Content::File(b) => (0o100000, 1, b),

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lab_protocol::wire::RequestBody;
+use lab_protocol::{Cancel, wire::RequestBody};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -48,6 +48,8 @@ pub struct BootOptions<'a> {
     pub cpus: u32,
     /// QEMU dies with this process (scenario VMs) instead of outliving it (`up`).
     pub tied: bool,
+    /// Set by Ctrl-C: the boot stops waiting at once, QEMU is killed and its folder removed.
+    pub cancel: &'a Cancel,
 }
 
 impl BootOptions<'_> {
@@ -157,7 +159,7 @@ impl Machine {
             child: Some(child),
         };
         let ready = Channel::connect(&control(&dir), &serial(&dir), Duration::from_secs(10))
-            .and_then(|mut ch| ch.hello(o.name, o.boot_timeout(), "while booting"));
+            .and_then(|mut ch| ch.hello_or_cancel(o.name, o.boot_timeout(), "while booting", o.cancel));
         match ready {
             Ok(kernel) => {
                 m.state.release = kernel;

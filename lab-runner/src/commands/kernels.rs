@@ -1,7 +1,7 @@
 //! `lab-runner kernels list|fetch`
 use lab_vm::{catalog::Catalog, paths};
 
-use crate::{cli::KernelsCommand, exit, ui, vmprep};
+use crate::{cli::KernelsCommand, commands::signals, exit, ui, vmprep};
 
 pub fn run(cmd: &KernelsCommand) -> i32 {
     let cat = Catalog::builtin();
@@ -30,8 +30,12 @@ pub fn run(cmd: &KernelsCommand) -> i32 {
         KernelsCommand::Fetch { names, mirror } => {
             let names: Vec<&str> =
                 if names.is_empty() { cat.names() } else { names.iter().map(String::as_str).collect() };
+            let cancel = match signals::watch() {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
             for name in names {
-                let result = cat.get(name).and_then(|k| vmprep::fetch_kernel(k, mirror.as_deref()));
+                let result = cat.get(name).and_then(|k| vmprep::fetch_kernel(k, mirror.as_deref(), &cancel));
                 match result {
                     Ok(files) => println!("{name}: {} (vmlinuz {})", files.release, files.vmlinuz.display()),
                     Err(e) => return ui::fail_vm(&e),

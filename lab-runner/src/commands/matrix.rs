@@ -145,8 +145,8 @@ fn kernel_row(
         guest_bin: args.guest_bin.clone(),
     };
     let tools: Vec<String> = scenarios.iter().flat_map(|s| s.scenario.requires.tools.clone()).collect();
-    let prepared = vmprep::prepare(kernel, vm.mirror.as_deref(), vm.guest_bin.as_ref(), &tools)
-        .and_then(|p| vmprep::choose_accel(vm.accel, &p).map(|a| (p, a)));
+    let prepared = vmprep::prepare(kernel, vm.mirror.as_deref(), vm.guest_bin.as_ref(), &tools, cancel)
+        .and_then(|p| vmprep::choose_accel(vm.accel, &p, cancel).map(|a| (p, a)));
     let (p, accel) = match prepared {
         Ok(x) => x,
         Err(e) => {
@@ -170,6 +170,7 @@ fn kernel_row(
             memory_mb: vm.memory,
             cpus: vm.cpus,
             tied: true,
+            cancel,
         };
         let mut m = match Machine::boot(&opts) {
             Ok(m) => m,

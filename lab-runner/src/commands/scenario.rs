@@ -126,6 +126,7 @@ fn in_vm(args: &ScenarioArgs, l: &Loaded, options: Options) -> Result<(Outcome, 
             &args.vm,
             true,
             &l.scenario.requires.tools,
+            &cancel,
         ) {
             Ok(m) => (m, true),
             Err(e) => return Err(ui::fail_vm(&e)),

@@ -1,8 +1,9 @@
-//! SIGINT and SIGTERM set a [`Cancel`] flag instead of killing the process, so whatever is
-//! running can tear its lab or VM down first.
+//! SIGINT, SIGTERM and SIGHUP (the terminal went away) set a [`Cancel`] flag instead of killing
+//! the process, so whatever is running can tear its lab or VM down first. A second signal exits
+//! at once: the user asked twice.
 use std::{sync::mpsc, thread};
 
-use lab_node::process::Cancel;
+use lab_protocol::Cancel;
 
 use crate::exit;
 
@@ -19,17 +20,25 @@ pub fn watch() -> Result<Cancel, i32> {
             Err(e) => return drop(ready.send(Err(e))),
         };
         rt.block_on(async move {
-            let (mut int, mut term) = match (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
-            {
-                (Ok(i), Ok(t)) => (i, t),
-                (Err(e), _) | (_, Err(e)) => return drop(ready.send(Err(e))),
+            let kinds = [SignalKind::interrupt(), SignalKind::terminate(), SignalKind::hangup()];
+            let (mut int, mut term, mut hup) = match kinds.map(signal) {
+                [Ok(i), Ok(t), Ok(h)] => (i, t, h),
+                [Err(e), ..] | [_, Err(e), _] | [.., Err(e)] => return drop(ready.send(Err(e))),
             };
             let _ = ready.send(Ok(()));
-            tokio::select! {
-                _ = int.recv() => {}
-                _ = term.recv() => {}
+            for n in 0.. {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                    _ = hup.recv() => {}
+                }
+                if n > 0 {
+                    eprintln!("lab-runner: interrupted twice; exiting without cleaning up (`lab-runner clean` removes what is left)");
+                    std::process::exit(exit::INTERRUPTED);
+                }
+                eprintln!("lab-runner: stopping (interrupt again to exit at once)");
+                flag.cancel();
             }
-            flag.cancel();
         });
     });
     match installed.recv() {

@@ -1,5 +1,7 @@
 //! `lab-runner up`: boot a VM on a pinned kernel and leave it running in the background.
+use lab_protocol::Cancel;
 use lab_vm::{
+    VmError,
     catalog::Catalog,
     machine::{self, DEFAULT_NAME, Machine},
     mirror,
@@ -9,6 +11,7 @@ use lab_vm::{
 
 use crate::{
     cli::{AccelArg, Provider, UpArgs},
+    commands::signals,
     exit, ui,
     vmprep::{self, DEFAULT_KERNEL},
 };
@@ -21,7 +24,12 @@ pub fn run(args: &UpArgs) -> i32 {
     if args.print_qemu {
         return print_qemu(args);
     }
-    match vmprep::boot(DEFAULT_NAME, &args.vm, false, &[]) {
+    // Ctrl-C, SIGTERM or SIGHUP while fetching, building or booting: stop, leave nothing.
+    let cancel = match signals::watch() {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match vmprep::boot(DEFAULT_NAME, &args.vm, false, &[], &cancel) {
         Ok(m) => {
             println!(
                 "VM up: kernel {} ({}), {}, ready in {:.1} s; state in {}",
@@ -33,13 +41,17 @@ pub fn run(args: &UpArgs) -> i32 {
             );
             exit::OK
         }
+        Err(VmError::Cancelled) => {
+            eprintln!("lab-runner: interrupted; nothing was left running");
+            exit::INTERRUPTED
+        }
         Err(e) => ui::fail_vm(&e),
     }
 }
 
 fn print_qemu(args: &UpArgs) -> i32 {
     let kernel = args.vm.kernel.as_deref().unwrap_or(DEFAULT_KERNEL);
-    let p = match vmprep::prepare(kernel, args.vm.mirror.as_deref(), args.vm.guest_bin.as_ref(), &[]) {
+    let p = match vmprep::prepare(kernel, args.vm.mirror.as_deref(), args.vm.guest_bin.as_ref(), &[], &Cancel::new()) {
         Ok(p) => p,
         Err(e) => return ui::fail_vm(&e),
     };
