@@ -449,8 +449,12 @@ fn ctrl_c_during_boot_stops_at_once_and_leaves_nothing() {
     let Some((_vm, env)) = start("ctrl_c_during_boot_stops_at_once_and_leaves_nothing", "ctrlc") else {
         return;
     };
-    let mut child =
-        env.cmd(&[&["up"][..], &ON_61].concat()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = env
+        .cmd(&[&["up"][..], &ON_61].concat())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let mut said = Vec::new();
     for line in lines.by_ref().map_while(Result::ok) {
@@ -473,6 +477,53 @@ fn ctrl_c_during_boot_stops_at_once_and_leaves_nothing() {
     assert!(t.elapsed() < Duration::from_secs(3), "stopped after {:?}", t.elapsed());
     assert_eq!(status.code(), Some(130), "{said:?} {rest:?}");
     assert!(rest.iter().any(|l| l.contains("interrupted; nothing was left running")), "{rest:?}");
+    assert_eq!(qemus_under(&env.root), Vec::<i32>::new());
+    assert_eq!(env.state_dirs(), Vec::<String>::new());
+}
+
+#[test]
+fn a_guided_run_in_the_vm_prints_try_commands_that_run_there() {
+    let Some((_vm, env)) = start("a_guided_run_in_the_vm_prints_try_commands_that_run_there", "guided")
+    else {
+        return;
+    };
+    let mut child = env
+        .cmd(&[&["scenario", "apps"][..], &ON_61, &["--step", "--repetitions", "1"]].concat())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let try_line = loop {
+        let Some(Ok(line)) = lines.next() else { panic!("no try line: {seen:?}") };
+        seen.push(line.clone());
+        if let Some(cmd) = line.trim().strip_prefix("try: ")
+            && cmd.contains("redis-cli")
+        {
+            break cmd.to_owned();
+        }
+    };
+    // Printed for this machine: this binary's exec into the scenario's own VM...
+    assert!(try_line.contains(" exec --vm scenario-"), "{try_line}");
+    // ... and runnable as it is, while the scenario waits for Enter.
+    let out = Command::new("sh")
+        .args(["-c", &try_line])
+        .env("XDG_RUNTIME_DIR", env.root.join("run"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{try_line}: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "PONG", "{try_line}");
+    // q stops the run; the VM booted for it goes with it.
+    use std::io::Write;
+    stdin.write_all(b"q\n").unwrap();
+    drop(stdin);
+    let rest = thread::spawn(move || lines.map_while(Result::ok).count());
+    let status = child.wait().unwrap();
+    rest.join().unwrap();
+    assert_eq!(status.code(), Some(130));
     assert_eq!(qemus_under(&env.root), Vec::<i32>::new());
     assert_eq!(env.state_dirs(), Vec::<String>::new());
 }

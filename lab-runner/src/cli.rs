@@ -140,6 +140,10 @@ pub struct ExecArgs {
     /// Give up (and report) if the command has not finished after this many seconds.
     #[arg(long, default_value_t = 600)]
     pub timeout: u64,
+    /// The VM to run it in: the one `up` started, or a scenario's own (its guided run names it
+    /// in each `try` line). It runs beside a scenario running there.
+    #[arg(long, default_value = lab_vm::machine::DEFAULT_NAME)]
+    pub vm: String,
     /// The command and its arguments.
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,

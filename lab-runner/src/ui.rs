@@ -50,6 +50,20 @@ pub fn fail_vm(e: &VmError) -> i32 {
     }
 }
 
+/// A `try` command as a line to paste on this machine: this very binary's `exec` into `vm`
+/// (by path, so it runs whatever PATH holds), through `sh -c` when the command needs a shell
+/// (pipes, redirections, quotes).
+pub fn exec_line(vm: &str, cmd: &str) -> String {
+    let me = std::env::current_exe().map_or_else(|_| "lab-runner".into(), |p| p.display().to_string());
+    let vm_flag = if vm == lab_vm::machine::DEFAULT_NAME { String::new() } else { format!(" --vm {vm}") };
+    let plain = cmd.chars().all(|c| c.is_ascii_alphanumeric() || " -_./:=,@%+[]".contains(c));
+    if plain {
+        format!("{me} exec{vm_flag} -- {cmd}")
+    } else {
+        format!("{me} exec{vm_flag} -- sh -c '{}'", cmd.replace('\'', "'\\''"))
+    }
+}
+
 /// Download progress bars (stderr) drawn from fetch events.
 pub struct FetchView {
     bar: Option<ProgressBar>,
@@ -104,13 +118,22 @@ struct Figure {
 pub struct View {
     json: bool,
     guided: bool,
+    /// The VM the scenario runs in: its `try` commands are printed as `lab-runner exec` lines
+    /// that reach it.
+    vm: Option<String>,
     /// Metrics per step, in the order they came: the summary table.
     table: Vec<(String, Vec<Figure>)>,
 }
 
 impl View {
     pub fn new(json: bool, guided: bool) -> View {
-        View { json, guided, table: Vec::new() }
+        View { json, guided, vm: None, table: Vec::new() }
+    }
+
+    /// The scenario runs in VM `name` (not on this machine).
+    pub fn in_vm(mut self, name: &str) -> View {
+        self.vm = Some(name.to_owned());
+        self
     }
 
     pub fn note(&self, line: &str) {
@@ -155,7 +178,10 @@ impl View {
             Event::StepSkipped { step, reason } => outln!("   skipped: {step}: {reason}"),
             Event::Paused { try_, .. } => {
                 for t in try_ {
-                    outln!("   try: {t}");
+                    match &self.vm {
+                        Some(vm) => outln!("   try: {}", exec_line(vm, t)),
+                        None => outln!("   try: {t}"),
+                    }
                 }
                 out!("-- Enter: next step, q: stop here -- ");
                 let _ = std::io::stdout().flush();
@@ -299,6 +325,20 @@ fn read_line_unless(cancel: &Cancel) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn try_lines_in_a_vm_are_exec_commands_that_reach_it() {
+        let me = std::env::current_exe().unwrap().display().to_string();
+        assert_eq!(
+            exec_line("scenario-42", "ip -n slab-1-client -s link show eth0"),
+            format!("{me} exec --vm scenario-42 -- ip -n slab-1-client -s link show eth0")
+        );
+        assert_eq!(exec_line("default", "bpftool prog list"), format!("{me} exec -- bpftool prog list"));
+        assert_eq!(
+            exec_line("default", "iptables -S | head -n 'x'"),
+            format!(r#"{me} exec -- sh -c 'iptables -S | head -n '\''x'\'''"#)
+        );
+    }
 
     #[test]
     fn compacts_markdown_to_its_first_paragraph() {

@@ -2,6 +2,7 @@
 //! `up`, `scenario` and `matrix`; progress goes to stderr so `--json` output stays clean.
 use std::{fs, path::PathBuf, time::Duration};
 
+use lab_protocol::Cancel;
 use lab_vm::{
     VmError,
     catalog::{Catalog, Kernel},
@@ -12,7 +13,6 @@ use lab_vm::{
     mirror, paths,
     qemu::{self, Accel},
 };
-use lab_protocol::Cancel;
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -42,7 +42,11 @@ pub fn guest_bins(flag: Option<&PathBuf>) -> PathBuf {
 }
 
 /// Fetches (verified) and extracts the kernel's packages.
-pub fn fetch_kernel(kernel: &Kernel, mirror_flag: Option<&str>, cancel: &Cancel) -> Result<KernelFiles, VmError> {
+pub fn fetch_kernel(
+    kernel: &Kernel,
+    mirror_flag: Option<&str>,
+    cancel: &Cancel,
+) -> Result<KernelFiles, VmError> {
     let cache = paths::cache_dir();
     let mirror = mirror::resolve(mirror_flag)?;
     let mut view = ui::FetchView::new();

@@ -115,7 +115,10 @@ fn download(
             Ok(Progress::Finished(result)) => return result,
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => {
-                return Err(VmError::Broken { what: format!("the download of {url}"), detail: "its thread died".into() });
+                return Err(VmError::Broken {
+                    what: format!("the download of {url}"),
+                    detail: "its thread died".into(),
+                });
             }
         }
     }

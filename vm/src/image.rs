@@ -226,7 +226,11 @@ pub fn build(inputs: &Inputs, cache: &Path, cancel: &lab_protocol::Cancel) -> Re
     let part = path.with_extension("part");
     if let Err(e) = write_cpio(&t, &part, cancel) {
         let _ = fs::remove_file(&part);
-        return Err(if cancel.is_cancelled() { VmError::Cancelled } else { VmError::io("cannot write image", &part)(e) });
+        return Err(if cancel.is_cancelled() {
+            VmError::Cancelled
+        } else {
+            VmError::io("cannot write image", &part)(e)
+        });
     }
     fs::rename(&part, &path).map_err(VmError::io("cannot move into place", &path))?;
     Ok(Image { path, hash, cached: false })

@@ -72,6 +72,9 @@ pub struct Machine {
 fn control(dir: &Path) -> PathBuf {
     dir.join("control.sock")
 }
+fn exec_socket(dir: &Path) -> PathBuf {
+    dir.join("exec.sock")
+}
 fn console(dir: &Path) -> PathBuf {
     dir.join("console.sock")
 }
@@ -97,6 +100,7 @@ pub fn spec(
         memory_mb,
         cpus,
         control: control(dir),
+        exec: exec_socket(dir),
         console: console(dir),
         serial_log: serial(dir),
     }
@@ -219,6 +223,14 @@ impl Machine {
     /// this build's protocol.
     pub fn channel(&self, timeout: Duration) -> Result<Channel, VmError> {
         let mut ch = self.raw_channel()?;
+        ch.hello(&self.state.name, timeout.min(Duration::from_secs(30)), "while saying hello")?;
+        Ok(ch)
+    }
+
+    /// A channel on the guest's second port, free while a scenario holds the first: for
+    /// commands run beside it (the `try` commands of a guided run).
+    pub fn exec_channel(&self, timeout: Duration) -> Result<Channel, VmError> {
+        let mut ch = Channel::connect(&exec_socket(&self.dir), &serial(&self.dir), Duration::from_secs(5))?;
         ch.hello(&self.state.name, timeout.min(Duration::from_secs(30)), "while saying hello")?;
         Ok(ch)
     }

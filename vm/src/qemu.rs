@@ -37,6 +37,8 @@ pub struct Spec {
     pub cpus: u32,
     /// Unix socket for the agent's virtio-serial port.
     pub control: PathBuf,
+    /// Unix socket for the agent's second port (`lab-runner exec` while a scenario runs).
+    pub exec: PathBuf,
     /// Unix socket for the interactive console (`lab-runner shell`).
     pub console: PathBuf,
     /// The serial console (kernel messages, lab-node's log) goes to this file.
@@ -66,6 +68,8 @@ pub fn command_line(s: &Spec) -> Vec<String> {
     push(&["-device", "virtio-serial-pci,id=vser"]);
     push(&["-chardev", &format!("socket,id=ctl,path={},server=on,wait=off", p(&s.control))]);
     push(&["-device", "virtserialport,bus=vser.0,chardev=ctl,name=lab.control"]);
+    push(&["-chardev", &format!("socket,id=exe,path={},server=on,wait=off", p(&s.exec))]);
+    push(&["-device", "virtserialport,bus=vser.0,chardev=exe,name=lab.exec"]);
     push(&["-chardev", &format!("socket,id=con,path={},server=on,wait=off", p(&s.console))]);
     push(&["-device", "virtconsole,bus=vser.0,chardev=con"]);
     a
@@ -105,6 +109,7 @@ mod tests {
             memory_mb: 512,
             cpus: 2,
             control: "/s/control.sock".into(),
+            exec: "/s/exec.sock".into(),
             console: "/s/console.sock".into(),
             serial_log: "/s/serial.log".into(),
         }
@@ -119,6 +124,7 @@ mod tests {
         assert!(joined.contains("-kernel /c/vmlinuz -initrd /c/img.cpio.gz"));
         assert!(joined.contains("socket,id=ctl,path=/s/control.sock,server=on,wait=off"));
         assert!(joined.contains("virtserialport,bus=vser.0,chardev=ctl,name=lab.control"));
+        assert!(joined.contains("virtserialport,bus=vser.0,chardev=exe,name=lab.exec"));
         assert!(joined.contains("-serial file:/s/serial.log"));
         assert!(a.contains(&"console=ttyS0 panic=-1 loglevel=4 quiet".to_owned()));
     }

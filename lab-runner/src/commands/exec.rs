@@ -7,19 +7,24 @@ use lab_vm::{
     machine::{DEFAULT_NAME, Machine},
 };
 
-use crate::{cli::ExecArgs, commands::signals, ui};
+use crate::{cli::ExecArgs, commands::signals, exit, ui};
 
 pub fn run(args: &ExecArgs) -> i32 {
-    let m = match Machine::find(DEFAULT_NAME) {
+    let m = match Machine::find(&args.vm) {
         Ok(Some(m)) => m,
-        Ok(None) => return ui::fail_vm(&VmError::NotUp),
+        Ok(None) if args.vm == DEFAULT_NAME => return ui::fail_vm(&VmError::NotUp),
+        Ok(None) => {
+            eprintln!("lab-runner: no VM named {} is up", args.vm);
+            return exit::USAGE;
+        }
         Err(e) => return ui::fail_vm(&e),
     };
     let cancel = match signals::watch() {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let result = m.channel(Duration::from_secs(args.timeout)).and_then(|mut ch| {
+    // The second port: free even while a scenario runs on the first.
+    let result = m.exec_channel(Duration::from_secs(args.timeout)).and_then(|mut ch| {
         ch.request(
             RequestBody::Exec { argv: args.command.clone() },
             Duration::from_secs(args.timeout),

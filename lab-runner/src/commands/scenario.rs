@@ -133,7 +133,7 @@ fn in_vm(args: &ScenarioArgs, l: &Loaded, options: Options) -> Result<(Outcome, 
         },
         Err(e) => return Err(ui::fail_vm(&e)),
     };
-    let mut view = ui::View::new(args.json, args.step);
+    let mut view = ui::View::new(args.json, args.step).in_vm(&machine.state.name);
     let result = run_on(&mut machine, l, options, &cancel, args.step, &mut view);
     if owned {
         let _ = machine.down();

@@ -51,7 +51,13 @@ pub fn run(args: &UpArgs) -> i32 {
 
 fn print_qemu(args: &UpArgs) -> i32 {
     let kernel = args.vm.kernel.as_deref().unwrap_or(DEFAULT_KERNEL);
-    let p = match vmprep::prepare(kernel, args.vm.mirror.as_deref(), args.vm.guest_bin.as_ref(), &[], &Cancel::new()) {
+    let p = match vmprep::prepare(
+        kernel,
+        args.vm.mirror.as_deref(),
+        args.vm.guest_bin.as_ref(),
+        &[],
+        &Cancel::new(),
+    ) {
         Ok(p) => p,
         Err(e) => return ui::fail_vm(&e),
     };

@@ -10,11 +10,14 @@ use crate::{Event, Options, Outcome};
 
 /// Name of the virtio-serial port the agent serves.
 pub const CONTROL_PORT: &str = "lab.control";
+/// A second port, served the same way, for commands run while a scenario holds the first
+/// (`lab-runner exec` during a guided run).
+pub const EXEC_PORT: &str = "lab.exec";
 
 /// The protocol's version, sent in `ready`: raised whenever a message changes, so a host never
 /// talks to a guest built from other sources (a VM left up by an older build). Guests from
 /// before versioning send none, which reads as 0.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Request {

@@ -12,7 +12,7 @@ use std::{
 
 use super::{
     init,
-    protocol::{self, CONTROL_PORT, Reply, ReplyBody, Request, RequestBody, VERSION},
+    protocol::{self, CONTROL_PORT, EXEC_PORT, Reply, ReplyBody, Request, RequestBody, VERSION},
 };
 use crate::{
     preflight,
@@ -61,9 +61,19 @@ fn find_port(name: &str) -> io::Result<PathBuf> {
     Err(io::Error::new(io::ErrorKind::NotFound, format!("no virtio port named {name}")))
 }
 
-/// Serves forever (returns only if the port cannot be opened).
+/// Serves both ports forever (returns only if the control port cannot be opened): each port
+/// takes one request at a time, so an `exec` on the second runs beside a scenario on the first.
 pub fn serve() -> io::Result<()> {
-    let port = find_port(CONTROL_PORT)?;
+    thread::spawn(|| {
+        if let Err(e) = serve_port(EXEC_PORT) {
+            init::log(&format!("{EXEC_PORT}: {e}"));
+        }
+    });
+    serve_port(CONTROL_PORT)
+}
+
+fn serve_port(name: &str) -> io::Result<()> {
+    let port = find_port(name)?;
     let file = OpenOptions::new().read(true).write(true).open(&port)?;
     let out = Out(Arc::new(Mutex::new(file.try_clone()?)));
     let mut reader = BufReader::new(file);
