@@ -283,7 +283,7 @@ impl Lab {
     pub fn stop(&mut self, pid: u32) {
         if let Some(i) = self.children.iter().position(|c| c.id() == pid) {
             let mut c = self.children.swap_remove(i);
-            let _ = c.kill();
+            process::kill_tree(&mut c);
             let _ = c.wait();
         }
     }
@@ -370,6 +370,8 @@ impl Lab {
                 Ok(())
             });
         }
+        // Its own process group: a deadline or a cancel kills what it started too.
+        cmd.process_group(0);
         let what = process::describe(&cmd);
         cmd.spawn().map_err(|source| LabError::Spawn { command: what, source })
     }
@@ -481,7 +483,7 @@ impl Lab {
         keep(self.stop_mesh());
         keep(cgroup::remove_tree(&self.cgroup, KILL_TIMEOUT));
         for mut child in self.children.drain(..) {
-            let _ = child.kill();
+            process::kill_tree(&mut child);
             let _ = child.wait();
         }
         for pod in &self.pods {

@@ -142,12 +142,21 @@ pub fn wait_output(
             None
         };
         if let Some(err) = err {
-            let _ = child.kill();
+            kill_tree(&mut child);
             let _ = child.wait();
             return Err(err);
         }
         thread::sleep(Duration::from_millis(2));
     }
+}
+
+/// Kills `child` and, when it leads a process group of its own (the lab starts every pod
+/// process so), everything it started that stayed in that group.
+pub fn kill_tree(child: &mut Child) {
+    // SAFETY: signalling the process group whose leader is our own unreaped child (a pid that
+    // leads no group names none: ESRCH).
+    unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+    let _ = child.kill();
 }
 
 /// A pipe read to its end by a thread of its own.
@@ -252,5 +261,39 @@ mod tests {
         let err =
             wait_output(sh("sleep 30"), "sleep", Duration::from_millis(100), &Cancel::new()).unwrap_err();
         assert!(matches!(err, LabError::Timeout { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_cancel_kills_the_whole_process_group() {
+        use std::os::unix::process::CommandExt as _;
+        let pidfile = std::env::temp_dir().join(format!("slab-tree-{}", std::process::id()));
+        let script = format!("sleep 300 & echo $! > {}; wait", pidfile.display());
+        let child = Command::new("sh").args(["-c", &script]).process_group(0).spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let grandchild = loop {
+            if let Some(pid) = fs_pid(&pidfile) {
+                break pid;
+            }
+            assert!(Instant::now() < deadline, "the shell never started its sleep");
+            thread::sleep(Duration::from_millis(10));
+        };
+        let cancel = Cancel::new();
+        cancel.cancel();
+        let err = wait_output(child, "sh", Duration::from_secs(20), &cancel).unwrap_err();
+        assert!(matches!(err, LabError::Cancelled), "{err}");
+        let _ = std::fs::remove_file(&pidfile);
+        // Gone, or a zombie waiting for init to reap it: not running either way.
+        let gone = || {
+            std::fs::read_to_string(format!("/proc/{grandchild}/stat")).map_or(true, |s| s.contains(") Z "))
+        };
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while !gone() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(10));
+        }
+        assert!(gone(), "the grandchild {grandchild} survived");
+    }
+
+    fn fs_pid(path: &std::path::Path) -> Option<i32> {
+        std::fs::read_to_string(path).ok()?.trim().parse().ok()
     }
 }

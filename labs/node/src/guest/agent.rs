@@ -3,6 +3,7 @@
 use std::{
     fs::{self, File, OpenOptions},
     io::{self, BufRead, BufReader, Read, Write},
+    os::unix::process::CommandExt,
     path::PathBuf,
     process::{Command, Stdio},
     sync::{Arc, Mutex},
@@ -192,6 +193,7 @@ fn exec(id: u64, argv: &[String], cancel: &Cancel, out: &Out) -> ReplyBody {
         .args(args)
         .env("PATH", init::PATH)
         .current_dir("/root")
+        .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -209,7 +211,7 @@ fn exec(id: u64, argv: &[String], cancel: &Cancel, out: &Out) -> ReplyBody {
     ];
     let status = loop {
         if cancel.is_cancelled() {
-            let _ = child.kill();
+            crate::process::kill_tree(&mut child);
         }
         match child.try_wait() {
             Ok(Some(s)) => break s,
