@@ -11,7 +11,8 @@ pub const USAGE: i32 = 2;
 /// (qemu, busybox, dpkg-deb), the kernel refused a program, or a scenario was skipped for one.
 pub const UNMET: i32 = 3;
 /// The backend failed: a command, a namespace or a file did not behave, a VM died or stopped
-/// answering, a download failed its checksum.
+/// answering, a download failed its checksum, a state file, cached package or template is
+/// broken (never a skip).
 pub const BACKEND: i32 = 4;
 /// Interrupted by SIGINT or SIGTERM; the lab was torn down.
 pub const INTERRUPTED: i32 = 130;
@@ -24,5 +25,7 @@ pub const HELP: &str = "Exit codes:
   3    requirement unmet: not root (host backend), no cgroup v2, no bpffs, a tool missing
        (qemu, busybox), program refused by the kernel; or a scenario skipped because the
        kernel lacks what it requires (the reason is printed)
-  4    backend failure: a VM died or went silent, a download failed its checksum, ...
-  130  interrupted (SIGINT/SIGTERM); the lab was torn down";
+  4    backend failure: a VM died or went silent, a download failed its checksum, a state
+       file, cached package or template is broken, ...
+  130  interrupted (SIGINT/SIGTERM/SIGHUP); the lab was torn down (a second signal exits
+       at once)";

@@ -110,6 +110,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_metric_that_is_not_a_number_crosses_the_wire() {
+        let e = Event::Metric {
+            step: "4. pod".into(),
+            name: "min_ratio".into(),
+            value: f64::NAN,
+            unit: "x".into(),
+        };
+        let line = serde_json::to_string(&Reply { id: 1, body: ReplyBody::Event { event: e } }).unwrap();
+        assert!(line.contains(r#""value":null"#), "{line}");
+        let back: Reply = serde_json::from_str(&line).unwrap();
+        assert!(
+            matches!(back.body, ReplyBody::Event { event: Event::Metric { value, .. } } if value.is_nan())
+        );
+    }
+
+    #[test]
     fn a_guest_without_a_version_reads_as_version_0_and_bad_lines_keep_their_id() {
         let old: Reply =
             serde_json::from_str(r#"{"id":1,"kind":"ready","kernel":"6.1","uptime_s":2.5}"#).unwrap();
