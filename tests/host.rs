@@ -846,3 +846,64 @@ fn real_applications_run_direct_through_sidecars_and_through_the_mesh() {
     assert!(get("mesh", "packets") * 100.0 <= get("direct", "packets"), "{r}");
     assert_eq!(remains_of(v["report"]["lab"].as_str().unwrap()), Vec::<String>::new());
 }
+
+#[test]
+fn an_exec_step_printing_a_mebibyte_completes_and_a_dead_server_shows_its_log() {
+    let _k = KERNEL.lock().unwrap_or_else(|p| p.into_inner());
+    if !root_or_skip("an_exec_step_printing_a_mebibyte_completes_and_a_dead_server_shows_its_log") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("slab-big-{}", std::process::id()));
+    fs::create_dir_all(&dir).unwrap();
+    // 1 MiB on stdout (more than a pipe holds: a runner that reads only after exit blocks).
+    let big = dir.join("big.toml");
+    fs::write(
+        &big,
+        r#"name = "big"
+summary = "an exec step that prints a mebibyte"
+[[pods]]
+name = "a"
+[[steps]]
+do = "exec"
+name = "big"
+pod = "a"
+command = ["sh", "-c", "head -c 1048576 /dev/zero | tr '\\0' x; echo; echo bytes 1048576"]
+figures = { bytes = { regex = '^bytes ([0-9]+)' } }
+[[steps]]
+do = "expect"
+metric = "big.bytes"
+op = "=="
+value = 1048576
+"#,
+    )
+    .unwrap();
+    let t = Instant::now();
+    let v = passed_on_host(big.to_str().unwrap(), &[]);
+    assert!(t.elapsed() < Duration::from_secs(60), "took {:?}", t.elapsed());
+    assert_eq!(v["report"]["results"]["big"]["bytes"], 1_048_576.0);
+    // A command workload that exits instead of listening: the error carries its log's tail.
+    let dead = dir.join("dead.toml");
+    fs::write(
+        &dead,
+        r#"name = "dead"
+summary = "a server that never listens"
+[[pods]]
+name = "a"
+workload = { kind = "command", port = 9999, command = ["sh", "-c", "echo 'bind: address is on fire' >&2; exit 3"] }
+[[steps]]
+do = "explain"
+title = "nothing"
+text = "runs"
+"#,
+    )
+    .unwrap();
+    let out =
+        Command::new(bin()).args(["scenario", dead.to_str().unwrap(), "--backend", "host"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(
+        err.contains("nothing listens on port 9999") && err.contains("bind: address is on fire"),
+        "{err}"
+    );
+    fs::remove_dir_all(&dir).unwrap();
+}

@@ -2007,9 +2007,9 @@ impl Engine<'_> {
         let rss_mean = if rss.is_empty() {
             0.0
         } else {
-            rss.iter().map(|(_, k)| *k as f64).sum::<f64>() / rss.len() as f64
+            rss.iter().map(|(_, k)| *k as f64).fold(0.0, |a, b| a + b) / rss.len() as f64
         };
-        let rss_total = rss.iter().map(|(_, k)| *k as f64).sum::<f64>();
+        let rss_total = rss.iter().map(|(_, k)| *k as f64).fold(0.0, |a, b| a + b); // not sum(): an empty f64 sum is -0.0
         values.extend([
             ("proxies".to_owned(), rss.len() as f64),
             ("proxy_rss_kb".to_owned(), rss_mean),
