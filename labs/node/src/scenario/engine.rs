@@ -2503,10 +2503,17 @@ fn wait_listening(pid: u32, port: u16, cancel: &super::Cancel) -> Result<(), Lab
         if listening {
             return Ok(());
         }
-        if !std::path::Path::new(&format!("/proc/{pid}")).exists() || std::time::Instant::now() > deadline {
+        // Exited: gone, or a zombie until the lab reaps it at teardown.
+        let exited =
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.contains(") Z "));
+        if exited || std::time::Instant::now() > deadline {
             return Err(LabError::Command {
                 command: format!("pod workload (pid {pid})"),
-                stderr: format!("nothing listens on port {port} after 20 s (or the program exited)"),
+                stderr: if exited {
+                    format!("the program exited before anything listened on port {port}")
+                } else {
+                    format!("nothing listens on port {port} after 20 s")
+                },
             });
         }
         std::thread::sleep(Duration::from_millis(20));
