@@ -92,6 +92,15 @@ impl Tree {
         self.parent(path);
         self.0.insert(path.trim_matches('/').to_owned(), Entry { mode, content: Content::File(bytes) });
     }
+    /// The host's program at `dest`, with the shared libraries it loads at their own paths.
+    fn program(&mut self, dest: &str, host_path: &Path) -> Result<(), VmError> {
+        self.file(dest, 0o755, read(host_path)?);
+        for lib in shared_libraries(host_path)? {
+            self.file(&lib.to_string_lossy(), 0o755, read(&lib)?);
+        }
+        Ok(())
+    }
+
     fn symlink(&mut self, path: &str, target: &str) {
         self.parent(path);
         self.0.insert(
@@ -181,19 +190,13 @@ pub fn build(inputs: &Inputs, cache: &Path, cancel: &lab_protocol::Cancel) -> Re
             what: (*tool).into(),
             detail: "not found on this machine (install iproute2 and bpftool)".into(),
         })?;
-        t.file(&format!("usr/sbin/{tool}"), 0o755, read(&path)?);
-        for lib in shared_libraries(&path)? {
-            t.file(&lib.to_string_lossy(), 0o755, read(&lib)?);
-        }
+        t.program(&format!("usr/sbin/{tool}"), &path)?;
     }
 
     // Under the name asked for, whatever the host's file is called: Debian's redis-server is a
     // link to redis-check-rdb, and the program picks its role from argv[0].
     for (tool, path) in &extra {
-        t.file(&format!("usr/bin/{tool}"), 0o755, read(path)?);
-        for lib in shared_libraries(path)? {
-            t.file(&lib.to_string_lossy(), 0o755, read(&lib)?);
-        }
+        t.program(&format!("usr/bin/{tool}"), path)?;
     }
 
     for name in XTABLES_NAMES {
