@@ -527,3 +527,49 @@ fn a_guided_run_in_the_vm_prints_try_commands_that_run_there() {
     assert_eq!(qemus_under(&env.root), Vec::<i32>::new());
     assert_eq!(env.state_dirs(), Vec::<String>::new());
 }
+
+/// The program each `try` command of the shipped scenarios runs (after `ip netns exec NS`).
+fn try_programs() -> Vec<String> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios");
+    let mut programs = Vec::new();
+    for e in
+        fs::read_dir(dir).unwrap().flatten().filter(|e| e.path().extension().is_some_and(|x| x == "toml"))
+    {
+        let text = fs::read_to_string(e.path()).unwrap();
+        for line in text.lines().filter(|l| l.trim_start().starts_with("try = [")) {
+            // The quoted strings of the line: every other piece between double quotes.
+            for cmd in line.split('"').skip(1).step_by(2) {
+                let words: Vec<&str> = cmd.split_whitespace().collect();
+                let words = match words.as_slice() {
+                    ["ip", "netns", "exec", _ns, rest @ ..] => rest,
+                    all => all,
+                };
+                for part in words.split(|w| *w == "|") {
+                    if let Some(p) = part.first() {
+                        programs.push(p.replace("<mesh-agent>", "mesh-agent"));
+                    }
+                }
+            }
+        }
+    }
+    programs.sort();
+    programs.dedup();
+    programs
+}
+
+#[test]
+fn every_try_command_s_program_is_in_the_vm() {
+    let Some((_vm, env)) = start("every_try_command_s_program_is_in_the_vm", "trytools") else { return };
+    let programs = try_programs();
+    assert!(programs.len() >= 8 && programs.contains(&"bpftool".to_owned()), "{programs:?}");
+    let up = env.run(&[&["up"][..], &ON_61].concat());
+    assert!(up.status.success(), "{}", text(&up.stderr));
+    let script =
+        format!("for p in {}; do command -v $p >/dev/null || echo missing $p; done", programs.join(" "));
+    let out = env.run(&["exec", "--", "sh", "-c", &script]);
+    let down = env.run(&["down"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "", "programs of try commands the VM lacks");
+    assert!(down.status.success());
+    assert_eq!(qemus_under(&env.root), Vec::<i32>::new());
+}

@@ -5,7 +5,7 @@
 //! | `/init` | lab-node (static musl): PID 1 and the guest agent |
 //! | `/bin/workload`, `/bin/mesh-agent` | the workloads and the standalone agent (static musl) |
 //! | `/bin/busybox` + applet links | a shell and the usual tools |
-//! | `/usr/sbin/{ip,tc,bpftool,iptables}` | the host's iproute2, bpftool and iptables-nft, with their shared libraries and iptables' extensions |
+//! | `/usr/sbin/{ip,tc,ss,bpftool,iptables}` | the host's iproute2, bpftool and iptables-nft, with their shared libraries and iptables' extensions |
 //! | `/usr/bin/<tool>` | the programs scenarios require (`[requires] tools`: redis-server, wrk, ...) found on this machine, with their shared libraries |
 //! | `/boot/config-<release>` | the kernel config, for `[requires] config` |
 //! | `/lib/modules/<release>/…` | the lab's modules, decompressed, and `load.list` in load order |
@@ -27,9 +27,9 @@ use crate::{
 
 /// Static binaries built for x86_64-unknown-linux-musl that the image needs.
 pub const GUEST_BINARIES: &[&str] = &["lab-node", "workload", "mesh-agent"];
-/// Host tools copied in with their libraries, so `ip`, `tc`, `bpftool` and `iptables` (the
-/// nft flavour, one multi-call binary) work in the guest.
-pub const HOST_TOOLS: &[&str] = &["ip", "tc", "bpftool", "xtables-nft-multi"];
+/// Host tools copied in with their libraries, so `ip`, `tc`, `ss`, `bpftool` and `iptables`
+/// (the nft flavour, one multi-call binary) work in the guest.
+pub const HOST_TOOLS: &[&str] = &["ip", "tc", "ss", "bpftool", "xtables-nft-multi"];
 /// Names under which the multi-call xtables binary answers.
 const XTABLES_NAMES: &[&str] =
     &["iptables", "ip6tables", "iptables-nft", "ip6tables-nft", "iptables-restore", "iptables-nft-restore"];
