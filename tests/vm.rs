@@ -573,3 +573,100 @@ fn every_try_command_s_program_is_in_the_vm() {
     assert!(down.status.success());
     assert_eq!(qemus_under(&env.root), Vec::<i32>::new());
 }
+
+/// The default flow, guided: `lab-runner scenario sockmap --step` in the 6.1 VM. At every pause,
+/// each `try` line is run as printed, on this machine, and must succeed; the whole session
+/// (the scenario's output with each try command's output under it) is the book's transcript
+/// when SIDECARLESS_RECORD_BOOK=1.
+#[test]
+fn the_guided_default_flow_s_try_commands_all_run() {
+    let Some((_vm, env)) = start("the_guided_default_flow_s_try_commands_all_run", "transcript") else {
+        return;
+    };
+    const PROMPT: &str = "-- Enter: next step, q: stop here -- ";
+    let args = ["scenario", "sockmap", "--step", "--repetitions", "1", "--round-trips", "500"];
+    let mut child = env
+        .cmd(&[&args[..], &ON_61].concat())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    let mut stdout = child.stdout.take().unwrap();
+    thread::spawn(move || {
+        use std::io::Read;
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let me = bin().display().to_string();
+    let mut transcript = format!("$ lab-runner {}\n", args.join(" "));
+    let mut pending = String::new();
+    let (mut pauses, mut tried) = (0, 0);
+    let deadline = Instant::now() + Duration::from_secs(900);
+    loop {
+        assert!(Instant::now() < deadline, "no end after 15 minutes:\n{transcript}{pending}");
+        let Ok(chunk) = rx.recv_timeout(Duration::from_secs(1)) else {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            continue;
+        };
+        pending.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(at) = pending.find(PROMPT) {
+            let before: String = pending.drain(..at + PROMPT.len()).collect();
+            transcript.push_str(&before);
+            transcript.push_str("<Enter>\n");
+            pauses += 1;
+            for line in before.lines() {
+                let Some(cmd) = line.trim().strip_prefix("try: ") else { continue };
+                let out = Command::new("sh")
+                    .args(["-c", cmd])
+                    .env("XDG_RUNTIME_DIR", env.root.join("run"))
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "{cmd}: {}\n{}", text(&out.stderr), text(&out.stdout));
+                tried += 1;
+                transcript.push_str(&format!("\n$ {}\n", cmd.replace(&me, "lab-runner")));
+                transcript.push_str(&text(&out.stdout));
+                transcript.push('\n');
+            }
+            use std::io::Write;
+            stdin.write_all(b"\n").unwrap();
+        }
+    }
+    transcript.push_str(&pending);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{transcript}");
+    assert!(pauses >= 4 && tried >= 5, "{pauses} pauses, {tried} try commands:\n{transcript}");
+    assert_eq!(qemus_under(&env.root), Vec::<i32>::new());
+    assert_eq!(env.state_dirs(), Vec::<String>::new());
+    if std::env::var("SIDECARLESS_RECORD_BOOK").is_ok_and(|v| v == "1") {
+        let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../book/src/results/guided-vm.txt");
+        fs::write(out, without_ansi(&transcript.replace(&me, "lab-runner"))).unwrap();
+    }
+}
+
+/// `s` without terminal escape sequences (ESC [ ... final byte).
+fn without_ansi(s: &str) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' && chars.peek() == Some(&'[') {
+            chars.next();
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}

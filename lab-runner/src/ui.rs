@@ -164,7 +164,7 @@ impl View {
             Event::StepStarted { step, explain } => {
                 outln!("\n== {step}");
                 if self.guided {
-                    termimad::MadSkin::default().print_text(explain);
+                    termimad::MadSkin::default().print_text(&joined(explain));
                 } else {
                     for line in wrap(&compact(explain), 96) {
                         outln!("   {line}");
@@ -269,6 +269,30 @@ fn compact(md: &str) -> String {
     md.trim().split("\n\n").next().unwrap_or_default().replace("**", "").replace('`', "")
 }
 
+/// Markdown whose paragraphs are written over several lines (as scenario files keep them), with
+/// each paragraph on one line: the terminal renderer wraps lines, it does not join them.
+fn joined(md: &str) -> String {
+    let block = |l: &str| {
+        let t = l.trim_start();
+        t.starts_with("- ")
+            || t.starts_with("* ")
+            || t.starts_with(['|', '#', '>'])
+            || t.starts_with("```")
+            || t.split_once(". ").is_some_and(|(n, _)| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
+    };
+    md.trim()
+        .split("\n\n")
+        .map(|p| {
+            if p.lines().any(block) {
+                p.to_owned()
+            } else {
+                p.lines().map(str::trim).collect::<Vec<_>>().join(" ")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n\n")
+}
+
 fn figure(v: f64, unit: &str) -> String {
     match unit {
         "" => format!("{v:.0}"),
@@ -338,6 +362,13 @@ mod tests {
             exec_line("default", "iptables -S | head -n 'x'"),
             format!(r#"{me} exec -- sh -c 'iptables -S | head -n '\''x'\'''"#)
         );
+    }
+
+    #[test]
+    fn joins_the_lines_of_each_paragraph_and_keeps_blocks() {
+        assert_eq!(joined("One\ntwo.\n\n- a\n- b\n\nThree\nfour."), "One two.\n\n- a\n- b\n\nThree four.");
+        assert_eq!(joined("1. x\n2. y"), "1. x\n2. y");
+        assert_eq!(joined("**Direct**: a\nb."), "**Direct**: a b.");
     }
 
     #[test]
