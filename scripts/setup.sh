@@ -18,8 +18,9 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 # sockperf, iperf3: established tools the lab's own benchmarks are cross-checked against.
 # prometheus: the telemetry scenario's real Prometheus server, and promtool for the metrics test.
 # redis-server, redis-tools, nginx-light, wrk: the applications of scenarios/apps.toml.
+# tcpdump: scenarios/invisible.toml watches the pods' interfaces with it.
 apt_pkgs=(iproute2 iptables bpftool procps qemu-system-x86 busybox-static vagrant sockperf iperf3 prometheus
-  redis-server redis-tools nginx-light wrk)
+  redis-server redis-tools nginx-light wrk tcpdump)
 # The C twin (ebpf/mesh-c): clang for the BPF objects; libbpf-sys builds libbpf, libelf (from
 # elfutils, with autotools, flex, bison, gawk) and zlib from source, for the host and, with
 # musl-gcc, for the static guest build.

@@ -140,3 +140,87 @@ fn every_link_and_image_resolves() {
     }
     assert!(checked >= 10, "only {checked} links found");
 }
+
+/// The values of `attr="..."` in an HTML page.
+fn attribute_values<'a>(html: &'a str, attr: &str) -> Vec<&'a str> {
+    let key = format!(" {attr}=\"");
+    html.match_indices(&key)
+        .filter_map(|(i, _)| {
+            let rest = &html[i + key.len()..];
+            rest.find('"').map(|end| &rest[..end])
+        })
+        .collect()
+}
+
+/// The rendered book, as a reader gets it: every link and image of every page resolves to a
+/// file of the build, and every `#fragment` to an id on the target page. Checking the markdown
+/// is not enough: an included file's links are resolved relative to the chapter that includes
+/// it, which is how both latency charts once went missing from the rendered book.
+#[test]
+fn the_built_book_has_no_broken_link_and_no_missing_image() {
+    let out = std::env::temp_dir().join(format!("slab-book-{}", std::process::id()));
+    let book = Path::new(env!("CARGO_MANIFEST_DIR")).join("../book");
+    let status = std::process::Command::new("mdbook")
+        .arg("build")
+        .arg(&book)
+        .arg("--dest-dir")
+        .arg(&out)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap_or_else(|e| panic!("mdbook: {e} (scripts/setup.sh installs it)"));
+    assert!(status.success(), "mdbook build failed");
+    let mut pages = Vec::new();
+    fn html_files(dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                html_files(&p, out);
+            } else if p.extension().is_some_and(|x| x == "html") {
+                out.push(p);
+            }
+        }
+    }
+    html_files(&out, &mut pages);
+    let mut broken = Vec::new();
+    let (mut links, mut images) = (0, 0);
+    for page in &pages {
+        let name = page.file_name().unwrap().to_string_lossy();
+        // print.html rewrites every chapter onto one page; 404.html and toc.html are mdbook's own.
+        if ["print.html", "404.html", "toc.html"].contains(&name.as_ref()) {
+            continue;
+        }
+        let html = fs::read_to_string(page).unwrap();
+        for (attr, value) in attribute_values(&html, "href")
+            .into_iter()
+            .map(|v| ("href", v))
+            .chain(attribute_values(&html, "src").into_iter().map(|v| ("src", v)))
+        {
+            if value.contains("://") || value.starts_with("mailto:") || value.starts_with("javascript:") {
+                continue;
+            }
+            let value = value.split('?').next().unwrap();
+            let (path, fragment) = value.split_once('#').unwrap_or((value, ""));
+            let target = if path.is_empty() { page.clone() } else { page.parent().unwrap().join(path) };
+            let shown = page.strip_prefix(&out).unwrap().display().to_string();
+            if !target.is_file() {
+                broken.push(format!("{shown}: {attr}=\"{value}\": no such file"));
+                continue;
+            }
+            if !fragment.is_empty() && target.extension().is_some_and(|x| x == "html") {
+                let text = fs::read_to_string(&target).unwrap();
+                if !text.contains(&format!("id=\"{fragment}\"")) {
+                    broken.push(format!("{shown}: {attr}=\"{value}\": no id {fragment} there"));
+                }
+            }
+            if attr == "src" && path.ends_with(".svg") {
+                images += 1;
+            } else {
+                links += 1;
+            }
+        }
+    }
+    let _ = fs::remove_dir_all(&out);
+    assert!(broken.is_empty(), "{} broken:\n{}", broken.len(), broken.join("\n"));
+    assert!(links >= 100 && images >= 5, "only {links} links and {images} images checked");
+}

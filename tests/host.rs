@@ -848,6 +848,25 @@ fn real_applications_run_direct_through_sidecars_and_through_the_mesh() {
 }
 
 #[test]
+fn tcpdump_and_ss_see_the_payload_without_the_mesh_and_only_the_handshake_with_it() {
+    let _k = KERNEL.lock().unwrap_or_else(|p| p.into_inner());
+    if !root_or_skip("tcpdump_and_ss_see_the_payload_without_the_mesh_and_only_the_handshake_with_it") {
+        return;
+    }
+    let v = passed_on_host("invisible", &[]);
+    let r = &v["report"]["results"];
+    let get = |run: &str, key: &str| r[run][key].as_f64().unwrap_or_else(|| panic!("no {run}.{key} in {r}"));
+    // The scenario's own expectations hold (it passed); these are the book's claims, checked
+    // against the same numbers: payload visible without the mesh, invisible with it.
+    assert!(get("tcpdump-direct", "packets") >= 100.0, "{r}");
+    assert!(get("tcpdump-mesh", "packets") <= 12.0, "{r}");
+    assert!(get("tcpdump-mesh", "packets") >= 3.0, "the handshake is still on the wire: {r}");
+    assert!(get("ss-direct", "bytes_acked") >= 1000.0, "{r}");
+    assert!(get("ss-mesh", "bytes_acked") <= 1.0, "{r}");
+    assert_eq!(remains_of(v["report"]["lab"].as_str().unwrap()), Vec::<String>::new());
+}
+
+#[test]
 fn an_exec_step_printing_a_mebibyte_completes_and_a_dead_server_shows_its_log() {
     let _k = KERNEL.lock().unwrap_or_else(|p| p.into_inner());
     if !root_or_skip("an_exec_step_printing_a_mebibyte_completes_and_a_dead_server_shows_its_log") {

@@ -445,6 +445,26 @@ fn real_applications_run_inside_the_vm() {
 }
 
 #[test]
+fn tcpdump_and_ss_inside_the_vm_see_only_the_handshake_through_the_mesh() {
+    let Some((_vm, env)) =
+        start("tcpdump_and_ss_inside_the_vm_see_only_the_handshake_through_the_mesh", "invis")
+    else {
+        return;
+    };
+    // tcpdump comes from this machine with libpcap; ss needs tcp_diag, a module on every pinned
+    // kernel (without it ss reads /proc/net/tcp and prints no byte counters: found this way).
+    let v = passed_on_61(&env, "invisible", &[]);
+    let r = &v["report"]["results"];
+    let get = |run: &str, key: &str| r[run][key].as_f64().unwrap_or_else(|| panic!("no {run}.{key} in {r}"));
+    assert!(get("tcpdump-direct", "packets") >= 100.0, "{r}");
+    assert!((3.0..=12.0).contains(&get("tcpdump-mesh", "packets")), "{r}");
+    assert!(get("ss-direct", "bytes_acked") >= 1000.0, "{r}");
+    assert_eq!(get("ss-mesh", "bytes_acked"), 1.0, "{r}");
+    assert_eq!(qemus_under(&env.root), Vec::<i32>::new());
+    assert_eq!(env.state_dirs(), Vec::<String>::new());
+}
+
+#[test]
 fn ctrl_c_during_boot_stops_at_once_and_leaves_nothing() {
     let Some((_vm, env)) = start("ctrl_c_during_boot_stops_at_once_and_leaves_nothing", "ctrlc") else {
         return;

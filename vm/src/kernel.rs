@@ -13,13 +13,16 @@ use crate::{VmError, catalog::Kernel};
 /// Modules the lab loads when they are not built in: the control channel and console
 /// (virtio_pci, virtio_console), pods (veth, bridge), loss injection (sch_netem), and what
 /// iptables-nft needs for sidecar capture (nat REDIRECT and DNAT, the owner match) and for
-/// kube-proxy's rules (statistic, comment, MARK).
+/// kube-proxy's rules (statistic, comment, MARK), and socket diagnostics for `ss` (without
+/// tcp_diag, ss falls back to /proc/net/tcp and prints no byte or segment counters).
 pub const LAB_MODULES: &[&str] = &[
     "virtio_pci",
     "virtio_console",
     "veth",
     "bridge",
     "sch_netem",
+    "inet_diag",
+    "tcp_diag",
     "nf_tables",
     // iptables-nft puts a counter in every rule; built in from 5.x on, a module in 5.10.
     "nft_counter",

@@ -12,10 +12,10 @@
 //!   A client allowed by a rule with HTTP matches has each request line judged (`http.rs`).
 //! - Two builds of the same body: `mesh_redirect` keys by network namespace
 //!   (`bpf_get_netns_cookie`, sk_msg since 5.15), `mesh_redirect_nocookie` for older kernels.
-//! - Minimum kernel: 4.17 (sk_msg, sockhash, `bpf_msg_redirect_hash`); the address and port
-//!   fields of `sk_msg_md` since 4.18.
-//! - Kernel config: `CONFIG_BPF_SYSCALL`, `CONFIG_NET_SOCK_MSG` (the psock machinery; `=y`, with
-//!   `CONFIG_BPF_STREAM_PARSER`, in every pinned kernel's config).
+//! - Minimum kernel: 4.17 (sk_msg), 4.18 (sockhash, `bpf_msg_redirect_hash`, the address and
+//!   port fields of `sk_msg_md`).
+//! - Kernel config: `CONFIG_BPF_SYSCALL`; before 5.13 also `CONFIG_BPF_STREAM_PARSER` (commit
+//!   887596095ec2). Sources of each fact: the book's chapter.
 //! - Book: `book/src/hooks/sk_msg.md`.
 use core::ptr::read_volatile;
 
@@ -278,7 +278,9 @@ fn msg_key<const NETNS: bool>(ctx: &SkMsgContext, family: u32) -> SockKey {
                 remote[i] = read_volatile(&raw const (*m).remote_ip6[i]);
             }
         }
-        // As in sock_ops: local_port in host order, remote_port big-endian in the upper half.
+        // As in sock_ops: local_port in host order; remote_port a 32-bit network-order value
+        // (the kernel shifts the 16-bit port up on little-endian machines), so from_be works on
+        // either byte order.
         let local_port = read_volatile(&raw const (*m).local_port);
         let remote_port = u32::from_be(read_volatile(&raw const (*m).remote_port));
         let mut key = SockKey::new(0, family, local, remote, local_port, remote_port);

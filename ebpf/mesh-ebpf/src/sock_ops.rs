@@ -166,7 +166,8 @@ pub fn sock_key<const NETNS: bool>(ctx: &SockOpsContext, family: u32) -> SockKey
         }
         (local, remote)
     };
-    // local_port is host byte order; remote_port holds the big-endian port in its upper half.
+    // local_port is host byte order; remote_port is the port as a 32-bit network-order value
+    // (on little-endian machines the kernel shifts it into the upper half), hence from_be.
     let mut key = SockKey::new(0, family, local, remote, ctx.local_port(), u32::from_be(ctx.remote_port()));
     // Pod addresses are unique on the node; loopback addresses are not: every pod has its own
     // 127.0.0.1. Loopback keys carry the namespace (both ends of such a connection share it).
