@@ -10,15 +10,20 @@ fn book_src() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../book/src")
 }
 
-fn markdown_files(dir: &Path, out: &mut Vec<PathBuf>) {
+/// Every file under `dir` whose name ends in `.ext`.
+fn files_ending(dir: &Path, ext: &str, out: &mut Vec<PathBuf>) {
     for e in fs::read_dir(dir).unwrap().flatten() {
         let p = e.path();
         if p.is_dir() {
-            markdown_files(&p, out);
-        } else if p.extension().is_some_and(|x| x == "md") {
+            files_ending(&p, ext, out);
+        } else if p.extension().is_some_and(|x| x == ext) {
             out.push(p);
         }
     }
+}
+
+fn markdown_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    files_ending(dir, "md", out);
 }
 
 #[test]
@@ -171,17 +176,7 @@ fn the_built_book_has_no_broken_link_and_no_missing_image() {
         .unwrap_or_else(|e| panic!("mdbook: {e} (scripts/setup.sh installs it)"));
     assert!(status.success(), "mdbook build failed");
     let mut pages = Vec::new();
-    fn html_files(dir: &Path, out: &mut Vec<PathBuf>) {
-        for e in fs::read_dir(dir).unwrap().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                html_files(&p, out);
-            } else if p.extension().is_some_and(|x| x == "html") {
-                out.push(p);
-            }
-        }
-    }
-    html_files(&out, &mut pages);
+    files_ending(&out, "html", &mut pages);
     let mut broken = Vec::new();
     let (mut links, mut images) = (0, 0);
     for page in &pages {
