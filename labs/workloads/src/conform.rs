@@ -111,6 +111,7 @@ pub const CASES: &[&str] = &[
     "writev",
     "sendfile",
     "splice",
+    "splice-read",
     "peek",
     "waitall",
     "rcvlowat",
@@ -554,6 +555,16 @@ fn run_case(name: &str, args: &ClientArgs, case: u32, token: u64) -> Vec<String>
                 out.push(format!("splice {} of {}", moved, digest(&data)));
                 out.push(format!("server counted {}", read_to_eof(&mut s)?));
             }
+            "splice-read" => {
+                // The server reads with splice(2) (a proxy or a file server moving bytes through
+                // a pipe without copying them to user space).
+                let mut s = open(addr, case, token, &[])?;
+                let data = pattern(12, 100_000);
+                s.write_all(&data).op("write")?;
+                s.shutdown(Shutdown::Write).op("shutdown")?;
+                out.push(format!("sent {}", digest(&data)));
+                out.push(format!("server spliced {}", read_to_eof(&mut s)?));
+            }
             "peek" => {
                 let s = open(addr, case, token, &[])?;
                 let mut buf = [0u8; 64];
@@ -916,6 +927,38 @@ fn serve_case(name: &str, mut s: TcpStream, out: &mut Vec<String>) -> Step<()> {
         "writev" | "sendfile" | "splice" => {
             let got = read_to_eof(&mut s)?;
             out.push(format!("received {got}"));
+            s.write_all(got.as_bytes()).op("write")?;
+        }
+        "splice-read" => {
+            // splice() honours SO_RCVTIMEO: a reader that waits for bytes which never reach TCP's
+            // receive queue gives up with EAGAIN instead of hanging the suite.
+            s.set_read_timeout(Some(Duration::from_secs(3))).op("setsockopt")?;
+            let (r, w) = pipe().op("pipe")?;
+            let mut r = std::fs::File::from(r);
+            let (mut f, mut n) = (Fnv::new(), 0usize);
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                // SAFETY: both fds are open; null offsets are allowed for sockets and pipes.
+                let moved = unsafe {
+                    libc::splice(
+                        s.as_raw_fd(),
+                        std::ptr::null_mut(),
+                        w.as_raw_fd(),
+                        std::ptr::null_mut(),
+                        buf.len(),
+                        libc::SPLICE_F_MOVE,
+                    )
+                };
+                let moved = cvt(moved).op("splice")?;
+                if moved == 0 {
+                    break;
+                }
+                r.read_exact(&mut buf[..moved]).op("read pipe")?;
+                f.update(&buf[..moved]);
+                n += moved;
+            }
+            let got = format!("{n} bytes fnv {:016x}, eof", f.0);
+            out.push(format!("spliced {got}"));
             s.write_all(got.as_bytes()).op("write")?;
         }
         "peek" => s.write_all(b"hello, world").op("write")?,

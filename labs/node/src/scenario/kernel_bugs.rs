@@ -30,6 +30,13 @@ pub const RCVLOWAT: KernelBug = KernelBug {
     summary: "tcp_bpf_recvmsg ignores SO_RCVLOWAT for redirected bytes (the mesh keeps such sockets on TCP \
               where it can see the option)",
 };
+/// A reader that uses splice(2) never sees redirected bytes.
+pub const SPLICE_READ: KernelBug = KernelBug {
+    id: "tcp-bpf-splice-read",
+    summary: "splice() from a socket in a sockmap reads only TCP's receive queue (tcp_splice_read is in \
+              the socket's proto_ops, which the map does not swap): it misses the redirected bytes and \
+              takes the FIN, which came through TCP, for the end of an empty stream",
+};
 // ANCHOR_END: bugs
 
 /// The known kernel behaviour that accounts for `got` differing from `want`, if there is one.
@@ -39,6 +46,15 @@ pub fn explain(got: &CaseResult, want: &CaseResult) -> Option<KernelBug> {
     match got.case.as_str() {
         "waitall" if only_first_read && waitall_short(&got.client) && !waitall_short(&want.client) => {
             Some(WAITALL)
+        }
+        // The client wrote everything; the server's splice() saw fewer bytes: the FIN (which
+        // took TCP) as an early end of the stream, or nothing until its SO_RCVTIMEO ran out.
+        "splice-read"
+            if got.client.first() == want.client.first()
+                && (got.server.last().is_some_and(|l| l == "error: splice: EAGAIN")
+                    || spliced(&got.server) < spliced(&want.server)) =>
+        {
+            Some(SPLICE_READ)
         }
         "rcvlowat" | "rcvlowat-before-connect"
             if only_first_read
@@ -62,6 +78,16 @@ pub fn explain(got: &CaseResult, want: &CaseResult) -> Option<KernelBug> {
             (eagain_somewhere && fine(client, &got.client) && fine(server, &got.server)).then_some(EAGAIN)
         }
     }
+}
+
+/// The bytes a splice-read server reported (`spliced N bytes ...`), 0 when it reported none.
+fn spliced(lines: &[String]) -> u64 {
+    lines
+        .first()
+        .and_then(|l| l.strip_prefix("spliced "))
+        .and_then(|l| l.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 /// The peer closed the connection under this side's operation.
@@ -188,5 +214,32 @@ mod tests {
         let want = case("rcvlowat", &["SO_RCVLOWAT 4000: first read >= 4000: true", "in all x"], &[]);
         let got = case("rcvlowat", &["SO_RCVLOWAT 4000: first read >= 4000: false", "in all x"], &[]);
         assert_eq!(explain(&got, &want), Some(RCVLOWAT));
+    }
+
+    #[test]
+    fn a_splice_reader_that_times_out_is_the_known_bug_and_nothing_else_is() {
+        let sent = "sent 100000 bytes fnv 1";
+        let want = case(
+            "splice-read",
+            &[sent, "server spliced 100000 bytes fnv 1, eof"],
+            &["spliced 100000 bytes fnv 1, eof"],
+        );
+        let got =
+            case("splice-read", &[sent, "server spliced 0 bytes fnv 2, eof"], &["error: splice: EAGAIN"]);
+        assert_eq!(explain(&got, &want), Some(SPLICE_READ));
+        // The FIN took TCP and splice() took it for the end of an empty stream.
+        let early_eof = case(
+            "splice-read",
+            &[sent, "server spliced 33 bytes fnv 2, eof"],
+            &["spliced 0 bytes fnv 4, eof"],
+        );
+        assert_eq!(explain(&early_eof, &want), Some(SPLICE_READ));
+        // Spliced, but the wrong bytes: not this bug.
+        let wrong = case(
+            "splice-read",
+            &[sent, "server spliced 100000 bytes fnv 3, eof"],
+            &["spliced 100000 bytes fnv 3, eof"],
+        );
+        assert_eq!(explain(&wrong, &want), None);
     }
 }
