@@ -534,18 +534,7 @@ fn run_case(name: &str, args: &ClientArgs, case: u32, token: u64) -> Vec<String>
                 let feeder = thread::spawn(move || w.write_all(&feed));
                 let mut moved = 0;
                 while moved < data.len() {
-                    // SAFETY: both fds are open; null offsets are allowed for pipes and sockets.
-                    let n = unsafe {
-                        libc::splice(
-                            r.as_raw_fd(),
-                            std::ptr::null_mut(),
-                            s.as_raw_fd(),
-                            std::ptr::null_mut(),
-                            data.len() - moved,
-                            libc::SPLICE_F_MOVE,
-                        )
-                    };
-                    match cvt(n).op("splice")? {
+                    match splice(r.as_raw_fd(), s.as_raw_fd(), data.len() - moved).op("splice")? {
                         0 => break,
                         n => moved += n,
                     }
@@ -759,6 +748,15 @@ fn memfd_with(data: &[u8]) -> io::Result<std::fs::File> {
     Ok(f)
 }
 
+/// splice(2) of up to `len` bytes from `from` to `to` (one of them a pipe), at their current
+/// positions.
+fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+    // SAFETY: the caller's fds are open; null offsets are allowed for pipes and sockets.
+    cvt(unsafe {
+        libc::splice(from, std::ptr::null_mut(), to, std::ptr::null_mut(), len, libc::SPLICE_F_MOVE)
+    })
+}
+
 fn pipe() -> io::Result<(OwnedFd, std::fs::File)> {
     let mut fds = [0; 2];
     // SAFETY: fds is a live array of two ints.
@@ -938,18 +936,7 @@ fn serve_case(name: &str, mut s: TcpStream, out: &mut Vec<String>) -> Step<()> {
             let (mut f, mut n) = (Fnv::new(), 0usize);
             let mut buf = vec![0u8; 64 * 1024];
             loop {
-                // SAFETY: both fds are open; null offsets are allowed for sockets and pipes.
-                let moved = unsafe {
-                    libc::splice(
-                        s.as_raw_fd(),
-                        std::ptr::null_mut(),
-                        w.as_raw_fd(),
-                        std::ptr::null_mut(),
-                        buf.len(),
-                        libc::SPLICE_F_MOVE,
-                    )
-                };
-                let moved = cvt(moved).op("splice")?;
+                let moved = splice(s.as_raw_fd(), w.as_raw_fd(), buf.len()).op("splice")?;
                 if moved == 0 {
                     break;
                 }
