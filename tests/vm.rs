@@ -72,6 +72,10 @@ impl Env {
         c.args(args).env("XDG_RUNTIME_DIR", self.root.join("run")).env("SIDECARLESS_GUEST_BIN", guest_bins());
         c
     }
+    /// A guided (`--step`) run to drive: stdin and stdout piped, stderr dropped.
+    fn guided(&self, args: &[&str]) -> std::process::Child {
+        self.cmd(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap()
+    }
     fn run(&self, args: &[&str]) -> Output {
         self.cmd(args).output().unwrap()
     }
@@ -507,13 +511,8 @@ fn a_guided_run_in_the_vm_prints_try_commands_that_run_there() {
     else {
         return;
     };
-    let mut child = env
-        .cmd(&[&["scenario", "apps"][..], &ON_61, &["--step", "--repetitions", "1"]].concat())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child =
+        env.guided(&[&["scenario", "apps"][..], &ON_61, &["--step", "--repetitions", "1"]].concat());
     let mut stdin = child.stdin.take().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut seen = Vec::new();
@@ -605,13 +604,7 @@ fn the_guided_default_flow_s_try_commands_all_run() {
     };
     const PROMPT: &str = "-- Enter: next step, q: stop here -- ";
     let args = ["scenario", "sockmap", "--step", "--repetitions", "1", "--round-trips", "500"];
-    let mut child = env
-        .cmd(&[&args[..], &ON_61].concat())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = env.guided(&[&args[..], &ON_61].concat());
     let mut stdin = child.stdin.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
     let mut stdout = child.stdout.take().unwrap();
