@@ -26,16 +26,114 @@ apt_pkgs=(iproute2 iptables bpftool procps qemu-system-x86 busybox-static vagran
 # musl-gcc, for the static guest build.
 apt_pkgs+=(clang-16 llvm-16 musl-tools libelf-dev zlib1g-dev pkg-config make gcc autoconf automake autopoint
   libtool m4 flex bison gawk gettext linux-libc-dev)
+# --- the apt plan --------------------------------------------------------------------------------
+# apt may only add packages. Where it would remove one, the usual cause is a package the machine's
+# image installed from elsewhere (a backport) whose Breaks rule out a sibling we need: this kind of
+# machine ships qemu-utils 1:10 from bookworm-backports, which breaks bookworm's qemu-system-x86 7.2.
+# Such a package is *aligned*: installed at the version its siblings from the same source package
+# are about to get (a downgrade of that package alone, said aloud). Anything else that apt would
+# remove stops the set-up with the exact command to run. `--plan` prints the decision and changes
+# nothing (it needs no root); tests/setup.rs replays recorded apt outputs through it.
+
+# Source package of a binary package: installed (no version) or at a version apt knows.
+pkg_source() {
+  local show
+  if [ $# -eq 1 ]; then
+    dpkg-query -W -f='${source:Package}' "$1" 2>/dev/null
+    return 0
+  fi
+  show=$(apt-cache show --no-all-versions "$1=$2" 2>/dev/null) || return 0
+  # No Source field: the source package has the binary's name.
+  sed -n 's/^Source: *\([^ ]*\).*/\1/p' <<<"$show" | grep . || printf '%s' "$1"
+}
+
+# Reads `apt-get -s install` output; prints "REMOVE pkg installed-version", "INST pkg version"
+# for every package apt would install or change, and "CHANGE pkg installed-version new-version".
+sim_parse() {
+  sed -n -e 's/^Remv \([^ ]*\) \[\([^]]*\)\].*/REMOVE \1 \2/p' -e h \
+    -e 's/^Inst \([^ ]*\) \[\([^]]*\)\] (\([^ ]*\) .*/CHANGE \1 \2 \3/p' -e g \
+    -e 's/^Inst \([^ ]*\) \(\[[^]]*\] \)\{0,1\}(\([^ ]*\) .*/INST \1 \3/p'
+}
+
+# Decide, from the simulation of installing "$@": prints one line per decision
+#   install PKG...                 what apt-get install gets
+#   align PKG VERSION FROM         PKG installed at FROM is set to VERSION (its siblings' version)
+#   refuse PKG VERSION             apt would remove PKG and no sibling version fixes it
+# and returns 1 when anything is refused.
+apt_plan() {
+  local sim parsed removals versions p from src q v cand aligned=() refused=0
+  sim=$(apt-get -s install --no-install-recommends "$@" 2>&1) || {
+    printf '%s\n' "$sim" >&2
+    printf 'refuse - apt-get -s install failed\n'
+    return 1
+  }
+  parsed=$(sim_parse <<<"$sim")
+  removals=$(sed -n 's/^REMOVE //p' <<<"$parsed")
+  printf 'install %s\n' "$*"
+  [ -n "$removals" ] || return 0
+  while read -r p from; do
+    src=$(pkg_source "$p")
+    versions=$(apt-cache madison "$p" 2>/dev/null | awk -F' *[|] *' '{print $2}')
+    cand=
+    while read -r q v; do
+      [ -n "$q" ] && grep -qxF -- "$v" <<<"$versions" || continue
+      [ "$(pkg_source "$q" "$v")" = "$src" ] || continue
+      cand=$v
+      break
+    done < <(sed -n 's/^INST //p' <<<"$parsed")
+    if [ -n "$src" ] && [ -n "$cand" ]; then
+      aligned+=("$p=$cand")
+      printf 'align %s %s %s\n' "$p" "$cand" "$from"
+    else
+      printf 'refuse %s %s\n' "$p" "$from"
+      refused=1
+    fi
+  done <<<"$removals"
+  [ "$refused" -eq 0 ] || return 1
+  # The aligned set must install with nothing removed, and downgrade nothing but the aligned.
+  sim=$(apt-get -s install --no-install-recommends --allow-downgrades "$@" "${aligned[@]}" 2>&1) || {
+    printf '%s\n' "$sim" >&2
+    printf 'refuse - the aligned install does not resolve\n'
+    return 1
+  }
+  parsed=$(sim_parse <<<"$sim")
+  if grep -q '^REMOVE ' <<<"$parsed"; then
+    sed -n 's/^REMOVE \(.*\)/refuse \1/p' <<<"$parsed"
+    return 1
+  fi
+  while read -r q from v; do
+    [ -n "$q" ] && dpkg --compare-versions "$v" lt "$from" || continue
+    printf '%s\n' "${aligned[@]}" | grep -q "^$q=" && continue
+    printf 'refuse %s %s (apt would downgrade it)\n' "$q" "$from"
+    refused=1
+  done < <(sed -n 's/^CHANGE //p' <<<"$parsed")
+  return "$refused"
+}
+
+# The exact command a person would run, for the message when the plan refuses.
+apt_by_hand() { printf 'apt-get install --no-install-recommends %s' "$*"; }
+
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+
+if [ "${1:-}" = "--plan" ]; then
+  if [ ${#missing[@]} -eq 0 ]; then
+    echo "nothing to install"
+    exit 0
+  fi
+  apt_plan "${missing[@]}" && exit 0
+  log "refused: apt would remove the packages above and no version of their siblings fixes that;"
+  log "decide by hand: $(apt_by_hand "${missing[@]}")"
+  exit 1
+fi
+
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     log "missing apt packages: ${missing[*]} (run this script as root to install them)"
     exit 1
   fi
-  log "apt-get install ${missing[*]}"
   # Packages with a daemon (prometheus, redis, nginx) must not start it: the lab starts its own when a
   # scenario needs one. A policy-rc.d that says "no" for the length of the install does that.
   if [ ! -e /usr/sbin/policy-rc.d ]; then
@@ -44,13 +142,22 @@ if [ ${#missing[@]} -gt 0 ]; then
     trap 'rm -f /usr/sbin/policy-rc.d' EXIT
   fi
   DEBIAN_FRONTEND=noninteractive apt-get update -qq
-  # --no-remove: never let apt remove an installed package to make room (a newer qemu-utils once
-  # went that way without a word); stop and say so instead.
-  if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends --no-remove "${missing[@]}"; then
-    log "apt-get could not install ${missing[*]} without removing installed packages (see above)."
-    log "Resolve the conflict by hand (apt-get install ${missing[*]} shows what it would remove), then run this again."
+  if ! plan=$(apt_plan "${missing[@]}"); then
+    printf '%s\n' "$plan" >&2
+    log "apt-get would remove installed packages to install ${missing[*]}, and aligning versions does not avoid it."
+    log "Nothing was changed. Decide by hand: $(apt_by_hand "${missing[@]}") shows what it would remove."
     exit 1
   fi
+  extra=()
+  while read -r what p v from; do
+    [ "$what" = align ] || continue
+    log "aligning $p with its siblings: $from -> $v (apt would otherwise remove it)"
+    extra+=("$p=$v")
+  done <<<"$plan"
+  log "apt-get install ${missing[*]} ${extra[*]}"
+  # --no-remove: never let apt remove an installed package; the plan above said what it would do.
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends --no-remove \
+    ${extra[@]:+--allow-downgrades} "${missing[@]}" "${extra[@]}"
 fi
 
 # --- rust toolchain ----------------------------------------------------------------------------

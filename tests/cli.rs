@@ -140,6 +140,45 @@ fn scenario_file_errors_name_file_line_and_what_was_expected() {
     }
 }
 
+/// Errors found after parsing, at load time, are the file's too: one line, file:line, exit 2.
+#[test]
+fn a_command_workload_without_a_program_or_a_missing_mesh_file_is_a_usage_error() {
+    let empty = format!(
+        "{GOOD}\n[[pods]]\nname = \"c\"\nworkload = {{ kind = \"command\", port = 80, command = [] }}\n"
+    );
+    let mesh = format!(
+        "{GOOD}\n[[steps]]\ndo = \"mesh\"\nstate = \"on\"\n\n[[steps]]\ndo = \"apply\"\nname = \"m\"\nfile = \"no-such-mesh.toml\"\n"
+    );
+    let line = |text: &str, needle: &str| text.lines().position(|l| l.contains(needle)).unwrap() + 1;
+    let cases = [
+        (
+            "empty-command",
+            format!(
+                ":{}: pod \"c\": a command workload needs a non-empty `command`",
+                line(&empty, "command = []")
+            ),
+            empty.clone(),
+        ),
+        (
+            "missing-mesh",
+            format!(
+                ":{}: step 4 (apply): mesh file \"no-such-mesh.toml\": cannot read ",
+                line(&mesh, "no-such-mesh")
+            ),
+            mesh.clone(),
+        ),
+    ];
+    for (tag, want, text) in cases {
+        let path = scenario_file(tag, &text);
+        let out = lab_runner().arg("scenario").arg(&path).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{tag}: {err}");
+        assert_eq!(err.lines().count(), 1, "{tag}: one clear error, got {err}");
+        assert!(err.contains(&format!("{}{want}", path.display())), "{tag}: {err}");
+        std::fs::remove_file(path).unwrap();
+    }
+}
+
 #[test]
 fn the_host_backend_refuses_to_run_without_root() {
     // SAFETY: geteuid has no preconditions.

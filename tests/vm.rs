@@ -217,6 +217,68 @@ fn sockmap_passes_inside_the_vm() {
     assert_eq!(env.state_dirs(), Vec::<String>::new());
 }
 
+/// A user's own scenario, in a folder of its own, applying a mesh file that sits beside it on the
+/// host: the file travels with the scenario (the guest has no such path), and its service works.
+#[test]
+fn a_user_scenario_with_its_own_mesh_file_passes_inside_the_vm() {
+    let Some((_vm, env)) = start("a_user_scenario_with_its_own_mesh_file_passes_inside_the_vm", "own") else {
+        return;
+    };
+    let dir = env.root.join("mine");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(
+        dir.join("api-mesh.toml"),
+        "[[services]]\nname = \"api\"\naddress = \"10.96.0.42\"\nport = 80\n\
+         backends = [{ pods = { app = \"api\" }, port = 7000 }]\n",
+    )
+    .unwrap();
+    let scenario = r#"name = "my-api"
+summary = "a user's own scenario: one service from a mesh file beside it"
+
+[[pods]]
+name = "client"
+
+[[pods]]
+name = "api"
+labels = { app = "api" }
+workload = { kind = "rr-server", port = 7000 }
+
+[[steps]]
+do = "mesh"
+state = "on"
+
+[[steps]]
+do = "apply"
+name = "mine"
+file = "api-mesh.toml"
+
+[[steps]]
+do = "balance"
+name = "reach"
+from = "client"
+address = "10.96.0.42:80"
+connections = 50
+
+[[steps]]
+do = "expect"
+metric = "reach.backends"
+op = "=="
+value = 1
+
+[[steps]]
+do = "expect"
+metric = "reach.errors"
+op = "=="
+value = 0
+"#;
+    let file = dir.join("my-api.toml");
+    fs::write(&file, scenario).unwrap();
+    let v = passed_on_61(&env, file.to_str().unwrap(), &[]);
+    assert_eq!(v["report"]["results"]["mine"]["added"].as_f64(), Some(1.0), "{}", v["report"]["results"]);
+    assert_eq!(v["report"]["results"]["reach"]["connections"].as_f64(), Some(50.0));
+    assert_eq!(qemus_under(&env.root), Vec::<i32>::new());
+}
+
 #[test]
 fn conformance_passes_inside_the_vm() {
     let Some((_vm, env)) = start("conformance_passes_inside_the_vm", "conformance") else { return };

@@ -440,6 +440,31 @@ mod tests {
     }
 
     #[test]
+    fn markdown_lists_every_error_by_step() {
+        let outcome = Outcome {
+            scenario: "sockmap".into(),
+            kernel: "6.1.0".into(),
+            passed: true,
+            failures: vec![],
+            skipped: None,
+            report: serde_json::json!({
+                "results": {}, "stats": {}, "runs": [], "conform": [], "checks": [],
+                "errors": { "sidecars-sockmap": [
+                    "sidecars per pod + eBPF mesh: 4 stream(s): write after 12000000 bytes: Out of memory (os error 12)",
+                ]},
+            }),
+        };
+        let md = markdown(&outcome, "2026-12-07 03:00:00", "vm", "latency.svg");
+        assert!(
+            md.contains("## Errors\n")
+                && md.contains(
+                    "### sidecars-sockmap\n\n- sidecars per pod + eBPF mesh: 4 stream(s): write after"
+                ),
+            "{md}"
+        );
+    }
+
+    #[test]
     fn dates() {
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(civil_from_days(20_785), (2026, 11, 28));

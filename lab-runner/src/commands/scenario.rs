@@ -165,7 +165,13 @@ pub fn run_on(
     let mut ch = m.channel(Duration::from_secs(30))?;
     let timeout = vmprep::scenario_timeout(m.state.accel);
     let during = format!("during scenario {} on kernel {}", l.scenario.name, m.state.kernel);
-    let request = RequestBody::Scenario { file: l.file.clone(), source: l.text.clone(), options, guided };
+    let request = RequestBody::Scenario {
+        file: l.file.clone(),
+        source: l.text.clone(),
+        mesh_files: l.scenario.mesh_files.clone(),
+        options,
+        guided,
+    };
     let reply = ch.request(request, timeout, &during, Some(cancel), |r| match r {
         ReplyBody::Event { event } => view.event(event, cancel).then_some(RequestBody::Continue),
         _ => None,

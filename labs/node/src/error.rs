@@ -31,6 +31,9 @@ pub enum LabError {
     Timeout { what: String, seconds: u64 },
     #[error("interrupted")]
     Cancelled,
+    /// A pod name the scenario's checks should have refused: a bug, reported, never a panic.
+    #[error("no pod named {name:?} in this lab (pods: {known})")]
+    NoPod { name: String, known: String },
     #[error(transparent)]
     Mesh(#[from] mesh_agent::MeshError),
     /// The mesh agent process failed; `unmet` when it said the kernel or build lacks something.

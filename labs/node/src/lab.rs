@@ -198,11 +198,14 @@ impl Lab {
     }
 
     /// A pod by name; `"node"` is the node itself.
-    pub fn pod(&self, name: &str) -> &Pod {
+    pub fn pod(&self, name: &str) -> Result<&Pod, LabError> {
         if name == NODE {
-            return &self.node;
+            return Ok(&self.node);
         }
-        self.pods.iter().find(|p| p.name == name).unwrap_or_else(|| panic!("no pod {name}"))
+        self.pods.iter().find(|p| p.name == name).ok_or_else(|| LabError::NoPod {
+            name: name.to_owned(),
+            known: self.pods.iter().map(|p| p.name.as_str()).chain([NODE]).collect::<Vec<_>>().join(", "),
+        })
     }
 
     /// The node as a place to run things; its address on the bridge is set on first use.
@@ -337,7 +340,7 @@ impl Lab {
         uid: Option<u32>,
         join_cgroup: bool,
     ) -> Result<Child, LabError> {
-        let pod = self.pod(pod);
+        let pod = self.pod(pod)?;
         let ns_path = Path::new(netns::NETNS_DIR).join(&pod.netns);
         let ns = File::open(&ns_path).map_err(LabError::io("cannot open network namespace", &ns_path))?;
         let procs_path = pod.cgroup.join("cgroup.procs");
@@ -379,7 +382,7 @@ impl Lab {
 
     /// Packet counters of the pod's interface.
     pub fn packets(&self, pod: &str) -> Result<Packets, LabError> {
-        let pod = self.pod(pod);
+        let pod = self.pod(pod)?;
         netns::packets(&pod.netns, &pod.interface)
     }
 

@@ -4,6 +4,8 @@
 //! id (several for a streaming request, ending with `exit`, `outcome` or `error`). Replies to an
 //! id the host no longer waits for are ignored, so a host that went away mid-stream cannot
 //! confuse the next one.
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::{Event, Options, Outcome};
@@ -17,7 +19,7 @@ pub const EXEC_PORT: &str = "lab.exec";
 /// The protocol's version, sent in `ready`: raised whenever a message changes, so a host never
 /// talks to a guest built from other sources (a VM left up by an older build). Guests from
 /// before versioning send none, which reads as 0.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Request {
@@ -34,9 +36,17 @@ pub enum RequestBody {
     Hello,
     /// Run a command; its output streams back, then its exit code.
     Exec { argv: Vec<String> },
-    /// Run a scenario (the file's text travels with the request); its events stream back,
-    /// then its outcome. `guided`: pause after each step until `continue`.
-    Scenario { file: String, source: String, options: Options, guided: bool },
+    /// Run a scenario (the file's text travels with the request, and so do the mesh files its
+    /// `apply` steps name by path: `mesh_files`, keyed as the steps name them); its events
+    /// stream back, then its outcome. `guided`: pause after each step until `continue`.
+    Scenario {
+        file: String,
+        source: String,
+        #[serde(default)]
+        mesh_files: BTreeMap<String, String>,
+        options: Options,
+        guided: bool,
+    },
     /// Guided mode: go on with the next step.
     Continue,
     /// Interrupt the running exec or scenario (the lab is torn down).

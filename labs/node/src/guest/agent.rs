@@ -142,9 +142,15 @@ fn serve_port(name: &str) -> io::Result<()> {
                 drop(slot);
                 start_job(id, &out, &running, move |out| match body {
                     RequestBody::Exec { argv } => exec(id, &argv, &cancel, out),
-                    RequestBody::Scenario { file, source, options, .. } => {
-                        let gate = guided.then_some(gate_rx);
-                        run_scenario(id, &file, &source, options, cancel, gate, out)
+                    RequestBody::Scenario { file, source, mesh_files, options, .. } => {
+                        match scenario::Scenario::parse(&source, &file) {
+                            // The mesh files the host read with the scenario: none exists in here.
+                            Ok(sc) => {
+                                let sc = scenario::Scenario { mesh_files, ..sc };
+                                run_scenario(id, sc, options, cancel, guided.then_some(gate_rx), out)
+                            }
+                            Err(e) => ReplyBody::Error { message: e.to_string(), unmet: false },
+                        }
                     }
                     other => ReplyBody::Error { message: format!("not a job: {other:?}"), unmet: false },
                 });
@@ -242,19 +248,12 @@ fn pump(stream: impl Read + Send + 'static, id: u64, out: Out, stderr: bool) -> 
 
 fn run_scenario(
     id: u64,
-    file: &str,
-    source: &str,
+    sc: scenario::Scenario,
     options: scenario::Options,
     cancel: Cancel,
     gate: Option<std::sync::mpsc::Receiver<()>>,
     out: &Out,
 ) -> ReplyBody {
-    let sc = match scenario::Scenario::parse(source, file) {
-        Ok(s) => s,
-        Err(e) => {
-            return ReplyBody::Error { message: e.to_string(), unmet: false };
-        }
-    };
     let host = match preflight::check() {
         Ok(h) => h,
         Err(e) => {

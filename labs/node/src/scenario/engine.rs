@@ -167,6 +167,8 @@ struct Engine<'a> {
     skipped: BTreeMap<String, String>,
     /// The scenario's `[files]`, written into the run folder: name and path.
     files: Vec<(String, std::path::PathBuf)>,
+    /// Mesh files named by path, read with the scenario.
+    mesh_files: BTreeMap<String, String>,
 }
 
 /// A `load` step's process, running in the background.
@@ -207,6 +209,9 @@ struct Visit {
     packets: u64,
     mesh: Counters,
     counted: bool,
+    /// Bulk streams started, and what the failed ones said (`N stream(s): message`).
+    streams: u32,
+    stream_errors: Vec<String>,
 }
 
 impl Visit {
@@ -280,6 +285,7 @@ pub fn run(sc: &Scenario, ctx: &Context) -> Result<Outcome, LabError> {
         policy: mesh_agent::policy::Wanted::default(),
         skipped: BTreeMap::new(),
         files: Vec::new(),
+        mesh_files: sc.mesh_files.clone(),
     };
     let result = e.steps(sc);
     // Teardown errors matter (a leak is a bug) but must not hide the scenario's own error.
@@ -360,8 +366,7 @@ impl Engine<'_> {
                 }
                 Some(WorkloadDef::Command { port, command }) => {
                     let words: Vec<String> = command.iter().map(|w| self.fill(w)).collect();
-                    let mut cmd = std::process::Command::new(&words[0]);
-                    cmd.args(&words[1..]);
+                    let cmd = command_of(&words)?;
                     let pid = self.lab.spawn(&p.name, self.pinned(cmd, Role::Server))?;
                     self.ports.entry(p.name.clone()).or_default().push(*port);
                     self.out("lab", format!("pod {}: {} (pid {pid})", p.name, words.join(" ")));
@@ -440,7 +445,7 @@ impl Engine<'_> {
             } => {
                 let args = BenchArgs {
                     from,
-                    target: SocketAddr::new(self.pod_ip(to, *family), *port),
+                    target: SocketAddr::new(self.pod_ip(to, *family)?, *port),
                     paths,
                     measures,
                     tools,
@@ -555,8 +560,7 @@ impl Engine<'_> {
                         _ => vec![self.fill(w)],
                     })
                     .collect();
-                let mut cmd = std::process::Command::new(&words[0]);
-                cmd.args(&words[1..]);
+                let cmd = command_of(&words)?;
                 let out = self.lab.run_status(pod, cmd, RUN_TIMEOUT, &self.ctx.cancel)?;
                 for line in String::from_utf8_lossy(&out.stdout)
                     .lines()
@@ -726,7 +730,7 @@ impl Engine<'_> {
         let (mut total, mut differences, mut known, mut held_ok) = (0usize, 0usize, 0usize, 1.0);
         for family in a.families {
             let target = match a.via {
-                None => SocketAddr::new(self.pod_ip(a.to, *family), a.port),
+                None => SocketAddr::new(self.pod_ip(a.to, *family)?, a.port),
                 Some(service) => self.service_address(service, *family).ok_or_else(|| LabError::Command {
                     command: format!("conform {}", a.name),
                     stderr: format!(
@@ -854,15 +858,13 @@ impl Engine<'_> {
 
     /// Runs `workload loopback-isolation` across `pods` (from the first one).
     fn isolation(&mut self, label: &str, name: &str, pods: &[String], port: u16) -> Result<(), LabError> {
-        let netns: Vec<String> = pods
+        let netns = pods
             .iter()
             .map(|p| {
-                std::path::Path::new(crate::netns::NETNS_DIR)
-                    .join(&self.lab.pod(p).netns)
-                    .display()
-                    .to_string()
+                let ns = std::path::Path::new(crate::netns::NETNS_DIR).join(&self.lab.pod(p)?.netns);
+                Ok(ns.display().to_string())
             })
-            .collect();
+            .collect::<Result<Vec<String>, LabError>>()?;
         let args = [
             "loopback-isolation".to_owned(),
             "--netns".into(),
@@ -916,7 +918,9 @@ impl Engine<'_> {
     /// difference.
     fn apply(&mut self, label: &str, name: &str, file: &str) -> Result<(), LabError> {
         let failed = |stderr: String| LabError::Command { command: format!("apply {file}"), stderr };
-        let (shown, text) = super::mesh_file(file).map_err(|e| failed(e.to_string()))?;
+        let (shown, text) = super::mesh_file(&self.mesh_files, file)
+            .ok_or_else(|| failed("not read with the scenario (scenario::load reads it)".into()))?;
+        let text = text.to_owned();
         let mf = MeshFile::parse(&text, &shown).map_err(|e| failed(e.to_string()))?;
         let pods: Vec<PodAddrs> = self.lab.pod_addrs();
         let resolved = mf.resolve(&pods);
@@ -1150,7 +1154,7 @@ impl Engine<'_> {
     /// Byte-exact transfers from a pod, then the flow records of those connections from the
     /// agent's flow log, compared with what the client counted.
     fn transfer(&mut self, label: &str, t: &TransferArgs<'_>) -> Result<(), LabError> {
-        let target = SocketAddr::new(self.pod_ip(t.to, Family::Ipv4), t.port);
+        let target = SocketAddr::new(self.pod_ip(t.to, Family::Ipv4)?, t.port);
         let args: Vec<String> = vec![
             "transfer".into(),
             "--connect".into(),
@@ -1548,7 +1552,7 @@ impl Engine<'_> {
             .collect();
         let restore = crate::process::tool("iptables-restore")
             .ok_or_else(|| failed("iptables-restore is not installed"))?;
-        let ns = self.lab.pod(from).netns.clone();
+        let ns = self.lab.pod(from)?.netns.clone();
         // kube-proxy's addresses need a route to be connected to (the mesh's are rewritten first).
         crate::process::ip(&["-n", &ns, "route", "add", "10.99.0.0/16", "dev", "eth0"])?;
         let base = mesh_agent::meshfile::wanted(&self.services);
@@ -1825,12 +1829,12 @@ impl Engine<'_> {
         result
     }
 
-    fn pod_ip(&self, pod: &str, family: Family) -> std::net::IpAddr {
-        let pod = self.lab.pod(pod);
-        match family {
+    fn pod_ip(&self, pod: &str, family: Family) -> Result<std::net::IpAddr, LabError> {
+        let pod = self.lab.pod(pod)?;
+        Ok(match family {
             Family::Ipv4 => pod.ipv4.into(),
             Family::Ipv6 => pod.ipv6.into(),
-        }
+        })
     }
 
     fn sidecar_port(&self) -> u16 {
@@ -1957,6 +1961,7 @@ impl Engine<'_> {
         }
         for (i, p) in a.paths.iter().enumerate() {
             self.store_path(&p.name, &p.name, &configs[i], &visits[i], &rss[i]);
+            self.stream_errors(&p.name, &configs[i], &visits[i]);
             let r = self.report.results.entry(p.name.clone()).or_default();
             let (agent_rss, map_kb) = agent_mem[i].unwrap_or_default();
             r.insert("agent_rss_kb".into(), agent_rss as f64);
@@ -1972,6 +1977,21 @@ impl Engine<'_> {
         Ok(())
     }
     // ANCHOR_END: bench
+
+    /// Streams that ended early, said once per path and kind (a fast writer into a slow reader
+    /// through the redirect fails write() again and again: a newcomer must not read that as the
+    /// lab crashing); each message goes to the report, by path.
+    fn stream_errors(&mut self, name: &str, config: &str, visits: &[Visit]) {
+        let streams: u32 = visits.iter().map(|v| v.streams).sum();
+        let errors: Vec<&String> = visits.iter().flat_map(|v| &v.stream_errors).collect();
+        for line in summarize_stream_errors(streams, &errors) {
+            self.out(name, line);
+        }
+        if !errors.is_empty() {
+            let all = self.report.errors.entry(name.to_owned()).or_default();
+            all.extend(errors.iter().map(|e| format!("{config}: {e}")));
+        }
+    }
 
     /// A path's figures: medians (with spreads in `stats`), counter totals, and its median
     /// latency run for the report's table and chart.
@@ -2109,9 +2129,8 @@ impl Engine<'_> {
                     } else {
                         ("mb_s", "cpu_s_per_gb", "write_errors")
                     };
-                    for e in &r.errors {
-                        self.out("bench", format!("{streams} stream(s) to {t} ({}): {e}", self.config()));
-                    }
+                    v.streams += if four { 4 } else { 1 };
+                    v.stream_errors.extend(r.errors.iter().map(|e| format!("{streams} stream(s): {e}")));
                     v.add([(a, r.mb_per_s), (b, r.cpu_s_per_gb), (c, r.errors.len() as f64)]);
                 }
                 Measure::HttpLatency => {
@@ -2135,8 +2154,7 @@ impl Engine<'_> {
         for t in tools {
             self.ctx.cancel.check()?;
             let words: Vec<String> = t.command.iter().map(|w| self.fill(w)).collect();
-            let mut cmd = std::process::Command::new(&words[0]);
-            cmd.args(&words[1..]);
+            let cmd = command_of(&words)?;
             let out = self.lab.run(from, self.pinned(cmd, Role::Client), RUN_TIMEOUT, &self.ctx.cancel)?;
             let text =
                 format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
@@ -2268,6 +2286,52 @@ impl Engine<'_> {
         Check { text, passed: verdict == Verdict::Holds, verdict, severity }
     }
     // ANCHOR_END: expect
+}
+
+/// A scenario's command line as a process to start. The scenario's checks refuse an empty
+/// one; this says so rather than panic if one ever gets here.
+fn command_of(words: &[String]) -> Result<std::process::Command, LabError> {
+    let (program, args) = words.split_first().ok_or_else(|| LabError::Command {
+        command: "(empty command)".into(),
+        stderr: "a scenario command needs at least a program".into(),
+    })?;
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(args);
+    Ok(cmd)
+}
+
+/// One line per kind of stream failure: how many of the path's streams, the range of bytes
+/// written before the failure where the kind says it, what it means, where to read more.
+fn summarize_stream_errors(streams: u32, errors: &[&String]) -> Vec<String> {
+    let mut kinds: BTreeMap<String, (u32, Vec<u64>)> = BTreeMap::new();
+    for e in errors {
+        let e = e.split_once(": ").map_or(e.as_str(), |(_, rest)| rest);
+        let (kind, bytes) = match e.strip_prefix("write after ").and_then(|r| r.split_once(" bytes: ")) {
+            Some((n, rest)) => (format!("write() failed: {rest}"), n.parse::<u64>().ok()),
+            None => (e.to_owned(), None),
+        };
+        let k = kinds.entry(kind).or_default();
+        k.0 += 1;
+        k.1.extend(bytes);
+    }
+    kinds
+        .into_iter()
+        .map(|(kind, (n, bytes))| {
+            let after = match (bytes.iter().min(), bytes.iter().max()) {
+                (Some(lo), Some(hi)) => {
+                    format!(" after {:.0}-{:.0} MB", *lo as f64 / 1e6, *hi as f64 / 1e6)
+                }
+                _ => String::new(),
+            };
+            let why = if kind.contains("(os error 12)") {
+                ": the redirected queue has no flow control, so a writer faster than its reader gets \
+                 ENOMEM where TCP would make it wait (book: Measuring on a noisy machine, where it breaks)"
+            } else {
+                ""
+            };
+            format!("{n} of {streams} bulk streams ended early, {kind}{after}{why}; each one is in report.md")
+        })
+        .collect()
 }
 
 /// The `os error N` every message names, or 0 (none, or they differ).
@@ -2532,6 +2596,34 @@ mod tests {
         assert_eq!(adopted_counts("installed in /sys/fs/bpf/x/layout-1"), None);
         let applied = "applied /run/sidecarless-lab/1-0/web.toml: 0 added, 2 changed, 1 removed, 4 unchanged";
         assert_eq!(applied_counts(applied), Some([0, 2, 1, 4]));
+    }
+
+    #[test]
+    fn stream_failures_are_one_counted_line_per_kind() {
+        let errors: Vec<String> = [
+            "4 stream(s): write after 12000000 bytes: Out of memory (os error 12)",
+            "4 stream(s): write after 66400000 bytes: Out of memory (os error 12)",
+            "1 stream(s): write after 30000000 bytes: Out of memory (os error 12)",
+            "4 stream(s): no byte count from the server: stalled for 10000 ms",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        let lines = summarize_stream_errors(50, &errors.iter().collect::<Vec<_>>());
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert_eq!(
+            lines[0],
+            "1 of 50 bulk streams ended early, no byte count from the server: stalled for 10000 ms; \
+             each one is in report.md"
+        );
+        assert!(
+            lines[1].starts_with(
+                "3 of 50 bulk streams ended early, write() failed: Out of memory (os error 12) after 12-66 MB: \
+                 the redirected queue has no flow control"
+            ),
+            "{}",
+            lines[1]
+        );
+        assert!(summarize_stream_errors(50, &[]).is_empty());
     }
 
     #[test]

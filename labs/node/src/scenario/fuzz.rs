@@ -1,8 +1,10 @@
-//! A bounded mutation fuzzer for the scenario parser, run by `cargo test`: every shipped scenario,
-//! mutated thousands of ways (bytes flipped, cut, repeated; TOML tokens, huge numbers and odd
-//! characters spliced in; lines dropped or doubled), must parse or fail with an error, never panic.
-//! Deterministic (a fixed seed), so a failure reproduces.
-use super::spec::Scenario;
+//! A bounded mutation fuzzer for what stands between a scenario file and the engine, run by
+//! `cargo test`: every shipped scenario, mutated thousands of ways (bytes flipped, cut, repeated;
+//! TOML tokens, huge numbers and odd characters spliced in; lines dropped or doubled), must pass
+//! [`super::from_text`] (parse, checks, mesh files) or fail with a `file:line` error, never panic;
+//! and what passes must meet what the engine takes for granted (no empty command line, no pod
+//! name that is not a pod). Deterministic (a fixed seed), so a failure reproduces.
+use super::spec::{Scenario, Step, WorkloadDef};
 
 /// splitmix64: small, fast, good enough to pick mutations.
 struct Rng(u64);
@@ -58,6 +60,13 @@ const TOKENS: &[&str] = &[
     "metric = \".\"",
     "of = \"a.b.c\"",
     "factor = -0.0",
+    "command = []",
+    "kind = \"command\"",
+    "workload = { kind = \"command\", port = 1, command = [] }",
+    "file = \"nowhere.toml\"",
+    "do = \"apply\"",
+    "from = \"nobody\"",
+    "pod = \"node\"",
 ];
 
 fn mutate(text: &str, rng: &mut Rng) -> String {
@@ -100,25 +109,99 @@ fn mutate(text: &str, rng: &mut Rng) -> String {
     String::from_utf8_lossy(&b).into_owned()
 }
 
+/// What the engine indexes without looking: a broken one here is a check missing in spec.rs.
+fn engine_assumptions(sc: &Scenario) -> Result<(), String> {
+    let pods: Vec<&str> = sc.pods.iter().map(|p| p.name.as_str()).collect();
+    let pod = |p: &str| if pods.contains(&p) { Ok(()) } else { Err(format!("pod {p:?} reached the engine")) };
+    for p in &sc.pods {
+        if let Some(WorkloadDef::Command { command, .. }) = &p.workload
+            && command.is_empty()
+        {
+            return Err(format!("pod {}: an empty command reached the engine", p.name));
+        }
+    }
+    for step in &sc.steps {
+        match step.get_ref() {
+            Step::Bench { from, to, tools, .. } => {
+                pod(from)?;
+                pod(to)?;
+                if tools.iter().any(|t| t.command.is_empty()) {
+                    return Err("a bench tool with an empty command reached the engine".into());
+                }
+            }
+            Step::Exec { pod: p, command, .. } => {
+                pod(p)?;
+                if command.is_empty() {
+                    return Err("an exec step with an empty command reached the engine".into());
+                }
+            }
+            Step::Conform { from, to, .. } | Step::Transfer { from, to, .. } => {
+                pod(from)?;
+                pod(to)?;
+            }
+            Step::Isolation { pods: ps, .. } => ps.iter().try_for_each(|p| pod(p))?,
+            Step::Balance { from, .. }
+            | Step::Http { from, .. }
+            | Step::Load { from, .. }
+            | Step::PolicyScale { from, .. }
+            | Step::ServiceScale { from, .. } => pod(from)?,
+            Step::Apply { file, .. } => {
+                if super::mesh_file(&sc.mesh_files, file).is_none() {
+                    return Err(format!("apply {file:?}: a mesh file nobody read reached the engine"));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 #[test]
-fn mutated_scenarios_never_panic_the_parser() {
+fn mutated_scenarios_never_panic_between_the_file_and_the_engine() {
     let mut rng = Rng(0x5eed);
     let mut parsed = 0;
     let iterations = 3_000;
     for (file, text) in super::BUILTIN {
         for _ in 0..iterations {
             let input = mutate(text, &mut rng);
-            let result = std::panic::catch_unwind(|| Scenario::parse(&input, file));
+            let result = std::panic::catch_unwind(|| super::from_text(&input, file, None));
             match result {
-                Ok(Ok(_)) => parsed += 1,
+                Ok(Ok(sc)) => {
+                    parsed += 1;
+                    if let Err(e) = engine_assumptions(&sc) {
+                        panic!("{e}; the input:\n{input}");
+                    }
+                }
                 Ok(Err(e)) => {
                     let e = e.to_string();
-                    assert!(e.starts_with(&format!("{file}:")), "error without file:line: {e}");
+                    // Mesh file errors name the mesh file's own line.
+                    assert!(
+                        e.starts_with(&format!("{file}:")) || e.starts_with("scenarios/mesh/"),
+                        "error without file:line: {e}"
+                    );
                 }
-                Err(_) => panic!("the parser panicked on this input:\n{input}"),
+                Err(_) => panic!("the checks panicked on this input:\n{input}"),
             }
         }
     }
     // Some mutations are harmless (a comment changed): the fuzzer reaches past the first error.
     assert!(parsed > 0);
+}
+
+#[test]
+fn the_assumptions_catch_what_the_checks_refuse() {
+    // The oracle is not vacuous: an empty command line that skipped the checks is caught.
+    let (file, text) = super::BUILTIN.iter().find(|(f, _)| f.ends_with("apps.toml")).unwrap();
+    let mut sc = super::from_text(text, file, None).unwrap();
+    engine_assumptions(&sc).unwrap();
+    let command = sc
+        .pods
+        .iter_mut()
+        .find_map(|p| match &mut p.workload {
+            Some(WorkloadDef::Command { command, .. }) => Some(command),
+            _ => None,
+        })
+        .unwrap();
+    command.clear();
+    assert!(engine_assumptions(&sc).is_err());
 }

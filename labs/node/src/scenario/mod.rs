@@ -9,6 +9,7 @@ pub mod spec;
 pub mod stats;
 
 use std::{
+    collections::BTreeMap,
     path::{Path, PathBuf},
     sync::mpsc::{Receiver, Sender},
 };
@@ -30,46 +31,84 @@ pub fn builtin() -> Vec<(String, Scenario)> {
 }
 
 /// A scenario by name, or from a file when `name` is a path to a `.toml` file. Returns the
-/// file name shown in messages, the text, and the parsed scenario.
+/// file name shown in messages, the text, and the parsed scenario. Mesh files that its `apply`
+/// steps name by path are read now (relative to the scenario file's folder) and travel with the
+/// scenario in [`Scenario::mesh_files`]: the engine never reads them from disk, so a VM, which
+/// has no such file, applies the user's file too.
 pub fn load(name: &str) -> Result<(String, String, Scenario), LoadError> {
     if name.ends_with(".toml") || name.contains('/') {
         let text = std::fs::read_to_string(name)
             .map_err(|e| LoadError::Read { path: name.into(), message: e.to_string() })?;
-        let sc = Scenario::parse(&text, name).map_err(LoadError::Spec)?;
-        check_mesh_files(&sc)?;
+        let dir = Path::new(name).parent().unwrap_or(Path::new(""));
+        let sc = from_text(&text, name, Some(dir))?;
         return Ok((name.to_owned(), text, sc));
     }
     for (file, text) in BUILTIN {
         if Path::new(file).file_stem().is_some_and(|s| s == name) {
-            let sc = Scenario::parse(text, file).map_err(LoadError::Spec)?;
-            check_mesh_files(&sc)?;
+            let sc = from_text(text, file, None)?;
             return Ok(((*file).to_owned(), (*text).to_owned(), sc));
         }
     }
     Err(LoadError::Unknown { name: name.into(), known: builtin().into_iter().map(|(_, s)| s.name).collect() })
 }
 
-/// The text of a mesh file a scenario applies: one shipped in scenarios/mesh/ (by its path
-/// under scenarios/, e.g. `mesh/web.toml`), else a file on disk. Returns the name shown in
-/// messages and the text.
-pub fn mesh_file(file: &str) -> Result<(String, String), LoadError> {
-    if let Some((_, text)) = MESH_FILES.iter().find(|(f, _)| *f == file) {
-        return Ok((format!("scenarios/{file}"), (*text).to_owned()));
-    }
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| LoadError::Read { path: file.into(), message: e.to_string() })?;
-    Ok((file.to_owned(), text))
+/// Everything between a scenario's text and the engine: parse, check, and read the mesh files
+/// it names by path (relative to `dir`; `None` for a shipped scenario, which may name shipped
+/// mesh files only). What passes here must not make the engine panic (the fuzzer holds it to
+/// that).
+pub fn from_text(text: &str, file: &str, dir: Option<&Path>) -> Result<Scenario, LoadError> {
+    let mut sc = Scenario::parse(text, file).map_err(LoadError::Spec)?;
+    sc.mesh_files = read_mesh_files(&sc, text, file, dir)?;
+    Ok(sc)
 }
 
-/// Every mesh file `sc` applies parses (checked before anything runs).
-fn check_mesh_files(sc: &Scenario) -> Result<(), LoadError> {
-    for step in &sc.steps {
-        if let spec::Step::Apply { file, .. } = step.get_ref() {
-            let (shown, text) = mesh_file(file)?;
-            mesh_agent::meshfile::MeshFile::parse(&text, &shown).map_err(LoadError::Mesh)?;
-        }
+/// The text of a mesh file a scenario applies, with the name shown in messages: one shipped in
+/// scenarios/mesh/ (by its path under scenarios/, e.g. `mesh/web.toml`), else one read with the
+/// scenario.
+pub fn mesh_file<'a>(sc_mesh_files: &'a BTreeMap<String, String>, file: &str) -> Option<(String, &'a str)> {
+    match MESH_FILES.iter().find(|(f, _)| *f == file) {
+        Some((_, text)) => Some((format!("scenarios/{file}"), text)),
+        None => sc_mesh_files.get(file).map(|text| (file.to_owned(), text.as_str())),
     }
-    Ok(())
+}
+
+/// Reads and parses every mesh file `sc` applies that is not a shipped one, relative to `dir`
+/// (`None`: a shipped scenario, which may name shipped mesh files only). A file that cannot be
+/// read is the scenario's error, at the step's line.
+fn read_mesh_files(
+    sc: &Scenario,
+    text: &str,
+    scenario_file: &str,
+    dir: Option<&Path>,
+) -> Result<BTreeMap<String, String>, LoadError> {
+    let mut read = BTreeMap::new();
+    for (i, step) in sc.steps.iter().enumerate() {
+        let spec::Step::Apply { file, .. } = step.get_ref() else { continue };
+        let at = |why: String| {
+            LoadError::Spec(spec::SpecError {
+                file: scenario_file.to_owned(),
+                line: mesh_agent::toml_span::locate(text, step.span(), Some(&format!("\"{file}\""))),
+                message: format!("step {} (apply): mesh file {file:?}: {why}", i + 1),
+            })
+        };
+        let (shown, mesh) = if let Some((shown, t)) = mesh_file(&BTreeMap::new(), file) {
+            (shown, t.to_owned())
+        } else {
+            let dir =
+                dir.ok_or_else(|| at(format!("not a shipped one (shipped: {})", shipped_mesh_files())))?;
+            let path = dir.join(file);
+            let t = std::fs::read_to_string(&path)
+                .map_err(|e| at(format!("cannot read {}: {e}", path.display())))?;
+            read.insert(file.clone(), t.clone());
+            (path.display().to_string(), t)
+        };
+        mesh_agent::meshfile::MeshFile::parse(&mesh, &shown).map_err(LoadError::Mesh)?;
+    }
+    Ok(read)
+}
+
+fn shipped_mesh_files() -> String {
+    MESH_FILES.iter().map(|(f, _)| *f).collect::<Vec<_>>().join(", ")
 }
 
 /// Why a scenario could not be loaded.

@@ -21,6 +21,11 @@ pub struct Scenario {
     /// is the file's path. They travel inside the scenario, so a VM gets them too.
     #[serde(default)]
     pub files: BTreeMap<String, String>,
+    /// The text of every mesh file an `apply` step names by path, read when the scenario is
+    /// loaded ([`super::load`]) and sent with it, so a VM applies the file the user has on the
+    /// host. Keyed by the step's `file`; shipped mesh files (`mesh/NAME.toml`) are not here.
+    #[serde(skip)]
+    pub mesh_files: BTreeMap<String, String>,
 }
 
 /// What the kernel must offer; anything missing turns the scenario into a skip with the reason.
@@ -803,7 +808,7 @@ impl Scenario {
             )));
         }
         let mut seen = BTreeSet::new();
-        for p in &self.pods {
+        for (k, p) in self.pods.iter().enumerate() {
             let quoted = format!("\"{}\"", p.name);
             let e = at(&quoted, usize::from(seen.contains(p.name.as_str())));
             let valid = p.name.len() <= MAX_POD_NAME
@@ -822,6 +827,20 @@ impl Scenario {
             }
             if p.workload.as_ref().is_some_and(|w| w.port() == 0) {
                 return Err(e(format!("pod {quoted}: workload port must be 1-65535")));
+            }
+            if let Some(WorkloadDef::Command { command, .. }) = &p.workload
+                && command.is_empty()
+            {
+                // The line of the pod's `command =`, after its `[[pods]]` header.
+                let from = text.match_indices("[[pods]]").nth(k).map_or(0, |(i, _)| i);
+                let line = text[from..].find("command").map_or(1, |i| line_of(text, from + i));
+                return Err(SpecError {
+                    file: file.to_owned(),
+                    line,
+                    message: format!(
+                        "pod {quoted}: a command workload needs a non-empty `command` (the program, then its arguments)"
+                    ),
+                });
             }
         }
         Ok(())
@@ -1288,6 +1307,19 @@ mod tests {
         assert!(err(&bad).contains("needs a capture group"));
         let good = format!("{GOOD}\n{exec}figures = {{ x = {{ regex = '([0-9]+) ops' }} }}\n");
         Scenario::parse(&good, "t.toml").unwrap();
+    }
+
+    #[test]
+    fn a_command_workload_needs_a_program() {
+        let pod = "[[pods]]\nname = \"c\"\nworkload = { kind = \"command\", port = 80, command = [] }\n";
+        let text = format!("{GOOD}\n{pod}");
+        let line = text.lines().position(|l| l.contains("command = []")).unwrap() + 1;
+        assert_eq!(
+            err(&text),
+            format!(
+                "t.toml:{line}: pod \"c\": a command workload needs a non-empty `command` (the program, then its arguments)"
+            )
+        );
     }
 
     #[test]
