@@ -145,10 +145,8 @@ fn engine_assumptions(sc: &Scenario) -> Result<(), String> {
             | Step::Load { from, .. }
             | Step::PolicyScale { from, .. }
             | Step::ServiceScale { from, .. } => pod(from)?,
-            Step::Apply { file, .. } => {
-                if super::mesh_file(&sc.mesh_files, file).is_none() {
-                    return Err(format!("apply {file:?}: a mesh file nobody read reached the engine"));
-                }
+            Step::Apply { file, .. } if super::mesh_file(&sc.mesh_files, file).is_none() => {
+                return Err(format!("apply {file:?}: a mesh file nobody read reached the engine"));
             }
             _ => {}
         }
