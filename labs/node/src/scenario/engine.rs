@@ -841,6 +841,7 @@ impl Engine<'_> {
         for (k, v) in [
             ("cases", total as f64),
             ("differences", differences as f64),
+            ("kernel_bugs", known as f64),
             ("msg_redirected", redirected),
             ("held_ok", held_ok),
         ] {
