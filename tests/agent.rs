@@ -1,7 +1,8 @@
 //! The `mesh-agent` binary on the running kernel: attach to a cgroup, count a connection that
 //! has no local peer (its message must pass, intact), then detach and unpin on SIGTERM.
 //!
-//! Needs root; skips visibly without it unless SIDECARLESS_REQUIRE_ROOT_TESTS=1.
+//! Needs root; without it each test fails, or prints SKIPPED and passes where
+//! SIDECARLESS_ALLOW_SKIP=1 (tests/common).
 use std::{
     fs,
     io::{BufRead, BufReader, Read},
@@ -12,6 +13,8 @@ use std::{
     thread,
     time::{Duration, Instant},
 };
+
+mod common;
 
 use serde_json::Value;
 
@@ -62,13 +65,7 @@ fn cgroup2_root() -> PathBuf {
 #[test]
 fn agent_counts_passes_and_cleans_up_on_sigterm() {
     let _k = KERNEL.lock().unwrap_or_else(|p| p.into_inner());
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        assert!(
-            std::env::var("SIDECARLESS_REQUIRE_ROOT_TESTS").as_deref() != Ok("1"),
-            "needs root, and SIDECARLESS_REQUIRE_ROOT_TESTS=1 forbids skipping"
-        );
-        eprintln!("SKIPPED agent_counts_passes_and_cleans_up_on_sigterm: needs root");
+    if !common::root_or_skip("agent_counts_passes_and_cleans_up_on_sigterm") {
         return;
     }
     let tag = format!("sidecarless-agent-test-{}", std::process::id());
@@ -263,13 +260,7 @@ fn output(mut c: Command) -> (bool, String) {
 #[test]
 fn a_killed_agent_leaves_the_datapath_and_the_next_one_adopts_it() {
     let _k = KERNEL.lock().unwrap_or_else(|p| p.into_inner());
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        assert!(
-            std::env::var("SIDECARLESS_REQUIRE_ROOT_TESTS").as_deref() != Ok("1"),
-            "needs root, and SIDECARLESS_REQUIRE_ROOT_TESTS=1 forbids skipping"
-        );
-        eprintln!("SKIPPED a_killed_agent_leaves_the_datapath_and_the_next_one_adopts_it: needs root");
+    if !common::root_or_skip("a_killed_agent_leaves_the_datapath_and_the_next_one_adopts_it") {
         return;
     }
     let tag = format!("sidecarless-restart-test-{}", std::process::id());
@@ -342,13 +333,7 @@ fn a_killed_agent_leaves_the_datapath_and_the_next_one_adopts_it() {
 #[test]
 fn the_libbpf_engine_installs_the_c_twin_and_a_restart_keeps_it() {
     let _k = KERNEL.lock().unwrap_or_else(|p| p.into_inner());
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        assert!(
-            std::env::var("SIDECARLESS_REQUIRE_ROOT_TESTS").as_deref() != Ok("1"),
-            "needs root, and SIDECARLESS_REQUIRE_ROOT_TESTS=1 forbids skipping"
-        );
-        eprintln!("SKIPPED the_libbpf_engine_installs_the_c_twin_and_a_restart_keeps_it: needs root");
+    if !common::root_or_skip("the_libbpf_engine_installs_the_c_twin_and_a_restart_keeps_it") {
         return;
     }
     let tag = format!("sidecarless-twin-test-{}", std::process::id());
@@ -408,10 +393,7 @@ fn the_libbpf_engine_installs_the_c_twin_and_a_restart_keeps_it() {
 #[test]
 fn flow_records_count_every_byte_and_the_metrics_pass_promtool() {
     let _k = KERNEL.lock().unwrap_or_else(|p| p.into_inner());
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        assert!(std::env::var("SIDECARLESS_REQUIRE_ROOT_TESTS").as_deref() != Ok("1"), "needs root");
-        eprintln!("SKIPPED flow_records_count_every_byte_and_the_metrics_pass_promtool: needs root");
+    if !common::root_or_skip("flow_records_count_every_byte_and_the_metrics_pass_promtool") {
         return;
     }
     let promtool = ["/usr/bin/promtool", "/usr/local/bin/promtool"]

@@ -2,6 +2,8 @@
 use assert_cmd::Command;
 use predicates::prelude::*;
 
+mod common;
+
 fn lab_runner() -> Command {
     Command::cargo_bin("lab-runner").expect("lab-runner binary")
 }
@@ -200,7 +202,10 @@ fn the_host_backend_refuses_to_run_without_root() {
         .args(["scenario", "sockmap", "--backend", "host"])
         .output()
     else {
-        eprintln!("SKIPPED: setpriv not available to drop root");
+        common::cannot_run(
+            "the_host_backend_refuses_to_run_without_root",
+            "setpriv (util-linux) cannot drop root",
+        );
         return;
     };
     assert_eq!(out.status.code(), Some(3), "stderr: {}", String::from_utf8_lossy(&out.stderr));

@@ -1,7 +1,7 @@
 //! The host backend end to end, on the running kernel: real namespaces, cgroups, eBPF programs.
 //!
-//! Needs root, cgroup v2 and bpffs. Without root each test prints SKIPPED and returns, unless
-//! SIDECARLESS_REQUIRE_ROOT_TESTS=1 (set by scripts/test.sh and CI), where that is a failure.
+//! Needs root, cgroup v2 and bpffs. Without root each test fails, or prints SKIPPED and passes
+//! where SIDECARLESS_ALLOW_SKIP=1 (tests/common).
 //! The tests share the kernel, so they take a lock and run one at a time.
 use std::{
     fs,
@@ -13,25 +13,15 @@ use std::{
     time::{Duration, Instant},
 };
 
+mod common;
+use common::root_or_skip;
+
 use serde_json::Value;
 
 static KERNEL: Mutex<()> = Mutex::new(());
 
 fn bin() -> std::path::PathBuf {
     assert_cmd::cargo::cargo_bin("lab-runner")
-}
-
-/// `true` when the test may touch the kernel; prints why not otherwise.
-fn root_or_skip(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var("SIDECARLESS_REQUIRE_ROOT_TESTS").is_ok_and(|v| v == "1") {
-        panic!("{test}: needs root, and SIDECARLESS_REQUIRE_ROOT_TESTS=1 forbids skipping");
-    }
-    eprintln!("SKIPPED {test}: needs root (namespaces, cgroups, eBPF)");
-    false
 }
 
 /// What a lab with this id could have left: netns, cgroup, pins, processes.

@@ -2,8 +2,8 @@
 //! the VM, and the faults (QEMU killed, guest silent, corrupted download).
 //!
 //! Needs qemu-system-x86_64, the static guest binaries (target/x86_64-unknown-linux-musl/release,
-//! built by scripts/test.sh) and the Debian mirror. Without them each test prints SKIPPED, unless
-//! SIDECARLESS_REQUIRE_ROOT_TESTS=1 (CI), where that is a failure. One test at a time.
+//! built by scripts/test.sh) and the Debian mirror. Without them each test fails, or prints
+//! SKIPPED and passes where SIDECARLESS_ALLOW_SKIP=1 (tests/common). One test at a time.
 use std::{
     fs,
     io::{BufRead, BufReader},
@@ -14,6 +14,8 @@ use std::{
     thread,
     time::{Duration, Instant},
 };
+
+mod common;
 
 use serde_json::Value;
 
@@ -38,11 +40,7 @@ fn ready(test: &str) -> bool {
         (false, _) => "qemu-system-x86_64 is not installed".to_owned(),
         (_, false) => format!("the static guest binaries are not built in {}", guest_bins().display()),
     };
-    if std::env::var("SIDECARLESS_REQUIRE_ROOT_TESTS").is_ok_and(|v| v == "1") {
-        panic!("{test}: {why}, and SIDECARLESS_REQUIRE_ROOT_TESTS=1 forbids skipping");
-    }
-    eprintln!("SKIPPED {test}: {why}");
-    false
+    common::cannot_run(test, &why)
 }
 
 /// Takes the VM lock and a private environment, or returns `None` (after saying why) when the

@@ -103,7 +103,15 @@ mod tests {
             Ok(out) => {
                 assert!(out.status.success(), "vagrant validate: {}", String::from_utf8_lossy(&out.stdout))
             }
-            Err(_) => eprintln!("SKIPPED vagrant validate: vagrant is not installed"),
+            // A skip must be asked for (tests/common in the workspace's integration tests).
+            Err(e) => {
+                assert!(
+                    std::env::var("SIDECARLESS_ALLOW_SKIP").is_ok_and(|v| v == "1"),
+                    "vagrant validate: cannot run vagrant ({e}); scripts/setup.sh installs it \
+                     (SIDECARLESS_ALLOW_SKIP=1 skips this where it cannot run)"
+                );
+                eprintln!("SKIPPED vagrant validate: vagrant is not installed");
+            }
         }
         let _ = std::fs::remove_dir_all(dir);
     }
