@@ -41,6 +41,14 @@ fn text(out: &Output) -> (String, String) {
     (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
+/// The plan of a variant that must be refused (exit 1): its stdout and stderr.
+fn refused(fixture: &Path) -> (String, String) {
+    let out = plan(fixture);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    (stdout, stderr)
+}
+
 #[test]
 fn the_backported_qemu_utils_is_aligned_with_its_siblings() {
     let out = plan(&root().join("tests/fixtures/apt").join(RECORDED));
@@ -57,9 +65,7 @@ fn a_removal_that_no_sibling_version_fixes_is_refused_with_the_command_to_run() 
     // Only the installed version of qemu-utils is known: nothing to align it to.
     let fixture = variant();
     std::fs::remove_file(fixture.path().join("madison-qemu-utils.txt")).unwrap();
-    let out = plan(fixture.path());
-    let (stdout, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    let (stdout, stderr) = refused(fixture.path());
     assert!(stdout.contains(&format!("refuse qemu-utils {BACKPORT}")), "{stdout}");
     assert!(!stdout.contains("align "), "{stdout}");
     assert!(stderr.contains("apt-get install --no-install-recommends iptables"), "{stderr}");
@@ -75,9 +81,7 @@ fn a_package_of_another_source_is_never_aligned() {
         installed.replace("qemu-utils qemu", "qemu-utils qemu-backport"),
     )
     .unwrap();
-    let out = plan(fixture.path());
-    let (stdout, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    let (stdout, _) = refused(fixture.path());
     assert!(stdout.contains(&format!("refuse qemu-utils {BACKPORT}")), "{stdout}");
 }
 
@@ -86,9 +90,7 @@ fn an_alignment_that_still_removes_is_refused() {
     // apt's answer to the aligned install still removes qemu-utils.
     let fixture = variant();
     std::fs::copy(fixture.path().join("sim.txt"), fixture.path().join("sim-aligned.txt")).unwrap();
-    let out = plan(fixture.path());
-    let (stdout, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    let (stdout, _) = refused(fixture.path());
     assert!(stdout.contains(&format!("refuse qemu-utils {BACKPORT}")), "{stdout}");
 }
 
@@ -99,9 +101,7 @@ fn an_alignment_that_downgrades_anything_else_is_refused() {
     let mut sim = std::fs::read_to_string(&aligned).unwrap();
     sim.push_str("Inst libfdt1 [1.7.0-2] (1.6.1-4+b1 Debian:12.14/oldstable [amd64])\n");
     std::fs::write(&aligned, sim).unwrap();
-    let out = plan(fixture.path());
-    let (stdout, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    let (stdout, _) = refused(fixture.path());
     assert!(stdout.contains("refuse libfdt1 1.7.0-2 (apt would downgrade it)"), "{stdout}");
 }
 
