@@ -128,7 +128,7 @@ fn scenario_file_errors_name_file_line_and_what_was_expected() {
             GOOD.replace("name = \"b\"", "name = \"a-much-longer-name\""),
             ":6: pod name \"a-much-longer-name\": expected 1 to 12",
         ),
-        ("port0", GOOD.replace("port = 7000\n", "port = 0\n"), ":14: step 1: `port` must be 1-65535"),
+        ("port0", GOOD.replace("port = 7000\n", "port = 0\n"), ":14: step 1 (bench): `port` must be 1-65535"),
     ];
     for (tag, text, want) in cases {
         let path = scenario_file(tag, &text);

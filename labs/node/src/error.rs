@@ -36,6 +36,9 @@ pub enum LabError {
     NoPod { name: String, known: String },
     #[error(transparent)]
     Mesh(#[from] mesh_agent::MeshError),
+    /// The lab broke its own rule (a step stored other keys than it declares): a bug to report.
+    #[error("lab bug: {0}")]
+    Bug(String),
     /// The mesh agent process failed; `unmet` when it said the kernel or build lacks something.
     #[error("mesh agent: {message}")]
     Agent { message: String, unmet: bool },

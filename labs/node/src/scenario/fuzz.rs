@@ -122,31 +122,35 @@ fn engine_assumptions(sc: &Scenario) -> Result<(), String> {
     }
     for step in &sc.steps {
         match step.get_ref() {
-            Step::Bench { from, to, tools, .. } => {
-                pod(from)?;
-                pod(to)?;
-                if tools.iter().any(|t| t.command.is_empty()) {
+            Step::Bench(b) => {
+                pod(&b.from)?;
+                pod(&b.to)?;
+                if b.tools.iter().any(|t| t.command.is_empty()) {
                     return Err("a bench tool with an empty command reached the engine".into());
                 }
             }
-            Step::Exec { pod: p, command, .. } => {
-                pod(p)?;
-                if command.is_empty() {
+            Step::Exec(x) => {
+                pod(&x.pod)?;
+                if x.command.is_empty() {
                     return Err("an exec step with an empty command reached the engine".into());
                 }
             }
-            Step::Conform { from, to, .. } | Step::Transfer { from, to, .. } => {
-                pod(from)?;
-                pod(to)?;
+            Step::Conform(c) => {
+                pod(&c.from)?;
+                pod(&c.to)?;
             }
-            Step::Isolation { pods: ps, .. } => ps.iter().try_for_each(|p| pod(p))?,
-            Step::Balance { from, .. }
-            | Step::Http { from, .. }
-            | Step::Load { from, .. }
-            | Step::PolicyScale { from, .. }
-            | Step::ServiceScale { from, .. } => pod(from)?,
-            Step::Apply { file, .. } if super::mesh_file(&sc.mesh_files, file).is_none() => {
-                return Err(format!("apply {file:?}: a mesh file nobody read reached the engine"));
+            Step::Transfer(t) => {
+                pod(&t.from)?;
+                pod(&t.to)?;
+            }
+            Step::Isolation(i) => i.pods.iter().try_for_each(|p| pod(p))?,
+            Step::Balance(b) => pod(&b.from)?,
+            Step::Http(h) => pod(&h.from)?,
+            Step::Load(l) => pod(&l.from)?,
+            Step::PolicyScale(p) => pod(&p.from)?,
+            Step::ServiceScale(s) => pod(&s.from)?,
+            Step::Apply(a) if super::mesh_file(&sc.mesh_files, &a.file).is_none() => {
+                return Err(format!("apply {:?}: a mesh file nobody read reached the engine", a.file));
             }
             _ => {}
         }

@@ -1,12 +1,16 @@
 //! Scenarios: step-by-step experiments on a lab, written as TOML files (scenarios/*.toml, see
 //! [`spec`]) and run by the [`engine`], which reports through [`Event`]s.
+mod dataplane;
 pub mod engine;
 #[cfg(test)]
 mod fuzz;
 pub mod kernel_bugs;
+mod measure;
+pub mod report;
 pub mod requirements;
 pub mod spec;
 pub mod stats;
+pub mod steps;
 
 use std::{
     collections::BTreeMap,
@@ -83,7 +87,7 @@ fn read_mesh_files(
 ) -> Result<BTreeMap<String, String>, LoadError> {
     let mut read = BTreeMap::new();
     for (i, step) in sc.steps.iter().enumerate() {
-        let spec::Step::Apply { file, .. } = step.get_ref() else { continue };
+        let spec::Step::Apply(steps::apply::Apply { file, .. }) = step.get_ref() else { continue };
         let at = |why: String| {
             LoadError::Spec(spec::SpecError {
                 file: scenario_file.to_owned(),
