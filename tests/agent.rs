@@ -72,6 +72,16 @@ fn agent_counts_passes_and_cleans_up_on_sigterm() {
     let mut sb = Sandbox::new(&tag);
     fs::create_dir(&sb.cgroup).unwrap();
 
+    // The agent knows the pods (127.0.0.1 is pod "b" here) and takes mesh files on its
+    // control socket: it applies them itself, so its denial events can name the pods.
+    let pods = std::env::temp_dir().join(format!("{tag}.json"));
+    let control = std::env::temp_dir().join(format!("{tag}.sock"));
+    let pod = |name: &str, v4: &str, v6: &str| serde_json::json!({ "name": name, "labels": { "app": name }, "ipv4": v4, "ipv6": v6 });
+    fs::write(
+        &pods,
+        serde_json::to_string(&[pod("a", "10.255.0.1", "fd00::1"), pod("b", "127.0.0.1", "::1")]).unwrap(),
+    )
+    .unwrap();
     let mut agent = Command::new(env!("CARGO_BIN_EXE_mesh-agent"))
         .arg("run")
         .arg("--cgroup")
@@ -80,6 +90,10 @@ fn agent_counts_passes_and_cleans_up_on_sigterm() {
         .arg(&sb.pins)
         .arg("--flow-log")
         .arg(sb.flow_log())
+        .arg("--pods")
+        .arg(&pods)
+        .arg("--control")
+        .arg(&control)
         .args(["--interval-ms", "50"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -128,28 +142,21 @@ fn agent_counts_passes_and_cleans_up_on_sigterm() {
     assert!(seen["msg_passed"].as_u64() >= Some(1), "{seen}");
     assert_eq!(seen["msg_redirected"], 0, "{seen}");
 
-    // Police 127.0.0.1 (pod "b" here), allowing only pod "a" on port 1: the next connect() from
+    // Police 127.0.0.1 (pod "b"), allowing only pod "a" on port 1: the next connect() from
     // this cgroup (no pod's: world) fails with EPERM, and the agent prints the kernel's event.
     let mesh = std::env::temp_dir().join(format!("{tag}.toml"));
-    let pods = std::env::temp_dir().join(format!("{tag}.json"));
     fs::write(&mesh, "[[policy]]\nfrom = { app = \"a\" }\nto = { app = \"b\" }\nports = [1]\n").unwrap();
-    let pod = |name: &str, v4: &str, v6: &str| serde_json::json!({ "name": name, "labels": { "app": name }, "ipv4": v4, "ipv6": v6 });
-    fs::write(
-        &pods,
-        serde_json::to_string(&[pod("a", "10.255.0.1", "fd00::1"), pod("b", "127.0.0.1", "::1")]).unwrap(),
-    )
-    .unwrap();
     let applied = Command::new(env!("CARGO_BIN_EXE_mesh-agent"))
         .arg("apply")
         .arg(&mesh)
-        .arg("--pin-dir")
-        .arg(&sb.pins)
-        .arg("--pods")
-        .arg(&pods)
+        .arg("--control")
+        .arg(&control)
         .output()
         .unwrap();
     let _ = (fs::remove_file(&mesh), fs::remove_file(&pods));
-    assert!(applied.status.success(), "apply: {}", String::from_utf8_lossy(&applied.stderr));
+    let said = String::from_utf8_lossy(&applied.stderr);
+    assert!(applied.status.success(), "apply: {said}");
+    assert!(said.contains("1 policed identities"), "{said}");
     let script =
         format!("echo 0 > {}/cgroup.procs && exec 3<>/dev/tcp/127.0.0.1/{port}", sb.cgroup.display());
     let denied = Command::new("bash").args(["-c", &script]).output().unwrap();
@@ -166,6 +173,8 @@ fn agent_counts_passes_and_cleans_up_on_sigterm() {
     let d = &event["denial"];
     assert_eq!(d["hook"], "connect", "{event}");
     assert_eq!(d["from"]["pods"], serde_json::json!(["world"]), "{event}");
+    // The agent applied the rules itself: it names the pod behind the policed identity.
+    assert_eq!(d["to"]["pods"], serde_json::json!(["b"]), "{event}");
     assert_eq!(d["dst"], "127.0.0.1", "{event}");
     assert_eq!(d["port"], port, "{event}");
 
@@ -179,6 +188,7 @@ fn agent_counts_passes_and_cleans_up_on_sigterm() {
     assert!(status.success(), "agent exit {status}: {err}");
     assert!(err.contains("detached and unpinned"), "{err}");
     assert!(!sb.pins.exists(), "pins removed");
+    assert!(!control.exists(), "control socket removed");
     let attached =
         Command::new("bpftool").arg("-j").arg("cgroup").arg("show").arg(&sb.cgroup).output().unwrap();
     assert!(attached.status.success(), "bpftool: {}", String::from_utf8_lossy(&attached.stderr));

@@ -669,6 +669,14 @@ fn policy_denies_every_bypass_and_cuts_revoked_connections() {
         r["http_pipeline"]
     );
     assert_eq!(get("outside_to_api", "errors"), 2.0, "{}", r["outside_to_api"]);
+    // The agent applied the mesh file itself (the lab hands it over the control socket): its
+    // denial events name the pods on both ends.
+    let denials = v["report"]["denials"].as_array().expect("denials in the report");
+    assert!(
+        denials.iter().any(|d| d["from"]["pods"] == serde_json::json!(["frontend"])
+            && d["to"]["pods"] == serde_json::json!(["db"])),
+        "no denial names frontend -> db: {denials:?}"
+    );
     assert_eq!(remains_of(v["report"]["lab"].as_str().unwrap()), Vec::<String>::new());
 }
 

@@ -343,6 +343,14 @@ fn policy_passes_inside_the_vm() {
     assert_eq!((get("http_get", "ok"), get("http_post", "errno")), (3.0, 13.0));
     assert_eq!((get("http_split", "ok"), get("http_split_admin", "ok")), (2.0, 0.0));
     assert_eq!((get("established", "failed"), get("established_outside", "failed")), (4.0, 4.0));
+    // The agent applied the mesh file itself (the lab hands it over the control socket): its
+    // denial events name the pods on both ends.
+    let denials = v["report"]["denials"].as_array().expect("denials in the report");
+    assert!(
+        denials.iter().any(|d| d["from"]["pods"] == serde_json::json!(["frontend"])
+            && d["to"]["pods"] == serde_json::json!(["db"])),
+        "no denial names frontend -> db: {denials:?}"
+    );
     assert_eq!(qemus_under(&env.root), Vec::<i32>::new());
     assert_eq!(env.state_dirs(), Vec::<String>::new());
 }

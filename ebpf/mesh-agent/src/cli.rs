@@ -5,7 +5,9 @@
 //!   an agent that died; prints the counters and each policy denial as JSON lines; writes the flow
 //!   log (closed connections and denials) and, with `--metrics`, serves Prometheus metrics.
 //! - `observe`: the flow log, filtered, as a table or JSON lines (`--follow`).
-//! - `apply FILE`: bring the services in the running maps to FILE's, by difference.
+//! - `apply FILE`: bring services and policy to FILE's, by difference: through the running
+//!   agent's control socket (`--control`; the agent then knows the file and its pods), or
+//!   straight into the pinned maps when no agent runs (`--pin-dir`).
 //! - `status`: what is loaded, attached and pinned, and how full each map is.
 //! - `uninstall`: detach everything and remove the pins (also after an agent was killed).
 use std::{
@@ -20,7 +22,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 use crate::{
-    Engine, Mesh, MeshError, Pinned, Started,
+    Engine, Mesh, MeshError, Pinned, Started, control,
     denials::{DenialRecord, Denials, Events},
     flows::{self, Flow, FlowLog, Names},
     meshfile,
@@ -73,6 +75,11 @@ pub enum Command {
         /// the engine it was installed with.
         #[arg(long, value_enum, default_value_t = Engine::Aya)]
         engine: Engine,
+        /// Listen for `mesh-agent apply --control` requests on this unix socket: every change
+        /// to the mesh then goes through this agent, which knows the pods each identity stands
+        /// for (its denial events name them).
+        #[arg(long)]
+        control: Option<PathBuf>,
     },
     /// Load the redirect's sock_ops and sk_msg programs with each engine (aya: the Rust
     /// programs; libbpf: their C twin) without attaching them, and print what each cost: object
@@ -102,11 +109,17 @@ pub enum Command {
         #[arg(long, short, value_enum, default_value_t = observe::Output::Table)]
         output: observe::Output,
     },
-    /// Bring the running mesh's services to FILE's: added, changed and removed entries only.
+    /// Bring the running mesh's services and policy to FILE's: added, changed and removed
+    /// entries only.
     Apply {
         file: PathBuf,
+        /// The running agent's control socket (its `run --control`): the agent applies the file
+        /// with its own `--pods`.
+        #[arg(long, conflicts_with_all = ["pin_dir", "pods"], required_unless_present = "pin_dir")]
+        control: Option<PathBuf>,
+        /// With no agent running: write the pinned maps under this directory directly.
         #[arg(long)]
-        pin_dir: PathBuf,
+        pin_dir: Option<PathBuf>,
         /// Pods file (JSON list of {name, labels, ipv4, ipv6, cgroup}) for backends and rules chosen by label.
         #[arg(long)]
         pods: Option<PathBuf>,
@@ -160,8 +173,9 @@ pub fn code(e: &anyhow::Error) -> i32 {
 /// Runs one command.
 pub fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Run { cgroup, pin_dir, file, pods, interval_ms, flow_log, metrics, engine } => {
-            let outputs = Outputs { interval: Duration::from_millis(interval_ms), flow_log, metrics };
+        Command::Run { cgroup, pin_dir, file, pods, interval_ms, flow_log, metrics, engine, control } => {
+            let outputs =
+                Outputs { interval: Duration::from_millis(interval_ms), flow_log, metrics, control };
             serve(&cgroup, &pin_dir, engine, file.as_deref(), pods.as_deref(), &outputs)
         }
         Command::Engines { runs, json } => {
@@ -177,11 +191,24 @@ pub fn run(command: Command) -> anyhow::Result<()> {
             let filter = observe::Filter { pod, port, verdict };
             observe::run(&flow_log, &filter, output, follow, &mut std::io::stdout().lock())
         }
-        Command::Apply { file, pin_dir, pods } => {
+        Command::Apply { file, control: Some(socket), .. } => {
+            // The agent reads the file: its path as this process sees it.
+            let file = std::path::absolute(&file)?;
+            match control::request(&socket, &control::Request::Apply { file }).map_err(anyhow::Error::msg)? {
+                control::Response::Applied(a) => {
+                    say_applied(&a);
+                    Ok(())
+                }
+                control::Response::Error(e) => anyhow::bail!("the agent refused: {e}"),
+                control::Response::Done => anyhow::bail!("the agent answered an apply with no result"),
+            }
+        }
+        Command::Apply { file, pin_dir, pods, control: None } => {
+            let pin_dir = pin_dir.context("--pin-dir or --control")?;
             // A rejected file is refused before the maps are touched.
             let loaded = meshfile::load(&file, pods.as_deref()).map_err(anyhow::Error::msg)?;
             let mut pinned = Pinned::open(&pin_dir)?;
-            apply(&mut pinned, &file, &loaded).map(drop)
+            apply(&mut pinned, &file, &loaded).map(|(a, _)| say_applied(&a))
         }
         Command::Status { pin_dir, cgroup, json } => {
             let s = status::read(&pin_dir, cgroup.as_deref())?;
@@ -203,38 +230,53 @@ pub fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
-/// Applies `loaded`; returns which pods each identity stands for.
+/// Applies `loaded`; returns what changed and which pods each identity stands for.
 fn apply(
     pinned: &mut Pinned,
     file: &Path,
     loaded: &meshfile::Loaded,
-) -> anyhow::Result<BTreeMap<u32, Vec<String>>> {
+) -> anyhow::Result<(control::Applied, BTreeMap<u32, Vec<String>>)> {
     let resolved = &loaded.services;
-    let applied = pinned.set_services(&meshfile::wanted(resolved))?;
+    let services = pinned.set_services(&meshfile::wanted(resolved))?;
     let policy = crate::policy::resolve(&loaded.file, &loaded.pods);
     let p = pinned.set_policy(&policy)?;
-    eprintln!(
-        "mesh-agent: policy: {} rules ({} with HTTP matches), {} allow entries, {} policed identities ({} entries added, {} removed)",
-        loaded.file.policy.len(),
-        policy.http.len(),
-        policy.allow.len(),
-        policy.policed.len(),
-        p.added,
-        p.removed
-    );
     for r in resolved {
         let behind = if r.slot_names.is_empty() { "no backend".into() } else { r.slot_names.join(", ") };
         eprintln!("mesh-agent: service {}: {behind}", r.name);
     }
+    let applied = control::Applied {
+        file: file.to_owned(),
+        services: control::Changes {
+            added: services.added,
+            changed: services.changed,
+            removed: services.removed,
+            unchanged: services.unchanged,
+        },
+        rules: loaded.file.policy.len(),
+        http_rules: policy.http.len(),
+        allow_entries: policy.allow.len(),
+        policed: policy.policed.len(),
+        policy_added: p.added,
+        policy_removed: p.removed,
+    };
+    Ok((applied, policy.members))
+}
+
+/// What applying changed, as the agent says it (`applied FILE: ...` last: the lab reads it).
+fn say_applied(a: &control::Applied) {
+    eprintln!(
+        "mesh-agent: policy: {} rules ({} with HTTP matches), {} allow entries, {} policed identities ({} entries added, {} removed)",
+        a.rules, a.http_rules, a.allow_entries, a.policed, a.policy_added, a.policy_removed
+    );
+    let c = a.services;
     eprintln!(
         "mesh-agent: applied {}: {} added, {} changed, {} removed, {} unchanged",
-        file.display(),
-        applied.added,
-        applied.changed,
-        applied.removed,
-        applied.unchanged
+        a.file.display(),
+        c.added,
+        c.changed,
+        c.removed,
+        c.unchanged
     );
-    Ok(policy.members)
 }
 
 /// How often the running agent drains the flow records whether or not the kernel woke it.
@@ -246,6 +288,8 @@ struct Outputs {
     interval: Duration,
     flow_log: PathBuf,
     metrics: Option<std::net::SocketAddr>,
+    /// Where `mesh-agent apply --control` reaches this agent.
+    control: Option<PathBuf>,
 }
 
 fn serve(
@@ -297,7 +341,9 @@ fn serve(
     };
     let mut members = BTreeMap::new();
     if let (Some(f), Some(l)) = (file, &loaded) {
-        members = apply(mesh.pins_mut(), f, l)?;
+        let (applied, m) = apply(mesh.pins_mut(), f, l)?;
+        say_applied(&applied);
+        members = m;
     }
     let mut events = Reporter {
         denials: mesh
@@ -323,6 +369,15 @@ fn serve(
         eprintln!("mesh-agent: metrics at http://{bound}/metrics");
         events.metrics = Some(metrics);
     }
+    let socket = match &outputs.control {
+        Some(path) => {
+            let server = control::Server::bind(path)
+                .with_context(|| format!("cannot listen on the control socket {}", path.display()))?;
+            eprintln!("mesh-agent: control socket {}", server.path().display());
+            Some(server)
+        }
+        None => None,
+    };
     eprintln!("mesh-agent: flow log {}", events.log.path().display());
     eprintln!("mesh-agent: serving {}", cgroup.display());
     // One wait for everything: a stop signal (through a signalfd), an event in a ring buffer
@@ -340,7 +395,7 @@ fn serve(
         }
         events.drain()?;
         let mut fds = vec![libc::pollfd { fd: sigfd.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
-        for fd in events.fds() {
+        for fd in events.fds().into_iter().chain(socket.as_ref().map(control::Server::as_raw_fd)) {
             fds.push(libc::pollfd { fd, events: libc::POLLIN, revents: 0 });
         }
         // Flow records do not wake us one by one (see telemetry.rs): look every DRAIN_TICK.
@@ -349,6 +404,35 @@ fn serve(
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, wait) };
         if n < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
             anyhow::bail!("poll: {}", std::io::Error::last_os_error());
+        }
+        if let Some(server) = &socket {
+            // Every change to the mesh while it runs comes through here, with this agent's pods.
+            server.serve(|request| {
+                let done = |r: Result<(), MeshError>| match r {
+                    Ok(()) => control::Response::Done,
+                    Err(e) => control::Response::Error(e.to_string()),
+                };
+                match request {
+                    control::Request::Apply { file } => {
+                        let applied = meshfile::load(&file, pods)
+                            .map_err(anyhow::Error::msg)
+                            .and_then(|l| apply(mesh.pins_mut(), &file, &l));
+                        match applied {
+                            Ok((a, m)) => {
+                                say_applied(&a);
+                                events.members = m;
+                                control::Response::Applied(a)
+                            }
+                            Err(e) => {
+                                eprintln!("mesh-agent: apply {}: {e:#}", file.display());
+                                control::Response::Error(format!("{e:#}"))
+                            }
+                        }
+                    }
+                    control::Request::Telemetry { on } => done(mesh.pins_mut().set_telemetry(on)),
+                    control::Request::SidecarPort { port } => done(mesh.pins_mut().set_sidecar_port(port)),
+                }
+            })?;
         }
         if fds[0].revents & libc::POLLIN != 0 {
             println!("{}", serde_json::to_string(&mesh.counters()?)?);

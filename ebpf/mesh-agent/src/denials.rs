@@ -8,15 +8,15 @@ use std::{
 
 use aya::maps::{Map, MapData, RingBuf};
 use mesh_common::{AF_INET, Denial, Hook, IPPROTO_TCP, IPPROTO_UDP, WORLD_IDENTITY};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::MeshError;
 
 /// One denial as user space shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DenialRecord {
     /// Where it was denied: connect, sendmsg, ingress or message.
-    pub hook: &'static str,
+    pub hook: String,
     pub protocol: String,
     pub from: Identity,
     pub to: Identity,
@@ -28,7 +28,7 @@ pub struct DenialRecord {
 }
 
 /// An identity number and who has it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Identity {
     pub id: u32,
     pub pods: Vec<String>,
@@ -51,7 +51,7 @@ impl DenialRecord {
             p => format!("ip proto {p}"),
         };
         DenialRecord {
-            hook: Hook::name(d.hook),
+            hook: Hook::name(d.hook).to_owned(),
             protocol,
             from: who(d.from),
             to: who(d.to),

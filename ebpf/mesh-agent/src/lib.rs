@@ -7,6 +7,7 @@
 //! detaches the programs and removes the pins. With [`Engine::Libbpf`] the redirect's two
 //! programs come from the C twin instead ([`twin`]).
 pub mod cli;
+pub mod control;
 pub mod denials;
 pub mod engines;
 mod error;

@@ -175,7 +175,7 @@ impl Metrics {
     pub fn denial(&self, d: &DenialRecord) {
         let name = |pods: &[String]| pods.first().cloned().unwrap_or_else(|| "?".into());
         let l =
-            DenialLabels { hook: d.hook.into(), source: name(&d.from.pods), destination: name(&d.to.pods) };
+            DenialLabels { hook: d.hook.clone(), source: name(&d.from.pods), destination: name(&d.to.pods) };
         self.denials.get_or_create(&l).inc();
     }
     // ANCHOR_END: record
@@ -219,13 +219,14 @@ pub fn serve(
 ) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)?;
     let bound = listener.local_addr()?;
+    // Opened here, not in the thread: metrics that could never refresh are an error at start.
+    let pinned = Pinned::open(&pin_dir).map_err(std::io::Error::other)?;
     std::thread::Builder::new().name("metrics".into()).spawn(move || {
-        let pinned = Pinned::open(&pin_dir).ok();
         for stream in listener.incoming().map_while(Result::ok) {
-            if let Some(p) = &pinned {
-                metrics.refresh(p);
+            metrics.refresh(&pinned);
+            if let Err(e) = answer(stream, &registry) {
+                eprintln!("mesh-agent: metrics: answering a scrape: {e}");
             }
-            let _ = answer(stream, &registry);
         }
     })?;
     Ok(bound)

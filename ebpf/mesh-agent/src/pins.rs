@@ -38,7 +38,7 @@ use serde::Serialize;
 use crate::{Counters, Engine, MeshError, Variant, services};
 
 /// Bump when a pinned map's definition changes, or the set of pins does.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// One pinned map as this build defines it.
 #[derive(Debug, Clone, Copy)]

@@ -22,14 +22,17 @@ pub const MAPS: &[(&str, MapType)] = &[
     ("ringbuf", MapType::RingBuf),
 ];
 
-/// `Some(supported)` for a known program type name, `None` for an unknown name.
-pub fn program(name: &str) -> Option<bool> {
+/// `Some(Ok(supported))` for a known program type name, `None` for an unknown name. A probe
+/// that could not ask (no permission to load anything, for one) is `Some(Err)`: that says
+/// nothing about the kernel and must not pass for "unsupported".
+pub fn program(name: &str) -> Option<Result<bool, String>> {
     let (_, t) = PROGRAMS.iter().find(|(n, _)| *n == name)?;
-    Some(aya::sys::is_program_supported(*t).unwrap_or(false))
+    Some(aya::sys::is_program_supported(*t).map_err(|e| format!("probing {name} programs: {e}")))
 }
 
-/// `Some(supported)` for a known map type name, `None` for an unknown name.
-pub fn map(name: &str) -> Option<bool> {
+/// `Some(Ok(supported))` for a known map type name, `None` for an unknown name; `Some(Err)` as
+/// for [`program`].
+pub fn map(name: &str) -> Option<Result<bool, String>> {
     let (_, t) = MAPS.iter().find(|(n, _)| *n == name)?;
-    Some(aya::sys::is_map_supported(*t).unwrap_or(false))
+    Some(aya::sys::is_map_supported(*t).map_err(|e| format!("probing {name} maps: {e}")))
 }

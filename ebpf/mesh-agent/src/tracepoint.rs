@@ -52,6 +52,8 @@ pub fn layout(format: &str) -> Result<TraceLayout, String> {
         dport: offset("dport")?,
         saddr_v6: offset("saddr_v6")?,
         daddr_v6: offset("daddr_v6")?,
+        // Only kernels whose tracepoint also fires for failed attempts have it.
+        err: offset("err").unwrap_or(0),
         ready: 1,
     })
 }
@@ -108,7 +110,10 @@ mod tests {
             \tfield:__u8 daddr_v6[16];\toffset:58;\tsize:16;\tsigned:0;\n\
             \tfield:int err;\toffset:76;\tsize:4;\tsigned:1;\n";
         let l = layout(format).unwrap();
-        assert_eq!((l.sport, l.dport, l.saddr_v6, l.daddr_v6, l.ready), (28, 30, 42, 58, 1));
+        assert_eq!((l.sport, l.dport, l.saddr_v6, l.daddr_v6, l.err, l.ready), (28, 30, 42, 58, 76, 1));
+        // Before `err` existed the tracepoint fired only for segments that left: nothing to skip.
+        let without_err = format.lines().filter(|l| !l.contains(" err;")).collect::<Vec<_>>().join("\n");
+        assert_eq!(layout(&without_err).unwrap().err, 0);
         let older = format.replace("saddr_v6", "saddr6");
         assert_eq!(layout(&older).unwrap_err(), "the tracepoint has no field `saddr_v6` on this kernel");
     }

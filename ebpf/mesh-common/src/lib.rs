@@ -39,6 +39,7 @@ pub const IPPROTO_UDP: u32 = 17;
 /// folded to IPv4, so a dual-stack application reaches the same service.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct ServiceKey {
     pub ip: [u32; 4],
     pub port: u32,
@@ -52,6 +53,7 @@ pub struct ServiceKey {
 /// service exists but has no backend, and connecting to it is refused.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct ServiceValue {
     pub id: u32,
     pub slots: u32,
@@ -59,6 +61,7 @@ pub struct ServiceValue {
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct BackendKey {
     pub service: u32,
     pub slot: u32,
@@ -69,6 +72,7 @@ pub struct BackendKey {
 /// refused rather than sent nowhere).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct Backend {
     /// Network byte order.
     pub ip4: u32,
@@ -108,6 +112,7 @@ pub struct OriginalDst {
 /// connection always agree on the family.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct SockKey {
     pub netns: u64,
     pub local_ip: [u32; 4],
@@ -368,6 +373,7 @@ impl Hook {
 /// sk_msg keeps it up to date.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct SockPolicy {
     /// [`SockPolicy::PASSIVE`], [`SockPolicy::DENIED`].
     pub flags: u32,
@@ -412,6 +418,7 @@ pub const MESH_CONNECTS_MAP: &str = "MESH_CONNECTS";
 /// a comparison against the length would be a branch per byte for the verifier.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct HttpMatch {
     pub method: [u8; HTTP_METHOD_MAX],
     pub method_mask: [u8; HTTP_METHOD_MAX],
@@ -424,6 +431,7 @@ pub struct HttpMatch {
 /// A rule's HTTP matches; `count` of them are used.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct HttpRules {
     pub count: u32,
     pub matches: [HttpMatch; MAX_HTTP_MATCHES],
@@ -435,6 +443,7 @@ pub struct HttpRules {
 /// (connect). `port` is the destination port, host byte order.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct Denial {
     pub hook: u32,
     pub protocol: u32,
@@ -451,6 +460,7 @@ pub struct Denial {
 /// the family's 32 bits too: 64 for an IPv4 host, 160 for an IPv6 host.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct IdentityAddr {
     pub family: u32,
     pub ip: [u32; 4],
@@ -460,6 +470,7 @@ pub struct IdentityAddr {
 /// a protocol.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct PolicyKey {
     pub from: u32,
     pub to: u32,
@@ -486,14 +497,18 @@ pub const TRACE_LAYOUT_MAP: &str = "TRACE_LAYOUT";
 /// Where the fields the tracepoint program reads sit in the tracepoint's record (bytes from
 /// its start, as tracefs' `format` file says); `ready` is 1 once the agent filled it. The
 /// addresses are the IPv6 fields, which every kernel fills for both families (an IPv4 socket's
-/// as `::ffff:a.b.c.d`); 5.10's record has no `family` field.
+/// as `::ffff:a.b.c.d`); 5.10's record has no `family` field. `err` is the offset of the
+/// attempt's result, 0 where the record has none (before the 2025 change that fires the
+/// tracepoint for failed attempts too and says which).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct TraceLayout {
     pub sport: u32,
     pub dport: u32,
     pub saddr_v6: u32,
     pub daddr_v6: u32,
+    pub err: u32,
     pub ready: u32,
 }
 
@@ -503,6 +518,7 @@ pub struct TraceLayout {
 /// the payload bytes that went through TCP, with a FIN taken off (see `FlowRecord::FIN_*`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct FlowRecord {
     pub key: SockKey,
     /// `bpf_ktime_get_ns` at established and at close (0 while open).
@@ -553,19 +569,31 @@ pub const COUNTER_SLOTS: u32 = Counter::ALL.len() as u32;
 
 #[cfg(feature = "user")]
 mod user {
-    // SAFETY: each is #[repr(C)], made only of u32s (and SockKey's u64), with no padding.
-    unsafe impl aya::Pod for super::SockKey {}
-    unsafe impl aya::Pod for super::ServiceKey {}
-    unsafe impl aya::Pod for super::ServiceValue {}
-    unsafe impl aya::Pod for super::BackendKey {}
-    unsafe impl aya::Pod for super::Backend {}
-    unsafe impl aya::Pod for super::IdentityAddr {}
-    unsafe impl aya::Pod for super::PolicyKey {}
-    unsafe impl aya::Pod for super::Denial {}
-    unsafe impl aya::Pod for super::SockPolicy {}
-    unsafe impl aya::Pod for super::HttpRules {}
-    unsafe impl aya::Pod for super::FlowRecord {}
-    unsafe impl aya::Pod for super::TraceLayout {}
+    /// aya::Pod for types whose `bytemuck::Pod` derive (above each type, with the `user`
+    /// feature) proved them plain data.
+    macro_rules! pod {
+        ($($t:ident),* $(,)?) => {$(
+            // SAFETY: the type derives bytemuck::Pod, which does not compile unless it is
+            // #[repr(C)], has no padding and holds only Pod fields (integers and arrays of
+            // them): every byte is initialised and any bit pattern is a valid value, which is
+            // what aya::Pod requires of what it copies to and from the kernel.
+            unsafe impl aya::Pod for super::$t {}
+        )*};
+    }
+    pod!(
+        SockKey,
+        ServiceKey,
+        ServiceValue,
+        BackendKey,
+        Backend,
+        IdentityAddr,
+        PolicyKey,
+        Denial,
+        SockPolicy,
+        HttpRules,
+        FlowRecord,
+        TraceLayout,
+    );
 }
 
 #[cfg(test)]

@@ -143,6 +143,8 @@ pub fn remember(ctx: &SockAddrContext, asked: &Addr, backend: Backend) {
     let slot = unsafe { ORIGINAL_DST.get_or_insert_ptr_mut(ctx, Some(&mut orig)) };
     if !slot.is_null() {
         // A socket can connect again after a failed attempt: keep the latest.
+        // SAFETY: non-null, so it points at this socket's storage, sized for an OriginalDst;
+        // only this socket's own hooks write it, and they run under its lock.
         unsafe { *slot = orig };
     }
 }

@@ -33,6 +33,7 @@ fn answer_service(ctx: &SockAddrContext, family: u32) -> i32 {
     // SAFETY: lookup only (no create); the pointer is this socket's storage.
     let orig = unsafe { ORIGINAL_DST.get_ptr_mut(ctx) };
     if !orig.is_null() {
+        // SAFETY: non-null: this socket's storage, written whole by `remember` (a plain copy).
         let o = unsafe { *orig };
         if o.family == family {
             sock_addr::write(ctx, &Addr { ip: o.ip, port: o.port, family });

@@ -83,6 +83,7 @@ fn check(ctx: &SkBuffContext) -> Result<bool, i64> {
     let verdict = match verdict {
         // HTTP matches are enforced by the client's sk_msg: only a connection a lab process
         // opened (sock_ops saw its SYN leave) has one.
+        // SAFETY: a lookup whose value is only tested for presence, never read.
         Verdict::Allowed(rule) if unsafe { HTTP_RULES.get(&rule) }.is_some() => {
             let sport = u32::from(u16::from_be(ctx.load(l4)?));
             let key = SockKey::new(0, family, src, dst, sport, port);

@@ -159,8 +159,12 @@ pub fn set_sock_state(key: &SockKey, bits: u32) {
 /// Takes a socket out of `SOCKETS` (aya-ebpf 0.2 has no `remove` for a sockhash).
 #[inline(always)]
 pub fn remove_socket(key: &SockKey) -> bool {
-    // SAFETY: SockHash is repr(transparent) over its map definition, so its address is the
-    // map's; the key is a live SockKey.
+    // SAFETY: the helper needs the map, which in BPF code is a reference to the map's symbol:
+    // the loader replaces a load of `SOCKETS`' address with the map. aya-ebpf 0.2.1 declares
+    // SockHash `#[repr(transparent)]` over its one field, the definition it passes to the
+    // helpers itself, so `&SOCKETS` is that same address (offset 0 of the symbol); were that
+    // ever to change, the verifier would refuse the call (not a map pointer), never run it. The
+    // key is a live SockKey, read only.
     let ret = unsafe {
         aya_ebpf::helpers::bpf_map_delete_elem(
             core::ptr::from_ref(&SOCKETS).cast_mut().cast(),

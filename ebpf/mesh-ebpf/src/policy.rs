@@ -37,12 +37,14 @@ pub enum Verdict {
 #[inline(always)]
 pub fn judge(from: impl FnOnce() -> u32, to: u32, port: u32, protocol: u32) -> (u32, Verdict) {
     // SAFETY: plain lookups; values are copied out at once.
+    // SAFETY: a lookup tested for presence only.
     if unsafe { POLICED.get(&to) }.is_none() {
         return (0, Verdict::Open);
     }
     let from = from();
     let exact = PolicyKey { from, to, port, protocol };
     let any_port = PolicyKey { port: 0, ..exact };
+    // SAFETY: lookups of a hash the agent updates whole values of; the u32 is copied at once.
     match unsafe { POLICY.get(&exact).or_else(|| POLICY.get(&any_port)) } {
         Some(rule) => (from, Verdict::Allowed(*rule)),
         None => (from, Verdict::Denied),

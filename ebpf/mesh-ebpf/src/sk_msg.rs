@@ -176,6 +176,7 @@ fn policy_check(ctx: &SkMsgContext, me: &SockKey) -> Check {
         }
         // Only the client parses: requests are what it sends.
         p.http_rule = match verdict {
+            // SAFETY: a lookup whose value is only tested for presence, never read.
             Verdict::Allowed(rule) if !passive && unsafe { HTTP_RULES.get(&rule) }.is_some() => rule,
             _ => 0,
         };

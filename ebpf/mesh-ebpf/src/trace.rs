@@ -7,6 +7,10 @@
 //! - The record's layout differs between kernels (5.10 has no `family`, 6.18 an `err` more): the
 //!   agent reads the offsets from tracefs' `format` file into `TRACE_LAYOUT`; the program reads
 //!   there. The IPv6 address fields are filled for both families (IPv4 as `::ffff:a.b.c.d`).
+//! - Since the 2025 change that added `err`, the tracepoint fires for failed attempts too
+//!   (`tcp_retransmit_skb()` calls it with the result of `__tcp_retransmit_skb()`): only
+//!   `err == 0` is a segment that left, the same rule as sock_ops' RETRANS callback's `arg 2`.
+//!   Older records have no `err` and fire only for segments that left.
 //! - The tracepoint knows no network namespace: a loopback connection (keyed with the netns
 //!   cookie on >= 5.15) is not matched; pod-to-pod connections are.
 //! - Minimum kernel: 4.16 (the tracepoint's address fields), 4.7 (BPF on tracepoints).
@@ -30,6 +34,11 @@ pub fn mesh_retransmit(ctx: TracePointContext) -> u32 {
 fn count(ctx: &TracePointContext) -> Result<(), i32> {
     let Some(l) = TRACE_LAYOUT.get(0) else { return Ok(()) };
     if l.ready == 0 || !telemetry::on() {
+        return Ok(());
+    }
+    // SAFETY: a bpf_probe_read_kernel at the offset tracefs gave for this record's `err`.
+    if l.err != 0 && unsafe { ctx.read_at::<i32>(l.err as usize)? } != 0 {
+        // A failed attempt: nothing left, nothing to count.
         return Ok(());
     }
     // SAFETY: each read is bpf_probe_read_kernel at an offset tracefs gave for this record.

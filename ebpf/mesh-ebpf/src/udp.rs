@@ -76,6 +76,7 @@ fn sticky_backend(ctx: &SockAddrContext, key: &ServiceKey, asked: &Addr) -> Opti
     // SAFETY: lookup only; the pointer is this socket's storage.
     let kept = unsafe { ORIGINAL_DST.get_ptr_mut(ctx) };
     if !kept.is_null() {
+        // SAFETY: non-null: this socket's storage, written whole by `remember`.
         let k = unsafe { *kept };
         if k.family == asked.family && k.ip == asked.ip && k.port == asked.port {
             return Some(k.backend);
@@ -97,6 +98,7 @@ fn from_service(ctx: &SockAddrContext, family: u32) -> i32 {
     if kept.is_null() {
         return 1;
     }
+    // SAFETY: non-null: this socket's storage, written whole by `remember`.
     let k = unsafe { *kept };
     if k.family != family {
         return 1;

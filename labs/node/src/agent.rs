@@ -11,7 +11,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use mesh_agent::{Engine, Pinned, cli::EXIT_UNMET, pins};
+use mesh_agent::{
+    Engine, Pinned,
+    cli::EXIT_UNMET,
+    control::{Request, Response},
+    pins,
+};
 
 use crate::{LabError, scenario::Cmd};
 
@@ -20,18 +25,28 @@ const START_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a stopping agent may take to detach and unpin before it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// The files an agent works with, in the lab's run folder.
+pub struct Files {
+    /// Where the agent writes its flow log.
+    pub flow_log: PathBuf,
+    /// The lab's pods (for backends, rules and the flow log's names).
+    pub pods: PathBuf,
+    /// Where the running agent takes mesh files (`mesh-agent apply --control`).
+    pub control: PathBuf,
+    /// What the agent said on stderr, every line.
+    pub log: PathBuf,
+    /// The mesh file the agent applies when it starts (after adopting too), once one was
+    /// applied.
+    pub mesh_file: Option<PathBuf>,
+}
+
 pub struct Agent {
     cmd: Cmd,
     /// Who loads the redirect when this agent installs the mesh.
     engine: Engine,
     cgroup: PathBuf,
     pin_dir: PathBuf,
-    /// Where the agent writes its flow log.
-    flow_log: PathBuf,
-    /// The lab's pods (for backends, rules and the flow log's names), and the mesh file the
-    /// agent applies when it starts (after adopting too), once one was applied.
-    pods: PathBuf,
-    mesh_file: Option<PathBuf>,
+    files: Files,
     child: Option<Child>,
     pinned: Option<Pinned>,
     /// Where the running agent serves Prometheus metrics (a port of its choosing on loopback).
@@ -39,25 +54,21 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Starts the agent (with the lab's `pods`, applying `mesh_file` once it serves) and waits
+    /// Starts the agent (with the lab's pods, applying the mesh file once it serves) and waits
     /// until it serves; returns it with what it said.
     pub fn start(
         cmd: &Cmd,
         engine: Engine,
         cgroup: &Path,
         pin_dir: &Path,
-        flow_log: &Path,
-        pods: &Path,
-        mesh_file: Option<PathBuf>,
+        files: Files,
     ) -> Result<(Agent, Vec<String>), LabError> {
         let mut agent = Agent {
             cmd: cmd.clone(),
             engine,
             cgroup: cgroup.to_owned(),
             pin_dir: pin_dir.to_owned(),
-            flow_log: flow_log.to_owned(),
-            pods: pods.to_owned(),
-            mesh_file,
+            files,
             child: None,
             pinned: None,
             metrics: None,
@@ -101,9 +112,41 @@ impl Agent {
         self.child.as_ref().map(Child::id)
     }
 
-    /// The mesh file a restarted agent applies (the one applied last).
-    pub fn set_mesh_file(&mut self, mesh: PathBuf) {
-        self.mesh_file = Some(mesh);
+    /// Has the running agent apply `mesh` (through its control socket); a restarted agent
+    /// applies it too.
+    pub fn apply(&mut self, mesh: &Path) -> Result<mesh_agent::control::Applied, LabError> {
+        let answer = self.ask(&Request::Apply { file: mesh.to_owned() })?;
+        self.files.mesh_file = Some(mesh.to_owned());
+        match answer {
+            Response::Applied(a) => Ok(a),
+            other => {
+                Err(LabError::Agent { message: format!("apply: the agent answered {other:?}"), unmet: false })
+            }
+        }
+    }
+
+    /// Has the running agent switch flow records on or off (new connections).
+    pub fn set_telemetry(&mut self, on: bool) -> Result<(), LabError> {
+        self.ask(&Request::Telemetry { on }).map(drop)
+    }
+
+    /// Has the running agent route app <-> proxy hops through the redirect (0: no proxies).
+    pub fn set_sidecar_port(&mut self, port: u16) -> Result<(), LabError> {
+        self.ask(&Request::SidecarPort { port }).map(drop)
+    }
+
+    /// One request to the running agent; its refusal is an error that says what it was.
+    fn ask(&self, r: &Request) -> Result<Response, LabError> {
+        let failed = |message: String| LabError::Agent { message, unmet: false };
+        if self.child.is_none() {
+            return Err(failed(format!(
+                "{r:?}: the mesh agent is not running (an `agent` step killed it: start it again first)"
+            )));
+        }
+        match mesh_agent::control::request(&self.files.control, r).map_err(failed)? {
+            Response::Error(e) => Err(failed(format!("{r:?}: {e}"))),
+            ok => Ok(ok),
+        }
     }
 
     fn spawn(&mut self) -> Result<Vec<String>, LabError> {
@@ -117,15 +160,17 @@ impl Agent {
             "--interval-ms".into(),
             "3600000".into(),
             "--flow-log".into(),
-            self.flow_log.display().to_string(),
+            self.files.flow_log.display().to_string(),
+            "--control".into(),
+            self.files.control.display().to_string(),
             // In the node's namespace, on a port the kernel picks: the agent says which.
             "--metrics".into(),
             "127.0.0.1:0".into(),
             "--engine".into(),
             self.engine.name().into(),
         ];
-        args.extend(["--pods".into(), self.pods.display().to_string()]);
-        if let Some(mesh) = &self.mesh_file {
+        args.extend(["--pods".into(), self.files.pods.display().to_string()]);
+        if let Some(mesh) = &self.files.mesh_file {
             args.extend(["--file".into(), mesh.display().to_string()]);
         }
         let mut cmd = self.cmd.command(&args);
@@ -142,11 +187,19 @@ impl Agent {
         let mut child = cmd.spawn().map_err(|source| LabError::Spawn { command: what.clone(), source })?;
         let (tx, lines) = mpsc::channel();
         let stderr = child.stderr.take().expect("piped");
+        // Everything the agent says goes to its log, for as long as it runs: a reader that
+        // stopped reading would turn the agent's next line into EPIPE (and its eprintln into a
+        // panic). The first lines also come here, until it serves.
+        let mut log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.files.log)
+            .map_err(LabError::io("cannot open", &self.files.log))?;
         std::thread::spawn(move || {
+            use std::io::Write as _;
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
+                let _ = writeln!(log, "{line}");
+                let _ = tx.send(line);
             }
         });
         let deadline = Instant::now() + START_TIMEOUT;

@@ -34,6 +34,10 @@ pub const MESH_FILE: &str = "mesh.toml";
 pub const PODS_FILE: &str = "pods.json";
 /// The agent's flow log, in the lab's folder (see `mesh-agent run --flow-log`).
 pub const FLOW_LOG: &str = "flows.jsonl";
+/// The running agent's control socket, in the run folder: every mesh file goes through it.
+pub const CONTROL_SOCKET: &str = "agent.sock";
+/// Everything the agent said on stderr.
+pub const AGENT_LOG: &str = "agent.log";
 
 /// Name of the bridge in the node namespace.
 const BRIDGE: &str = "br0";
@@ -396,9 +400,15 @@ impl Lab {
         // again comes back with it (the same as an agent restarted after a crash).
         let mesh_file = Some(self.id.run_dir().join(MESH_FILE)).filter(|f| f.exists());
         let pods = self.write_file(PODS_FILE, &self.pods_json())?;
-        let flow_log = self.id.run_dir().join(FLOW_LOG);
-        let (a, said) =
-            Agent::start(agent, engine, &self.cgroup, &self.id.pin_dir(), &flow_log, &pods, mesh_file)?;
+        let run_dir = self.id.run_dir();
+        let files = crate::agent::Files {
+            flow_log: run_dir.join(FLOW_LOG),
+            pods,
+            control: run_dir.join(CONTROL_SOCKET),
+            log: run_dir.join(AGENT_LOG),
+            mesh_file,
+        };
+        let (a, said) = Agent::start(agent, engine, &self.cgroup, &self.id.pin_dir(), files)?;
         self.agent = Some(a);
         Ok(said)
     }
@@ -412,15 +422,26 @@ impl Lab {
         self.agent.as_mut().map(Agent::pins_mut)
     }
 
-    /// Writes `name` in the lab's run folder (created on first use); returns its path.
-    /// Keeps the mesh file applied last (see [`MESH_FILE`]): a restarted agent, and the mesh
-    /// switched on again, apply it. Returns its path.
-    pub fn keep_mesh_file(&mut self, mesh: &[u8]) -> Result<PathBuf, LabError> {
-        let file = self.write_file(MESH_FILE, mesh)?;
-        if let Some(a) = self.agent.as_mut() {
-            a.set_mesh_file(file.clone());
+    /// Applies a mesh file through the running agent (the one control plane: the agent knows
+    /// the file and the pods behind each identity) and keeps it (see [`MESH_FILE`]): a
+    /// restarted agent, and the mesh switched on again, apply it too.
+    pub fn apply_mesh_file(&mut self, mesh: &[u8]) -> Result<mesh_agent::control::Applied, LabError> {
+        let Some(agent) = self.agent.as_ref() else {
+            return Err(LabError::Agent {
+                message: "the mesh is off: turn it on first".into(),
+                unmet: false,
+            });
+        };
+        // Refused before the file replaces the one a restarted agent would apply.
+        if agent.pid().is_none() {
+            return Err(LabError::Agent {
+                message: "the mesh agent is not running (an `agent` step killed it: start it again first)"
+                    .into(),
+                unmet: false,
+            });
         }
-        Ok(file)
+        let file = self.write_file(MESH_FILE, mesh)?;
+        self.agent.as_mut().expect("checked").apply(&file)
     }
 
     /// The pods as the mesh agent's `--pods` file lists them: names, labels, addresses, cgroups.

@@ -21,10 +21,9 @@ impl Engine<'_> {
         let port = self.sidecar_port();
         let said = self.lab.start_mesh(&self.ctx.agent, engine)?;
         let pid = self.lab.agent_mut().and_then(|a| a.pid()).unwrap_or_default();
-        let mesh = self.lab.mesh_mut().expect("started");
-        let mut lines = mesh.describe();
+        let mut lines = self.lab.mesh().expect("started").describe();
         lines.extend(said.into_iter().map(|l| format!("agent (pid {pid}): {l}")));
-        mesh.set_sidecar_port(port)?;
+        self.lab.agent_mut().expect("started").set_sidecar_port(port)?;
         if port != 0 {
             lines.push(format!("sidecars present: app <-> proxy hops redirected via 127.0.0.1:{port}"));
         }
@@ -51,8 +50,8 @@ impl Engine<'_> {
             .map(|p| format!("proxy for {} running as pid {}", p.at, p.pid))
             .collect();
         let port = self.sidecar_port();
-        if let Some(mesh) = self.lab.mesh_mut() {
-            mesh.set_sidecar_port(port)?;
+        if let Some(agent) = self.lab.agent_mut() {
+            agent.set_sidecar_port(port)?;
         }
         Ok(lines)
     }
@@ -86,8 +85,8 @@ impl Engine<'_> {
     /// Telemetry on or off for connections established from now on (nothing to do without the
     /// mesh).
     pub(crate) fn set_telemetry(&mut self, state: OnOff) -> Result<(), LabError> {
-        if let Some(m) = self.lab.mesh_mut() {
-            m.set_telemetry(state == OnOff::On)?;
+        if let Some(agent) = self.lab.agent_mut() {
+            agent.set_telemetry(state == OnOff::On)?;
         }
         Ok(())
     }

@@ -61,7 +61,7 @@ pub fn run(sc: &Scenario, ctx: &Context) -> Result<Outcome, LabError> {
     };
     let missing = requirements::unmet(&sc.requires, &mut |line| {
         ctx.emit(Event::Output { step: "requirements".into(), line })
-    });
+    })?;
     if !missing.is_empty() {
         let reason = missing.join("; ");
         ctx.emit(Event::StepSkipped { step: "requirements".into(), reason: reason.clone() });
@@ -93,6 +93,9 @@ pub fn run(sc: &Scenario, ctx: &Context) -> Result<Outcome, LabError> {
         mesh_files: sc.mesh_files.clone(),
     };
     let result = e.steps(sc);
+    // What the agent denied, naming pods (it applied every mesh file itself).
+    (e.report.denials, e.report.denials_total) =
+        super::report::denials(&e.lab.id().run_dir().join(crate::lab::FLOW_LOG));
     // Teardown errors matter (a leak is a bug) but must not hide the scenario's own error.
     let Engine { lab, mut report, failures, loads, .. } = e;
     // Loads a failed step left running: killed and reaped before their pods go.

@@ -107,10 +107,31 @@ pub struct Report {
     pub skipped_steps: BTreeMap<String, String>,
     /// The RTT of every flow record `transfer` steps checked (the report plots them).
     pub flows: Vec<FlowRtt>,
+    /// The policy denials the agent logged during the run (the first [`MAX_DENIALS`]), each
+    /// naming the pods behind its identities, and how many there were.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub denials: Vec<mesh_agent::denials::DenialRecord>,
+    pub denials_total: u64,
     /// What a workload said when it failed, by step (the figures only count the failures).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub errors: BTreeMap<String, Vec<String>>,
     pub machine: Machine,
+}
+
+/// Denials kept in the report (the rest are counted).
+pub const MAX_DENIALS: usize = 100;
+
+/// The denials in the flow log at `log`: the first [`MAX_DENIALS`], and how many there are.
+pub fn denials(log: &std::path::Path) -> (Vec<mesh_agent::denials::DenialRecord>, u64) {
+    #[derive(serde::Deserialize)]
+    struct Line {
+        denial: mesh_agent::denials::DenialRecord,
+    }
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let mut all = text.lines().filter_map(|l| serde_json::from_str::<Line>(l).ok()).map(|l| l.denial);
+    let kept: Vec<_> = all.by_ref().take(MAX_DENIALS).collect();
+    let total = kept.len() as u64 + all.count() as u64;
+    (kept, total)
 }
 
 /// One flow record's RTT, as a `transfer` step read it from the flow log.

@@ -7,8 +7,10 @@ use mesh_agent::probe;
 use super::spec::Requires;
 
 /// The reasons the scenario cannot run here (empty: it can). `note` receives remarks, such as
-/// a kernel config that cannot be read.
-pub fn unmet(r: &Requires, note: &mut dyn FnMut(String)) -> Vec<String> {
+/// a kernel config that cannot be read. A probe that could not ask the kernel at all is an
+/// error, not a skip: it says nothing about the kernel.
+pub fn unmet(r: &Requires, note: &mut dyn FnMut(String)) -> Result<Vec<String>, crate::LabError> {
+    let failed = |stderr: String| crate::LabError::Command { command: "[requires] probe".into(), stderr };
     let mut missing = Vec::new();
     let release = super::kernel_release();
     if let Some(min) = &r.kernel
@@ -18,15 +20,17 @@ pub fn unmet(r: &Requires, note: &mut dyn FnMut(String)) -> Vec<String> {
     }
     for p in &r.programs {
         match probe::program(p) {
-            Some(true) => {}
-            Some(false) => missing.push(format!("the kernel refuses {p} programs")),
+            Some(Ok(true)) => {}
+            Some(Ok(false)) => missing.push(format!("the kernel refuses {p} programs")),
+            Some(Err(e)) => return Err(failed(e)),
             None => missing.push(format!("unknown program type {p:?} in [requires]")),
         }
     }
     for m in &r.maps {
         match probe::map(m) {
-            Some(true) => {}
-            Some(false) => missing.push(format!("the kernel has no {m} maps")),
+            Some(Ok(true)) => {}
+            Some(Ok(false)) => missing.push(format!("the kernel has no {m} maps")),
+            Some(Err(e)) => return Err(failed(e)),
             None => missing.push(format!("unknown map type {m:?} in [requires]")),
         }
     }
@@ -51,7 +55,7 @@ pub fn unmet(r: &Requires, note: &mut dyn FnMut(String)) -> Vec<String> {
             missing.push(format!("{t} is not installed"));
         }
     }
-    missing
+    Ok(missing)
 }
 
 /// `6.12.117+deb13-cloud-amd64` -> (6, 12).
@@ -90,7 +94,7 @@ mod tests {
             kernel: Some("99.0".into()),
             ..Requires::default()
         };
-        let m = unmet(&r, &mut |_| {});
+        let m = unmet(&r, &mut |_| {}).unwrap();
         assert_eq!(m.len(), 3, "{m:?}");
         assert!(m[0].contains("older than 99.0"));
         assert!(m[1].contains("unknown program type \"sock_opz\""));

@@ -9,7 +9,7 @@ use super::{Checker, Kind, Ran, Results, results};
 use crate::{LabError, scenario::engine::Engine};
 
 // ANCHOR: def
-/// Apply a mesh file to the running mesh, by difference (scenarios/mesh/NAME.toml as
+/// Apply a mesh file to the running mesh (through its agent), by difference (scenarios/mesh/NAME.toml as
 /// `mesh/NAME.toml`, or a path); stores `added`, `changed`, `removed`, `unchanged`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -58,8 +58,8 @@ impl Kind for Apply {
 
 impl Apply {
     // ANCHOR: apply
-    /// Applies a mesh file to the running mesh: pods selected by label, services written by
-    /// difference.
+    /// Applies a mesh file through the running agent (pods selected by label, services and
+    /// policy written by difference), and keeps what it resolves to for the steps after it.
     fn apply(&self, e: &mut Engine<'_>, label: &str) -> Result<Applied, LabError> {
         let file = &self.file;
         let failed = |stderr: String| LabError::Command { command: format!("apply {file}"), stderr };
@@ -67,16 +67,16 @@ impl Apply {
             .ok_or_else(|| failed("not read with the scenario (scenario::load reads it)".into()))?;
         let text = text.to_owned();
         let mf = MeshFile::parse(&text, &shown).map_err(|e| failed(e.to_string()))?;
+        if e.lab.mesh().is_none() {
+            return Err(failed("the mesh must be on to apply a mesh file".into()));
+        }
+        // The one control plane: the agent applies the file with the lab's pods. What it
+        // resolves to is computed here too (the same code), for the steps that read it.
+        let a = e.lab.apply_mesh_file(text.as_bytes())?;
         let pods: Vec<PodAddrs> = e.lab.pod_addrs();
         let resolved = mf.resolve(&pods);
-        let wanted = mesh_agent::meshfile::wanted(&resolved);
         let policy = mesh_agent::policy::resolve(&mf, &pods);
-        let mesh =
-            e.lab.mesh_mut().ok_or_else(|| failed("the mesh must be on to apply a mesh file".into()))?;
-        let applied = mesh.set_services(&wanted)?;
-        let p = mesh.set_policy(&policy)?;
-        e.policy = policy.clone();
-        if !mf.policy.is_empty() || p.removed > 0 {
+        if !mf.policy.is_empty() || a.policy_removed > 0 {
             for id in &policy.policed {
                 let who = policy.members.get(id).map(|m| m.join(", ")).unwrap_or_default();
                 e.out(label, format!("policy: identity {id} ({who}) accepts only what the rules allow"));
@@ -85,11 +85,7 @@ impl Apply {
                 label,
                 format!(
                     "policy: {} rules -> {} allow entries, {} with HTTP matches ({} map entries added, {} removed)",
-                    mf.policy.len(),
-                    policy.allow.len(),
-                    policy.http.len(),
-                    p.added,
-                    p.removed
+                    a.rules, a.allow_entries, a.http_rules, a.policy_added, a.policy_removed
                 ),
             );
             if e.lab.mesh().map(Pinned::engine) == Some(mesh_agent::Engine::Libbpf) {
@@ -101,8 +97,6 @@ impl Apply {
                 );
             }
         }
-        // What a restarted agent applies: this file (with the lab's pods).
-        e.lab.keep_mesh_file(text.as_bytes())?;
         for r in &resolved {
             let behind = if r.slot_names.is_empty() {
                 "no backend (connect() is refused)".into()
@@ -111,19 +105,21 @@ impl Apply {
             };
             e.out(label, format!("service {}: {behind}", r.name));
         }
+        let c = a.services;
         e.out(
             label,
             format!(
-                "{shown}: {} added, {} changed, {} removed, {} unchanged",
-                applied.added, applied.changed, applied.removed, applied.unchanged
+                "{shown}: {} added, {} changed, {} removed, {} unchanged (applied by the agent)",
+                c.added, c.changed, c.removed, c.unchanged
             ),
         );
         e.services = resolved;
+        e.policy = policy;
         Ok(Applied {
-            added: applied.added as f64,
-            changed: applied.changed as f64,
-            removed: applied.removed as f64,
-            unchanged: applied.unchanged as f64,
+            added: c.added as f64,
+            changed: c.changed as f64,
+            removed: c.removed as f64,
+            unchanged: c.unchanged as f64,
         })
     }
     // ANCHOR_END: apply
