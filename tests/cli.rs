@@ -101,7 +101,7 @@ fn scenario_file(tag: &str, text: &str) -> std::path::PathBuf {
 }
 
 /// The valid two-pod scenario the parser's unit tests use too.
-const GOOD: &str = include_str!("../labs/node/src/scenario/testdata/two-pods.toml");
+const GOOD: &str = include_str!("../labs/scenario/src/testdata/two-pods.toml");
 
 #[test]
 fn scenario_file_errors_name_file_line_and_what_was_expected() {

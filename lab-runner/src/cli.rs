@@ -202,8 +202,8 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
-    pub fn options(&self) -> lab_node::scenario::Options {
-        lab_node::scenario::Options {
+    pub fn options(&self) -> lab_scenario::Options {
+        lab_scenario::Options {
             round_trips: self.round_trips,
             repetitions: self.repetitions,
             pin: self.pin,

@@ -6,7 +6,7 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use lab_node::scenario::Outcome;
+use lab_scenario::Outcome;
 use serde_json::Value;
 
 const TEMPLATE: &str = include_str!("../templates/report.md.tera");
@@ -94,7 +94,7 @@ pub fn markdown(outcome: &Outcome, when: &str, backend: &str, svg: &str) -> Stri
     ctx.insert("conform_columns", &columns);
     ctx.insert("conform_rows", &rows);
     tera::Tera::one_off(TEMPLATE, &ctx, false)
-        .unwrap_or_else(|e| format!("report template failed: {}", lab_node::error::chain(&e)))
+        .unwrap_or_else(|e| format!("report template failed: {}", lab_sandbox::error::chain(&e)))
 }
 
 /// Figures of bench steps, one row per data path: `median (IQR q1-q3)`, or the total for

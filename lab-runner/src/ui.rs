@@ -3,7 +3,8 @@
 use std::io::Write as _;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use lab_node::{Event, LabError, process::Cancel, scenario::Outcome};
+use lab_sandbox::{Event, LabError, process::Cancel};
+use lab_scenario::Outcome;
 use lab_vm::{VmError, fetch::FetchEvent};
 
 use crate::exit;
@@ -27,7 +28,7 @@ macro_rules! out {
 
 /// Prints an error with its causes and returns the matching exit code.
 pub fn fail(e: &LabError) -> i32 {
-    eprintln!("lab-runner: {}", lab_node::error::chain(e));
+    eprintln!("lab-runner: {}", lab_sandbox::error::chain(e));
     exit_code(e)
 }
 
@@ -41,7 +42,7 @@ fn exit_code(e: &LabError) -> i32 {
 
 /// Prints a VM error and returns the matching exit code.
 pub fn fail_vm(e: &VmError) -> i32 {
-    eprintln!("lab-runner: {}", lab_node::error::chain(e));
+    eprintln!("lab-runner: {}", lab_sandbox::error::chain(e));
     match e {
         VmError::Cancelled => exit::INTERRUPTED,
         VmError::UnknownKernel { .. } => exit::USAGE,

@@ -61,7 +61,7 @@ pub fn fetch_kernel(
 /// The programs an image carries beside its own: every shipped scenario's `[requires] tools`
 /// and `extra` (a scenario file's), so one image (and the VM `up` boots) runs them all.
 pub fn image_tools(extra: &[String]) -> Vec<String> {
-    let mut tools: Vec<String> = lab_node::scenario::builtin()
+    let mut tools: Vec<String> = lab_scenario::builtin()
         .into_iter()
         .flat_map(|(_, s)| s.requires.tools)
         .chain(extra.iter().cloned())
@@ -130,7 +130,7 @@ pub fn choose_accel(arg: AccelArg, p: &Prepared, cancel: &Cancel) -> Result<Acce
         eprintln!("accel: tcg (/dev/kvm is not usable)");
         return Ok(Accel::Tcg);
     }
-    let host_kernel = lab_node::scenario::kernel_release();
+    let host_kernel = lab_sandbox::preflight::kernel_release();
     let cache = paths::cache_dir().join("accel-probe.json");
     if let Some(probe) = fs::read_to_string(&cache).ok().and_then(|t| serde_json::from_str::<Probe>(&t).ok())
         && probe.host_kernel == host_kernel

@@ -1,5 +1,5 @@
 //! `lab-runner clean`: removes leftovers of labs whose owner process is gone.
-use lab_node::{clean, preflight};
+use lab_sandbox::{clean, preflight};
 
 use crate::{cli::CleanArgs, exit, ui};
 

@@ -1,5 +1,5 @@
 //! `lab-runner list`
-use lab_node::scenario;
+use lab_scenario as scenario;
 
 use crate::{cli::ListArgs, exit};
 

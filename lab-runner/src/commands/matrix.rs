@@ -3,7 +3,7 @@
 //! time per kernel (median of `--boots` boots).
 use std::fs;
 
-use lab_node::scenario::{self, Outcome};
+use lab_scenario::{self as scenario, Outcome};
 use lab_vm::{
     VmError,
     catalog::Catalog,
@@ -113,7 +113,7 @@ fn kernel_row(
     args: &MatrixArgs,
     scenarios: &[Loaded],
     engines: &[Engine],
-    cancel: &lab_node::process::Cancel,
+    cancel: &lab_sandbox::process::Cancel,
 ) -> Row {
     let mut row = Row {
         kernel: kernel.into(),
@@ -192,7 +192,7 @@ fn kernel_row(
         if i == 0 {
             for (s, engine) in scenarios.iter().flat_map(|s| engines.iter().map(move |e| (s, *e))) {
                 let mut quiet = ui::View::new(true, false);
-                let options = lab_node::scenario::Options { engine, ..args.run.options() };
+                let options = lab_scenario::Options { engine, ..args.run.options() };
                 let outcome = run_on(&mut m, s, options, cancel, false, &mut quiet);
                 let cases = outcome.as_ref().map(|o| conform_cases(&o.report)).unwrap_or_default();
                 let cell = match outcome {
@@ -333,7 +333,7 @@ fn summary(report: &serde_json::Value) -> String {
 }
 
 fn first_line(e: &VmError) -> String {
-    let s = lab_node::error::chain(e);
+    let s = lab_sandbox::error::chain(e);
     s.lines().next().unwrap_or_default().to_owned()
 }
 

@@ -2,13 +2,12 @@
 //! kernel, renders its events, and writes the result files.
 use std::{sync::mpsc, time::Duration};
 
-use lab_node::{
-    clean,
-    guest::protocol::{ReplyBody, RequestBody},
-    preflight,
-    process::Cancel,
-    scenario::{self, Cmd, Options, Outcome, Programs, Scenario},
+use lab_protocol::wire::{ReplyBody, RequestBody};
+use lab_sandbox::{
+    clean, preflight,
+    process::{Cancel, Cmd},
 };
+use lab_scenario::{self as scenario, Options, Outcome, Programs, Scenario};
 use lab_vm::{
     VmError,
     machine::{DEFAULT_NAME, Machine},

@@ -15,11 +15,11 @@ use super::{
     init,
     protocol::{self, CONTROL_PORT, EXEC_PORT, Reply, ReplyBody, Request, RequestBody, VERSION},
 };
-use crate::{
+use lab_sandbox::{
     preflight,
-    process::Cancel,
-    scenario::{self, Cmd, Programs},
+    process::{Cancel, Cmd},
 };
+use lab_scenario::{self as scenario, Programs};
 
 /// Where the image puts the workloads binary.
 pub const WORKLOAD_BIN: &str = "/bin/workload";
@@ -109,7 +109,7 @@ fn serve_port(name: &str) -> io::Result<()> {
         let id = req.id;
         match req.body {
             RequestBody::Hello => {
-                let kernel = scenario::kernel_release();
+                let kernel = preflight::kernel_release();
                 out.send(id, ReplyBody::Ready { kernel, uptime_s: uptime(), protocol: VERSION })
             }
             RequestBody::Cancel => {
@@ -217,7 +217,7 @@ fn exec(id: u64, argv: &[String], cancel: &Cancel, out: &Out) -> ReplyBody {
     ];
     let status = loop {
         if cancel.is_cancelled() {
-            crate::process::kill_tree(&mut child);
+            lab_sandbox::process::kill_tree(&mut child);
         }
         match child.try_wait() {
             Ok(Some(s)) => break s,
@@ -268,7 +268,7 @@ fn run_scenario(
         out.send(id, ReplyBody::Event { event })
     }) {
         Ok(outcome) => ReplyBody::Outcome { outcome },
-        Err(e) => ReplyBody::Error { message: crate::error::chain(&e), unmet: e.is_unmet() },
+        Err(e) => ReplyBody::Error { message: lab_sandbox::error::chain(&e), unmet: e.is_unmet() },
     }
 }
 

@@ -25,7 +25,7 @@ pub fn run() -> ! {
     unsafe { std::env::set_var("PATH", PATH) };
     mount_all();
     load_modules();
-    if let Err(e) = crate::process::ip(&["link", "set", "lo", "up"]) {
+    if let Err(e) = lab_sandbox::process::ip(&["link", "set", "lo", "up"]) {
         log(&format!("lo: {e}"));
     }
     let agent = spawn_agent();

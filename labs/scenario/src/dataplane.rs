@@ -1,0 +1,122 @@
+//! The data path the engine puts pods in: proxies (per pod or per node) and the eBPF mesh, on
+//! or off, changing only what differs.
+use mesh_agent::Pinned;
+
+use super::{
+    engine::Engine,
+    spec::{OnOff, SidecarMode},
+};
+use lab_sandbox::{
+    LabError,
+    sidecar::{self, OUTBOUND_PORT},
+};
+
+impl Engine<'_> {
+    /// Starts the mesh; returns what to tell the reader.
+    pub(crate) fn mesh_on(&mut self) -> Result<Vec<String>, LabError> {
+        self.mesh_on_with(self.ctx.options.engine)
+    }
+
+    pub(crate) fn mesh_on_with(&mut self, engine: mesh_agent::Engine) -> Result<Vec<String>, LabError> {
+        let port = self.sidecar_port();
+        let said = self.lab.start_mesh(&self.ctx.agent, engine)?;
+        let pid = self.lab.agent_mut().and_then(|a| a.pid()).unwrap_or_default();
+        let mut lines = self.lab.mesh().expect("started").describe();
+        lines.extend(said.into_iter().map(|l| format!("agent (pid {pid}): {l}")));
+        self.lab.agent_mut().expect("started").set_sidecar_port(port)?;
+        if port != 0 {
+            lines.push(format!("sidecars present: app <-> proxy hops redirected via 127.0.0.1:{port}"));
+        }
+        Ok(lines)
+    }
+
+    /// Replaces the proxies with `mode`'s (none for `off`); returns what to tell the reader.
+    pub(crate) fn set_sidecars(&mut self, mode: SidecarMode) -> Result<Vec<String>, LabError> {
+        let old = std::mem::take(&mut self.sidecars);
+        sidecar::disable(&mut self.lab, old)?;
+        let routes: Vec<_> = self
+            .lab
+            .pods()
+            .iter()
+            .flat_map(|p| {
+                self.workload_ports(&p.name).into_iter().map(move |port| (p.name.clone(), p.ipv4, port))
+            })
+            .collect();
+        self.sidecars = sidecar::enable(&mut self.lab, mode, &self.ctx.workload, &routes)?;
+        let lines = self
+            .sidecars
+            .proxies
+            .iter()
+            .map(|p| format!("proxy for {} running as pid {}", p.at, p.pid))
+            .collect();
+        let port = self.sidecar_port();
+        if let Some(agent) = self.lab.agent_mut() {
+            agent.set_sidecar_port(port)?;
+        }
+        Ok(lines)
+    }
+
+    /// Puts proxies and mesh in the given state, changing only what differs.
+    /// Proxies and mesh as a path wants them; `engine` (default: the run's) loads the redirect
+    /// when the mesh is on: a mesh running with the other engine is stopped and started again.
+    pub(crate) fn switch_to(
+        &mut self,
+        sidecars: SidecarMode,
+        mesh: OnOff,
+        engine: Option<mesh_agent::Engine>,
+    ) -> Result<Vec<String>, LabError> {
+        let mut lines = Vec::new();
+        if self.sidecars.mode.unwrap_or(SidecarMode::Off) != sidecars {
+            lines.extend(self.set_sidecars(sidecars)?);
+        }
+        let engine = engine.unwrap_or(self.ctx.options.engine);
+        match (mesh, self.lab.mesh().map(Pinned::engine)) {
+            (OnOff::On, None) => lines.extend(self.mesh_on_with(engine)?),
+            (OnOff::On, Some(running)) if running != engine => {
+                self.lab.stop_mesh()?;
+                lines.extend(self.mesh_on_with(engine)?);
+            }
+            (OnOff::Off, Some(_)) => self.lab.stop_mesh()?,
+            _ => {}
+        }
+        Ok(lines)
+    }
+
+    /// Telemetry on or off for connections established from now on (nothing to do without the
+    /// mesh).
+    pub(crate) fn set_telemetry(&mut self, state: OnOff) -> Result<(), LabError> {
+        if let Some(agent) = self.lab.agent_mut() {
+            agent.set_telemetry(state == OnOff::On)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn sidecar_port(&self) -> u16 {
+        if self.sidecars.mode == Some(SidecarMode::PerPod) { OUTBOUND_PORT } else { 0 }
+    }
+
+    pub(crate) fn workload_ports(&self, pod: &str) -> Vec<u16> {
+        self.ports.get(pod).cloned().unwrap_or_default()
+    }
+
+    pub(crate) fn config(&self) -> String {
+        let mut parts = Vec::new();
+        match self.sidecars.mode {
+            Some(SidecarMode::PerPod) => parts.push("sidecars per pod"),
+            Some(SidecarMode::PerNode) => parts.push("proxy per node"),
+            _ => {}
+        }
+        match self.lab.mesh().map(|m| (m.telemetry().unwrap_or(true), m.engine())) {
+            Some((true, mesh_agent::Engine::Aya)) => parts.push("eBPF mesh"),
+            Some((false, mesh_agent::Engine::Aya)) => parts.push("eBPF mesh (telemetry off)"),
+            Some((true, mesh_agent::Engine::Libbpf)) => {
+                parts.push("eBPF mesh (redirect by the C twin, libbpf)")
+            }
+            Some((false, mesh_agent::Engine::Libbpf)) => {
+                parts.push("eBPF mesh (redirect by the C twin, libbpf; telemetry off)")
+            }
+            None => {}
+        }
+        if parts.is_empty() { "direct".into() } else { parts.join(" + ") }
+    }
+}

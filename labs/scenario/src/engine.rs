@@ -1,0 +1,571 @@
+//! Runs a [`Scenario`]: builds the lab, runs the steps in order (each kind's code is in
+//! [`super::steps`]), keeps named results, and tears everything down (also on error and on
+//! cancel). What every step kind shares lives here: the lab, the report, placeholders, running
+//! workload clients, counters.
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    time::Duration,
+};
+
+use mesh_agent::{Counters, meshfile::Resolved};
+use mesh_common::{AF_INET, AF_INET6};
+use workloads::{connect_rate::ConnectReport, cpu::CpuTimes};
+
+use super::{
+    Context, Outcome,
+    report::{Machine, Report, interval},
+    requirements,
+    spec::{Family, Scenario, WorkloadDef},
+    stats::{self, Spread},
+    steps::{Kind, Ran, Results, Step, load::Running},
+};
+use lab_sandbox::{Event, Lab, LabError, PodSpec, preflight::kernel_release, sidecar::Sidecars};
+
+/// Upper bound for one workload run (generous: emulated VMs are slow).
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(900);
+
+/// The state of one scenario run, lent to each step in turn.
+pub struct Engine<'a> {
+    pub(crate) ctx: &'a Context,
+    pub(crate) lab: Lab,
+    pub(crate) report: Report,
+    pub(crate) failures: Vec<String>,
+    pub(crate) sidecars: Sidecars,
+    /// Ports each pod's workload listens on (what a per-node proxy routes to).
+    pub(crate) ports: BTreeMap<String, Vec<u16>>,
+    /// The services of the mesh file applied last, with who is behind each backend slot.
+    pub(crate) services: Vec<Resolved>,
+    /// Background loads by name, until an `await` step collects them.
+    pub(crate) loads: BTreeMap<String, Running>,
+    /// What the policy maps hold after the mesh file applied last.
+    pub(crate) policy: mesh_agent::policy::Wanted,
+    /// Results of steps skipped (a kernel without what they need), with the reason: steps
+    /// that read them are skipped too.
+    pub(crate) skipped: BTreeMap<String, String>,
+    /// The scenario's `[files]`, written into the run folder: name and path.
+    pub(crate) files: Vec<(String, std::path::PathBuf)>,
+    /// Mesh files named by path, read with the scenario.
+    pub(crate) mesh_files: BTreeMap<String, String>,
+}
+
+/// Runs the scenario in a fresh lab; a scenario whose requirements are missing is skipped.
+pub fn run(sc: &Scenario, ctx: &Context) -> Result<Outcome, LabError> {
+    let outcome = |passed, failures, skipped, report| Outcome {
+        scenario: sc.name.clone(),
+        kernel: kernel_release(),
+        passed,
+        failures,
+        skipped,
+        report,
+    };
+    let missing = requirements::unmet(&sc.requires, &mut |line| {
+        ctx.emit(Event::Output { step: "requirements".into(), line })
+    })?;
+    if !missing.is_empty() {
+        let reason = missing.join("; ");
+        ctx.emit(Event::StepSkipped { step: "requirements".into(), reason: reason.clone() });
+        return Ok(outcome(false, Vec::new(), Some(reason), serde_json::Value::Null));
+    }
+    let specs: Vec<PodSpec> =
+        sc.pods.iter().map(|p| PodSpec { name: p.name.clone(), labels: p.labels.clone() }).collect();
+    let lab = Lab::create(&ctx.host, &specs)?;
+    ctx.emit(Event::LabUp { id: lab.id().to_string(), pods: lab.pods().to_vec() });
+    let cpu0 = CpuTimes::now();
+    let machine = Machine {
+        cpus: std::thread::available_parallelism().map_or(1, usize::from),
+        load_start: Machine::load(),
+        pinned: ctx.options.pin,
+        ..Machine::default()
+    };
+    let mut e = Engine {
+        ctx,
+        report: Report { lab: lab.id().to_string(), machine, ..Report::default() },
+        lab,
+        failures: Vec::new(),
+        sidecars: Sidecars::default(),
+        ports: BTreeMap::new(),
+        services: Vec::new(),
+        loads: BTreeMap::new(),
+        policy: mesh_agent::policy::Wanted::default(),
+        skipped: BTreeMap::new(),
+        files: Vec::new(),
+        mesh_files: sc.mesh_files.clone(),
+    };
+    let result = e.steps(sc);
+    // What the agent denied, naming pods (it applied every mesh file itself).
+    (e.report.denials, e.report.denials_total) =
+        super::report::denials(&e.lab.id().run_dir().join(lab_sandbox::lab::FLOW_LOG));
+    // Teardown errors matter (a leak is a bug) but must not hide the scenario's own error.
+    let Engine { lab, mut report, failures, loads, .. } = e;
+    // Loads a failed step left running: killed and reaped before their pods go.
+    for (_, mut l) in loads {
+        let _ = l.child.kill();
+        let _ = l.child.wait();
+    }
+    let cpu = CpuTimes::now().since(&cpu0);
+    let pct = |v: u64| 100.0 * v as f64 / cpu.total().max(1) as f64;
+    report.machine.load_end = Machine::load();
+    report.machine.busy_pct = pct(cpu.busy);
+    report.machine.steal_pct = pct(cpu.steal);
+    let teardown = lab.teardown();
+    result?;
+    teardown?;
+    let report = serde_json::to_value(&report).expect("report serializes");
+    Ok(outcome(failures.is_empty(), failures, None, report))
+}
+
+impl Engine<'_> {
+    fn steps(&mut self, sc: &Scenario) -> Result<(), LabError> {
+        self.start_workloads(sc)?;
+        for (i, step) in sc.steps.iter().enumerate() {
+            self.ctx.cancel.check()?;
+            let kind = step.get_ref().get();
+            let label = format!("{}. {}", i + 1, kind.label());
+            self.ctx.emit(Event::StepStarted { step: label.clone(), explain: kind.explain().to_owned() });
+            match self.step(&label, kind, step.get_ref()) {
+                Ok(()) => {}
+                Err(e) => {
+                    self.ctx.emit(Event::StepFailed { step: label, reason: lab_sandbox::error::chain(&e) });
+                    return Err(e);
+                }
+            }
+            let try_: Vec<String> = kind.try_().iter().map(|t| self.fill(t)).collect();
+            self.ctx.pause(&label, &try_)?;
+        }
+        Ok(())
+    }
+
+    /// Runs one step: skipped when a result it reads was skipped; a passed step must have
+    /// stored exactly the keys it declares (a lab bug otherwise, never a silent NaN later).
+    fn step(&mut self, label: &str, kind: &dyn Kind, step: &Step) -> Result<(), LabError> {
+        let stores = kind.stores();
+        let names: Vec<&str> = stores.iter().map(|(n, _)| n.as_str()).collect();
+        if let Some((needs, why)) = self.skipped_input(&kind.reads()) {
+            self.skip(label, &names, format!("reads {needs}, skipped: {why}"));
+            return Ok(());
+        }
+        match kind.run(self, label)? {
+            Ran::Passed => {
+                for (name, declared) in &stores {
+                    if let Some(why) = drift(name, declared, self.report.results.get(name)) {
+                        return Err(LabError::Bug(format!("step {label:?} ({}) {why}", step.kind())));
+                    }
+                }
+                self.ctx.emit(Event::StepPassed { step: label.into() });
+            }
+            Ran::Failed(reason) => {
+                self.failures.push(reason.clone());
+                // Shown as failed on its own line, not only in the summary.
+                self.ctx.emit(Event::StepFailed { step: label.into(), reason });
+            }
+            Ran::Skipped(reason) => self.skip(label, &names, reason),
+        }
+        Ok(())
+    }
+
+    pub(crate) fn start_workloads(&mut self, sc: &Scenario) -> Result<(), LabError> {
+        for (name, contents) in &sc.files {
+            let path = self.lab.write_file(name, contents.as_bytes())?;
+            self.files.push((name.clone(), path));
+        }
+        for p in &sc.pods {
+            let args: Vec<String> = match &p.workload {
+                None => continue,
+                Some(WorkloadDef::RrServer { port }) => {
+                    vec![
+                        "rr-server".into(),
+                        "--listen".into(),
+                        format!("[::]:{port}"),
+                        "--name".into(),
+                        p.name.clone(),
+                    ]
+                }
+                Some(WorkloadDef::Echo { port }) => {
+                    vec!["echo".into(), "--listen".into(), format!("[::]:{port}")]
+                }
+                Some(WorkloadDef::ConformServer { port }) => {
+                    vec!["conform-server".into(), "--listen".into(), format!("[::]:{port}")]
+                }
+                Some(WorkloadDef::TransferServer { port }) => {
+                    vec!["transfer-server".into(), "--listen".into(), format!("[::]:{port}")]
+                }
+                Some(WorkloadDef::HttpServer { port }) => {
+                    vec![
+                        "http-server".into(),
+                        "--listen".into(),
+                        format!("[::]:{port}"),
+                        "--name".into(),
+                        p.name.clone(),
+                    ]
+                }
+                Some(WorkloadDef::Command { port, command }) => {
+                    let words: Vec<String> = command.iter().map(|w| self.fill(w)).collect();
+                    let cmd = command_of(&words)?;
+                    let pid = self.lab.spawn(&p.name, self.pinned(cmd, Role::Server))?;
+                    self.ports.entry(p.name.clone()).or_default().push(*port);
+                    self.out("lab", format!("pod {}: {} (pid {pid})", p.name, words.join(" ")));
+                    wait_listening(pid, *port, &self.ctx.cancel).map_err(|e| match e {
+                        LabError::Command { command, stderr } => LabError::Command {
+                            command,
+                            stderr: format!(
+                                "{stderr}; its log ({}):\n{}",
+                                self.lab.log_path(&p.name).display(),
+                                self.lab.log_tail(&p.name, 15)
+                            ),
+                        },
+                        e => e,
+                    })?;
+                    continue;
+                }
+            };
+            let Some(port) = p.workload.as_ref().map(WorkloadDef::port) else { continue };
+            self.ports.entry(p.name.clone()).or_default().push(port);
+            let line = format!("pod {}: workload {}", p.name, args.join(" "));
+            let cmd = self.pinned(self.ctx.workload.command(&args), Role::Server);
+            self.lab.spawn(&p.name, cmd)?;
+            self.ctx.emit(Event::Output { step: "lab".into(), line });
+        }
+        Ok(())
+    }
+
+    /// Fills the placeholders of a `try` command: `<pins>` (the folder holding the mesh's
+    /// pinned maps and links), `<pin-dir>` (the agent's `--pin-dir`, above it), `<cgroup>` (the
+    /// lab's cgroup), `<flow-log>` (the agent's flow log), `<mesh-agent>` (the agent command),
+    /// `<workload>` (the workload command), `<file:NAME>` (a file of the scenario's `[files]`),
+    /// `<netns:POD>`, `<ip:POD>` and `<ip6:POD>`.
+    pub(crate) fn fill(&self, t: &str) -> String {
+        let pin_dir = self.lab.id().pin_dir();
+        let mut s = t.replace("<pins>", &mesh_agent::pins::layout_dir(&pin_dir).display().to_string());
+        s = s.replace("<pin-dir>", &pin_dir.display().to_string());
+        s = s.replace("<cgroup>", &self.lab.cgroup().display().to_string());
+        s = s.replace(
+            "<flow-log>",
+            &self.lab.id().run_dir().join(lab_sandbox::lab::FLOW_LOG).display().to_string(),
+        );
+        let agent = &self.ctx.agent;
+        let agent = std::iter::once(agent.program.display().to_string()).chain(agent.prefix.iter().cloned());
+        s = s.replace("<mesh-agent>", &agent.collect::<Vec<_>>().join(" "));
+        let workload = &self.ctx.workload;
+        let workload =
+            std::iter::once(workload.program.display().to_string()).chain(workload.prefix.iter().cloned());
+        s = s.replace("<workload>", &workload.collect::<Vec<_>>().join(" "));
+        for (name, path) in &self.files {
+            s = s.replace(&format!("<file:{name}>"), &path.display().to_string());
+        }
+        for p in self.lab.pods() {
+            s = s.replace(&format!("<netns:{}>", p.name), &p.netns);
+            s = s.replace(&format!("<ip:{}>", p.name), &p.ipv4.to_string());
+            s = s.replace(&format!("<ip6:{}>", p.name), &p.ipv6.to_string());
+        }
+        s
+    }
+
+    pub(crate) fn out(&self, step: &str, line: String) {
+        self.ctx.emit(Event::Output { step: step.into(), line });
+    }
+
+    pub(crate) fn metric(&self, step: &str, name: &str, value: f64, unit: &str) {
+        self.ctx.emit(Event::Metric { step: step.into(), name: name.into(), value, unit: unit.into() });
+    }
+
+    pub(crate) fn value(&self, path: &str) -> f64 {
+        let (name, key) = path.rsplit_once('.').expect("checked at parse time");
+        self.report.results.get(name).and_then(|r| r.get(key)).copied().unwrap_or(f64::NAN)
+    }
+
+    /// Stores a step's typed results under `name` and shows each as a figure of step `label`.
+    pub(crate) fn record(&mut self, label: &str, name: &str, results: &impl Results) {
+        let values = results.values();
+        let r = self.report.results.entry(name.to_owned()).or_default();
+        for (k, v, _) in &values {
+            r.insert((*k).into(), *v);
+        }
+        for (k, v, unit) in values {
+            self.metric(label, k, v, unit);
+        }
+    }
+
+    /// Stores figures whose keys depend on the step's settings (`exec` figures, scale counts).
+    pub(crate) fn store(&mut self, label: &str, name: &str, values: &[(&str, f64)]) {
+        let r = self.report.results.entry(name.to_owned()).or_default();
+        for (k, v) in values {
+            r.insert((*k).into(), *v);
+        }
+        for (k, v) in values {
+            self.metric(label, k, *v, "");
+        }
+    }
+
+    /// Skips the step `label` (whose results would be `names`) for `reason`: steps reading
+    /// its results are skipped too.
+    fn skip(&mut self, label: &str, names: &[&str], reason: String) {
+        for name in names {
+            self.skipped.insert((*name).to_owned(), reason.clone());
+        }
+        self.report.skipped_steps.insert(label.to_owned(), reason.clone());
+        self.ctx.emit(Event::StepSkipped { step: label.into(), reason });
+    }
+
+    /// The first of `metrics` that a skipped step was to store, with the reason.
+    fn skipped_input(&self, metrics: &[&str]) -> Option<(String, String)> {
+        metrics.iter().find_map(|m| {
+            let name = m.rsplit_once('.').map_or(*m, |(n, _)| n);
+            self.skipped.get(name).map(|why| (name.to_owned(), why.clone()))
+        })
+    }
+
+    /// Stores `name.key` as the median of `samples` (microseconds), its spread for the report.
+    pub(crate) fn store_spread(&mut self, label: &str, name: &str, key: &str, samples: &[f64]) {
+        let Some(s) = Spread::of(samples) else { return };
+        self.out(label, format!("{key:<16} {}", interval(&s, "us")));
+        self.report.results.entry(name.to_owned()).or_default().insert(key.to_owned(), s.median);
+        self.metric(label, key, s.median, "us");
+        self.report.stats.insert(format!("{name}.{key}"), s);
+    }
+
+    /// The median connection (connect() to the response's last byte) of one connect-rate run.
+    pub(crate) fn connect_p50(
+        &self,
+        from: &str,
+        to: SocketAddrV4,
+        connections: u32,
+    ) -> Result<f64, LabError> {
+        let args = [
+            "connect-rate".to_owned(),
+            "--connect".into(),
+            to.to_string(),
+            "--connections".into(),
+            connections.to_string(),
+            "--json".into(),
+        ];
+        let r: ConnectReport = self.run_json(from, &args)?;
+        Ok(r.latency_us.p50)
+    }
+
+    /// A service's virtual address for `family`, from the mesh file applied last.
+    pub(crate) fn service_address(&self, service: &str, family: Family) -> Option<SocketAddr> {
+        let r = self.services.iter().find(|r| r.name == service)?;
+        let k =
+            r.keys.iter().find(|k| k.family == if family == Family::Ipv4 { AF_INET } else { AF_INET6 })?;
+        let ip: std::net::IpAddr = if k.family == AF_INET {
+            Ipv4Addr::from(k.ip[0].to_ne_bytes()).into()
+        } else {
+            let mut b = [0u8; 16];
+            for (i, w) in k.ip.iter().enumerate() {
+                b[4 * i..4 * i + 4].copy_from_slice(&w.to_ne_bytes());
+            }
+            std::net::Ipv6Addr::from(b).into()
+        };
+        Some(SocketAddr::new(ip, k.port as u16))
+    }
+
+    pub(crate) fn pod_ip(&self, pod: &str, family: Family) -> Result<std::net::IpAddr, LabError> {
+        let pod = self.lab.pod(pod)?;
+        Ok(match family {
+            Family::Ipv4 => pod.ipv4.into(),
+            Family::Ipv6 => pod.ipv6.into(),
+        })
+    }
+
+    /// Runs a workload client in `from` and parses its one JSON line.
+    pub(crate) fn run_json<T: serde::de::DeserializeOwned, S: AsRef<str>>(
+        &self,
+        from: &str,
+        args: &[S],
+    ) -> Result<T, LabError> {
+        self.run_json_as(Client { pod: from, outside_mesh: false }, args)
+    }
+
+    /// [`Self::run_json`], in a pod or outside the mesh in its network namespace.
+    pub(crate) fn run_json_as<T: serde::de::DeserializeOwned, S: AsRef<str>>(
+        &self,
+        from: Client<'_>,
+        args: &[S],
+    ) -> Result<T, LabError> {
+        let cmd = self.pinned(self.ctx.workload.command(args), Role::Client);
+        let out = if from.outside_mesh {
+            self.lab.run_outside(from.pod, cmd, RUN_TIMEOUT, &self.ctx.cancel)?
+        } else {
+            self.lab.run(from.pod, cmd, RUN_TIMEOUT, &self.ctx.cancel)?
+        };
+        serde_json::from_slice(&out.stdout).map_err(|e| LabError::Parse {
+            command: format!("workload {}", args.first().map_or("", AsRef::as_ref)),
+            detail: format!("{e}: {}", String::from_utf8_lossy(&out.stdout)),
+        })
+    }
+
+    /// Packets through every pod's eth0, rx + tx.
+    pub(crate) fn packets(&self) -> Result<u64, LabError> {
+        self.lab.pods().iter().map(|p| Ok(self.lab.packets(&p.name)?.total())).sum()
+    }
+
+    pub(crate) fn counters(&self) -> Result<Counters, LabError> {
+        Ok(self.lab.mesh().map(|m| m.counters()).transpose()?.unwrap_or_default())
+    }
+
+    /// With `--pin`, the command runs on one CPU: clients on the first, servers on the last.
+    pub(crate) fn pinned(&self, mut cmd: std::process::Command, role: Role) -> std::process::Command {
+        if self.ctx.options.pin {
+            use std::os::unix::process::CommandExt;
+            let cpus = self.report.machine.cpus.max(1);
+            let cpu = match role {
+                Role::Client => 0,
+                Role::Server => cpus - 1,
+            };
+            // SAFETY: only async-signal-safe calls between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let mut set: libc::cpu_set_t = std::mem::zeroed();
+                    libc::CPU_SET(cpu, &mut set);
+                    if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        cmd
+    }
+
+    pub(crate) fn spread(&self, metric: &str) -> Option<&Spread> {
+        self.report.stats.get(metric)
+    }
+
+    /// Per-repetition `a / (factor * b)` when both were measured in the same repetitions.
+    pub(crate) fn paired(&self, a: &str, b: &str, factor: f64) -> Option<Spread> {
+        stats::paired_ratio(&self.spread(a)?.samples, &self.spread(b)?.samples, factor)
+    }
+}
+
+/// A scenario's command line as a process to start. The scenario's checks refuse an empty
+/// one; this says so rather than panic if one ever gets here.
+pub(crate) fn command_of(words: &[String]) -> Result<std::process::Command, LabError> {
+    let (program, args) = words.split_first().ok_or_else(|| LabError::Command {
+        command: "(empty command)".into(),
+        stderr: "a scenario command needs at least a program".into(),
+    })?;
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(args);
+    Ok(cmd)
+}
+
+/// The `os error N` every message names, or 0 (none, or they differ).
+pub(crate) fn common_errno<'a>(errors: impl Iterator<Item = &'a String>) -> i32 {
+    let mut found = None;
+    for e in errors {
+        let n = e
+            .rsplit_once("os error ")
+            .and_then(|(_, rest)| rest.trim_end_matches(')').parse::<i32>().ok())
+            .unwrap_or(0);
+        match found {
+            None => found = Some(n),
+            Some(m) if m == n => {}
+            Some(_) => return 0,
+        }
+    }
+    found.unwrap_or(0)
+}
+
+/// Waits until process `pid` has a socket listening on `port` in its network namespace (read
+/// from `/proc/<pid>/net/tcp{,6}`: no probe connection, which some servers would log or count).
+pub(crate) fn wait_listening(pid: u32, port: u16, cancel: &super::Cancel) -> Result<(), LabError> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let wanted = format!(":{port:04X} ");
+    loop {
+        cancel.check()?;
+        let listening = ["tcp", "tcp6"].iter().any(|f| {
+            std::fs::read_to_string(format!("/proc/{pid}/net/{f}")).unwrap_or_default().lines().skip(1).any(
+                |l| {
+                    let cols: Vec<&str> = l.split_whitespace().collect();
+                    cols.len() > 3 && format!("{} ", cols[1]).ends_with(&wanted) && cols[3] == "0A"
+                },
+            )
+        });
+        if listening {
+            return Ok(());
+        }
+        // Exited: gone, or a zombie until the lab reaps it at teardown.
+        let exited =
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.contains(") Z "));
+        if exited || std::time::Instant::now() > deadline {
+            return Err(LabError::Command {
+                command: format!("pod workload (pid {pid})"),
+                stderr: if exited {
+                    format!("the program exited before anything listened on port {port}")
+                } else {
+                    format!("nothing listens on port {port} after 20 s")
+                },
+            });
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// What differs between the keys a step declares for result `name` and the keys it stored.
+fn drift(name: &str, declared: &[String], stored: Option<&BTreeMap<String, f64>>) -> Option<String> {
+    let declared: std::collections::BTreeSet<&str> = declared.iter().map(String::as_str).collect();
+    let stored: std::collections::BTreeSet<&str> =
+        stored.map(|r| r.keys().map(String::as_str).collect()).unwrap_or_default();
+    let missing: Vec<&&str> = declared.difference(&stored).collect();
+    let extra: Vec<&&str> = stored.difference(&declared).collect();
+    match (missing.is_empty(), extra.is_empty()) {
+        (true, true) => None,
+        _ => Some(format!(
+            "declares {name}.{missing:?} but did not store them; stored undeclared {name}.{extra:?}"
+        )),
+    }
+}
+
+/// Where a client runs: in a pod, or in its network namespace outside the lab's cgroup.
+#[derive(Clone, Copy)]
+pub struct Client<'a> {
+    pub pod: &'a str,
+    pub outside_mesh: bool,
+}
+
+impl std::fmt::Display for Client<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.pod)?;
+        if self.outside_mesh {
+            f.write_str(" (a process outside the mesh)")?;
+        }
+        Ok(())
+    }
+}
+
+/// Which side of a benchmark a command is (for `--pin`).
+#[derive(Clone, Copy)]
+pub enum Role {
+    Client,
+    Server,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_step_that_stores_other_keys_than_it_declares_is_caught() {
+        let declared = vec!["cases".to_owned(), "kernel_bugs".to_owned()];
+        let mut stored = BTreeMap::from([("cases".to_owned(), 1.0), ("kernel_bugs".to_owned(), 0.0)]);
+        assert_eq!(drift("c", &declared, Some(&stored)), None);
+        stored.remove("kernel_bugs");
+        stored.insert("early_eagain".into(), 0.0);
+        let why = drift("c", &declared, Some(&stored)).unwrap();
+        assert!(why.contains("\"kernel_bugs\"") && why.contains("\"early_eagain\""), "{why}");
+        assert!(drift("c", &declared, None).is_some());
+    }
+
+    #[test]
+    fn the_common_errno_of_failed_connections() {
+        let refused = ["Connection refused (os error 111)".to_owned()];
+        assert_eq!(common_errno(refused.iter()), 111);
+        let mixed = [
+            "Connection refused (os error 111)".to_owned(),
+            "Operation not permitted (os error 1)".to_owned(),
+        ];
+        assert_eq!(common_errno(mixed.iter()), 0);
+        assert_eq!(common_errno([].iter()), 0);
+    }
+}
