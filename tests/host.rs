@@ -3,6 +3,10 @@
 //! Needs root, cgroup v2 and bpffs. Without root each test fails, or prints SKIPPED and passes
 //! where SIDECARLESS_ALLOW_SKIP=1 (tests/common).
 //! The tests share the kernel, so they take a lock and run one at a time.
+//!
+//! Over 600 lines on purpose: one test binary per suite that touches the kernel, so that
+//! `.config/nextest.toml` can serialize them by binary (host, agent, vm); each test is one
+//! scenario end to end.
 use std::{
     fs,
     io::{BufRead, BufReader},

@@ -4,6 +4,9 @@
 //! Needs qemu-system-x86_64, the static guest binaries (target/x86_64-unknown-linux-musl/release,
 //! built by scripts/test.sh) and the Debian mirror. Without them each test fails, or prints
 //! SKIPPED and passes where SIDECARLESS_ALLOW_SKIP=1 (tests/common). One test at a time.
+//!
+//! Over 600 lines on purpose: one test binary per suite that touches the kernel (see
+//! `.config/nextest.toml`); each test is one scenario or fault in the VM.
 use std::{
     fs,
     io::{BufRead, BufReader},

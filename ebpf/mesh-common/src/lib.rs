@@ -3,6 +3,10 @@
 //! Everything here is `#[repr(C)]` plain data: the kernel and user space read the same bytes.
 //! With the `user` feature the types also implement `aya::Pod` so user space can use them as
 //! map keys and values.
+//!
+//! Over 600 lines on purpose: one file is the one place where the kernel's and user space's
+//! view of every map is defined side by side (the book includes its anchors), and a type moved
+//! into another file would still be read with the rest.
 #![no_std]
 
 /// `AF_INET` from `<sys/socket.h>`.
