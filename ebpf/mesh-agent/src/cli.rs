@@ -329,21 +329,22 @@ fn serve(
         ),
     }
     // The retransmit tracepoint lives with this process; the datapath does not need it.
-    let tracepoint = match crate::tracepoint::attach(pin_dir) {
+    let (tracepoint, tracepoint_error) = match crate::tracepoint::attach(pin_dir) {
         Ok(t) => {
             eprintln!("mesh-agent: tracepoint tcp:tcp_retransmit_skb attached (mesh_retransmit)");
-            Some(t)
+            (Some(t), None)
         }
         Err(why) => {
             eprintln!("mesh-agent: tracepoint tcp:tcp_retransmit_skb not attached: {why}");
-            None
+            (None, Some(why))
         }
     };
     let mut members = BTreeMap::new();
+    let mut applied = None;
     if let (Some(f), Some(l)) = (file, &loaded) {
-        let (applied, m) = apply(mesh.pins_mut(), f, l)?;
-        say_applied(&applied);
-        members = m;
+        let (a, m) = apply(mesh.pins_mut(), f, l)?;
+        say_applied(&a);
+        (applied, members) = (Some(a), m);
     }
     let mut events = Reporter {
         denials: mesh
@@ -362,12 +363,14 @@ fn serve(
         members,
         metrics: None,
     };
+    let mut metrics_at = None;
     if let Some(addr) = outputs.metrics {
         let (metrics, registry) = Metrics::new();
         let bound = metrics::serve(addr, pin_dir.to_owned(), metrics.clone(), registry)
             .with_context(|| format!("cannot serve metrics on {addr}"))?;
         eprintln!("mesh-agent: metrics at http://{bound}/metrics");
         events.metrics = Some(metrics);
+        metrics_at = Some(bound);
     }
     let socket = match &outputs.control {
         Some(path) => {
@@ -379,6 +382,17 @@ fn serve(
         None => None,
     };
     eprintln!("mesh-agent: flow log {}", events.log.path().display());
+    let ready = control::Ready {
+        cgroup: cgroup.to_owned(),
+        pin_dir: pin_dir.to_owned(),
+        started: mesh.started().clone(),
+        tracepoint_error,
+        applied,
+        flow_log: events.log.path().to_owned(),
+        metrics: metrics_at,
+        control: socket.as_ref().map(|s| s.path().to_owned()),
+    };
+    eprintln!("{}", ready.line());
     eprintln!("mesh-agent: serving {}", cgroup.display());
     // One wait for everything: a stop signal (through a signalfd), an event in a ring buffer
     // (handled at once), or the next counter report.

@@ -61,6 +61,42 @@ pub struct Changes {
     pub unchanged: usize,
 }
 
+/// What a running agent says once it serves, for programs to read instead of its sentences:
+/// one line on stderr, `mesh-agent: ready {...}` ([`READY`] and this as JSON), after the
+/// sentences and before `mesh-agent: serving`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ready {
+    pub cgroup: PathBuf,
+    pub pin_dir: PathBuf,
+    /// Installed now, or adopted from the pins of an agent that is gone.
+    pub started: crate::Started,
+    /// Why the retransmit tracepoint is not attached (it is not part of the datapath).
+    pub tracepoint_error: Option<String>,
+    /// The mesh file applied at start (`--file`), if one was.
+    pub applied: Option<Applied>,
+    pub flow_log: PathBuf,
+    /// Where it serves Prometheus metrics (the port the kernel picked for `:0`).
+    pub metrics: Option<std::net::SocketAddr>,
+    /// Where it takes requests ([`Request`]).
+    pub control: Option<PathBuf>,
+}
+
+/// The prefix of the [`Ready`] line.
+pub const READY: &str = "mesh-agent: ready ";
+
+impl Ready {
+    /// The line as the agent prints it.
+    pub fn line(&self) -> String {
+        format!("{READY}{}", serde_json::to_string(self).expect("serializes"))
+    }
+
+    /// `Some` for a [`Ready`] line, `Err` for one that does not parse.
+    pub fn parse(line: &str) -> Option<Result<Ready, String>> {
+        let json = line.strip_prefix(READY)?;
+        Some(serde_json::from_str(json).map_err(|e| format!("{e}: {json}")))
+    }
+}
+
 /// How long a client waits for the agent's answer (loading a large file under TCG is slow).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -171,5 +207,22 @@ mod tests {
         let e = request(&path, &Request::Apply { file: "/x".into() }).unwrap_err();
         assert!(e.starts_with(&format!("control socket {}: ", path.display())), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_ready_line_reads_back() {
+        let ready = Ready {
+            cgroup: "/sys/fs/cgroup/lab".into(),
+            pin_dir: "/sys/fs/bpf/lab".into(),
+            started: crate::Started::Adopted { links: 12, services: 3, engine: crate::Engine::Aya },
+            tracepoint_error: None,
+            applied: Some(Applied { rules: 1, ..Applied::default() }),
+            flow_log: "/run/lab/flows.jsonl".into(),
+            metrics: Some("127.0.0.1:9464".parse().unwrap()),
+            control: Some("/run/lab/agent.sock".into()),
+        };
+        assert_eq!(Ready::parse(&ready.line()), Some(Ok(ready)));
+        assert_eq!(Ready::parse("mesh-agent: serving /sys/fs/cgroup/lab"), None);
+        assert!(matches!(Ready::parse("mesh-agent: ready {"), Some(Err(_))));
     }
 }

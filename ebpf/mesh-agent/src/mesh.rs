@@ -135,7 +135,7 @@ counters! {
 }
 
 /// How [`Mesh::start`] found the node.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(tag = "how", rename_all = "kebab-case")]
 pub enum Started {
     /// Nothing was there (or only an incomplete install, removed first): loaded, attached, pinned.

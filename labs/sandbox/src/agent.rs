@@ -14,7 +14,7 @@ use std::{
 use mesh_agent::{
     Engine, Pinned,
     cli::EXIT_UNMET,
-    control::{Request, Response},
+    control::{Ready, Request, Response},
     pins,
 };
 
@@ -49,8 +49,8 @@ pub struct Agent {
     files: Files,
     child: Option<Child>,
     pinned: Option<Pinned>,
-    /// Where the running agent serves Prometheus metrics (a port of its choosing on loopback).
-    metrics: Option<std::net::SocketAddr>,
+    /// What the running agent (or the last one) said once it served.
+    ready: Option<Ready>,
 }
 
 impl Agent {
@@ -71,7 +71,7 @@ impl Agent {
             files,
             child: None,
             pinned: None,
-            metrics: None,
+            ready: None,
         };
         let said = agent.spawn()?;
         Ok((agent, said))
@@ -88,7 +88,12 @@ impl Agent {
 
     /// Where the running agent serves Prometheus metrics.
     pub fn metrics(&self) -> Option<std::net::SocketAddr> {
-        self.child.as_ref().and(self.metrics)
+        self.child.as_ref().and(self.ready.as_ref()?.metrics)
+    }
+
+    /// What the agent said once it served: how it started, what it applied, where it listens.
+    pub fn ready(&self) -> Option<&Ready> {
+        self.ready.as_ref()
     }
 
     /// What the running agent costs: its resident memory and the kernel memory of the BPF maps
@@ -204,15 +209,18 @@ impl Agent {
         });
         let deadline = Instant::now() + START_TIMEOUT;
         let mut said = Vec::new();
-        loop {
+        // What it says for programs: one JSON line once it serves.
+        let ready = loop {
             match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(line) => {
-                    let serving = line.starts_with("mesh-agent: serving");
-                    said.push(line.trim_start_matches("mesh-agent: ").to_owned());
-                    if serving {
-                        break;
+                Ok(line) => match Ready::parse(&line) {
+                    Some(Ok(ready)) => break ready,
+                    Some(Err(e)) => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        return Err(LabError::Parse { command: what.clone(), detail: e });
                     }
-                }
+                    None => said.push(line.trim_start_matches("mesh-agent: ").to_owned()),
+                },
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     // Exited before serving: its last words say why.
                     let status = child.wait().ok();
@@ -228,11 +236,9 @@ impl Agent {
                     });
                 }
             }
-        }
+        };
         self.child = Some(child);
-        self.metrics = said
-            .iter()
-            .find_map(|l| l.strip_prefix("metrics at http://")?.strip_suffix("/metrics")?.parse().ok());
+        self.ready = Some(ready);
         if self.pinned.is_none() {
             self.pinned = Some(Pinned::open(&self.pin_dir)?);
         }

@@ -99,8 +99,7 @@ impl Agent {
             AgentAction::Start => {
                 let said = agent.restart()?;
                 let pid = agent.pid().unwrap_or_default();
-                let adopted = said.iter().find_map(|l| adopted_counts(l));
-                let reapplied = said.iter().find_map(|l| applied_counts(l));
+                let ready = agent.ready().cloned().expect("a started agent said it was ready");
                 for l in said {
                     e.out(label, format!("agent (pid {pid}): {l}"));
                 }
@@ -118,13 +117,18 @@ impl Agent {
                         format!("cgroup: {}", problems.join("; "))
                     },
                 );
-                let (links, services) = adopted.unwrap_or((0, 0));
+                let (adopted, links, services) = match ready.started {
+                    mesh_agent::Started::Adopted { links, services, .. } => (1.0, links, services),
+                    mesh_agent::Started::Installed { .. } => (0.0, 0, 0),
+                };
+                let reapplied =
+                    ready.applied.map_or(0, |a| a.services.added + a.services.changed + a.services.removed);
                 let r = Restarted {
-                    adopted: f64::from(u8::from(adopted.is_some())),
+                    adopted,
                     links: links as f64,
                     services: services as f64,
                     attached_once: f64::from(u8::from(problems.is_empty())),
-                    reapplied_changes: reapplied.map_or(0.0, |[a, c, r, _]| (a + c + r) as f64),
+                    reapplied_changes: reapplied as f64,
                 };
                 e.record(label, &self.name, &r);
             }
@@ -132,38 +136,4 @@ impl Agent {
         Ok(())
     }
     // ANCHOR_END: agent
-}
-
-/// `adopted N pinned links and M services from ...` -> (N, M).
-fn adopted_counts(line: &str) -> Option<(usize, usize)> {
-    let rest = line.strip_prefix("adopted ")?;
-    let mut words = rest.split_whitespace();
-    let links = words.next()?.parse().ok()?;
-    let services = words.nth(3)?.parse().ok()?;
-    Some((links, services))
-}
-
-/// `applied FILE: a added, c changed, r removed, u unchanged` -> [a, c, r, u].
-fn applied_counts(line: &str) -> Option<[usize; 4]> {
-    let (_, counts) = line.strip_prefix("applied ")?.rsplit_once(": ")?;
-    let mut out = [0; 4];
-    for (slot, part) in out.iter_mut().zip(counts.split(", ")) {
-        *slot = part.split_whitespace().next()?.parse().ok()?;
-    }
-    Some(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_what_the_agent_says_it_adopted_and_applied() {
-        let adopted =
-            "adopted 10 pinned links and 4 services from /sys/fs/bpf/x/layout-1 (nothing attached again)";
-        assert_eq!(adopted_counts(adopted), Some((10, 4)));
-        assert_eq!(adopted_counts("installed in /sys/fs/bpf/x/layout-1"), None);
-        let applied = "applied /run/sidecarless-lab/1-0/web.toml: 0 added, 2 changed, 1 removed, 4 unchanged";
-        assert_eq!(applied_counts(applied), Some([0, 2, 1, 4]));
-    }
 }
