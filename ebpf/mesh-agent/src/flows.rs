@@ -3,6 +3,7 @@
 //! talked to whom, bytes each way, RTT, retransmits, verdict, path) and appends it to the flow
 //! log, a JSON-lines file `mesh-agent observe` reads. Denials go to the same log.
 use std::{
+    borrow::Cow,
     collections::BTreeMap,
     fs::{self, File, OpenOptions},
     io::{BufWriter, Write as _},
@@ -12,7 +13,7 @@ use std::{
 };
 
 use mesh_common::{FlowRecord, Hook};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{denials::ip_of, meshfile::PodAddrs};
 
@@ -22,13 +23,15 @@ pub const DEFAULT_FLOW_LOG: &str = "/run/sidecarless/flows.jsonl";
 pub const ROTATE_BYTES: u64 = 64 << 20;
 
 // ANCHOR: flow
-/// One closed connection as one of its sockets saw it, oriented client -> server.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// One closed connection as one of its sockets saw it, oriented client -> server. The flow log
+/// holds it as `{"flow": {...}}`; [`Flow`] reads back from there (the words are `Cow`s: the
+/// agent writes its own constants, a reader gets them owned).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Flow {
     /// Seconds since the epoch when the agent read the record (just after the close).
     pub time: f64,
     /// Which end reported it: `client` (it called connect()) or `server` (it accepted).
-    pub reporter: &'static str,
+    pub reporter: Cow<'static, str>,
     pub source: Endpoint,
     pub destination: Endpoint,
     /// Payload bytes each way, however they travelled.
@@ -36,7 +39,7 @@ pub struct Flow {
     /// The part of `bytes` sk_msg redirected socket to socket (TCP never saw it).
     pub redirected: Directions,
     /// `redirected` (every byte), `tcp` (none), `both`, or `none` (no payload).
-    pub path: &'static str,
+    pub path: Cow<'static, str>,
     /// Smoothed RTT at close, and the range of smoothed RTTs the RTT callback saw.
     pub srtt_us: u32,
     pub rtt_min_us: u32,
@@ -50,16 +53,17 @@ pub struct Flow {
     pub retransmits_traced: u32,
     pub duration_ms: f64,
     /// `allowed`, or `denied` when sk_msg cut the connection.
-    pub verdict: &'static str,
+    pub verdict: Cow<'static, str>,
     /// The hook that denied it (`message`, `http`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub denied_by: Option<&'static str>,
+    #[serde(default)]
+    pub denied_by: Option<Cow<'static, str>>,
     /// The TCP state the socket closed from (`FIN_WAIT2` for an orderly active close, ...).
-    pub closed_from: &'static str,
+    pub closed_from: Cow<'static, str>,
 }
 
 /// One end of a flow.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoint {
     pub ip: IpAddr,
     pub port: u16,
@@ -67,7 +71,7 @@ pub struct Endpoint {
     pub pod: String,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Directions {
     pub to_server: u64,
     pub to_client: u64,
@@ -127,7 +131,7 @@ impl Flow {
         let moved = redirected.to_server + redirected.to_client;
         Flow {
             time: now.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()),
-            reporter: if client { "client" } else { "server" },
+            reporter: if client { "client" } else { "server" }.into(),
             source,
             destination,
             bytes,
@@ -137,7 +141,8 @@ impl Flow {
                 (t, m) if t == m => "redirected",
                 (_, 0) => "tcp",
                 _ => "both",
-            },
+            }
+            .into(),
             srtt_us: r.srtt_us,
             rtt_min_us: r.rtt_min_us,
             rtt_max_us: r.rtt_max_us,
@@ -146,11 +151,25 @@ impl Flow {
             retransmits_seen: r.retrans_cb,
             retransmits_traced: r.retrans_tp,
             duration_ms: r.end_ns.saturating_sub(r.start_ns) as f64 / 1e6,
-            verdict: if r.denied_by == 0 { "allowed" } else { "denied" },
-            denied_by: (r.denied_by != 0).then(|| Hook::name(r.denied_by)),
-            closed_from: tcp_state(r.last_state),
+            verdict: if r.denied_by == 0 { "allowed" } else { "denied" }.into(),
+            denied_by: (r.denied_by != 0).then(|| Hook::name(r.denied_by).into()),
+            closed_from: tcp_state(r.last_state).into(),
         }
     }
+}
+
+/// Every flow in the flow log at `path`, in order (denials and other lines left out). A log
+/// that does not exist yet holds none.
+pub fn read_log(path: &Path) -> std::io::Result<Vec<Flow>> {
+    #[derive(Deserialize)]
+    struct Line {
+        flow: Flow,
+    }
+    let text = match fs::read_to_string(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        r => r?,
+    };
+    Ok(text.lines().filter_map(|l| serde_json::from_str::<Line>(l).ok()).map(|l| l.flow).collect())
 }
 
 /// The kernel's TCP state numbers (include/net/tcp_states.h).
@@ -261,14 +280,18 @@ mod tests {
     fn both_ends_orient_the_flow_client_to_server() {
         let c = Flow::new(&record(true), &pods(), UNIX_EPOCH);
         assert_eq!(
-            (c.reporter, c.source.pod.as_str(), c.destination.pod.as_str()),
+            (c.reporter.as_ref(), c.source.pod.as_str(), c.destination.pod.as_str()),
             ("client", "client", "server")
         );
         assert_eq!(c.bytes, Directions { to_server: 110, to_client: 220 });
         assert_eq!(c.redirected, Directions { to_server: 100, to_client: 200 });
-        assert_eq!((c.path, c.closed_from, c.duration_ms), ("both", "FIN_WAIT2", 2.5));
+        assert_eq!((c.path.as_ref(), c.closed_from.as_ref(), c.duration_ms), ("both", "FIN_WAIT2", 2.5));
+        // What the log holds reads back as the same flow.
+        let line = serde_json::json!({ "flow": c }).to_string();
+        let back: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(serde_json::from_value::<Flow>(back["flow"].clone()).unwrap(), c);
         let s = Flow::new(&record(false), &pods(), UNIX_EPOCH);
-        assert_eq!((s.reporter, s.source.port, s.destination.port), ("server", 40000, 7000));
+        assert_eq!((s.reporter.as_ref(), s.source.port, s.destination.port), ("server", 40000, 7000));
         // The server sent 110 (to the client) and received 220 (to the server).
         assert_eq!(s.bytes, Directions { to_server: 220, to_client: 110 });
     }
@@ -281,7 +304,7 @@ mod tests {
         assert_eq!(Flow::new(&empty, &pods(), UNIX_EPOCH).path, "none");
         let denied = FlowRecord { denied_by: Hook::HTTP, ..record(true) };
         let f = Flow::new(&denied, &pods(), UNIX_EPOCH);
-        assert_eq!((f.verdict, f.denied_by), ("denied", Some("http")));
+        assert_eq!((f.verdict.as_ref(), f.denied_by.as_deref()), ("denied", Some("http")));
     }
 
     #[test]

@@ -143,12 +143,13 @@ impl Metrics {
     /// Counts one closed flow.
     pub fn flow(&self, f: &Flow) {
         let labels = FlowLabels {
-            reporter: f.reporter.into(),
+            reporter: f.reporter.to_string(),
             source: f.source.pod.clone(),
             destination: f.destination.pod.clone(),
             destination_port: f.destination.port,
         };
-        let closed = ClosedLabels { flow: labels.clone(), path: f.path.into(), verdict: f.verdict.into() };
+        let closed =
+            ClosedLabels { flow: labels.clone(), path: f.path.to_string(), verdict: f.verdict.to_string() };
         self.flows.get_or_create(&closed).inc();
         let ways = [
             ("to_server", f.bytes.to_server, f.redirected.to_server),

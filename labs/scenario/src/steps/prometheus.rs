@@ -113,7 +113,7 @@ fn prometheus(e: &mut Engine<'_>, label: &str) -> Result<Result<Scraped, String>
         ),
     );
     let log = e.lab.id().run_dir().join(lab_sandbox::lab::FLOW_LOG);
-    let (log_bytes, log_flows) = flow_log_totals(&log);
+    let (log_bytes, log_flows) = flow_log_totals(&log)?;
     let queries = ["sum(mesh_tcp_bytes_total)", "sum(mesh_tcp_flows_total)"];
     let started = std::time::Instant::now();
     let mut got = (f64::NAN, f64::NAN);
@@ -150,20 +150,10 @@ fn prometheus(e: &mut Engine<'_>, label: &str) -> Result<Result<Scraped, String>
 // ANCHOR_END: prometheus
 
 /// Every flow record's bytes (both ways) and the number of records, in the flow log at `log`.
-fn flow_log_totals(log: &std::path::Path) -> (u64, u64) {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let flows: Vec<serde_json::Value> = text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|mut e| e.get_mut("flow").map(serde_json::Value::take))
-        .collect();
-    let bytes = flows
-        .iter()
-        .map(|f| {
-            f["bytes"]["to_server"].as_u64().unwrap_or(0) + f["bytes"]["to_client"].as_u64().unwrap_or(0)
-        })
-        .sum();
-    (bytes, flows.len() as u64)
+fn flow_log_totals(log: &std::path::Path) -> Result<(u64, u64), LabError> {
+    let flows = mesh_agent::flows::read_log(log).map_err(LabError::io("cannot read", log))?;
+    let bytes = flows.iter().map(|f| f.bytes.to_server + f.bytes.to_client).sum();
+    Ok((bytes, flows.len() as u64))
 }
 
 /// One instant PromQL query (`GET /api/v1/query`) whose answer is a single number; the error

@@ -2,6 +2,7 @@
 //! the client counted.
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
+use mesh_agent::flows::Flow;
 use serde::Deserialize;
 
 use super::{Checker, Kind, Ran, Results, results};
@@ -171,48 +172,41 @@ impl Transfer {
         let log = e.lab.id().run_dir().join(lab_sandbox::lab::FLOW_LOG);
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         let records = loop {
-            let r = flow_records(&log, since, self.port, &by_port);
+            let r = flow_records(&log, since, self.port, &by_port)?;
             if r.len() >= expected || std::time::Instant::now() >= deadline {
                 break r;
             }
             std::thread::sleep(Duration::from_millis(100));
         };
-        let field = |f: &serde_json::Value, a: &str, b: &str| f[a][b].as_u64().unwrap_or(0);
-        let num = |f: &serde_json::Value, k: &str| f[k].as_f64().unwrap_or(0.0);
         let mut exact = 0;
         for f in &records {
             e.out(label, mesh_agent::observe::row(&serde_json::json!({ "flow": f })));
             e.report.flows.push(FlowRtt {
                 step: self.name.clone(),
-                reporter: f["reporter"].as_str().unwrap_or("?").to_owned(),
-                port: f["source"]["port"].as_u64().unwrap_or(0),
-                srtt_us: num(f, "srtt_us"),
-                rtt_min_us: num(f, "rtt_min_us"),
-                rtt_max_us: num(f, "rtt_max_us"),
+                reporter: f.reporter.to_string(),
+                port: u64::from(f.source.port),
+                srtt_us: f64::from(f.srtt_us),
+                rtt_min_us: f64::from(f.rtt_min_us),
+                rtt_max_us: f64::from(f.rtt_max_us),
             });
-            let d = by_port[&f["source"]["port"].as_u64().unwrap_or(0)];
-            if field(f, "bytes", "to_server") == d.sent && field(f, "bytes", "to_client") == d.received {
+            let d = by_port[&u64::from(f.source.port)];
+            if f.bytes.to_server == d.sent && f.bytes.to_client == d.received {
                 exact += 1;
             } else {
                 e.out(label, format!("  bytes differ: the client wrote {} and read {}", d.sent, d.received));
             }
         }
         // One record per connection for the byte split (the client's when there is one).
-        let mut one: BTreeMap<u64, &serde_json::Value> = BTreeMap::new();
+        let mut one: BTreeMap<u16, &Flow> = BTreeMap::new();
         for f in &records {
-            let port = f["source"]["port"].as_u64().unwrap_or(0);
-            if f["reporter"] == "client" || !one.contains_key(&port) {
-                one.insert(port, f);
+            if f.reporter == "client" || !one.contains_key(&f.source.port) {
+                one.insert(f.source.port, f);
             }
         }
-        let redirected: u64 = one
-            .values()
-            .map(|f| field(f, "redirected", "to_server") + field(f, "redirected", "to_client"))
-            .sum();
-        let total: u64 =
-            one.values().map(|f| field(f, "bytes", "to_server") + field(f, "bytes", "to_client")).sum();
-        let srtt: Vec<f64> = records.iter().map(|f| num(f, "srtt_us")).collect();
-        let sum = |k: &str| records.iter().map(|f| num(f, k)).sum::<f64>();
+        let redirected: u64 = one.values().map(|f| f.redirected.to_server + f.redirected.to_client).sum();
+        let total: u64 = one.values().map(|f| f.bytes.to_server + f.bytes.to_client).sum();
+        let srtt: Vec<f64> = records.iter().map(|f| f64::from(f.srtt_us)).collect();
+        let sum = |k: fn(&Flow) -> u32| records.iter().map(|f| f64::from(k(f))).sum::<f64>();
         Ok(Transferred {
             connections: done.len() as f64,
             records: records.len() as f64,
@@ -222,11 +216,11 @@ impl Transfer {
             redirected_bytes: redirected as f64,
             tcp_bytes: total.saturating_sub(redirected) as f64,
             srtt_us: crate::stats::median(&srtt),
-            rtt_max_us: records.iter().map(|f| num(f, "rtt_max_us")).fold(f64::NAN, f64::max),
-            rtt_samples: sum("rtt_samples"),
-            retransmits: sum("retransmits"),
-            retransmits_seen: sum("retransmits_seen"),
-            retransmits_traced: sum("retransmits_traced"),
+            rtt_max_us: records.iter().map(|f| f64::from(f.rtt_max_us)).fold(f64::NAN, f64::max),
+            rtt_samples: sum(|f| f.rtt_samples),
+            retransmits: sum(|f| f.retransmits),
+            retransmits_seen: sum(|f| f.retransmits_seen),
+            retransmits_traced: sum(|f| f.retransmits_traced),
         })
     }
 }
@@ -255,22 +249,19 @@ fn netem(e: &Engine<'_>, pod: &str, params: Option<&str>) -> Result<(), String> 
 // ANCHOR_END: transfer
 
 /// The flows of the flow log at `log` read after `since`, to `port`, from one of the client
-/// ports in `ports` (each a flow record's `flow` object).
+/// ports in `ports`.
 fn flow_records<T>(
     log: &std::path::Path,
     since: std::time::SystemTime,
     port: u16,
     ports: &BTreeMap<u64, T>,
-) -> Vec<serde_json::Value> {
+) -> Result<Vec<Flow>, LabError> {
     let after = since.duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    text.lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|mut e| e.get_mut("flow").map(serde_json::Value::take))
+    let flows = mesh_agent::flows::read_log(log).map_err(LabError::io("cannot read", log))?;
+    Ok(flows
+        .into_iter()
         .filter(|f| {
-            f["time"].as_f64().unwrap_or(0.0) >= after
-                && f["destination"]["port"].as_u64() == Some(u64::from(port))
-                && f["source"]["port"].as_u64().is_some_and(|p| ports.contains_key(&p))
+            f.time >= after && f.destination.port == port && ports.contains_key(&u64::from(f.source.port))
         })
-        .collect()
+        .collect())
 }
