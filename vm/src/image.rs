@@ -268,13 +268,10 @@ fn read(path: &Path) -> Result<Vec<u8>, VmError> {
     fs::read(path).map_err(VmError::io("cannot read", path))
 }
 
-/// Finds a program on PATH or in the sbin folders (a non-root PATH may lack them).
+/// Finds an executable program on PATH or in the sbin folders (a non-root PATH may lack them).
 pub fn which(name: &str) -> Option<PathBuf> {
     let path = std::env::var("PATH").unwrap_or_default();
-    path.split(':')
-        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"])
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.is_file())
+    which::which_in(name, Some(format!("{path}:/usr/sbin:/sbin:/usr/bin:/bin")), "/").ok()
 }
 
 fn busybox_applets(busybox: &Path) -> Result<Vec<String>, VmError> {

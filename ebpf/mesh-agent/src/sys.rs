@@ -1,7 +1,8 @@
 //! The bpf(2) commands aya 0.14 does not offer for our case: a pinnable link for a
 //! cgroup/setsockopt program (aya keeps that link to itself: no `FdLink` conversion), detaching
 //! a link at once, and querying which programs a cgroup runs for one hook (what
-//! `bpftool cgroup show` prints).
+//! `bpftool cgroup show` prints). Through libbpf's low-level API (`libbpf-sys`, already linked
+//! for the C twin): its `union bpf_attr` and command numbers, not ours.
 use std::{
     ffi::CString,
     io,
@@ -9,85 +10,66 @@ use std::{
     path::Path,
 };
 
-/// `enum bpf_cmd` values from `<linux/bpf.h>`.
-const BPF_OBJ_PIN: libc::c_long = 6;
-const BPF_OBJ_GET: libc::c_long = 7;
-const BPF_PROG_QUERY: libc::c_long = 16;
-const BPF_LINK_CREATE: libc::c_long = 28;
-const BPF_LINK_DETACH: libc::c_long = 34;
+use libbpf_rs::libbpf_sys as sys;
 
 /// `enum bpf_attach_type` value of cgroup/setsockopt.
-pub const BPF_CGROUP_SETSOCKOPT: u32 = 22;
+pub const BPF_CGROUP_SETSOCKOPT: u32 = sys::BPF_CGROUP_SETSOCKOPT;
 
-/// `union bpf_attr` as a zeroed buffer large enough for every command used here.
-#[repr(C, align(8))]
-struct Attr([u32; 32]);
+/// A libbpf low-level call's result: a non-negative value, or `-errno`.
+fn check(r: libc::c_int) -> io::Result<libc::c_int> {
+    if r < 0 { Err(io::Error::from_raw_os_error(-r)) } else { Ok(r) }
+}
 
-fn bpf(cmd: libc::c_long, attr: &mut Attr) -> io::Result<libc::c_long> {
-    // SAFETY: `attr` is a valid, fully initialised buffer of the size passed.
-    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut Attr, size_of::<Attr>()) };
-    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r) }
+fn c_path(path: &Path) -> io::Result<CString> {
+    use std::os::unix::ffi::OsStrExt as _;
+    CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)
 }
 
 /// `BPF_LINK_CREATE`: attaches `prog` to `target` (a cgroup) through a new link.
 pub fn link_create(prog: BorrowedFd<'_>, target: BorrowedFd<'_>, attach_type: u32) -> io::Result<OwnedFd> {
-    let mut a = Attr([0; 32]);
-    a.0[0] = prog.as_raw_fd() as u32;
-    a.0[1] = target.as_raw_fd() as u32;
-    a.0[2] = attach_type;
-    let fd = bpf(BPF_LINK_CREATE, &mut a)?;
+    // SAFETY: two live descriptors; no options (null is allowed).
+    let fd = check(unsafe {
+        sys::bpf_link_create(prog.as_raw_fd(), target.as_raw_fd(), attach_type, std::ptr::null())
+    })?;
     // SAFETY: the kernel just gave us this descriptor.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// `BPF_LINK_DETACH` (5.9): detaches the link's program now, whoever else holds the link. (The
 /// last reference going detaches too, but a pin's reference goes with its inode, which the kernel
 /// frees after an RCU grace period: later, not when `unlink()` returns.)
 pub fn link_detach(link: BorrowedFd<'_>) -> io::Result<()> {
-    let mut a = Attr([0; 32]);
-    a.0[0] = link.as_raw_fd() as u32;
-    bpf(BPF_LINK_DETACH, &mut a).map(drop)
+    // SAFETY: a live descriptor.
+    check(unsafe { sys::bpf_link_detach(link.as_raw_fd()) }).map(drop)
 }
 
 /// `BPF_OBJ_PIN`: pins any bpf object (a link here) at `path` on bpffs.
 pub fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
-    use std::os::unix::ffi::OsStrExt as _;
-    let c = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
-    let mut a = Attr([0; 32]);
-    let p = c.as_ptr() as u64;
-    a.0[0] = p as u32;
-    a.0[1] = (p >> 32) as u32;
-    a.0[2] = fd.as_raw_fd() as u32;
-    bpf(BPF_OBJ_PIN, &mut a).map(drop)
+    let c = c_path(path)?;
+    // SAFETY: a live descriptor and a NUL-terminated path that outlives the call.
+    check(unsafe { sys::bpf_obj_pin(fd.as_raw_fd(), c.as_ptr()) }).map(drop)
 }
 
 /// `BPF_OBJ_GET`: a descriptor for the object pinned at `path`.
 pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
-    use std::os::unix::ffi::OsStrExt as _;
-    let c = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
-    let mut a = Attr([0; 32]);
-    let p = c.as_ptr() as u64;
-    a.0[0] = p as u32;
-    a.0[1] = (p >> 32) as u32;
-    let fd = bpf(BPF_OBJ_GET, &mut a)?;
+    let c = c_path(path)?;
+    // SAFETY: a NUL-terminated path that outlives the call.
+    let fd = check(unsafe { sys::bpf_obj_get(c.as_ptr()) })?;
     // SAFETY: the kernel just gave us this descriptor.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// `BPF_PROG_QUERY`: the ids of the programs attached to `cgroup` for `attach_type` (this
 /// cgroup's own, not inherited ones).
 pub fn prog_query(cgroup: BorrowedFd<'_>, attach_type: u32) -> io::Result<Vec<u32>> {
     let mut ids = vec![0u32; 64];
-    let mut a = Attr([0; 32]);
-    a.0[0] = cgroup.as_raw_fd() as u32; // target_fd
-    a.0[1] = attach_type; // attach_type
-    a.0[2] = 0; // query_flags
-    // a.0[3]: attach_flags (out)
-    let p = ids.as_mut_ptr() as u64;
-    a.0[4] = p as u32; // prog_ids (u64, 8-aligned at byte 16)
-    a.0[5] = (p >> 32) as u32;
-    a.0[6] = ids.len() as u32; // prog_cnt (in: room, out: count)
-    bpf(BPF_PROG_QUERY, &mut a)?;
-    ids.truncate(a.0[6] as usize);
+    let mut count = ids.len() as u32;
+    let mut flags = 0u32;
+    // SAFETY: `ids` has room for `count` ids; the kernel writes at most that many and the
+    // number it wrote back into `count`.
+    check(unsafe {
+        sys::bpf_prog_query(cgroup.as_raw_fd(), attach_type, 0, &mut flags, ids.as_mut_ptr(), &mut count)
+    })?;
+    ids.truncate(count as usize);
     Ok(ids)
 }

@@ -47,14 +47,14 @@ pub fn tc_binary() -> &'static str {
         .unwrap_or("tc")
 }
 
-/// A program on PATH or in the sbin folders (which a non-root PATH may lack).
+/// An executable program on PATH or in the sbin folders (which a non-root PATH may lack).
 pub fn tool(name: &str) -> Option<std::path::PathBuf> {
     let path = std::env::var("PATH").unwrap_or_default();
-    path.split(':')
-        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"])
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.is_file())
+    which::which_in(name, Some(format!("{path}:{SYSTEM_DIRS}")), "/").ok()
 }
+
+/// Where Debian keeps system programs, searched after PATH.
+pub const SYSTEM_DIRS: &str = "/usr/sbin:/sbin:/usr/bin:/bin";
 
 /// Runs `ip ARGS`, failing with its stderr.
 pub fn ip(args: &[&str]) -> Result<Output, LabError> {
