@@ -6,7 +6,7 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use lab_scenario::Outcome;
+use lab_scenario::{Outcome, report::round3};
 use serde_json::Value;
 
 const TEMPLATE: &str = include_str!("../templates/report.md.tera");
@@ -38,13 +38,13 @@ pub fn markdown(outcome: &Outcome, when: &str, backend: &str, svg: &str) -> Stri
             let text = match (s["lo"].as_f64(), s["hi"].as_f64(), s["confidence"].as_f64()) {
                 (Some(lo), Some(hi), Some(c)) => format!(
                     "{} [{}, {}] ({:.0} % interval, n = {})",
-                    sig3(v),
-                    sig3(lo),
-                    sig3(hi),
+                    round3(v),
+                    round3(lo),
+                    round3(hi),
                     100.0 * c,
                     s["n"]
                 ),
-                _ => sig3(v),
+                _ => round3(v),
             };
             Some((name.clone(), text))
         })
@@ -81,7 +81,7 @@ pub fn markdown(outcome: &Outcome, when: &str, backend: &str, svg: &str) -> Stri
                 .as_object()
                 .into_iter()
                 .flatten()
-                .map(|(k, v)| format!("{k} {}", v.as_f64().map_or_else(|| "-".to_owned(), sig3)))
+                .map(|(k, v)| format!("{k} {}", v.as_f64().map_or_else(|| "-".to_owned(), round3)))
                 .collect();
             (name.clone(), cells.join(", "))
         })
@@ -146,8 +146,10 @@ fn figures_table(report: &Value) -> (Vec<String>, Vec<(String, Vec<String>)>) {
                 .map(|(k, _)| {
                     let s = &stats[&format!("{p}.{k}")];
                     match (s["median"].as_f64(), s["q1"].as_f64(), s["q3"].as_f64()) {
-                        (Some(m), Some(a), Some(b)) => format!("{} ({}-{})", sig3(m), sig3(a), sig3(b)),
-                        _ => results[p.as_str()].get(*k).and_then(Value::as_f64).map_or(String::new(), sig3),
+                        (Some(m), Some(a), Some(b)) => format!("{} ({}-{})", round3(m), round3(a), round3(b)),
+                        _ => {
+                            results[p.as_str()].get(*k).and_then(Value::as_f64).map_or(String::new(), round3)
+                        }
                     }
                 })
                 .collect();
@@ -167,7 +169,7 @@ fn scale_table(report: &Value) -> Vec<(String, Vec<ScaleRow>)> {
     let cell = |key: String| {
         let s = &stats[&key];
         match (s["median"].as_f64(), s["q1"].as_f64(), s["q3"].as_f64()) {
-            (Some(m), Some(a), Some(b)) => format!("{} ({}-{})", sig3(m), sig3(a), sig3(b)),
+            (Some(m), Some(a), Some(b)) => format!("{} ({}-{})", round3(m), round3(a), round3(b)),
             _ => "-".to_owned(),
         }
     };
@@ -193,18 +195,6 @@ fn scale_table(report: &Value) -> Vec<(String, Vec<ScaleRow>)> {
             Some((name.clone(), rows))
         })
         .collect()
-}
-
-/// Three significant digits (no more than whole units for large figures).
-fn sig3(v: f64) -> String {
-    if v == 0.0 || !v.is_finite() {
-        return format!("{v}");
-    }
-    if v.fract() == 0.0 && v.abs() < 1e15 {
-        return format!("{v:.0}");
-    }
-    let digits = (2 - v.abs().log10().floor() as i32).max(0) as usize;
-    format!("{v:.digits$}")
 }
 
 /// The conformance runs as a table: one column per run and family, one row per case.

@@ -64,9 +64,16 @@ fn info(fd: BorrowedFd<'_>) -> Result<Info, MeshError> {
     Ok(Info { xlated: i.xlated_prog_len, jited: i.jited_prog_len, verified: i.verified_insns })
 }
 
+/// The median load time in milliseconds, the middle pair averaged (as `lab_scenario::stats`
+/// does: this crate sits below it).
 fn median(mut v: Vec<Duration>) -> f64 {
     v.sort();
-    v.get(v.len() / 2).map_or(0.0, |d| d.as_secs_f64() * 1e3)
+    let ms = |d: &Duration| d.as_secs_f64() * 1e3;
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => ms(&v[n / 2]),
+        n => (ms(&v[n / 2 - 1]) + ms(&v[n / 2])) / 2.0,
+    }
 }
 
 // ANCHOR: measure

@@ -337,14 +337,9 @@ fn first_line(e: &VmError) -> String {
     s.lines().next().unwrap_or_default().to_owned()
 }
 
+/// The lab's one median (`lab_scenario::stats`), `None` without samples.
 fn median(v: &[f64]) -> Option<f64> {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => None,
-        n if n % 2 == 1 => Some(v[n / 2]),
-        n => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
-    }
+    lab_scenario::stats::Spread::of(v).map(|s| s.median)
 }
 
 /// A row's name: the scenario, with the engine when it is not the only one or not aya.

@@ -165,10 +165,14 @@ pub fn interval(s: &Spread, unit: &str) -> String {
     )
 }
 
-/// Three significant digits, enough for noisy figures.
+/// Three significant digits, enough for noisy figures; whole numbers as they are (the one
+/// rounding the lab prints figures with, in the terminal and in report.md).
 pub fn round3(v: f64) -> String {
     if v == 0.0 || !v.is_finite() {
         return format!("{v}");
+    }
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        return format!("{v:.0}");
     }
     let digits = (2 - v.abs().log10().floor() as i32).max(0) as usize;
     format!("{v:.digits$}")
@@ -183,5 +187,6 @@ mod tests {
         assert_eq!(round3(52.43), "52.4");
         assert_eq!(round3(0.80612), "0.806");
         assert_eq!(round3(15436.2), "15436");
+        assert_eq!(round3(15.0), "15");
     }
 }
