@@ -64,19 +64,12 @@ fn remains_of(lab: &str) -> Vec<String> {
 fn workload_processes() -> Vec<String> {
     let me = bin();
     let mut out = Vec::new();
-    for e in fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(cmdline) = fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<_> =
-            cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-        let zombie = fs::read_to_string(e.path().join("stat")).is_ok_and(|s| s.contains(") Z "));
-        if !zombie
-            && args.len() > 1
+    for (pid, args) in lab_sandbox::process::running() {
+        if args.len() > 1
             && Path::new(&args[0]) == me
             && ["workload", "mesh-agent"].contains(&args[1].as_str())
         {
-            out.push(format!("process {} {}", e.file_name().to_string_lossy(), args.join(" ")));
+            out.push(format!("process {pid} {}", args.join(" ")));
         }
     }
     out

@@ -101,15 +101,13 @@ impl Drop for Env {
 /// Live QEMU processes whose command line mentions `dir`.
 fn qemus_under(dir: &Path) -> Vec<i32> {
     let needle = dir.to_string_lossy().into_owned();
-    fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| {
-            let pid: i32 = e.file_name().to_string_lossy().parse().ok()?;
-            let cmd = String::from_utf8_lossy(&fs::read(e.path().join("cmdline")).ok()?).into_owned();
-            let zombie = fs::read_to_string(e.path().join("stat")).is_ok_and(|s| s.contains(") Z "));
-            (cmd.contains("qemu") && cmd.contains(&needle) && !zombie).then_some(pid)
+    lab_sandbox::process::running()
+        .into_iter()
+        .filter(|(_, args)| {
+            let cmd = args.join(" ");
+            cmd.contains("qemu") && cmd.contains(&needle)
         })
+        .map(|(pid, _)| pid)
         .collect()
 }
 

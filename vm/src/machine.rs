@@ -214,9 +214,10 @@ impl Machine {
         if let Some(c) = &mut self.child {
             return matches!(c.try_wait(), Ok(None));
         }
-        let cmdline = fs::read(format!("/proc/{}/cmdline", self.state.pid)).unwrap_or_default();
-        let stat = fs::read_to_string(format!("/proc/{}/stat", self.state.pid)).unwrap_or_default();
-        String::from_utf8_lossy(&cmdline).contains("qemu") && !stat.contains(") Z ")
+        // Another process may have the pid by now: only a QEMU that is not a zombie counts.
+        let Ok(p) = procfs::process::Process::new(self.state.pid as i32) else { return false };
+        let qemu = p.cmdline().is_ok_and(|c| c.first().is_some_and(|a| a.contains("qemu")));
+        qemu && p.stat().is_ok_and(|s| s.state != 'Z')
     }
 
     /// A channel to the guest, after checking (within `timeout`, at most 30 s) that it speaks

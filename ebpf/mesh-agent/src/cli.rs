@@ -12,7 +12,7 @@
 //! - `uninstall`: detach everything and remove the pins (also after an agent was killed).
 use std::{
     collections::BTreeMap,
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::{AsFd as _, BorrowedFd},
     path::{Path, PathBuf},
     process::ExitCode,
     time::{Duration, Instant, SystemTime},
@@ -20,6 +20,14 @@ use std::{
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use nix::{
+    errno::Errno,
+    poll::{PollFd, PollFlags, poll},
+    sys::{
+        signal::{SigSet, Signal},
+        signalfd::{SfdFlags, SignalFd},
+    },
+};
 
 use crate::{
     Engine, Mesh, MeshError, Pinned, Started, control,
@@ -303,8 +311,7 @@ fn serve(
     // Block the stop signals first so they wait for sigtimedwait below instead of killing us
     // half-way through installing.
     let signals = stop_signals();
-    // SAFETY: plain libc call on a set we own.
-    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &signals, std::ptr::null_mut()) };
+    signals.thread_block().context("blocking the stop signals")?;
     // A bad file is refused before anything is installed or adopted.
     let loaded = file.map(|f| meshfile::load(f, pods).map_err(anyhow::Error::msg)).transpose()?;
     // The pods name the flow log's addresses, with or without a mesh file.
@@ -396,11 +403,7 @@ fn serve(
     eprintln!("mesh-agent: serving {}", cgroup.display());
     // One wait for everything: a stop signal (through a signalfd), an event in a ring buffer
     // (handled at once), or the next counter report.
-    // SAFETY: a new descriptor for our own (blocked) signal set.
-    let sigfd = unsafe { libc::signalfd(-1, &signals, libc::SFD_CLOEXEC) };
-    anyhow::ensure!(sigfd >= 0, "signalfd: {}", std::io::Error::last_os_error());
-    // SAFETY: we own the new descriptor.
-    let sigfd = unsafe { OwnedFd::from_raw_fd(sigfd) };
+    let sigfd = SignalFd::with_flags(&signals, SfdFlags::SFD_CLOEXEC).context("signalfd")?;
     let mut next_report = Instant::now();
     loop {
         if Instant::now() >= next_report {
@@ -408,17 +411,23 @@ fn serve(
             next_report = Instant::now() + outputs.interval;
         }
         events.drain()?;
-        let mut fds = vec![libc::pollfd { fd: sigfd.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
-        for fd in events.fds().into_iter().chain(socket.as_ref().map(control::Server::as_raw_fd)) {
-            fds.push(libc::pollfd { fd, events: libc::POLLIN, revents: 0 });
-        }
+        let others: Vec<std::os::fd::RawFd> =
+            events.fds().into_iter().chain(socket.as_ref().map(control::Server::as_raw_fd)).collect();
+        // SAFETY: the ring buffers' and the control socket's descriptors, owned by `events` and
+        // `socket`, which outlive this poll.
+        let others = others.iter().map(|fd| unsafe { BorrowedFd::borrow_raw(*fd) });
+        let mut fds: Vec<PollFd<'_>> = std::iter::once(sigfd.as_fd())
+            .chain(others)
+            .map(|fd| PollFd::new(fd, PollFlags::POLLIN))
+            .collect();
         // Flow records do not wake us one by one (see telemetry.rs): look every DRAIN_TICK.
-        let wait = next_report.saturating_duration_since(Instant::now()).min(DRAIN_TICK).as_millis() as i32;
-        // SAFETY: `fds` is a live array of the length given.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, wait) };
-        if n < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
-            anyhow::bail!("poll: {}", std::io::Error::last_os_error());
+        let wait = next_report.saturating_duration_since(Instant::now()).min(DRAIN_TICK).as_millis() as u16;
+        match poll(&mut fds, wait) {
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(e) => anyhow::bail!("poll: {e}"),
         }
+        let stop = fds[0].revents().is_some_and(|r| r.contains(PollFlags::POLLIN));
+        drop(fds);
         if let Some(server) = &socket {
             // Every change to the mesh while it runs comes through here, with this agent's pods.
             server.serve(|request| {
@@ -448,7 +457,7 @@ fn serve(
                 }
             })?;
         }
-        if fds[0].revents & libc::POLLIN != 0 {
+        if stop {
             println!("{}", serde_json::to_string(&mesh.counters()?)?);
             events.drain()?;
             drop(events);
@@ -502,14 +511,6 @@ impl Reporter {
     }
 }
 
-fn stop_signals() -> libc::sigset_t {
-    // SAFETY: initialises a sigset_t we own.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-            libc::sigaddset(&mut set, s);
-        }
-        set
-    }
+fn stop_signals() -> SigSet {
+    [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP].into_iter().collect()
 }

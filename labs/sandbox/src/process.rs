@@ -53,6 +53,21 @@ pub fn tool(name: &str) -> Option<std::path::PathBuf> {
     which::which_in(name, Some(format!("{path}:{SYSTEM_DIRS}")), "/").ok()
 }
 
+/// Whether process `pid` is gone, or a zombie waiting to be reaped: not running either way.
+pub fn exited(pid: u32) -> bool {
+    let Ok(pid) = i32::try_from(pid) else { return true };
+    procfs::process::Process::new(pid).and_then(|p| p.stat()).map_or(true, |s| s.state == 'Z')
+}
+
+/// Every running process (zombies left out) with its command line.
+pub fn running() -> Vec<(i32, Vec<String>)> {
+    let Ok(all) = procfs::process::all_processes() else { return Vec::new() };
+    all.flatten()
+        .filter(|p| p.stat().is_ok_and(|s| s.state != 'Z'))
+        .filter_map(|p| Some((p.pid, p.cmdline().ok()?)))
+        .collect()
+}
+
 /// Where Debian keeps system programs, searched after PATH.
 pub const SYSTEM_DIRS: &str = "/usr/sbin:/sbin:/usr/bin:/bin";
 
@@ -283,9 +298,7 @@ mod tests {
         assert!(matches!(err, LabError::Cancelled), "{err}");
         let _ = std::fs::remove_file(&pidfile);
         // Gone, or a zombie waiting for init to reap it: not running either way.
-        let gone = || {
-            std::fs::read_to_string(format!("/proc/{grandchild}/stat")).map_or(true, |s| s.contains(") Z "))
-        };
+        let gone = || exited(grandchild as u32);
         let deadline = Instant::now() + Duration::from_secs(2);
         while !gone() && Instant::now() < deadline {
             thread::sleep(Duration::from_millis(10));

@@ -413,15 +413,17 @@ impl Engine<'_> {
                 Role::Client => 0,
                 Role::Server => cpus - 1,
             };
-            // SAFETY: only async-signal-safe calls between fork and exec.
+            let mut set = nix::sched::CpuSet::new();
+            if let Err(e) = set.set(cpu) {
+                self.out("lab", format!("--pin: CPU {cpu}: {e} (running unpinned)"));
+                return cmd;
+            }
+            // SAFETY: between fork and exec only sched_setaffinity runs, which is
+            // async-signal-safe; the set was built before the fork.
             unsafe {
                 cmd.pre_exec(move || {
-                    let mut set: libc::cpu_set_t = std::mem::zeroed();
-                    libc::CPU_SET(cpu, &mut set);
-                    if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
+                    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+                        .map_err(std::io::Error::from)
                 });
             }
         }
@@ -470,24 +472,20 @@ pub(crate) fn common_errno<'a>(errors: impl Iterator<Item = &'a String>) -> i32 
 /// Waits until process `pid` has a socket listening on `port` in its network namespace (read
 /// from `/proc/<pid>/net/tcp{,6}`: no probe connection, which some servers would log or count).
 pub(crate) fn wait_listening(pid: u32, port: u16, cancel: &super::Cancel) -> Result<(), LabError> {
+    use procfs::net::TcpState;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let wanted = format!(":{port:04X} ");
     loop {
         cancel.check()?;
-        let listening = ["tcp", "tcp6"].iter().any(|f| {
-            std::fs::read_to_string(format!("/proc/{pid}/net/{f}")).unwrap_or_default().lines().skip(1).any(
-                |l| {
-                    let cols: Vec<&str> = l.split_whitespace().collect();
-                    cols.len() > 3 && format!("{} ", cols[1]).ends_with(&wanted) && cols[3] == "0A"
-                },
-            )
+        let listening = procfs::process::Process::new(pid as i32).is_ok_and(|p| {
+            let v4 = p.tcp().unwrap_or_default().into_iter();
+            v4.chain(p.tcp6().unwrap_or_default())
+                .any(|s| s.state == TcpState::Listen && s.local_address.port() == port)
         });
         if listening {
             return Ok(());
         }
         // Exited: gone, or a zombie until the lab reaps it at teardown.
-        let exited =
-            std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.contains(") Z "));
+        let exited = lab_sandbox::process::exited(pid);
         if exited || std::time::Instant::now() > deadline {
             return Err(LabError::Command {
                 command: format!("pod workload (pid {pid})"),

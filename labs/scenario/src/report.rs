@@ -85,10 +85,8 @@ pub struct Machine {
 
 impl Machine {
     pub fn load() -> f64 {
-        std::fs::read_to_string("/proc/loadavg")
-            .ok()
-            .and_then(|s| s.split_whitespace().next()?.parse().ok())
-            .unwrap_or(f64::NAN)
+        use procfs::Current as _;
+        procfs::LoadAverage::current().map_or(f64::NAN, |l| f64::from(l.one))
     }
 }
 
