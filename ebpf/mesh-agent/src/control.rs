@@ -12,6 +12,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+// ANCHOR: request
 /// What a client asks the running agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -35,6 +36,7 @@ pub enum Response {
     /// was applied, as the message says.
     Error(String),
 }
+// ANCHOR_END: request
 
 /// What applying a mesh file changed.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -95,25 +95,24 @@ pub fn enable(
                 lab.pods().iter().map(|p| (p.name.clone(), p.netns.clone())).collect();
             for (pod, ns) in pods {
                 capture_per_pod(&ns)?;
-                let cmd = workload.command(&[
-                    "proxy".to_owned(),
-                    "--outbound".into(),
-                    OUTBOUND_PORT.to_string(),
-                    "--inbound".into(),
-                    INBOUND_PORT.to_string(),
-                ]);
+                let args = workloads::proxy::Args {
+                    outbound: Some(OUTBOUND_PORT),
+                    inbound: Some(INBOUND_PORT),
+                    ..workloads::defaults(&[])
+                };
+                let cmd = workload.command(&workloads::Workload::Proxy(args).argv());
                 let pid = lab.spawn_as(&pod, cmd, Some(PROXY_UID))?;
                 s.proxies.push(Proxy { at: pod, pid });
             }
         }
         SidecarMode::PerNode => {
             let node_ip = lab.node()?.ipv4;
-            let mut args = vec!["proxy".to_owned()];
+            let mut args: workloads::proxy::Args = workloads::defaults(&[]);
             let pods: Vec<(String, String)> =
                 lab.pods().iter().map(|p| (p.name.clone(), p.netns.clone())).collect();
             for (i, (owner, ip, port)) in routes.iter().enumerate() {
                 let node_port = NODE_PORT_BASE + i as u16;
-                args.extend(["--route".into(), format!("{node_port}={ip}:{port}")]);
+                args.route.push((node_port, std::net::SocketAddr::new((*ip).into(), *port)));
                 for (pod, ns) in &pods {
                     if pod == owner {
                         continue;
@@ -141,7 +140,7 @@ pub fn enable(
                     )?;
                 }
             }
-            let pid = lab.spawn("node", workload.command(&args))?;
+            let pid = lab.spawn("node", workload.command(&workloads::Workload::Proxy(args).argv()))?;
             s.proxies.push(Proxy { at: "node".into(), pid });
         }
     }

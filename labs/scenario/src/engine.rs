@@ -10,7 +10,12 @@ use std::{
 
 use mesh_agent::{Counters, meshfile::Resolved};
 use mesh_common::{AF_INET, AF_INET6};
-use workloads::{connect_rate::ConnectReport, cpu::CpuTimes};
+use workloads::{
+    Workload,
+    connect_rate::{self, ConnectReport},
+    cpu::CpuTimes,
+    defaults, http, rr,
+};
 
 use super::{
     Context, Outcome,
@@ -170,35 +175,23 @@ impl Engine<'_> {
             self.files.push((name.clone(), path));
         }
         for p in &sc.pods {
-            let args: Vec<String> = match &p.workload {
+            let listen = |port: u16| -> Vec<(&str, String)> { vec![("listen", format!("[::]:{port}"))] };
+            let w = match &p.workload {
                 None => continue,
                 Some(WorkloadDef::RrServer { port }) => {
-                    vec![
-                        "rr-server".into(),
-                        "--listen".into(),
-                        format!("[::]:{port}"),
-                        "--name".into(),
-                        p.name.clone(),
-                    ]
+                    Workload::RrServer(rr::ServerArgs { name: p.name.clone(), ..defaults(&listen(*port)) })
                 }
-                Some(WorkloadDef::Echo { port }) => {
-                    vec!["echo".into(), "--listen".into(), format!("[::]:{port}")]
-                }
+                Some(WorkloadDef::Echo { port }) => Workload::Echo(defaults(&listen(*port))),
                 Some(WorkloadDef::ConformServer { port }) => {
-                    vec!["conform-server".into(), "--listen".into(), format!("[::]:{port}")]
+                    Workload::ConformServer(defaults(&listen(*port)))
                 }
                 Some(WorkloadDef::TransferServer { port }) => {
-                    vec!["transfer-server".into(), "--listen".into(), format!("[::]:{port}")]
+                    Workload::TransferServer(defaults(&listen(*port)))
                 }
-                Some(WorkloadDef::HttpServer { port }) => {
-                    vec![
-                        "http-server".into(),
-                        "--listen".into(),
-                        format!("[::]:{port}"),
-                        "--name".into(),
-                        p.name.clone(),
-                    ]
-                }
+                Some(WorkloadDef::HttpServer { port }) => Workload::HttpServer(http::ServerArgs {
+                    name: p.name.clone(),
+                    ..defaults(&listen(*port))
+                }),
                 Some(WorkloadDef::Command { port, command }) => {
                     let words: Vec<String> = command.iter().map(|w| self.fill(w)).collect();
                     let cmd = command_of(&words)?;
@@ -221,6 +214,7 @@ impl Engine<'_> {
             };
             let Some(port) = p.workload.as_ref().map(WorkloadDef::port) else { continue };
             self.ports.entry(p.name.clone()).or_default().push(port);
+            let args = w.argv();
             let line = format!("pod {}: workload {}", p.name, args.join(" "));
             let cmd = self.pinned(self.ctx.workload.command(&args), Role::Server);
             self.lab.spawn(&p.name, cmd)?;
@@ -331,15 +325,8 @@ impl Engine<'_> {
         to: SocketAddrV4,
         connections: u32,
     ) -> Result<f64, LabError> {
-        let args = [
-            "connect-rate".to_owned(),
-            "--connect".into(),
-            to.to_string(),
-            "--connections".into(),
-            connections.to_string(),
-            "--json".into(),
-        ];
-        let r: ConnectReport = self.run_json(from, &args)?;
+        let args = connect_rate::Args { connections, json: true, ..defaults(&[("connect", to.to_string())]) };
+        let r: ConnectReport = self.run_json(from, &Workload::ConnectRate(args))?;
         Ok(r.latency_us.p50)
     }
 
@@ -369,28 +356,29 @@ impl Engine<'_> {
     }
 
     /// Runs a workload client in `from` and parses its one JSON line.
-    pub(crate) fn run_json<T: serde::de::DeserializeOwned, S: AsRef<str>>(
+    pub(crate) fn run_json<T: serde::de::DeserializeOwned>(
         &self,
         from: &str,
-        args: &[S],
+        w: &Workload,
     ) -> Result<T, LabError> {
-        self.run_json_as(Client { pod: from, outside_mesh: false }, args)
+        self.run_json_as(Client { pod: from, outside_mesh: false }, w)
     }
 
     /// [`Self::run_json`], in a pod or outside the mesh in its network namespace.
-    pub(crate) fn run_json_as<T: serde::de::DeserializeOwned, S: AsRef<str>>(
+    pub(crate) fn run_json_as<T: serde::de::DeserializeOwned>(
         &self,
         from: Client<'_>,
-        args: &[S],
+        w: &Workload,
     ) -> Result<T, LabError> {
-        let cmd = self.pinned(self.ctx.workload.command(args), Role::Client);
+        let args = w.argv();
+        let cmd = self.pinned(self.ctx.workload.command(&args), Role::Client);
         let out = if from.outside_mesh {
             self.lab.run_outside(from.pod, cmd, RUN_TIMEOUT, &self.ctx.cancel)?
         } else {
             self.lab.run(from.pod, cmd, RUN_TIMEOUT, &self.ctx.cancel)?
         };
         serde_json::from_slice(&out.stdout).map_err(|e| LabError::Parse {
-            command: format!("workload {}", args.first().map_or("", AsRef::as_ref)),
+            command: format!("workload {}", args.join(" ")),
             detail: format!("{e}: {}", String::from_utf8_lossy(&out.stdout)),
         })
     }

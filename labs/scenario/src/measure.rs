@@ -3,7 +3,13 @@
 use std::{collections::BTreeMap, net::SocketAddr};
 
 use mesh_agent::Counters;
-use workloads::{connect_rate::ConnectReport, rr::RrReport, stream::StreamReport};
+use workloads::{
+    Workload,
+    connect_rate::{self, ConnectReport},
+    defaults, http,
+    rr::{self, RrReport},
+    stream::{self, StreamReport},
+};
 
 use super::{
     engine::{Engine, RUN_TIMEOUT, Role, command_of},
@@ -104,17 +110,18 @@ impl Engine<'_> {
         round_trips: u64,
     ) -> Result<Visit, LabError> {
         let mut v = Visit::default();
-        let t = target.to_string();
         for m in measures {
             self.ctx.cancel.check()?;
-            let rr = |size: usize| -> Vec<String> {
-                let size = size.to_string();
-                let n = if size == "65536" { round_trips.div_ceil(4) } else { round_trips };
-                ["rr", "--connect", &t, "--round-trips", &n.to_string(), "--json"]
-                    .into_iter()
-                    .chain(["--request-size", &size, "--response-size", &size])
-                    .map(str::to_owned)
-                    .collect()
+            let c = [("connect", target.to_string())];
+            let rr = |size: usize| {
+                let n = if size == 65536 { round_trips.div_ceil(4) } else { round_trips };
+                Workload::Rr(rr::ClientArgs {
+                    round_trips: n,
+                    request_size: size,
+                    response_size: size,
+                    json: true,
+                    ..defaults(&c)
+                })
             };
             match m {
                 Measure::Latency => {
@@ -147,8 +154,8 @@ impl Engine<'_> {
                 Measure::Throughput | Measure::Throughput4 => {
                     let four = *m == Measure::Throughput4;
                     let streams = if four { "4" } else { "1" };
-                    let r: StreamReport =
-                        self.run_json(from, &["stream", "--connect", &t, "--streams", streams, "--json"])?;
+                    let args = stream::Args { streams: if four { 4 } else { 1 }, json: true, ..defaults(&c) };
+                    let r: StreamReport = self.run_json(from, &Workload::Stream(args))?;
                     v.streams += if four { 4 } else { 1 };
                     v.stream_errors.extend(r.errors.iter().map(|e| format!("{streams} stream(s): {e}")));
                     let errors = r.errors.len() as f64;
@@ -167,16 +174,15 @@ impl Engine<'_> {
                     }
                 }
                 Measure::HttpLatency => {
-                    let n = round_trips.to_string();
                     let args =
-                        ["http-rr", "--connect", &t, "--request", "GET /api", "--round-trips", &n, "--json"];
-                    let r: RrReport = self.run_json(from, &args)?;
+                        http::RrArgs { request: "GET /api".into(), round_trips, json: true, ..defaults(&c) };
+                    let r: RrReport = self.run_json(from, &Workload::HttpRr(args))?;
                     v.add(&HttpLatency { http_p50: r.latency_us.p50, http_p99: r.latency_us.p99 });
                 }
                 Measure::ConnectRate => {
-                    let n = (round_trips / 4).clamp(50, 1000).to_string();
-                    let args = ["connect-rate", "--connect", &t, "--connections", &n, "--json"];
-                    let r: ConnectReport = self.run_json(from, &args)?;
+                    let connections = (round_trips / 4).clamp(50, 1000) as u32;
+                    let args = connect_rate::Args { connections, json: true, ..defaults(&c) };
+                    let r: ConnectReport = self.run_json(from, &Workload::ConnectRate(args))?;
                     v.add(&ConnectRate { conn_s: r.per_s, conn_p50: r.latency_us.p50 });
                 }
             }

@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::rr::{self, Hello, Latency};
 
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone, clap::Args, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub struct Args {
     /// Server address (`workload rr-server`).
     #[arg(long)]

@@ -7,7 +7,8 @@ use std::{
 
 use anyhow::Context as _;
 
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone, clap::Args, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub struct Args {
     /// Address to listen on (`[::]` accepts IPv4 and IPv6).
     #[arg(long, default_value = "[::]:7001")]

@@ -13,7 +13,8 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone, clap::Args, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub struct ServerArgs {
     #[arg(long, default_value = "[::]:8080")]
     pub listen: SocketAddr,
@@ -37,12 +38,14 @@ pub enum Mode {
     Pipeline,
 }
 
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone, clap::Args, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub struct ProbeArgs {
     #[arg(long)]
     pub connect: SocketAddr,
     /// A request as `METHOD /path`; repeat for several, sent in order over one connection.
     #[arg(long = "request", required = true)]
+    #[serde(rename = "request")]
     pub requests: Vec<String>,
     #[arg(long, value_enum, default_value_t = Mode::KeepAlive)]
     pub mode: Mode,
@@ -50,7 +53,8 @@ pub struct ProbeArgs {
     pub json: bool,
 }
 
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone, clap::Args, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub struct RrArgs {
     #[arg(long)]
     pub connect: SocketAddr,

@@ -16,7 +16,8 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone, clap::Args, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub struct Args {
     /// Network namespaces (paths, such as /run/netns/NAME), one per pod.
     #[arg(long, value_delimiter = ',', required = true)]

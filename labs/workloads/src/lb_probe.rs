@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::rr::Hello;
 
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone, clap::Args, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub struct Args {
     /// The service address.
     #[arg(long)]

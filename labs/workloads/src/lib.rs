@@ -16,7 +16,8 @@ pub mod transfer;
 use clap::Subcommand;
 
 /// A workload and its arguments.
-#[derive(Debug, Clone, Subcommand)]
+#[derive(Debug, Clone, Subcommand, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Workload {
     /// Benchmark server: ping-pong at the size each connection's hello asks for, or a sink.
     RrServer(rr::ServerArgs),
@@ -104,6 +105,44 @@ impl Workload {
     }
 }
 
+impl Workload {
+    /// The command line that runs this workload (after the program): its subcommand and one
+    /// `--flag value` per argument set, from the same struct clap parses it back into (the
+    /// round-trip test holds the two to each other). Callers build the typed arguments, never
+    /// the strings.
+    pub fn argv(&self) -> Vec<String> {
+        let v = serde_json::to_value(self).expect("workload arguments serialize");
+        let (name, fields) = v.as_object().and_then(|o| o.iter().next()).expect("one variant");
+        let mut out = vec![name.clone()];
+        for (flag, value) in fields.as_object().into_iter().flatten() {
+            let values = match value {
+                serde_json::Value::Array(a) => a.clone(),
+                v => vec![v.clone()],
+            };
+            for v in values {
+                match v {
+                    serde_json::Value::Null | serde_json::Value::Bool(false) => {}
+                    serde_json::Value::Bool(true) => out.push(format!("--{flag}")),
+                    serde_json::Value::String(s) => out.extend([format!("--{flag}"), s]),
+                    v => out.extend([format!("--{flag}"), v.to_string()]),
+                }
+            }
+        }
+        out
+    }
+}
+
+/// `A` as its command line leaves it when only the `required` flags are given: every other
+/// field at clap's default. The start of typed arguments (`rr::ClientArgs { round_trips: 10,
+/// ..defaults(&[("connect", addr)]) }`).
+pub fn defaults<A: clap::Args + clap::FromArgMatches>(required: &[(&str, String)]) -> A {
+    let cmd = A::augment_args(clap::Command::new("workload"));
+    let argv = std::iter::once("workload".to_owned())
+        .chain(required.iter().flat_map(|(k, v)| [format!("--{k}"), v.clone()]));
+    let m = cmd.try_get_matches_from(argv).unwrap_or_else(|e| panic!("{e}"));
+    A::from_arg_matches(&m).unwrap_or_else(|e| panic!("{e}"))
+}
+
 /// Prints a report as one JSON object, or as pretty JSON for a person.
 fn print_report<T: serde::Serialize>(report: &T, json: bool) -> anyhow::Result<()> {
     if json {
@@ -112,4 +151,60 @@ fn print_report<T: serde::Serialize>(report: &T, json: bool) -> anyhow::Result<(
         println!("{}", serde_json::to_string_pretty(report)?);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        workload: Workload,
+    }
+
+    /// Every workload's typed arguments survive the trip through `argv()` and clap.
+    #[test]
+    fn argv_parses_back_into_the_same_arguments() {
+        let addr = || ("connect", "10.77.0.11:7000".to_owned());
+        let listen = || ("listen", "[::]:7000".to_owned());
+        let mut probe: http::ProbeArgs = defaults(&[addr(), ("request", "GET /".into())]);
+        probe.requests.push("POST /api".into());
+        probe.mode = http::Mode::SplitHeaders;
+        let mut conform: conform::ClientArgs = defaults(&[addr()]);
+        conform.cases = vec!["half-close".into(), "epoll".into()];
+        conform.hold_until = Some("/tmp/x".into());
+        conform.report = Some("/tmp/x.json".into());
+        let mut rr: rr::ClientArgs = defaults(&[addr()]);
+        (rr.round_trips, rr.request_size, rr.json, rr.no_nodelay) = (10, 4096, true, true);
+        let mut proxy: proxy::Args = defaults(&[]);
+        proxy.route = vec![(7000, "10.77.0.11:7001".parse().unwrap())];
+        proxy.outbound = Some(15001);
+        let all = [
+            Workload::RrServer(defaults(&[listen()])),
+            Workload::Rr(rr),
+            Workload::Stream(defaults(&[addr()])),
+            Workload::ConnectRate(defaults(&[addr()])),
+            Workload::LbProbe(defaults(&[addr()])),
+            Workload::Load(defaults(&[addr()])),
+            Workload::Echo(defaults(&[listen()])),
+            Workload::ConformServer(defaults(&[listen()])),
+            Workload::Conform(conform),
+            Workload::LoopbackIsolation(defaults(&[("netns", "/run/netns/a,/run/netns/b".into())])),
+            Workload::Proxy(proxy),
+            Workload::HttpServer(defaults(&[listen()])),
+            Workload::HttpProbe(probe),
+            Workload::HttpRr(defaults(&[addr()])),
+            Workload::TransferServer(defaults(&[listen()])),
+            Workload::Transfer(defaults(&[addr()])),
+        ];
+        for w in all {
+            let argv = w.argv();
+            let back = Cli::try_parse_from(std::iter::once("workload".to_owned()).chain(argv.clone()))
+                .unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+            assert_eq!(format!("{:?}", back.workload), format!("{w:?}"), "{argv:?}");
+        }
+    }
 }

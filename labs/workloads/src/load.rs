@@ -16,7 +16,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::rr::{self, Hello};
 
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone, clap::Args, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub struct Args {
     /// Server (or service) address; `rr-server` listens there.
     #[arg(long)]

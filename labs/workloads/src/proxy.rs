@@ -17,7 +17,8 @@ use std::{
 use anyhow::{Context as _, bail};
 use tokio::net::{TcpListener, TcpStream};
 
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone, clap::Args, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub struct Args {
     /// Transparent outbound listener (upstream = SO_ORIGINAL_DST).
     #[arg(long)]
@@ -27,10 +28,16 @@ pub struct Args {
     pub inbound: Option<u16>,
     /// Fixed route PORT=ADDR (repeatable).
     #[arg(long, value_parser = parse_route)]
+    #[serde(serialize_with = "routes_as_flags")]
     pub route: Vec<(u16, SocketAddr)>,
     /// Worker threads.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
+}
+
+/// Each route as its flag takes it (`PORT=ADDR`).
+fn routes_as_flags<S: serde::Serializer>(routes: &[(u16, SocketAddr)], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(routes.iter().map(|(port, addr)| format!("{port}={addr}")))
 }
 
 fn parse_route(s: &str) -> Result<(u16, SocketAddr), String> {

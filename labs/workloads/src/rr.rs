@@ -15,7 +15,8 @@ use serde::{Deserialize, Serialize};
 /// Default request and response size: one small RPC.
 pub const DEFAULT_SIZE: usize = 64;
 
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone, clap::Args, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub struct ServerArgs {
     /// Address to listen on (`[::]` accepts IPv4 and IPv6).
     #[arg(long, default_value = "[::]:7000")]
@@ -25,7 +26,8 @@ pub struct ServerArgs {
     pub name: String,
 }
 
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone, clap::Args, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub struct ClientArgs {
     /// Server address.
     #[arg(long)]

@@ -15,7 +15,8 @@ use crate::{
     rr::{self, Hello},
 };
 
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone, clap::Args, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub struct Args {
     /// Server address (`workload rr-server`).
     #[arg(long)]

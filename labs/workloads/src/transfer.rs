@@ -12,13 +12,15 @@ use std::{
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone, clap::Args, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub struct ServerArgs {
     #[arg(long, default_value = "[::]:7300")]
     pub listen: SocketAddr,
 }
 
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone, clap::Args, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub struct ClientArgs {
     #[arg(long)]
     pub connect: SocketAddr,

@@ -3,7 +3,10 @@
 use std::{collections::BTreeMap, net::SocketAddr};
 
 use serde::Deserialize;
-use workloads::lb_probe::ProbeReport;
+use workloads::{
+    Workload, defaults,
+    lb_probe::{self, ProbeReport},
+};
 
 use super::{Checker, Kind, Ran, Results, results};
 use crate::engine::{Client, Engine, common_errno};
@@ -91,18 +94,12 @@ impl Kind for Balance {
         let udp = self.protocol == mesh_agent::meshfile::Protocol::Udp;
         let from = Client { pod: &self.from, outside_mesh: self.outside_mesh };
         let (address, connections) = (self.address, self.connections);
-        let mut args: Vec<String> = ["lb-probe", "--connect", &address.to_string(), "--connections"]
-            .into_iter()
-            .map(str::to_owned)
-            .chain([connections.to_string(), "--json".into()])
-            .collect();
-        if udp {
-            args.push("--udp".into());
-        }
+        let args =
+            lb_probe::Args { connections, udp, json: true, ..defaults(&[("connect", address.to_string())]) };
         let what = if udp { "UDP sockets, two datagrams each" } else { "connections" };
         e.out(label, format!("{connections} {what} {from} -> {address}, one after another ({})", e.config()));
         let c0 = e.counters()?;
-        let r: ProbeReport = e.run_json_as(from, &args)?;
+        let r: ProbeReport = e.run_json_as(from, &Workload::LbProbe(args))?;
         let c = e.counters()?.since(&c0);
         let ok: u32 = r.reached.values().sum();
         let errors: u32 = r.errors.values().sum();

@@ -136,13 +136,13 @@ impl Conform {
                     ),
                 })?,
             };
-            let mut args =
-                vec!["conform".to_owned(), "--connect".into(), target.to_string(), "--json".into()];
-            if !self.cases.is_empty() {
-                args.extend(["--cases".into(), self.cases.join(",")]);
-            }
-            let n = self.short_lived.unwrap_or(e.ctx.options.short_lived);
-            args.extend(["--short-lived".into(), n.to_string()]);
+            let args = workloads::conform::ClientArgs {
+                cases: self.cases.clone(),
+                short_lived: self.short_lived.unwrap_or(e.ctx.options.short_lived),
+                json: true,
+                ..workloads::defaults(&[("connect", target.to_string())])
+            };
+            let args = workloads::Workload::Conform(args).argv();
             e.out(label, format!("conform {} -> {target} ({})", self.from, e.config()));
             let f0 = counters(&e.lab)?;
             let out = e.lab.run(&self.from, e.ctx.workload.command(&args), RUN_TIMEOUT, &e.ctx.cancel)?;
@@ -262,15 +262,12 @@ fn hold_across_mesh(
     let (until, report) = (base.with_extension("until"), base.with_extension("json"));
     let _ = std::fs::remove_file(&until);
     let _ = std::fs::remove_file(&report);
-    let args = [
-        "conform".to_owned(),
-        "--connect".into(),
-        target.to_string(),
-        "--hold-until".into(),
-        until.display().to_string(),
-        "--report".into(),
-        report.display().to_string(),
-    ];
+    let args = workloads::conform::ClientArgs {
+        hold_until: Some(until.clone()),
+        report: Some(report.clone()),
+        ..workloads::defaults(&[("connect", target.to_string())])
+    };
+    let args = workloads::Workload::Conform(args).argv();
     let pid = e.lab.spawn(from, e.ctx.workload.command(&args))?;
     let pause = Duration::from_millis(500);
     std::thread::sleep(pause);

@@ -64,21 +64,14 @@ impl Kind for Http {
         &self.try_
     }
     fn run(&self, e: &mut Engine<'_>, label: &str) -> Result<Ran, LabError> {
-        let mode = serde_json::to_value(self.mode)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
-        let mut args = vec![
-            "http-probe".to_owned(),
-            "--connect".into(),
-            self.address.to_string(),
-            "--mode".into(),
-            mode.clone(),
-        ];
-        for r in &self.requests {
-            args.extend(["--request".to_owned(), r.clone()]);
-        }
-        args.push("--json".into());
+        let args = workloads::http::ProbeArgs {
+            requests: self.requests.clone(),
+            mode: self.mode,
+            json: true,
+            ..workloads::defaults(&[("connect", self.address.to_string()), ("request", "GET /".into())])
+        };
+        let w = workloads::Workload::HttpProbe(args);
+        let mode = w.argv().iter().skip_while(|a| *a != "--mode").nth(1).cloned().unwrap_or_default();
         e.out(
             label,
             format!(
@@ -89,7 +82,7 @@ impl Kind for Http {
             ),
         );
         let c0 = e.counters()?;
-        let r: workloads::http::ProbeReport = e.run_json(&self.from, &args)?;
+        let r: workloads::http::ProbeReport = e.run_json(&self.from, &w)?;
         let c = e.counters()?.since(&c0);
         for a in &r.answers {
             e.out(label, a.clone());

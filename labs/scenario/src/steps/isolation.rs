@@ -70,18 +70,11 @@ impl Kind for Isolation {
         let (pods, port) = (&self.pods, self.port);
         let netns = pods
             .iter()
-            .map(|p| {
-                let ns = std::path::Path::new(lab_sandbox::netns::NETNS_DIR).join(&e.lab.pod(p)?.netns);
-                Ok(ns.display().to_string())
-            })
-            .collect::<Result<Vec<String>, LabError>>()?;
-        let args = [
-            "loopback-isolation".to_owned(),
-            "--netns".into(),
-            netns.join(","),
-            "--port".into(),
-            port.to_string(),
-        ];
+            .map(|p| Ok(std::path::Path::new(lab_sandbox::netns::NETNS_DIR).join(&e.lab.pod(p)?.netns)))
+            .collect::<Result<Vec<std::path::PathBuf>, LabError>>()?;
+        let first = netns[0].display().to_string();
+        let args = workloads::isolation::Args { netns, port, ..workloads::defaults(&[("netns", first)]) };
+        let args = workloads::Workload::LoopbackIsolation(args).argv();
         e.out(
             label,
             format!("127.0.0.1:30300 -> 127.0.0.1:{port} in {} at once ({})", pods.join(", "), e.config()),

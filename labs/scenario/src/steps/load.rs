@@ -71,16 +71,12 @@ impl Kind for Load {
     fn run(&self, e: &mut Engine<'_>, label: &str) -> Result<Ran, LabError> {
         let from = Client { pod: &self.from, outside_mesh: self.outside_mesh };
         let (address, connections, seconds) = (self.address, self.connections, self.seconds);
-        let args = [
-            "load".to_owned(),
-            "--connect".into(),
-            address.to_string(),
-            "--connections".into(),
-            connections.to_string(),
-            "--seconds".into(),
-            seconds.to_string(),
-        ];
-        let cmd = e.ctx.workload.command(&args);
+        let args = workloads::load::Args {
+            connections,
+            seconds,
+            ..workloads::defaults(&[("connect", address.to_string())])
+        };
+        let cmd = e.ctx.workload.command(&workloads::Workload::Load(args).argv());
         let mut child = if from.outside_mesh {
             e.lab.spawn_piped_outside(from.pod, cmd)?
         } else {

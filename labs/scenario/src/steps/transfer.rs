@@ -135,18 +135,13 @@ impl Transfer {
     fn transfer(&self, e: &mut Engine<'_>, label: &str) -> Result<Transferred, LabError> {
         let from = Client { pod: &self.from, outside_mesh: self.outside_mesh };
         let target = SocketAddr::new(e.pod_ip(&self.to, Family::Ipv4)?, self.port);
-        let args: Vec<String> = vec![
-            "transfer".into(),
-            "--connect".into(),
-            target.to_string(),
-            "--send".into(),
-            self.send.to_string(),
-            "--receive".into(),
-            self.receive.to_string(),
-            "--connections".into(),
-            self.connections.to_string(),
-            "--json".into(),
-        ];
+        let args = workloads::transfer::ClientArgs {
+            send: self.send,
+            receive: self.receive,
+            connections: self.connections,
+            json: true,
+            ..workloads::defaults(&[("connect", target.to_string())])
+        };
         e.out(
             label,
             format!(
@@ -158,7 +153,8 @@ impl Transfer {
             ),
         );
         let since = std::time::SystemTime::now();
-        let done: Vec<workloads::transfer::Transfer> = e.run_json_as(from, &args)?;
+        let done: Vec<workloads::transfer::Transfer> =
+            e.run_json_as(from, &workloads::Workload::Transfer(args))?;
         // Who reports: every socket of the mesh, i.e. the server's and, unless it runs outside
         // the mesh, the client's.
         let per_connection = match (e.lab.mesh().is_some(), self.outside_mesh) {

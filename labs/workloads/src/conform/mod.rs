@@ -22,14 +22,16 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone, clap::Args, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub struct ServerArgs {
     /// Address to listen on (`[::]` accepts IPv4 and IPv6).
     #[arg(long, default_value = "[::]:7100")]
     pub listen: SocketAddr,
 }
 
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone, clap::Args, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub struct ClientArgs {
     /// Server address.
     #[arg(long)]
