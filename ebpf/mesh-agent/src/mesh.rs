@@ -91,7 +91,8 @@ pub(crate) fn load_redirect(ebpf: &mut Ebpf) -> Result<Variant, MeshError> {
 macro_rules! counters {
     ($($field:ident = $variant:ident),* $(,)?) => {
         /// What the kernel programs counted, summed over CPUs.
-        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+        #[serde(default)]
         pub struct Counters {
             $(pub $field: u64,)*
         }

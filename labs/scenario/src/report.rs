@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use mesh_agent::Counters;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use workloads::{
     conform::{CaseResult, HoldReport},
     rr::RrReport,
@@ -16,7 +16,7 @@ use super::{
 
 /// One data path of a bench step: its median latency run (the repetition whose p50 is closest
 /// to the median), with packets and mesh counters totalled over all repetitions.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Run {
     pub name: String,
     /// What was in the data path: `direct`, `sidecars per-pod`, `mesh`, ...
@@ -30,7 +30,7 @@ pub struct Run {
 }
 
 /// One conformance run (one family) and each case's verdict.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ConformRun {
     pub name: String,
     pub config: String,
@@ -44,23 +44,23 @@ pub struct ConformRun {
 }
 
 /// A case's transcript and how it compared.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CaseVerdict {
     #[serde(flatten)]
     pub result: CaseResult,
     /// `same`, `differs`, `kernel bug` (a known kernel behaviour, see [`super::kernel_bugs`]) or
     /// `reference` (nothing to compare with).
-    pub verdict: &'static str,
+    pub verdict: String,
     /// For `kernel bug`: which one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub kernel_bug: Option<&'static str>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_bug: Option<String>,
     /// On a difference, the reference transcript.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expected: Option<CaseResult>,
 }
 
 /// One expectation as evaluated.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Check {
     pub text: String,
     /// The verdict is [`Verdict::Holds`].
@@ -70,7 +70,7 @@ pub struct Check {
 }
 
 /// The machine a scenario ran on, and how busy it was meanwhile.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Machine {
     pub cpus: usize,
     /// 1-minute load average at the start and at the end.
@@ -90,8 +90,10 @@ impl Machine {
     }
 }
 
-/// The scenario's figures.
-#[derive(Debug, Clone, Default, Serialize)]
+/// The scenario's figures: what `lab-runner` renders (report.md, the matrix), read back typed
+/// from the JSON the engine (on the host, or in a VM) sends.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Report {
     pub lab: String,
     /// `name -> key -> value` for every named result.
@@ -133,7 +135,7 @@ pub fn denials(log: &std::path::Path) -> (Vec<mesh_agent::denials::DenialRecord>
 }
 
 /// One flow record's RTT, as a `transfer` step read it from the flow log.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FlowRtt {
     /// The step's result name.
     pub step: String,

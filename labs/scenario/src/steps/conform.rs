@@ -203,8 +203,8 @@ impl Conform {
                 let expected = if verdict == "same" { None } else { expected };
                 verdicts.push(CaseVerdict {
                     result,
-                    verdict,
-                    kernel_bug: kernel_bug.map(|b| b.id),
+                    verdict: verdict.into(),
+                    kernel_bug: kernel_bug.map(|b| b.id.into()),
                     expected,
                 });
             }
