@@ -64,15 +64,7 @@ impl Kind for Agent {
         };
         vec![(self.name.clone(), keys)]
     }
-    fn label(&self) -> String {
-        self.name.clone()
-    }
-    fn explain(&self) -> &str {
-        &self.explain
-    }
-    fn try_(&self) -> &[String] {
-        &self.try_
-    }
+    texts!(name, explain, try);
     fn run(&self, e: &mut Engine<'_>, label: &str) -> Result<Ran, LabError> {
         self.agent(e, label)?;
         Ok(Ran::Passed)

@@ -41,15 +41,7 @@ impl Kind for Apply {
     fn stores(&self) -> Vec<(String, Vec<String>)> {
         vec![(self.name.clone(), Applied::keys())]
     }
-    fn label(&self) -> String {
-        self.name.clone()
-    }
-    fn explain(&self) -> &str {
-        &self.explain
-    }
-    fn try_(&self) -> &[String] {
-        &self.try_
-    }
+    texts!(name, explain, try);
     fn run(&self, e: &mut Engine<'_>, label: &str) -> Result<Ran, LabError> {
         let a = self.apply(e, label)?;
         e.record(label, &self.name, &a);

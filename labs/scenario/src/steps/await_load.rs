@@ -45,9 +45,7 @@ impl Kind for Await {
     fn label(&self) -> String {
         format!("await {}", self.load)
     }
-    fn explain(&self) -> &str {
-        &self.explain
-    }
+    texts!(explain);
     fn run(&self, e: &mut Engine<'_>, label: &str) -> Result<Ran, LabError> {
         let Running { mut child, label: started, report, counters } =
             e.loads.remove(&self.load).expect("checked at parse");

@@ -81,15 +81,7 @@ impl Kind for Balance {
     fn stores(&self) -> Vec<(String, Vec<String>)> {
         vec![(self.name.clone(), Balanced::keys())]
     }
-    fn label(&self) -> String {
-        self.name.clone()
-    }
-    fn explain(&self) -> &str {
-        &self.explain
-    }
-    fn try_(&self) -> &[String] {
-        &self.try_
-    }
+    texts!(name, explain, try);
     fn run(&self, e: &mut Engine<'_>, label: &str) -> Result<Ran, LabError> {
         let udp = self.protocol == mesh_agent::meshfile::Protocol::Udp;
         let from = Client { pod: &self.from, outside_mesh: self.outside_mesh };

@@ -233,12 +233,7 @@ impl Kind for Bench {
     fn label(&self) -> String {
         format!("bench {}", self.paths.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", "))
     }
-    fn explain(&self) -> &str {
-        &self.explain
-    }
-    fn try_(&self) -> &[String] {
-        &self.try_
-    }
+    texts!(explain, try);
     fn run(&self, e: &mut Engine<'_>, label: &str) -> Result<Ran, LabError> {
         let target = SocketAddr::new(e.pod_ip(&self.to, self.family)?, self.port);
         self.bench(e, label, target)?;

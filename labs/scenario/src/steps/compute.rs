@@ -45,12 +45,7 @@ impl Kind for Compute {
     fn reads(&self) -> Vec<&str> {
         std::iter::once(self.metric.as_str()).chain(self.of.as_deref()).collect()
     }
-    fn label(&self) -> String {
-        self.name.clone()
-    }
-    fn explain(&self) -> &str {
-        &self.explain
-    }
+    texts!(name, explain);
     fn run(&self, e: &mut Engine<'_>, label: &str) -> Result<Ran, LabError> {
         let (metric, factor) = (self.metric.as_str(), self.factor);
         let spread = match &self.of {

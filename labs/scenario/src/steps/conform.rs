@@ -100,15 +100,7 @@ impl Kind for Conform {
     fn stores(&self) -> Vec<(String, Vec<String>)> {
         vec![(self.name.clone(), Conformance::keys())]
     }
-    fn label(&self) -> String {
-        self.name.clone()
-    }
-    fn explain(&self) -> &str {
-        &self.explain
-    }
-    fn try_(&self) -> &[String] {
-        &self.try_
-    }
+    texts!(name, explain, try);
     fn run(&self, e: &mut Engine<'_>, label: &str) -> Result<Ran, LabError> {
         let c = self.conform(e, label)?;
         e.record(label, &self.name, &c);

@@ -37,12 +37,7 @@ impl Kind for Exec {
         let keys = std::iter::once("exit".to_owned()).chain(self.figures.keys().cloned()).collect();
         vec![(self.name.clone(), keys)]
     }
-    fn label(&self) -> String {
-        self.name.clone()
-    }
-    fn explain(&self) -> &str {
-        &self.explain
-    }
+    texts!(name, explain);
     fn run(&self, e: &mut Engine<'_>, label: &str) -> Result<Ran, LabError> {
         // `<mesh-agent>` and `<workload>` as a word of their own stand for several words
         // (`lab-runner mesh-agent` on the host); other words keep their spaces.

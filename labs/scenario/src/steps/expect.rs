@@ -46,9 +46,7 @@ impl Kind for Expect {
     fn label(&self) -> String {
         format!("expect {}", self.metric)
     }
-    fn explain(&self) -> &str {
-        &self.explain
-    }
+    texts!(explain);
     fn run(&self, e: &mut Engine<'_>, label: &str) -> Result<Ran, LabError> {
         let check = self.evaluate(e);
         let shown = match (check.verdict, self.severity) {

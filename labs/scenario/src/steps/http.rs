@@ -54,15 +54,7 @@ impl Kind for Http {
     fn stores(&self) -> Vec<(String, Vec<String>)> {
         vec![(self.name.clone(), Answered::keys())]
     }
-    fn label(&self) -> String {
-        self.name.clone()
-    }
-    fn explain(&self) -> &str {
-        &self.explain
-    }
-    fn try_(&self) -> &[String] {
-        &self.try_
-    }
+    texts!(name, explain, try);
     fn run(&self, e: &mut Engine<'_>, label: &str) -> Result<Ran, LabError> {
         let args = workloads::http::ProbeArgs {
             requests: self.requests.clone(),

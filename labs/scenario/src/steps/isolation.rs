@@ -56,15 +56,7 @@ impl Kind for Isolation {
     fn stores(&self) -> Vec<(String, Vec<String>)> {
         vec![(self.name.clone(), Isolated::keys())]
     }
-    fn label(&self) -> String {
-        self.name.clone()
-    }
-    fn explain(&self) -> &str {
-        &self.explain
-    }
-    fn try_(&self) -> &[String] {
-        &self.try_
-    }
+    texts!(name, explain, try);
     /// Runs `workload loopback-isolation` across the pods (from the first one).
     fn run(&self, e: &mut Engine<'_>, label: &str) -> Result<Ran, LabError> {
         let (pods, port) = (&self.pods, self.port);

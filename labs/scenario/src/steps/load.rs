@@ -57,15 +57,7 @@ impl Kind for Load {
         }
         Ok(())
     }
-    fn label(&self) -> String {
-        self.name.clone()
-    }
-    fn explain(&self) -> &str {
-        &self.explain
-    }
-    fn try_(&self) -> &[String] {
-        &self.try_
-    }
+    texts!(name, explain, try);
     // ANCHOR: load
     /// Starts `workload load` in `from` and returns once its connections are up.
     fn run(&self, e: &mut Engine<'_>, label: &str) -> Result<Ran, LabError> {

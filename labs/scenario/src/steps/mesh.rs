@@ -28,12 +28,7 @@ impl Kind for Mesh {
             OnOff::Off => "mesh off".into(),
         }
     }
-    fn explain(&self) -> &str {
-        &self.explain
-    }
-    fn try_(&self) -> &[String] {
-        &self.try_
-    }
+    texts!(explain, try);
     fn run(&self, e: &mut Engine<'_>, label: &str) -> Result<Ran, LabError> {
         match self.state {
             OnOff::On => {

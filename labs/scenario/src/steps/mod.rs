@@ -9,6 +9,29 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::engine::Engine;
 use crate::LabError;
 
+/// The label (result name), explanation and commands to try that most kinds take from their
+/// fields of those names.
+macro_rules! texts {
+    (name $(, $rest:ident)*) => {
+        fn label(&self) -> String {
+            self.name.clone()
+        }
+        texts!($($rest),*);
+    };
+    (explain $(, $rest:ident)*) => {
+        fn explain(&self) -> &str {
+            &self.explain
+        }
+        texts!($($rest),*);
+    };
+    (try) => {
+        fn try_(&self) -> &[String] {
+            &self.try_
+        }
+    };
+    () => {};
+}
+
 pub mod agent;
 pub mod apply;
 pub mod await_load;

@@ -55,15 +55,7 @@ impl Kind for PolicyScale {
     fn stores(&self) -> Vec<(String, Vec<String>)> {
         vec![(self.name.clone(), self.counts.iter().map(|c| key(*c)).collect())]
     }
-    fn label(&self) -> String {
-        self.name.clone()
-    }
-    fn explain(&self) -> &str {
-        &self.explain
-    }
-    fn try_(&self) -> &[String] {
-        &self.try_
-    }
+    texts!(name, explain, try);
     fn run(&self, e: &mut Engine<'_>, label: &str) -> Result<Ran, LabError> {
         self.policy_scale(e, label)?;
         Ok(Ran::Passed)

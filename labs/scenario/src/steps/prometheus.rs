@@ -47,15 +47,7 @@ impl Kind for Prometheus {
     fn stores(&self) -> Vec<(String, Vec<String>)> {
         vec![(self.name.clone(), Scraped::keys())]
     }
-    fn label(&self) -> String {
-        self.name.clone()
-    }
-    fn explain(&self) -> &str {
-        &self.explain
-    }
-    fn try_(&self) -> &[String] {
-        &self.try_
-    }
+    texts!(name, explain, try);
     fn run(&self, e: &mut Engine<'_>, label: &str) -> Result<Ran, LabError> {
         Ok(match prometheus(e, label)? {
             Ok(s) => {

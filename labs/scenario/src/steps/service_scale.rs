@@ -69,15 +69,7 @@ impl Kind for ServiceScale {
         let keys = self.counts.iter().flat_map(|c| MODES.map(|m| key(m, *c))).collect();
         vec![(self.name.clone(), keys)]
     }
-    fn label(&self) -> String {
-        self.name.clone()
-    }
-    fn explain(&self) -> &str {
-        &self.explain
-    }
-    fn try_(&self) -> &[String] {
-        &self.try_
-    }
+    texts!(name, explain, try);
     fn run(&self, e: &mut Engine<'_>, label: &str) -> Result<Ran, LabError> {
         self.service_scale(e, label)?;
         Ok(Ran::Passed)

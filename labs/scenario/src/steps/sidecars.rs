@@ -29,12 +29,7 @@ impl Kind for Sidecars {
             SidecarMode::Off => "sidecars off".into(),
         }
     }
-    fn explain(&self) -> &str {
-        &self.explain
-    }
-    fn try_(&self) -> &[String] {
-        &self.try_
-    }
+    texts!(explain, try);
     fn run(&self, e: &mut Engine<'_>, label: &str) -> Result<Ran, LabError> {
         for line in e.set_sidecars(self.mode)? {
             e.out(label, line);

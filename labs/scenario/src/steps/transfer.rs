@@ -102,15 +102,7 @@ impl Kind for Transfer {
     fn stores(&self) -> Vec<(String, Vec<String>)> {
         vec![(self.name.clone(), Transferred::keys())]
     }
-    fn label(&self) -> String {
-        self.name.clone()
-    }
-    fn explain(&self) -> &str {
-        &self.explain
-    }
-    fn try_(&self) -> &[String] {
-        &self.try_
-    }
+    texts!(name, explain, try);
     fn run(&self, e: &mut Engine<'_>, label: &str) -> Result<Ran, LabError> {
         if let Some(params) = &self.netem
             && let Err(reason) = netem(e, &self.to, Some(params))
