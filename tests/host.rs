@@ -127,6 +127,10 @@ fn passed_on_host(scenario: &str, extra: &[&str]) -> Value {
     assert_eq!(out.status.code(), Some(0), "{brief}\nstderr: {stderr}\nstdout: {stdout}");
     let v: Value = serde_json::from_slice(&out.stdout).expect("one JSON object on stdout");
     assert_eq!(v["passed"], true, "{}", v["failures"]);
+    // The JSON is the engine's typed report: it reads back as one, NaN (null) figures included.
+    let typed: lab_scenario::Outcome =
+        serde_json::from_value(v.clone()).expect("the outcome reads back typed");
+    assert_eq!(typed.report.lab, v["report"]["lab"].as_str().unwrap());
     v
 }
 

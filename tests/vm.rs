@@ -188,6 +188,10 @@ fn passed_on_61(env: &Env, scenario: &str, extra: &[&str]) -> Value {
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["passed"], true, "{}", v["failures"]);
     assert!(v["kernel"].as_str().unwrap().starts_with("6.1.0"), "ran on {}", v["kernel"]);
+    // The guest's report crossed the wire as JSON and reads back as the engine's typed report.
+    let typed: lab_scenario::Outcome =
+        serde_json::from_value(v.clone()).expect("the outcome reads back typed");
+    assert_eq!(typed.kernel, v["kernel"].as_str().unwrap());
     v
 }
 

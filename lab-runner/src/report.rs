@@ -6,8 +6,10 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use lab_scenario::{Outcome, report::round3};
-use serde_json::Value;
+use lab_scenario::{
+    Outcome,
+    report::{CaseVerdict, Report, round3},
+};
 
 const TEMPLATE: &str = include_str!("../templates/report.md.tera");
 
@@ -27,24 +29,22 @@ pub fn write(results: &Path, outcome: &Outcome, backend: &str) -> std::io::Resul
 
 /// The Markdown report.
 pub fn markdown(outcome: &Outcome, when: &str, backend: &str, svg: &str) -> String {
-    let stats = &outcome.report["stats"];
-    let computed: Vec<(String, String)> = outcome.report["results"]
-        .as_object()
-        .into_iter()
-        .flatten()
+    let report = &outcome.report;
+    let computed: Vec<(String, String)> = report
+        .results
+        .iter()
         .filter_map(|(name, keys)| {
-            let v = keys.get("value")?.as_f64()?;
-            let s = &stats[format!("{name}.value")];
-            let text = match (s["lo"].as_f64(), s["hi"].as_f64(), s["confidence"].as_f64()) {
-                (Some(lo), Some(hi), Some(c)) => format!(
+            let v = *keys.get("value")?;
+            let text = match report.stats.get(&format!("{name}.value")) {
+                Some(s) => format!(
                     "{} [{}, {}] ({:.0} % interval, n = {})",
                     round3(v),
-                    round3(lo),
-                    round3(hi),
-                    100.0 * c,
-                    s["n"]
+                    round3(s.lo),
+                    round3(s.hi),
+                    100.0 * s.confidence,
+                    s.n
                 ),
-                _ => round3(v),
+                None => round3(v),
             };
             Some((name.clone(), text))
         })
@@ -55,33 +55,24 @@ pub fn markdown(outcome: &Outcome, when: &str, backend: &str, svg: &str) -> Stri
     ctx.insert("backend", backend);
     ctx.insert("svg", svg);
     ctx.insert("computed", &computed);
-    let (fig_columns, fig_rows) = figures_table(&outcome.report);
+    let (fig_columns, fig_rows) = figures_table(report);
     // Every other step's figures, one row per step (apply, balance, isolation, exec, ...).
     let shown: Vec<&String> = fig_rows.iter().map(|(p, _)| p).collect();
-    let conform: Vec<&str> = outcome.report["conform"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|r| r["name"].as_str())
-        .collect();
-    let scale = scale_table(&outcome.report);
+    let scale = scale_table(report);
     let scaled: Vec<&String> = scale.iter().map(|(name, _)| name).collect();
-    let other: Vec<(String, String)> = outcome.report["results"]
-        .as_object()
-        .into_iter()
-        .flatten()
+    let other: Vec<(String, String)> = report
+        .results
+        .iter()
         .filter(|(name, keys)| {
             !shown.contains(name)
                 && !scaled.contains(name)
-                && !conform.contains(&name.as_str())
-                && keys.get("value").is_none()
+                && !report.conform.iter().any(|r| r.name == **name)
+                && !keys.contains_key("value")
         })
         .map(|(name, keys)| {
             let cells: Vec<String> = keys
-                .as_object()
-                .into_iter()
-                .flatten()
-                .map(|(k, v)| format!("{k} {}", v.as_f64().map_or_else(|| "-".to_owned(), round3)))
+                .iter()
+                .map(|(k, v)| format!("{k} {}", if v.is_nan() { "-".to_owned() } else { round3(*v) }))
                 .collect();
             (name.clone(), cells.join(", "))
         })
@@ -90,7 +81,7 @@ pub fn markdown(outcome: &Outcome, when: &str, backend: &str, svg: &str) -> Stri
     ctx.insert("scale", &scale);
     ctx.insert("fig_columns", &fig_columns);
     ctx.insert("fig_rows", &fig_rows);
-    let (columns, rows) = conformance_table(&outcome.report);
+    let (columns, rows) = conformance_table(report);
     ctx.insert("conform_columns", &columns);
     ctx.insert("conform_rows", &rows);
     tera::Tera::one_off(TEMPLATE, &ctx, false)
@@ -112,45 +103,37 @@ const FIGURES: [(&str, &str); 10] = [
     ("write_errors_4", "write errors, 4 streams"),
 ];
 
-fn figures_table(report: &Value) -> (Vec<String>, Vec<(String, Vec<String>)>) {
-    let stats = &report["stats"];
-    let results = report["results"].as_object().cloned().unwrap_or_default();
+/// `median (q1-q3)`, or `None` without a spread.
+fn spread_cell(report: &Report, key: &str) -> Option<String> {
+    let s = report.stats.get(key)?;
+    Some(format!("{} ({}-{})", round3(s.median), round3(s.q1), round3(s.q3)))
+}
+
+fn figures_table(report: &Report) -> (Vec<String>, Vec<(String, Vec<String>)>) {
+    let results = &report.results;
     // Paths in the order they ran (the runs list), then any without a latency run.
-    let mut paths: Vec<String> = report["runs"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|r| Some(r["name"].as_str()?.to_owned()))
-        .collect();
-    for key in stats.as_object().into_iter().flat_map(|m| m.keys()) {
+    let mut paths: Vec<String> = report.runs.iter().map(|r| r.name.clone()).collect();
+    for key in report.stats.keys() {
         if let Some((path, _)) = key.rsplit_once('.')
-            && results.get(path).is_some_and(|r| r.get("value").is_none())
+            && results.get(path).is_some_and(|r| !r.contains_key("value"))
             && !paths.iter().any(|p| p == path)
         {
             paths.push(path.to_owned());
         }
     }
     // A step with spreads of its own (service-scale) is no data path.
-    paths.retain(|p| {
-        FIGURES.iter().any(|(k, _)| results.get(p.as_str()).is_some_and(|r| r.get(*k).is_some()))
-    });
-    let used: Vec<(&str, &str)> = FIGURES
-        .into_iter()
-        .filter(|(k, _)| paths.iter().any(|p| results[p.as_str()].get(*k).is_some()))
-        .collect();
+    paths.retain(|p| FIGURES.iter().any(|(k, _)| results.get(p).is_some_and(|r| r.contains_key(*k))));
+    let used: Vec<(&str, &str)> =
+        FIGURES.into_iter().filter(|(k, _)| paths.iter().any(|p| results[p].contains_key(*k))).collect();
     let rows = paths
         .iter()
         .map(|p| {
             let cells = used
                 .iter()
                 .map(|(k, _)| {
-                    let s = &stats[&format!("{p}.{k}")];
-                    match (s["median"].as_f64(), s["q1"].as_f64(), s["q3"].as_f64()) {
-                        (Some(m), Some(a), Some(b)) => format!("{} ({}-{})", round3(m), round3(a), round3(b)),
-                        _ => {
-                            results[p.as_str()].get(*k).and_then(Value::as_f64).map_or(String::new(), round3)
-                        }
-                    }
+                    spread_cell(report, &format!("{p}.{k}"))
+                        .or_else(|| results[p].get(*k).filter(|v| !v.is_nan()).map(|v| round3(*v)))
+                        .unwrap_or_default()
                 })
                 .collect();
             (p.clone(), cells)
@@ -164,25 +147,16 @@ type ScaleRow = (u64, String, String);
 
 /// service-scale steps: per step, one row per service count with the median connection for
 /// each mode (and its interquartile range).
-fn scale_table(report: &Value) -> Vec<(String, Vec<ScaleRow>)> {
-    let stats = &report["stats"];
-    let cell = |key: String| {
-        let s = &stats[&key];
-        match (s["median"].as_f64(), s["q1"].as_f64(), s["q3"].as_f64()) {
-            (Some(m), Some(a), Some(b)) => format!("{} ({}-{})", round3(m), round3(a), round3(b)),
-            _ => "-".to_owned(),
-        }
-    };
-    report["results"]
-        .as_object()
-        .into_iter()
-        .flatten()
+fn scale_table(report: &Report) -> Vec<(String, Vec<ScaleRow>)> {
+    let cell = |key: String| spread_cell(report, &key).unwrap_or_else(|| "-".to_owned());
+    report
+        .results
+        .iter()
         .filter_map(|(name, keys)| {
             let mut counts: Vec<u64> = keys
-                .as_object()?
                 .keys()
                 .filter_map(|k| k.strip_prefix("mesh_")?.parse().ok())
-                .filter(|n: &u64| keys.get(format!("iptables_{n}")).is_some())
+                .filter(|n: &u64| keys.contains_key(&format!("iptables_{n}")))
                 .collect();
             if counts.is_empty() {
                 return None;
@@ -197,31 +171,31 @@ fn scale_table(report: &Value) -> Vec<(String, Vec<ScaleRow>)> {
         .collect()
 }
 
+/// A case's verdict as a cell: `same`, `**differs**`, `kernel bug: <id>`, `reference`.
+fn verdict_cell(case: &CaseVerdict) -> String {
+    match (case.verdict.as_str(), &case.kernel_bug) {
+        ("kernel bug", Some(id)) => format!("kernel bug: {id}"),
+        ("differs", _) => "**differs**".into(),
+        (v, _) => v.into(),
+    }
+}
+
 /// The conformance runs as a table: one column per run and family, one row per case.
-fn conformance_table(report: &Value) -> (Vec<String>, Vec<(String, Vec<String>)>) {
-    let runs = report["conform"].as_array().cloned().unwrap_or_default();
-    let columns = runs
-        .iter()
-        .map(|r| format!("{} ({})", r["name"].as_str().unwrap_or("?"), r["family"].as_str().unwrap_or("?")))
-        .collect();
+fn conformance_table(report: &Report) -> (Vec<String>, Vec<(String, Vec<String>)>) {
+    let runs = &report.conform;
+    let columns = runs.iter().map(|r| format!("{} ({})", r.name, r.family.name())).collect();
     let mut rows: Vec<(String, Vec<String>)> = Vec::new();
     for (i, run) in runs.iter().enumerate() {
-        for case in run["cases"].as_array().into_iter().flatten() {
-            let name = case["case"].as_str().unwrap_or("?").to_owned();
-            let cell = match (case["verdict"].as_str(), case["kernel_bug"].as_str()) {
-                (Some("kernel bug"), Some(id)) => format!("kernel bug: {id}"),
-                (Some("differs"), _) => "**differs**".into(),
-                (Some(v), _) => v.into(),
-                (None, _) => "?".into(),
-            };
-            let at = match rows.iter().position(|(n, _)| *n == name) {
+        for case in &run.cases {
+            let name = &case.result.case;
+            let at = match rows.iter().position(|(n, _)| n == name) {
                 Some(at) => at,
                 None => {
-                    rows.push((name, vec![String::new(); runs.len()]));
+                    rows.push((name.clone(), vec![String::new(); runs.len()]));
                     rows.len() - 1
                 }
             };
-            rows[at].1[i] = cell;
+            rows[at].1[i] = verdict_cell(case);
         }
     }
     (columns, rows)
@@ -231,20 +205,15 @@ const COLORS: [&str; 6] = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"
 
 /// Latency (µs, log scale) against percentile (on a `1/(1-p)` scale, as HdrHistogram plots it),
 /// one line per run.
-pub fn svg(report: &Value) -> String {
+pub fn svg(report: &Report) -> String {
     let (w, h, left, right, top, bottom) = (720.0, 420.0, 70.0, 200.0, 20.0, 50.0);
-    let runs = report["runs"].as_array().cloned().unwrap_or_default();
-    let curves: Vec<(String, Vec<(f64, f64)>)> = runs
+    let curves: Vec<(String, Vec<(f64, f64)>)> = report
+        .runs
         .iter()
         .map(|r| {
-            let pts = r["rr"]["curve"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|p| Some((p[0].as_f64()?, p[1].as_f64()?)))
-                .filter(|(pct, us)| *pct < 100.0 && *us > 0.0)
-                .collect();
-            (r["name"].as_str().unwrap_or("?").to_owned(), pts)
+            let pts =
+                r.rr.curve.iter().map(|&[pct, us]| (pct, us)).filter(|(pct, us)| *pct < 100.0 && *us > 0.0);
+            (r.name.clone(), pts.collect())
         })
         .collect();
     // x: log10(1/(1-p)) from 0 (p0) to 4 (p99.99); y: log10(us).
@@ -315,14 +284,15 @@ pub fn svg(report: &Value) -> String {
 // ANCHOR: rtt_svg
 /// One row per flow record of the `transfer` steps: the smoothed RTT at close (a dot) and the
 /// range of smoothed RTTs the RTT callback saw (a bar), on a log scale; `None` without flows.
-pub fn rtt_svg(report: &Value) -> Option<String> {
-    let flows = report["flows"].as_array().filter(|f| !f.is_empty())?;
-    let num = |f: &Value, k: &str| f[k].as_f64().unwrap_or(0.0).max(1.0);
+pub fn rtt_svg(report: &Report) -> Option<String> {
+    let flows = Some(&report.flows).filter(|f| !f.is_empty())?;
+    // Log scale: at least 1 µs.
+    let num = |us: f64| if us.is_nan() { 1.0 } else { us.max(1.0) };
     let (row, left, right, top) = (16.0, 190.0, 30.0, 20.0);
     let (w, h) = (720.0, top + row * flows.len() as f64 + 50.0);
     let all: Vec<f64> = flows
         .iter()
-        .flat_map(|f| ["srtt_us", "rtt_min_us", "rtt_max_us"].map(|k| num(f, k).log10()))
+        .flat_map(|f| [f.srtt_us, f.rtt_min_us, f.rtt_max_us].map(|us| num(us).log10()))
         .collect();
     let lo = all.iter().copied().fold(f64::MAX, f64::min).floor();
     let hi = all.iter().copied().fold(f64::MIN, f64::max).ceil().max(lo + 1.0);
@@ -351,13 +321,13 @@ pub fn rtt_svg(report: &Value) -> Option<String> {
     ));
     let mut steps: Vec<&str> = Vec::new();
     for (i, f) in flows.iter().enumerate() {
-        let step = f["step"].as_str().unwrap_or("?");
+        let step = f.step.as_str();
         if !steps.contains(&step) {
             steps.push(step);
         }
         let color = COLORS[(steps.len() - 1) % COLORS.len()];
         let y = top + row * i as f64 + row / 2.0;
-        let label = format!("{step} {} :{}", f["reporter"].as_str().unwrap_or("?"), f["port"]);
+        let label = format!("{step} {} :{}", f.reporter, f.port);
         s.push_str(&format!(
             "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>\n",
             left - 8.0,
@@ -366,12 +336,12 @@ pub fn rtt_svg(report: &Value) -> Option<String> {
         ));
         s.push_str(&format!(
             "<line x1=\"{:.1}\" y1=\"{y:.1}\" x2=\"{:.1}\" y2=\"{y:.1}\" stroke=\"{color}\" stroke-width=\"4\" opacity=\"0.4\"/>\n",
-            px(num(f, "rtt_min_us")),
-            px(num(f, "rtt_max_us"))
+            px(num(f.rtt_min_us)),
+            px(num(f.rtt_max_us))
         ));
         s.push_str(&format!(
             "<circle cx=\"{:.1}\" cy=\"{y:.1}\" r=\"4\" fill=\"{color}\"/>\n",
-            px(num(f, "srtt_us"))
+            px(num(f.srtt_us))
         ));
     }
     s.push_str("</svg>\n");
@@ -408,24 +378,54 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 mod tests {
     use super::*;
 
+    /// A report from JSON, as the wire brings it.
+    fn report(json: serde_json::Value) -> Report {
+        serde_json::from_value(json).unwrap()
+    }
+
+    /// A spread with these median and quartiles (the rest as the lab would fill it).
+    fn spread(median: f64, q1: f64, q3: f64) -> serde_json::Value {
+        serde_json::json!({
+            "n": 5, "median": median, "min": q1, "max": q3, "q1": q1, "q3": q3,
+            "lo": q1, "hi": q3, "confidence": 0.94, "samples": [q1, median, q3],
+        })
+    }
+
+    /// A run whose latency curve is `curve`.
+    fn run(name: &str, curve: serde_json::Value) -> serde_json::Value {
+        serde_json::json!({
+            "name": name, "config": "direct", "packets": 0, "mesh": {}, "proxy_rss_kb": [],
+            "rr": {
+                "target": "10.77.0.11:7000", "connections": 1, "request_size": 64, "response_size": 64,
+                "nodelay": true, "round_trips": 100, "elapsed_s": 1.0, "round_trips_per_s": 100.0,
+                "latency_us": { "min": 1.0, "p50": 2.0, "p90": 3.0, "p99": 4.0, "p999": 5.0, "max": 6.0, "mean": 2.5 },
+                "curve": curve,
+            },
+        })
+    }
+
     #[test]
     fn figures_table_shows_medians_with_their_iqr_and_totals() {
-        let report = serde_json::json!({
+        let report = report(serde_json::json!({
             "results": {
-                "direct": { "p50": 52.4, "write_errors_4": 0.0 },
+                "direct": { "p50": 52.4, "write_errors_4": 0.0, "p99": null },
                 "sockmap": { "p50": 39.6, "write_errors_4": 3.0 },
                 "ratio": { "value": 0.75 },
             },
             "stats": {
-                "direct.p50": { "median": 52.4, "q1": 49.2, "q3": 58.9 },
-                "sockmap.p50": { "median": 39.6, "q1": 38.0, "q3": 41.0 },
-                "ratio.value": { "median": 0.75, "q1": 0.7, "q3": 0.8 },
+                "direct.p50": spread(52.4, 49.2, 58.9),
+                "sockmap.p50": spread(39.6, 38.0, 41.0),
+                "ratio.value": spread(0.75, 0.7, 0.8),
             },
-        });
+        }));
+        assert!(report.results["direct"]["p99"].is_nan(), "null reads back as NaN");
         let (columns, rows) = figures_table(&report);
-        assert_eq!(columns, ["p50 µs", "write errors, 4 streams"]);
-        assert_eq!(rows[0], ("direct".to_owned(), vec!["52.4 (49.2-58.9)".to_owned(), "0".to_owned()]));
-        assert_eq!(rows[1].1[1], "3");
+        assert_eq!(columns, ["p50 µs", "p99 µs", "write errors, 4 streams"]);
+        assert_eq!(
+            rows[0],
+            ("direct".to_owned(), vec!["52.4 (49.2-58.9)".to_owned(), String::new(), "0".to_owned()])
+        );
+        assert_eq!(rows[1].1[2], "3");
         assert_eq!(rows.len(), 2, "derived figures are not paths");
     }
 
@@ -437,12 +437,11 @@ mod tests {
             passed: true,
             failures: vec![],
             skipped: None,
-            report: serde_json::json!({
-                "results": {}, "stats": {}, "runs": [], "conform": [], "checks": [],
+            report: report(serde_json::json!({
                 "errors": { "sidecars-sockmap": [
                     "sidecars per pod + eBPF mesh: 4 stream(s): write after 12000000 bytes: Out of memory (os error 12)",
                 ]},
-            }),
+            })),
         };
         let md = markdown(&outcome, "2026-12-07 03:00:00", "vm", "latency.svg");
         assert!(
@@ -462,11 +461,11 @@ mod tests {
 
     #[test]
     fn rtt_svg_draws_a_row_per_flow() {
-        assert_eq!(rtt_svg(&serde_json::json!({ "flows": [] })), None);
-        let report = serde_json::json!({ "flows": [
+        assert_eq!(rtt_svg(&Report::default()), None);
+        let report = report(serde_json::json!({ "flows": [
             { "step": "redirected", "reporter": "client", "port": 40000, "srtt_us": 30.0, "rtt_min_us": 20.0, "rtt_max_us": 90.0 },
             { "step": "delayed", "reporter": "server", "port": 40002, "srtt_us": 20500.0, "rtt_min_us": 20100.0, "rtt_max_us": 21000.0 },
-        ]});
+        ]}));
         let s = rtt_svg(&report).unwrap();
         assert_eq!(s.matches("<circle").count(), 2);
         assert!(s.contains("delayed server :40002") && s.contains("10000 µs"), "{s}");
@@ -474,10 +473,10 @@ mod tests {
 
     #[test]
     fn svg_draws_a_line_per_run() {
-        let report = serde_json::json!({ "runs": [
-            { "name": "direct", "rr": { "curve": [[0.0, 20.0], [50.0, 25.0], [99.0, 60.0], [100.0, 900.0]] } },
-            { "name": "a<b", "rr": { "curve": [[0.0, 8.0], [50.0, 10.0], [99.0, 30.0]] } },
-        ]});
+        let report = report(serde_json::json!({ "runs": [
+            run("direct", serde_json::json!([[0.0, 20.0], [50.0, 25.0], [99.0, 60.0], [100.0, 900.0]])),
+            run("a<b", serde_json::json!([[0.0, 8.0], [50.0, 10.0], [99.0, 30.0]])),
+        ]}));
         let s = svg(&report);
         assert_eq!(s.matches("<polyline").count(), 2);
         assert!(s.contains("a&lt;b") && s.contains("p99.9"));

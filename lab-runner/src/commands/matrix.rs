@@ -3,7 +3,7 @@
 //! time per kernel (median of `--boots` boots).
 use std::fs;
 
-use lab_scenario::{self as scenario, Outcome};
+use lab_scenario::{self as scenario, Outcome, report::Report};
 use lab_vm::{
     VmError,
     catalog::Catalog,
@@ -251,13 +251,13 @@ fn kernel_row(
 /// Each conformance case and the verdicts of the runs that were compared with another run:
 /// `same`, or the runs (name and family) per verdict, such as
 /// `kernel bug: tcp-bpf-eagain (sockmap ipv4, sockmap ipv6)`.
-fn conform_cases(report: &serde_json::Value) -> Vec<(String, String)> {
+fn conform_cases(report: &Report) -> Vec<(String, String)> {
     let mut cases: Vec<(String, Vec<(String, String)>)> = Vec::new();
-    for run in report["conform"].as_array().into_iter().flatten().filter(|r| !r["compare"].is_null()) {
-        let at = format!("{} {}", run["name"].as_str().unwrap_or("?"), run["family"].as_str().unwrap_or("?"));
-        for c in run["cases"].as_array().into_iter().flatten() {
-            let name = c["case"].as_str().unwrap_or("?").to_owned();
-            let verdict = match (c["verdict"].as_str().unwrap_or("?"), c["kernel_bug"].as_str()) {
+    for run in report.conform.iter().filter(|r| r.compare.is_some()) {
+        let at = format!("{} {}", run.name, run.family.name());
+        for c in &run.cases {
+            let name = c.result.case.clone();
+            let verdict = match (c.verdict.as_str(), &c.kernel_bug) {
                 ("kernel bug", Some(id)) => format!("kernel bug: {id}"),
                 (v, _) => v.to_owned(),
             };
@@ -296,15 +296,16 @@ fn conform_cases(report: &serde_json::Value) -> Vec<(String, String)> {
 
 /// A scenario's headline figures for its cell: its computed values, or for a conformance
 /// scenario the differences it found.
-fn summary(report: &serde_json::Value) -> String {
-    if let Some(runs) = report["conform"].as_array().filter(|r| !r.is_empty()) {
+fn summary(report: &Report) -> String {
+    let runs = &report.conform;
+    if !runs.is_empty() {
         // Runs whose data took the redirect, and the others (proxies alone, compared for
         // information).
         let count = |mesh: bool, v: &str| {
             runs.iter()
-                .filter(|r| (r["mesh"]["msg_redirected"].as_u64().unwrap_or(0) > 0) == mesh)
-                .flat_map(|r| r["cases"].as_array().into_iter().flatten())
-                .filter(|c| c["verdict"] == v)
+                .filter(|r| (r.mesh.msg_redirected > 0) == mesh)
+                .flat_map(|r| &r.cases)
+                .filter(|c| c.verdict == v)
                 .count()
         };
         let mut text = format!(
@@ -313,9 +314,9 @@ fn summary(report: &serde_json::Value) -> String {
             count(true, "kernel bug"),
             count(false, "differs")
         );
-        let iso = &report["results"]["loopback"];
+        let iso = |k: &str| report.results.get("loopback")?.get(k).copied().filter(|v| !v.is_nan());
         if let (Some(foreign), Some(redirected), Some(skipped)) =
-            (iso["foreign_bytes"].as_f64(), iso["msg_redirected"].as_f64(), iso["loopback_skipped"].as_f64())
+            (iso("foreign_bytes"), iso("msg_redirected"), iso("loopback_skipped"))
         {
             text.push_str(&format!(
                 "; loopback isolation: {foreign} foreign bytes, {redirected} messages redirected, {skipped} sockets skipped"
@@ -323,11 +324,10 @@ fn summary(report: &serde_json::Value) -> String {
         }
         return text;
     }
-    report["results"]
-        .as_object()
-        .into_iter()
-        .flatten()
-        .filter_map(|(name, keys)| Some(format!("{name} {:.2}", keys.get("value")?.as_f64()?)))
+    report
+        .results
+        .iter()
+        .filter_map(|(name, keys)| Some(format!("{name} {:.2}", keys.get("value").filter(|v| !v.is_nan())?)))
         .collect::<Vec<_>>()
         .join(", ")
 }

@@ -176,7 +176,12 @@ pub fn run_on(
         _ => None,
     })?;
     match reply {
-        ReplyBody::Outcome { outcome } => Ok(outcome),
+        ReplyBody::Outcome { outcome } => {
+            outcome.try_map(serde_json::from_value).map_err(|e| VmError::Guest {
+                message: format!("the guest's report does not read as a lab_scenario::Report: {e}"),
+                unmet: false,
+            })
+        }
         ReplyBody::Error { message, unmet } => Err(VmError::Guest { message, unmet }),
         other => Err(VmError::Guest { message: format!("unexpected reply {other:?}"), unmet: false }),
     }

@@ -6,12 +6,7 @@ use std::{
     path::PathBuf,
 };
 
-use serde::{Deserialize, Deserializer, Serialize};
-
-/// JSON has no NaN: serde_json writes it as `null`; read `null` back as NaN.
-fn null_as_nan<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
-    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
-}
+use serde::{Deserialize, Serialize};
 
 /// One pod of a running lab, as events and reports show it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -51,7 +46,7 @@ pub enum Event {
         step: String,
         name: String,
         /// Not a number (a ratio with nothing to divide) travels as JSON `null`.
-        #[serde(deserialize_with = "null_as_nan")]
+        #[serde(deserialize_with = "crate::nan::f64")]
         value: f64,
         unit: String,
     },

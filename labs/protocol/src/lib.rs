@@ -5,6 +5,7 @@
 //! No kernel and no eBPF in here: the VM crate speaks to the guest through this crate alone, so
 //! building it never builds the mesh.
 mod event;
+pub mod nan;
 pub mod wire;
 
 use std::sync::{
@@ -114,9 +115,11 @@ impl Default for Options {
     }
 }
 
-/// What a scenario concluded.
+/// What a scenario concluded. `R` is the engine's report: typed where the engine runs and where
+/// `lab-runner` renders it (`lab_scenario::Report`), JSON while it crosses the wire (this crate
+/// knows no mesh types).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Outcome {
+pub struct Outcome<R = serde_json::Value> {
     pub scenario: String,
     pub kernel: String,
     pub passed: bool,
@@ -126,7 +129,15 @@ pub struct Outcome {
     #[serde(default)]
     pub skipped: Option<String>,
     /// The scenario's own figures (the engine's report).
-    pub report: serde_json::Value,
+    pub report: R,
+}
+
+impl<R> Outcome<R> {
+    /// The same outcome with its report converted (to JSON for the wire, or back).
+    pub fn try_map<S, E>(self, f: impl FnOnce(R) -> Result<S, E>) -> Result<Outcome<S>, E> {
+        let Outcome { scenario, kernel, passed, failures, skipped, report } = self;
+        Ok(Outcome { scenario, kernel, passed, failures, skipped, report: f(report)? })
+    }
 }
 
 /// An error and its sources on one line: `outer: inner: innermost`.

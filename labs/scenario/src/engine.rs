@@ -70,7 +70,7 @@ pub fn run(sc: &Scenario, ctx: &Context) -> Result<Outcome, LabError> {
     if !missing.is_empty() {
         let reason = missing.join("; ");
         ctx.emit(Event::StepSkipped { step: "requirements".into(), reason: reason.clone() });
-        return Ok(outcome(false, Vec::new(), Some(reason), serde_json::Value::Null));
+        return Ok(outcome(false, Vec::new(), Some(reason), Report::default()));
     }
     let specs: Vec<PodSpec> =
         sc.pods.iter().map(|p| PodSpec { name: p.name.clone(), labels: p.labels.clone() }).collect();
@@ -116,7 +116,6 @@ pub fn run(sc: &Scenario, ctx: &Context) -> Result<Outcome, LabError> {
     let teardown = lab.teardown();
     result?;
     teardown?;
-    let report = serde_json::to_value(&report).expect("report serializes");
     Ok(outcome(failures.is_empty(), failures, None, report))
 }
 

@@ -139,7 +139,10 @@ pub struct Programs {
 
 pub use lab_sandbox::process::Cmd;
 
-pub use lab_protocol::{Options, Outcome};
+pub use lab_protocol::Options;
+
+/// What a scenario concluded, with its report typed (JSON only on the wire).
+pub type Outcome = lab_protocol::Outcome<report::Report>;
 
 /// Everything a scenario needs from its caller.
 pub struct Context {

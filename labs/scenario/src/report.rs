@@ -74,10 +74,14 @@ pub struct Check {
 pub struct Machine {
     pub cpus: usize,
     /// 1-minute load average at the start and at the end.
+    #[serde(deserialize_with = "lab_protocol::nan::f64")]
     pub load_start: f64,
+    #[serde(deserialize_with = "lab_protocol::nan::f64")]
     pub load_end: f64,
     /// Share of all CPU time during the run: working, and stolen by a hypervisor.
+    #[serde(deserialize_with = "lab_protocol::nan::f64")]
     pub busy_pct: f64,
+    #[serde(deserialize_with = "lab_protocol::nan::f64")]
     pub steal_pct: f64,
     /// Benchmark clients on the first CPU, servers on the last.
     pub pinned: bool,
@@ -96,7 +100,8 @@ impl Machine {
 #[serde(default)]
 pub struct Report {
     pub lab: String,
-    /// `name -> key -> value` for every named result.
+    /// `name -> key -> value` for every named result (NaN: not measured).
+    #[serde(deserialize_with = "lab_protocol::nan::table")]
     pub results: BTreeMap<String, BTreeMap<String, f64>>,
     /// `name.key -> spread` for figures measured in repetitions and ratios derived from them.
     pub stats: BTreeMap<String, Spread>,

@@ -103,6 +103,16 @@ pub enum Family {
     Ipv6,
 }
 
+impl Family {
+    /// As scenario files and reports spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Ipv4 => "ipv4",
+            Family::Ipv6 => "ipv6",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OnOff {

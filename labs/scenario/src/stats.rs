@@ -60,6 +60,8 @@ pub struct Spread {
     pub hi: f64,
     /// Probability that `[lo, hi]` covers the true median.
     pub confidence: f64,
+    /// As measured, NaN for a repetition that measured nothing.
+    #[serde(deserialize_with = "lab_protocol::nan::vec")]
     pub samples: Vec<f64>,
 }
 // ANCHOR_END: spread

@@ -267,7 +267,10 @@ fn run_scenario(
     match scenario::execute(sc, host, programs, options, cancel, gate, |event| {
         out.send(id, ReplyBody::Event { event })
     }) {
-        Ok(outcome) => ReplyBody::Outcome { outcome },
+        // The report as JSON on the wire: NaN (not measured) goes as null.
+        Ok(outcome) => ReplyBody::Outcome {
+            outcome: outcome.try_map(serde_json::to_value).expect("a report serializes"),
+        },
         Err(e) => ReplyBody::Error { message: lab_sandbox::error::chain(&e), unmet: e.is_unmet() },
     }
 }
