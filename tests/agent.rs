@@ -64,7 +64,7 @@ fn cgroup2_root() -> PathBuf {
 
 #[test]
 fn agent_counts_passes_and_cleans_up_on_sigterm() {
-    let _k = KERNEL.lock().unwrap_or_else(|p| p.into_inner());
+    let _k = KERNEL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if !common::root_or_skip("agent_counts_passes_and_cleans_up_on_sigterm") {
         return;
     }
@@ -231,7 +231,7 @@ fn serve_with(sb: &Sandbox, extra: &[&str]) -> (Child, String) {
     });
     let mut said = String::new();
     loop {
-        let Ok(line) = rx.recv_timeout(Duration::from_secs(60)) else {
+        let Ok(line) = rx.recv_timeout(Duration::from_mins(1)) else {
             let _ = child.kill();
             let _ = child.wait();
             panic!("agent did not serve; it said: {said}");
@@ -269,7 +269,7 @@ fn output(mut c: Command) -> (bool, String) {
 
 #[test]
 fn a_killed_agent_leaves_the_datapath_and_the_next_one_adopts_it() {
-    let _k = KERNEL.lock().unwrap_or_else(|p| p.into_inner());
+    let _k = KERNEL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if !common::root_or_skip("a_killed_agent_leaves_the_datapath_and_the_next_one_adopts_it") {
         return;
     }
@@ -342,7 +342,7 @@ fn a_killed_agent_leaves_the_datapath_and_the_next_one_adopts_it() {
 
 #[test]
 fn the_libbpf_engine_installs_the_c_twin_and_a_restart_keeps_it() {
-    let _k = KERNEL.lock().unwrap_or_else(|p| p.into_inner());
+    let _k = KERNEL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if !common::root_or_skip("the_libbpf_engine_installs_the_c_twin_and_a_restart_keeps_it") {
         return;
     }
@@ -402,7 +402,7 @@ fn the_libbpf_engine_installs_the_c_twin_and_a_restart_keeps_it() {
 // ANCHOR: telemetry_test
 #[test]
 fn flow_records_count_every_byte_and_the_metrics_pass_promtool() {
-    let _k = KERNEL.lock().unwrap_or_else(|p| p.into_inner());
+    let _k = KERNEL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if !common::root_or_skip("flow_records_count_every_byte_and_the_metrics_pass_promtool") {
         return;
     }
@@ -449,7 +449,7 @@ fn flow_records_count_every_byte_and_the_metrics_pass_promtool() {
     let (mut conn, _) = listener.accept().unwrap();
     let mut got = vec![0u8; 100_000];
     conn.read_exact(&mut got).unwrap();
-    std::io::Write::write_all(&mut conn, &[7u8; 23_456]).unwrap();
+    std::io::Write::write_all(&mut conn, &vec![7u8; 23_456]).unwrap();
     drop(conn);
     let out = client.wait_with_output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "23456");

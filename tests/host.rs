@@ -151,7 +151,7 @@ fn unexplained(v: &Value) -> Value {
 
 #[test]
 fn sockmap_redirects_and_leaves_nothing_behind() {
-    let _k = KERNEL.lock().unwrap_or_else(|p| p.into_inner());
+    let _k = KERNEL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if !root_or_skip("sockmap_redirects_and_leaves_nothing_behind") {
         return;
     }
@@ -201,7 +201,7 @@ fn sockmap_redirects_and_leaves_nothing_behind() {
 
 #[test]
 fn conformance_shows_no_unexplained_difference_and_isolates_pods() {
-    let _k = KERNEL.lock().unwrap_or_else(|p| p.into_inner());
+    let _k = KERNEL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if !root_or_skip("conformance_shows_no_unexplained_difference_and_isolates_pods") {
         return;
     }
@@ -262,7 +262,7 @@ fn start_long_mesh_run() -> (Child, String) {
         .spawn()
         .unwrap();
     let lab = format!("{}-0", child.id());
-    wait_for_line(&mut child, "== long", Duration::from_secs(120));
+    wait_for_line(&mut child, "== long", Duration::from_mins(2));
     thread::sleep(Duration::from_millis(300));
     (child, lab)
 }
@@ -295,7 +295,7 @@ paths = [{ name = "long", mesh = "on" }]
 
 #[test]
 fn sigint_during_the_mesh_run_tears_everything_down() {
-    let _k = KERNEL.lock().unwrap_or_else(|p| p.into_inner());
+    let _k = KERNEL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if !root_or_skip("sigint_during_the_mesh_run_tears_everything_down") {
         return;
     }
@@ -313,7 +313,7 @@ fn sigint_during_the_mesh_run_tears_everything_down() {
 
 #[test]
 fn clean_removes_what_a_killed_lab_left() {
-    let _k = KERNEL.lock().unwrap_or_else(|p| p.into_inner());
+    let _k = KERNEL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if !root_or_skip("clean_removes_what_a_killed_lab_left") {
         return;
     }
@@ -344,7 +344,7 @@ fn clean_removes_what_a_killed_lab_left() {
 
 #[test]
 fn sidecar_baseline_prints_ratios_and_proxy_memory_and_writes_reports() {
-    let _k = KERNEL.lock().unwrap_or_else(|p| p.into_inner());
+    let _k = KERNEL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if !root_or_skip("sidecar_baseline_prints_ratios_and_proxy_memory_and_writes_reports") {
         return;
     }
@@ -423,7 +423,13 @@ impl Pty {
         // SAFETY: openpty fills two fds we then own.
         assert_eq!(
             unsafe {
-                libc::openpty(&mut m, &mut s, std::ptr::null_mut(), std::ptr::null(), std::ptr::null())
+                libc::openpty(
+                    &raw mut m,
+                    &raw mut s,
+                    std::ptr::null_mut(),
+                    std::ptr::null(),
+                    std::ptr::null(),
+                )
             },
             0
         );
@@ -472,7 +478,7 @@ impl Pty {
 
 #[test]
 fn guided_mode_pauses_after_each_step_until_a_key_is_pressed() {
-    let _k = KERNEL.lock().unwrap_or_else(|p| p.into_inner());
+    let _k = KERNEL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if !root_or_skip("guided_mode_pauses_after_each_step_until_a_key_is_pressed") {
         return;
     }
@@ -492,20 +498,20 @@ fn guided_mode_pauses_after_each_step_until_a_key_is_pressed() {
     let (mut pty, mut child) = Pty::spawn(&mut cmd);
     let _stop = InterruptOnPanic(child.id());
     // Step 1 ran, with its explanation rendered in full and the commands to try.
-    pty.wait_count(PROMPT, 1, Duration::from_secs(60));
+    pty.wait_count(PROMPT, 1, Duration::from_mins(1));
     let first = pty.text();
     assert!(first.contains("== direct") && first.contains("try: ip -n slab-"), "{first}");
     // It really waits: no second step without a key.
     thread::sleep(Duration::from_millis(1500));
     assert!(!pty.text().contains("== sidecars"), "went on without a key:\n{}", pty.text());
     pty.send("\n");
-    pty.wait_count(PROMPT, 2, Duration::from_secs(60));
+    pty.wait_count(PROMPT, 2, Duration::from_mins(1));
     assert!(pty.text().contains("== sidecars"), "{}", pty.text());
     pty.send("\n");
-    pty.wait_count(PROMPT, 3, Duration::from_secs(60));
+    pty.wait_count(PROMPT, 3, Duration::from_mins(1));
     // q stops the scenario: interrupted, lab torn down.
     pty.send("q\n");
-    let status = wait_exit(&mut child, Duration::from_secs(60));
+    let status = wait_exit(&mut child, Duration::from_mins(1));
     assert_eq!(status.code(), Some(130), "{}", pty.text());
     let lab = pty.text().lines().find_map(|l| l.strip_prefix("lab ").map(|s| s.trim().to_owned())).unwrap();
     assert_eq!(remains_of(&lab), Vec::<String>::new());
@@ -513,7 +519,7 @@ fn guided_mode_pauses_after_each_step_until_a_key_is_pressed() {
 
 #[test]
 fn a_missing_requirement_is_a_visible_skip_with_the_reason() {
-    let _k = KERNEL.lock().unwrap_or_else(|p| p.into_inner());
+    let _k = KERNEL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if !root_or_skip("a_missing_requirement_is_a_visible_skip_with_the_reason") {
         return;
     }
@@ -538,7 +544,7 @@ fn a_missing_requirement_is_a_visible_skip_with_the_reason() {
 
 #[test]
 fn the_lab_agrees_with_sockperf_and_iperf3() {
-    let _k = KERNEL.lock().unwrap_or_else(|p| p.into_inner());
+    let _k = KERNEL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if !root_or_skip("the_lab_agrees_with_sockperf_and_iperf3") {
         return;
     }
@@ -566,7 +572,7 @@ fn the_lab_agrees_with_sockperf_and_iperf3() {
 
 #[test]
 fn agent_restart_keeps_the_datapath_and_adopts_it() {
-    let _k = KERNEL.lock().unwrap_or_else(|p| p.into_inner());
+    let _k = KERNEL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if !root_or_skip("agent_restart_keeps_the_datapath_and_adopts_it") {
         return;
     }
@@ -591,7 +597,7 @@ fn agent_restart_keeps_the_datapath_and_adopts_it() {
 
 #[test]
 fn the_book_exercises_answers_hold_on_this_kernel() {
-    let _k = KERNEL.lock().unwrap_or_else(|p| p.into_inner());
+    let _k = KERNEL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if !root_or_skip("the_book_exercises_answers_hold_on_this_kernel") {
         return;
     }
@@ -616,7 +622,7 @@ fn the_book_exercises_answers_hold_on_this_kernel() {
 
 #[test]
 fn policy_denies_every_bypass_and_cuts_revoked_connections() {
-    let _k = KERNEL.lock().unwrap_or_else(|p| p.into_inner());
+    let _k = KERNEL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if !root_or_skip("policy_denies_every_bypass_and_cuts_revoked_connections") {
         return;
     }
@@ -683,7 +689,7 @@ fn policy_denies_every_bypass_and_cuts_revoked_connections() {
 
 #[test]
 fn service_scale_measures_socket_lb_beside_kube_proxy_and_cleans_up() {
-    let _k = KERNEL.lock().unwrap_or_else(|p| p.into_inner());
+    let _k = KERNEL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if !root_or_skip("service_scale_measures_socket_lb_beside_kube_proxy_and_cleans_up") {
         return;
     }
@@ -703,7 +709,7 @@ fn service_scale_measures_socket_lb_beside_kube_proxy_and_cleans_up() {
 
 #[test]
 fn service_lb_balances_at_connect_and_hides_the_backend() {
-    let _k = KERNEL.lock().unwrap_or_else(|p| p.into_inner());
+    let _k = KERNEL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if !root_or_skip("service_lb_balances_at_connect_and_hides_the_backend") {
         return;
     }
@@ -737,7 +743,7 @@ fn service_lb_balances_at_connect_and_hides_the_backend() {
 
 #[test]
 fn telemetry_counts_every_byte_and_prometheus_agrees() {
-    let _k = KERNEL.lock().unwrap_or_else(|p| p.into_inner());
+    let _k = KERNEL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if !root_or_skip("telemetry_counts_every_byte_and_prometheus_agrees") {
         return;
     }
@@ -773,7 +779,7 @@ fn telemetry_counts_every_byte_and_prometheus_agrees() {
 
 #[test]
 fn twin_moves_the_same_counters_with_either_engine() {
-    let _k = KERNEL.lock().unwrap_or_else(|p| p.into_inner());
+    let _k = KERNEL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if !root_or_skip("twin_moves_the_same_counters_with_either_engine") {
         return;
     }
@@ -802,7 +808,7 @@ fn twin_moves_the_same_counters_with_either_engine() {
 
 #[test]
 fn sockmap_and_conformance_pass_with_the_libbpf_engine() {
-    let _k = KERNEL.lock().unwrap_or_else(|p| p.into_inner());
+    let _k = KERNEL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if !root_or_skip("sockmap_and_conformance_pass_with_the_libbpf_engine") {
         return;
     }
@@ -823,7 +829,7 @@ fn sockmap_and_conformance_pass_with_the_libbpf_engine() {
 
 #[test]
 fn real_applications_run_direct_through_sidecars_and_through_the_mesh() {
-    let _k = KERNEL.lock().unwrap_or_else(|p| p.into_inner());
+    let _k = KERNEL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if !root_or_skip("real_applications_run_direct_through_sidecars_and_through_the_mesh") {
         return;
     }
@@ -848,7 +854,7 @@ fn real_applications_run_direct_through_sidecars_and_through_the_mesh() {
 
 #[test]
 fn tcpdump_and_ss_see_the_payload_without_the_mesh_and_only_the_handshake_with_it() {
-    let _k = KERNEL.lock().unwrap_or_else(|p| p.into_inner());
+    let _k = KERNEL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if !root_or_skip("tcpdump_and_ss_see_the_payload_without_the_mesh_and_only_the_handshake_with_it") {
         return;
     }
@@ -867,7 +873,7 @@ fn tcpdump_and_ss_see_the_payload_without_the_mesh_and_only_the_handshake_with_i
 
 #[test]
 fn an_exec_step_printing_a_mebibyte_completes_and_a_dead_server_shows_its_log() {
-    let _k = KERNEL.lock().unwrap_or_else(|p| p.into_inner());
+    let _k = KERNEL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if !root_or_skip("an_exec_step_printing_a_mebibyte_completes_and_a_dead_server_shows_its_log") {
         return;
     }
@@ -897,7 +903,7 @@ value = 1048576
     .unwrap();
     let t = Instant::now();
     let v = passed_on_host(big.to_str().unwrap(), &[]);
-    assert!(t.elapsed() < Duration::from_secs(60), "took {:?}", t.elapsed());
+    assert!(t.elapsed() < Duration::from_mins(1), "took {:?}", t.elapsed());
     assert_eq!(v["report"]["results"]["big"]["bytes"], 1_048_576.0);
     // A command workload that exits instead of listening: the error carries its log's tail.
     let dead = dir.join("dead.toml");

@@ -26,7 +26,7 @@ fn main() -> anyhow::Result<()> {
     if !vmlinux.exists() {
         dump_vmlinux(&vmlinux)?;
     }
-    let clang = env::var_os("CLANG").map(PathBuf::from).unwrap_or_else(find_clang);
+    let clang = env::var_os("CLANG").map_or_else(find_clang, PathBuf::from);
     for hook in HOOKS {
         let source = src.join(format!("{hook}.bpf.c"));
         println!("cargo:rerun-if-changed={}", source.display());

@@ -188,12 +188,11 @@ fn conformance_table(report: &Report) -> (Vec<String>, Vec<(String, Vec<String>)
     for (i, run) in runs.iter().enumerate() {
         for case in &run.cases {
             let name = &case.result.case;
-            let at = match rows.iter().position(|(n, _)| n == name) {
-                Some(at) => at,
-                None => {
-                    rows.push((name.clone(), vec![String::new(); runs.len()]));
-                    rows.len() - 1
-                }
+            let at = if let Some(at) = rows.iter().position(|(n, _)| n == name) {
+                at
+            } else {
+                rows.push((name.clone(), vec![String::new(); runs.len()]));
+                rows.len() - 1
             };
             rows[at].1[i] = verdict_cell(case);
         }

@@ -179,9 +179,10 @@ impl View {
             Event::StepSkipped { step, reason } => outln!("   skipped: {step}: {reason}"),
             Event::Paused { try_, .. } => {
                 for t in try_ {
-                    match &self.vm {
-                        Some(vm) => outln!("   try: {}", exec_line(vm, t)),
-                        None => outln!("   try: {t}"),
+                    if let Some(vm) = &self.vm {
+                        outln!("   try: {}", exec_line(vm, t))
+                    } else {
+                        outln!("   try: {t}")
                     }
                 }
                 out!("-- Enter: next step, q: stop here -- ");
@@ -227,9 +228,10 @@ impl View {
         for (step, row) in &runs {
             out!("   {:<18}", short(step));
             for c in &columns {
-                match row.iter().find(|f| f.name == *c) {
-                    Some(f) => out!(" {:>15}", figure(f.value, &f.unit)),
-                    None => out!(" {:>15}", "-"),
+                if let Some(f) = row.iter().find(|f| f.name == *c) {
+                    out!(" {:>15}", figure(f.value, &f.unit))
+                } else {
+                    out!(" {:>15}", "-")
                 }
             }
             outln!();
@@ -331,7 +333,7 @@ fn read_line_unless(cancel: &Cancel) -> Option<String> {
         }
         let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
         // SAFETY: one valid pollfd for the duration of the call.
-        match unsafe { libc::poll(&mut p, 1, 100) } {
+        match unsafe { libc::poll(&raw mut p, 1, 100) } {
             0 => continue,
             n if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted => {
                 continue;
@@ -361,7 +363,7 @@ mod tests {
         assert_eq!(exec_line("default", "bpftool prog list"), format!("{me} exec -- bpftool prog list"));
         assert_eq!(
             exec_line("default", "iptables -S | head -n 'x'"),
-            format!(r#"{me} exec -- sh -c 'iptables -S | head -n '\''x'\'''"#)
+            format!(r"{me} exec -- sh -c 'iptables -S | head -n '\''x'\'''")
         );
     }
 

@@ -202,7 +202,7 @@ pub fn boot(
 /// Per-request deadlines on the guest, longer under emulation.
 pub fn scenario_timeout(accel: Accel) -> Duration {
     match accel {
-        Accel::Kvm => Duration::from_secs(600),
-        Accel::Tcg => Duration::from_secs(1800),
+        Accel::Kvm => Duration::from_mins(10),
+        Accel::Tcg => Duration::from_mins(30),
     }
 }

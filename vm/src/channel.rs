@@ -17,7 +17,7 @@ use lab_protocol::{
 use crate::VmError;
 
 /// How long a cancelled request may take to wind down (the guest tears its lab down).
-const CANCEL_GRACE: Duration = Duration::from_secs(60);
+const CANCEL_GRACE: Duration = Duration::from_mins(1);
 /// Granularity of deadline and cancel checks while waiting for the guest.
 const TICK: Duration = Duration::from_millis(200);
 

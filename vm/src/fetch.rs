@@ -17,9 +17,9 @@ use crate::{VmError, catalog::Package};
 /// A mirror that accepts no connection within this long is reported, not waited on.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// From the request to the response's headers.
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+const RESPONSE_TIMEOUT: Duration = Duration::from_mins(1);
 /// The whole body of one package (the largest is about 100 MB).
-const BODY_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+const BODY_TIMEOUT: Duration = Duration::from_mins(30);
 
 /// What a fetch reports while it works (the UI draws progress bars from it).
 #[derive(Debug, Clone)]

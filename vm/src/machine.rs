@@ -57,7 +57,7 @@ impl BootOptions<'_> {
     pub fn boot_timeout(&self) -> Duration {
         match self.accel {
             Accel::Kvm => Duration::from_secs(30),
-            Accel::Tcg => Duration::from_secs(120),
+            Accel::Tcg => Duration::from_mins(2),
         }
     }
 }

@@ -54,7 +54,7 @@ pub const DEFAULT_CPUS: u32 = 2;
 pub fn command_line(s: &Spec) -> Vec<String> {
     let p = |p: &Path| p.display().to_string();
     let mut a: Vec<String> = Vec::new();
-    let mut push = |xs: &[&str]| a.extend(xs.iter().map(|x| x.to_string()));
+    let mut push = |xs: &[&str]| a.extend(xs.iter().map(std::string::ToString::to_string));
     match s.accel {
         Accel::Kvm => push(&["-M", "q35", "-accel", "kvm", "-cpu", "host"]),
         Accel::Tcg => push(&["-M", "q35", "-accel", "tcg,thread=single", "-cpu", "max"]),

@@ -100,7 +100,7 @@ impl Ready {
 }
 
 /// How long a client waits for the agent's answer (loading a large file under TCG is slow).
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
+const ANSWER_TIMEOUT: Duration = Duration::from_mins(2);
 
 /// The agent's end: a listening socket, removed when dropped.
 pub struct Server {

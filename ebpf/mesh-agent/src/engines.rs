@@ -72,7 +72,7 @@ fn median(mut v: Vec<Duration>) -> f64 {
     match v.len() {
         0 => 0.0,
         n if n % 2 == 1 => ms(&v[n / 2]),
-        n => (ms(&v[n / 2 - 1]) + ms(&v[n / 2])) / 2.0,
+        n => f64::midpoint(ms(&v[n / 2 - 1]), ms(&v[n / 2])),
     }
 }
 

@@ -105,11 +105,13 @@ macro_rules! counters {
             }
 
             /// What happened between `earlier` and `self`.
+            #[must_use]
             pub fn since(&self, earlier: &Counters) -> Counters {
                 Counters { $($field: self.$field.saturating_sub(earlier.$field),)* }
             }
 
             /// Both together (totals over several runs).
+            #[must_use]
             pub fn plus(&self, other: &Counters) -> Counters {
                 Counters { $($field: self.$field + other.$field,)* }
             }

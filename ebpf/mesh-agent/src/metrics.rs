@@ -279,16 +279,13 @@ pub fn classic_text(openmetrics: &str) -> String {
             continue;
         }
         let meta = ["# HELP ", "# TYPE "].into_iter().find_map(|p| Some((p, line.strip_prefix(p)?)));
-        match meta {
-            Some((prefix, rest)) => {
-                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
-                let suffix = if counters.contains(name) { "_total" } else { "" };
-                out.push_str(&format!("{prefix}{name}{suffix} {tail}\n"));
-            }
-            None => {
-                out.push_str(line);
-                out.push('\n');
-            }
+        if let Some((prefix, rest)) = meta {
+            let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+            let suffix = if counters.contains(name) { "_total" } else { "" };
+            out.push_str(&format!("{prefix}{name}{suffix} {tail}\n"));
+        } else {
+            out.push_str(line);
+            out.push('\n');
         }
     }
     out

@@ -49,7 +49,7 @@ pub fn is_on_bpffs(path: &Path) -> bool {
     // SAFETY: statfs writes into the zeroed struct we own; `c` is a valid C string.
     unsafe {
         let mut st: libc::statfs = std::mem::zeroed();
-        libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC
+        libc::statfs(c.as_ptr(), &raw mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC
     }
 }
 

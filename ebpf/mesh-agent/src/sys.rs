@@ -68,7 +68,14 @@ pub fn prog_query(cgroup: BorrowedFd<'_>, attach_type: u32) -> io::Result<Vec<u3
     // SAFETY: `ids` has room for `count` ids; the kernel writes at most that many and the
     // number it wrote back into `count`.
     check(unsafe {
-        sys::bpf_prog_query(cgroup.as_raw_fd(), attach_type, 0, &mut flags, ids.as_mut_ptr(), &mut count)
+        sys::bpf_prog_query(
+            cgroup.as_raw_fd(),
+            attach_type,
+            0,
+            &raw mut flags,
+            ids.as_mut_ptr(),
+            &raw mut count,
+        )
     })?;
     ids.truncate(count as usize);
     Ok(ids)

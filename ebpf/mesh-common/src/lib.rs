@@ -136,6 +136,7 @@ impl SockKey {
     /// proxy's peer as the proxy's accepted socket sees it: the application's local address and
     /// port, connected to the proxy's listener. sock_ops maps it to the application's real key
     /// (`SIDECAR_ALIASES`).
+    #[must_use]
     pub const fn sidecar_alias(&self, port: u32) -> SockKey {
         SockKey {
             netns: self.netns,
@@ -150,6 +151,7 @@ impl SockKey {
     // ANCHOR_END: sidecar_alias
 
     /// The key under which the *other* end of this connection is stored.
+    #[must_use]
     pub const fn peer(&self) -> SockKey {
         SockKey {
             netns: self.netns,

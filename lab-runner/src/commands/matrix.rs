@@ -55,7 +55,7 @@ struct Row {
 pub fn run(args: &MatrixArgs) -> i32 {
     let cat = Catalog::builtin();
     let kernels: Vec<String> = if args.kernels.is_empty() {
-        cat.names().iter().map(|s| s.to_string()).collect()
+        cat.names().iter().map(std::string::ToString::to_string).collect()
     } else {
         args.kernels.clone()
     };
@@ -154,7 +154,7 @@ fn kernel_row(
             return row;
         }
     };
-    row.release = p.kernel.release.clone();
+    row.release.clone_from(&p.kernel.release);
     row.accel = accel.to_string();
     let name = format!("matrix-{}", std::process::id());
     for i in 0..args.boots {

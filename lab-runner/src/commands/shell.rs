@@ -70,12 +70,12 @@ impl RawTerminal {
         // SAFETY: termios calls on our own stdin with structs we own.
         unsafe {
             let mut t: libc::termios = std::mem::zeroed();
-            if libc::tcgetattr(fd, &mut t) != 0 {
+            if libc::tcgetattr(fd, &raw mut t) != 0 {
                 return RawTerminal(None);
             }
             let saved = t;
-            libc::cfmakeraw(&mut t);
-            libc::tcsetattr(fd, libc::TCSANOW, &t);
+            libc::cfmakeraw(&raw mut t);
+            libc::tcsetattr(fd, libc::TCSANOW, &raw const t);
             RawTerminal(Some(saved))
         }
     }
@@ -85,7 +85,7 @@ impl Drop for RawTerminal {
     fn drop(&mut self) {
         if let Some(t) = self.0 {
             // SAFETY: restoring the settings read in enter().
-            unsafe { libc::tcsetattr(std::io::stdin().as_raw_fd(), libc::TCSANOW, &t) };
+            unsafe { libc::tcsetattr(std::io::stdin().as_raw_fd(), libc::TCSANOW, &raw const t) };
         }
     }
 }

@@ -5,16 +5,13 @@ fn main() {
     if std::process::id() == 1 {
         lab_node::guest::init::run();
     }
-    match std::env::args().nth(1).as_deref() {
-        Some("guest-agent") => {
-            if let Err(e) = lab_node::guest::agent::serve() {
-                lab_node::guest::init::log(&format!("agent: {e}"));
-                std::process::exit(1);
-            }
+    if let Some("guest-agent") = std::env::args().nth(1).as_deref() {
+        if let Err(e) = lab_node::guest::agent::serve() {
+            lab_node::guest::init::log(&format!("agent: {e}"));
+            std::process::exit(1);
         }
-        _ => {
-            eprintln!("usage: lab-node guest-agent   (lab-node is the lab VM's init and agent)");
-            std::process::exit(2);
-        }
+    } else {
+        eprintln!("usage: lab-node guest-agent   (lab-node is the lab VM's init and agent)");
+        std::process::exit(2);
     }
 }

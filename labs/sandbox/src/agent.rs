@@ -21,7 +21,7 @@ use mesh_agent::{
 use crate::{LabError, process::Cmd};
 
 /// How long an agent may take to install (loading 13 programs under TCG takes seconds).
-const START_TIMEOUT: Duration = Duration::from_secs(120);
+const START_TIMEOUT: Duration = Duration::from_mins(2);
 /// How long a stopping agent may take to detach and unpin before it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 

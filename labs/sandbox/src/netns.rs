@@ -75,6 +75,7 @@ impl Packets {
     pub fn total(&self) -> u64 {
         self.rx + self.tx
     }
+    #[must_use]
     pub fn since(&self, earlier: &Packets) -> Packets {
         Packets { rx: self.rx.saturating_sub(earlier.rx), tx: self.tx.saturating_sub(earlier.tx) }
     }

@@ -192,7 +192,9 @@ impl Drain {
                     if n == 0 {
                         break;
                     }
-                    b.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(&chunk[..n]);
+                    b.lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .extend_from_slice(&chunk[..n]);
                 }
                 d.store(true, Ordering::SeqCst);
             });
@@ -205,7 +207,7 @@ impl Drain {
         while !self.done.load(Ordering::SeqCst) && Instant::now() < until {
             thread::sleep(Duration::from_millis(1));
         }
-        std::mem::take(&mut *self.buf.lock().unwrap_or_else(|p| p.into_inner()))
+        std::mem::take(&mut *self.buf.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 }
 

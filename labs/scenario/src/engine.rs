@@ -28,7 +28,7 @@ use super::{
 use lab_sandbox::{Event, Lab, LabError, PodSpec, preflight::kernel_release, sidecar::Sidecars};
 
 /// Upper bound for one workload run (generous: emulated VMs are slow).
-pub const RUN_TIMEOUT: Duration = Duration::from_secs(900);
+pub const RUN_TIMEOUT: Duration = Duration::from_mins(15);
 
 /// The state of one scenario run, lent to each step in turn.
 pub struct Engine<'a> {
@@ -388,7 +388,7 @@ impl Engine<'_> {
     }
 
     pub(crate) fn counters(&self) -> Result<Counters, LabError> {
-        Ok(self.lab.mesh().map(|m| m.counters()).transpose()?.unwrap_or_default())
+        Ok(self.lab.mesh().map(mesh_agent::Pinned::counters).transpose()?.unwrap_or_default())
     }
 
     /// With `--pin`, the command runs on one CPU: clients on the first, servers on the last.

@@ -182,7 +182,10 @@ fn mutated_scenarios_never_panic_between_the_file_and_the_engine() {
                         "error without file:line: {e}"
                     );
                 }
-                Err(_) => panic!("the checks panicked on this input:\n{input}"),
+                Err(payload) => {
+                    let why = payload.downcast_ref::<String>().map_or("", String::as_str);
+                    panic!("the checks panicked on this input ({why}):\n{input}")
+                }
             }
         }
     }

@@ -41,7 +41,7 @@ pub fn builtin() -> Vec<(String, Scenario)> {
 /// scenario in [`Scenario::mesh_files`]: the engine never reads them from disk, so a VM, which
 /// has no such file, applies the user's file too.
 pub fn load(name: &str) -> Result<(String, String, Scenario), LoadError> {
-    if name.ends_with(".toml") || name.contains('/') {
+    if std::path::Path::new(name).extension().is_some_and(|e| e == "toml") || name.contains('/') {
         let text = std::fs::read_to_string(name)
             .map_err(|e| LoadError::Read { path: name.into(), message: e.to_string() })?;
         let dir = Path::new(name).parent().unwrap_or(Path::new(""));

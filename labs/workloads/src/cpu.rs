@@ -26,6 +26,7 @@ impl CpuTimes {
         Some(CpuTimes { busy: at(0) + at(1) + at(2) + at(5) + at(6), idle: at(3) + at(4), steal: at(7) })
     }
 
+    #[must_use]
     pub fn since(&self, earlier: &CpuTimes) -> CpuTimes {
         CpuTimes {
             busy: self.busy.saturating_sub(earlier.busy),

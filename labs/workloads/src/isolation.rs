@@ -112,7 +112,7 @@ fn pod(tag: u8, ns: &PathBuf, args: &Args, barrier: &Barrier) -> anyhow::Result<
         *bytes += buf.len() as u64;
         *foreign += buf.iter().filter(|b| **b != tag).count() as u64;
     };
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_mins(1);
     for _ in 0..args.round_trips {
         client.write_all(&[tag; MSG]).context("client write")?;
         early += read_full(&mut server, &mut buf).context("server read")?;

@@ -117,8 +117,13 @@ fn original_dst(s: &TcpStream) -> io::Result<SocketAddrV4> {
     unsafe {
         let mut addr: libc::sockaddr_in = std::mem::zeroed();
         let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        if libc::getsockopt(s.as_raw_fd(), libc::SOL_IP, SO_ORIGINAL_DST, (&raw mut addr).cast(), &mut len)
-            != 0
+        if libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_IP,
+            SO_ORIGINAL_DST,
+            (&raw mut addr).cast(),
+            &raw mut len,
+        ) != 0
         {
             return Err(io::Error::last_os_error());
         }

@@ -34,7 +34,7 @@ impl Out {
     fn send(&self, id: u64, body: ReplyBody) {
         let mut line = serde_json::to_string(&Reply { id, body }).expect("reply serializes");
         line.push('\n');
-        let mut f = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut f = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         // A host that is not listening makes this block or fail; either way nothing to do.
         let _ = f.write_all(line.as_bytes());
         let _ = f.flush();
@@ -179,7 +179,7 @@ fn start_job(
             init::log(&format!("request {id} panicked: {what}"));
             ReplyBody::Error { message: format!("the guest agent panicked: {what}"), unmet: false }
         });
-        *running.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        *running.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
         out.send(id, reply);
     })
 }

@@ -33,7 +33,7 @@ pub fn run() -> ! {
     loop {
         let mut status = 0;
         // SAFETY: plain wait on any child.
-        let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
+        let pid = unsafe { libc::waitpid(-1, &raw mut status, 0) };
         if pid < 0 {
             thread::sleep(Duration::from_millis(200));
             continue;

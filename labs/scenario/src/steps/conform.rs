@@ -114,7 +114,7 @@ impl Conform {
     /// the reference run's.
     fn conform(&self, e: &mut Engine<'_>, label: &str) -> Result<Conformance, LabError> {
         let counters = |lab: &Lab| -> Result<Counters, LabError> {
-            Ok(lab.mesh().map(|m| m.counters()).transpose()?.unwrap_or_default())
+            Ok(lab.mesh().map(mesh_agent::Pinned::counters).transpose()?.unwrap_or_default())
         };
         let c0 = counters(&e.lab)?;
         let (mut total, mut differences, mut known, mut held_ok) = (0usize, 0usize, 0usize, 1.0);

@@ -110,7 +110,7 @@ fn prometheus(e: &mut Engine<'_>, label: &str) -> Result<Result<Scraped, String>
     let started = std::time::Instant::now();
     let mut got = (f64::NAN, f64::NAN);
     let mut last_error = None;
-    while started.elapsed() < Duration::from_secs(60) {
+    while started.elapsed() < Duration::from_mins(1) {
         e.ctx.cancel.check()?;
         std::thread::sleep(Duration::from_millis(500));
         let mut ask = |q: &str| {

@@ -189,7 +189,12 @@ fn run_case(name: &str, args: &ClientArgs, case: u32, token: u64) -> Vec<String>
                 while (off as usize) < data.len() {
                     // SAFETY: both fds are open; off is a live off_t.
                     let n = unsafe {
-                        libc::sendfile(s.as_raw_fd(), file.as_raw_fd(), &mut off, data.len() - off as usize)
+                        libc::sendfile(
+                            s.as_raw_fd(),
+                            file.as_raw_fd(),
+                            &raw mut off,
+                            data.len() - off as usize,
+                        )
                     };
                     cvt(n).op("sendfile")?;
                 }
@@ -347,7 +352,7 @@ fn epoll_case(addr: SocketAddr, case: u32, token: u64, out: &mut Vec<String>) ->
     let mut ev =
         libc::epoll_event { events: (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP) as u32, u64: 0 };
     // SAFETY: both fds are open; ev is live.
-    if unsafe { libc::epoll_ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, s.as_raw_fd(), &mut ev) } != 0 {
+    if unsafe { libc::epoll_ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, s.as_raw_fd(), &raw mut ev) } != 0 {
         return Err(Fail("epoll_ctl", io::Error::last_os_error()));
     }
     let wait = |want: u32| -> Step<u32> {

@@ -266,7 +266,13 @@ fn read_exactly(s: &mut TcpStream, len: usize) -> Step<Vec<u8>> {
 fn setsockopt<T>(fd: RawFd, level: i32, name: i32, value: &T) -> io::Result<()> {
     // SAFETY: value points to a live T of the size we pass.
     let r = unsafe {
-        libc::setsockopt(fd, level, name, (value as *const T).cast(), size_of::<T>() as libc::socklen_t)
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            std::ptr::from_ref::<T>(value).cast(),
+            size_of::<T>() as libc::socklen_t,
+        )
     };
     if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
