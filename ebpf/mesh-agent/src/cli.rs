@@ -54,41 +54,7 @@ pub struct Cli {
 pub enum Command {
     /// Serve a cgroup: install the mesh (or adopt the one an earlier agent pinned), report
     /// counters until SIGINT/SIGTERM/SIGHUP, then uninstall.
-    Run {
-        /// cgroup v2 directory whose sockets the mesh serves (the whole lab).
-        #[arg(long)]
-        cgroup: PathBuf,
-        /// bpffs directory for the pins (maps and links, under layout-N/).
-        #[arg(long)]
-        pin_dir: PathBuf,
-        /// Mesh file to apply once serving (also after adopting).
-        #[arg(long)]
-        file: Option<PathBuf>,
-        /// Pods file (JSON list of {name, labels, ipv4, ipv6, cgroup}) for backends and rules chosen by
-        /// label, and the pod names in the flow log.
-        #[arg(long)]
-        pods: Option<PathBuf>,
-        /// Milliseconds between counter reports.
-        #[arg(long, default_value_t = 1000)]
-        interval_ms: u64,
-        /// The flow log: one JSON line per closed connection and per denial (read it with
-        /// `mesh-agent observe`).
-        #[arg(long, default_value = flows::DEFAULT_FLOW_LOG)]
-        flow_log: PathBuf,
-        /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
-        #[arg(long)]
-        metrics: Option<std::net::SocketAddr>,
-        /// Who loads the redirect's sock_ops and sk_msg programs when installing: the Rust
-        /// programs through aya, or their C twin (CO-RE) through libbpf. An adopted mesh keeps
-        /// the engine it was installed with.
-        #[arg(long, value_enum, default_value_t = Engine::Aya)]
-        engine: Engine,
-        /// Listen for `mesh-agent apply --control` requests on this unix socket: every change
-        /// to the mesh then goes through this agent, which knows the pods each identity stands
-        /// for (its denial events name them).
-        #[arg(long)]
-        control: Option<PathBuf>,
-    },
+    Run(RunArgs),
     /// Load the redirect's sock_ops and sk_msg programs with each engine (aya: the Rust
     /// programs; libbpf: their C twin) without attaching them, and print what each cost: object
     /// size, load time (median of the runs), translated and JIT-ed sizes, verified instructions.
@@ -149,6 +115,79 @@ pub enum Command {
     },
 }
 
+/// `mesh-agent run`'s arguments: what the lab builds (typed) to start an agent; [`RunArgs::argv`]
+/// turns them into the command line clap parses back (a test holds the two to each other).
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub struct RunArgs {
+    /// cgroup v2 directory whose sockets the mesh serves (the whole lab).
+    #[arg(long)]
+    pub cgroup: PathBuf,
+    /// bpffs directory for the pins (maps and links, under layout-N/).
+    #[arg(long)]
+    pub pin_dir: PathBuf,
+    /// Mesh file to apply once serving (also after adopting).
+    #[arg(long)]
+    pub file: Option<PathBuf>,
+    /// Pods file (JSON list of {name, labels, ipv4, ipv6, cgroup}) for backends and rules chosen by
+    /// label, and the pod names in the flow log.
+    #[arg(long)]
+    pub pods: Option<PathBuf>,
+    /// Milliseconds between counter reports.
+    #[arg(long, default_value_t = 1000)]
+    pub interval_ms: u64,
+    /// The flow log: one JSON line per closed connection and per denial (read it with
+    /// `mesh-agent observe`).
+    #[arg(long, default_value = flows::DEFAULT_FLOW_LOG)]
+    pub flow_log: PathBuf,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
+    #[arg(long)]
+    pub metrics: Option<std::net::SocketAddr>,
+    /// Who loads the redirect's sock_ops and sk_msg programs when installing: the Rust
+    /// programs through aya, or their C twin (CO-RE) through libbpf. An adopted mesh keeps
+    /// the engine it was installed with.
+    #[arg(long, value_enum, default_value_t = Engine::Aya)]
+    pub engine: Engine,
+    /// Listen for `mesh-agent apply --control` requests on this unix socket: every change
+    /// to the mesh then goes through this agent, which knows the pods each identity stands
+    /// for (its denial events name them).
+    #[arg(long)]
+    pub control: Option<PathBuf>,
+}
+
+impl RunArgs {
+    /// The agent for `cgroup` with its pins in `pin_dir`, every other argument at its default.
+    pub fn new(cgroup: PathBuf, pin_dir: PathBuf) -> RunArgs {
+        RunArgs {
+            cgroup,
+            pin_dir,
+            file: None,
+            pods: None,
+            interval_ms: 1000,
+            flow_log: flows::DEFAULT_FLOW_LOG.into(),
+            metrics: None,
+            engine: Engine::Aya,
+            control: None,
+        }
+    }
+
+    /// `run --flag value ...`, every field spelled (destructured: a new field must be added here).
+    pub fn argv(&self) -> Vec<String> {
+        let RunArgs { cgroup, pin_dir, file, pods, interval_ms, flow_log, metrics, engine, control } = self;
+        let path = |flag: &str, p: &Path| [format!("--{flag}"), p.display().to_string()];
+        let mut argv = vec!["run".to_owned()];
+        argv.extend(path("cgroup", cgroup));
+        argv.extend(path("pin-dir", pin_dir));
+        argv.extend(file.iter().flat_map(|f| path("file", f)));
+        argv.extend(pods.iter().flat_map(|p| path("pods", p)));
+        argv.extend(["--interval-ms".to_owned(), interval_ms.to_string()]);
+        argv.extend(path("flow-log", flow_log));
+        argv.extend(metrics.iter().flat_map(|m| ["--metrics".to_owned(), m.to_string()]));
+        argv.extend(["--engine".to_owned(), engine.name().to_owned()]);
+        argv.extend(control.iter().flat_map(|c| path("control", c)));
+        argv
+    }
+}
+
 /// Exit code when the kernel or the build lacks something the mesh needs (no bpffs, a stub
 /// build, a program the kernel refused), as opposed to a fault (1) or a usage error (2).
 pub const EXIT_UNMET: i32 = 3;
@@ -181,7 +220,17 @@ pub fn code(e: &anyhow::Error) -> i32 {
 /// Runs one command.
 pub fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Run { cgroup, pin_dir, file, pods, interval_ms, flow_log, metrics, engine, control } => {
+        Command::Run(RunArgs {
+            cgroup,
+            pin_dir,
+            file,
+            pods,
+            interval_ms,
+            flow_log,
+            metrics,
+            engine,
+            control,
+        }) => {
             let outputs =
                 Outputs { interval: Duration::from_millis(interval_ms), flow_log, metrics, control };
             serve(&cgroup, &pin_dir, engine, file.as_deref(), pods.as_deref(), &outputs)
@@ -513,4 +562,34 @@ impl Reporter {
 
 fn stop_signals() -> SigSet {
     [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP].into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    /// What the lab builds survives the trip through `argv()` and clap, every field set.
+    #[test]
+    fn run_args_parse_back_from_their_argv() {
+        let plain = RunArgs::new("/sys/fs/cgroup/lab".into(), "/sys/fs/bpf/lab".into());
+        let full = RunArgs {
+            file: Some("/tmp/mesh.toml".into()),
+            pods: Some("/tmp/pods.json".into()),
+            interval_ms: 3_600_000,
+            flow_log: "/tmp/flows.jsonl".into(),
+            metrics: Some("127.0.0.1:0".parse().unwrap()),
+            engine: Engine::Libbpf,
+            control: Some("/tmp/control.sock".into()),
+            ..plain.clone()
+        };
+        for args in [plain, full] {
+            let argv = std::iter::once("mesh-agent".to_owned()).chain(args.argv());
+            match Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{e}")).command {
+                Command::Run(back) => assert_eq!(back, args),
+                other => panic!("parsed as {other:?}"),
+            }
+        }
+    }
 }

@@ -155,29 +155,19 @@ impl Agent {
     }
 
     fn spawn(&mut self) -> Result<Vec<String>, LabError> {
-        let mut args: Vec<String> = vec![
-            "run".into(),
-            "--cgroup".into(),
-            self.cgroup.display().to_string(),
-            "--pin-dir".into(),
-            self.pin_dir.display().to_string(),
+        let args = mesh_agent::cli::RunArgs {
             // The lab reads counters from the pins; the agent's own reports are not needed.
-            "--interval-ms".into(),
-            "3600000".into(),
-            "--flow-log".into(),
-            self.files.flow_log.display().to_string(),
-            "--control".into(),
-            self.files.control.display().to_string(),
+            interval_ms: 3_600_000,
+            flow_log: self.files.flow_log.clone(),
+            control: Some(self.files.control.clone()),
             // In the node's namespace, on a port the kernel picks: the agent says which.
-            "--metrics".into(),
-            "127.0.0.1:0".into(),
-            "--engine".into(),
-            self.engine.name().into(),
-        ];
-        args.extend(["--pods".into(), self.files.pods.display().to_string()]);
-        if let Some(mesh) = &self.files.mesh_file {
-            args.extend(["--file".into(), mesh.display().to_string()]);
+            metrics: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+            engine: self.engine,
+            pods: Some(self.files.pods.clone()),
+            file: self.files.mesh_file.clone(),
+            ..mesh_agent::cli::RunArgs::new(self.cgroup.clone(), self.pin_dir.clone())
         }
+        .argv();
         let mut cmd = self.cmd.command(&args);
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         // SAFETY: prctl is async-signal-safe. The agent dies with the lab's owner thread, even
