@@ -1,4 +1,8 @@
 //! `do = "policy-scale"`: the cost of one connection against the size of the allow-list.
+//!
+//! Like `service-scale`, a benchmark that writes the pinned maps itself: its extra entries are
+//! between identities no pod has, which no mesh file can name. It goes through the same
+//! `Pinned::set_policy` as the agent's apply and restores the applied rules whatever happens.
 use std::net::SocketAddr;
 
 use mesh_common::IPPROTO_TCP;

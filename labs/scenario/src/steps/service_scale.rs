@@ -1,5 +1,11 @@
 //! `do = "service-scale"`: the cost of one connection against the number of services, socket
 //! load balancing beside kube-proxy's iptables rules.
+//!
+//! The one step besides `policy-scale` that writes the pinned maps itself rather than through the
+//! agent's apply path: it measures the maps at sizes no mesh file in the lab describes (VIPs in
+//! 10.98/16 whose backends are the selected pods), through the same `Pinned::set_services` the
+//! agent's apply calls, and puts the applied services back whatever happens, so the agent's
+//! view of what it applied holds again when the step ends.
 use std::{
     collections::BTreeMap,
     net::{Ipv4Addr, SocketAddrV4},
