@@ -384,6 +384,17 @@ fn serve(
             installed.name()
         ),
     }
+    match mesh.reads_estimated() {
+        None => eprintln!(
+            "mesh-agent: flow control: a connection takes TCP once its peer has {} redirected bytes unread ({} counts reads)",
+            mesh_common::REDIRECT_BUDGET,
+            pins::UNREAD_PROGRAM
+        ),
+        Some(why) => eprintln!(
+            "mesh-agent: flow control: a connection takes TCP once it redirected {} bytes its peer did not answer (reads estimated: {why})",
+            mesh_common::REDIRECT_BUDGET
+        ),
+    }
     // The retransmit tracepoint lives with this process; the datapath does not need it.
     let (tracepoint, tracepoint_error) = match crate::tracepoint::attach(pin_dir) {
         Ok(t) => {
@@ -443,6 +454,7 @@ fn serve(
         pin_dir: pin_dir.to_owned(),
         started: mesh.started().clone(),
         tracepoint_error,
+        reads_estimated: mesh.reads_estimated().map(str::to_owned),
         applied,
         flow_log: events.log.path().to_owned(),
         metrics: metrics_at,

@@ -74,6 +74,9 @@ pub struct Ready {
     pub started: crate::Started,
     /// Why the retransmit tracepoint is not attached (it is not part of the datapath).
     pub tracepoint_error: Option<String>,
+    /// Why flow control estimates reads instead of counting them (no read counter), if it does.
+    #[serde(default)]
+    pub reads_estimated: Option<String>,
     /// The mesh file applied at start (`--file`), if one was.
     pub applied: Option<Applied>,
     pub flow_log: PathBuf,
@@ -218,6 +221,7 @@ mod tests {
             pin_dir: "/sys/fs/bpf/lab".into(),
             started: crate::Started::Adopted { links: 12, services: 3, engine: crate::Engine::Aya },
             tracepoint_error: None,
+            reads_estimated: None,
             applied: Some(Applied { rules: 1, ..Applied::default() }),
             flow_log: "/run/lab/flows.jsonl".into(),
             metrics: Some("127.0.0.1:9464".parse().unwrap()),

@@ -8,11 +8,13 @@ use aya::{
     Ebpf,
     maps::{MapData, ProgramArray, SockHash},
     programs::{
-        CgroupAttachMode, CgroupSkbAttachType, CgroupSockAddr, Program, SkMsg,
+        CgroupAttachMode, CgroupSkbAttachType, CgroupSockAddr, FExit, Program, SkMsg,
         links::{FdLink, LinkError, PinnedLink},
     },
 };
-use mesh_common::{Counter, HTTP_PROGS_MAP, SERVICES_MAP, SOCKETS_MAP, SockKey};
+use mesh_common::{
+    Counter, FlowControl, HTTP_PROGS_MAP, REDIRECT_BUDGET, SERVICES_MAP, SOCKETS_MAP, SockKey,
+};
 use serde::Serialize;
 
 use crate::{
@@ -135,6 +137,8 @@ counters! {
     events_lost = EventsLost,
     http_denied = HttpDenied,
     flow_events_lost = FlowEventsLost,
+    flow_fallback = FlowFallback,
+    inq_tcp = InqTcp,
 }
 
 /// How [`Mesh::start`] found the node.
@@ -159,6 +163,8 @@ pub struct Mesh {
     pin_dir: PathBuf,
     cgroup: PathBuf,
     started: Started,
+    /// Why reads are estimated rather than counted (no read counter), if they are.
+    reads_estimated: Option<String>,
     stopped: bool,
 }
 
@@ -183,6 +189,7 @@ impl Mesh {
             pin_dir: pin_dir.to_owned(),
             cgroup: cgroup.to_owned(),
             started: Started::Installed { replaced_partial: false },
+            reads_estimated: None,
             stopped: false,
         };
         match pins::find(pin_dir) {
@@ -206,6 +213,10 @@ impl Mesh {
                     PinnedLink::from_pin(&path).map_err(|source| MeshError::Link { path, source })?;
                 }
                 let pinned = Pinned::open(pin_dir)?;
+                if pinned.flow_control()?.reads_counted == 0 {
+                    mesh.reads_estimated =
+                        Some("the agent that installed the mesh could not count reads".into());
+                }
                 let services = pinned.fill().iter().find(|f| f.name == SERVICES_MAP).and_then(|f| f.entries);
                 mesh.started = Started::Adopted {
                     links: pins::linked_programs(variant).len(),
@@ -221,10 +232,17 @@ impl Mesh {
                     mesh.started = Started::Installed { replaced_partial: true };
                 }
                 // Drop (on an error) removes whatever part was pinned.
-                mesh.ebpf = Some(install(cgroup, wanted, pin_dir, engine)?);
+                let (ebpf, unread) = install(cgroup, wanted, pin_dir, engine)?;
+                mesh.ebpf = Some(ebpf);
                 let mut pinned = Pinned::open(pin_dir)?;
                 // Telemetry starts on; an adopted mesh keeps what its pins say.
                 pinned.set_telemetry(true)?;
+                // Reads counted by the fexit program where it attached, else estimated by sk_msg.
+                pinned.set_flow_control(FlowControl {
+                    budget: REDIRECT_BUDGET,
+                    reads_counted: u32::from(unread.is_ok()),
+                })?;
+                mesh.reads_estimated = unread.err();
                 mesh.pinned = Some(pinned);
             }
         }
@@ -234,6 +252,12 @@ impl Mesh {
     /// How the agent came to serve the node.
     pub fn started(&self) -> &Started {
         &self.started
+    }
+
+    /// Why sk_msg estimates what its peers read instead of counting it (see
+    /// `mesh_common::FlowControl`): `None` when the read counter is attached.
+    pub fn reads_estimated(&self) -> Option<&str> {
+        self.reads_estimated.as_deref()
     }
 
     /// The cgroup the programs are attached to.
@@ -285,20 +309,57 @@ impl Drop for Mesh {
 
 // ANCHOR: install
 /// Loads the programs, pins the maps, attaches the programs to `cgroup`, and pins the links and
-/// last the completion marker. On an error nothing stays attached or pinned.
-fn install(cgroup: &Path, cgroup_id: u64, pin_dir: &Path, engine: Engine) -> Result<Ebpf, MeshError> {
+/// last the completion marker. On an error nothing stays attached or pinned. Also says whether
+/// the read counter (`mesh_unread`) is attached, or why not: the mesh runs without it.
+fn install(
+    cgroup: &Path,
+    cgroup_id: u64,
+    pin_dir: &Path,
+    engine: Engine,
+) -> Result<(Ebpf, Result<(), String>), MeshError> {
     let cgroup_dir =
         File::open(cgroup).map_err(|source| MeshError::Cgroup { path: cgroup.to_owned(), source })?;
     let mut ebpf = Ebpf::load(object::MESH_EBPF).map_err(MeshError::Parse)?;
     let layout = pins::layout_dir(pin_dir);
+    let mut unread = Ok(());
     let installed = pin_maps(&ebpf, &layout)
         .and_then(|()| attach(&mut ebpf, &cgroup_dir, engine))
+        .map(|mut links| {
+            match attach_unread(&mut ebpf) {
+                Ok(link) => links.push((pins::UNREAD_PROGRAM, ToPin::Aya(link))),
+                Err(why) => unread = Err(why),
+            }
+            links
+        })
         .and_then(|links| pin_links(links, cgroup_id, engine, &layout));
     if installed.is_err() {
         let _ = pins::uninstall(pin_dir);
     }
-    installed.map(|()| ebpf)
+    installed.map(|()| (ebpf, unread))
 }
+
+// ANCHOR: attach_unread
+/// Attaches the read counter (fexit) to the function that copies a socket's redirected bytes
+/// to its reader: `sk_msg_recvmsg` (5.12 and later), else its older name.
+fn attach_unread(ebpf: &mut Ebpf) -> Result<FdLink, String> {
+    let name = pins::UNREAD_PROGRAM;
+    let btf = aya::Btf::from_sys_fs().map_err(|e| format!("no kernel BTF (/sys/kernel/btf/vmlinux): {e}"))?;
+    let prog: &mut FExit =
+        program(ebpf, name).map_err(|e| e.to_string())?.try_into().map_err(|e| format!("{name}: {e}"))?;
+    let mut tried = Vec::new();
+    for function in ["sk_msg_recvmsg", "__tcp_bpf_recvmsg"] {
+        match prog.load(function, &btf) {
+            Ok(()) => {
+                let id = prog.attach().map_err(|e| format!("{name}: attach to {function}: {e}"))?;
+                let link = prog.take_link(id).map_err(|e| format!("{name}: {e}"))?;
+                return Ok(link.into());
+            }
+            Err(e) => tried.push(format!("{function}: {}", MeshError::program(name, e))),
+        }
+    }
+    Err(format!("cannot attach {name}: {}", tried.join("; ")))
+}
+// ANCHOR_END: attach_unread
 
 fn pin_maps(ebpf: &Ebpf, layout: &Path) -> Result<(), MeshError> {
     fs::create_dir_all(layout).map_err(|source| MeshError::Io {

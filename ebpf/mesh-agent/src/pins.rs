@@ -5,8 +5,10 @@
 //! <pin dir>/layout-<LAYOUT_VERSION>/
 //!     SOCKETS COUNTERS SIDECAR SOCK_STATE SERVICES BACKENDS   maps user space reads or writes
 //!     IDENTITIES CGROUP_IDS POLICY POLICED POLICY_GEN SOCK_POLICY VERDICTS DENIALS
-//!     HTTP_RULES MESH_CONNECTS HTTP_PROGS
-//!     link-<program>                                           one bpf_link per cgroup program
+//!     HTTP_RULES MESH_CONNECTS HTTP_PROGS FLOWS FLOW_EVENTS TELEMETRY TRACE_LAYOUT
+//!     UNREAD FLOW_CONTROL
+//!     link-<program>                                           one bpf_link per cgroup program,
+//!                                                              and the read counter's (fexit)
 //!     cgroup-<id>/                                             written last: the install is complete,
 //!                                                              and which cgroup it serves
 //! ```
@@ -27,18 +29,19 @@ use std::{
 use aya::maps::{Array, Map, MapData, MapType, PerCpuArray};
 use mesh_common::{
     BACKENDS_MAP, Backend, BackendKey, CGROUP_IDS_MAP, COUNTER_SLOTS, COUNTERS_MAP, Counter, DENIALS_BYTES,
-    DENIALS_MAP, FLOW_EVENTS_BYTES, FLOW_EVENTS_MAP, FLOWS_MAP, FlowRecord, HTTP_PROGS_MAP, HTTP_RULES_MAP,
-    Hook, HttpRules, IDENTITIES_MAP, IdentityAddr, MAX_BACKEND_SLOTS, MAX_IDENTITY_ADDRS, MAX_POLICY,
-    MAX_RULES, MAX_SERVICES, MAX_SOCKETS, MESH_CONNECTS_MAP, POLICED_MAP, POLICY_GEN_MAP, POLICY_MAP,
-    PolicyKey, SERVICES_MAP, SIDECAR_MAP, SOCK_POLICY_MAP, SOCK_STATE_MAP, SOCKETS_MAP, ServiceKey,
-    ServiceValue, SockKey, SockPolicy, TELEMETRY_MAP, TRACE_LAYOUT_MAP, TraceLayout, VERDICTS_MAP,
+    DENIALS_MAP, FLOW_CONTROL_MAP, FLOW_EVENTS_BYTES, FLOW_EVENTS_MAP, FLOWS_MAP, FlowControl, FlowRecord,
+    HTTP_PROGS_MAP, HTTP_RULES_MAP, Hook, HttpRules, IDENTITIES_MAP, IdentityAddr, MAX_BACKEND_SLOTS,
+    MAX_IDENTITY_ADDRS, MAX_POLICY, MAX_RULES, MAX_SERVICES, MAX_SOCKETS, MESH_CONNECTS_MAP, POLICED_MAP,
+    POLICY_GEN_MAP, POLICY_MAP, PolicyKey, SERVICES_MAP, SIDECAR_MAP, SOCK_POLICY_MAP, SOCK_STATE_MAP,
+    SOCKETS_MAP, ServiceKey, ServiceValue, SockKey, SockPolicy, TELEMETRY_MAP, TRACE_LAYOUT_MAP, TraceLayout,
+    UNREAD_MAP, Unread, VERDICTS_MAP,
 };
 use serde::Serialize;
 
 use crate::{Counters, Engine, MeshError, Variant, services};
 
 /// Bump when a pinned map's definition changes, or the set of pins does.
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 
 /// One pinned map as this build defines it.
 #[derive(Debug, Clone, Copy)]
@@ -58,7 +61,7 @@ const fn spec(name: &'static str, map_type: MapType, key: usize, value: usize, m
 /// The pinned maps of [`LAYOUT_VERSION`]. Every install opens what it just pinned through
 /// [`Pinned::open`], which checks each map against this table: a table that drifts from the
 /// object fails every install, in every kernel test.
-pub const MAPS: [MapSpec; 21] = [
+pub const MAPS: [MapSpec; 23] = [
     spec(SOCKETS_MAP, MapType::SockHash, size_of::<SockKey>(), 4, MAX_SOCKETS),
     spec(COUNTERS_MAP, MapType::PerCpuArray, 4, 8, COUNTER_SLOTS),
     spec(SIDECAR_MAP, MapType::Array, 4, 4, 1),
@@ -83,6 +86,8 @@ pub const MAPS: [MapSpec; 21] = [
     spec(FLOW_EVENTS_MAP, MapType::RingBuf, 0, 0, FLOW_EVENTS_BYTES),
     spec(TELEMETRY_MAP, MapType::Array, 4, 4, 1),
     spec(TRACE_LAYOUT_MAP, MapType::Array, 4, size_of::<TraceLayout>(), 1),
+    spec(UNREAD_MAP, MapType::LruHash, size_of::<SockKey>(), size_of::<Unread>(), MAX_SOCKETS),
+    spec(FLOW_CONTROL_MAP, MapType::Array, 4, size_of::<FlowControl>(), 1),
 ];
 
 /// The cgroup programs of a build, each held by one pinned link (sk_msg lives with `SOCKETS`).
@@ -102,6 +107,10 @@ pub fn linked_programs(variant: Variant) -> [&'static str; 12] {
         variant.telemetry(),
     ]
 }
+
+/// The read counter (fexit, see the kernel side's `unread.rs`), pinned as `link-mesh_unread`
+/// where the kernel lets it attach. Optional: without it the mesh runs without flow control.
+pub const UNREAD_PROGRAM: &str = "mesh_unread";
 
 /// Roles with a second build that refuses with ECONNREFUSED instead of EPERM
 /// (`bpf_set_retval`, 5.18): (role, that build). The link is pinned under the role's name
@@ -478,6 +487,21 @@ impl Pinned {
         let err = |source| MeshError::Map { map: TELEMETRY_MAP, source };
         let array: Array<&MapData, u32> = self.map(TELEMETRY_MAP).try_into().map_err(err)?;
         Ok(array.get(&0, 0).map_err(err)? != 0)
+    }
+
+    /// Sets how sk_msg bounds the redirect queues (see `mesh_common::FlowControl`).
+    pub fn set_flow_control(&mut self, flow: FlowControl) -> Result<(), MeshError> {
+        let err = |source| MeshError::Map { map: FLOW_CONTROL_MAP, source };
+        let map = self.maps.get_mut(FLOW_CONTROL_MAP).expect("opened");
+        let mut array: Array<&mut MapData, FlowControl> = map.try_into().map_err(err)?;
+        array.set(0, flow, 0).map_err(err)
+    }
+
+    /// How sk_msg bounds the redirect queues (budget 0: it does not).
+    pub fn flow_control(&self) -> Result<FlowControl, MeshError> {
+        let err = |source| MeshError::Map { map: FLOW_CONTROL_MAP, source };
+        let array: Array<&MapData, FlowControl> = self.map(FLOW_CONTROL_MAP).try_into().map_err(err)?;
+        array.get(&0, 0).map_err(err)
     }
 
     /// How many entries each map holds, beside its capacity.

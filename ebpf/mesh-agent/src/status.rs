@@ -56,6 +56,10 @@ pub struct Status {
     pub http_judge: bool,
     /// Flow records (telemetry) are on.
     pub telemetry: bool,
+    /// Flow control (see `mesh_common::FlowControl`): the budget in bytes (0: off), and whether
+    /// reads are counted (the read counter is attached) or estimated.
+    pub flow_budget: u32,
+    pub reads_counted: bool,
     /// Verdicts per rule (0: denials) and hook.
     pub verdicts: Vec<RuleVerdicts>,
 }
@@ -85,6 +89,11 @@ pub fn read(pin_dir: &Path, cgroup: Option<&Path>) -> Result<Status, MeshError> 
         })?;
         links.push(LinkStatus { pin: path.display().to_string(), link_id, program_id, program });
     }
+    // The read counter's link, where the kernel let it attach.
+    let path = pins::link_pin(pinned.layout(), pins::UNREAD_PROGRAM);
+    if let Some((link_id, program_id, program)) = pins::link_program(&path) {
+        links.push(LinkStatus { pin: path.display().to_string(), link_id, program_id, program });
+    }
     let mut attached = BTreeMap::new();
     if let Some(cg) = cgroup {
         let dir = File::open(cg).map_err(|source| MeshError::Cgroup { path: cg.to_owned(), source })?;
@@ -99,6 +108,7 @@ pub fn read(pin_dir: &Path, cgroup: Option<&Path>) -> Result<Status, MeshError> 
             attached.insert(hook.to_owned(), progs);
         }
     }
+    let flow = pinned.flow_control()?;
     Ok(Status {
         layout: pinned.layout().display().to_string(),
         variant: pinned.variant(),
@@ -112,6 +122,8 @@ pub fn read(pin_dir: &Path, cgroup: Option<&Path>) -> Result<Status, MeshError> 
         policy_generation: pinned.policy_generation()?,
         http_judge: pinned.http_judge_present()?,
         telemetry: pinned.telemetry()?,
+        flow_budget: flow.budget,
+        reads_counted: flow.reads_counted != 0,
         verdicts: pinned
             .verdicts()?
             .into_iter()
@@ -190,6 +202,13 @@ impl Status {
             if self.http_judge { "in HTTP_PROGS" } else { "MISSING" },
             if self.telemetry { "on" } else { "off" }
         ));
+        out.push_str(&match (self.flow_budget, self.reads_counted) {
+            (0, _) => "flow control: OFF: redirected bytes can outrun their reader\n".to_owned(),
+            (b, false) => format!(
+                "flow control: a connection takes TCP once it redirected {b} bytes its peer did not answer (reads estimated)\n"
+            ),
+            (b, _) => format!("flow control: a connection takes TCP once its peer has {b} redirected bytes unread\n"),
+        });
         for v in &self.verdicts {
             let what = if v.rule == 0 { "denied".to_owned() } else { format!("rule {} allowed", v.rule) };
             out.push_str(&format!("  {what:<16} at {:<8} {}\n", v.hook, v.count));

@@ -56,7 +56,7 @@ enum counter {
 	COUNTER_LOOPBACK_SKIPPED = 4,
 	COUNTER_HALF_CLOSE_DETACHED = 5,
 	COUNTER_RCVLOWAT_TCP = 6,
-	COUNTER_SLOTS = 15,
+	COUNTER_SLOTS = 17,
 };
 
 /* mesh_common::SockState bits. */

@@ -251,6 +251,13 @@ pub enum Counter {
     HttpDenied = 13,
     /// A closed connection whose flow record did not fit in the `FLOW_EVENTS` ring buffer.
     FlowEventsLost = 14,
+    /// A connection handed to TCP for good because its peer had not read the budget's worth
+    /// ([`FlowControl`]) of what was redirected to it: TCP's flow control takes over.
+    FlowFallback = 15,
+    /// A socket whose incoming bytes stay on TCP because it asked for `TCP_INQ` (the count of
+    /// bytes left to read in a control message), which the redirect's receive path never sends
+    /// (marked `NO_REDIRECT`).
+    InqTcp = 16,
 }
 
 // ANCHOR: sock_state
@@ -265,8 +272,8 @@ impl SockState {
     /// Some peer redirected bytes to this socket: its redirect queue may hold unread data, so
     /// it must never leave the map before it closes (leaving drops that queue).
     pub const RECEIVED: u32 = 2;
-    /// Nothing may be redirected to this socket (it uses SO_RCVLOWAT, which the kernel honours
-    /// only for bytes that arrive through TCP).
+    /// Nothing may be redirected to this socket (it uses SO_RCVLOWAT or TCP_INQ, which the
+    /// kernel honours only for bytes that arrive through TCP).
     pub const NO_REDIRECT: u32 = 4;
 }
 // ANCHOR_END: sock_state
@@ -274,7 +281,7 @@ impl SockState {
 
 impl Counter {
     /// Every counter, in slot order.
-    pub const ALL: [Counter; 15] = [
+    pub const ALL: [Counter; 17] = [
         Counter::SocketsInserted,
         Counter::InsertFailed,
         Counter::MsgRedirected,
@@ -290,6 +297,8 @@ impl Counter {
         Counter::EventsLost,
         Counter::HttpDenied,
         Counter::FlowEventsLost,
+        Counter::FlowFallback,
+        Counter::InqTcp,
     ];
 
     /// Stable snake_case name, used in JSON output and metrics.
@@ -310,6 +319,8 @@ impl Counter {
             Counter::EventsLost => "events_lost",
             Counter::HttpDenied => "http_denied",
             Counter::FlowEventsLost => "flow_events_lost",
+            Counter::FlowFallback => "flow_fallback",
+            Counter::InqTcp => "inq_tcp",
         }
     }
 }
@@ -570,6 +581,49 @@ impl FlowRecord {
 }
 // ANCHOR_END: flow_types
 
+// ANCHOR: unread
+/// Name of the per-socket map of redirected bytes not yet read ([`SockKey`] with `netns` 0 ->
+/// [`Unread`]).
+pub const UNREAD_MAP: &str = "UNREAD";
+/// Name of the one-slot array holding the [`FlowControl`] settings.
+pub const FLOW_CONTROL_MAP: &str = "FLOW_CONTROL";
+/// The budget the agent sets: 1 MiB. TCP lets a writer run ahead of its reader by the reader's
+/// receive buffer plus its own send buffer (autotuned to a few MiB at most); the redirect
+/// queue has no such bound, and what it holds is charged to the node's TCP memory, whose hard
+/// limit (`tcp_mem[2]`, about 8% of RAM) fails the writer with ENOMEM. 1 MiB keeps 64
+/// stalled connections under 64 MiB.
+pub const REDIRECT_BUDGET: u32 = 1 << 20;
+
+/// How sk_msg bounds what waits unread in a socket's redirect queue. Once a socket holds
+/// `budget` redirected bytes its application has not read ([`Unread`]), the connection
+/// writing to it takes TCP for good, and TCP's window makes the writer wait. `budget` 0 turns
+/// the check off.
+///
+/// `reads_counted` 1: the `mesh_unread` fexit program counts every read exactly. 0 (a kernel
+/// that refuses tracing programs): a socket that writes is taken to have read what was
+/// redirected to it so far - true of request/response protocols, whose replies follow their
+/// requests; a one-way stream of more than `budget` bytes takes TCP, which has flow control.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct FlowControl {
+    pub budget: u32,
+    pub reads_counted: u32,
+}
+
+/// What sk_msg redirected to one socket and what its application read of it, each only ever
+/// growing: the difference is what waits in the socket's redirect queue. sk_msg adds
+/// `redirected` (under the sending socket's lock); `read` grows under the reading socket's
+/// lock (see [`FlowControl`]): one writer per field.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct Unread {
+    pub redirected: u64,
+    pub read: u64,
+}
+// ANCHOR_END: unread
+
 /// Number of slots in the `COUNTERS` array.
 pub const COUNTER_SLOTS: u32 = Counter::ALL.len() as u32;
 
@@ -598,6 +652,8 @@ mod user {
         SockPolicy,
         HttpRules,
         FlowRecord,
+        Unread,
+        FlowControl,
         TraceLayout,
     );
 }

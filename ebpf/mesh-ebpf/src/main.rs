@@ -17,6 +17,7 @@ mod sock_ops;
 mod telemetry;
 mod trace;
 mod udp;
+mod unread;
 
 #[cfg(not(test))]
 #[panic_handler]

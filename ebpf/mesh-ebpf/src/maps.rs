@@ -5,9 +5,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf, SockHash},
 };
 use mesh_common::{
-    Backend, BackendKey, COUNTER_SLOTS, Counter, DENIALS_BYTES, FLOW_EVENTS_BYTES, FlowRecord, Hook,
-    HttpRules, IdentityAddr, MAX_BACKEND_SLOTS, MAX_IDENTITY_ADDRS, MAX_POLICY, MAX_RULES, MAX_SERVICES,
-    MAX_SOCKETS, OriginalDst, PolicyKey, ServiceKey, ServiceValue, SockKey, SockPolicy, TraceLayout,
+    Backend, BackendKey, COUNTER_SLOTS, Counter, DENIALS_BYTES, FLOW_EVENTS_BYTES, FlowControl, FlowRecord,
+    Hook, HttpRules, IdentityAddr, MAX_BACKEND_SLOTS, MAX_IDENTITY_ADDRS, MAX_POLICY, MAX_RULES,
+    MAX_SERVICES, MAX_SOCKETS, OriginalDst, PolicyKey, ServiceKey, ServiceValue, SockKey, SockPolicy,
+    TraceLayout, Unread,
 };
 
 // ANCHOR: maps
@@ -36,6 +37,19 @@ pub static SIDECAR: Array<u32> = Array::with_max_entries(1, 0);
 #[map(name = "SOCK_STATE")]
 pub static SOCK_STATE: LruHashMap<SockKey, u32> = LruHashMap::with_max_entries(MAX_SOCKETS, 0);
 // ANCHOR_END: maps
+
+// ANCHOR: flow_control_maps
+/// Per socket that was redirected to (keyed like `SOCKETS`, with `netns` 0: the read side
+/// cannot see the namespace): bytes redirected to it and bytes its application read of them
+/// (`mesh_common::Unread`). sock_ops removes the entry when the socket closes. LRU: a lost
+/// close callback cannot fill it.
+#[map(name = "UNREAD")]
+pub static UNREAD: LruHashMap<SockKey, Unread> = LruHashMap::with_max_entries(MAX_SOCKETS, 0);
+
+/// Slot 0: the budget and how reads are known (`mesh_common::FlowControl`), set by the agent.
+#[map(name = "FLOW_CONTROL")]
+pub static FLOW_CONTROL: Array<FlowControl> = Array::with_max_entries(1, 0);
+// ANCHOR_END: flow_control_maps
 
 // ANCHOR: service_maps
 /// Services by (virtual address, port, protocol). The agent writes them from the mesh file.

@@ -1,11 +1,13 @@
 //! cgroup/setsockopt hook: keeps a socket's incoming bytes on TCP when its owner sets
-//! `SO_RCVLOWAT`, which the kernel's sockmap receive path ignores for redirected bytes
-//! (`tcp_bpf_recvmsg` returns as soon as one redirected message is queued; for bytes in the TCP
-//! receive queue it hands over to `tcp_recvmsg`, which honours the low mark).
+//! `SO_RCVLOWAT` or `TCP_INQ`, which the kernel's sockmap receive path ignores for redirected
+//! bytes (`tcp_bpf_recvmsg` returns as soon as one redirected message is queued, and never adds
+//! the `TCP_CM_INQ` control message; for bytes in the TCP receive queue it hands over to
+//! `tcp_recvmsg`, which honours both).
 //!
 //! - Attach: `BPF_CGROUP_SETSOCKOPT` on the lab's cgroup v2 directory; runs before the kernel
 //!   handles every setsockopt() of the pods' sockets, and always lets it proceed (returns 1).
-//! - Acts on `SOL_SOCKET`/`SO_RCVLOWAT` above 1: sets the socket's `NO_REDIRECT` bit, and sk_msg
+//! - Acts on `SOL_SOCKET`/`SO_RCVLOWAT` above 1 and `IPPROTO_TCP`/`TCP_INQ` on: sets the
+//!   socket's `NO_REDIRECT` bit, and sk_msg
 //!   stops redirecting to it (this program type may not delete from a sockhash: the verifier
 //!   refuses `bpf_map_delete_elem` on one). A socket that sets the option before connecting is
 //!   left out by sock_ops instead, where `bpf_getsockopt` can read it (see `sock_ops.rs`).
@@ -22,6 +24,8 @@ use crate::maps::{bump, set_sock_state, sock_state};
 
 const SOL_SOCKET: i32 = 1;
 const SO_RCVLOWAT: i32 = 18;
+const IPPROTO_TCP: i32 = 6;
+const TCP_INQ: i32 = 36;
 
 // ANCHOR: entry
 #[cgroup_sockopt(setsockopt)]
@@ -43,10 +47,9 @@ fn try_mesh_setsockopt<const NETNS: bool>(ctx: &SockoptContext) {
     let s = ctx.sockopt;
     // SAFETY: fields of the live bpf_sockopt the kernel handed us; optval is bounds-checked
     // against optval_end before it is read.
-    let lowat = unsafe {
-        if read_volatile(&raw const (*s).level) != SOL_SOCKET
-            || read_volatile(&raw const (*s).optname) != SO_RCVLOWAT
-        {
+    let (option, value) = unsafe {
+        let option = (read_volatile(&raw const (*s).level), read_volatile(&raw const (*s).optname));
+        if option != (SOL_SOCKET, SO_RCVLOWAT) && option != (IPPROTO_TCP, TCP_INQ) {
             return;
         }
         let val = (*s).__bindgen_anon_2.optval as usize;
@@ -54,9 +57,11 @@ fn try_mesh_setsockopt<const NETNS: bool>(ctx: &SockoptContext) {
         if val + 4 > end {
             return;
         }
-        read_volatile(val as *const i32)
+        (option, read_volatile(val as *const i32))
     };
-    if lowat <= 1 {
+    let (counter, wanted) =
+        if option.1 == TCP_INQ { (Counter::InqTcp, value != 0) } else { (Counter::RcvlowatTcp, value > 1) };
+    if !wanted {
         return;
     }
     // Only a connected socket has a key; one that is not connected yet is sock_ops' to judge
@@ -64,7 +69,7 @@ fn try_mesh_setsockopt<const NETNS: bool>(ctx: &SockoptContext) {
     let Some(key) = sock_key::<NETNS>(ctx).filter(|k| k.remote_port != 0) else { return };
     if sock_state(&key) & SockState::NO_REDIRECT == 0 {
         set_sock_state(&key, SockState::NO_REDIRECT);
-        bump(Counter::RcvlowatTcp);
+        bump(counter);
     }
 }
 // ANCHOR_END: body

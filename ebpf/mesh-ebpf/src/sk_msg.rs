@@ -5,6 +5,10 @@
 //! - Verdict: `bpf_msg_redirect_hash(.., BPF_F_INGRESS)` queues the bytes on the peer socket's
 //!   psock ingress list, skipping TCP, IP, qdiscs, netfilter, the veths and the bridge. No local
 //!   peer: pass, and the message (and every later one from this socket) takes the TCP/IP path.
+//! - Flow control: nothing in the kernel makes a redirecting writer wait for its reader. Once
+//!   the peer holds the budget's worth of bytes it has not read (`UNREAD`, whose reads
+//!   `unread.rs` counts, or which a socket's own writes clear where it cannot), the connection
+//!   takes TCP/IP for good, and TCP's window makes the writer wait (`FLOW_CONTROL`).
 //! - Policy: once a policy exists, each socket's connection is judged again at its first
 //!   message after every policy change (`POLICY_GEN`); a connection the policy no longer allows
 //!   is cut: `SK_DROP` (the writer's sendmsg fails with EACCES) for this and every later message
@@ -25,13 +29,15 @@ use aya_ebpf::{
     macros::sk_msg,
     programs::SkMsgContext,
 };
-use mesh_common::{AF_INET, AF_INET6, Counter, Hook, IPPROTO_TCP, SockKey, SockPolicy, SockState};
+use mesh_common::{
+    AF_INET, AF_INET6, Counter, FlowControl, Hook, IPPROTO_TCP, SockKey, SockPolicy, SockState, Unread,
+};
 
 use crate::{
     http::{self, Http},
     maps::{
-        HTTP_PROGS, HTTP_RULES, POLICY_GEN, SIDECAR_ALIASES, SOCK_POLICY, SOCK_STATE, SOCKETS, bump,
-        set_sock_state, sidecar_port, sock_state,
+        FLOW_CONTROL, HTTP_PROGS, HTTP_RULES, POLICY_GEN, SIDECAR_ALIASES, SOCK_POLICY, SOCK_STATE, SOCKETS,
+        UNREAD, bump, set_sock_state, sidecar_port, sock_state,
     },
     policy::{self, Flow, Verdict},
     telemetry,
@@ -86,6 +92,15 @@ fn try_mesh_redirect<const NETNS: bool, const HTTP: bool>(ctx: &SkMsgContext) ->
         Check::Cork => return Ok(sk_action::SK_PASS),
         Check::Drop => return Ok(sk_action::SK_DROP),
     }
+    let flow = FLOW_CONTROL.get(0).copied().unwrap_or_default();
+    if flow.budget != 0 && flow.reads_counted == 0 {
+        // Reads are not counted on this kernel: a socket that writes has read what was
+        // redirected to it (see FlowControl).
+        if let Some(u) = UNREAD.get_ptr_mut(&SockKey { netns: 0, ..me }) {
+            // SAFETY: a live map value; `read` is only written by this socket (its lock held).
+            unsafe { (*u).read = (*u).redirected };
+        }
+    }
     // Once a message of this socket went through TCP, all later ones must too: the peer reads
     // its redirect queue before its TCP receive queue, so a redirected message could overtake
     // bytes still in flight.
@@ -94,25 +109,30 @@ fn try_mesh_redirect<const NETNS: bool, const HTTP: bool>(ctx: &SkMsgContext) ->
         return Ok(sk_action::SK_PASS);
     }
     // The peer socket is stored under this connection's key seen from the other end.
-    let mut redirected = redirect(ctx, &me, &mut me.peer());
+    let mut sent = redirect(ctx, &flow, &me, &mut me.peer());
     // With sidecars the loopback hop between an application and its proxy does not mirror
     // (iptables rewrote the destination): try both ways across it.
     let port = sidecar_port();
-    if !redirected && port != 0 {
+    if sent == Sent::NoPeer && port != 0 {
         // proxy -> app: our peer is filed as an alias of the application's real key.
         // SAFETY: a plain lookup; the value is copied out at once.
         if let Some(real) = unsafe { SIDECAR_ALIASES.get(&me.peer()) } {
-            redirected = redirect(ctx, &me, &mut { *real });
+            sent = redirect(ctx, &flow, &me, &mut { *real });
         } else if family == AF_INET {
             // app -> proxy: the proxy accepted the REDIRECTed connection on 127.0.0.1:<port>.
-            redirected = redirect(ctx, &me, &mut me.sidecar_alias(port).peer());
+            sent = redirect(ctx, &flow, &me, &mut me.sidecar_alias(port).peer());
         }
     }
-    if redirected {
-        bump(Counter::MsgRedirected);
-    } else {
-        set_sock_state(&me, SockState::PASSED);
-        bump(Counter::MsgPassed);
+    match sent {
+        Sent::Redirected => bump(Counter::MsgRedirected),
+        Sent::NoPeer | Sent::OverBudget => {
+            // For good: see PASSED above.
+            set_sock_state(&me, SockState::PASSED);
+            if sent == Sent::OverBudget {
+                bump(Counter::FlowFallback);
+            }
+            bump(Counter::MsgPassed);
+        }
     }
     Ok(sk_action::SK_PASS)
 }
@@ -229,22 +249,48 @@ fn http_check(ctx: &SkMsgContext, me: &SockKey) -> Check {
 }
 // ANCHOR_END: still_allowed
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    /// Queued on the peer socket.
+    Redirected,
+    /// No local peer under that key (or it asked to receive through TCP only): TCP/IP.
+    NoPeer,
+    /// The peer has not read the budget's worth of what was redirected to it: TCP/IP,
+    /// whose flow control makes the writer wait for the reader.
+    OverBudget,
+}
+
+// ANCHOR: redirect
 /// Redirects the message to `target`, unless it asked to receive through TCP only
-/// (`NO_REDIRECT`), which counts as a miss. On a hit the helper records the target and returns
+/// (`NO_REDIRECT`) or its redirect queue already holds the budget's worth of bytes its
+/// application has not read (`UNREAD`). On a hit the helper records the target and returns
 /// SK_PASS (the program's SK_PASS then means "deliver there") and the target is marked
 /// `RECEIVED`: its redirect queue may now hold bytes it has not read, so it must stay in the map
 /// until it closes (see sock_ops.rs). On a miss the helper records nothing and the message takes
-/// TCP/IP. One lookup of the target's state either way. With telemetry on, the bytes are added
-/// to both ends' flow records (TCP's own counters never see them).
+/// TCP/IP. The budget is checked before the helper: once it has recorded a target, SK_PASS
+/// can only mean "deliver there". With telemetry on, the bytes are added to both ends' flow
+/// records (TCP's own counters never see them).
 #[inline(always)]
-fn redirect(ctx: &SkMsgContext, me: &SockKey, target: &mut SockKey) -> bool {
+fn redirect(ctx: &SkMsgContext, flow: &FlowControl, me: &SockKey, target: &mut SockKey) -> Sent {
     let state = SOCK_STATE.get_ptr_mut(&*target);
     // SAFETY: a live map value; racing writers only ever add bits.
     let bits = state.map_or(0, |p| unsafe { *p });
-    if bits & SockState::NO_REDIRECT != 0
-        || SOCKETS.redirect_msg(ctx, &mut *target, BPF_F_INGRESS.into()) != sk_action::SK_PASS.into()
-    {
-        return false;
+    if bits & SockState::NO_REDIRECT != 0 {
+        return Sent::NoPeer;
+    }
+    // What the target's application has not read yet (the read side keys without netns).
+    let budget = u64::from(flow.budget);
+    let unread_key = SockKey { netns: 0, ..*target };
+    let unread = if budget == 0 { None } else { UNREAD.get_ptr_mut(&unread_key) };
+    if let Some(u) = unread {
+        // SAFETY: a live map value; `read` may grow meanwhile, which only makes this larger
+        // than what is left.
+        if unsafe { (*u).redirected.saturating_sub((*u).read) } >= budget {
+            return Sent::OverBudget;
+        }
+    }
+    if SOCKETS.redirect_msg(ctx, &mut *target, BPF_F_INGRESS.into()) != sk_action::SK_PASS.into() {
+        return Sent::NoPeer;
     }
     match state {
         // SAFETY: as above.
@@ -255,9 +301,23 @@ fn redirect(ctx: &SkMsgContext, me: &SockKey, target: &mut SockKey) -> bool {
         }
     }
     // SAFETY: a u32 field of the live sk_msg_md.
-    telemetry::redirected(me, target, unsafe { read_volatile(&raw const (*ctx.msg).size) });
-    true
+    let size = unsafe { read_volatile(&raw const (*ctx.msg).size) };
+    // Counted now, before the kernel queues the bytes (after this program returns), so the
+    // reader can never count bytes not added here yet.
+    if budget != 0 {
+        match unread {
+            // SAFETY: a live map value; only this connection's writer (under its socket lock)
+            // writes `redirected`.
+            Some(u) => unsafe { (*u).redirected += u64::from(size) },
+            None => {
+                let _ = UNREAD.insert(&unread_key, &Unread { redirected: u64::from(size), read: 0 }, 0);
+            }
+        }
+    }
+    telemetry::redirected(me, target, size);
+    Sent::Redirected
 }
+// ANCHOR_END: redirect
 
 /// The connection as the sending socket sees it, built exactly like sock_ops builds its keys.
 /// The verifier only accepts 4-byte loads of these fields: each is a volatile u32 read, which

@@ -29,8 +29,8 @@ use aya_ebpf::{
 use mesh_common::{AF_INET, AF_INET6, Counter, SockKey, SockPolicy, SockState};
 
 use crate::maps::{
-    MESH_CONNECTS, SIDECAR_ALIASES, SOCK_POLICY, SOCK_STATE, SOCKETS, bump, remove_socket, sidecar_port,
-    sock_state,
+    MESH_CONNECTS, SIDECAR_ALIASES, SOCK_POLICY, SOCK_STATE, SOCKETS, UNREAD, bump, remove_socket,
+    sidecar_port, sock_state,
 };
 
 const SOL_SOCKET: i32 = 1;
@@ -139,6 +139,7 @@ fn state_changed(key: &SockKey, old: u32, new: u32) {
         let _ = SOCK_STATE.remove(key);
         let _ = SOCK_POLICY.remove(key);
         let _ = MESH_CONNECTS.remove(&SockKey { netns: 0, ..*key });
+        let _ = UNREAD.remove(&SockKey { netns: 0, ..*key });
         let port = sidecar_port();
         if port != 0 && key.family == AF_INET {
             let _ = SIDECAR_ALIASES.remove(&key.sidecar_alias(port));

@@ -37,6 +37,12 @@ pub const SPLICE_READ: KernelBug = KernelBug {
               the socket's proto_ops, which the map does not swap): it misses the redirected bytes and \
               takes the FIN, which came through TCP, for the end of an empty stream",
 };
+/// FIONREAD (SIOCINQ) does not count redirected bytes.
+pub const FIONREAD: KernelBug = KernelBug {
+    id: "tcp-bpf-fionread",
+    summary: "ioctl(FIONREAD) on a socket in a sockmap counts only TCP's receive queue (tcp_ioctl), not \
+              the redirected bytes waiting in its psock queue: 0 while they are readable",
+};
 // ANCHOR_END: bugs
 
 /// The known kernel behaviour that accounts for `got` differing from `want`, if there is one.
@@ -55,6 +61,13 @@ pub fn explain(got: &CaseResult, want: &CaseResult) -> Option<KernelBug> {
                     || spliced(&got.server) < spliced(&want.server)) =>
         {
             Some(SPLICE_READ)
+        }
+        "fionread"
+            if only_first_read
+                && got.client.first().is_some_and(|l| l == "FIONREAD once readable: 0")
+                && want.client.first().is_some_and(|l| l != "FIONREAD once readable: 0") =>
+        {
+            Some(FIONREAD)
         }
         "rcvlowat" | "rcvlowat-before-connect"
             if only_first_read
@@ -214,6 +227,18 @@ mod tests {
         let want = case("rcvlowat", &["SO_RCVLOWAT 4000: first read >= 4000: true", "in all x"], &[]);
         let got = case("rcvlowat", &["SO_RCVLOWAT 4000: first read >= 4000: false", "in all x"], &[]);
         assert_eq!(explain(&got, &want), Some(RCVLOWAT));
+    }
+
+    #[test]
+    fn fionread_zero_is_the_known_bug_and_a_wrong_count_is_not() {
+        let server = ["sent 1000 bytes in one write, then read 1 byte"];
+        let want = case("fionread", &["FIONREAD once readable: 1000", "then read x"], &server);
+        let got = case("fionread", &["FIONREAD once readable: 0", "then read x"], &server);
+        assert_eq!(explain(&got, &want), Some(FIONREAD));
+        let wrong = case("fionread", &["FIONREAD once readable: 500", "then read x"], &server);
+        assert_eq!(explain(&wrong, &want), None);
+        let lost = case("fionread", &["FIONREAD once readable: 0", "then read y"], &server);
+        assert_eq!(explain(&lost, &want), None);
     }
 
     #[test]

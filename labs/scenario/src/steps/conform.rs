@@ -70,6 +70,8 @@ results! {
         kernel_bugs,
         /// Messages sk_msg redirected meanwhile.
         msg_redirected,
+        /// Connections sk_msg handed to TCP because their reader fell behind (flow control).
+        flow_fallback,
         /// 1 when the connection held across the mesh's start and stop stayed intact (or none
         /// was held).
         held_ok,
@@ -226,11 +228,13 @@ impl Conform {
                 held,
             });
         }
+        let since = counters(&e.lab)?.since(&c0);
         Ok(Conformance {
             cases: total as f64,
             differences: differences as f64,
             kernel_bugs: known as f64,
-            msg_redirected: counters(&e.lab)?.since(&c0).msg_redirected as f64,
+            msg_redirected: since.msg_redirected as f64,
+            flow_fallback: since.flow_fallback as f64,
             held_ok,
         })
     }

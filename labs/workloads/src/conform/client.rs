@@ -290,6 +290,109 @@ fn run_case(name: &str, args: &ClientArgs, case: u32, token: u64) -> Vec<String>
                 out.push(format!("then {}", digest(&reply)));
             }
             "epoll" => epoll_case(addr, case, token, out)?,
+            // ANCHOR: client_queue_inspection
+            "fionread" | "tcp-inq" => {
+                // What is waiting to be read, as event loops and Java's available() ask it.
+                let mut s = TcpStream::connect(addr).op("connect")?;
+                s.set_nodelay(true).op("setsockopt")?;
+                if name == "tcp-inq" {
+                    // Before the first byte arrives, as a program that relies on it would.
+                    setsockopt(s.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_INQ, &1i32).op("setsockopt")?;
+                }
+                s.write_all(&header(case, token)).op("write")?;
+                if !poll_for(&s, libc::POLLIN, Duration::from_secs(10)).op("poll")? {
+                    return Err(Fail("poll", io::Error::from_raw_os_error(libc::ETIMEDOUT)));
+                }
+                // One write of 1000 bytes: all of it is here once any of it is.
+                thread::sleep(Duration::from_millis(50));
+                if name == "fionread" {
+                    let mut n: libc::c_int = 0;
+                    // SAFETY: FIONREAD writes one int through the pointer.
+                    if unsafe { libc::ioctl(s.as_raw_fd(), libc::FIONREAD, &raw mut n) } != 0 {
+                        return Err(Fail("ioctl(FIONREAD)", io::Error::last_os_error()));
+                    }
+                    out.push(format!("FIONREAD once readable: {n}"));
+                    out.push(format!("then read {}", digest(&read_exactly(&mut s, 1000)?)));
+                } else {
+                    let (first, inq) = recv_inq(&s, 400).op("recvmsg")?;
+                    out.push(format!(
+                        "read {} bytes; TCP_CM_INQ says {}",
+                        first.len(),
+                        inq.map_or_else(|| "nothing (no control message)".to_owned(), |n| n.to_string())
+                    ));
+                    let rest = read_exactly(&mut s, 1000 - first.len())?;
+                    out.push(format!("in all {}", digest(&[first, rest].concat())));
+                }
+                s.write_all(b"k").op("write")?;
+            }
+            // ANCHOR_END: client_queue_inspection
+            // ANCHOR: client_slow_reader
+            "slow-reader" => {
+                // A blocking writer, a reader that starts a second late: TCP makes write_all()
+                // wait until the reader has made room, so it cannot return before the first read.
+                let mut s = open(addr, case, token, &[])?;
+                let data = pattern(14, SLOW_BYTES);
+                s.write_all(&data).op("write")?;
+                let done = monotonic_ns();
+                s.shutdown(Shutdown::Write).op("shutdown")?;
+                out.push(format!("wrote {} with one blocking write_all", digest(&data)));
+                let (first, got) = slow_reply(&mut s)?;
+                out.push(format!("write_all returned before the reader's first read: {}", done < first));
+                out.push(format!("server received {got}"));
+            }
+            "slow-reader-nonblocking" => {
+                // The same with a non-blocking writer: TCP answers EAGAIN, then POLLOUT once the
+                // reader has read.
+                let mut s = open(addr, case, token, &[])?;
+                let data = pattern(15, SLOW_BYTES);
+                s.set_nonblocking(true).op("fcntl")?;
+                let (mut at, mut eagain) = (0, false);
+                while at < data.len() {
+                    match send(&s, &data[at..(at + (256 << 10)).min(data.len())]) {
+                        Ok(n) => at += n,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            eagain = true;
+                            if !poll_for(&s, libc::POLLOUT, Duration::from_secs(10)).op("poll")? {
+                                return Err(Fail(
+                                    "poll(POLLOUT)",
+                                    io::Error::from_raw_os_error(libc::ETIMEDOUT),
+                                ));
+                            }
+                        }
+                        Err(e) => return Err(Fail("send", e)),
+                    }
+                }
+                s.set_nonblocking(false).op("fcntl")?;
+                s.shutdown(Shutdown::Write).op("shutdown")?;
+                out.push(format!("sent {} non-blocking", digest(&data)));
+                out.push(format!("send() would block, then poll() said writable: {eagain}"));
+                let (_, got) = slow_reply(&mut s)?;
+                out.push(format!("server received {got}"));
+            }
+            "slow-readers-8" => {
+                // Eight writers into one process whose readers all start late, like a proxy's
+                // upstreams: what waits unread adds up on the node.
+                let workers: Vec<_> = (0..8u64)
+                    .map(|i| {
+                        thread::spawn(move || -> Step<()> {
+                            let data = pattern(100 + i, SLOW_BYTES / 4);
+                            let mut s = open(addr, SLOW_COUNT, 0, &[])?;
+                            s.write_all(&data).op("write")?;
+                            s.shutdown(Shutdown::Write).op("shutdown")?;
+                            let (_, got) = slow_reply(&mut s)?;
+                            if got != format!("{}, eof", digest(&data)) {
+                                return Err(Fail("read", io::Error::other("the reader got other bytes")));
+                            }
+                            Ok(())
+                        })
+                    })
+                    .collect();
+                let results = workers
+                    .into_iter()
+                    .map(|w| w.join().unwrap_or_else(|_| Err(Fail("thread", io::Error::other("panicked")))));
+                out.extend(tally(results, "of 8 connections of 16 MiB to late readers"));
+            }
+            // ANCHOR_END: client_slow_reader
             "concurrent-100" => {
                 let workers: Vec<_> =
                     (0..100u64).map(|i| thread::spawn(move || echo_once(addr, 1000, i))).collect();
@@ -306,6 +409,43 @@ fn run_case(name: &str, args: &ClientArgs, case: u32, token: u64) -> Vec<String>
         }
         Ok(())
     })
+}
+
+/// A slow reader's answer: when it first read (monotonic ns) and what it received.
+fn slow_reply(s: &mut TcpStream) -> Step<(u64, String)> {
+    let first = u64::from_le_bytes(read_exactly(s, 8)?.try_into().expect("8"));
+    let mut text = String::new();
+    s.read_to_string(&mut text).op("read")?;
+    Ok((first, text))
+}
+
+/// recvmsg(2) of up to `len` bytes with room for control messages: the bytes, and the
+/// `TCP_CM_INQ` value if the kernel sent one.
+fn recv_inq(s: &TcpStream, len: usize) -> io::Result<(Vec<u8>, Option<i32>)> {
+    let mut buf = vec![0u8; len];
+    let mut control = [0u64; 8];
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: len };
+    // SAFETY: an all-zero msghdr is valid; the pointers set below outlive the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &raw mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = size_of_val(&control);
+    // SAFETY: msg describes live buffers of the given lengths.
+    let n = cvt(unsafe { libc::recvmsg(s.as_raw_fd(), &raw mut msg, 0) })?;
+    buf.truncate(n);
+    let mut inq = None;
+    // SAFETY: the CMSG macros walk the control buffer the kernel filled, within controllen.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&raw const msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_TCP && (*c).cmsg_type == libc::TCP_CM_INQ {
+                inq = Some(std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<i32>()));
+            }
+            c = libc::CMSG_NXTHDR(&raw const msg, c);
+        }
+    }
+    Ok((buf, inq))
 }
 
 /// One echo connection: write `len` bytes, read them back, check them, then read the server's

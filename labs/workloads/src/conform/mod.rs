@@ -120,13 +120,19 @@ pub const CASES: &[&str] = &[
     "rcvlowat-before-connect",
     "rcvtimeo",
     "epoll",
+    "fionread",
+    "tcp-inq",
+    "slow-reader",
+    "slow-reader-nonblocking",
+    "slow-readers-8",
     "concurrent-100",
     "short-lived",
 ];
 // ANCHOR_END: cases
 
-/// Cases made of plain echo connections, checked by the client alone.
-const BULK: &[&str] = &["half-close-client-x1000", "concurrent-100", "short-lived"];
+/// Cases checked by the client alone: their connections (echoes, late readers) keep no
+/// transcript on the server.
+const BULK: &[&str] = &["half-close-client-x1000", "slow-readers-8", "concurrent-100", "short-lived"];
 /// Header case number of a plain echo connection (`--hold-until`).
 const ECHO: u32 = 1000;
 /// Header case number of a half-closed request: the server reads to EOF, answers the byte count
@@ -137,6 +143,14 @@ const COUNT_TO_EOF: u32 = 1003;
 const ECHO_ONCE: u32 = 1002;
 /// Header case number of a control connection: "send me the server's transcript of TOKEN".
 const CONTROL: u32 = 1001;
+/// Header case number of a slow reader: the server waits [`SLOW_START`] before its first read,
+/// reads to EOF, and answers the monotonic time of that first read (8 bytes, ns) and the digest.
+const SLOW_COUNT: u32 = 1004;
+/// How long a slow reader waits before it reads at all.
+const SLOW_START: Duration = Duration::from_secs(1);
+/// Bytes a writer sends to a slow reader: more than every buffer on the way can hold (TCP's
+/// autotuned send and receive buffers, a few MiB each, three connections deep with sidecars).
+const SLOW_BYTES: usize = 64 << 20;
 const MAGIC: &[u8; 4] = b"CNF1";
 /// How long the control connection waits for the server to finish its side of a case.
 const SERVER_DONE_TIMEOUT: Duration = Duration::from_secs(20);
@@ -320,6 +334,22 @@ fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
         };
         (storage, len as libc::socklen_t)
     }
+}
+
+/// CLOCK_MONOTONIC in ns: one clock for every process on the kernel, pods included.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: ts is a live timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// poll(2) for `events` on one socket; `Ok(false)` when `timeout` ran out.
+fn poll_for(s: &TcpStream, events: i16, timeout: Duration) -> io::Result<bool> {
+    let mut p = libc::pollfd { fd: s.as_raw_fd(), events, revents: 0 };
+    // SAFETY: p is a live pollfd; one entry.
+    let n = unsafe { libc::poll(&raw mut p, 1, timeout.as_millis() as i32) };
+    if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n > 0) }
 }
 
 fn cvt(r: isize) -> io::Result<usize> {

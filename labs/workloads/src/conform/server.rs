@@ -46,6 +46,14 @@ pub(super) fn serve_one(mut s: TcpStream, t: &Transcripts) {
                 let _ = s.write_all(&buf);
             }
         }
+        SLOW_COUNT => {
+            thread::sleep(SLOW_START);
+            let first = monotonic_ns();
+            if let Ok(got) = read_to_eof(&mut s) {
+                let _ = s.write_all(&first.to_le_bytes());
+                let _ = s.write_all(got.as_bytes());
+            }
+        }
         CONTROL => {
             let mut done = t.done.lock().expect("lock");
             let deadline = Instant::now() + SERVER_DONE_TIMEOUT;
@@ -162,6 +170,19 @@ fn serve_case(name: &str, mut s: TcpStream, out: &mut Vec<String>) -> Step<()> {
                 thread::sleep(Duration::from_millis(5));
             }
             out.push(format!("sent 10 writes of {n} bytes, 5 ms apart"));
+        }
+        "fionread" | "tcp-inq" => {
+            s.write_all(&pattern(13, 1000)).op("write")?;
+            let go = read_exactly(&mut s, 1)?;
+            out.push(format!("sent 1000 bytes in one write, then read {} byte", go.len()));
+        }
+        "slow-reader" | "slow-reader-nonblocking" => {
+            thread::sleep(SLOW_START);
+            let first = monotonic_ns();
+            let got = read_to_eof(&mut s)?;
+            out.push(format!("waited 1 s, then received {got}"));
+            s.write_all(&first.to_le_bytes()).op("write")?;
+            s.write_all(got.as_bytes()).op("write")?;
         }
         "rcvtimeo" => {
             let go = read_exactly(&mut s, 2)?;
