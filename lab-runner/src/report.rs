@@ -90,17 +90,19 @@ pub fn markdown(outcome: &Outcome, when: &str, backend: &str, svg: &str) -> Stri
 
 /// Figures of bench steps, one row per data path: `median (IQR q1-q3)`, or the total for
 /// counted events.
-const FIGURES: [(&str, &str); 10] = [
+const FIGURES: [(&str, &str); 12] = [
     ("p50", "p50 µs"),
     ("p99", "p99 µs"),
     ("p50_4k", "p50 4 KiB µs"),
     ("p50_64k", "p50 64 KiB µs"),
     ("mb_s", "1 stream MB/s"),
     ("mb_s_4", "4 streams MB/s"),
+    ("mb_s_16", "16 streams MB/s"),
     ("cpu_s_per_gb", "CPU s per GB"),
     ("conn_s", "connections/s"),
     ("write_errors", "write errors, 1 stream"),
     ("write_errors_4", "write errors, 4 streams"),
+    ("write_errors_16", "write errors, 16 streams"),
 ];
 
 /// `median (q1-q3)`, or `None` without a spread.

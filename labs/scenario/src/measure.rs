@@ -31,7 +31,7 @@ results! {
 results! {
     /// Packets through every pod's eth0 and the mesh's counters, over the latency runs (or a
     /// bench of tools only, over the tools' runs); totals over the repetitions.
-    pub struct Counted { packets, msg_redirected, msg_passed, sockets_inserted }
+    pub struct Counted { packets, msg_redirected, msg_passed, sockets_inserted, flow_fallback }
 }
 results! {
     /// `latency-4k`.
@@ -48,6 +48,11 @@ results! {
 results! {
     /// `throughput-4`: four bulk streams at once.
     pub struct Throughput4 { mb_s_4, cpu_s_per_gb_4, write_errors_4 }
+}
+results! {
+    /// `throughput-16`: sixteen bulk streams at once (more than the node's TCP memory holds
+    /// for redirected queues without flow control).
+    pub struct Throughput16 { mb_s_16, cpu_s_per_gb_16, write_errors_16 }
 }
 results! {
     /// `connect-rate`.
@@ -67,6 +72,7 @@ impl Measure {
             Measure::Latency64k => Latency64k::KEYS.to_vec(),
             Measure::Throughput => Throughput::KEYS.to_vec(),
             Measure::Throughput4 => Throughput4::KEYS.to_vec(),
+            Measure::Throughput16 => Throughput16::KEYS.to_vec(),
             Measure::ConnectRate => ConnectRate::KEYS.to_vec(),
             Measure::HttpLatency => HttpLatency::KEYS.to_vec(),
         }
@@ -75,7 +81,7 @@ impl Measure {
 
 /// Figures summed over repetitions rather than summarised by their median: events that must
 /// not vanish in a median.
-pub const TOTALS: &[&str] = &["write_errors", "write_errors_4"];
+pub const TOTALS: &[&str] = &["write_errors", "write_errors_4", "write_errors_16"];
 
 /// What one visit of a path measured.
 #[derive(Default)]
@@ -151,26 +157,27 @@ impl Engine<'_> {
                     let r: RrReport = self.run_json(from, &rr(65536))?;
                     v.add(&Latency64k { p50_64k: r.latency_us.p50, p99_64k: r.latency_us.p99 });
                 }
-                Measure::Throughput | Measure::Throughput4 => {
-                    let four = *m == Measure::Throughput4;
-                    let streams = if four { "4" } else { "1" };
-                    let args = stream::Args { streams: if four { 4 } else { 1 }, json: true, ..defaults(&c) };
+                Measure::Throughput | Measure::Throughput4 | Measure::Throughput16 => {
+                    let streams = match m {
+                        Measure::Throughput => 1,
+                        Measure::Throughput4 => 4,
+                        _ => 16,
+                    };
+                    let args = stream::Args { streams, json: true, ..defaults(&c) };
                     let r: StreamReport = self.run_json(from, &Workload::Stream(args))?;
-                    v.streams += if four { 4 } else { 1 };
+                    v.streams += streams;
                     v.stream_errors.extend(r.errors.iter().map(|e| format!("{streams} stream(s): {e}")));
-                    let errors = r.errors.len() as f64;
-                    if four {
-                        v.add(&Throughput4 {
-                            mb_s_4: r.mb_per_s,
-                            cpu_s_per_gb_4: r.cpu_s_per_gb,
-                            write_errors_4: errors,
-                        });
-                    } else {
-                        v.add(&Throughput {
-                            mb_s: r.mb_per_s,
-                            cpu_s_per_gb: r.cpu_s_per_gb,
-                            write_errors: errors,
-                        });
+                    let (mb_s, cpu, errors) = (r.mb_per_s, r.cpu_s_per_gb, r.errors.len() as f64);
+                    match streams {
+                        1 => v.add(&Throughput { mb_s, cpu_s_per_gb: cpu, write_errors: errors }),
+                        4 => {
+                            v.add(&Throughput4 { mb_s_4: mb_s, cpu_s_per_gb_4: cpu, write_errors_4: errors })
+                        }
+                        _ => v.add(&Throughput16 {
+                            mb_s_16: mb_s,
+                            cpu_s_per_gb_16: cpu,
+                            write_errors_16: errors,
+                        }),
                     }
                 }
                 Measure::HttpLatency => {
@@ -283,8 +290,10 @@ mod tests {
 
     #[test]
     fn the_totals_are_measure_keys() {
-        let all: Vec<&str> =
-            [Measure::Throughput, Measure::Throughput4].iter().flat_map(|m| m.keys()).collect();
+        let all: Vec<&str> = [Measure::Throughput, Measure::Throughput4, Measure::Throughput16]
+            .iter()
+            .flat_map(|m| m.keys())
+            .collect();
         assert!(TOTALS.iter().all(|t| all.contains(t)));
     }
 }

@@ -107,6 +107,9 @@ pub enum Measure {
     /// Four bulk streams at once.
     #[serde(rename = "throughput-4")]
     Throughput4,
+    /// Sixteen bulk streams at once.
+    #[serde(rename = "throughput-16")]
+    Throughput16,
     /// Connections per second: connect, one request and response, close.
     #[serde(rename = "connect-rate")]
     ConnectRate,
@@ -383,6 +386,7 @@ fn store_path(
                 msg_redirected: mesh.msg_redirected as f64,
                 msg_passed: mesh.msg_passed as f64,
                 sockets_inserted: mesh.sockets_inserted as f64,
+                flow_fallback: mesh.flow_fallback as f64,
             }
             .values(),
         );
