@@ -430,7 +430,8 @@ fn recv_inq(s: &TcpStream, len: usize) -> io::Result<(Vec<u8>, Option<i32>)> {
     msg.msg_iov = &raw mut iov;
     msg.msg_iovlen = 1;
     msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = size_of_val(&control);
+    // socklen_t on musl, size_t on glibc.
+    msg.msg_controllen = size_of_val(&control) as _;
     // SAFETY: msg describes live buffers of the given lengths.
     let n = cvt(unsafe { libc::recvmsg(s.as_raw_fd(), &raw mut msg, 0) })?;
     buf.truncate(n);
