@@ -281,13 +281,17 @@ fn redirect(ctx: &SkMsgContext, flow: &FlowControl, me: &SockKey, target: &mut S
     // What the target's application has not read yet (the read side keys without netns).
     let budget = u64::from(flow.budget);
     let unread_key = SockKey { netns: 0, ..*target };
-    let unread = if budget == 0 { None } else { UNREAD.get_ptr_mut(&unread_key) };
-    if let Some(u) = unread {
+    // Looked up whatever the budget: a pointer set on one path only would be spilled to a
+    // stack slot that 5.10's and 6.1's verifiers refuse to read on the other ("invalid read
+    // from stack").
+    let unread = UNREAD.get_ptr_mut(&unread_key);
+    if let Some(u) = unread
         // SAFETY: a live map value; `read` may grow meanwhile, which only makes this larger
         // than what is left.
-        if unsafe { (*u).redirected.saturating_sub((*u).read) } >= budget {
-            return Sent::OverBudget;
-        }
+        && budget != 0
+        && unsafe { (*u).redirected.saturating_sub((*u).read) } >= budget
+    {
+        return Sent::OverBudget;
     }
     if SOCKETS.redirect_msg(ctx, &mut *target, BPF_F_INGRESS.into()) != sk_action::SK_PASS.into() {
         return Sent::NoPeer;
