@@ -175,7 +175,7 @@ mod tests {
     use std::mem::{offset_of, size_of};
 
     use mesh_c::{sk_msg, sock_ops};
-    use mesh_common::{COUNTER_SLOTS, Counter, SockKey, SockPolicy};
+    use mesh_common::{COUNTER_SLOTS, Counter, FlowControl, SockKey, SockPolicy, Unread};
 
     use libbpf_rs::skel::SkelBuilder as _;
 
@@ -203,6 +203,14 @@ mod tests {
         assert_eq!(offset_of!(P, http_rule), offset_of!(SockPolicy, http_rule));
         assert_eq!(offset_of!(P, http_state), offset_of!(SockPolicy, http_state));
         assert_eq!(size_of::<sk_msg::types::sock_key>(), size_of::<SockKey>());
+        type U = sk_msg::types::unread;
+        assert_eq!(size_of::<U>(), size_of::<Unread>());
+        assert_eq!(offset_of!(U, redirected), offset_of!(Unread, redirected));
+        assert_eq!(offset_of!(U, read), offset_of!(Unread, read));
+        type F = sk_msg::types::flow_control;
+        assert_eq!(size_of::<F>(), size_of::<FlowControl>());
+        assert_eq!(offset_of!(F, budget), offset_of!(FlowControl, budget));
+        assert_eq!(offset_of!(F, reads_counted), offset_of!(FlowControl, reads_counted));
     }
 
     /// The counters the C programs move sit in the Rust slots of the same name.
@@ -217,6 +225,7 @@ mod tests {
             (C::COUNTER_LOOPBACK_SKIPPED, Counter::LoopbackSkipped),
             (C::COUNTER_HALF_CLOSE_DETACHED, Counter::HalfCloseDetached),
             (C::COUNTER_RCVLOWAT_TCP, Counter::RcvlowatTcp),
+            (C::COUNTER_FLOW_FALLBACK, Counter::FlowFallback),
         ];
         for (c, rust) in c {
             assert_eq!(c.0, rust as u32, "{rust:?}");
@@ -257,7 +266,7 @@ mod tests {
                 checked += 1;
             }
         }
-        assert_eq!(checked, 7 + 7, "both objects declare the seven maps of the redirect");
+        assert_eq!(checked, 9 + 9, "both objects declare the nine maps of the redirect");
     }
     // ANCHOR_END: layout_test
 

@@ -47,7 +47,7 @@ struct sock_key {
 };
 // ANCHOR_END: key
 
-/* Slots of COUNTERS (mesh_common::Counter); the twin moves the first seven. */
+/* Slots of COUNTERS (mesh_common::Counter); the twin moves the first seven and FLOW_FALLBACK. */
 enum counter {
 	COUNTER_SOCKETS_INSERTED = 0,
 	COUNTER_INSERT_FAILED = 1,
@@ -56,6 +56,7 @@ enum counter {
 	COUNTER_LOOPBACK_SKIPPED = 4,
 	COUNTER_HALF_CLOSE_DETACHED = 5,
 	COUNTER_RCVLOWAT_TCP = 6,
+	COUNTER_FLOW_FALLBACK = 15,
 	COUNTER_SLOTS = 17,
 };
 
@@ -75,6 +76,19 @@ struct sock_policy {
 	__u32 http_state;
 };
 #define SOCK_POLICY_PASSIVE 1
+
+/* mesh_common::Unread and mesh_common::FlowControl: flow control through the redirect (see
+ * book/src/hooks/flow-control.md). The read counter is aya's fexit program; the agent sets
+ * FLOW_CONTROL whichever engine loaded the redirect. */
+struct unread {
+	__u64 redirected;
+	__u64 read;
+};
+
+struct flow_control {
+	__u32 budget;
+	__u32 reads_counted;
+};
 
 // ANCHOR: maps
 struct {
@@ -112,6 +126,20 @@ struct {
 	__type(value, __u32);
 } SOCK_STATE SEC(".maps");
 // ANCHOR_END: maps
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_SOCKETS);
+	__type(key, struct sock_key);
+	__type(value, struct unread);
+} UNREAD SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct flow_control);
+} FLOW_CONTROL SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);

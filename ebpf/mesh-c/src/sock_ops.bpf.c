@@ -103,6 +103,7 @@ static __always_inline void state_changed(const struct sock_key *key, __u32 old,
 		bpf_map_delete_elem(&SOCK_POLICY, key);
 		plain.netns = 0;
 		bpf_map_delete_elem(&MESH_CONNECTS, &plain);
+		bpf_map_delete_elem(&UNREAD, &plain);
 		port = sidecar_port();
 		if (port && key->family == AF_INET) {
 			struct sock_key alias;
