@@ -395,6 +395,14 @@ fn serve(
             mesh_common::REDIRECT_BUDGET
         ),
     }
+    match mesh.pressure_unwatched() {
+        None => eprintln!(
+            "mesh-agent: flow control: under TCP memory pressure the budget is {} bytes ({} watches it)",
+            mesh_common::PRESSURE_BUDGET,
+            pins::PRESSURE_PROGRAM
+        ),
+        Some(why) => eprintln!("mesh-agent: flow control: TCP memory pressure not watched: {why}"),
+    }
     // The retransmit tracepoint lives with this process; the datapath does not need it.
     let (tracepoint, tracepoint_error) = match crate::tracepoint::attach(pin_dir) {
         Ok(t) => {
@@ -455,6 +463,7 @@ fn serve(
         started: mesh.started().clone(),
         tracepoint_error,
         reads_estimated: mesh.reads_estimated().map(str::to_owned),
+        pressure_unwatched: mesh.pressure_unwatched().map(str::to_owned),
         applied,
         flow_log: events.log.path().to_owned(),
         metrics: metrics_at,

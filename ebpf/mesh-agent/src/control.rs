@@ -77,6 +77,9 @@ pub struct Ready {
     /// Why flow control estimates reads instead of counting them (no read counter), if it does.
     #[serde(default)]
     pub reads_estimated: Option<String>,
+    /// Why flow control does not see TCP memory pressure (no pressure mark), if it does not.
+    #[serde(default)]
+    pub pressure_unwatched: Option<String>,
     /// The mesh file applied at start (`--file`), if one was.
     pub applied: Option<Applied>,
     pub flow_log: PathBuf,
@@ -222,6 +225,7 @@ mod tests {
             started: crate::Started::Adopted { links: 12, services: 3, engine: crate::Engine::Aya },
             tracepoint_error: None,
             reads_estimated: None,
+            pressure_unwatched: Some("no kernel BTF".into()),
             applied: Some(Applied { rules: 1, ..Applied::default() }),
             flow_log: "/run/lab/flows.jsonl".into(),
             metrics: Some("127.0.0.1:9464".parse().unwrap()),

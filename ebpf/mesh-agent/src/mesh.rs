@@ -8,12 +8,12 @@ use aya::{
     Ebpf,
     maps::{MapData, ProgramArray, SockHash},
     programs::{
-        CgroupAttachMode, CgroupSkbAttachType, CgroupSockAddr, FExit, Program, SkMsg,
+        CgroupAttachMode, CgroupSkbAttachType, CgroupSockAddr, FEntry, FExit, Program, SkMsg,
         links::{FdLink, LinkError, PinnedLink},
     },
 };
 use mesh_common::{
-    Counter, FlowControl, HTTP_PROGS_MAP, REDIRECT_BUDGET, SERVICES_MAP, SOCKETS_MAP, SockKey,
+    Counter, FlowControl, HTTP_PROGS_MAP, PRESSURE_BUDGET, REDIRECT_BUDGET, SERVICES_MAP, SOCKETS_MAP, SockKey,
 };
 use serde::Serialize;
 
@@ -139,6 +139,7 @@ counters! {
     flow_events_lost = FlowEventsLost,
     flow_fallback = FlowFallback,
     inq_tcp = InqTcp,
+    pressure_fallback = PressureFallback,
 }
 
 /// How [`Mesh::start`] found the node.
@@ -165,6 +166,7 @@ pub struct Mesh {
     started: Started,
     /// Why reads are estimated rather than counted (no read counter), if they are.
     reads_estimated: Option<String>,
+    pressure_unwatched: Option<String>,
     stopped: bool,
 }
 
@@ -190,6 +192,7 @@ impl Mesh {
             cgroup: cgroup.to_owned(),
             started: Started::Installed { replaced_partial: false },
             reads_estimated: None,
+            pressure_unwatched: None,
             stopped: false,
         };
         match pins::find(pin_dir) {
@@ -213,9 +216,14 @@ impl Mesh {
                     PinnedLink::from_pin(&path).map_err(|source| MeshError::Link { path, source })?;
                 }
                 let pinned = Pinned::open(pin_dir)?;
-                if pinned.flow_control()?.reads_counted == 0 {
+                let flow = pinned.flow_control()?;
+                if flow.reads_counted == 0 {
                     mesh.reads_estimated =
                         Some("the agent that installed the mesh could not count reads".into());
+                }
+                if flow.pressure_watched == 0 {
+                    mesh.pressure_unwatched =
+                        Some("the agent that installed the mesh could not watch it".into());
                 }
                 let services = pinned.fill().iter().find(|f| f.name == SERVICES_MAP).and_then(|f| f.entries);
                 mesh.started = Started::Adopted {
@@ -232,7 +240,7 @@ impl Mesh {
                     mesh.started = Started::Installed { replaced_partial: true };
                 }
                 // Drop (on an error) removes whatever part was pinned.
-                let (ebpf, unread) = install(cgroup, wanted, pin_dir, engine)?;
+                let (ebpf, flow) = install(cgroup, wanted, pin_dir, engine)?;
                 mesh.ebpf = Some(ebpf);
                 let mut pinned = Pinned::open(pin_dir)?;
                 // Telemetry starts on; an adopted mesh keeps what its pins say.
@@ -240,9 +248,13 @@ impl Mesh {
                 // Reads counted by the fexit program where it attached, else estimated by sk_msg.
                 pinned.set_flow_control(FlowControl {
                     budget: REDIRECT_BUDGET,
-                    reads_counted: u32::from(unread.is_ok()),
+                    reads_counted: u32::from(flow.unread.is_ok()),
+                    pressure_budget: PRESSURE_BUDGET,
+                    pressure_watched: u32::from(flow.pressure.is_ok()),
+                    pressure_at: 0,
                 })?;
-                mesh.reads_estimated = unread.err();
+                mesh.reads_estimated = flow.unread.err();
+                mesh.pressure_unwatched = flow.pressure.err();
                 mesh.pinned = Some(pinned);
             }
         }
@@ -258,6 +270,12 @@ impl Mesh {
     /// `mesh_common::FlowControl`): `None` when the read counter is attached.
     pub fn reads_estimated(&self) -> Option<&str> {
         self.reads_estimated.as_deref()
+    }
+
+    /// Why sk_msg does not see TCP memory pressure (`mesh_common::FlowControl`): `None` when
+    /// the pressure mark is attached.
+    pub fn pressure_unwatched(&self) -> Option<&str> {
+        self.pressure_unwatched.as_deref()
     }
 
     /// The cgroup the programs are attached to.
@@ -308,26 +326,37 @@ impl Drop for Mesh {
 }
 
 // ANCHOR: install
+/// Whether flow control's tracing programs attached, or why not: the mesh runs without them.
+struct FlowTracing {
+    /// The read counter (`mesh_unread`).
+    unread: Result<(), String>,
+    /// The pressure mark (`mesh_pressure`).
+    pressure: Result<(), String>,
+}
+
 /// Loads the programs, pins the maps, attaches the programs to `cgroup`, and pins the links and
-/// last the completion marker. On an error nothing stays attached or pinned. Also says whether
-/// the read counter (`mesh_unread`) is attached, or why not: the mesh runs without it.
+/// last the completion marker. On an error nothing stays attached or pinned.
 fn install(
     cgroup: &Path,
     cgroup_id: u64,
     pin_dir: &Path,
     engine: Engine,
-) -> Result<(Ebpf, Result<(), String>), MeshError> {
+) -> Result<(Ebpf, FlowTracing), MeshError> {
     let cgroup_dir =
         File::open(cgroup).map_err(|source| MeshError::Cgroup { path: cgroup.to_owned(), source })?;
     let mut ebpf = Ebpf::load(object::MESH_EBPF).map_err(MeshError::Parse)?;
     let layout = pins::layout_dir(pin_dir);
-    let mut unread = Ok(());
+    let mut flow = FlowTracing { unread: Ok(()), pressure: Ok(()) };
     let installed = pin_maps(&ebpf, &layout)
         .and_then(|()| attach(&mut ebpf, &cgroup_dir, engine))
         .map(|mut links| {
             match attach_unread(&mut ebpf) {
                 Ok(link) => links.push((pins::UNREAD_PROGRAM, ToPin::Aya(link))),
-                Err(why) => unread = Err(why),
+                Err(why) => flow.unread = Err(why),
+            }
+            match attach_pressure(&mut ebpf) {
+                Ok(link) => links.push((pins::PRESSURE_PROGRAM, ToPin::Aya(link))),
+                Err(why) => flow.pressure = Err(why),
             }
             links
         })
@@ -335,7 +364,11 @@ fn install(
     if installed.is_err() {
         let _ = pins::uninstall(pin_dir);
     }
-    installed.map(|()| (ebpf, unread))
+    installed.map(|()| (ebpf, flow))
+}
+
+fn kernel_btf() -> Result<aya::Btf, String> {
+    aya::Btf::from_sys_fs().map_err(|e| format!("no kernel BTF (/sys/kernel/btf/vmlinux): {e}"))
 }
 
 // ANCHOR: attach_unread
@@ -343,7 +376,7 @@ fn install(
 /// to its reader: `sk_msg_recvmsg` (5.12 and later), else its older name.
 fn attach_unread(ebpf: &mut Ebpf) -> Result<FdLink, String> {
     let name = pins::UNREAD_PROGRAM;
-    let btf = aya::Btf::from_sys_fs().map_err(|e| format!("no kernel BTF (/sys/kernel/btf/vmlinux): {e}"))?;
+    let btf = kernel_btf()?;
     let prog: &mut FExit =
         program(ebpf, name).map_err(|e| e.to_string())?.try_into().map_err(|e| format!("{name}: {e}"))?;
     let mut tried = Vec::new();
@@ -360,6 +393,18 @@ fn attach_unread(ebpf: &mut Ebpf) -> Result<FdLink, String> {
     Err(format!("cannot attach {name}: {}", tried.join("; ")))
 }
 // ANCHOR_END: attach_unread
+
+/// Attaches the pressure mark (fentry) to `tcp_enter_memory_pressure`.
+fn attach_pressure(ebpf: &mut Ebpf) -> Result<FdLink, String> {
+    let (name, function) = (pins::PRESSURE_PROGRAM, "tcp_enter_memory_pressure");
+    let btf = kernel_btf()?;
+    let prog: &mut FEntry =
+        program(ebpf, name).map_err(|e| e.to_string())?.try_into().map_err(|e| format!("{name}: {e}"))?;
+    prog.load(function, &btf).map_err(|e| format!("{function}: {}", MeshError::program(name, e)))?;
+    let id = prog.attach().map_err(|e| format!("{name}: attach to {function}: {e}"))?;
+    let link = prog.take_link(id).map_err(|e| format!("{name}: {e}"))?;
+    Ok(link.into())
+}
 
 fn pin_maps(ebpf: &Ebpf, layout: &Path) -> Result<(), MeshError> {
     fs::create_dir_all(layout).map_err(|source| MeshError::Io {

@@ -41,7 +41,7 @@ use serde::Serialize;
 use crate::{Counters, Engine, MeshError, Variant, services};
 
 /// Bump when a pinned map's definition changes, or the set of pins does.
-pub const LAYOUT_VERSION: u32 = 6;
+pub const LAYOUT_VERSION: u32 = 7;
 
 /// One pinned map as this build defines it.
 #[derive(Debug, Clone, Copy)]
@@ -111,6 +111,14 @@ pub fn linked_programs(variant: Variant) -> [&'static str; 12] {
 /// The read counter (fexit, see the kernel side's `unread.rs`), pinned as `link-mesh_unread`
 /// where the kernel lets it attach. Optional: without it the mesh runs without flow control.
 pub const UNREAD_PROGRAM: &str = "mesh_unread";
+
+/// The pressure mark (fentry, see the kernel side's `pressure.rs`), pinned as
+/// `link-mesh_pressure` where the kernel lets it attach. Optional: without it the budget
+/// stays the same under TCP memory pressure.
+pub const PRESSURE_PROGRAM: &str = "mesh_pressure";
+
+/// The tracing programs of flow control, each optional (see above).
+pub const FLOW_PROGRAMS: [&str; 2] = [UNREAD_PROGRAM, PRESSURE_PROGRAM];
 
 /// Roles with a second build that refuses with ECONNREFUSED instead of EPERM
 /// (`bpf_set_retval`, 5.18): (role, that build). The link is pinned under the role's name

@@ -60,6 +60,10 @@ pub struct Status {
     /// reads are counted (the read counter is attached) or estimated.
     pub flow_budget: u32,
     pub reads_counted: bool,
+    /// The budget while the node's TCP memory is under pressure, and whether that pressure is
+    /// watched (the pressure mark is attached).
+    pub pressure_budget: u32,
+    pub pressure_watched: bool,
     /// Verdicts per rule (0: denials) and hook.
     pub verdicts: Vec<RuleVerdicts>,
 }
@@ -89,10 +93,12 @@ pub fn read(pin_dir: &Path, cgroup: Option<&Path>) -> Result<Status, MeshError> 
         })?;
         links.push(LinkStatus { pin: path.display().to_string(), link_id, program_id, program });
     }
-    // The read counter's link, where the kernel let it attach.
-    let path = pins::link_pin(pinned.layout(), pins::UNREAD_PROGRAM);
-    if let Some((link_id, program_id, program)) = pins::link_program(&path) {
-        links.push(LinkStatus { pin: path.display().to_string(), link_id, program_id, program });
+    // Flow control's tracing programs' links, where the kernel let them attach.
+    for p in pins::FLOW_PROGRAMS {
+        let path = pins::link_pin(pinned.layout(), p);
+        if let Some((link_id, program_id, program)) = pins::link_program(&path) {
+            links.push(LinkStatus { pin: path.display().to_string(), link_id, program_id, program });
+        }
     }
     let mut attached = BTreeMap::new();
     if let Some(cg) = cgroup {
@@ -124,6 +130,8 @@ pub fn read(pin_dir: &Path, cgroup: Option<&Path>) -> Result<Status, MeshError> 
         telemetry: pinned.telemetry()?,
         flow_budget: flow.budget,
         reads_counted: flow.reads_counted != 0,
+        pressure_budget: flow.pressure_budget,
+        pressure_watched: flow.pressure_watched != 0,
         verdicts: pinned
             .verdicts()?
             .into_iter()
@@ -209,6 +217,13 @@ impl Status {
             ),
             (b, _) => format!("flow control: a connection takes TCP once its peer has {b} redirected bytes unread\n"),
         });
+        if self.flow_budget != 0 {
+            out.push_str(&if self.pressure_watched {
+                format!("  under TCP memory pressure (tcp_mem[1] passed): {} bytes\n", self.pressure_budget)
+            } else {
+                "  TCP memory pressure: not watched (the budget stays the same)\n".to_owned()
+            });
+        }
         for v in &self.verdicts {
             let what = if v.rule == 0 { "denied".to_owned() } else { format!("rule {} allowed", v.rule) };
             out.push_str(&format!("  {what:<16} at {:<8} {}\n", v.hook, v.count));

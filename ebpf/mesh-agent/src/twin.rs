@@ -211,6 +211,9 @@ mod tests {
         assert_eq!(size_of::<F>(), size_of::<FlowControl>());
         assert_eq!(offset_of!(F, budget), offset_of!(FlowControl, budget));
         assert_eq!(offset_of!(F, reads_counted), offset_of!(FlowControl, reads_counted));
+        assert_eq!(offset_of!(F, pressure_budget), offset_of!(FlowControl, pressure_budget));
+        assert_eq!(offset_of!(F, pressure_watched), offset_of!(FlowControl, pressure_watched));
+        assert_eq!(offset_of!(F, pressure_at), offset_of!(FlowControl, pressure_at));
     }
 
     /// The counters the C programs move sit in the Rust slots of the same name.
@@ -226,6 +229,7 @@ mod tests {
             (C::COUNTER_HALF_CLOSE_DETACHED, Counter::HalfCloseDetached),
             (C::COUNTER_RCVLOWAT_TCP, Counter::RcvlowatTcp),
             (C::COUNTER_FLOW_FALLBACK, Counter::FlowFallback),
+            (C::COUNTER_PRESSURE_FALLBACK, Counter::PressureFallback),
         ];
         for (c, rust) in c {
             assert_eq!(c.0, rust as u32, "{rust:?}");

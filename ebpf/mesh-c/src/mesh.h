@@ -57,7 +57,8 @@ enum counter {
 	COUNTER_HALF_CLOSE_DETACHED = 5,
 	COUNTER_RCVLOWAT_TCP = 6,
 	COUNTER_FLOW_FALLBACK = 15,
-	COUNTER_SLOTS = 17,
+	COUNTER_PRESSURE_FALLBACK = 17,
+	COUNTER_SLOTS = 18,
 };
 
 /* mesh_common::SockState bits. */
@@ -78,8 +79,8 @@ struct sock_policy {
 #define SOCK_POLICY_PASSIVE 1
 
 /* mesh_common::Unread and mesh_common::FlowControl: flow control through the redirect (see
- * book/src/hooks/flow-control.md). The read counter is aya's fexit program; the agent sets
- * FLOW_CONTROL whichever engine loaded the redirect. */
+ * book/src/hooks/flow-control.md). The read counter and the pressure mark are aya's tracing
+ * programs; the agent sets FLOW_CONTROL whichever engine loaded the redirect. */
 struct unread {
 	__u64 redirected;
 	__u64 read;
@@ -88,7 +89,13 @@ struct unread {
 struct flow_control {
 	__u32 budget;
 	__u32 reads_counted;
+	__u32 pressure_budget;
+	__u32 pressure_watched;
+	__u64 pressure_at; /* written by aya's fentry on tcp_enter_memory_pressure() */
 };
+
+/* mesh_common::PRESSURE_HOLD_NS */
+#define PRESSURE_HOLD_NS 1000000000ULL
 
 // ANCHOR: maps
 struct {

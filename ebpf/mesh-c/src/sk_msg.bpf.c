@@ -9,7 +9,7 @@
  * - The twin is the redirect only: the policy's per-message check and HTTP judge, and the
  *   telemetry byte counts, stay in the Rust build (with this engine they do not run). Flow
  *   control is here too: the same budget and UNREAD map (reads counted by aya's fexit program,
- *   or estimated from the peer's writes).
+ *   or estimated from the peer's writes), and the smaller budget under TCP memory pressure.
  * - Two programs from one body, like sock_ops: with and without the netns cookie (5.15).
  */
 #include "mesh.h"
@@ -108,6 +108,7 @@ static __always_inline void set_passed(const struct sock_key *key)
 static __always_inline int handle(struct sk_msg_md *msg, const bool netns)
 {
 	__u32 family = msg->family, port, slot = 0, budget = 0;
+	bool pressure = false;
 	struct sock_key me, target, plain;
 	struct flow_control *flow;
 	enum sent sent;
@@ -118,6 +119,14 @@ static __always_inline int handle(struct sk_msg_md *msg, const bool netns)
 	flow = bpf_map_lookup_elem(&FLOW_CONTROL, &slot);
 	if (flow)
 		budget = flow->budget;
+	/* The node's TCP memory passed tcp_mem[1] lately (aya's pressure.rs): the smaller budget,
+	 * so that redirected bytes never reach tcp_mem[2]. */
+	if (flow && budget && flow->pressure_budget && flow->pressure_at &&
+	    bpf_ktime_get_ns() - flow->pressure_at < PRESSURE_HOLD_NS) {
+		pressure = true;
+		if (flow->pressure_budget < budget)
+			budget = flow->pressure_budget;
+	}
 	if (flow && budget && !flow->reads_counted) {
 		/* Reads are not counted on this kernel: a socket that writes has read what was
 		 * redirected to it (mesh_common::FlowControl). */
@@ -161,7 +170,7 @@ static __always_inline int handle(struct sk_msg_md *msg, const bool netns)
 	} else {
 		set_passed(&me);
 		if (sent == SENT_OVER_BUDGET)
-			bump(COUNTER_FLOW_FALLBACK);
+			bump(pressure ? COUNTER_PRESSURE_FALLBACK : COUNTER_FLOW_FALLBACK);
 		bump(COUNTER_MSG_PASSED);
 	}
 	return SK_PASS;

@@ -258,6 +258,11 @@ pub enum Counter {
     /// bytes left to read in a control message), which the redirect's receive path never sends
     /// (marked `NO_REDIRECT`).
     InqTcp = 16,
+    /// A connection handed to TCP for good because the node's TCP memory is under pressure
+    /// (`tcp_mem[1]` passed) and its peer had the pressure budget's worth unread
+    /// ([`FlowControl`]): redirected bytes are charged to that memory, and past its hard limit
+    /// the writer gets ENOMEM.
+    PressureFallback = 17,
 }
 
 // ANCHOR: sock_state
@@ -281,7 +286,7 @@ impl SockState {
 
 impl Counter {
     /// Every counter, in slot order.
-    pub const ALL: [Counter; 17] = [
+    pub const ALL: [Counter; 18] = [
         Counter::SocketsInserted,
         Counter::InsertFailed,
         Counter::MsgRedirected,
@@ -299,6 +304,7 @@ impl Counter {
         Counter::FlowEventsLost,
         Counter::FlowFallback,
         Counter::InqTcp,
+        Counter::PressureFallback,
     ];
 
     /// Stable snake_case name, used in JSON output and metrics.
@@ -321,6 +327,7 @@ impl Counter {
             Counter::FlowEventsLost => "flow_events_lost",
             Counter::FlowFallback => "flow_fallback",
             Counter::InqTcp => "inq_tcp",
+            Counter::PressureFallback => "pressure_fallback",
         }
     }
 }
@@ -594,6 +601,16 @@ pub const FLOW_CONTROL_MAP: &str = "FLOW_CONTROL";
 /// stalled connections under 64 MiB.
 pub const REDIRECT_BUDGET: u32 = 1 << 20;
 
+/// The budget while the node's TCP memory is under pressure: 64 KiB, half TCP's default
+/// receive buffer (`tcp_rmem[1]`, 128 KiB). Between `tcp_mem[1]` (pressure) and `tcp_mem[2]`
+/// (the hard limit) the lab's 1 GiB VM has about 27 MiB (5.10: 14096 and 21144 pages): room
+/// for 400 such queues.
+pub const PRESSURE_BUDGET: u32 = 64 << 10;
+/// How long after the kernel last reported TCP memory pressure sk_msg keeps the pressure
+/// budget: 1 s. Under pressure every allocation reports it again, so the mark stays fresh
+/// for as long as the pressure lasts.
+pub const PRESSURE_HOLD_NS: u64 = 1_000_000_000;
+
 /// How sk_msg bounds what waits unread in a socket's redirect queue. Once a socket holds
 /// `budget` redirected bytes its application has not read ([`Unread`]), the connection
 /// writing to it takes TCP for good, and TCP's window makes the writer wait. `budget` 0 turns
@@ -603,12 +620,21 @@ pub const REDIRECT_BUDGET: u32 = 1 << 20;
 /// that refuses tracing programs): a socket that writes is taken to have read what was
 /// redirected to it so far - true of request/response protocols, whose replies follow their
 /// requests; a one-way stream of more than `budget` bytes takes TCP, which has flow control.
+///
+/// `pressure_at`: when (`bpf_ktime_get_ns`) the kernel last reported the node's TCP memory
+/// under pressure, written by the `mesh_pressure` fentry program on
+/// `tcp_enter_memory_pressure()`; 0 never. For [`PRESSURE_HOLD_NS`] after it, `pressure_budget`
+/// replaces `budget`. `pressure_watched` 1: that program is attached (0: no pressure signal on
+/// this kernel, the budget alone bounds each queue).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct FlowControl {
     pub budget: u32,
     pub reads_counted: u32,
+    pub pressure_budget: u32,
+    pub pressure_watched: u32,
+    pub pressure_at: u64,
 }
 
 /// What sk_msg redirected to one socket and what its application read of it, each only ever

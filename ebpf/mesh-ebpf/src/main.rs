@@ -10,6 +10,7 @@ mod http;
 mod ingress;
 mod maps;
 mod policy;
+mod pressure;
 mod setsockopt;
 mod sk_msg;
 mod sock_addr;

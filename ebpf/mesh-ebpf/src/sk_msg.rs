@@ -8,7 +8,8 @@
 //! - Flow control: nothing in the kernel makes a redirecting writer wait for its reader. Once
 //!   the peer holds the budget's worth of bytes it has not read (`UNREAD`, whose reads
 //!   `unread.rs` counts, or which a socket's own writes clear where it cannot), the connection
-//!   takes TCP/IP for good, and TCP's window makes the writer wait (`FLOW_CONTROL`).
+//!   takes TCP/IP for good, and TCP's window makes the writer wait (`FLOW_CONTROL`). While the
+//!   node's TCP memory is under pressure (`pressure.rs`) the budget shrinks to 64 KiB.
 //! - Policy: once a policy exists, each socket's connection is judged again at its first
 //!   message after every policy change (`POLICY_GEN`); a connection the policy no longer allows
 //!   is cut: `SK_DROP` (the writer's sendmsg fails with EACCES) for this and every later message
@@ -25,12 +26,13 @@ use core::ptr::read_volatile;
 
 use aya_ebpf::{
     bindings::{BPF_F_INGRESS, sk_action},
-    helpers::bpf_get_netns_cookie,
+    helpers::{bpf_get_netns_cookie, bpf_ktime_get_ns},
     macros::sk_msg,
     programs::SkMsgContext,
 };
 use mesh_common::{
-    AF_INET, AF_INET6, Counter, FlowControl, Hook, IPPROTO_TCP, SockKey, SockPolicy, SockState, Unread,
+    AF_INET, AF_INET6, Counter, FlowControl, Hook, IPPROTO_TCP, PRESSURE_HOLD_NS, SockKey, SockPolicy, SockState,
+    Unread,
 };
 
 use crate::{
@@ -92,7 +94,17 @@ fn try_mesh_redirect<const NETNS: bool, const HTTP: bool>(ctx: &SkMsgContext) ->
         Check::Cork => return Ok(sk_action::SK_PASS),
         Check::Drop => return Ok(sk_action::SK_DROP),
     }
-    let flow = FLOW_CONTROL.get(0).copied().unwrap_or_default();
+    let mut flow = FLOW_CONTROL.get(0).copied().unwrap_or_default();
+    // The node's TCP memory passed tcp_mem[1] within the last PRESSURE_HOLD_NS (`pressure.rs`):
+    // the smaller budget, so that redirected bytes never reach tcp_mem[2].
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let pressure = flow.pressure_at != 0
+        && unsafe { bpf_ktime_get_ns() }.wrapping_sub(flow.pressure_at) < PRESSURE_HOLD_NS
+        && flow.budget != 0
+        && flow.pressure_budget != 0;
+    if pressure && flow.pressure_budget < flow.budget {
+        flow.budget = flow.pressure_budget;
+    }
     if flow.budget != 0 && flow.reads_counted == 0 {
         // Reads are not counted on this kernel: a socket that writes has read what was
         // redirected to it (see FlowControl).
@@ -129,7 +141,7 @@ fn try_mesh_redirect<const NETNS: bool, const HTTP: bool>(ctx: &SkMsgContext) ->
             // For good: see PASSED above.
             set_sock_state(&me, SockState::PASSED);
             if sent == Sent::OverBudget {
-                bump(Counter::FlowFallback);
+                bump(if pressure { Counter::PressureFallback } else { Counter::FlowFallback });
             }
             bump(Counter::MsgPassed);
         }

@@ -31,7 +31,7 @@ results! {
 results! {
     /// Packets through every pod's eth0 and the mesh's counters, over the latency runs (or a
     /// bench of tools only, over the tools' runs); totals over the repetitions.
-    pub struct Counted { packets, msg_redirected, msg_passed, sockets_inserted, flow_fallback }
+    pub struct Counted { packets, msg_redirected, msg_passed, sockets_inserted, flow_fallback, pressure_fallback }
 }
 results! {
     /// `latency-4k`.

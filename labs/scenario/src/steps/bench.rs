@@ -387,6 +387,7 @@ fn store_path(
                 msg_passed: mesh.msg_passed as f64,
                 sockets_inserted: mesh.sockets_inserted as f64,
                 flow_fallback: mesh.flow_fallback as f64,
+                pressure_fallback: mesh.pressure_fallback as f64,
             }
             .values(),
         );

@@ -72,6 +72,8 @@ results! {
         msg_redirected,
         /// Connections sk_msg handed to TCP because their reader fell behind (flow control).
         flow_fallback,
+        /// Connections handed to TCP because the node's TCP memory was under pressure.
+        pressure_fallback,
         /// 1 when the connection held across the mesh's start and stop stayed intact (or none
         /// was held).
         held_ok,
@@ -235,6 +237,7 @@ impl Conform {
             kernel_bugs: known as f64,
             msg_redirected: since.msg_redirected as f64,
             flow_fallback: since.flow_fallback as f64,
+            pressure_fallback: since.pressure_fallback as f64,
             held_ok,
         })
     }
