@@ -43,6 +43,7 @@ fn list_names_the_shipped_scenarios() {
             "apps",
             "conformance",
             "crosscheck",
+            "flow-control",
             "invisible",
             "policy",
             "service-lb",
@@ -63,7 +64,7 @@ fn unknown_scenario_is_a_usage_error_naming_the_known_ones() {
         .code(2)
         .stderr(predicate::str::contains("unknown scenario \"sockmapp\""))
         .stderr(predicate::str::contains(
-            "known: agent-restart, apps, conformance, crosscheck, invisible, policy, service-lb, service-scale, sidecar-baseline, sockmap",
+            "known: agent-restart, apps, conformance, crosscheck, flow-control, invisible, policy, service-lb, service-scale, sidecar-baseline, sockmap",
         ));
 }
 

@@ -21,6 +21,9 @@ pub enum Request {
     Apply { file: PathBuf },
     /// Flow records on or off for connections established from now on.
     Telemetry { on: bool },
+    /// Flow control through the redirect on (the agent's budgets) or off (budget 0: redirected
+    /// bytes may outrun their reader, as before flow control), for messages sent from now on.
+    FlowControl { on: bool },
     /// The port of a per-pod proxy whose app <-> proxy hops the redirect takes (0: none).
     SidecarPort { port: u16 },
 }

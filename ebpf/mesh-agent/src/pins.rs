@@ -497,6 +497,12 @@ impl Pinned {
         Ok(array.get(&0, 0).map_err(err)? != 0)
     }
 
+    /// Sets the budget of flow control (0: off), keeping the rest of its settings.
+    pub fn set_flow_budget(&mut self, budget: u32) -> Result<(), MeshError> {
+        let flow = self.flow_control()?;
+        self.set_flow_control(FlowControl { budget, ..flow })
+    }
+
     /// Sets how sk_msg bounds the redirect queues (see `mesh_common::FlowControl`).
     pub fn set_flow_control(&mut self, flow: FlowControl) -> Result<(), MeshError> {
         let err = |source| MeshError::Map { map: FLOW_CONTROL_MAP, source };

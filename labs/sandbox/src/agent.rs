@@ -135,6 +135,11 @@ impl Agent {
         self.ask(&Request::Telemetry { on }).map(drop)
     }
 
+    /// Has the running agent apply flow control through the redirect, or not.
+    pub fn set_flow_control(&mut self, on: bool) -> Result<(), LabError> {
+        self.ask(&Request::FlowControl { on }).map(drop)
+    }
+
     /// Has the running agent route app <-> proxy hops through the redirect (0: no proxies).
     pub fn set_sidecar_port(&mut self, port: u16) -> Result<(), LabError> {
         self.ask(&Request::SidecarPort { port }).map(drop)

@@ -91,6 +91,14 @@ impl Engine<'_> {
         Ok(())
     }
 
+    /// Flow control through the redirect on or off (nothing to do without the mesh).
+    pub(crate) fn set_flow_control(&mut self, state: OnOff) -> Result<(), LabError> {
+        if let Some(agent) = self.lab.agent_mut() {
+            agent.set_flow_control(state == OnOff::On)?;
+        }
+        Ok(())
+    }
+
     pub(crate) fn sidecar_port(&self) -> u16 {
         if self.sidecars.mode == Some(SidecarMode::PerPod) { OUTBOUND_PORT } else { 0 }
     }

@@ -52,7 +52,9 @@ results! {
 results! {
     /// `throughput-16`: sixteen bulk streams at once (more than the node's TCP memory holds
     /// for redirected queues without flow control).
-    pub struct Throughput16 { mb_s_16, cpu_s_per_gb_16, write_errors_16 }
+    /// With the mesh on, also the connections its flow control handed to TCP meanwhile (per
+    /// budget: `mesh_common::FlowControl`).
+    pub struct Throughput16 { mb_s_16, cpu_s_per_gb_16, write_errors_16, flow_fallback_16, pressure_fallback_16 }
 }
 results! {
     /// `connect-rate`.
@@ -81,7 +83,8 @@ impl Measure {
 
 /// Figures summed over repetitions rather than summarised by their median: events that must
 /// not vanish in a median.
-pub const TOTALS: &[&str] = &["write_errors", "write_errors_4", "write_errors_16"];
+pub const TOTALS: &[&str] =
+    &["write_errors", "write_errors_4", "write_errors_16", "flow_fallback_16", "pressure_fallback_16"];
 
 /// What one visit of a path measured.
 #[derive(Default)]
@@ -164,7 +167,9 @@ impl Engine<'_> {
                         _ => 16,
                     };
                     let args = stream::Args { streams, json: true, ..defaults(&c) };
+                    let c0 = self.counters()?;
                     let r: StreamReport = self.run_json(from, &Workload::Stream(args))?;
+                    let fallbacks = self.counters()?.since(&c0);
                     v.streams += streams;
                     v.stream_errors.extend(r.errors.iter().map(|e| format!("{streams} stream(s): {e}")));
                     let (mb_s, cpu, errors) = (r.mb_per_s, r.cpu_s_per_gb, r.errors.len() as f64);
@@ -177,6 +182,8 @@ impl Engine<'_> {
                             mb_s_16: mb_s,
                             cpu_s_per_gb_16: cpu,
                             write_errors_16: errors,
+                            flow_fallback_16: fallbacks.flow_fallback as f64,
+                            pressure_fallback_16: fallbacks.pressure_fallback as f64,
                         }),
                     }
                 }

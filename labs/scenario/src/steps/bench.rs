@@ -67,6 +67,10 @@ pub struct PathDef {
     /// With the mesh on: its flow records (telemetry) on or off for this path's connections.
     #[serde(default = "on")]
     pub telemetry: OnOff,
+    /// With the mesh on: flow control through the redirect on (the default) or off, to measure
+    /// what it costs against the redirect without it.
+    #[serde(default = "on")]
+    pub flow_control: OnOff,
     /// With the mesh on: who loads the redirect for this path (default: the run's `--engine`).
     #[serde(default)]
     pub engine: Option<mesh_agent::Engine>,
@@ -253,7 +257,10 @@ impl Bench {
         let before = (e.sidecars.mode.unwrap_or(SidecarMode::Off), mesh);
         let result = self.paths(e, label, target);
         let engine = e.lab.mesh().map(Pinned::engine);
-        let restored = e.switch_to(before.0, before.1, engine).and_then(|_| e.set_telemetry(OnOff::On));
+        let restored = e
+            .switch_to(before.0, before.1, engine)
+            .and_then(|_| e.set_telemetry(OnOff::On))
+            .and_then(|()| e.set_flow_control(OnOff::On));
         result.and(restored.map(drop))
     }
 
@@ -271,6 +278,7 @@ impl Bench {
             e.ctx.cancel.check()?;
             e.switch_to(p.sidecars, p.mesh, p.engine)?;
             e.set_telemetry(p.telemetry)?;
+            e.set_flow_control(p.flow_control)?;
             // The step's first measure, short: the server may speak only that protocol (HTTP).
             // A bench of tools only (a real server, no rr-server) warms up with its tools.
             match measures.first() {
@@ -291,6 +299,7 @@ impl Bench {
                 e.ctx.cancel.check()?;
                 let lines = e.switch_to(p.sidecars, p.mesh, p.engine)?;
                 e.set_telemetry(p.telemetry)?;
+                e.set_flow_control(p.flow_control)?;
                 let sub = p.name.clone();
                 if rep == 0 {
                     e.ctx.emit(Event::StepStarted { step: sub.clone(), explain: p.explain.clone() });
