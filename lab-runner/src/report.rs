@@ -90,7 +90,7 @@ pub fn markdown(outcome: &Outcome, when: &str, backend: &str, svg: &str) -> Stri
 
 /// Figures of bench steps, one row per data path: `median (IQR q1-q3)`, or the total for
 /// counted events.
-const FIGURES: [(&str, &str); 12] = [
+const FIGURES: [(&str, &str); 13] = [
     ("p50", "p50 µs"),
     ("p99", "p99 µs"),
     ("p50_4k", "p50 4 KiB µs"),
@@ -103,6 +103,7 @@ const FIGURES: [(&str, &str); 12] = [
     ("write_errors", "write errors, 1 stream"),
     ("write_errors_4", "write errors, 4 streams"),
     ("write_errors_16", "write errors, 16 streams"),
+    ("stalls_16", "stalled, 16 streams"),
 ];
 
 /// `median (q1-q3)`, or `None` without a spread.

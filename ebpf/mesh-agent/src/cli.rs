@@ -523,9 +523,11 @@ fn serve(
                         }
                     }
                     control::Request::Telemetry { on } => done(mesh.pins_mut().set_telemetry(on)),
-                    control::Request::FlowControl { on } => {
-                        done(mesh.pins_mut().set_flow_budget(if on { mesh_common::REDIRECT_BUDGET } else { 0 }))
-                    }
+                    control::Request::FlowControl { on } => done(mesh.pins_mut().set_flow_budget(if on {
+                        mesh_common::REDIRECT_BUDGET
+                    } else {
+                        0
+                    })),
                     control::Request::SidecarPort { port } => done(mesh.pins_mut().set_sidecar_port(port)),
                 }
             })?;

@@ -13,7 +13,8 @@ use aya::{
     },
 };
 use mesh_common::{
-    Counter, FlowControl, HTTP_PROGS_MAP, PRESSURE_BUDGET, REDIRECT_BUDGET, SERVICES_MAP, SOCKETS_MAP, SockKey,
+    Counter, FlowControl, HTTP_PROGS_MAP, PRESSURE_BUDGET, REDIRECT_BUDGET, SERVICES_MAP, SOCKETS_MAP,
+    SockKey,
 };
 use serde::Serialize;
 

@@ -31,8 +31,8 @@ use aya_ebpf::{
     programs::SkMsgContext,
 };
 use mesh_common::{
-    AF_INET, AF_INET6, Counter, FlowControl, Hook, IPPROTO_TCP, PRESSURE_HOLD_NS, SockKey, SockPolicy, SockState,
-    Unread,
+    AF_INET, AF_INET6, Counter, FlowControl, Hook, IPPROTO_TCP, PRESSURE_HOLD_NS, SockKey, SockPolicy,
+    SockState, Unread,
 };
 
 use crate::{

@@ -43,18 +43,20 @@ results! {
 }
 results! {
     /// `throughput`: one bulk stream.
-    pub struct Throughput { mb_s, cpu_s_per_gb, write_errors }
+    pub struct Throughput { mb_s, cpu_s_per_gb, write_errors, stalls }
 }
 results! {
     /// `throughput-4`: four bulk streams at once.
-    pub struct Throughput4 { mb_s_4, cpu_s_per_gb_4, write_errors_4 }
+    pub struct Throughput4 { mb_s_4, cpu_s_per_gb_4, write_errors_4, stalls_4 }
 }
 results! {
     /// `throughput-16`: sixteen bulk streams at once (more than the node's TCP memory holds
     /// for redirected queues without flow control).
     /// With the mesh on, also the connections its flow control handed to TCP meanwhile (per
     /// budget: `mesh_common::FlowControl`).
-    pub struct Throughput16 { mb_s_16, cpu_s_per_gb_16, write_errors_16, flow_fallback_16, pressure_fallback_16 }
+    pub struct Throughput16 {
+        mb_s_16, cpu_s_per_gb_16, write_errors_16, stalls_16, flow_fallback_16, pressure_fallback_16
+    }
 }
 results! {
     /// `connect-rate`.
@@ -83,8 +85,16 @@ impl Measure {
 
 /// Figures summed over repetitions rather than summarised by their median: events that must
 /// not vanish in a median.
-pub const TOTALS: &[&str] =
-    &["write_errors", "write_errors_4", "write_errors_16", "flow_fallback_16", "pressure_fallback_16"];
+pub const TOTALS: &[&str] = &[
+    "write_errors",
+    "write_errors_4",
+    "write_errors_16",
+    "stalls",
+    "stalls_4",
+    "stalls_16",
+    "flow_fallback_16",
+    "pressure_fallback_16",
+];
 
 /// What one visit of a path measured.
 #[derive(Default)]
@@ -172,16 +182,22 @@ impl Engine<'_> {
                     let fallbacks = self.counters()?.since(&c0);
                     v.streams += streams;
                     v.stream_errors.extend(r.errors.iter().map(|e| format!("{streams} stream(s): {e}")));
-                    let (mb_s, cpu, errors) = (r.mb_per_s, r.cpu_s_per_gb, r.errors.len() as f64);
+                    // A stream that only stalled is counted apart from one whose write() failed.
+                    let stalls = f64::from(r.stalls);
+                    let (mb_s, cpu, errors) = (r.mb_per_s, r.cpu_s_per_gb, r.errors.len() as f64 - stalls);
                     match streams {
-                        1 => v.add(&Throughput { mb_s, cpu_s_per_gb: cpu, write_errors: errors }),
-                        4 => {
-                            v.add(&Throughput4 { mb_s_4: mb_s, cpu_s_per_gb_4: cpu, write_errors_4: errors })
-                        }
+                        1 => v.add(&Throughput { mb_s, cpu_s_per_gb: cpu, write_errors: errors, stalls }),
+                        4 => v.add(&Throughput4 {
+                            mb_s_4: mb_s,
+                            cpu_s_per_gb_4: cpu,
+                            write_errors_4: errors,
+                            stalls_4: stalls,
+                        }),
                         _ => v.add(&Throughput16 {
                             mb_s_16: mb_s,
                             cpu_s_per_gb_16: cpu,
                             write_errors_16: errors,
+                            stalls_16: stalls,
                             flow_fallback_16: fallbacks.flow_fallback as f64,
                             pressure_fallback_16: fallbacks.pressure_fallback as f64,
                         }),

@@ -51,8 +51,12 @@ pub struct StreamReport {
     pub mb_per_s: f64,
     /// Busy CPU time of the whole machine per gigabyte moved (both ends, proxies, the kernel).
     pub cpu_s_per_gb: f64,
-    /// Streams whose write() failed (each stopped there; its bytes up to then are counted).
+    /// Streams that ended early: a write() that failed, or one that (or the server's count)
+    /// did not come within the stall time. Each stopped there; its bytes up to then are counted.
     pub errors: Vec<String>,
+    /// How many of `errors` are stalls only: no write() failed, the stream stopped moving.
+    #[serde(default)]
+    pub stalls: u32,
 }
 
 /// Runs the streams and reports their total.
@@ -79,11 +83,14 @@ pub fn run(args: &Args) -> anyhow::Result<StreamReport> {
             thread::spawn(move || one_stream(conn, size, until, stall))
         })
         .collect();
-    let (mut bytes, mut errors) = (0, Vec::new());
+    let (mut bytes, mut errors, mut stalls) = (0, Vec::new(), 0);
     for w in workers {
-        let (sent, error) = w.join().map_err(|_| anyhow::anyhow!("stream worker panicked"))??;
+        let (sent, end) = w.join().map_err(|_| anyhow::anyhow!("stream worker panicked"))??;
         bytes += sent;
-        errors.extend(error);
+        if let Some(end) = end {
+            stalls += u32::from(end.stalled);
+            errors.push(end.text);
+        }
     }
     let elapsed_s = start.elapsed().as_secs_f64();
     let cpu = CpuTimes::now().since(&cpu0);
@@ -96,7 +103,15 @@ pub fn run(args: &Args) -> anyhow::Result<StreamReport> {
         mb_per_s: bytes as f64 / 1e6 / elapsed_s.max(f64::EPSILON),
         cpu_s_per_gb: if gb > 0.0 { cpu.busy_s() / gb } else { 0.0 },
         errors,
+        stalls,
     })
+}
+
+/// Why a stream ended early.
+struct EarlyEnd {
+    text: String,
+    /// Only a stall: no write() failed, the stream stopped moving.
+    stalled: bool,
 }
 
 // ANCHOR: one_stream
@@ -110,17 +125,16 @@ fn one_stream(
     size: usize,
     until: Instant,
     stall: Duration,
-) -> anyhow::Result<(u64, Option<String>)> {
+) -> anyhow::Result<(u64, Option<EarlyEnd>)> {
     conn.set_write_timeout(Some(stall))?;
     conn.set_read_timeout(Some(stall))?;
     let buf = vec![b's'; size];
-    let (mut sent, mut error) = (0u64, None);
+    let (mut sent, mut error, mut failed) = (0u64, None, false);
+    let is_stall = |e: &std::io::Error| {
+        matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
+    };
     let stalled = |e: &std::io::Error| {
-        if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) {
-            format!("stalled for {} ms", stall.as_millis())
-        } else {
-            e.to_string()
-        }
+        if is_stall(e) { format!("stalled for {} ms", stall.as_millis()) } else { e.to_string() }
     };
     'send: while Instant::now() < until {
         let mut at = 0;
@@ -130,6 +144,7 @@ fn one_stream(
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     sent += at as u64;
+                    failed = !is_stall(&e);
                     error = Some(format!("write after {sent} bytes: {}", stalled(&e)));
                     break 'send;
                 }
@@ -143,13 +158,16 @@ fn one_stream(
         Ok(()) => {
             let read = u64::from_le_bytes(count);
             if read != sent && error.is_none() {
+                failed = true;
                 error = Some(format!("sent {sent} bytes, the server read {read}"));
             }
-            Ok((read.min(sent), error))
+            Ok((read.min(sent), error.map(|text| EarlyEnd { text, stalled: !failed })))
         }
         Err(e) => {
+            failed |= !is_stall(&e);
             let e = format!("no byte count from the server: {}", stalled(&e));
-            Ok((0, Some(error.map_or(e.clone(), |w| format!("{w}; {e}")))))
+            let text = error.map_or(e.clone(), |w| format!("{w}; {e}"));
+            Ok((0, Some(EarlyEnd { text, stalled: !failed })))
         }
     }
 }
@@ -183,6 +201,7 @@ mod tests {
         assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
         assert_eq!(r.errors.len(), 1, "{r:?}");
         assert!(r.errors[0].contains("stalled for 300 ms"), "{r:?}");
+        assert_eq!(r.stalls, 1, "only a stall: no write() failed");
         drop(held);
     }
 }
