@@ -94,6 +94,7 @@ fn try_mesh_redirect<const NETNS: bool, const HTTP: bool>(ctx: &SkMsgContext) ->
         Check::Cork => return Ok(sk_action::SK_PASS),
         Check::Drop => return Ok(sk_action::SK_DROP),
     }
+    // ANCHOR: pressure
     let mut flow = FLOW_CONTROL.get(0).copied().unwrap_or_default();
     // The node's TCP memory passed tcp_mem[1] within the last PRESSURE_HOLD_NS (`pressure.rs`):
     // the smaller budget, so that redirected bytes never reach tcp_mem[2].
@@ -105,6 +106,7 @@ fn try_mesh_redirect<const NETNS: bool, const HTTP: bool>(ctx: &SkMsgContext) ->
     if pressure && flow.pressure_budget < flow.budget {
         flow.budget = flow.pressure_budget;
     }
+    // ANCHOR_END: pressure
     if flow.budget != 0 && flow.reads_counted == 0 {
         // Reads are not counted on this kernel: a socket that writes has read what was
         // redirected to it (see FlowControl).
