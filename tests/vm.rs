@@ -282,6 +282,50 @@ value = 0
     assert_eq!(qemus_under(&env.root), Vec::<i32>::new());
 }
 
+/// A kernel warning logged during a run fails it, with the warning in the outcome and the report.
+/// The warning is written into the guest's kernel log through /dev/kmsg, as a kernel would
+/// print it: what is tested is that the engine reads the log over the run, not the kernel.
+#[test]
+fn a_kernel_warning_during_the_run_fails_it() {
+    let Some((_vm, env)) = start("a_kernel_warning_during_the_run_fails_it", "splat") else { return };
+    let warning = "WARNING: CPU: 0 PID: 1 at lab/splat.c:1 lab_splat_test+0x0/0x10";
+    let scenario = format!(
+        r#"name = "splat"
+summary = "a kernel warning during the run fails it"
+
+[[pods]]
+name = "a"
+
+[[steps]]
+do = "exec"
+name = "warn"
+pod = "a"
+command = ["sh", "-c", "echo '{warning}' > /dev/kmsg; echo 'Call Trace:' > /dev/kmsg"]
+"#
+    );
+    let file = env.root.join("splat.toml");
+    fs::write(&file, scenario).unwrap();
+    let results = env.root.join("results");
+    let out = env.run(
+        &[
+            &["scenario", file.to_str().unwrap()][..],
+            &ON_61,
+            &["--json", "--results", results.to_str().unwrap()],
+        ]
+        .concat(),
+    );
+    assert_eq!(out.status.code(), Some(1), "stderr: {}", text(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["passed"], false);
+    assert_eq!(v["failures"], serde_json::json!([format!("kernel splat: {warning}")]), "{}", v["failures"]);
+    assert_eq!(v["report"]["kernel_splats"], serde_json::json!([format!("{warning}\nCall Trace:")]));
+    let report =
+        fs::read_dir(results.join("splat")).unwrap().next().unwrap().unwrap().path().join("report.md");
+    let md = fs::read_to_string(&report).unwrap();
+    assert!(md.contains("## Kernel splats") && md.contains(warning), "{md}");
+    assert_eq!(qemus_under(&env.root), Vec::<i32>::new());
+}
+
 #[test]
 fn conformance_passes_inside_the_vm() {
     let Some((_vm, env)) = start("conformance_passes_inside_the_vm", "conformance") else { return };

@@ -72,6 +72,8 @@ pub fn run(sc: &Scenario, ctx: &Context) -> Result<Outcome, LabError> {
         ctx.emit(Event::StepSkipped { step: "requirements".into(), reason: reason.clone() });
         return Ok(outcome(false, Vec::new(), Some(reason), Report::default()));
     }
+    // The kernel log from here on is the run's: a splat in it fails the run.
+    let klog = crate::splat::KernelLog::mark();
     let specs: Vec<PodSpec> =
         sc.pods.iter().map(|p| PodSpec { name: p.name.clone(), labels: p.labels.clone() }).collect();
     let lab = Lab::create(&ctx.host, &specs)?;
@@ -114,6 +116,20 @@ pub fn run(sc: &Scenario, ctx: &Context) -> Result<Outcome, LabError> {
     report.machine.busy_pct = pct(cpu.busy);
     report.machine.steal_pct = pct(cpu.steal);
     let teardown = lab.teardown();
+    // Read after the teardown: closing the lab's sockets and detaching its programs are part
+    // of the run.
+    let mut failures = failures;
+    match klog.and_then(|k| k.splats_since()) {
+        Ok(splats) => {
+            for s in &splats {
+                failures.push(format!("kernel splat: {}", s.lines().next().unwrap_or_default()));
+            }
+            report.kernel_splats = splats;
+        }
+        Err(e) => {
+            report.skipped_steps.insert("kernel log".into(), format!("cannot read /dev/kmsg: {e}"));
+        }
+    }
     result?;
     teardown?;
     Ok(outcome(failures.is_empty(), failures, None, report))

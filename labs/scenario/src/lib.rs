@@ -10,6 +10,7 @@ mod measure;
 pub mod report;
 pub mod requirements;
 pub mod spec;
+pub mod splat;
 pub mod stats;
 pub mod steps;
 

@@ -117,6 +117,9 @@ pub struct Report {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub denials: Vec<mesh_agent::denials::DenialRecord>,
     pub denials_total: u64,
+    /// Kernel splats logged during the run, each its lines (see `splat.rs`): any fails the run.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub kernel_splats: Vec<String>,
     /// What a workload said when it failed, by step (the figures only count the failures).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub errors: BTreeMap<String, Vec<String>>,
