@@ -300,7 +300,7 @@ name = "a"
 do = "exec"
 name = "warn"
 pod = "a"
-command = ["sh", "-c", "echo '{warning}' > /dev/kmsg; echo 'Call Trace:' > /dev/kmsg"]
+command = ["sh", "-c", "for l in '{warning}' 'Call Trace:' '---[ end trace 0000000000000000 ]---'; do echo \"$l\" > /dev/kmsg; done"]
 "#
     );
     let file = env.root.join("splat.toml");
@@ -318,7 +318,8 @@ command = ["sh", "-c", "echo '{warning}' > /dev/kmsg; echo 'Call Trace:' > /dev/
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["passed"], false);
     assert_eq!(v["failures"], serde_json::json!([format!("kernel splat: {warning}")]), "{}", v["failures"]);
-    assert_eq!(v["report"]["kernel_splats"], serde_json::json!([format!("{warning}\nCall Trace:")]));
+    let splat = format!("{warning}\nCall Trace:\n---[ end trace 0000000000000000 ]---");
+    assert_eq!(v["report"]["kernel_splats"], serde_json::json!([splat]));
     let report =
         fs::read_dir(results.join("splat")).unwrap().next().unwrap().unwrap().path().join("report.md");
     let md = fs::read_to_string(&report).unwrap();

@@ -34,8 +34,10 @@ pub const SPLATS: &[&str] = &[
 /// run of the pinned kernels under QEMU (TCG) or of the host has logged one yet.
 pub const ALLOWED: &[(&str, &str)] = &[];
 
-/// Records kept after a splat's first line: its registers and call trace.
+/// Records kept after a splat's first line at most: its registers and call trace.
 const CONTEXT: usize = 30;
+/// The kernel's last line of a WARN or an oops (`---[ end trace 0000000000000000 ]---`).
+const END: &str = "---[ end trace";
 
 /// Where the kernel log stood when the run started.
 #[derive(Debug, Clone, Copy)]
@@ -58,8 +60,8 @@ impl KernelLog {
     }
 }
 
-/// The splats among `records` (in order), each with up to [`CONTEXT`] records after it, one
-/// string of lines each.
+/// The splats among `records` (in order), each with the records after it up to its end
+/// marker, the next splat, or [`CONTEXT`] records, one string of lines each.
 pub fn splats(records: &[(u64, String)]) -> Vec<String> {
     let mut out = Vec::new();
     let mut i = 0;
@@ -71,9 +73,17 @@ pub fn splats(records: &[(u64, String)]) -> Vec<String> {
             continue;
         }
         let end = (i + 1 + CONTEXT).min(records.len());
-        // The next splat starts a splat of its own.
-        let len =
-            records[i + 1..end].iter().take_while(|(_, m)| !SPLATS.iter().any(|p| m.contains(p))).count();
+        // The next splat starts a splat of its own; the end marker is the last line of this one.
+        let mut len = 0;
+        for (_, m) in &records[i + 1..end] {
+            if SPLATS.iter().any(|p| m.contains(p)) {
+                break;
+            }
+            len += 1;
+            if m.contains(END) {
+                break;
+            }
+        }
         let lines: Vec<&str> = records[i..=i + len].iter().map(|(_, m)| m.as_str()).collect();
         out.push(lines.join("\n"));
         i += len + 1;
@@ -141,12 +151,14 @@ mod tests {
             " sk_psock_destroy+0x19b/0x1c0",
             " </TASK>",
             "---[ end trace 0000000000000000 ]---",
+            "br0: port 1(v-a) entered disabled state",
         ]);
         let s = splats(&log);
         assert_eq!(s.len(), 1, "{s:?}");
         assert!(s[0].starts_with("WARNING: CPU: 3 PID: 2094 at net/ipv4/af_inet.c:155"), "{s:?}");
         assert!(s[0].contains("sk_psock_destroy"), "{s:?}");
-        assert!(!s[0].contains("link becomes ready"));
+        assert!(s[0].ends_with("---[ end trace 0000000000000000 ]---"), "{s:?}");
+        assert!(!s[0].contains("link becomes ready") && !s[0].contains("br0"));
     }
 
     #[test]
