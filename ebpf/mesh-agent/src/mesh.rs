@@ -351,11 +351,14 @@ fn install(
     let installed = pin_maps(&ebpf, &layout)
         .and_then(|()| attach(&mut ebpf, &cgroup_dir, engine))
         .map(|mut links| {
-            match attach_unread(&mut ebpf) {
+            // Parsed once for both: the kernel's BTF is megabytes.
+            let btf =
+                aya::Btf::from_sys_fs().map_err(|e| format!("no kernel BTF (/sys/kernel/btf/vmlinux): {e}"));
+            match btf.clone().and_then(|btf| attach_unread(&mut ebpf, &btf)) {
                 Ok(link) => links.push((pins::UNREAD_PROGRAM, ToPin::Aya(link))),
                 Err(why) => flow.unread = Err(why),
             }
-            match attach_pressure(&mut ebpf) {
+            match btf.and_then(|btf| attach_pressure(&mut ebpf, &btf)) {
                 Ok(link) => links.push((pins::PRESSURE_PROGRAM, ToPin::Aya(link))),
                 Err(why) => flow.pressure = Err(why),
             }
@@ -368,21 +371,16 @@ fn install(
     installed.map(|()| (ebpf, flow))
 }
 
-fn kernel_btf() -> Result<aya::Btf, String> {
-    aya::Btf::from_sys_fs().map_err(|e| format!("no kernel BTF (/sys/kernel/btf/vmlinux): {e}"))
-}
-
 // ANCHOR: attach_unread
 /// Attaches the read counter (fexit) to the function that copies a socket's redirected bytes
 /// to its reader: `sk_msg_recvmsg` (5.12 and later), else its older name.
-fn attach_unread(ebpf: &mut Ebpf) -> Result<FdLink, String> {
+fn attach_unread(ebpf: &mut Ebpf, btf: &aya::Btf) -> Result<FdLink, String> {
     let name = pins::UNREAD_PROGRAM;
-    let btf = kernel_btf()?;
     let prog: &mut FExit =
         program(ebpf, name).map_err(|e| e.to_string())?.try_into().map_err(|e| format!("{name}: {e}"))?;
     let mut tried = Vec::new();
     for function in ["sk_msg_recvmsg", "__tcp_bpf_recvmsg"] {
-        match prog.load(function, &btf) {
+        match prog.load(function, btf) {
             Ok(()) => {
                 let id = prog.attach().map_err(|e| format!("{name}: attach to {function}: {e}"))?;
                 let link = prog.take_link(id).map_err(|e| format!("{name}: {e}"))?;
@@ -396,12 +394,11 @@ fn attach_unread(ebpf: &mut Ebpf) -> Result<FdLink, String> {
 // ANCHOR_END: attach_unread
 
 /// Attaches the pressure mark (fentry) to `tcp_enter_memory_pressure`.
-fn attach_pressure(ebpf: &mut Ebpf) -> Result<FdLink, String> {
+fn attach_pressure(ebpf: &mut Ebpf, btf: &aya::Btf) -> Result<FdLink, String> {
     let (name, function) = (pins::PRESSURE_PROGRAM, "tcp_enter_memory_pressure");
-    let btf = kernel_btf()?;
     let prog: &mut FEntry =
         program(ebpf, name).map_err(|e| e.to_string())?.try_into().map_err(|e| format!("{name}: {e}"))?;
-    prog.load(function, &btf).map_err(|e| format!("{function}: {}", MeshError::program(name, e)))?;
+    prog.load(function, btf).map_err(|e| format!("{function}: {}", MeshError::program(name, e)))?;
     let id = prog.attach().map_err(|e| format!("{name}: attach to {function}: {e}"))?;
     let link = prog.take_link(id).map_err(|e| format!("{name}: {e}"))?;
     Ok(link.into())
