@@ -21,6 +21,11 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 # tcpdump: scenarios/invisible.toml watches the pods' interfaces with it.
 apt_pkgs=(iproute2 iptables bpftool procps qemu-system-x86 busybox-static vagrant sockperf iperf3 prometheus
   redis-server redis-tools nginx-light wrk tcpdump)
+# The Kubernetes backend (`lab-runner cluster`): Go 1.19 builds the control plane, kubelet, kube-proxy
+# and kubectl from Debian's kubernetes source package (dpkg-dev unpacks it); etcd, containerd, runc
+# and the CNI plugins are Debian's. Not kubernetes-client: this kind of machine ships a kubectl of
+# its own in /usr/bin, and the cluster's kubectl is built from the same source as its servers.
+apt_pkgs+=(golang-1.19-go etcd-server containerd runc containernetworking-plugins dpkg-dev rsync jq)
 # The C twin (ebpf/mesh-c): clang for the BPF objects; libbpf-sys builds libbpf, libelf (from
 # elfutils, with autotools, flex, bison, gawk) and zlib from source, for the host and, with
 # musl-gcc, for the static guest build.
@@ -158,6 +163,43 @@ if [ ${#missing[@]} -gt 0 ]; then
   # --no-remove: never let apt remove an installed package; the plan above said what it would do.
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends --no-remove \
     ${extra[@]:+--allow-downgrades} "${missing[@]}" "${extra[@]}"
+fi
+
+# --- deb-src for the Kubernetes source ------------------------------------------------------------
+# `apt-get source kubernetes` needs a deb-src entry. It is derived from the machine's own apt
+# configuration: every deb822 stanza (or one-line `deb` entry) that names the Debian archive's
+# keyring or suites is repeated as deb-src, same URIs, suites, components and keyring. No host name
+# is written by this script.
+src_list=/etc/apt/sources.list.d/sidecarless-lab-src.sources
+deb_src_stanzas() {
+  local f
+  for f in /etc/apt/sources.list.d/*.sources; do
+    [ -e "$f" ] && [ "$f" != "$src_list" ] || continue
+    # Stanzas are separated by blank lines; keep the ones of type deb, retyped deb-src.
+    awk 'BEGIN { RS = ""; ORS = "\n\n" }
+      /(^|\n)Types:[^\n]*(^| )deb( |\n|$)/ && /(^|\n)Suites:/ && !/(^|\n)Enabled: *no/ {
+        out = ""; n = split($0, lines, "\n")
+        for (i = 1; i <= n; i++) {
+          if (lines[i] ~ /^#/) continue
+          if (lines[i] ~ /^Types:/) lines[i] = "Types: deb-src"
+          out = out lines[i] "\n"
+        }
+        printf "%s\n", out
+      }' "$f"
+  done
+  if [ -e /etc/apt/sources.list ]; then
+    sed -n 's/^[[:space:]]*deb[[:space:]]\+\(\[[^]]*\][[:space:]]\+\)\{0,1\}\([^[:space:]]\+\)[[:space:]]\+\([^[:space:]]\+\)[[:space:]]\+\(.*\)$/Types: deb-src\nURIs: \2\nSuites: \3\nComponents: \4\n/p' /etc/apt/sources.list
+  fi
+}
+if [ "$(id -u)" -eq 0 ] && ! apt-cache showsrc kubernetes 2>/dev/null | grep -q '^Package: kubernetes'; then
+  stanzas=$(deb_src_stanzas)
+  if [ -z "$stanzas" ]; then
+    log "no deb entry in /etc/apt to derive a deb-src entry from; \`lab-runner cluster\` will not find the kubernetes source"
+  else
+    log "adding $src_list (deb-src twins of this machine's apt entries) and apt-get update"
+    printf '# Written by Sidecarless Lab scripts/setup.sh: deb-src twins of this machine'"'"'s apt entries.\n%s\n' "$stanzas" > "$src_list"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  fi
 fi
 
 # --- rust toolchain ----------------------------------------------------------------------------

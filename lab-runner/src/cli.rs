@@ -40,6 +40,9 @@ pub enum Command {
     Kernels(KernelsCommand),
     /// Remove what earlier labs left behind (namespaces, cgroups, pins, processes).
     Clean(CleanArgs),
+    /// A real Kubernetes on this machine's kernel, built from Debian's source package.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Run a workload (used inside pods).
     #[command(hide = true, subcommand)]
     Workload(workloads::Workload),
@@ -234,6 +237,40 @@ pub struct ListArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Build the control plane, kubelet, kube-proxy and kubectl from Debian's `kubernetes` source
+    /// package (once; cached by its version).
+    Build,
+    /// Start etcd, the API server, controller manager, scheduler, containerd and a kubelet (after
+    /// building, if no build is cached); the lab's image is imported into containerd.
+    Up(ClusterUpArgs),
+    /// Show the cluster: its daemons, node, addresses.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop every daemon and pod and remove what they left (netns, mounts, bridge, iptables chains,
+    /// pod logs, the state folder).
+    Down,
+    /// Run the cluster's kubectl (built from the same source): `lab-runner cluster kubectl get pods -A`.
+    Kubectl {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ClusterUpArgs {
+    /// Also run the real kube-proxy (iptables mode), for comparison with the mesh's socket LB.
+    #[arg(long)]
+    pub kube_proxy: bool,
+    /// Folder of the static `workload` and `mesh-agent` binaries for the lab's image [default:
+    /// target/x86_64-unknown-linux-musl/release beside this executable].
+    #[arg(long)]
+    pub guest_bin: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]

@@ -349,6 +349,59 @@ fn read_line_unless(cancel: &Cancel) -> Option<String> {
     }
 }
 
+/// Prints a cluster error and returns the matching exit code.
+pub fn fail_cluster(e: &lab_cluster::ClusterError) -> i32 {
+    eprintln!("lab-runner: {}", lab_sandbox::error::chain(e));
+    if e.is_unmet() { exit::UNMET } else { exit::BACKEND }
+}
+
+/// The Kubernetes build's progress: one spinner per component (stderr).
+pub struct BuildView {
+    bar: Option<ProgressBar>,
+}
+
+impl BuildView {
+    pub fn new() -> BuildView {
+        BuildView { bar: None }
+    }
+
+    pub fn event(&mut self, e: &lab_cluster::source::BuildEvent) {
+        use lab_cluster::source::BuildEvent;
+        match e {
+            BuildEvent::Cached { version } => eprintln!("kubernetes {version}: cached build"),
+            BuildEvent::Fetching { version } => eprintln!("kubernetes {version}: apt-get source"),
+            BuildEvent::Component { name, n, of } => {
+                let bar = ProgressBar::new_spinner();
+                bar.set_style(
+                    ProgressStyle::with_template("{spinner} {msg} {elapsed}").expect("valid template"),
+                );
+                bar.set_message(format!("make WHAT=cmd/{name} ({n}/{of})"));
+                bar.enable_steady_tick(std::time::Duration::from_millis(200));
+                self.bar = Some(bar);
+            }
+            BuildEvent::ComponentDone { name, secs } => {
+                if let Some(b) = self.bar.take() {
+                    b.finish_and_clear();
+                }
+                eprintln!("built {name} in {secs:.0} s");
+            }
+            BuildEvent::Done { secs } => eprintln!("kubernetes built in {secs:.0} s"),
+        }
+    }
+}
+
+/// One line per step of `cluster up`/`down` (stderr).
+pub fn cluster_event(e: &lab_cluster::daemons::UpEvent) {
+    use lab_cluster::daemons::UpEvent;
+    match e {
+        UpEvent::Started { daemon, pid } => eprintln!("started {daemon} (pid {pid})"),
+        UpEvent::Ready { what, secs } => eprintln!("{what} ready ({secs:.1} s)"),
+        UpEvent::Imported { image } => eprintln!("imported {image}"),
+        UpEvent::Stopped { daemon } => eprintln!("stopped {daemon}"),
+        UpEvent::Swept { what } => eprintln!("removed {what}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,5 +1,6 @@
 //! One module per subcommand; each has a `run` returning the process exit code.
 mod clean;
+mod cluster;
 mod down;
 mod exec;
 mod kernels;
@@ -28,6 +29,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Matrix(a) => matrix::run(&a),
         Command::Kernels(c) => kernels::run(&c),
         Command::Clean(a) => clean::run(&a),
+        Command::Cluster(c) => cluster::run(c),
         Command::Workload(w) => match w.run() {
             Ok(()) => exit::OK,
             Err(e) => {
