@@ -38,6 +38,14 @@ impl Layout {
     pub fn sa_key(&self) -> PathBuf {
         self.pki().join("sa.key")
     }
+    /// The CA the kubelet trusts for client certificates, and the API server's client
+    /// certificate signed by it (`kubectl logs` and `exec` go through the kubelet).
+    pub fn kubelet_ca(&self) -> PathBuf {
+        self.pki().join("kubelet-ca.crt")
+    }
+    pub fn kubelet_client(&self) -> (PathBuf, PathBuf) {
+        (self.pki().join("apiserver-kubelet-client.crt"), self.pki().join("apiserver-kubelet-client.key"))
+    }
     pub fn tokens(&self) -> PathBuf {
         self.pki().join("tokens.csv")
     }

@@ -31,6 +31,7 @@ pub enum Leftover {
     ClusterBridge { name: String },
     ClusterIptables { family: String, chains: Vec<String> },
     ClusterFiles { path: PathBuf },
+    ClusterCgroup { path: PathBuf },
 }
 
 impl std::fmt::Display for Leftover {
@@ -44,6 +45,7 @@ impl std::fmt::Display for Leftover {
                 write!(f, "{family} chains {}", chains.join(", "))
             }
             Leftover::ClusterFiles { path } => write!(f, "cluster files {}", path.display()),
+            Leftover::ClusterCgroup { path } => write!(f, "cluster cgroup {}", path.display()),
         }
     }
 }
@@ -108,6 +110,22 @@ fn orphan_netns() -> Vec<PathBuf> {
         .filter(|e| fs::metadata(e.path()).map_or(true, |m| !held.contains(&m.ino())))
         .map(|e| e.path())
         .collect()
+}
+
+/// The containers' cgroups: runc (cgroupfs driver, no QoS tree) makes `/k8s.io/<container>` in
+/// every hierarchy (each v1 controller and the unified one); the parents stay when the
+/// containers are gone. Children first.
+fn container_cgroups() -> Vec<PathBuf> {
+    let Ok(info) = procfs::process::Process::myself().and_then(|p| p.mountinfo()) else { return Vec::new() };
+    let mut out = Vec::new();
+    for m in info.into_iter().filter(|m| m.fs_type == "cgroup" || m.fs_type == "cgroup2") {
+        let parent = m.mount_point.join("k8s.io");
+        if let Ok(rd) = fs::read_dir(&parent) {
+            out.extend(rd.flatten().filter(|e| e.path().is_dir()).map(|e| e.path()));
+            out.push(parent);
+        }
+    }
+    out
 }
 
 fn bridge_exists() -> bool {
@@ -177,6 +195,9 @@ pub fn leftovers() -> Vec<Leftover> {
                 out.push(Leftover::ClusterIptables { family: family.into(), chains });
             }
         }
+    }
+    if !foreign_kubernetes() {
+        out.extend(container_cgroups().into_iter().map(|path| Leftover::ClusterCgroup { path }));
     }
     for dir in [POD_LOGS, CONTAINER_LOGS, STATE_DIR] {
         if Path::new(dir).exists() && (dir == STATE_DIR || !foreign_kubernetes()) {
@@ -256,6 +277,13 @@ pub fn sweep(
             }
             events(UpEvent::Swept { what: format!("{family} chains {}", chains.join(" ")) });
         }
+    }
+    if !foreign_kubernetes() {
+        for path in container_cgroups() {
+            // Empty once its processes are gone; rmdir is how a cgroup is removed.
+            fs::remove_dir(&path).map_err(ClusterError::io("cannot remove cgroup", &path))?;
+        }
+        events(UpEvent::Swept { what: "containers' cgroups (k8s.io)".into() });
     }
     let logs_were_there = state.is_some_and(|s| s.pod_logs_existed);
     if !logs_were_there && !foreign_kubernetes() {

@@ -1,0 +1,166 @@
+//! The Kubernetes backend end to end on the running kernel: a cluster built from Debian's source
+//! package (cached after the first build), a Deployment and a Service of the lab's own image, the
+//! Service's ClusterIP reached from the host, and nothing left after `cluster down`.
+//!
+//! Needs root. One test binary, one test: a cluster owns the machine's kubelet ports.
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    process::{Command, Output},
+    time::Duration,
+};
+
+mod common;
+use common::root_or_skip;
+
+fn bin() -> std::path::PathBuf {
+    assert_cmd::cargo::cargo_bin("lab-runner")
+}
+
+fn lab(args: &[&str]) -> Output {
+    Command::new(bin()).args(args).output().expect("lab-runner runs")
+}
+
+fn kubectl(args: &[&str]) -> Output {
+    let mut all = vec!["cluster", "kubectl", "--"];
+    all.extend_from_slice(args);
+    lab(&all)
+}
+
+fn ok(what: &str, o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "{what}: {}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Takes the cluster down when the test ends, passed or not.
+struct Down;
+impl Drop for Down {
+    fn drop(&mut self) {
+        let o = lab(&["cluster", "down"]);
+        if !o.status.success() {
+            eprintln!("cluster down: {}", String::from_utf8_lossy(&o.stderr));
+        }
+    }
+}
+
+/// Two replicas of the lab image's HTTP server, each naming its pod in every answer, behind a
+/// ClusterIP Service.
+const WEB: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: { name: web, labels: { app: web } }
+spec:
+  replicas: 2
+  selector: { matchLabels: { app: web } }
+  template:
+    metadata: { labels: { app: web } }
+    spec:
+      containers:
+      - name: web
+        image: docker.io/local/sidecarless-lab:dev
+        imagePullPolicy: Never
+        command: ["/workload", "http-server", "--listen", "0.0.0.0:8080", "--name", "$(POD_NAME)"]
+        env:
+        - name: POD_NAME
+          valueFrom: { fieldRef: { fieldPath: metadata.name } }
+        ports: [{ containerPort: 8080 }]
+---
+apiVersion: v1
+kind: Service
+metadata: { name: web }
+spec:
+  selector: { app: web }
+  ports: [{ port: 80, targetPort: 8080, protocol: TCP }]
+"#;
+
+fn get(addr: &str) -> String {
+    let mut s = TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(3))
+        .expect("connects to the ClusterIP");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n").unwrap();
+    // One response: headers, then Content-Length bytes (the server may keep the connection).
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&got).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len = head.lines().find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().parse::<usize>().unwrap())
+            });
+            if len.is_some_and(|n| body.len() >= n) {
+                return text;
+            }
+        }
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return text,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+#[test]
+fn a_real_cluster_runs_pods_behind_a_service_and_leaves_nothing() {
+    if !root_or_skip("a_real_cluster_runs_pods_behind_a_service_and_leaves_nothing") {
+        return;
+    }
+    let _ = lab(&["cluster", "down"]);
+    let down = Down;
+    ok("cluster up", &lab(&["cluster", "up", "--kube-proxy"]));
+    let status = ok("cluster status --json", &lab(&["cluster", "status", "--json"]));
+    let s: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let daemons: Vec<&str> =
+        s["daemons"].as_array().unwrap().iter().map(|d| d["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        daemons,
+        [
+            "etcd",
+            "kube-apiserver",
+            "kube-controller-manager",
+            "kube-scheduler",
+            "containerd",
+            "kubelet",
+            "kube-proxy"
+        ]
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("web.yaml");
+    std::fs::write(&manifest, WEB).unwrap();
+    ok("kubectl apply", &kubectl(&["apply", "-f", manifest.to_str().unwrap()]));
+    ok("rollout", &kubectl(&["rollout", "status", "deployment/web", "--timeout=180s"]));
+    let pods = ok(
+        "get pods",
+        &kubectl(&["get", "pods", "-l", "app=web", "-o", "jsonpath={.items[*].metadata.name}"]),
+    );
+    let pods: Vec<&str> = pods.split_whitespace().collect();
+    assert_eq!(pods.len(), 2, "{pods:?}");
+    let ip = ok("get svc", &kubectl(&["get", "service", "web", "-o", "jsonpath={.spec.clusterIP}"]));
+    assert!(ip.starts_with("10.96."), "ClusterIP {ip} is in the service range");
+
+    // kube-proxy's rules reach both pods from the host; every answer names a pod of the Deployment.
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        let body = get(&format!("{ip}:80"));
+        let pod = pods
+            .iter()
+            .find(|p| body.contains(**p))
+            .unwrap_or_else(|| panic!("answer names no pod of web: {body}"));
+        seen.insert(pod.to_string());
+    }
+    assert_eq!(seen.len(), 2, "40 connections through the ClusterIP reached {seen:?}");
+    // The API server reaches the kubelet (with its client certificate): `kubectl logs` works.
+    ok("kubectl logs", &kubectl(&["logs", &format!("pod/{}", pods[0])]));
+
+    drop(down);
+    let left = ok("clean --dry-run", &lab(&["clean", "--dry-run", "--json"]));
+    let v: serde_json::Value = serde_json::from_str(&left).unwrap();
+    assert_eq!(v["found"], serde_json::json!([]), "the cluster left: {left}");
+}
