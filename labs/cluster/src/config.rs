@@ -161,6 +161,7 @@ state = "{state}"
     )
 }
 
+// ANCHOR: cni
 /// One bridge, addresses from host-local (its records under the cluster's own folder, not
 /// /var/lib/cni), no masquerade and no port maps: nothing in iptables is the CNI's.
 pub fn cni_conflist(l: &Layout) -> String {
@@ -183,6 +184,7 @@ pub fn cni_conflist(l: &Layout) -> String {
     }))
     .expect("serializes")
 }
+// ANCHOR_END: cni
 
 pub fn write_runtime(l: &Layout, pause_image: &str) -> Result<(), ClusterError> {
     write(&l.containerd_config(), &containerd_config(l, pause_image))?;

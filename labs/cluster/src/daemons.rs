@@ -414,6 +414,7 @@ impl Cluster {
         }
         self.save()?;
 
+        // ANCHOR: kubelet
         let kubelet = self.spawn(
             "kubelet",
             build.binary("kubelet"),
@@ -443,6 +444,7 @@ impl Cluster {
             ],
             events,
         )?;
+        // ANCHOR_END: kubelet
         let kubectl = self.kubectl_cmd();
         let secs = wait("node Ready", 90, &l.log("kubelet"), Some(&kubelet), || {
             let mut c = kubectl();

@@ -174,6 +174,7 @@ fn foreign_kubernetes() -> bool {
     })
 }
 
+// ANCHOR: leftovers
 /// What a cluster left, when none is up.
 pub fn leftovers() -> Vec<Leftover> {
     let mut out = Vec::new();
@@ -206,6 +207,7 @@ pub fn leftovers() -> Vec<Leftover> {
     }
     out
 }
+// ANCHOR_END: leftovers
 
 /// Removes everything a cluster leaves. `state` (when `down` has it) restores ip_forward and
 /// says whether kubelet's log folders were there before.
@@ -278,12 +280,13 @@ pub fn sweep(
             events(UpEvent::Swept { what: format!("{family} chains {}", chains.join(" ")) });
         }
     }
-    if !foreign_kubernetes() {
-        for path in container_cgroups() {
-            // Empty once its processes are gone; rmdir is how a cgroup is removed.
-            fs::remove_dir(&path).map_err(ClusterError::io("cannot remove cgroup", &path))?;
-        }
-        events(UpEvent::Swept { what: "containers' cgroups (k8s.io)".into() });
+    let cgroups = if foreign_kubernetes() { Vec::new() } else { container_cgroups() };
+    for path in &cgroups {
+        // Empty once its processes are gone; rmdir is how a cgroup is removed.
+        fs::remove_dir(path).map_err(ClusterError::io("cannot remove cgroup", path))?;
+    }
+    if !cgroups.is_empty() {
+        events(UpEvent::Swept { what: format!("{} container cgroups (k8s.io)", cgroups.len()) });
     }
     let logs_were_there = state.is_some_and(|s| s.pod_logs_existed);
     if !logs_were_there && !foreign_kubernetes() {
