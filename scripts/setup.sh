@@ -118,6 +118,35 @@ apt_plan() {
 # The exact command a person would run, for the message when the plan refuses.
 apt_by_hand() { printf 'apt-get install --no-install-recommends %s' "$*"; }
 
+# deb-src twins of the machine's apt entries (used after the apt section below).
+apt_etc=${APT_ETC:-/etc/apt}
+src_list=$apt_etc/sources.list.d/sidecarless-lab-src.sources
+deb_src_stanzas() {
+  local f
+  for f in "$apt_etc"/sources.list.d/*.sources; do
+    [ -e "$f" ] && [ "$f" != "$src_list" ] || continue
+    # Stanzas are separated by blank lines; keep the ones of type deb, retyped deb-src.
+    awk 'BEGIN { RS = ""; ORS = "\n\n" }
+      /(^|\n)Types:[^\n]*(^| )deb( |\n|$)/ && /(^|\n)Suites:/ && !/(^|\n)Enabled: *no/ {
+        out = ""; n = split($0, lines, "\n")
+        for (i = 1; i <= n; i++) {
+          if (lines[i] ~ /^#/) continue
+          if (lines[i] ~ /^Types:/) lines[i] = "Types: deb-src"
+          out = out lines[i] "\n"
+        }
+        printf "%s\n", out
+      }' "$f"
+  done
+  if [ -e "$apt_etc/sources.list" ]; then
+    sed -n 's/^[[:space:]]*deb[[:space:]]\+\(\[[^]]*\][[:space:]]\+\)\{0,1\}\([^[:space:]]\+\)[[:space:]]\+\([^[:space:]]\+\)[[:space:]]\+\(.*\)$/Types: deb-src\nURIs: \2\nSuites: \3\nComponents: \4\n/p' "$apt_etc/sources.list"
+  fi
+}
+# `--deb-src`: print the entries that would be written, change nothing (tests/setup.rs).
+if [ "${1:-}" = "--deb-src" ]; then
+  deb_src_stanzas
+  exit 0
+fi
+
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -170,27 +199,6 @@ fi
 # configuration: every deb822 stanza (or one-line `deb` entry) that names the Debian archive's
 # keyring or suites is repeated as deb-src, same URIs, suites, components and keyring. No host name
 # is written by this script.
-src_list=/etc/apt/sources.list.d/sidecarless-lab-src.sources
-deb_src_stanzas() {
-  local f
-  for f in /etc/apt/sources.list.d/*.sources; do
-    [ -e "$f" ] && [ "$f" != "$src_list" ] || continue
-    # Stanzas are separated by blank lines; keep the ones of type deb, retyped deb-src.
-    awk 'BEGIN { RS = ""; ORS = "\n\n" }
-      /(^|\n)Types:[^\n]*(^| )deb( |\n|$)/ && /(^|\n)Suites:/ && !/(^|\n)Enabled: *no/ {
-        out = ""; n = split($0, lines, "\n")
-        for (i = 1; i <= n; i++) {
-          if (lines[i] ~ /^#/) continue
-          if (lines[i] ~ /^Types:/) lines[i] = "Types: deb-src"
-          out = out lines[i] "\n"
-        }
-        printf "%s\n", out
-      }' "$f"
-  done
-  if [ -e /etc/apt/sources.list ]; then
-    sed -n 's/^[[:space:]]*deb[[:space:]]\+\(\[[^]]*\][[:space:]]\+\)\{0,1\}\([^[:space:]]\+\)[[:space:]]\+\([^[:space:]]\+\)[[:space:]]\+\(.*\)$/Types: deb-src\nURIs: \2\nSuites: \3\nComponents: \4\n/p' /etc/apt/sources.list
-  fi
-}
 if [ "$(id -u)" -eq 0 ] && ! apt-cache showsrc kubernetes 2>/dev/null | grep -q '^Package: kubernetes'; then
   stanzas=$(deb_src_stanzas)
   if [ -z "$stanzas" ]; then

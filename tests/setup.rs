@@ -136,3 +136,43 @@ fn setup_packages() -> Vec<String> {
     assert!(pkgs.contains(&"qemu-system-x86".to_owned()), "{pkgs:?}");
     pkgs
 }
+
+/// `scripts/setup.sh --deb-src`: the deb-src entries the Kubernetes build needs are the machine's
+/// own apt entries retyped (deb822 stanzas and one-line `deb` lines alike); deb-src-only,
+/// disabled and commented-out entries are not repeated.
+#[test]
+fn deb_src_entries_repeat_the_machine_s_own_apt_entries() {
+    let etc = tempfile::tempdir().unwrap();
+    std::fs::create_dir(etc.path().join("sources.list.d")).unwrap();
+    std::fs::write(
+        etc.path().join("sources.list.d/debian.sources"),
+        "Types: deb\nURIs: http://one.invalid/debian\nSuites: bookworm bookworm-updates\nComponents: main\n\
+         Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n\n\
+         Types: deb-src\nURIs: http://two.invalid/debian\nSuites: bookworm\nComponents: main\n\n\
+         Types: deb\nURIs: http://three.invalid/debian\nSuites: bookworm\nComponents: main\nEnabled: no\n",
+    )
+    .unwrap();
+    std::fs::write(
+        etc.path().join("sources.list"),
+        "deb [arch=amd64] http://four.invalid/debian bookworm main contrib\n# deb http://five.invalid/debian bookworm main\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new("bash")
+        .arg(root().join("scripts/setup.sh"))
+        .arg("--deb-src")
+        .env("APT_ETC", etc.path())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    let stanzas: Vec<&str> = stdout.split("\n\n").map(str::trim).filter(|s| !s.is_empty()).collect();
+    assert_eq!(
+        stanzas,
+        [
+            "Types: deb-src\nURIs: http://one.invalid/debian\nSuites: bookworm bookworm-updates\nComponents: main\n\
+             Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg",
+            "Types: deb-src\nURIs: http://four.invalid/debian\nSuites: bookworm\nComponents: main contrib",
+        ],
+        "{stdout}"
+    );
+}
