@@ -79,6 +79,11 @@ spec:
   ports: [{ port: 80, targetPort: 8080, protocol: TCP }]
 "#;
 
+fn nix_kill(pid: u32, sig: i32) {
+    // SAFETY: kill has no memory preconditions.
+    assert_eq!(unsafe { libc::kill(pid as i32, sig) }, 0);
+}
+
 fn get(addr: &str) -> String {
     let mut s = TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(3))
         .expect("connects to the ClusterIP");
@@ -113,6 +118,27 @@ fn a_real_cluster_runs_pods_behind_a_service_and_leaves_nothing() {
     }
     let _ = lab(&["cluster", "down"]);
     let down = Down;
+
+    // Ctrl-C while the node comes up: what was started is stopped and removed.
+    let mut up = Command::new(bin())
+        .args(["cluster", "up", "--kube-proxy"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(up.stderr.take().unwrap());
+    let mut said = String::new();
+    while !said.contains("started kubelet") {
+        let mut line = String::new();
+        assert!(std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() > 0, "up ended early:\n{said}");
+        said.push_str(&line);
+    }
+    nix_kill(up.id(), libc::SIGINT);
+    let _ = stderr.read_to_string(&mut said);
+    let status = up.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "an interrupted up exits 130:\n{said}");
+    let left = ok("clean --dry-run", &lab(&["clean", "--dry-run", "--json"]));
+    assert!(left.contains(r#""found":[]"#), "an interrupted up left: {left}\n{said}");
+
     ok("cluster up", &lab(&["cluster", "up", "--kube-proxy"]));
     let status = ok("cluster status --json", &lab(&["cluster", "status", "--json"]));
     let s: serde_json::Value = serde_json::from_str(&status).unwrap();
@@ -145,9 +171,17 @@ fn a_real_cluster_runs_pods_behind_a_service_and_leaves_nothing() {
     let ip = ok("get svc", &kubectl(&["get", "service", "web", "-o", "jsonpath={.spec.clusterIP}"]));
     assert!(ip.starts_with("10.96."), "ClusterIP {ip} is in the service range");
 
-    // kube-proxy's rules reach both pods from the host; every answer names a pod of the Deployment.
+    // kube-proxy's rules reach both pods from the host; every answer names a pod of the
+    // Deployment. kube-proxy writes a pod's rule once the pod is ready and in the Endpoints, which
+    // may follow the rollout by a sync: connections go on until both answered, for up to 30 s.
     let mut seen = std::collections::BTreeSet::new();
-    for _ in 0..40 {
+    let t0 = std::time::Instant::now();
+    let mut tries = 0;
+    while seen.len() < 2 && t0.elapsed() < Duration::from_secs(30) {
+        tries += 1;
+        if tries > 1 {
+            std::thread::sleep(Duration::from_millis(100));
+        }
         let body = get(&format!("{ip}:80"));
         let pod = pods
             .iter()
@@ -155,7 +189,7 @@ fn a_real_cluster_runs_pods_behind_a_service_and_leaves_nothing() {
             .unwrap_or_else(|| panic!("answer names no pod of web: {body}"));
         seen.insert(pod.to_string());
     }
-    assert_eq!(seen.len(), 2, "40 connections through the ClusterIP reached {seen:?}");
+    assert_eq!(seen.len(), 2, "{tries} connections in 30 s through the ClusterIP reached only {seen:?}");
     // The API server reaches the kubelet (with its client certificate): `kubectl logs` works.
     ok("kubectl logs", &kubectl(&["logs", &format!("pod/{}", pods[0])]));
 

@@ -352,7 +352,11 @@ fn read_line_unless(cancel: &Cancel) -> Option<String> {
 /// Prints a cluster error and returns the matching exit code.
 pub fn fail_cluster(e: &lab_cluster::ClusterError) -> i32 {
     eprintln!("lab-runner: {}", lab_sandbox::error::chain(e));
-    if e.is_unmet() { exit::UNMET } else { exit::BACKEND }
+    match e {
+        lab_cluster::ClusterError::Cancelled => exit::INTERRUPTED,
+        e if e.is_unmet() => exit::UNMET,
+        _ => exit::BACKEND,
+    }
 }
 
 /// The Kubernetes build's progress: one spinner per component (stderr).

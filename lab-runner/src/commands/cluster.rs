@@ -43,8 +43,11 @@ fn up(a: &ClusterUpArgs) -> Result<i32, ClusterError> {
             bins.display()
         );
     }
-    let c =
-        Cluster::up(&b, &Options { kube_proxy: a.kube_proxy, lab_image }, &mut |e| ui::cluster_event(&e))?;
+    // Ctrl-C during `up` stops and removes what was started (a second one exits at once).
+    let cancel =
+        super::signals::watch().map_err(|_| ClusterError::State("cannot install signal handlers".into()))?;
+    let opts = Options { kube_proxy: a.kube_proxy, lab_image, cancel };
+    let c = Cluster::up(&b, &opts, &mut |e| ui::cluster_event(&e))?;
     let s = &c.state;
     println!(
         "cluster up in {:.1} s: Kubernetes {}, node {} at {}{}",

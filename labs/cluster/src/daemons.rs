@@ -71,6 +71,8 @@ pub struct Options {
     pub kube_proxy: bool,
     /// Static binaries for the lab's image (`/workload`, `/mesh-agent`), when present.
     pub lab_image: Vec<File>,
+    /// Set by Ctrl-C: `up` stops, and stops and removes what it started.
+    pub cancel: lab_protocol::Cancel,
 }
 
 /// The lab image's name in containerd (pods use it with `imagePullPolicy: Never`).
@@ -118,10 +120,14 @@ fn wait(
     secs: u64,
     log: &Path,
     daemon: Option<&Daemon>,
+    cancel: &lab_protocol::Cancel,
     mut ok: impl FnMut() -> bool,
 ) -> Result<f64, ClusterError> {
     let t0 = Instant::now();
     loop {
+        if cancel.is_cancelled() {
+            return Err(ClusterError::Cancelled);
+        }
         if ok() {
             return Ok(t0.elapsed().as_secs_f64());
         }
@@ -304,7 +310,7 @@ impl Cluster {
             ],
             events,
         )?;
-        let secs = wait("etcd", 30, &l.log("etcd"), Some(&etcd), || {
+        let secs = wait("etcd", 30, &l.log("etcd"), Some(&etcd), &opts.cancel, || {
             TcpStream::connect(("127.0.0.1", ETCD_PORT)).is_ok()
         })?;
         events(UpEvent::Ready { what: "etcd".into(), secs });
@@ -335,11 +341,18 @@ impl Cluster {
             events,
         )?;
         let kubectl = self.kubectl_cmd();
-        let secs = wait("kube-apiserver /readyz", 90, &l.log("kube-apiserver"), Some(&apiserver), || {
-            let mut c = kubectl();
-            c.args(["get", "--raw", "/readyz"]);
-            c.output().is_ok_and(|o| o.status.success())
-        })?;
+        let secs = wait(
+            "kube-apiserver /readyz",
+            90,
+            &l.log("kube-apiserver"),
+            Some(&apiserver),
+            &opts.cancel,
+            || {
+                let mut c = kubectl();
+                c.args(["get", "--raw", "/readyz"]);
+                c.output().is_ok_and(|o| o.status.success())
+            },
+        )?;
         events(UpEvent::Ready { what: "kube-apiserver".into(), secs });
 
         let kc = format!("--kubeconfig={}", l.kubeconfig().display());
@@ -382,7 +395,7 @@ impl Cluster {
             events,
         )?;
         let sock = l.containerd_sock();
-        let secs = wait("containerd", 30, &l.log("containerd"), Some(&containerd), || {
+        let secs = wait("containerd", 30, &l.log("containerd"), Some(&containerd), &opts.cancel, || {
             std::os::unix::net::UnixStream::connect(&sock).is_ok()
         })?;
         events(UpEvent::Ready { what: "containerd".into(), secs });
@@ -446,7 +459,7 @@ impl Cluster {
         )?;
         // ANCHOR_END: kubelet
         let kubectl = self.kubectl_cmd();
-        let secs = wait("node Ready", 90, &l.log("kubelet"), Some(&kubelet), || {
+        let secs = wait("node Ready", 90, &l.log("kubelet"), Some(&kubelet), &opts.cancel, || {
             let mut c = kubectl();
             c.args([
                 "get",
@@ -463,12 +476,18 @@ impl Cluster {
             self.start_kube_proxy(build, events)?;
         }
         // Pods need the default ServiceAccount, which the controller manager creates.
-        let secs =
-            wait("ServiceAccount default/default", 60, &l.log("kube-controller-manager"), None, || {
+        let secs = wait(
+            "ServiceAccount default/default",
+            60,
+            &l.log("kube-controller-manager"),
+            None,
+            &opts.cancel,
+            || {
                 let mut c = kubectl();
                 c.args(["get", "serviceaccount", "default", "-n", "default"]);
                 c.output().is_ok_and(|o| o.status.success())
-            })?;
+            },
+        )?;
         events(UpEvent::Ready { what: "ServiceAccount default".into(), secs });
         self.state.ready_s = t0.elapsed().as_secs_f64();
         self.save()

@@ -53,6 +53,8 @@ pub enum ClusterError {
     NotReady { what: String, secs: u64, log_tail: String },
     #[error("{0}")]
     State(String),
+    #[error("interrupted; what was started is stopped and removed")]
+    Cancelled,
 }
 
 impl ClusterError {
