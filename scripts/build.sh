@@ -25,6 +25,8 @@ ln -sfn /usr/include/asm-generic "$shim/kinclude/asm-generic"
 ln -sfn /usr/include/linux "$shim/kinclude/linux"
 export CC_x86_64_unknown_linux_musl=musl-gcc
 export CFLAGS_x86_64_unknown_linux_musl="-I$here/scripts/musl-libbpf -idirafter $shim/kinclude -L$shim/lib"
-cargo build --quiet --release --target x86_64-unknown-linux-musl \
+# mesh-agent with `kubernetes`: the lab's container image runs `mesh-agent kubernetes` beside the
+# agent (lab-runner cluster).
+cargo build --quiet --release --target x86_64-unknown-linux-musl --features mesh-agent/kubernetes \
   -p lab-node --bin lab-node -p workloads --bin workload -p mesh-agent --bin mesh-agent 2>&1 | quiet_ebpf
 test "${PIPESTATUS[0]}" -eq 0

@@ -26,6 +26,8 @@ apt_pkgs=(iproute2 iptables bpftool procps qemu-system-x86 busybox-static vagran
 # and the CNI plugins are Debian's. Not kubernetes-client: this kind of machine ships a kubectl of
 # its own in /usr/bin, and the cluster's kubectl is built from the same source as its servers.
 apt_pkgs+=(golang-1.19-go etcd-server containerd runc containernetworking-plugins dpkg-dev rsync jq)
+# python3-venv: a venv for PyPI tools the tests use (kubernetes-validate, see below).
+apt_pkgs+=(python3-venv)
 # The C twin (ebpf/mesh-c): clang for the BPF objects; libbpf-sys builds libbpf, libelf (from
 # elfutils, with autotools, flex, bison, gawk) and zlib from source, for the host and, with
 # musl-gcc, for the static guest build.
@@ -246,6 +248,16 @@ if ! mdbook --version >/dev/null 2>&1; then
   log "cargo install mdbook"
   rustup run "$toolchain" cargo install mdbook --locked --version '^0.4' --root "$cargo_home"
 fi
+# --- PyPI tools, in the lab's own venv -------------------------------------------------------------
+# kubernetes-validate: deploy/mesh.yaml is checked offline against the Kubernetes 1.33 schemas.
+# Debian's python3 (the image may put another first on PATH).
+venv="${XDG_CACHE_HOME:-$HOME/.cache}/sidecarless-lab/venv"
+if ! "$venv/bin/kubernetes-validate" --help >/dev/null 2>&1; then
+  log "pip install kubernetes-validate==1.37.0 into $venv"
+  /usr/bin/python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check kubernetes-validate==1.37.0
+fi
+
 # --- bpffs -------------------------------------------------------------------------------------
 # Labs pin their maps under /sys/fs/bpf; some machines boot without it mounted. Mounting the
 # standard bpffs is machine set-up (systemd does the same at boot), not lab state.

@@ -193,8 +193,93 @@ fn a_real_cluster_runs_pods_behind_a_service_and_leaves_nothing() {
     // The API server reaches the kubelet (with its client certificate): `kubectl logs` works.
     ok("kubectl logs", &kubectl(&["logs", &format!("pod/{}", pods[0])]));
 
+    ok("cluster down", &lab(&["cluster", "down"]));
+
+    // The mesh in kube-proxy's place: no kube-proxy, no KUBE-* rules; the agent (a DaemonSet)
+    // balances the ClusterIP at connect() over the Endpoints its watcher reads.
+    ok("cluster up --mesh", &lab(&["cluster", "up", "--mesh"]));
+    let rr = dir.path().join("rr.yaml");
+    std::fs::write(&rr, RR).unwrap();
+    ok("kubectl apply", &kubectl(&["apply", "-f", rr.to_str().unwrap()]));
+    ok("rollout", &kubectl(&["rollout", "status", "deployment/rr", "--timeout=180s"]));
+    let pods = ok(
+        "get pods",
+        &kubectl(&["get", "pods", "-l", "app=rr", "-o", "jsonpath={.items[*].metadata.name}"]),
+    );
+    let mut pods: Vec<String> = pods.split_whitespace().map(str::to_owned).collect();
+    pods.sort();
+    let ip = ok("get svc", &kubectl(&["get", "service", "rr", "-o", "jsonpath={.spec.clusterIP}"]));
+    let nat = Command::new("iptables-save").args(["-t", "nat"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&nat.stdout).contains("KUBE-"), "kube-proxy's rules are not there");
+    // The watcher applies within a second of the Endpoints changing; a probe that ran before
+    // that is run again (up to 5 times).
+    let mut last = String::new();
+    let report = (0..5).find_map(|_| {
+        let _ = kubectl(&["delete", "job", "probe", "--ignore-not-found", "--wait=true"]);
+        let job = dir.path().join("probe.yaml");
+        std::fs::write(&job, PROBE.replace("SERVICE", &format!("{ip}:80"))).unwrap();
+        ok("kubectl apply", &kubectl(&["apply", "-f", job.to_str().unwrap()]));
+        let _ = kubectl(&["wait", "--for=condition=complete", "job/probe", "--timeout=60s"]);
+        last = String::from_utf8_lossy(&kubectl(&["logs", "job/probe"]).stdout).into_owned();
+        let v: serde_json::Value = serde_json::from_str(last.trim()).ok()?;
+        let reached: Vec<String> = v["reached"].as_object()?.keys().cloned().collect();
+        (reached == pods).then_some(v)
+    });
+    let v =
+        report.unwrap_or_else(|| panic!("the probe never reached both pods {pods:?}; last report: {last}"));
+    let total: u64 = v["reached"].as_object().unwrap().values().map(|n| n.as_u64().unwrap()).sum();
+    assert_eq!(total, 100, "{v}");
+    assert_eq!(v["errors"], serde_json::json!({}), "{v}");
+    assert_eq!(v["peer_is_target"], 100, "getpeername() says the ClusterIP: {v}");
+
     drop(down);
     let left = ok("clean --dry-run", &lab(&["clean", "--dry-run", "--json"]));
     let v: serde_json::Value = serde_json::from_str(&left).unwrap();
     assert_eq!(v["found"], serde_json::json!([]), "the cluster left: {left}");
 }
+
+/// Two rr-servers (the lab's benchmark server, which names its pod to `lb-probe`) behind a
+/// ClusterIP Service.
+const RR: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: { name: rr, labels: { app: rr } }
+spec:
+  replicas: 2
+  selector: { matchLabels: { app: rr } }
+  template:
+    metadata: { labels: { app: rr } }
+    spec:
+      containers:
+      - name: rr
+        image: docker.io/local/sidecarless-lab:dev
+        imagePullPolicy: Never
+        command: ["/workload", "rr-server", "--listen", "0.0.0.0:7000", "--name", "$(POD_NAME)"]
+        env:
+        - name: POD_NAME
+          valueFrom: { fieldRef: { fieldPath: metadata.name } }
+---
+apiVersion: v1
+kind: Service
+metadata: { name: rr }
+spec:
+  selector: { app: rr }
+  ports: [{ port: 80, targetPort: 7000, protocol: TCP }]
+"#;
+
+/// 100 connections to the Service from a pod: which pod each reached, what getpeername() said.
+const PROBE: &str = r#"
+apiVersion: batch/v1
+kind: Job
+metadata: { name: probe }
+spec:
+  backoffLimit: 0
+  template:
+    spec:
+      restartPolicy: Never
+      containers:
+      - name: probe
+        image: docker.io/local/sidecarless-lab:dev
+        imagePullPolicy: Never
+        command: ["/workload", "lb-probe", "--connect", "SERVICE", "--connections", "100", "--json"]
+"#;

@@ -267,6 +267,10 @@ pub struct ClusterUpArgs {
     /// Also run the real kube-proxy (iptables mode), for comparison with the mesh's socket LB.
     #[arg(long)]
     pub kube_proxy: bool,
+    /// Deploy the mesh as a DaemonSet (deploy/mesh.yaml): the agent balances ClusterIP Services
+    /// at connect(), in kube-proxy's place.
+    #[arg(long)]
+    pub mesh: bool,
     /// Folder of the static `workload` and `mesh-agent` binaries for the lab's image [default:
     /// target/x86_64-unknown-linux-musl/release beside this executable].
     #[arg(long)]

@@ -55,6 +55,10 @@ pub enum Command {
     /// Serve a cgroup: install the mesh (or adopt the one an earlier agent pinned), report
     /// counters until SIGINT/SIGTERM/SIGHUP, then uninstall.
     Run(RunArgs),
+    /// Watch a Kubernetes cluster's Services and Endpoints and keep the running agent's services
+    /// in step with them, through its control socket (in-cluster credentials).
+    #[cfg(feature = "kubernetes")]
+    Kubernetes(crate::kubernetes::KubernetesArgs),
     /// Load the redirect's sock_ops and sk_msg programs with each engine (aya: the Rust
     /// programs; libbpf: their C twin) without attaching them, and print what each cost: object
     /// size, load time (median of the runs), translated and JIT-ed sizes, verified instructions.
@@ -279,6 +283,8 @@ pub fn run(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        #[cfg(feature = "kubernetes")]
+        Command::Kubernetes(a) => crate::kubernetes::run(&a),
         Command::Uninstall { pin_dir } => {
             let removed = pins::uninstall(&pin_dir)?;
             println!("removed {} pins from {}", removed.len(), pin_dir.display());

@@ -12,6 +12,8 @@ pub mod denials;
 pub mod engines;
 mod error;
 pub mod flows;
+#[cfg(feature = "kubernetes")]
+pub mod kubernetes;
 mod mesh;
 pub mod meshfile;
 pub mod metrics;

@@ -46,7 +46,7 @@ fn up(a: &ClusterUpArgs) -> Result<i32, ClusterError> {
     // Ctrl-C during `up` stops and removes what was started (a second one exits at once).
     let cancel =
         super::signals::watch().map_err(|_| ClusterError::State("cannot install signal handlers".into()))?;
-    let opts = Options { kube_proxy: a.kube_proxy, lab_image, cancel };
+    let opts = Options { kube_proxy: a.kube_proxy, mesh: a.mesh, lab_image, cancel };
     let c = Cluster::up(&b, &opts, &mut |e| ui::cluster_event(&e))?;
     let s = &c.state;
     println!(
@@ -55,7 +55,12 @@ fn up(a: &ClusterUpArgs) -> Result<i32, ClusterError> {
         s.git_version,
         lab_cluster::NODE_NAME,
         s.node_ip,
-        if s.kube_proxy { ", kube-proxy (iptables)" } else { ", no kube-proxy" }
+        match (s.kube_proxy, s.mesh) {
+            (true, true) => ", kube-proxy (iptables) and the mesh",
+            (true, false) => ", kube-proxy (iptables)",
+            (false, true) => ", the mesh in kube-proxy's place",
+            (false, false) => ", no kube-proxy",
+        }
     );
     println!("kubectl: {} --kubeconfig {}", s.kubectl.display(), s.kubeconfig.display());
     Ok(exit::OK)

@@ -53,6 +53,9 @@ pub struct State {
     pub kubeconfig: PathBuf,
     pub kubectl: PathBuf,
     pub kube_proxy: bool,
+    /// The mesh's DaemonSet was deployed.
+    #[serde(default)]
+    pub mesh: bool,
     pub daemons: Vec<Daemon>,
     /// `net.ipv4.ip_forward` before `up` set it to 1 (routed pod traffic needs it).
     pub ip_forward_before: String,
@@ -71,6 +74,8 @@ pub struct Options {
     pub kube_proxy: bool,
     /// Static binaries for the lab's image (`/workload`, `/mesh-agent`), when present.
     pub lab_image: Vec<File>,
+    /// Deploy the mesh (`deploy/mesh.yaml`) once the node is ready.
+    pub mesh: bool,
     /// Set by Ctrl-C: `up` stops, and stops and removes what it started.
     pub cancel: lab_protocol::Cancel,
 }
@@ -221,6 +226,7 @@ impl Cluster {
             kubeconfig: layout.kubeconfig(),
             kubectl: build.binary("kubectl"),
             kube_proxy: opts.kube_proxy,
+            mesh: false,
             daemons: Vec::new(),
             ip_forward_before: fs::read_to_string("/proc/sys/net/ipv4/ip_forward")
                 .unwrap_or_default()
@@ -489,6 +495,13 @@ impl Cluster {
             },
         )?;
         events(UpEvent::Ready { what: "ServiceAccount default".into(), secs });
+        if opts.mesh {
+            let t = Instant::now();
+            let manifest = crate::mesh::render(&crate::mesh::Values::lab(&self.state.node_ip)?)?;
+            crate::mesh::deploy(&kubectl, &manifest, &l.root)?;
+            self.state.mesh = true;
+            events(UpEvent::Ready { what: "mesh DaemonSet".into(), secs: t.elapsed().as_secs_f64() });
+        }
         self.state.ready_s = t0.elapsed().as_secs_f64();
         self.save()
     }

@@ -8,6 +8,7 @@
 //!   CNI network.
 //! - [`daemons`] starts etcd, the API server, controller manager, scheduler, containerd, the
 //!   kubelet and (optionally) kube-proxy, and knows how to stop them.
+//! - [`mesh`] renders `deploy/mesh.yaml` (the agent as a DaemonSet) and applies it.
 //! - [`teardown`] finds and removes everything a cluster leaves on the machine: pods' network
 //!   namespaces, mounts, the CNI bridge, iptables chains, containerd's shims, cgroups, logs.
 use std::{
@@ -18,6 +19,7 @@ use std::{
 pub mod config;
 pub mod daemons;
 pub mod image;
+pub mod mesh;
 pub mod source;
 pub mod teardown;
 
@@ -40,6 +42,8 @@ pub const APISERVER_PORT: u16 = 16443;
 /// Where kubelet 1.20 writes pod logs: fixed in its source (`podLogsRootDirectory`).
 pub const POD_LOGS: &str = "/var/log/pods";
 pub const CONTAINER_LOGS: &str = "/var/log/containers";
+/// Where the mesh's DaemonSet pins its maps and links (`deploy/mesh.yaml`).
+pub const MESH_PINS: &str = "/sys/fs/bpf/sidecarless-mesh";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {

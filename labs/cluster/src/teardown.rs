@@ -16,7 +16,7 @@ use std::{
 use serde::Serialize;
 
 use crate::{
-    BRIDGE, CONTAINER_LOGS, ClusterError, POD_LOGS, STATE_DIR,
+    BRIDGE, CONTAINER_LOGS, ClusterError, MESH_PINS, POD_LOGS, STATE_DIR,
     config::Layout,
     daemons::{State, UpEvent},
 };
@@ -200,8 +200,8 @@ pub fn leftovers() -> Vec<Leftover> {
     if !foreign_kubernetes() {
         out.extend(container_cgroups().into_iter().map(|path| Leftover::ClusterCgroup { path }));
     }
-    for dir in [POD_LOGS, CONTAINER_LOGS, STATE_DIR] {
-        if Path::new(dir).exists() && (dir == STATE_DIR || !foreign_kubernetes()) {
+    for dir in [POD_LOGS, CONTAINER_LOGS, STATE_DIR, MESH_PINS] {
+        if Path::new(dir).exists() && (dir == STATE_DIR || dir == MESH_PINS || !foreign_kubernetes()) {
             out.push(Leftover::ClusterFiles { path: dir.into() });
         }
     }
@@ -296,6 +296,12 @@ pub fn sweep(
                 events(UpEvent::Swept { what: dir.to_owned() });
             }
         }
+    }
+    // An agent killed before it could uninstall leaves its pins (and, through the pinned links,
+    // its programs attached); removing the pins detaches them.
+    if Path::new(MESH_PINS).exists() {
+        fs::remove_dir_all(MESH_PINS).map_err(ClusterError::io("cannot remove", MESH_PINS))?;
+        events(UpEvent::Swept { what: MESH_PINS.to_owned() });
     }
     if let Some(s) = state.filter(|s| !s.ip_forward_before.is_empty()) {
         let _ = fs::write("/proc/sys/net/ipv4/ip_forward", &s.ip_forward_before);
