@@ -210,7 +210,8 @@ fn a_real_cluster_runs_pods_behind_a_service_and_leaves_nothing() {
     pods.sort();
     let ip = ok("get svc", &kubectl(&["get", "service", "rr", "-o", "jsonpath={.spec.clusterIP}"]));
     let nat = Command::new("iptables-save").args(["-t", "nat"]).output().unwrap();
-    assert!(!String::from_utf8_lossy(&nat.stdout).contains("KUBE-"), "kube-proxy's rules are not there");
+    let nat = String::from_utf8_lossy(&nat.stdout);
+    assert!(!nat.contains("KUBE-"), "kube-proxy's rules are not there:\n{nat}");
     // The watcher applies within a second of the Endpoints changing; a probe that ran before
     // that is run again (up to 5 times).
     let mut last = String::new();

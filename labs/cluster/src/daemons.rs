@@ -566,7 +566,14 @@ impl Cluster {
                 events(UpEvent::Stopped { daemon: d.name.clone() });
             }
         }
-        teardown::sweep(&self.layout, Some(&self.state), events)
+        teardown::sweep(&self.layout, Some(&self.state), events)?;
+        let left = teardown::leftovers();
+        if left.is_empty() {
+            Ok(())
+        } else {
+            let list: Vec<String> = left.iter().map(ToString::to_string).collect();
+            Err(ClusterError::State(format!("the sweep left: {}", list.join("; "))))
+        }
     }
 }
 

@@ -168,7 +168,13 @@ fn without_ours(text: &str) -> (Vec<String>, String) {
 fn foreign_kubernetes() -> bool {
     let Ok(all) = procfs::process::all_processes() else { return false };
     all.flatten().any(|p| {
-        let name = p.stat().map(|s| s.comm).unwrap_or_default();
+        // A zombie runs nothing: one of ours, stopped and not yet reaped by whoever adopted it
+        // (its command line is gone, so it cannot be told from a foreign one).
+        let Ok(stat) = p.stat() else { return false };
+        if stat.state == 'Z' {
+            return false;
+        }
+        let name = stat.comm;
         (name == "kubelet" || name == "kube-proxy")
             && !p.cmdline().is_ok_and(|c| c.iter().any(|a| a.contains(STATE_DIR) || a.contains("slab-node")))
     })
