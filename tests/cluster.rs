@@ -122,6 +122,7 @@ fn a_real_cluster_runs_pods_behind_a_service_and_leaves_nothing() {
     // Ctrl-C while the node comes up: what was started is stopped and removed.
     let mut up = Command::new(bin())
         .args(["cluster", "up", "--kube-proxy"])
+        .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
