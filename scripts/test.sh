@@ -27,6 +27,13 @@ scripts/build.sh
 step "cargo test (kernel and VM tests run one at a time)"
 cargo test --no-fail-fast 2>&1 | quiet_ebpf
 test "${PIPESTATUS[0]}" -eq 0
+step "mesh-agent's kubernetes feature (the DaemonSet's watcher): lints and unit tests"
+# Off in the host build above; the static build (scripts/build.sh) has it. The eBPF programs are
+# not what is checked here, so their build is skipped (a stub is embedded).
+AYA_BUILD_SKIP=1 cargo clippy -p mesh-agent --features kubernetes --all-targets -- -D warnings 2>&1 | quiet_ebpf
+test "${PIPESTATUS[0]}" -eq 0
+AYA_BUILD_SKIP=1 cargo test -p mesh-agent --features kubernetes --lib kubernetes 2>&1 | quiet_ebpf
+test "${PIPESTATUS[0]}" -eq 0
 step "mdbook build + test"
 mdbook build book
 mdbook test book
