@@ -25,7 +25,8 @@ apt_pkgs=(iproute2 iptables bpftool procps qemu-system-x86 busybox-static vagran
 # and kubectl from Debian's kubernetes source package (dpkg-dev unpacks it); etcd, containerd, runc
 # and the CNI plugins are Debian's. Not kubernetes-client: this kind of machine ships a kubectl of
 # its own in /usr/bin, and the cluster's kubectl is built from the same source as its servers.
-apt_pkgs+=(golang-1.19-go etcd-server containerd runc containernetworking-plugins dpkg-dev rsync jq)
+# openssl makes the cluster's keys and certificates at each `cluster up`.
+apt_pkgs+=(golang-1.19-go etcd-server containerd runc containernetworking-plugins dpkg-dev rsync jq openssl)
 # python3-venv: a venv for PyPI tools the tests use (kubernetes-validate, see below).
 apt_pkgs+=(python3-venv)
 # The C twin (ebpf/mesh-c): clang for the BPF objects; libbpf-sys builds libbpf, libelf (from
