@@ -2,15 +2,7 @@
 //! VM path needs no root.
 use std::{env, path::PathBuf};
 
-/// `$XDG_CACHE_HOME/sidecarless-lab`, else `~/.cache/sidecarless-lab`.
-pub fn cache_dir() -> PathBuf {
-    env::var_os("XDG_CACHE_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| PathBuf::from("/tmp"))
-        .join("sidecarless-lab")
-}
+pub use lab_protocol::cache_dir;
 
 /// `$XDG_RUNTIME_DIR/sidecarless-lab`, else `/tmp/sidecarless-lab-<uid>`. Kept short: it holds
 /// unix sockets, whose paths may not exceed 107 bytes.

@@ -198,11 +198,7 @@ impl Cluster {
         for tool in
             ["etcd", "containerd", "containerd-shim-runc-v2", "ctr", "runc", "openssl", "iptables-save"]
         {
-            if !Command::new("sh")
-                .args(["-c", &format!("command -v {tool}")])
-                .output()
-                .is_ok_and(|o| o.status.success())
-            {
+            if !crate::have(tool) {
                 return Err(ClusterError::Unmet(format!(
                     "`{tool}` is missing: run scripts/setup.sh as root"
                 )));

@@ -102,12 +102,9 @@ pub fn log_tail(path: &Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// `$XDG_CACHE_HOME/sidecarless-lab`, else `~/.cache/sidecarless-lab` (the VM backend's cache).
-pub fn cache_dir() -> PathBuf {
-    std::env::var_os("XDG_CACHE_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| PathBuf::from("/tmp"))
-        .join("sidecarless-lab")
+pub use lab_protocol::cache_dir;
+
+/// Whether `tool` is an executable on PATH.
+pub fn have(tool: &str) -> bool {
+    which::which(tool).is_ok()
 }

@@ -108,11 +108,7 @@ pub fn ensure(events: &mut dyn FnMut(BuildEvent)) -> Result<Build, ClusterError>
         return Ok(b);
     }
     for tool in ["make", "rsync", "jq", "gcc", "dpkg-source"] {
-        if Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .map_or(true, |o| !o.status.success())
-        {
+        if !crate::have(tool) {
             return Err(ClusterError::Unmet(format!("`{tool}` is missing: run scripts/setup.sh as root")));
         }
     }

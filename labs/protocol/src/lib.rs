@@ -141,6 +141,17 @@ impl<R> Outcome<R> {
 }
 
 /// An error and its sources on one line: `outer: inner: innermost`.
+/// Where the lab keeps downloads and builds, per user: `$XDG_CACHE_HOME/sidecarless-lab`, else
+/// `~/.cache/sidecarless-lab` (kernels, images, the Kubernetes build).
+pub fn cache_dir() -> std::path::PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| std::path::PathBuf::from("/tmp"))
+        .join("sidecarless-lab")
+}
+
 pub fn chain(e: &dyn std::error::Error) -> String {
     let mut msg = e.to_string();
     let mut source = e.source();
