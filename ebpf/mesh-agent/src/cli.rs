@@ -92,13 +92,13 @@ pub enum Command {
     Apply {
         file: PathBuf,
         /// The running agent's control socket (its `run --control`): the agent applies the file
-        /// with its own `--pods`.
-        #[arg(long, conflicts_with_all = ["pin_dir", "pods"], required_unless_present = "pin_dir")]
+        /// with `--pods` if given (and names flows by them from then on), else with its own.
+        #[arg(long, conflicts_with = "pin_dir", required_unless_present = "pin_dir")]
         control: Option<PathBuf>,
         /// With no agent running: write the pinned maps under this directory directly.
         #[arg(long)]
         pin_dir: Option<PathBuf>,
-        /// Pods file (JSON list of {name, labels, ipv4, ipv6, cgroup}) for backends and rules chosen by label.
+        /// Pods file (JSON list of {name, labels, ipv4, ipv6, cgroups}) for backends and rules chosen by label.
         #[arg(long)]
         pods: Option<PathBuf>,
     },
@@ -132,7 +132,7 @@ pub struct RunArgs {
     /// Mesh file to apply once serving (also after adopting).
     #[arg(long)]
     pub file: Option<PathBuf>,
-    /// Pods file (JSON list of {name, labels, ipv4, ipv6, cgroup}) for backends and rules chosen by
+    /// Pods file (JSON list of {name, labels, ipv4, ipv6, cgroups}) for backends and rules chosen by
     /// label, and the pod names in the flow log.
     #[arg(long)]
     pub pods: Option<PathBuf>,
@@ -252,10 +252,13 @@ pub fn run(command: Command) -> anyhow::Result<()> {
             let filter = observe::Filter { pod, port, verdict };
             observe::run(&flow_log, &filter, output, follow, &mut std::io::stdout().lock())
         }
-        Command::Apply { file, control: Some(socket), .. } => {
-            // The agent reads the file: its path as this process sees it.
+        Command::Apply { file, control: Some(socket), pods, .. } => {
+            // The agent reads the files: their paths as this process sees them.
             let file = std::path::absolute(&file)?;
-            match control::request(&socket, &control::Request::Apply { file }).map_err(anyhow::Error::msg)? {
+            let pods = pods.map(std::path::absolute).transpose()?;
+            match control::request(&socket, &control::Request::Apply { file, pods })
+                .map_err(anyhow::Error::msg)?
+            {
                 control::Response::Applied(a) => {
                     say_applied(&a);
                     Ok(())
@@ -512,14 +515,17 @@ fn serve(
                     Err(e) => control::Response::Error(e.to_string()),
                 };
                 match request {
-                    control::Request::Apply { file } => {
-                        let applied = meshfile::load(&file, pods)
-                            .map_err(anyhow::Error::msg)
-                            .and_then(|l| apply(mesh.pins_mut(), &file, &l));
+                    control::Request::Apply { file, pods: given } => {
+                        let loaded =
+                            meshfile::load(&file, given.as_deref().or(pods)).map_err(anyhow::Error::msg);
+                        let applied = loaded.and_then(|l| Ok((apply(mesh.pins_mut(), &file, &l)?, l.pods)));
                         match applied {
-                            Ok((a, m)) => {
+                            Ok(((a, m), applied_pods)) => {
                                 say_applied(&a);
                                 events.members = m;
+                                if given.is_some() {
+                                    events.names = Names::new(&applied_pods);
+                                }
                                 control::Response::Applied(a)
                             }
                             Err(e) => {

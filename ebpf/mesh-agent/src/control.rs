@@ -17,8 +17,13 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Request {
-    /// Apply this mesh file (with the agent's `--pods`), by difference.
-    Apply { file: PathBuf },
+    /// Apply this mesh file by difference, with these pods (they then also name the flow log's
+    /// addresses) or, without, the agent's `--pods`.
+    Apply {
+        file: PathBuf,
+        #[serde(default)]
+        pods: Option<PathBuf>,
+    },
     /// Flow records on or off for connections established from now on.
     Telemetry { on: bool },
     /// Flow control through the redirect on (the agent's budgets) or off (budget 0: redirected
@@ -198,7 +203,9 @@ mod tests {
         let server = Server::bind(&path).unwrap();
         let client = {
             let path = path.clone();
-            std::thread::spawn(move || request(&path, &Request::Apply { file: "/x/web.toml".into() }))
+            std::thread::spawn(move || {
+                request(&path, &Request::Apply { file: "/x/web.toml".into(), pods: None })
+            })
         };
         let mut seen = None;
         while seen.is_none() {
@@ -210,12 +217,12 @@ mod tests {
                 .unwrap();
             std::thread::sleep(Duration::from_millis(10));
         }
-        assert_eq!(seen, Some(Request::Apply { file: "/x/web.toml".into() }));
+        assert_eq!(seen, Some(Request::Apply { file: "/x/web.toml".into(), pods: None }));
         let answer = client.join().unwrap().unwrap();
         assert!(matches!(answer, Response::Applied(a) if a.rules == 2));
         drop(server);
         assert!(!path.exists(), "the socket goes with the server");
-        let e = request(&path, &Request::Apply { file: "/x".into() }).unwrap_err();
+        let e = request(&path, &Request::Apply { file: "/x".into(), pods: None }).unwrap_err();
         assert!(e.starts_with(&format!("control socket {}: ", path.display())), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -87,7 +87,9 @@ impl Names {
         let mut m = BTreeMap::new();
         for p in pods {
             m.insert(IpAddr::V4(p.ipv4), p.name.clone());
-            m.insert(IpAddr::V6(p.ipv6), p.name.clone());
+            if let Some(v6) = p.ipv6 {
+                m.insert(IpAddr::V6(v6), p.name.clone());
+            }
         }
         Names(m)
     }
@@ -248,8 +250,8 @@ mod tests {
             name: name.into(),
             labels: BTreeMap::new(),
             ipv4: [10, 77, 0, last].into(),
-            ipv6: format!("fd77::{last}").parse().unwrap(),
-            cgroup: None,
+            ipv6: Some(format!("fd77::{last}").parse().unwrap()),
+            cgroups: Vec::new(),
         };
         Names::new(&[pod("client", 10), pod("server", 11)])
     }

@@ -30,28 +30,63 @@ use crate::toml_span::{line_of, locate, subject};
 pub struct MeshFile {
     #[serde(default)]
     pub services: Vec<toml::Spanned<Service>>,
-    /// Allowed flows. A pod some rule names in `to` accepts only what the rules allow; other
-    /// pods are open.
+    /// Allowed flows. A pod an ingress rule names in `to` accepts only what the ingress rules
+    /// allow; a pod an egress rule names in `from` reaches only what the egress rules allow;
+    /// other pods are open that way.
     #[serde(default)]
     pub policy: Vec<toml::Spanned<Rule>>,
+    /// Pods isolated whether or not a rule lets anything in or out (what a Kubernetes
+    /// NetworkPolicy with no rules says: deny by default).
+    #[serde(default)]
+    pub isolate: Vec<toml::Spanned<Isolate>>,
 }
 
 /// One allowed flow: from the pods carrying `from`'s labels (every pod when empty) to the pods
-/// carrying `to`'s, on `ports` (every port when empty), over `protocol`.
+/// carrying `to`'s (every pod when empty), on `ports` (every port when empty), over `protocol`.
+/// A flow passes when the destination's ingress rules and the source's egress rules both
+/// allow it (a side that is not isolated allows everything).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rule {
     #[serde(default)]
     pub from: BTreeMap<String, String>,
+    #[serde(default)]
     pub to: BTreeMap<String, String>,
+    /// Whose side the rule is on: `ingress` (the `to` pods are isolated and let this in) or
+    /// `egress` (the `from` pods are isolated and may reach this).
+    #[serde(default)]
+    pub direction: Direction,
+    /// The peer side (`from` of an ingress rule, `to` of an egress rule) also covers every
+    /// address no pod has: the world outside the mesh.
+    #[serde(default)]
+    pub outside: bool,
     #[serde(default)]
     pub ports: Vec<u16>,
     #[serde(default)]
     pub protocol: Protocol,
     /// HTTP/1.1 requests the connection may carry (judged in the client's sk_msg); none: any
-    /// bytes.
+    /// bytes. Ingress rules only.
     #[serde(default)]
     pub http: Vec<HttpMatchDef>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    #[default]
+    Ingress,
+    Egress,
+}
+
+/// Pods isolated for ingress, egress or both.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Isolate {
+    pub pods: BTreeMap<String, String>,
+    #[serde(default)]
+    pub ingress: bool,
+    #[serde(default)]
+    pub egress: bool,
 }
 
 /// One allowed request: `method` exactly (`GET`), the target starting with `path` (`/api`).
@@ -117,18 +152,22 @@ pub struct MeshFileError {
     pub message: String,
 }
 
-/// A pod as backend selection sees it. `mesh-agent --pods FILE` reads a JSON list of these (in a
-/// cluster the API server would say which pods carry which labels; in the lab, the lab does).
-#[derive(Debug, Clone, serde::Serialize, Deserialize)]
+/// A pod as backend selection and policy see it. `mesh-agent --pods FILE` reads a JSON list of
+/// these: in the lab the lab writes it; on Kubernetes `mesh-agent kubernetes` writes it from the
+/// API's Pods.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PodAddrs {
     pub name: String,
     pub labels: BTreeMap<String, String>,
     pub ipv4: Ipv4Addr,
-    pub ipv6: Ipv6Addr,
-    /// The pod's cgroup v2 directory: how policy knows who is connecting.
+    /// None: the pod has no IPv6 address.
     #[serde(default)]
-    pub cgroup: Option<std::path::PathBuf>,
+    pub ipv6: Option<Ipv6Addr>,
+    /// The pod's cgroup v2 directories (one per container on Kubernetes): how policy knows who
+    /// is connecting.
+    #[serde(default)]
+    pub cgroups: Vec<std::path::PathBuf>,
 }
 
 /// One service ready for the maps, with the names of the backends behind each slot.
@@ -204,11 +243,24 @@ impl MeshFile {
         for spanned in &mf.policy {
             let r = spanned.get_ref();
             let at = |needle: &str| locate(text, spanned.span(), Some(needle));
-            if r.to.is_empty() {
-                return Err(err(
-                    line_of(text, spanned.span().start),
-                    "policy rule: `to` must name the labels of the pods it lets in".into(),
-                ));
+            match r.direction {
+                Direction::Ingress if r.to.is_empty() => {
+                    return Err(err(
+                        line_of(text, spanned.span().start),
+                        "policy rule: `to` must name the labels of the pods it lets in".into(),
+                    ));
+                }
+                Direction::Egress if r.from.is_empty() => {
+                    return Err(err(
+                        line_of(text, spanned.span().start),
+                        "policy rule: an egress rule's `from` must name the labels of the pods it lets out"
+                            .into(),
+                    ));
+                }
+                Direction::Egress if !r.http.is_empty() => {
+                    return Err(err(at("http"), "policy rule: `http` is for ingress rules only".into()));
+                }
+                _ => {}
             }
             if r.ports.contains(&0) {
                 return Err(err(
@@ -218,6 +270,16 @@ impl MeshFile {
             }
             if let Some(problem) = http_problem(r) {
                 return Err(err(at("http"), format!("policy rule: {problem}")));
+            }
+        }
+        for spanned in &mf.isolate {
+            let i = spanned.get_ref();
+            let line = line_of(text, spanned.span().start);
+            if i.pods.is_empty() {
+                return Err(err(line, "isolate: `pods` must name the labels of the pods it isolates".into()));
+            }
+            if !i.ingress && !i.egress {
+                return Err(err(line, "isolate: expected `ingress = true`, `egress = true` or both".into()));
             }
         }
         Ok(mf)
@@ -257,7 +319,7 @@ impl MeshFile {
                             .map(|p| {
                                 let ip4 = u32::from_ne_bytes(p.ipv4.octets());
                                 let port = u32::from(b.port.unwrap_or(0));
-                                (p.name.clone(), Backend { ip4, ip6: words(p.ipv6), port })
+                                (p.name.clone(), Backend { ip4, ip6: p.ipv6.map_or([0; 4], words), port })
                             })
                             .collect(),
                         (None, Some(SocketAddr::V4(a))) => {
@@ -404,8 +466,8 @@ port = 80
             name: name.into(),
             labels: [("app".to_owned(), app.to_owned())].into(),
             ipv4: Ipv4Addr::new(10, 77, 0, n),
-            ipv6: format!("fd77::{n:x}").parse().unwrap(),
-            cgroup: None,
+            ipv6: Some(format!("fd77::{n:x}").parse().unwrap()),
+            cgroups: Vec::new(),
         };
         vec![pod("a", "web", 11), pod("b", "web", 12), pod("c", "db", 13)]
     }
@@ -449,12 +511,20 @@ port = 80
         let e = err("[[policy]]\nfrom = \"a\"\n");
         assert!(e.starts_with("m.toml:2: invalid type: string \"a\", expected a map"), "{e}");
         let e = err("[[policy]]\nfrom = { app = \"a\" }\nports = [80]\n");
-        assert!(e.starts_with("m.toml:1: missing field `to`"), "{e}");
+        assert!(e.starts_with("m.toml:1: policy rule: `to` must name the labels"), "{e}");
+        let e = err("[[policy]]\ndirection = \"egress\"\nto = { app = \"a\" }\n");
+        assert!(e.starts_with("m.toml:1: policy rule: an egress rule's `from` must name"), "{e}");
+        let e = err("[[policy]]\ndirection = \"out\"\nto = { app = \"a\" }\n");
+        assert!(e.starts_with("m.toml:2: unknown variant `out`, expected `ingress` or `egress`"), "{e}");
+        let e = err("[[isolate]]\npods = { app = \"a\" }\n");
+        assert!(e.starts_with("m.toml:1: isolate: expected `ingress = true`"), "{e}");
         let e = err("[[policy]]\nto = { app = \"b\" }\nports = [0]\n");
         assert!(e.starts_with("m.toml:3: policy rule: `ports` must be 1-65535"), "{e}");
         let e = err("[[identities]]\nname = \"x\"\n");
         assert!(
-            e.starts_with("m.toml:1: unknown field `identities`, expected `services` or `policy`"),
+            e.starts_with(
+                "m.toml:1: unknown field `identities`, expected one of `services`, `policy`, `isolate`"
+            ),
             "{e}"
         );
     }
@@ -497,10 +567,54 @@ port = 80
         assert_eq!(w.members.len(), 2);
         let db = *w.members.iter().find(|(_, m)| m == &&vec!["c".to_owned()]).unwrap().0;
         let web = *w.members.iter().find(|(_, m)| m.len() == 2).unwrap().0;
-        assert_eq!(w.policed, [db].into());
+        assert_eq!(w.policed, [(db, mesh_common::POLICED_INGRESS)].into());
         let keys: Vec<_> = w.allow.keys().collect();
         assert_eq!(keys, [&mesh_common::PolicyKey { from: web, to: db, port: 5432, protocol: IPPROTO_TCP }]);
         // Each pod's two addresses carry its identity.
         assert_eq!(w.identities.len(), 6);
+    }
+
+    /// Egress rules isolate their `from`; a flow passes where both ends' rules agree (every
+    /// port on one side, two on the other: those two); `outside` takes in the world.
+    #[test]
+    fn egress_rules_and_isolation_meet_ingress_rules() {
+        let mf = MeshFile::parse(
+            r#"
+[[policy]]
+to = { app = "db" }
+
+[[policy]]
+direction = "egress"
+from = { app = "web" }
+to = { app = "db" }
+ports = [5432, 6432]
+
+[[policy]]
+direction = "egress"
+from = { app = "web" }
+outside = true
+ports = [53]
+protocol = "udp"
+
+[[isolate]]
+pods = { app = "web" }
+ingress = true
+"#,
+            "m.toml",
+        )
+        .unwrap();
+        let w = crate::policy::resolve(&mf, &pods());
+        let (web, db) = (w.identity_of("a").unwrap(), w.identity_of("c").unwrap());
+        let world = mesh_common::WORLD_IDENTITY;
+        use mesh_common::{POLICED_EGRESS, POLICED_INGRESS};
+        assert_eq!(w.policed, [(web, POLICED_INGRESS | POLICED_EGRESS), (db, POLICED_INGRESS)].into());
+        let ports: Vec<u32> =
+            w.allow.keys().filter(|k| k.from == web && k.to == db).map(|k| k.port).collect();
+        assert_eq!(ports, [5432, 6432]);
+        assert!(w.allows(web, db, 5432, IPPROTO_TCP) && !w.allows(web, db, 80, IPPROTO_TCP));
+        assert!(w.allows(web, world, 53, IPPROTO_UDP) && !w.allows(web, world, 53, IPPROTO_TCP));
+        assert!(!w.allows(db, web, 80, IPPROTO_TCP), "web is isolated for ingress with no rule");
+        assert!(!w.allows(world, db, 5432, IPPROTO_TCP), "`from = {{}}` is every pod, not the world");
+        assert!(w.allows(db, db, 1, IPPROTO_TCP));
     }
 }

@@ -1,6 +1,7 @@
-//! Policy in the maps: pod label sets become identities, each pod's addresses and cgroup map to
-//! its identity, each rule becomes allow-list entries, and every identity a rule names as
-//! destination becomes policed (default deny). [`reconcile`] writes by difference.
+//! Policy in the maps: pod label sets become identities, each pod's addresses and cgroups map to
+//! its identity, every identity an ingress rule names as destination (an egress rule as source,
+//! an `isolate` entry either way) becomes isolated that way (default deny), and the flows that
+//! both ends' rules allow become allow-list entries. [`reconcile`] writes by difference.
 use std::{
     collections::{BTreeMap, BTreeSet},
     os::unix::fs::MetadataExt as _,
@@ -13,13 +14,13 @@ use aya::maps::{
 use mesh_common::{
     AF_INET, AF_INET6, CGROUP_IDS_MAP, FIRST_POD_IDENTITY, HTTP_METHOD_MAX, HTTP_PATH_MAX, HTTP_RULES_MAP,
     HttpMatch, HttpRules, IDENTITIES_MAP, IPPROTO_TCP, IPPROTO_UDP, IdentityAddr, MAX_HTTP_MATCHES,
-    POLICED_MAP, POLICY_MAP, PolicyKey,
+    POLICED_EGRESS, POLICED_INGRESS, POLICED_MAP, POLICY_MAP, PolicyKey, WORLD_IDENTITY,
 };
 use serde::Serialize;
 
 use crate::{
     MeshError,
-    meshfile::{HttpMatchDef, MeshFile, PodAddrs, Protocol, words},
+    meshfile::{Direction, HttpMatchDef, MeshFile, PodAddrs, Protocol, words},
 };
 
 /// What the policy maps must hold.
@@ -30,11 +31,30 @@ pub struct Wanted {
     pub cgroups: BTreeMap<u64, u32>,
     /// Allowed flow -> rule number (from 1).
     pub allow: BTreeMap<PolicyKey, u32>,
-    pub policed: BTreeSet<u32>,
+    /// Isolated identity -> `POLICED_INGRESS` | `POLICED_EGRESS`.
+    pub policed: BTreeMap<u32, u32>,
     /// Rule number -> its HTTP matches (rules that have some).
     pub http: BTreeMap<u32, HttpRules>,
     /// Identity -> the pods that have it (for messages).
     pub members: BTreeMap<u32, Vec<String>>,
+}
+
+impl Wanted {
+    /// Whether these maps let `from` reach `to` on `port` over `protocol`: the datapath's
+    /// verdict (`mesh-ebpf/src/policy.rs`, `judge`), for tests and tools.
+    pub fn allows(&self, from: u32, to: u32, port: u32, protocol: u32) -> bool {
+        let isolated = |id: u32, flag: u32| self.policed.get(&id).is_some_and(|f| f & flag != 0);
+        if !isolated(to, POLICED_INGRESS) && !isolated(from, POLICED_EGRESS) {
+            return true;
+        }
+        let exact = PolicyKey { from, to, port, protocol };
+        self.allow.contains_key(&exact) || self.allow.contains_key(&PolicyKey { port: 0, ..exact })
+    }
+
+    /// The identity of the pod named `name`.
+    pub fn identity_of(&self, name: &str) -> Option<u32> {
+        self.members.iter().find(|(_, m)| m.iter().any(|n| n == name)).map(|(id, _)| *id)
+    }
 }
 
 /// What [`reconcile`] wrote: entries added and removed over the four maps.
@@ -43,6 +63,10 @@ pub struct Applied {
     pub added: usize,
     pub removed: usize,
 }
+
+/// Ports a side allows between two identities over one protocol: port (0: every port) -> the
+/// rule that allows it.
+type Ports = BTreeMap<u32, u32>;
 
 // ANCHOR: resolve
 /// Identities and allow-list for `mf`'s rules over `pods`. A pod's identity is its label set's:
@@ -60,8 +84,10 @@ pub fn resolve(mf: &MeshFile, pods: &[PodAddrs]) -> Wanted {
             (64, IdentityAddr { family: AF_INET, ip: [u32::from_ne_bytes(p.ipv4.octets()), 0, 0, 0] }),
             id,
         );
-        w.identities.insert((160, IdentityAddr { family: AF_INET6, ip: words(p.ipv6) }), id);
-        if let Some(ino) = p.cgroup.as_ref().and_then(|c| std::fs::metadata(c).ok()).map(|m| m.ino()) {
+        if let Some(v6) = p.ipv6 {
+            w.identities.insert((160, IdentityAddr { family: AF_INET6, ip: words(v6) }), id);
+        }
+        for ino in p.cgroups.iter().filter_map(|c| std::fs::metadata(c).ok()).map(|m| m.ino()) {
             w.cgroups.insert(ino, id);
         }
     }
@@ -71,25 +97,82 @@ pub fn resolve(mf: &MeshFile, pods: &[PodAddrs]) -> Wanted {
             .map(|p| id_of(&p.labels))
             .collect()
     };
+    let peers = |sel: &BTreeMap<String, String>, outside: bool| {
+        let mut ids = matching(sel);
+        if outside {
+            ids.insert(WORLD_IDENTITY);
+        }
+        ids
+    };
+    for i in &mf.isolate {
+        let i = i.get_ref();
+        let flags = if i.ingress { POLICED_INGRESS } else { 0 } | if i.egress { POLICED_EGRESS } else { 0 };
+        for id in matching(&i.pods) {
+            *w.policed.entry(id).or_default() |= flags;
+        }
+    }
+    // What each side's rules grant: (from, to, protocol) -> ports, ingress [0] and egress [1].
+    let mut grants: [BTreeMap<(u32, u32, u32), Ports>; 2] = Default::default();
     for (i, rule) in mf.policy.iter().enumerate() {
-        let r = rule.get_ref();
+        let (r, number) = (rule.get_ref(), i as u32 + 1);
         let protocol = if r.protocol == Protocol::Udp { IPPROTO_UDP } else { IPPROTO_TCP };
         let ports: Vec<u32> =
             if r.ports.is_empty() { vec![0] } else { r.ports.iter().map(|p| u32::from(*p)).collect() };
-        let to = matching(&r.to);
-        for &from in &matching(&r.from) {
-            for &dst in &to {
+        let (froms, tos, side) = match r.direction {
+            Direction::Ingress => (peers(&r.from, r.outside), matching(&r.to), 0),
+            Direction::Egress => (matching(&r.from), peers(&r.to, r.outside), 1),
+        };
+        let (isolated, flag) = if side == 0 { (&tos, POLICED_INGRESS) } else { (&froms, POLICED_EGRESS) };
+        for &id in isolated {
+            *w.policed.entry(id).or_default() |= flag;
+        }
+        for &from in &froms {
+            for &to in &tos {
+                let granted = grants[side].entry((from, to, protocol)).or_default();
                 for &port in &ports {
-                    w.allow.entry(PolicyKey { from, to: dst, port, protocol }).or_insert(i as u32 + 1);
+                    granted.entry(port).or_insert(number);
                 }
             }
         }
-        w.policed.extend(to);
         if !r.http.is_empty() {
-            w.http.insert(i as u32 + 1, http_rules(&r.http));
+            w.http.insert(number, http_rules(&r.http));
         }
     }
+    // A flow passes when the destination's ingress and the source's egress both let it: a side
+    // that is not isolated lets everything, an isolated side what its rules grant.
+    let none = Ports::new();
+    let isolated = |id: u32, flag: u32| w.policed.get(&id).is_some_and(|f| f & flag != 0);
+    let flows: BTreeSet<(u32, u32, u32)> = grants.iter().flat_map(|g| g.keys().copied()).collect();
+    let mut allow = BTreeMap::new();
+    for flow @ (from, to, protocol) in flows {
+        let ingress = isolated(to, POLICED_INGRESS).then(|| grants[0].get(&flow).unwrap_or(&none));
+        let egress = isolated(from, POLICED_EGRESS).then(|| grants[1].get(&flow).unwrap_or(&none));
+        for (port, rule) in both(ingress, egress) {
+            allow.insert(PolicyKey { from, to, port, protocol }, rule);
+        }
+    }
+    w.allow = allow;
     w
+}
+
+/// The ports two sides both allow (None: the side is not isolated and allows every port); the
+/// ingress side's rule numbers win (its HTTP matches apply).
+fn both(ingress: Option<&Ports>, egress: Option<&Ports>) -> Ports {
+    match (ingress, egress) {
+        (None, None) => Ports::new(),
+        (Some(one), None) | (None, Some(one)) => one.clone(),
+        (Some(i), Some(e)) => {
+            let mut out = Ports::new();
+            for (&port, &rule) in i {
+                if port == 0 {
+                    out.extend(e.keys().map(|&p| (p, rule)));
+                } else if e.contains_key(&port) || e.contains_key(&0) {
+                    out.insert(port, rule);
+                }
+            }
+            out
+        }
+    }
 }
 
 /// A rule's HTTP matches as the kernel reads them (checked by the mesh file's parser: at most
@@ -166,13 +249,16 @@ pub fn reconcile(
             out.added += 1;
         }
     }
-    let have_policed: BTreeSet<u32> = policed.keys().collect::<Result<_, _>>().map_err(err(POLICED_MAP))?;
-    for id in w.policed.difference(&have_policed) {
-        policed.insert(id, 1, 0).map_err(err(POLICED_MAP))?;
-        out.added += 1;
+    let have_policed: BTreeMap<u32, u32> =
+        policed.iter().collect::<Result<_, _>>().map_err(err(POLICED_MAP))?;
+    for (id, flags) in &w.policed {
+        if have_policed.get(id) != Some(flags) {
+            policed.insert(id, flags, 0).map_err(err(POLICED_MAP))?;
+            out.added += 1;
+        }
     }
-    // Removals: policing first, then allow entries, then identities.
-    for id in have_policed.difference(&w.policed) {
+    // Removals: isolation first, then allow entries, then identities.
+    for id in have_policed.keys().filter(|id| !w.policed.contains_key(id)) {
         policed.remove(id).map_err(err(POLICED_MAP))?;
         out.removed += 1;
     }

@@ -339,9 +339,14 @@ pub const IDENTITIES_MAP: &str = "IDENTITIES";
 pub const CGROUP_IDS_MAP: &str = "CGROUP_IDS";
 /// Name of the allow-list ([`PolicyKey`] -> rule number, from 1).
 pub const POLICY_MAP: &str = "POLICY";
-/// Name of the set of identities some rule selects as destination (identity -> 1): connections
-/// to them are denied unless a rule allows them. Identities outside it are open.
+/// Name of the set of isolated identities (identity -> [`POLICED_INGRESS`] | [`POLICED_EGRESS`]):
+/// a connection to an identity isolated for ingress, or from one isolated for egress, is denied
+/// unless the allow-list has it. A flow between identities isolated neither way is open.
 pub const POLICED_MAP: &str = "POLICED";
+/// In `POLICED`: connections to this identity need an allow entry.
+pub const POLICED_INGRESS: u32 = 1;
+/// In `POLICED`: connections from this identity need an allow entry.
+pub const POLICED_EGRESS: u32 = 2;
 /// The identity of every address no pod has (outside the lab).
 pub const WORLD_IDENTITY: u32 = 2;
 /// The first identity given to a pod's label set.

@@ -79,7 +79,7 @@ fn check(ctx: &SkBuffContext) -> Result<bool, i64> {
         _ => 0,
     };
     let to = policy::identity_of(family, &dst);
-    let (from, verdict) = policy::judge(|| policy::identity_of(family, &src), to, port, u32::from(protocol));
+    let (from, verdict) = policy::judge(policy::identity_of(family, &src), to, port, u32::from(protocol));
     let verdict = match verdict {
         // HTTP matches are enforced by the client's sk_msg: only a connection a lab process
         // opened (sock_ops saw its SYN leave) has one.

@@ -6,15 +6,20 @@
 //! - Identities: an address -> `IDENTITIES` (longest prefix match) -> identity; a connecting
 //!   process's cgroup (`bpf_get_current_cgroup_id`, sock_addr programs from 5.7) ->
 //!   `CGROUP_IDS`. Anything unknown is `world`.
-//! - Verdict: a destination identity no rule selects (`POLICED` has no entry) is open; otherwise
-//!   the `POLICY` allow-list must have (from, to, port, protocol) or (from, to, any port,
-//!   protocol), whose value is the rule number.
+//! - Verdict: a flow whose destination is not isolated for ingress and whose source is not
+//!   isolated for egress (`POLICED`'s flags) is open; otherwise the `POLICY` allow-list must have
+//!   (from, to, port, protocol) or (from, to, any port, protocol), whose value is the rule number.
+//!   The agent writes an allow entry only when both ends' isolation allow the flow (Kubernetes
+//!   NetworkPolicy's rule: egress of the source and ingress of the destination must both allow).
 //! - Every verdict is counted per rule and hook (`VERDICTS`); every denial also goes to user
 //!   space as a `Denial` event (`DENIALS` ring buffer, 5.8), or counts as `events_lost`.
 //! - Book: `book/src/hooks/policy-connect.md`, `book/src/hooks/cgroup-skb.md`,
 //!   `book/src/hooks/policy-sk-msg.md`.
 use aya_ebpf::{helpers::bpf_get_current_cgroup_id, maps::lpm_trie::Key};
-use mesh_common::{AF_INET, AF_INET6, Counter, Denial, Hook, IdentityAddr, PolicyKey, WORLD_IDENTITY};
+use mesh_common::{
+    AF_INET, AF_INET6, Counter, Denial, Hook, IdentityAddr, POLICED_EGRESS, POLICED_INGRESS, PolicyKey,
+    WORLD_IDENTITY,
+};
 
 use crate::{
     maps::{CGROUP_IDS, DENIALS, IDENTITIES, POLICED, POLICY, VERDICTS, bump},
@@ -32,16 +37,15 @@ pub enum Verdict {
 }
 
 // ANCHOR: judge
-/// The verdict for `from` reaching `to` on `port` over `protocol`. `from` is only worked out
-/// when `to` is policed.
+/// The verdict for `from` reaching `to` on `port` over `protocol`: open unless `to` is isolated
+/// for ingress or `from` for egress; then the allow-list decides.
 #[inline(always)]
-pub fn judge(from: impl FnOnce() -> u32, to: u32, port: u32, protocol: u32) -> (u32, Verdict) {
-    // SAFETY: plain lookups; values are copied out at once.
-    // SAFETY: a lookup tested for presence only.
-    if unsafe { POLICED.get(&to) }.is_none() {
-        return (0, Verdict::Open);
+pub fn judge(from: u32, to: u32, port: u32, protocol: u32) -> (u32, Verdict) {
+    // SAFETY: plain lookups; the flags are copied out at once.
+    let isolated = |id: u32, flag: u32| unsafe { POLICED.get(&id) }.is_some_and(|f| *f & flag != 0);
+    if !isolated(to, POLICED_INGRESS) && !isolated(from, POLICED_EGRESS) {
+        return (from, Verdict::Open);
     }
-    let from = from();
     let exact = PolicyKey { from, to, port, protocol };
     let any_port = PolicyKey { port: 0, ..exact };
     // SAFETY: lookups of a hash the agent updates whole values of; the u32 is copied at once.
@@ -58,11 +62,9 @@ pub fn judge(from: impl FnOnce() -> u32, to: u32, port: u32, protocol: u32) -> (
 #[inline(always)]
 pub fn allowed(to: &Addr, protocol: u32, hook: u32) -> bool {
     let dst = identity_of(to.family, &to.ip);
-    let caller = || {
-        // SAFETY: no arguments, no memory; then a plain lookup, copied out at once.
-        let cgroup = unsafe { bpf_get_current_cgroup_id() };
-        unsafe { CGROUP_IDS.get(&cgroup) }.copied().unwrap_or(WORLD_IDENTITY)
-    };
+    // SAFETY: no arguments, no memory; then a plain lookup, copied out at once.
+    let cgroup = unsafe { bpf_get_current_cgroup_id() };
+    let caller = unsafe { CGROUP_IDS.get(&cgroup) }.copied().unwrap_or(WORLD_IDENTITY);
     let (src, verdict) = judge(caller, dst, to.port, protocol);
     let flow = Flow {
         hook,

@@ -189,8 +189,7 @@ fn policy_check(ctx: &SkMsgContext, me: &SockKey) -> Check {
             (me.local_ip, me.remote_ip, me.remote_port)
         };
         let to = policy::identity_of(me.family, &server);
-        let (from, verdict) =
-            policy::judge(|| policy::identity_of(me.family, &client), to, port, IPPROTO_TCP);
+        let (from, verdict) = policy::judge(policy::identity_of(me.family, &client), to, port, IPPROTO_TCP);
         let flow = Flow {
             hook: Hook::MESSAGE,
             protocol: IPPROTO_TCP,

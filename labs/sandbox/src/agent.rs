@@ -120,7 +120,7 @@ impl Agent {
     /// Has the running agent apply `mesh` (through its control socket); a restarted agent
     /// applies it too.
     pub fn apply(&mut self, mesh: &Path) -> Result<mesh_agent::control::Applied, LabError> {
-        let answer = self.ask(&Request::Apply { file: mesh.to_owned() })?;
+        let answer = self.ask(&Request::Apply { file: mesh.to_owned(), pods: None })?;
         self.files.mesh_file = Some(mesh.to_owned());
         match answer {
             Response::Applied(a) => Ok(a),

@@ -452,8 +452,8 @@ impl Lab {
                 name: p.name.clone(),
                 labels: p.labels.clone(),
                 ipv4: p.ipv4,
-                ipv6: p.ipv6,
-                cgroup: Some(p.cgroup.clone()),
+                ipv6: Some(p.ipv6),
+                cgroups: vec![p.cgroup.clone()],
             })
             .collect()
     }

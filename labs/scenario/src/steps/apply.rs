@@ -70,9 +70,17 @@ impl Apply {
         let resolved = mf.resolve(&pods);
         let policy = mesh_agent::policy::resolve(&mf, &pods);
         if !mf.policy.is_empty() || a.policy_removed > 0 {
-            for id in &policy.policed {
+            for (id, flags) in &policy.policed {
                 let who = policy.members.get(id).map(|m| m.join(", ")).unwrap_or_default();
-                e.out(label, format!("policy: identity {id} ({who}) accepts only what the rules allow"));
+                let what = match (
+                    flags & mesh_common::POLICED_INGRESS != 0,
+                    flags & mesh_common::POLICED_EGRESS != 0,
+                ) {
+                    (true, false) => "accepts only what the rules allow",
+                    (false, true) => "reaches only what the rules allow",
+                    _ => "accepts and reaches only what the rules allow",
+                };
+                e.out(label, format!("policy: identity {id} ({who}) {what}"));
             }
             e.out(
                 label,
