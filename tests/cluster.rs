@@ -234,6 +234,8 @@ fn a_real_cluster_runs_pods_behind_a_service_and_leaves_nothing() {
     assert_eq!(v["errors"], serde_json::json!({}), "{v}");
     assert_eq!(v["peer_is_target"], 100, "getpeername() says the ClusterIP: {v}");
 
+    network_policy(dir.path(), &ip, &pods);
+
     drop(down);
     let left = ok("clean --dry-run", &lab(&["clean", "--dry-run", "--json"]));
     let v: serde_json::Value = serde_json::from_str(&left).unwrap();
@@ -285,3 +287,116 @@ spec:
         imagePullPolicy: Never
         command: ["/workload", "lb-probe", "--connect", "SERVICE", "--connections", "100", "--json"]
 "#;
+
+/// Two long-running pods, a client and a stranger (each an rr-server naming itself), and two
+/// NetworkPolicies: rr takes TCP 7000 from clients only; clients may reach rr on 7000 and
+/// nothing else.
+const POLICY: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: { name: client, labels: { role: client } }
+spec:
+  containers:
+  - name: main
+    image: docker.io/local/sidecarless-lab:dev
+    imagePullPolicy: Never
+    command: ["/workload", "rr-server", "--listen", "0.0.0.0:7000", "--name", "client"]
+---
+apiVersion: v1
+kind: Pod
+metadata: { name: stranger, labels: { role: other } }
+spec:
+  containers:
+  - name: main
+    image: docker.io/local/sidecarless-lab:dev
+    imagePullPolicy: Never
+    command: ["/workload", "rr-server", "--listen", "0.0.0.0:7000", "--name", "stranger"]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: { name: rr-from-clients }
+spec:
+  podSelector: { matchLabels: { app: rr } }
+  ingress:
+  - from: [{ podSelector: { matchLabels: { role: client } } }]
+    ports: [{ port: 7000, protocol: TCP }]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: { name: clients-to-rr }
+spec:
+  podSelector: { matchLabels: { role: client } }
+  policyTypes: [Egress]
+  egress:
+  - to: [{ podSelector: { matchLabels: { app: rr } } }]
+    ports: [{ port: 7000 }]
+"#;
+
+/// `lb-probe` run inside `pod` (kubectl exec: the process is in the pod's container cgroup),
+/// 20 connections to `target`.
+fn probe_from(pod: &str, target: &str) -> serde_json::Value {
+    let o = kubectl(&[
+        "exec",
+        pod,
+        "--",
+        "/workload",
+        "lb-probe",
+        "--connect",
+        target,
+        "--connections",
+        "20",
+        "--json",
+    ]);
+    let out = ok(&format!("lb-probe in {pod}"), &o);
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+/// NetworkPolicy by the mesh's identities: what the policies allow passes, what they do not is
+/// refused at connect() (EPERM), and nothing else is touched.
+fn network_policy(dir: &std::path::Path, rr_ip: &str, rr_pods: &[String]) {
+    let manifest = dir.join("policy.yaml");
+    std::fs::write(&manifest, POLICY).unwrap();
+    ok("kubectl apply", &kubectl(&["apply", "-f", manifest.to_str().unwrap()]));
+    ok(
+        "pods ready",
+        &kubectl(&["wait", "--for=condition=ready", "pod/client", "pod/stranger", "--timeout=120s"]),
+    );
+    let ip_of = |pod: &str| ok("pod ip", &kubectl(&["get", "pod", pod, "-o", "jsonpath={.status.podIP}"]));
+    let (client_ip, stranger_ip) = (ip_of("client"), ip_of("stranger"));
+    let service = format!("{rr_ip}:80");
+    // The agent learns the pods and policies within a second or so of the API: the client's
+    // allowed probe is the sign (up to 10 s).
+    let mut allowed = serde_json::Value::Null;
+    for _ in 0..20 {
+        allowed = probe_from("client", &service);
+        if allowed["errors"] == serde_json::json!({}) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let reached: Vec<&String> =
+        allowed["reached"].as_object().map(|m| m.keys().collect()).unwrap_or_default();
+    assert_eq!(allowed["errors"], serde_json::json!({}), "client -> rr is allowed: {allowed}");
+    assert!(reached.iter().all(|p| rr_pods.contains(p)), "{allowed}");
+
+    let eperm = serde_json::json!({ "Operation not permitted (os error 1)": 20 });
+    let v = probe_from("stranger", &service);
+    assert_eq!(v["errors"], eperm, "rr's ingress refuses the stranger: {v}");
+    let v = probe_from("client", &format!("{stranger_ip}:7000"));
+    assert_eq!(v["errors"], eperm, "the client's egress reaches rr only: {v}");
+    // Nothing else: the stranger reaches the client (not isolated for ingress).
+    let v = probe_from("stranger", &format!("{client_ip}:7000"));
+    assert_eq!(v["reached"], serde_json::json!({ "client": 20 }), "{v}");
+
+    // The agent's denial events name the pods, as the API does.
+    let log =
+        ok("agent log", &kubectl(&["logs", "-n", "sidecarless-mesh", "daemonset/mesh-agent", "-c", "agent"]));
+    let denial = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["denial"]["from"]["pods"] == serde_json::json!(["default/stranger"]))
+        .unwrap_or_else(|| panic!("no denial from default/stranger in the agent's log:\n{log}"));
+    let to: Vec<String> = serde_json::from_value(denial["denial"]["to"]["pods"].clone()).unwrap();
+    let expected: Vec<String> = rr_pods.iter().map(|p| format!("default/{p}")).collect();
+    assert_eq!(to, expected, "{denial}");
+}

@@ -40,8 +40,9 @@ use serde::Serialize;
 
 use crate::{Counters, Engine, MeshError, Variant, services};
 
-/// Bump when a pinned map's definition changes, or the set of pins does.
-pub const LAYOUT_VERSION: u32 = 7;
+/// Bump when a pinned map's definition or meaning changes (8: `POLICED` holds ingress and egress
+/// flags, which older programs read as ingress only), or the set of pins does.
+pub const LAYOUT_VERSION: u32 = 8;
 
 /// One pinned map as this build defines it.
 #[derive(Debug, Clone, Copy)]
