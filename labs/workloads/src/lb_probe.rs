@@ -31,6 +31,13 @@ pub struct Args {
     /// connect() fails with ETIMEDOUT; this deadline stands in for it, and is reported the same.
     #[arg(long, default_value_t = 2000)]
     pub connect_timeout_ms: u64,
+    /// Instead of `--connections`: connect (every 5 ms) until this many different backends have
+    /// answered, or `--within-ms` has passed; `elapsed_ms` says when. How long a new endpoint
+    /// takes to become reachable.
+    #[arg(long, conflicts_with = "udp")]
+    pub until_backends: Option<usize>,
+    #[arg(long, default_value_t = 60_000, requires = "until_backends")]
+    pub within_ms: u64,
     /// Print the report as one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -49,6 +56,9 @@ pub struct ProbeReport {
     pub errors: BTreeMap<String, u32>,
     /// UDP: sockets whose second datagram reached the same backend as the first.
     pub sticky: u32,
+    /// With `--until-backends`: when that many had answered (None: not within the time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub elapsed_ms: Option<f64>,
 }
 
 // ANCHOR: probe
@@ -62,7 +72,20 @@ pub fn run(args: &Args) -> anyhow::Result<ProbeReport> {
         }
         return Ok(r);
     }
-    for _ in 0..args.connections {
+    let t0 = std::time::Instant::now();
+    let mut made = 0;
+    loop {
+        match args.until_backends {
+            None if made == args.connections => break,
+            Some(k) if r.reached.len() >= k => {
+                r.elapsed_ms = Some(t0.elapsed().as_secs_f64() * 1e3);
+                break;
+            }
+            Some(_) if t0.elapsed() >= Duration::from_millis(args.within_ms) => break,
+            Some(_) if made > 0 => std::thread::sleep(Duration::from_millis(5)),
+            _ => {}
+        }
+        made += 1;
         let timeout = Duration::from_millis(args.connect_timeout_ms);
         let conn = match connect(args.connect, timeout) {
             Ok(c) => c,
@@ -129,31 +152,44 @@ fn udp_once(to: SocketAddr, r: &mut ProbeReport) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn counts_who_answered_and_the_peer_seen() {
-        let addr = crate::rr::tests::local_server();
-        let r =
-            run(&Args { connect: addr, connections: 20, udp: false, json: true, connect_timeout_ms: 2000 })
-                .unwrap();
-        assert_eq!(r.reached, BTreeMap::from([("test".to_owned(), 20)]));
-        assert_eq!(r.peer_is_target, 20);
-        assert!(r.errors.is_empty());
-        let refused = run(&Args {
-            connect: "127.0.0.1:9".parse().unwrap(),
-            connections: 2,
+    fn args(connect: SocketAddr) -> Args {
+        Args {
+            connect,
+            connections: 1,
             udp: false,
             json: true,
             connect_timeout_ms: 2000,
-        })
-        .unwrap();
+            until_backends: None,
+            within_ms: 60_000,
+        }
+    }
+
+    #[test]
+    fn until_backends_stops_when_enough_answered_or_in_time() {
+        let addr = crate::rr::tests::local_server();
+        let r = run(&Args { until_backends: Some(1), ..args(addr) }).unwrap();
+        assert_eq!(r.reached.values().sum::<u32>(), 1);
+        assert!(r.elapsed_ms.is_some_and(|ms| ms < 1000.0), "{r:?}");
+        let r = run(&Args { until_backends: Some(2), within_ms: 50, ..args(addr) }).unwrap();
+        assert_eq!(r.elapsed_ms, None, "one server never makes two backends");
+        assert!(r.reached["test"] >= 2, "{r:?}");
+    }
+
+    #[test]
+    fn counts_who_answered_and_the_peer_seen() {
+        let addr = crate::rr::tests::local_server();
+        let r = run(&Args { connections: 20, ..args(addr) }).unwrap();
+        assert_eq!(r.reached, BTreeMap::from([("test".to_owned(), 20)]));
+        assert_eq!(r.peer_is_target, 20);
+        assert!(r.errors.is_empty());
+        let refused = run(&Args { connections: 2, ..args("127.0.0.1:9".parse().unwrap()) }).unwrap();
         assert_eq!(refused.errors.values().sum::<u32>(), 2, "{refused:?}");
     }
 
     #[test]
     fn udp_names_the_server_and_its_address() {
         let addr = crate::rr::tests::local_server();
-        let r = run(&Args { connect: addr, connections: 5, udp: true, json: true, connect_timeout_ms: 2000 })
-            .unwrap();
+        let r = run(&Args { connections: 5, udp: true, ..args(addr) }).unwrap();
         assert_eq!(r.reached, BTreeMap::from([("test".to_owned(), 5)]), "{r:?}");
         assert_eq!((r.peer_is_target, r.sticky), (5, 5));
     }
