@@ -255,6 +255,10 @@ pub enum ClusterCommand {
     /// Stop every daemon and pod and remove what they left (netns, mounts, bridge, iptables chains,
     /// pod logs, the state folder).
     Down,
+    /// kube-proxy (iptables) against the mesh: connect + first round trip at each number of
+    /// Services, and the time from `kubectl scale` to the new pod answering. Starts its own
+    /// clusters (one per datapath; none may be up) and takes them down.
+    Bench(ClusterBenchArgs),
     /// Run the cluster's kubectl (built from the same source): `lab-runner cluster kubectl get pods -A`.
     Kubectl {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -273,6 +277,28 @@ pub struct ClusterUpArgs {
     pub mesh: bool,
     /// Folder of the static `workload` and `mesh-agent` binaries for the lab's image [default:
     /// target/x86_64-unknown-linux-musl/release beside this executable].
+    #[arg(long)]
+    pub guest_bin: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ClusterBenchArgs {
+    /// Numbers of Services to measure at, ascending.
+    #[arg(long, value_delimiter = ',', default_value = "1,100,1000,10000")]
+    pub services: Vec<usize>,
+    /// Connections per latency repetition.
+    #[arg(long, default_value_t = 1000)]
+    pub connections: u32,
+    /// Latency repetitions per number of Services (each against another Service).
+    #[arg(long, default_value_t = 5)]
+    pub repetitions: usize,
+    /// Scale-to-reachable repetitions per number of Services.
+    #[arg(long, default_value_t = 3)]
+    pub scale_repetitions: usize,
+    /// Also write the samples and their summaries here (JSON).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// As for `cluster up`.
     #[arg(long)]
     pub guest_bin: Option<PathBuf>,
 }

@@ -1,13 +1,16 @@
 //! `lab-runner cluster build|up|status|down|kubectl`: the Kubernetes backend.
 use lab_cluster::{
     Cluster, ClusterError,
+    bench::{BenchEvent, BenchOptions, Cell},
     daemons::{LAB_IMAGE, Options},
     image::File,
     source,
 };
+use lab_scenario::stats::Spread;
+use serde::Serialize;
 
 use crate::{
-    cli::{ClusterCommand, ClusterUpArgs},
+    cli::{ClusterBenchArgs, ClusterCommand, ClusterUpArgs},
     exit, ui, vmprep,
 };
 
@@ -17,6 +20,7 @@ pub fn run(c: ClusterCommand) -> i32 {
         ClusterCommand::Up(a) => up(&a),
         ClusterCommand::Status { json } => status(json),
         ClusterCommand::Down => down(),
+        ClusterCommand::Bench(a) => bench(&a),
         ClusterCommand::Kubectl { args } => kubectl(&args),
     };
     r.unwrap_or_else(|e| ui::fail_cluster(&e))
@@ -29,9 +33,9 @@ fn build() -> Result<source::Build, ClusterError> {
     Ok(b)
 }
 
-fn up(a: &ClusterUpArgs) -> Result<i32, ClusterError> {
-    let b = build()?;
-    let bins = vmprep::guest_bins(a.guest_bin.as_ref());
+/// What every `up` takes: the lab's image from the guest binaries, Ctrl-C watched.
+fn base_options(guest_bin: Option<&std::path::PathBuf>) -> Result<Options, ClusterError> {
+    let bins = vmprep::guest_bins(guest_bin);
     let lab_image: Vec<File> = ["workload", "mesh-agent"]
         .into_iter()
         .map(|n| File { path: n.into(), from: bins.join(n), mode: 0o755 })
@@ -46,7 +50,12 @@ fn up(a: &ClusterUpArgs) -> Result<i32, ClusterError> {
     // Ctrl-C during `up` stops and removes what was started (a second one exits at once).
     let cancel =
         super::signals::watch().map_err(|_| ClusterError::State("cannot install signal handlers".into()))?;
-    let opts = Options { kube_proxy: a.kube_proxy, mesh: a.mesh, lab_image, cancel };
+    Ok(Options { kube_proxy: false, mesh: false, lab_image, cancel })
+}
+
+fn up(a: &ClusterUpArgs) -> Result<i32, ClusterError> {
+    let b = build()?;
+    let opts = Options { kube_proxy: a.kube_proxy, mesh: a.mesh, ..base_options(a.guest_bin.as_ref())? };
     let c = Cluster::up(&b, &opts, &mut |e| ui::cluster_event(&e))?;
     let s = &c.state;
     println!(
@@ -112,4 +121,87 @@ fn kubectl(args: &[String]) -> Result<i32, ClusterError> {
         .status()
         .map_err(|e| ClusterError::Command { cmd: "kubectl".into(), detail: e.to_string() })?;
     Ok(status.code().unwrap_or(exit::BACKEND))
+}
+
+/// One row of the comparison: a datapath at a number of Services, summarized.
+#[derive(Debug, Serialize)]
+struct Row {
+    #[serde(flatten)]
+    cell: Cell,
+    p50_us_summary: Option<Spread>,
+    p99_us_summary: Option<Spread>,
+    scale_ms_summary: Option<Spread>,
+}
+
+fn show(s: Option<&Spread>, digits: usize) -> String {
+    s.map_or("-".into(), |s| format!("{:.digits$} [{:.digits$}, {:.digits$}]", s.median, s.lo, s.hi))
+}
+
+fn bench(a: &ClusterBenchArgs) -> Result<i32, ClusterError> {
+    if Cluster::find()?.is_some() {
+        return Err(ClusterError::State(
+            "a cluster is up: the benchmark starts its own (`lab-runner cluster down` first)".into(),
+        ));
+    }
+    let mut services = a.services.clone();
+    services.sort_unstable();
+    services.dedup();
+    let b = build()?;
+    let base = base_options(a.guest_bin.as_ref())?;
+    let opts = BenchOptions {
+        services,
+        connections: a.connections,
+        repetitions: a.repetitions,
+        scale_repetitions: a.scale_repetitions,
+    };
+    let cells = lab_cluster::bench::run_bench(&b, &base, &opts, &mut |e| match e {
+        BenchEvent::Up(e) => ui::cluster_event(&e),
+        BenchEvent::Stage(s) => eprintln!("== {s}"),
+        BenchEvent::Cell(c) => eprintln!(
+            "{} at {} Services: created in {:.1} s, answering {:.2} s later; connect+rr p50 {} us; scale {} ms",
+            c.datapath.name(),
+            c.services,
+            c.create_s,
+            c.programmed_s,
+            show(Spread::of(&c.p50_us).as_ref(), 1),
+            show(Spread::of(&c.scale_ms).as_ref(), 0),
+        ),
+    })?;
+    let rows: Vec<Row> = cells
+        .into_iter()
+        .map(|cell| Row {
+            p50_us_summary: Spread::of(&cell.p50_us),
+            p99_us_summary: Spread::of(&cell.p99_us),
+            scale_ms_summary: Spread::of(&cell.scale_ms),
+            cell,
+        })
+        .collect();
+    println!(
+        "| Services | datapath | connect + round trip p50, µs | p99, µs | scale to reachable, ms | programmed, s |"
+    );
+    println!("|---:|---|---:|---:|---:|---:|");
+    for r in &rows {
+        println!(
+            "| {} | {} | {} | {} | {} | {:.2} |",
+            r.cell.services,
+            r.cell.datapath.name(),
+            show(r.p50_us_summary.as_ref(), 1),
+            show(r.p99_us_summary.as_ref(), 1),
+            show(r.scale_ms_summary.as_ref(), 0),
+            r.cell.programmed_s
+        );
+    }
+    println!("(median [95% interval of the median] over the repetitions)");
+    if let Some(out) = &a.out {
+        let json = serde_json::json!({
+            "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+            "kubernetes": b.git_version,
+            "connections": a.connections,
+            "rows": rows,
+        });
+        std::fs::write(out, serde_json::to_string_pretty(&json).expect("serializes"))
+            .map_err(ClusterError::io("cannot write", out))?;
+        eprintln!("samples: {}", out.display());
+    }
+    Ok(exit::OK)
 }

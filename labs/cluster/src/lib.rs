@@ -16,6 +16,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
+pub mod bench;
 pub mod config;
 pub mod daemons;
 pub mod image;

@@ -59,6 +59,10 @@ pub struct ProbeReport {
     /// With `--until-backends`: when that many had answered (None: not within the time).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub elapsed_ms: Option<f64>,
+    /// The same moment as milliseconds since the Unix epoch (to compare with another process's
+    /// clock on the same machine).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reached_unix_ms: Option<f64>,
 }
 
 // ANCHOR: probe
@@ -79,6 +83,8 @@ pub fn run(args: &Args) -> anyhow::Result<ProbeReport> {
             None if made == args.connections => break,
             Some(k) if r.reached.len() >= k => {
                 r.elapsed_ms = Some(t0.elapsed().as_secs_f64() * 1e3);
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+                r.reached_unix_ms = now.ok().map(|d| d.as_secs_f64() * 1e3);
                 break;
             }
             Some(_) if t0.elapsed() >= Duration::from_millis(args.within_ms) => break,
