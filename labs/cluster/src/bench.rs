@@ -4,6 +4,9 @@
 //!
 //! - One datapath at a time: a cluster with kube-proxy (iptables mode), then one with the mesh
 //!   in its place; each starts empty and is taken down after.
+//! - Pods are started with `enableServiceLinks: false`: with 10,000 Services in the namespace
+//!   the kubelet's `<SERVICE>_SERVICE_HOST` variables (seven per Service) make `execve` fail
+//!   with E2BIG ("argument list too long") in every pod started after them.
 //! - The workload: `rr` (two rr-servers) behind every filler Service `svc-N` (port 80), a
 //!   `scaled` Deployment (one rr-server) behind its own Service, and a long-running `client`
 //!   pod that every measurement runs in (`kubectl exec`: the process is in the pod's cgroup).
@@ -91,6 +94,7 @@ spec:
   template:
     metadata: { labels: { app: rr } }
     spec:
+      enableServiceLinks: false
       containers:
       - name: rr
         image: IMAGE
@@ -109,6 +113,7 @@ spec:
   template:
     metadata: { labels: { app: scaled } }
     spec:
+      enableServiceLinks: false
       terminationGracePeriodSeconds: 1
       containers:
       - name: rr
@@ -130,6 +135,7 @@ apiVersion: v1
 kind: Pod
 metadata: { name: client }
 spec:
+  enableServiceLinks: false
   containers:
   - name: main
     image: IMAGE
@@ -184,18 +190,20 @@ fn cluster_ip(c: &Cluster, service: &str) -> Result<String, ClusterError> {
     kubectl(c, &["get", "service", service, "-o", "jsonpath={.spec.clusterIP}"])
 }
 
-/// Until the Service at `ip` answers from `backends` pods (or a minute passes); seconds.
+/// How long a Service may take to answer (kube-proxy 1.20 at 10,000 Services: minutes).
+const PATIENCE_MS: &str = "900000";
+
+/// Until the Service at `ip` answers from `backends` pods (or [`PATIENCE_MS`] pass); seconds.
 fn reachable(c: &Cluster, ip: &str, backends: usize) -> Result<f64, ClusterError> {
     let target = format!("{ip}:80");
     let k = backends.to_string();
     let v = in_client(
         c,
-        &["lb-probe", "--connect", &target, "--until-backends", &k, "--within-ms", "120000", "--json"],
+        &["lb-probe", "--connect", &target, "--until-backends", &k, "--within-ms", PATIENCE_MS, "--json"],
     )?;
-    v["elapsed_ms"]
-        .as_f64()
-        .map(|ms| ms / 1e3)
-        .ok_or_else(|| ClusterError::State(format!("{target} did not reach {backends} pods in 120 s: {v}")))
+    v["elapsed_ms"].as_f64().map(|ms| ms / 1e3).ok_or_else(|| {
+        ClusterError::State(format!("{target} did not reach {backends} pods in {PATIENCE_MS} ms: {v}"))
+    })
 }
 
 fn unix_ms() -> f64 {
@@ -216,6 +224,10 @@ pub fn run_bench(
         let c = Cluster::up(build, &o, &mut |e| events(BenchEvent::Up(e)))?;
         let measured = measure(&c, dp, opts, base, events, &mut cells);
         let down = c.down(&mut |e| events(BenchEvent::Up(e)));
+        // A Ctrl-C also stops the probes in the pods: their errors are its consequence.
+        if base.cancel.is_cancelled() {
+            return Err(ClusterError::Cancelled);
+        }
         measured?;
         down?;
     }
@@ -295,7 +307,7 @@ fn scale_once(c: &Cluster, ip: &str) -> Result<f64, ClusterError> {
     let mut probe = c.kubectl();
     probe
         .args(["exec", "client", "--", "/workload", "lb-probe", "--connect", &target])
-        .args(["--until-backends", "2", "--within-ms", "120000", "--json"])
+        .args(["--until-backends", "2", "--within-ms", PATIENCE_MS, "--json"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let child = probe
