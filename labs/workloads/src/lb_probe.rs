@@ -36,8 +36,9 @@ pub struct Args {
     /// takes to become reachable.
     #[arg(long, conflicts_with = "udp")]
     pub until_backends: Option<usize>,
-    #[arg(long, default_value_t = 60_000, requires = "until_backends")]
-    pub within_ms: u64,
+    /// With `--until-backends`: give up after this long [default: 60000].
+    #[arg(long, requires = "until_backends")]
+    pub within_ms: Option<u64>,
     /// Print the report as one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -87,7 +88,7 @@ pub fn run(args: &Args) -> anyhow::Result<ProbeReport> {
                 r.reached_unix_ms = now.ok().map(|d| d.as_secs_f64() * 1e3);
                 break;
             }
-            Some(_) if t0.elapsed() >= Duration::from_millis(args.within_ms) => break,
+            Some(_) if t0.elapsed() >= Duration::from_millis(args.within_ms.unwrap_or(60_000)) => break,
             Some(_) if made > 0 => std::thread::sleep(Duration::from_millis(5)),
             _ => {}
         }
@@ -166,7 +167,7 @@ mod tests {
             json: true,
             connect_timeout_ms: 2000,
             until_backends: None,
-            within_ms: 60_000,
+            within_ms: None,
         }
     }
 
@@ -176,7 +177,7 @@ mod tests {
         let r = run(&Args { until_backends: Some(1), ..args(addr) }).unwrap();
         assert_eq!(r.reached.values().sum::<u32>(), 1);
         assert!(r.elapsed_ms.is_some_and(|ms| ms < 1000.0), "{r:?}");
-        let r = run(&Args { until_backends: Some(2), within_ms: 50, ..args(addr) }).unwrap();
+        let r = run(&Args { until_backends: Some(2), within_ms: Some(50), ..args(addr) }).unwrap();
         assert_eq!(r.elapsed_ms, None, "one server never makes two backends");
         assert!(r.reached["test"] >= 2, "{r:?}");
     }

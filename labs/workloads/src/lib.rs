@@ -179,6 +179,8 @@ mod tests {
         conform.report = Some("/tmp/x.json".into());
         let mut rr: rr::ClientArgs = defaults(&[addr()]);
         (rr.round_trips, rr.request_size, rr.json, rr.no_nodelay) = (10, 4096, true, true);
+        let mut until: lb_probe::Args = defaults(&[addr()]);
+        (until.until_backends, until.within_ms) = (Some(2), Some(500));
         let mut proxy: proxy::Args = defaults(&[]);
         proxy.route = vec![(7000, "10.77.0.11:7001".parse().unwrap())];
         proxy.outbound = Some(15001);
@@ -188,6 +190,7 @@ mod tests {
             Workload::Stream(defaults(&[addr()])),
             Workload::ConnectRate(defaults(&[addr()])),
             Workload::LbProbe(defaults(&[addr()])),
+            Workload::LbProbe(until),
             Workload::Load(defaults(&[addr()])),
             Workload::Echo(defaults(&[listen()])),
             Workload::ConformServer(defaults(&[listen()])),
