@@ -234,6 +234,26 @@ fn a_real_cluster_runs_pods_behind_a_service_and_leaves_nothing() {
     assert_eq!(v["errors"], serde_json::json!({}), "{v}");
     assert_eq!(v["peer_is_target"], 100, "getpeername() says the ClusterIP: {v}");
 
+    // The same Service over UDP (its second port): 20 sockets, two datagrams each.
+    let job = dir.path().join("probe-udp.yaml");
+    let udp = PROBE
+        .replace("name: probe", "name: probe-udp")
+        .replace(
+            "\"SERVICE\", \"--connections\", \"100\"",
+            "\"SERVICE\", \"--udp\", \"--connections\", \"20\"",
+        )
+        .replace("SERVICE", &format!("{ip}:80"));
+    std::fs::write(&job, udp).unwrap();
+    ok("kubectl apply", &kubectl(&["apply", "-f", job.to_str().unwrap()]));
+    let _ = kubectl(&["wait", "--for=condition=complete", "job/probe-udp", "--timeout=60s"]);
+    let out = ok("udp probe", &kubectl(&["logs", "job/probe-udp"]));
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(v["errors"], serde_json::json!({}), "{v}");
+    let reached: Vec<String> = v["reached"].as_object().unwrap().keys().cloned().collect();
+    assert_eq!(reached, pods, "UDP balanced over both pods: {v}");
+    assert_eq!(v["sticky"], 20, "each socket's second datagram went where its first did: {v}");
+    assert_eq!(v["peer_is_target"], 20, "the replies come from the ClusterIP: {v}");
+
     network_policy(dir.path(), &ip, &pods);
 
     drop(down);
@@ -268,7 +288,9 @@ kind: Service
 metadata: { name: rr }
 spec:
   selector: { app: rr }
-  ports: [{ port: 80, targetPort: 7000, protocol: TCP }]
+  ports:
+  - { name: tcp, port: 80, targetPort: 7000, protocol: TCP }
+  - { name: udp, port: 80, targetPort: 7000, protocol: UDP }
 "#;
 
 /// 100 connections to the Service from a pod: which pod each reached, what getpeername() said.
@@ -384,6 +406,22 @@ fn network_policy(dir: &std::path::Path, rr_ip: &str, rr_pods: &[String]) {
     assert_eq!(v["errors"], eperm, "rr's ingress refuses the stranger: {v}");
     let v = probe_from("client", &format!("{stranger_ip}:7000"));
     assert_eq!(v["errors"], eperm, "the client's egress reaches rr only: {v}");
+    let o = kubectl(&[
+        "exec",
+        "client",
+        "--",
+        "/workload",
+        "lb-probe",
+        "--udp",
+        "--connect",
+        &service,
+        "--connections",
+        "20",
+        "--json",
+    ]);
+    let out = ok("udp probe in client", &o);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(v["errors"], eperm, "the client's egress lets TCP 7000 only, not UDP: {v}");
     // Nothing else: the stranger reaches the client (not isolated for ingress).
     let v = probe_from("stranger", &format!("{client_ip}:7000"));
     assert_eq!(v["reached"], serde_json::json!({ "client": 20 }), "{v}");
