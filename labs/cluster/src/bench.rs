@@ -84,64 +84,56 @@ pub enum BenchEvent {
     Cell(Cell),
 }
 
-const WORKLOAD: &str = r#"
-apiVersion: apps/v1
+/// A Deployment of `replicas` rr-servers labelled `app: NAME`, each answering with its pod's name.
+fn rr_deployment(name: &str, replicas: u32) -> String {
+    format!(
+        r#"apiVersion: apps/v1
 kind: Deployment
-metadata: { name: rr }
+metadata: {{ name: {name} }}
 spec:
-  replicas: 2
-  selector: { matchLabels: { app: rr } }
+  replicas: {replicas}
+  selector: {{ matchLabels: {{ app: {name} }} }}
   template:
-    metadata: { labels: { app: rr } }
-    spec:
-      enableServiceLinks: false
-      containers:
-      - name: rr
-        image: IMAGE
-        imagePullPolicy: Never
-        command: ["/workload", "rr-server", "--listen", "0.0.0.0:7000", "--name", "$(POD_NAME)"]
-        env:
-        - name: POD_NAME
-          valueFrom: { fieldRef: { fieldPath: metadata.name } }
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: { name: scaled }
-spec:
-  replicas: 1
-  selector: { matchLabels: { app: scaled } }
-  template:
-    metadata: { labels: { app: scaled } }
+    metadata: {{ labels: {{ app: {name} }} }}
     spec:
       enableServiceLinks: false
       terminationGracePeriodSeconds: 1
       containers:
       - name: rr
-        image: IMAGE
+        image: {LAB_IMAGE}
         imagePullPolicy: Never
         command: ["/workload", "rr-server", "--listen", "0.0.0.0:7000", "--name", "$(POD_NAME)"]
         env:
         - name: POD_NAME
-          valueFrom: { fieldRef: { fieldPath: metadata.name } }
----
-apiVersion: v1
+          valueFrom: {{ fieldRef: {{ fieldPath: metadata.name }} }}
+"#
+    )
+}
+
+/// rr (behind every filler Service), scaled behind its own Service, and the client pod.
+fn workload() -> String {
+    let rest = format!(
+        r#"apiVersion: v1
 kind: Service
-metadata: { name: scaled }
+metadata: {{ name: scaled }}
 spec:
-  selector: { app: scaled }
-  ports: [{ port: 80, targetPort: 7000, protocol: TCP }]
+  selector: {{ app: scaled }}
+  ports: [{{ port: 80, targetPort: 7000, protocol: TCP }}]
 ---
 apiVersion: v1
 kind: Pod
-metadata: { name: client }
+metadata: {{ name: client }}
 spec:
   enableServiceLinks: false
   containers:
   - name: main
-    image: IMAGE
+    image: {LAB_IMAGE}
     imagePullPolicy: Never
     command: ["/workload", "rr-server", "--listen", "0.0.0.0:7000", "--name", "client"]
-"#;
+"#
+    );
+    [rr_deployment("rr", 2), rr_deployment("scaled", 1), rest].join("---\n")
+}
 
 /// `count` filler Services from `first` (svc-1, svc-2, ...), all in front of rr.
 fn services_yaml(first: usize, count: usize) -> String {
@@ -243,7 +235,7 @@ fn measure(
     cells: &mut Vec<Cell>,
 ) -> Result<(), ClusterError> {
     let cancelled = || if base.cancel.is_cancelled() { Err(ClusterError::Cancelled) } else { Ok(()) };
-    kubectl_in(c, &["apply", "-f", "-"], &WORKLOAD.replace("IMAGE", LAB_IMAGE))?;
+    kubectl_in(c, &["apply", "-f", "-"], &workload())?;
     for d in ["deployment/rr", "deployment/scaled"] {
         kubectl(c, &["rollout", "status", d, "--timeout=180s"])?;
     }
@@ -344,6 +336,18 @@ fn scale_once(c: &Cluster, ip: &str) -> Result<f64, ClusterError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_workload_has_its_four_objects() {
+        let w = workload();
+        for name in ["name: rr }", "name: scaled }", "app: scaled }", "name: client }"] {
+            assert!(w.contains(name), "{name}: {w}");
+        }
+        assert_eq!(w.matches("\n---\n").count(), 3, "{w}");
+        assert_eq!(w.matches(LAB_IMAGE).count(), 3);
+        let checked = crate::mesh::validate_1_33(&w).unwrap_or_else(|e| panic!("{e}\n{w}"));
+        assert_eq!(checked.matches("passed for resource").count(), 4, "{checked}");
+    }
 
     #[test]
     fn filler_services_are_numbered_on() {

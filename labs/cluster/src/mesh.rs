@@ -64,6 +64,32 @@ pub fn deploy(
     Ok(())
 }
 
+/// Validates manifests as a modern cluster would take them: every object valid against the
+/// Kubernetes 1.33 schemas, no unknown field (kubernetes-validate from PyPI, offline; set up by
+/// scripts/setup.sh in the lab's venv). Its output, or why it refused.
+#[cfg(test)]
+pub(crate) fn validate_1_33(manifest: &str) -> Result<String, String> {
+    let tool = crate::cache_dir().join("venv/bin/kubernetes-validate");
+    assert!(tool.exists(), "{} is missing: run scripts/setup.sh", tool.display());
+    let dir = tempfile_dir();
+    let file = dir.join("manifest.yaml");
+    std::fs::write(&file, manifest).unwrap();
+    let out = Command::new(&tool).args(["--strict", "-k", "1.33"]).arg(&file).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    std::fs::remove_dir_all(&dir).unwrap();
+    if out.status.success() { Ok(text) } else { Err(text) }
+}
+
+#[cfg(test)]
+fn tempfile_dir() -> std::path::PathBuf {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("lab-cluster-validate-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,17 +118,7 @@ mod tests {
     /// by scripts/setup.sh in the lab's venv).
     #[test]
     fn the_manifest_is_valid_for_kubernetes_1_33() {
-        let tool = crate::cache_dir().join("venv/bin/kubernetes-validate");
-        assert!(tool.exists(), "{} is missing: run scripts/setup.sh", tool.display());
-        let dir = std::env::temp_dir().join(format!("lab-cluster-mesh-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("mesh.yaml");
-        std::fs::write(&file, render(&example()).unwrap()).unwrap();
-        let out = Command::new(&tool).args(["--strict", "-k", "1.33"]).arg(&file).output().unwrap();
-        let text =
-            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        std::fs::remove_dir_all(&dir).unwrap();
-        assert!(out.status.success(), "{text}");
+        let text = validate_1_33(&render(&example()).unwrap()).unwrap_or_else(|e| panic!("{e}"));
         // One line per object, each passing.
         for kind in ["Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "DaemonSet"] {
             let passed = format!("passed for resource {}/", kind.to_lowercase());
