@@ -58,6 +58,9 @@ pub enum Backend {
     Qemu,
     /// The running kernel, in a sandbox of namespaces and cgroups (needs root).
     Host,
+    /// The Kubernetes cluster on this machine's kernel (`lab-runner cluster`), for scenarios with
+    /// a [kubernetes] section: started for the run (and stopped after) unless one is up.
+    Kubernetes,
 }
 
 /// How the VM's CPU runs.
@@ -109,9 +112,11 @@ pub struct ScenarioArgs {
     /// Where to write outcome.json, report.md and latency.svg (in <scenario>/<time>/).
     #[arg(long, default_value = "results")]
     pub results: PathBuf,
-    /// Where to run it: a VM (booted for the run unless one is up), or this machine's kernel.
-    #[arg(long, value_enum, default_value_t = Backend::Qemu)]
-    pub backend: Backend,
+    /// Where to run it: a VM (booted for the run unless one is up), this machine's kernel, or
+    /// the Kubernetes cluster on this machine. Default: qemu, or kubernetes for a scenario with a
+    /// [kubernetes] section.
+    #[arg(long, value_enum)]
+    pub backend: Option<Backend>,
     #[command(flatten)]
     pub vm: VmArgs,
     #[command(flatten)]

@@ -35,6 +35,25 @@ fn build() -> Result<source::Build, ClusterError> {
 
 /// What every `up` takes: the lab's image from the guest binaries, Ctrl-C watched.
 fn base_options(guest_bin: Option<&std::path::PathBuf>) -> Result<Options, ClusterError> {
+    // Ctrl-C during `up` stops and removes what was started (a second one exits at once).
+    let cancel =
+        super::signals::watch().map_err(|_| ClusterError::State("cannot install signal handlers".into()))?;
+    Ok(options_with(guest_bin, cancel))
+}
+
+/// A cluster for one run (`lab-runner scenario` on Kubernetes): built if need be, started with
+/// neither kube-proxy nor the mesh (the scenario deploys the mesh); `cancel` stops it half-way.
+pub fn up_for_run(cancel: &lab_protocol::Cancel) -> Result<Cluster, ClusterError> {
+    let b = build()?;
+    let c = Cluster::up(&b, &options_with(None, cancel.clone()), &mut |e| ui::cluster_event(&e))?;
+    eprintln!(
+        "cluster up in {:.1} s for this run (Kubernetes {}); it goes down after it",
+        c.state.ready_s, c.state.git_version
+    );
+    Ok(c)
+}
+
+fn options_with(guest_bin: Option<&std::path::PathBuf>, cancel: lab_protocol::Cancel) -> Options {
     let bins = vmprep::guest_bins(guest_bin);
     let lab_image: Vec<File> = ["workload", "mesh-agent"]
         .into_iter()
@@ -47,10 +66,7 @@ fn base_options(guest_bin: Option<&std::path::PathBuf>) -> Result<Options, Clust
             bins.display()
         );
     }
-    // Ctrl-C during `up` stops and removes what was started (a second one exits at once).
-    let cancel =
-        super::signals::watch().map_err(|_| ClusterError::State("cannot install signal handlers".into()))?;
-    Ok(Options { kube_proxy: false, mesh: false, lab_image, cancel })
+    Options { kube_proxy: false, mesh: false, lab_image, cancel }
 }
 
 fn up(a: &ClusterUpArgs) -> Result<i32, ClusterError> {

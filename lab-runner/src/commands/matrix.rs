@@ -65,13 +65,20 @@ pub fn run(args: &MatrixArgs) -> i32 {
         }
     }
     let names: Vec<String> = if args.scenarios.is_empty() {
-        scenario::builtin().into_iter().map(|(_, s)| s.name).collect()
+        // A Kubernetes scenario runs on this machine's cluster, not in a VM of each kernel.
+        scenario::builtin().into_iter().filter(|(_, s)| s.kubernetes.is_none()).map(|(_, s)| s.name).collect()
     } else {
         args.scenarios.clone()
     };
     let mut scenarios = Vec::new();
     for n in &names {
         match load(n) {
+            Ok(l) if l.scenario.kubernetes.is_some() => {
+                eprintln!(
+                    "lab-runner: scenario {n} runs on Kubernetes (this machine's cluster), not in a VM per kernel: `lab-runner scenario {n}`"
+                );
+                return exit::USAGE;
+            }
             Ok(l) => scenarios.push(l),
             Err(code) => return code,
         }

@@ -40,9 +40,14 @@ pub fn run(args: ScenarioArgs) -> i32 {
         Err(code) => return code,
     };
     let options = args.run.options();
-    let (result, backend) = match args.backend {
+    let backend = match backend(args.backend, &loaded) {
+        Ok(b) => b,
+        Err(code) => return code,
+    };
+    let (result, backend) = match backend {
         Backend::Host => (on_host(&args, &loaded, options), "host"),
         Backend::Qemu => (in_vm(&args, &loaded, options), "qemu"),
+        Backend::Kubernetes => (on_cluster(&args, &loaded, options), "kubernetes"),
     };
     let (outcome, view) = match result {
         Ok(x) => x,
@@ -60,6 +65,52 @@ pub fn run(args: ScenarioArgs) -> i32 {
     }
 }
 
+/// Where the scenario runs: what `--backend` says, and a scenario with a `[kubernetes]` section
+/// on the cluster only.
+fn backend(asked: Option<Backend>, l: &Loaded) -> Result<Backend, i32> {
+    let on_kubernetes = l.scenario.kubernetes.is_some();
+    match (asked, on_kubernetes) {
+        (None | Some(Backend::Kubernetes), true) => Ok(Backend::Kubernetes),
+        (None, false) => Ok(Backend::Qemu),
+        (Some(Backend::Kubernetes), false) => {
+            eprintln!(
+                "lab-runner: scenario {} has no [kubernetes] section: it runs in the lab's sandbox (--backend qemu or host)",
+                l.scenario.name
+            );
+            Err(exit::USAGE)
+        }
+        (Some(b), true) => {
+            eprintln!(
+                "lab-runner: scenario {} runs on Kubernetes ([kubernetes] in {}), not with --backend {}; drop --backend",
+                l.scenario.name,
+                l.file,
+                if b == Backend::Host { "host" } else { "qemu" }
+            );
+            Err(exit::USAGE)
+        }
+        (Some(b), false) => Ok(b),
+    }
+}
+
+/// On the cluster that is up, or on one started for the run (and stopped after, also on Ctrl-C
+/// and on failure): the engine applies the scenario's manifests and deletes them after.
+fn on_cluster(args: &ScenarioArgs, l: &Loaded, options: Options) -> Result<(Outcome, ui::View), i32> {
+    let cancel = signals::watch()?;
+    let running =
+        lab_cluster::Cluster::find().map_err(|e| ui::fail_cluster(&e))?.filter(lab_cluster::Cluster::healthy);
+    let owned = match running {
+        Some(_) => None,
+        None => Some(super::cluster::up_for_run(&cancel).map_err(|e| ui::fail_cluster(&e))?),
+    };
+    let result = on_host_with(args, l, options, cancel);
+    if let Some(c) = owned
+        && let Err(e) = c.down(&mut |e| ui::cluster_event(&e))
+    {
+        eprintln!("lab-runner: the cluster started for this run did not go down cleanly: {e}");
+    }
+    result
+}
+
 /// Guided mode: a gate the engine waits on, opened by the UI after each pause.
 fn gate(step: bool) -> (Option<mpsc::Sender<()>>, Option<mpsc::Receiver<()>>) {
     if step {
@@ -71,6 +122,17 @@ fn gate(step: bool) -> (Option<mpsc::Sender<()>>, Option<mpsc::Receiver<()>>) {
 }
 
 fn on_host(args: &ScenarioArgs, l: &Loaded, options: Options) -> Result<(Outcome, ui::View), i32> {
+    let cancel = signals::watch()?;
+    on_host_with(args, l, options, cancel)
+}
+
+/// The engine on this machine's kernel: in the lab's sandbox, or on the cluster's pods.
+fn on_host_with(
+    args: &ScenarioArgs,
+    l: &Loaded,
+    options: Options,
+    cancel: lab_protocol::Cancel,
+) -> Result<(Outcome, ui::View), i32> {
     let host = preflight::check().map_err(|e| ui::fail(&e))?;
     let mut view = ui::View::new(args.json, args.step);
     // Labs whose owner was killed outright cannot clean up after themselves; do it for them.
@@ -87,7 +149,6 @@ fn on_host(args: &ScenarioArgs, l: &Loaded, options: Options) -> Result<(Outcome
         workload: Cmd { program: program.clone(), prefix: vec!["workload".into()] },
         agent: Cmd { program, prefix: vec!["mesh-agent".into()] },
     };
-    let cancel = signals::watch()?;
     let (go, gate_rx) = gate(args.step);
     let result =
         scenario::execute(l.scenario.clone(), host, programs, options, cancel.clone(), gate_rx, |e| {

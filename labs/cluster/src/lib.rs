@@ -9,6 +9,8 @@
 //! - [`daemons`] starts etcd, the API server, controller manager, scheduler, containerd, the
 //!   kubelet and (optionally) kube-proxy, and knows how to stop them.
 //! - [`mesh`] renders `deploy/mesh.yaml` (the agent as a DaemonSet) and applies it.
+//! - [`session`] runs a scenario on the cluster: its manifests applied, its pods found, programs
+//!   run in them with `kubectl exec`, the mesh deployed and deleted, everything removed after.
 //! - [`teardown`] finds and removes everything a cluster leaves on the machine: pods' network
 //!   namespaces, mounts, the CNI bridge, iptables chains, containerd's shims, cgroups, logs.
 use std::{
@@ -21,6 +23,7 @@ pub mod config;
 pub mod daemons;
 pub mod image;
 pub mod mesh;
+pub mod session;
 pub mod source;
 pub mod teardown;
 

@@ -42,6 +42,9 @@ pub enum LabError {
     /// The mesh agent process failed; `unmet` when it said the kernel or build lacks something.
     #[error("mesh agent: {message}")]
     Agent { message: String, unmet: bool },
+    /// The Kubernetes cluster a scenario runs on failed; `unmet` when none is up (or cannot be).
+    #[error("kubernetes: {message}")]
+    Kubernetes { message: String, unmet: bool },
 }
 
 impl LabError {
@@ -57,6 +60,7 @@ impl LabError {
                     MeshError::NoBpffs { .. } | MeshError::StubObject | MeshError::Refused { .. }
                 )
                 | LabError::Agent { unmet: true, .. }
+                | LabError::Kubernetes { unmet: true, .. }
         )
     }
 

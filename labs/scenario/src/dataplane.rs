@@ -4,6 +4,7 @@ use mesh_agent::Pinned;
 
 use super::{
     engine::Engine,
+    site::{self, Site},
     spec::{OnOff, SidecarMode},
 };
 use lab_sandbox::{
@@ -19,30 +20,49 @@ impl Engine<'_> {
 
     pub(crate) fn mesh_on_with(&mut self, engine: mesh_agent::Engine) -> Result<Vec<String>, LabError> {
         let port = self.sidecar_port();
-        let said = self.lab.start_mesh(&self.ctx.agent, engine)?;
-        let pid = self.lab.agent_mut().and_then(|a| a.pid()).unwrap_or_default();
-        let mut lines = self.lab.mesh().expect("started").describe();
+        let lab = match &mut self.site {
+            Site::Sandbox(lab) => lab,
+            // The DaemonSet's agent runs the default engine (aya).
+            Site::Kubernetes(k) => {
+                let mut lines = k.session.start_mesh(&self.ctx.cancel).map_err(site::lab_error)?;
+                if let Some(described) = self.with_mesh(Pinned::describe)? {
+                    lines.extend(described);
+                }
+                return Ok(lines);
+            }
+        };
+        let said = lab.start_mesh(&self.ctx.agent, engine)?;
+        let pid = lab.agent_mut().and_then(|a| a.pid()).unwrap_or_default();
+        let mut lines = lab.mesh().expect("started").describe();
         lines.extend(said.into_iter().map(|l| format!("agent (pid {pid}): {l}")));
-        self.lab.agent_mut().expect("started").set_sidecar_port(port)?;
+        lab.agent_mut().expect("started").set_sidecar_port(port)?;
         if port != 0 {
             lines.push(format!("sidecars present: app <-> proxy hops redirected via 127.0.0.1:{port}"));
         }
         Ok(lines)
     }
 
+    /// Stops the mesh: the lab's agent, or the DaemonSet (its agent uninstalls on SIGTERM).
+    pub(crate) fn mesh_off(&mut self) -> Result<(), LabError> {
+        match &mut self.site {
+            Site::Sandbox(lab) => lab.stop_mesh(),
+            Site::Kubernetes(k) => k.session.stop_mesh(&self.ctx.cancel).map_err(site::lab_error),
+        }
+    }
+
     /// Replaces the proxies with `mode`'s (none for `off`); returns what to tell the reader.
     pub(crate) fn set_sidecars(&mut self, mode: SidecarMode) -> Result<Vec<String>, LabError> {
         let old = std::mem::take(&mut self.sidecars);
-        sidecar::disable(&mut self.lab, old)?;
+        sidecar::disable(self.site.lab_mut()?, old)?;
         let routes: Vec<_> = self
-            .lab
+            .site
             .pods()
             .iter()
             .flat_map(|p| {
                 self.workload_ports(&p.name).into_iter().map(move |port| (p.name.clone(), p.ipv4, port))
             })
             .collect();
-        self.sidecars = sidecar::enable(&mut self.lab, mode, &self.ctx.workload, &routes)?;
+        self.sidecars = sidecar::enable(self.site.lab_mut()?, mode, &self.ctx.workload, &routes)?;
         let lines = self
             .sidecars
             .proxies
@@ -50,7 +70,7 @@ impl Engine<'_> {
             .map(|p| format!("proxy for {} running as pid {}", p.at, p.pid))
             .collect();
         let port = self.sidecar_port();
-        if let Some(agent) = self.lab.agent_mut() {
+        if let Some(agent) = self.site.lab_mut()?.agent_mut() {
             agent.set_sidecar_port(port)?;
         }
         Ok(lines)
@@ -70,13 +90,13 @@ impl Engine<'_> {
             lines.extend(self.set_sidecars(sidecars)?);
         }
         let engine = engine.unwrap_or(self.ctx.options.engine);
-        match (mesh, self.lab.mesh().map(Pinned::engine)) {
+        match (mesh, self.with_mesh(Pinned::engine)?) {
             (OnOff::On, None) => lines.extend(self.mesh_on_with(engine)?),
             (OnOff::On, Some(running)) if running != engine => {
-                self.lab.stop_mesh()?;
+                self.mesh_off()?;
                 lines.extend(self.mesh_on_with(engine)?);
             }
-            (OnOff::Off, Some(_)) => self.lab.stop_mesh()?,
+            (OnOff::Off, Some(_)) => self.mesh_off()?,
             _ => {}
         }
         Ok(lines)
@@ -85,7 +105,7 @@ impl Engine<'_> {
     /// Telemetry on or off for connections established from now on (nothing to do without the
     /// mesh).
     pub(crate) fn set_telemetry(&mut self, state: OnOff) -> Result<(), LabError> {
-        if let Some(agent) = self.lab.agent_mut() {
+        if let Some(agent) = self.site.lab_mut()?.agent_mut() {
             agent.set_telemetry(state == OnOff::On)?;
         }
         Ok(())
@@ -93,7 +113,7 @@ impl Engine<'_> {
 
     /// Flow control through the redirect on or off (nothing to do without the mesh).
     pub(crate) fn set_flow_control(&mut self, state: OnOff) -> Result<(), LabError> {
-        if let Some(agent) = self.lab.agent_mut() {
+        if let Some(agent) = self.site.lab_mut()?.agent_mut() {
             agent.set_flow_control(state == OnOff::On)?;
         }
         Ok(())
@@ -114,7 +134,11 @@ impl Engine<'_> {
             Some(SidecarMode::PerNode) => parts.push("proxy per node"),
             _ => {}
         }
-        match self.lab.mesh().map(|m| (m.telemetry().unwrap_or(true), m.engine())) {
+        if let Site::Kubernetes(_) = self.site {
+            parts.push(if lab_cluster::session::mesh_on() { "eBPF mesh (DaemonSet)" } else { "direct" });
+            return parts.join(" + ");
+        }
+        match self.with_mesh(|m| (m.telemetry().unwrap_or(true), m.engine())).ok().flatten() {
             Some((true, mesh_agent::Engine::Aya)) => parts.push("eBPF mesh"),
             Some((false, mesh_agent::Engine::Aya)) => parts.push("eBPF mesh (telemetry off)"),
             Some((true, mesh_agent::Engine::Libbpf)) => {

@@ -25,6 +25,7 @@ use super::{
     stats::{self, Spread},
     steps::{Kind, Ran, Results, Step, load::Running},
 };
+use crate::site::{Kube, Site};
 use lab_sandbox::{Event, Lab, LabError, PodSpec, preflight::kernel_release, sidecar::Sidecars};
 
 /// Upper bound for one workload run (generous: emulated VMs are slow).
@@ -33,7 +34,8 @@ pub const RUN_TIMEOUT: Duration = Duration::from_mins(15);
 /// The state of one scenario run, lent to each step in turn.
 pub struct Engine<'a> {
     pub(crate) ctx: &'a Context,
-    pub(crate) lab: Lab,
+    /// Where the pods are: the lab's sandbox, or a Kubernetes cluster.
+    pub(crate) site: Site,
     pub(crate) report: Report,
     pub(crate) failures: Vec<String>,
     pub(crate) sidecars: Sidecars,
@@ -74,10 +76,14 @@ pub fn run(sc: &Scenario, ctx: &Context) -> Result<Outcome, LabError> {
     }
     // The kernel log from here on is the run's: a splat in it fails the run.
     let klog = crate::splat::KernelLog::mark();
-    let specs: Vec<PodSpec> =
-        sc.pods.iter().map(|p| PodSpec { name: p.name.clone(), labels: p.labels.clone() }).collect();
-    let lab = Lab::create(&ctx.host, &specs)?;
-    ctx.emit(Event::LabUp { id: lab.id().to_string(), pods: lab.pods().to_vec() });
+    let site = if sc.kubernetes.is_some() {
+        Site::Kubernetes(Kube::open(sc, &ctx.cancel)?)
+    } else {
+        let specs: Vec<PodSpec> =
+            sc.pods.iter().map(|p| PodSpec { name: p.name.clone(), labels: p.labels.clone() }).collect();
+        Site::Sandbox(Lab::create(&ctx.host, &specs)?)
+    };
+    ctx.emit(Event::LabUp { id: site.id(), pods: site.pods().to_vec() });
     let cpu0 = CpuTimes::now();
     let machine = Machine {
         cpus: std::thread::available_parallelism().map_or(1, usize::from),
@@ -87,8 +93,8 @@ pub fn run(sc: &Scenario, ctx: &Context) -> Result<Outcome, LabError> {
     };
     let mut e = Engine {
         ctx,
-        report: Report { lab: lab.id().to_string(), machine, ..Report::default() },
-        lab,
+        report: Report { lab: site.id(), machine, ..Report::default() },
+        site,
         failures: Vec::new(),
         sidecars: Sidecars::default(),
         ports: BTreeMap::new(),
@@ -100,11 +106,17 @@ pub fn run(sc: &Scenario, ctx: &Context) -> Result<Outcome, LabError> {
         mesh_files: sc.mesh_files.clone(),
     };
     let result = e.steps(sc);
-    // What the agent denied, naming pods (it applied every mesh file itself).
-    (e.report.denials, e.report.denials_total) =
-        super::report::denials(&e.lab.id().run_dir().join(lab_sandbox::lab::FLOW_LOG));
+    // What the agent denied, naming pods (it applied every mesh file itself; on Kubernetes its
+    // watcher gave it the pods, and it logs each denial).
+    let log = match &e.site {
+        Site::Sandbox(lab) => {
+            std::fs::read_to_string(lab.id().run_dir().join(lab_sandbox::lab::FLOW_LOG)).unwrap_or_default()
+        }
+        Site::Kubernetes(k) => k.session.mesh_log("agent"),
+    };
+    (e.report.denials, e.report.denials_total) = super::report::denials(&log);
     // Teardown errors matter (a leak is a bug) but must not hide the scenario's own error.
-    let Engine { lab, mut report, failures, loads, .. } = e;
+    let Engine { site, mut report, failures, loads, .. } = e;
     // Loads a failed step left running: killed and reaped before their pods go.
     for (_, mut l) in loads {
         let _ = l.child.kill();
@@ -115,7 +127,7 @@ pub fn run(sc: &Scenario, ctx: &Context) -> Result<Outcome, LabError> {
     report.machine.load_end = Machine::load();
     report.machine.busy_pct = pct(cpu.busy);
     report.machine.steal_pct = pct(cpu.steal);
-    let teardown = lab.teardown();
+    let teardown = site.teardown(&ctx.cancel);
     // Read after the teardown: closing the lab's sockets and detaching its programs are part
     // of the run.
     let mut failures = failures;
@@ -186,8 +198,11 @@ impl Engine<'_> {
 
     pub(crate) fn start_workloads(&mut self, sc: &Scenario) -> Result<(), LabError> {
         for (name, contents) in &sc.files {
-            let path = self.lab.write_file(name, contents.as_bytes())?;
-            self.files.push((name.clone(), path));
+            // On Kubernetes the files are the manifests (and stay on the host).
+            if let Site::Sandbox(lab) = &self.site {
+                let path = lab.write_file(name, contents.as_bytes())?;
+                self.files.push((name.clone(), path));
+            }
         }
         for p in &sc.pods {
             let listen = |port: u16| -> Vec<(&str, String)> { vec![("listen", format!("[::]:{port}"))] };
@@ -210,7 +225,8 @@ impl Engine<'_> {
                 Some(WorkloadDef::Command { port, command }) => {
                     let words: Vec<String> = command.iter().map(|w| self.fill(w)).collect();
                     let cmd = command_of(&words)?;
-                    let pid = self.lab.spawn(&p.name, self.pinned(cmd, Role::Server))?;
+                    let cmd = self.pinned(cmd, Role::Server);
+                    let pid = self.site.lab_mut()?.spawn(&p.name, cmd)?;
                     self.ports.entry(p.name.clone()).or_default().push(*port);
                     self.out("lab", format!("pod {}: {} (pid {pid})", p.name, words.join(" ")));
                     wait_listening(pid, *port, &self.ctx.cancel).map_err(|e| match e {
@@ -218,8 +234,8 @@ impl Engine<'_> {
                             command,
                             stderr: format!(
                                 "{stderr}; its log ({}):\n{}",
-                                self.lab.log_path(&p.name).display(),
-                                self.lab.log_tail(&p.name, 15)
+                                self.site.lab().map(|l| l.log_path(&p.name)).unwrap_or_default().display(),
+                                self.site.lab().map(|l| l.log_tail(&p.name, 15)).unwrap_or_default()
                             ),
                         },
                         e => e,
@@ -232,7 +248,7 @@ impl Engine<'_> {
             let args = w.argv();
             let line = format!("pod {}: workload {}", p.name, args.join(" "));
             let cmd = self.pinned(self.ctx.workload.command(&args), Role::Server);
-            self.lab.spawn(&p.name, cmd)?;
+            self.site.lab_mut()?.spawn(&p.name, cmd)?;
             self.ctx.emit(Event::Output { step: "lab".into(), line });
         }
         Ok(())
@@ -242,16 +258,28 @@ impl Engine<'_> {
     /// pinned maps and links), `<pin-dir>` (the agent's `--pin-dir`, above it), `<cgroup>` (the
     /// lab's cgroup), `<flow-log>` (the agent's flow log), `<mesh-agent>` (the agent command),
     /// `<workload>` (the workload command), `<file:NAME>` (a file of the scenario's `[files]`),
-    /// `<netns:POD>`, `<ip:POD>` and `<ip6:POD>`.
+    /// `<netns:POD>`, `<ip:POD>` and `<ip6:POD>`; on Kubernetes also `<kubectl>` (the cluster's
+    /// kubectl with its kubeconfig), and `<cgroup>` is the pods' cgroup.
     pub(crate) fn fill(&self, t: &str) -> String {
-        let pin_dir = self.lab.id().pin_dir();
+        let (pin_dir, cgroup, flow_log) = match &self.site {
+            Site::Sandbox(lab) => (
+                lab.id().pin_dir(),
+                lab.cgroup().to_owned(),
+                lab.id().run_dir().join(lab_sandbox::lab::FLOW_LOG),
+            ),
+            Site::Kubernetes(_) => (
+                std::path::PathBuf::from(lab_cluster::MESH_PINS),
+                lab_cluster::mesh::cgroup2_root().unwrap_or_default().join("k8s.io"),
+                std::path::PathBuf::from("/run/mesh/flows.jsonl"),
+            ),
+        };
         let mut s = t.replace("<pins>", &mesh_agent::pins::layout_dir(&pin_dir).display().to_string());
         s = s.replace("<pin-dir>", &pin_dir.display().to_string());
-        s = s.replace("<cgroup>", &self.lab.cgroup().display().to_string());
-        s = s.replace(
-            "<flow-log>",
-            &self.lab.id().run_dir().join(lab_sandbox::lab::FLOW_LOG).display().to_string(),
-        );
+        s = s.replace("<cgroup>", &cgroup.display().to_string());
+        s = s.replace("<flow-log>", &flow_log.display().to_string());
+        if let Site::Kubernetes(k) = &self.site {
+            s = s.replace("<kubectl>", &k.session.kubectl_line());
+        }
         let agent = &self.ctx.agent;
         let agent = std::iter::once(agent.program.display().to_string()).chain(agent.prefix.iter().cloned());
         s = s.replace("<mesh-agent>", &agent.collect::<Vec<_>>().join(" "));
@@ -262,7 +290,7 @@ impl Engine<'_> {
         for (name, path) in &self.files {
             s = s.replace(&format!("<file:{name}>"), &path.display().to_string());
         }
-        for p in self.lab.pods() {
+        for p in self.site.pods() {
             s = s.replace(&format!("<netns:{}>", p.name), &p.netns);
             s = s.replace(&format!("<ip:{}>", p.name), &p.ipv4.to_string());
             s = s.replace(&format!("<ip6:{}>", p.name), &p.ipv6.to_string());
@@ -346,7 +374,15 @@ impl Engine<'_> {
     }
 
     /// A service's virtual address for `family`, from the mesh file applied last.
+    /// On Kubernetes, the Service of that name (its ClusterIP and first port; IPv4 only).
     pub(crate) fn service_address(&self, service: &str, family: Family) -> Option<SocketAddr> {
+        if let Site::Kubernetes(k) = &self.site {
+            return k
+                .session
+                .service_address(service)
+                .ok()
+                .filter(|a| a.is_ipv4() == (family == Family::Ipv4));
+        }
         let r = self.services.iter().find(|r| r.name == service)?;
         let k =
             r.keys.iter().find(|k| k.family == if family == Family::Ipv4 { AF_INET } else { AF_INET6 })?;
@@ -362,8 +398,22 @@ impl Engine<'_> {
         Some(SocketAddr::new(ip, k.port as u16))
     }
 
+    /// Who is behind each slot of the service at `address`: from the mesh file applied last, or
+    /// on Kubernetes from the Service's Endpoints (one slot per pod). Empty for no service.
+    pub(crate) fn service_slots(&self, address: SocketAddr) -> Result<Vec<String>, LabError> {
+        match &self.site {
+            Site::Sandbox(_) => Ok(self
+                .services
+                .iter()
+                .find(|s| s.serves(address))
+                .map(|s| s.slot_names.clone())
+                .unwrap_or_default()),
+            Site::Kubernetes(k) => k.session.backends(address).map_err(crate::site::lab_error),
+        }
+    }
+
     pub(crate) fn pod_ip(&self, pod: &str, family: Family) -> Result<std::net::IpAddr, LabError> {
-        let pod = self.lab.pod(pod)?;
+        let pod = self.site.pod(pod)?;
         Ok(match family {
             Family::Ipv4 => pod.ipv4.into(),
             Family::Ipv6 => pod.ipv6.into(),
@@ -386,11 +436,11 @@ impl Engine<'_> {
         w: &Workload,
     ) -> Result<T, LabError> {
         let args = w.argv();
-        let cmd = self.pinned(self.ctx.workload.command(&args), Role::Client);
         let out = if from.outside_mesh {
-            self.lab.run_outside(from.pod, cmd, RUN_TIMEOUT, &self.ctx.cancel)?
+            let cmd = self.pinned(self.ctx.workload.command(&args), Role::Client);
+            self.site.lab()?.run_outside(from.pod, cmd, RUN_TIMEOUT, &self.ctx.cancel)?
         } else {
-            self.lab.run(from.pod, cmd, RUN_TIMEOUT, &self.ctx.cancel)?
+            self.run_workload(from.pod, &args, Role::Client)?
         };
         serde_json::from_slice(&out.stdout).map_err(|e| LabError::Parse {
             command: format!("workload {}", args.join(" ")),
@@ -398,13 +448,59 @@ impl Engine<'_> {
         })
     }
 
-    /// Packets through every pod's eth0, rx + tx.
-    pub(crate) fn packets(&self) -> Result<u64, LabError> {
-        self.lab.pods().iter().map(|p| Ok(self.lab.packets(&p.name)?.total())).sum()
+    /// A workload client (`args` as `workload` takes them) run in `pod` to its end; a non-zero
+    /// exit is an error. In the sandbox it is this program joining the pod; on Kubernetes the
+    /// image's `/workload`, run with `kubectl exec`.
+    pub(crate) fn run_workload(
+        &self,
+        pod: &str,
+        args: &[String],
+        role: Role,
+    ) -> Result<std::process::Output, LabError> {
+        match &self.site {
+            Site::Sandbox(lab) => {
+                let cmd = self.pinned(self.ctx.workload.command(args), role);
+                lab.run(pod, cmd, RUN_TIMEOUT, &self.ctx.cancel)
+            }
+            Site::Kubernetes(k) => k.run(k.workload(pod, args), RUN_TIMEOUT, &self.ctx.cancel, true),
+        }
     }
 
+    /// A command (program and arguments) run in `pod` to its end, whatever its exit status.
+    pub(crate) fn run_command(&self, pod: &str, words: &[String]) -> Result<std::process::Output, LabError> {
+        match &self.site {
+            Site::Sandbox(lab) => lab.run_status(pod, command_of(words)?, RUN_TIMEOUT, &self.ctx.cancel),
+            Site::Kubernetes(k) => k.run(k.session.exec(pod, words), RUN_TIMEOUT, &self.ctx.cancel, false),
+        }
+    }
+
+    /// Packets through every pod's eth0, rx + tx.
+    pub(crate) fn packets(&self) -> Result<u64, LabError> {
+        let lab = self.site.lab()?;
+        lab.pods().iter().map(|p| Ok(lab.packets(&p.name)?.total())).sum()
+    }
+
+    /// The mesh's counters (zero while it is off). On Kubernetes they are the DaemonSet's pins.
     pub(crate) fn counters(&self) -> Result<Counters, LabError> {
-        Ok(self.lab.mesh().map(mesh_agent::Pinned::counters).transpose()?.unwrap_or_default())
+        Ok(self.with_mesh(mesh_agent::Pinned::counters)?.transpose()?.unwrap_or_default())
+    }
+
+    /// `f` on the running mesh's pins (`None` while it is off): the lab agent's, or on
+    /// Kubernetes the DaemonSet's, opened for the call.
+    pub(crate) fn with_mesh<T>(
+        &self,
+        f: impl FnOnce(&mesh_agent::Pinned) -> T,
+    ) -> Result<Option<T>, LabError> {
+        match &self.site {
+            Site::Sandbox(lab) => Ok(lab.mesh().map(f)),
+            Site::Kubernetes(_) => {
+                let dir = std::path::Path::new(lab_cluster::MESH_PINS);
+                if !dir.exists() {
+                    return Ok(None);
+                }
+                Ok(Some(f(&mesh_agent::Pinned::open(dir)?)))
+            }
+        }
     }
 
     /// With `--pin`, the command runs on one CPU: clients on the first, servers on the last.

@@ -9,6 +9,7 @@ pub mod kernel_bugs;
 mod measure;
 pub mod report;
 pub mod requirements;
+pub mod site;
 pub mod spec;
 pub mod splat;
 pub mod stats;

@@ -224,7 +224,8 @@ impl Engine<'_> {
             self.ctx.cancel.check()?;
             let words: Vec<String> = t.command.iter().map(|w| self.fill(w)).collect();
             let cmd = command_of(&words)?;
-            let out = self.lab.run(from, self.pinned(cmd, Role::Client), RUN_TIMEOUT, &self.ctx.cancel)?;
+            let out =
+                self.site.lab()?.run(from, self.pinned(cmd, Role::Client), RUN_TIMEOUT, &self.ctx.cancel)?;
             let text =
                 format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
             for (name, f) in &t.figures {

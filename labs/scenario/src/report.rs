@@ -130,12 +130,11 @@ pub struct Report {
 pub const MAX_DENIALS: usize = 100;
 
 /// The denials in the flow log at `log`: the first [`MAX_DENIALS`], and how many there are.
-pub fn denials(log: &std::path::Path) -> (Vec<mesh_agent::denials::DenialRecord>, u64) {
+pub fn denials(text: &str) -> (Vec<mesh_agent::denials::DenialRecord>, u64) {
     #[derive(serde::Deserialize)]
     struct Line {
         denial: mesh_agent::denials::DenialRecord,
     }
-    let text = std::fs::read_to_string(log).unwrap_or_default();
     let mut all = text.lines().filter_map(|l| serde_json::from_str::<Line>(l).ok()).map(|l| l.denial);
     let kept: Vec<_> = all.by_ref().take(MAX_DENIALS).collect();
     let total = kept.len() as u64 + all.count() as u64;

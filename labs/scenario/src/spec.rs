@@ -29,6 +29,20 @@ pub struct Scenario {
     /// host. Keyed by the step's `file`; shipped mesh files (`mesh/NAME.toml`) are not here.
     #[serde(skip)]
     pub mesh_files: BTreeMap<String, String>,
+    /// Run on the Kubernetes cluster of this machine (`lab-runner cluster`) instead of in the
+    /// lab's sandbox: the scenario's pods are pods its manifests make.
+    #[serde(default)]
+    pub kubernetes: Option<Kubernetes>,
+}
+
+/// `[kubernetes]`: the manifests a scenario applies to the cluster when it starts (and deletes
+/// when it ends). Its `[[pods]]` name pods those manifests make, in namespace `default`; the
+/// programs in them are the manifests' (a pod of the scenario has no `workload`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Kubernetes {
+    /// Names of `[files]` holding manifests, applied in this order.
+    pub manifests: Vec<String>,
 }
 
 /// What the kernel must offer; anything missing turns the scenario into a skip with the reason.
@@ -248,6 +262,39 @@ impl Scenario {
         Ok(())
     }
 
+    /// A Kubernetes scenario's manifests are among its files, and its pods run what the
+    /// manifests say.
+    fn check_kubernetes(&self, text: &str, file: &str) -> Result<(), SpecError> {
+        let Some(k) = &self.kubernetes else { return Ok(()) };
+        let at = |needle: &str, message: String| {
+            let line = text.find(needle).map_or(1, |i| line_of(text, i));
+            SpecError { file: file.to_owned(), line, message }
+        };
+        if k.manifests.is_empty() {
+            return Err(at(
+                "[kubernetes]",
+                "[kubernetes] manifests: name at least one file of [files]".into(),
+            ));
+        }
+        if let Some(m) = k.manifests.iter().find(|m| !self.files.contains_key(*m)) {
+            let known: Vec<&str> = self.files.keys().map(String::as_str).collect();
+            return Err(at(
+                &format!("\"{m}\""),
+                format!("[kubernetes] manifest {m:?}: no such file in [files] (known: {})", known.join(", ")),
+            ));
+        }
+        if let Some(p) = self.pods.iter().find(|p| p.workload.is_some()) {
+            return Err(at(
+                &format!("\"{}\"", p.name),
+                format!(
+                    "pod \"{}\": on Kubernetes a pod runs what its manifest says; drop `workload`",
+                    p.name
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// A misspelt requirement is the file's mistake, not a missing kernel feature: refuse it
     /// instead of skipping the scenario for it.
     fn check_requires(&self, text: &str, file: &str) -> Result<(), SpecError> {
@@ -297,10 +344,12 @@ impl Scenario {
         self.check_requires(text, file)?;
         self.check_pods(text, file)?;
         self.check_files(text, file)?;
+        self.check_kubernetes(text, file)?;
         let mut cx = Checker::new(self.pods.iter().map(|p| p.name.as_str()));
         for (i, step) in self.steps.iter().enumerate() {
             let s = step.get_ref();
-            s.get().check(&mut cx).map_err(|m| {
+            let on_kubernetes = || if self.kubernetes.is_some() { s.get().on_kubernetes() } else { Ok(()) };
+            on_kubernetes().and_then(|()| s.get().check(&mut cx)).map_err(|m| {
                 let message = format!("step {} ({}): {m}", i + 1, s.kind());
                 let line = locate(text, step.span(), subject(&message).as_deref());
                 SpecError { file: file.to_owned(), line, message }

@@ -79,9 +79,9 @@ impl Agent {
             command: format!("agent {}", self.name),
             stderr: stderr.into(),
         };
-        let cgroup = e.lab.cgroup().to_owned();
-        let pin_dir = e.lab.id().pin_dir();
-        let agent = e.lab.agent_mut().ok_or_else(|| failed("the mesh must be on"))?;
+        let cgroup = e.site.lab()?.cgroup().to_owned();
+        let pin_dir = e.site.lab()?.id().pin_dir();
+        let agent = e.site.lab_mut()?.agent_mut().ok_or_else(|| failed("the mesh must be on"))?;
         match self.action {
             AgentAction::Kill => {
                 let pid = agent.kill().ok_or_else(|| failed("the agent is not running"))?;

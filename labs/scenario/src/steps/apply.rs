@@ -60,13 +60,13 @@ impl Apply {
             .ok_or_else(|| failed("not read with the scenario (scenario::load reads it)".into()))?;
         let text = text.to_owned();
         let mf = MeshFile::parse(&text, &shown).map_err(|e| failed(e.to_string()))?;
-        if e.lab.mesh().is_none() {
+        if e.site.lab()?.mesh().is_none() {
             return Err(failed("the mesh must be on to apply a mesh file".into()));
         }
         // The one control plane: the agent applies the file with the lab's pods. What it
         // resolves to is computed here too (the same code), for the steps that read it.
-        let a = e.lab.apply_mesh_file(text.as_bytes())?;
-        let pods: Vec<PodAddrs> = e.lab.pod_addrs();
+        let a = e.site.lab_mut()?.apply_mesh_file(text.as_bytes())?;
+        let pods: Vec<PodAddrs> = e.site.lab()?.pod_addrs();
         let resolved = mf.resolve(&pods);
         let policy = mesh_agent::policy::resolve(&mf, &pods);
         if !mf.policy.is_empty() || a.policy_removed > 0 {
@@ -89,7 +89,7 @@ impl Apply {
                     a.rules, a.allow_entries, a.http_rules, a.policy_added, a.policy_removed
                 ),
             );
-            if e.lab.mesh().map(Pinned::engine) == Some(mesh_agent::Engine::Libbpf) {
+            if e.site.lab()?.mesh().map(Pinned::engine) == Some(mesh_agent::Engine::Libbpf) {
                 e.out(
                     label,
                     "policy: the redirect is the C twin's (--engine libbpf), whose sk_msg neither judges \

@@ -82,6 +82,15 @@ impl Kind for Balance {
         vec![(self.name.clone(), Balanced::keys())]
     }
     texts!(name, explain, try);
+    fn on_kubernetes(&self) -> Result<(), String> {
+        if self.outside_mesh {
+            return Err(
+                "outside_mesh needs the lab's sandbox (a process in a pod's namespace but not its cgroup)"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
     fn run(&self, e: &mut Engine<'_>, label: &str) -> Result<Ran, LabError> {
         let udp = self.protocol == mesh_agent::meshfile::Protocol::Udp;
         let from = Client { pod: &self.from, outside_mesh: self.outside_mesh };
@@ -105,12 +114,7 @@ impl Kind for Balance {
             e.out(label, format!("getpeername() also said: {}", r.other_peers.join(", ")));
         }
         // Each backend's fair share is its slots' share of the service's slots.
-        let slots: Vec<&String> = e
-            .services
-            .iter()
-            .find(|s| s.serves(address))
-            .map(|s| s.slot_names.iter().collect())
-            .unwrap_or_default();
+        let slots = e.service_slots(address)?;
         let mut fair: BTreeMap<&str, f64> = BTreeMap::new();
         for n in &slots {
             *fair.entry(n.as_str()).or_default() += 1.0 / slots.len() as f64;

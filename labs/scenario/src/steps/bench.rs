@@ -253,10 +253,10 @@ impl Bench {
     /// Measures every path in every repetition, in turn, and stores each figure's median and
     /// spread; afterwards proxies and mesh are as they were before the step.
     fn bench(&self, e: &mut Engine<'_>, label: &str, target: SocketAddr) -> Result<(), LabError> {
-        let mesh = if e.lab.mesh().is_some() { OnOff::On } else { OnOff::Off };
+        let mesh = if e.site.lab()?.mesh().is_some() { OnOff::On } else { OnOff::Off };
         let before = (e.sidecars.mode.unwrap_or(SidecarMode::Off), mesh);
         let result = self.paths(e, label, target);
-        let engine = e.lab.mesh().map(Pinned::engine);
+        let engine = e.site.lab()?.mesh().map(Pinned::engine);
         let restored = e
             .switch_to(before.0, before.1, engine)
             .and_then(|_| e.set_telemetry(OnOff::On))
@@ -316,7 +316,7 @@ impl Bench {
                     .iter()
                     .filter_map(|p| Some((p.at.clone(), sidecar::rss_kb(p.pid)?)))
                     .collect();
-                agent_mem[i] = e.lab.agent().and_then(lab_sandbox::agent::Agent::memory_kb);
+                agent_mem[i] = e.site.lab()?.agent().and_then(lab_sandbox::agent::Agent::memory_kb);
                 if rep == 0 {
                     for (k, x) in &v.figures {
                         e.out(&sub, format!("first repetition: {k} {}", round3(*x)));

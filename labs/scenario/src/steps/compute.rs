@@ -46,6 +46,9 @@ impl Kind for Compute {
         std::iter::once(self.metric.as_str()).chain(self.of.as_deref()).collect()
     }
     texts!(name, explain);
+    fn on_kubernetes(&self) -> Result<(), String> {
+        Ok(())
+    }
     fn run(&self, e: &mut Engine<'_>, label: &str) -> Result<Ran, LabError> {
         let (metric, factor) = (self.metric.as_str(), self.factor);
         let spread = match &self.of {

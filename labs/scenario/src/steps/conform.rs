@@ -2,18 +2,17 @@
 //! case's transcript compared with a reference run's.
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
-use mesh_agent::Counters;
 use serde::Deserialize;
 use workloads::conform::{ConformReport, HoldReport};
 
 use super::{Checker, Kind, Ran, Results, results};
 use crate::{
-    engine::{Engine, RUN_TIMEOUT},
+    engine::{Engine, Role},
     kernel_bugs,
     report::{CaseVerdict, ConformRun},
     spec::Family,
 };
-use lab_sandbox::{Lab, LabError};
+use lab_sandbox::LabError;
 
 // ANCHOR: def
 /// The TCP conformance suite (`workload conform`) from one pod to another, once per family.
@@ -105,6 +104,12 @@ impl Kind for Conform {
         vec![(self.name.clone(), Conformance::keys())]
     }
     texts!(name, explain, try);
+    fn on_kubernetes(&self) -> Result<(), String> {
+        if self.across_mesh {
+            return Err("across_mesh needs the lab's sandbox (a mesh started under a held connection)".into());
+        }
+        Ok(())
+    }
     fn run(&self, e: &mut Engine<'_>, label: &str) -> Result<Ran, LabError> {
         let c = self.conform(e, label)?;
         e.record(label, &self.name, &c);
@@ -117,10 +122,7 @@ impl Conform {
     /// Runs the conformance suite once per family and compares each case's transcript with
     /// the reference run's.
     fn conform(&self, e: &mut Engine<'_>, label: &str) -> Result<Conformance, LabError> {
-        let counters = |lab: &Lab| -> Result<Counters, LabError> {
-            Ok(lab.mesh().map(mesh_agent::Pinned::counters).transpose()?.unwrap_or_default())
-        };
-        let c0 = counters(&e.lab)?;
+        let c0 = e.counters()?;
         let (mut total, mut differences, mut known, mut held_ok) = (0usize, 0usize, 0usize, 1.0);
         for family in &self.families {
             let target = match &self.via {
@@ -140,9 +142,9 @@ impl Conform {
             };
             let args = workloads::Workload::Conform(args).argv();
             e.out(label, format!("conform {} -> {target} ({})", self.from, e.config()));
-            let f0 = counters(&e.lab)?;
-            let out = e.lab.run(&self.from, e.ctx.workload.command(&args), RUN_TIMEOUT, &e.ctx.cancel)?;
-            let mesh = counters(&e.lab)?.since(&f0);
+            let f0 = e.counters()?;
+            let out = e.run_workload(&self.from, &args, Role::Client)?;
+            let mesh = e.counters()?.since(&f0);
             let report: ConformReport =
                 serde_json::from_slice(&out.stdout).map_err(|err| LabError::Parse {
                     command: "conform --json".into(),
@@ -230,7 +232,7 @@ impl Conform {
                 held,
             });
         }
-        let since = counters(&e.lab)?.since(&c0);
+        let since = e.counters()?.since(&c0);
         Ok(Conformance {
             cases: total as f64,
             differences: differences as f64,
@@ -251,13 +253,13 @@ fn hold_across_mesh(
     from: &str,
     target: SocketAddr,
 ) -> Result<HoldReport, LabError> {
-    if e.lab.mesh().is_some() {
+    if e.site.lab()?.mesh().is_some() {
         return Err(LabError::Command {
             command: "conform across_mesh".into(),
             stderr: "the mesh must be off at a step with across_mesh = true".into(),
         });
     }
-    let base = std::env::temp_dir().join(format!("slab-{}-hold-{}", e.lab.id(), target.port()));
+    let base = std::env::temp_dir().join(format!("slab-{}-hold-{}", e.site.id(), target.port()));
     let (until, report) = (base.with_extension("until"), base.with_extension("json"));
     let _ = std::fs::remove_file(&until);
     let _ = std::fs::remove_file(&report);
@@ -267,14 +269,15 @@ fn hold_across_mesh(
         ..workloads::defaults(&[("connect", target.to_string())])
     };
     let args = workloads::Workload::Conform(args).argv();
-    let pid = e.lab.spawn(from, e.ctx.workload.command(&args))?;
+    let cmd = e.ctx.workload.command(&args);
+    let pid = e.site.lab_mut()?.spawn(from, cmd)?;
     let pause = Duration::from_millis(500);
     std::thread::sleep(pause);
     for line in e.mesh_on()? {
         e.out(label, line);
     }
     std::thread::sleep(pause);
-    e.lab.stop_mesh()?;
+    e.mesh_off()?;
     e.out(label, "mesh started and stopped under the held connection".into());
     std::thread::sleep(pause);
     let result = (|| {
@@ -296,7 +299,9 @@ fn hold_across_mesh(
             std::thread::sleep(Duration::from_millis(50));
         }
     })();
-    e.lab.stop(pid);
+    if let Ok(lab) = e.site.lab_mut() {
+        lab.stop(pid);
+    }
     let _ = std::fs::remove_file(&until);
     let _ = std::fs::remove_file(&report);
     result

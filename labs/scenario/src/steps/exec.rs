@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use super::{Checker, Kind, Ran, bench::FigureDef};
-use crate::engine::{Engine, RUN_TIMEOUT, command_of};
+use crate::engine::Engine;
 use lab_sandbox::LabError;
 
 // ANCHOR: def
@@ -38,6 +38,9 @@ impl Kind for Exec {
         vec![(self.name.clone(), keys)]
     }
     texts!(name, explain);
+    fn on_kubernetes(&self) -> Result<(), String> {
+        Ok(())
+    }
     fn run(&self, e: &mut Engine<'_>, label: &str) -> Result<Ran, LabError> {
         // `<mesh-agent>` and `<workload>` as a word of their own stand for several words
         // (`lab-runner mesh-agent` on the host); other words keep their spaces.
@@ -49,8 +52,7 @@ impl Kind for Exec {
                 _ => vec![e.fill(w)],
             })
             .collect();
-        let cmd = command_of(&words)?;
-        let out = e.lab.run_status(&self.pod, cmd, RUN_TIMEOUT, &e.ctx.cancel)?;
+        let out = e.run_command(&self.pod, &words)?;
         let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         for line in stdout.lines().chain(stderr.lines()) {
             e.out(label, line.to_owned());

@@ -47,6 +47,9 @@ impl Kind for Expect {
         format!("expect {}", self.metric)
     }
     texts!(explain);
+    fn on_kubernetes(&self) -> Result<(), String> {
+        Ok(())
+    }
     fn run(&self, e: &mut Engine<'_>, label: &str) -> Result<Ran, LabError> {
         let check = self.evaluate(e);
         let shown = match (check.verdict, self.severity) {

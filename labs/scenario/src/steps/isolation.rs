@@ -62,7 +62,9 @@ impl Kind for Isolation {
         let (pods, port) = (&self.pods, self.port);
         let netns = pods
             .iter()
-            .map(|p| Ok(std::path::Path::new(lab_sandbox::netns::NETNS_DIR).join(&e.lab.pod(p)?.netns)))
+            .map(|p| {
+                Ok(std::path::Path::new(lab_sandbox::netns::NETNS_DIR).join(&e.site.lab()?.pod(p)?.netns))
+            })
             .collect::<Result<Vec<std::path::PathBuf>, LabError>>()?;
         let first = netns[0].display().to_string();
         let args = workloads::isolation::Args { netns, port, ..workloads::defaults(&[("netns", first)]) };
@@ -72,7 +74,7 @@ impl Kind for Isolation {
             format!("127.0.0.1:30300 -> 127.0.0.1:{port} in {} at once ({})", pods.join(", "), e.config()),
         );
         let c0 = e.counters()?;
-        let out = e.lab.run(&pods[0], e.ctx.workload.command(&args), RUN_TIMEOUT, &e.ctx.cancel)?;
+        let out = e.site.lab()?.run(&pods[0], e.ctx.workload.command(&args), RUN_TIMEOUT, &e.ctx.cancel)?;
         let c = e.counters()?.since(&c0);
         let report: workloads::isolation::Report =
             serde_json::from_slice(&out.stdout).map_err(|err| LabError::Parse {

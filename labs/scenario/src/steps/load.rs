@@ -70,9 +70,9 @@ impl Kind for Load {
         };
         let cmd = e.ctx.workload.command(&workloads::Workload::Load(args).argv());
         let mut child = if from.outside_mesh {
-            e.lab.spawn_piped_outside(from.pod, cmd)?
+            e.site.lab()?.spawn_piped_outside(from.pod, cmd)?
         } else {
-            e.lab.spawn_piped(from.pod, cmd)?
+            e.site.lab()?.spawn_piped(from.pod, cmd)?
         };
         let mut stdout = std::io::BufReader::new(child.stdout.take().expect("piped"));
         let mut line = String::new();

@@ -29,6 +29,9 @@ impl Kind for Mesh {
         }
     }
     texts!(explain, try);
+    fn on_kubernetes(&self) -> Result<(), String> {
+        Ok(())
+    }
     fn run(&self, e: &mut Engine<'_>, label: &str) -> Result<Ran, LabError> {
         match self.state {
             OnOff::On => {
@@ -36,7 +39,7 @@ impl Kind for Mesh {
                     e.out(label, line);
                 }
             }
-            OnOff::Off => e.lab.stop_mesh()?,
+            OnOff::Off => e.mesh_off()?,
         }
         Ok(Ran::Passed)
     }

@@ -75,6 +75,11 @@ pub trait Kind {
         &[]
     }
     fn run(&self, e: &mut Engine<'_>, label: &str) -> Result<Ran, LabError>;
+    /// Whether the step can run on a Kubernetes cluster's pods (`[kubernetes]`), where programs
+    /// are run with `kubectl exec` and the mesh is a DaemonSet: why not, when it cannot.
+    fn on_kubernetes(&self) -> Result<(), String> {
+        Err("runs in the lab's own sandbox only, not on Kubernetes".into())
+    }
 }
 
 /// How a step ended, when it did not end in an error (which ends the scenario).

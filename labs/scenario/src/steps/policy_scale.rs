@@ -79,7 +79,7 @@ impl PolicyScale {
         let SocketAddr::V4(to) = self.address else {
             return Err(failed("address must be IPv4"));
         };
-        if e.lab.mesh().is_none() {
+        if e.site.lab()?.mesh().is_none() {
             return Err(failed("the mesh must be on"));
         }
         let reps = self.repetitions.unwrap_or(e.ctx.options.repetitions).max(1);
@@ -101,7 +101,7 @@ impl PolicyScale {
                 wanted.allow.insert(key, 1);
             }
             let t0 = std::time::Instant::now();
-            if let Err(err) = e.lab.mesh_mut().expect("checked").set_policy(&wanted) {
+            if let Err(err) = e.site.lab_mut()?.mesh_mut().expect("checked").set_policy(&wanted) {
                 result = Err(err.into());
                 break;
             }
@@ -124,7 +124,7 @@ impl PolicyScale {
             e.store_spread(label, &self.name, &key(n), &samples);
         }
         // The rules as the mesh file has them, whatever happened.
-        if let Some(m) = e.lab.mesh_mut() {
+        if let Some(m) = e.site.lab_mut()?.mesh_mut() {
             m.set_policy(&base)?;
         }
         result

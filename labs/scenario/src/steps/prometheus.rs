@@ -70,13 +70,13 @@ fn prometheus(e: &mut Engine<'_>, label: &str) -> Result<Result<Scraped, String>
                 .into(),
         ));
     };
-    let Some(target) = e.lab.agent().and_then(lab_sandbox::agent::Agent::metrics) else {
+    let Some(target) = e.site.lab()?.agent().and_then(lab_sandbox::agent::Agent::metrics) else {
         return Err(LabError::Command {
             command: "prometheus".into(),
             stderr: "the mesh agent is not running (turn the mesh on first)".into(),
         });
     };
-    let dir = e.lab.id().run_dir().join("prometheus");
+    let dir = e.site.lab()?.id().run_dir().join("prometheus");
     std::fs::create_dir_all(&dir).map_err(LabError::io("cannot create", &dir))?;
     let config = dir.join("prometheus.yml");
     let yml = format!(
@@ -104,7 +104,7 @@ fn prometheus(e: &mut Engine<'_>, label: &str) -> Result<Result<Scraped, String>
             server.pid()
         ),
     );
-    let log = e.lab.id().run_dir().join(lab_sandbox::lab::FLOW_LOG);
+    let log = e.site.lab()?.id().run_dir().join(lab_sandbox::lab::FLOW_LOG);
     let (log_bytes, log_flows) = flow_log_totals(&log)?;
     let queries = ["sum(mesh_tcp_bytes_total)", "sum(mesh_tcp_flows_total)"];
     let started = std::time::Instant::now();

@@ -103,14 +103,15 @@ impl ServiceScale {
             command: format!("service-scale {}", self.name),
             stderr: why.into(),
         };
-        if e.lab.mesh().is_none() {
+        if e.site.lab()?.mesh().is_none() {
             return Err(failed("the mesh must be on"));
         }
         if e.sidecars.mode.unwrap_or(SidecarMode::Off) != SidecarMode::Off {
             return Err(failed("sidecars must be off (the step replaces the client's nat table)"));
         }
         let backends: Vec<&lab_sandbox::lab::Pod> = e
-            .lab
+            .site
+            .lab()?
             .pods()
             .iter()
             .filter(|p| self.pods.iter().all(|(k, v)| p.labels.get(k) == Some(v)))
@@ -126,7 +127,7 @@ impl ServiceScale {
             .collect();
         let restore = lab_sandbox::process::tool("iptables-restore")
             .ok_or_else(|| failed("iptables-restore is not installed"))?;
-        let ns = e.lab.pod(&self.from)?.netns.clone();
+        let ns = e.site.lab()?.pod(&self.from)?.netns.clone();
         // kube-proxy's addresses need a route to be connected to (the mesh's are rewritten first).
         lab_sandbox::process::ip(&["-n", &ns, "route", "add", "10.99.0.0/16", "dev", "eth0"])?;
         let base = mesh_agent::meshfile::wanted(&e.services);
@@ -136,7 +137,7 @@ impl ServiceScale {
         let _ = lab_sandbox::sidecar::iptables(&ns, &["-t", "nat", "-F"]);
         let _ = lab_sandbox::sidecar::iptables(&ns, &["-t", "nat", "-X"]);
         let _ = lab_sandbox::process::ip(&["-n", &ns, "route", "del", "10.99.0.0/16"]);
-        if let Some(m) = e.lab.mesh_mut() {
+        if let Some(m) = e.site.lab_mut()?.mesh_mut() {
             m.set_services(&base)?;
         }
         result
@@ -165,7 +166,7 @@ impl ServiceScale {
                 wanted.insert(key, s.slots.to_vec());
             }
             let t0 = std::time::Instant::now();
-            e.lab.mesh_mut().expect("checked").set_services(&wanted)?;
+            e.site.lab_mut()?.mesh_mut().expect("checked").set_services(&wanted)?;
             let mesh_ms = t0.elapsed().as_secs_f64() * 1e3;
             // kube-proxy: the same n services as iptables rules (the nat table replaced whole).
             let vips: Vec<SocketAddrV4> = (0..n).map(|i| vip(99, i)).collect();

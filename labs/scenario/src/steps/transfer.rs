@@ -149,7 +149,7 @@ impl Transfer {
             e.run_json_as(from, &workloads::Workload::Transfer(args))?;
         // Who reports: every socket of the mesh, i.e. the server's and, unless it runs outside
         // the mesh, the client's.
-        let per_connection = match (e.lab.mesh().is_some(), self.outside_mesh) {
+        let per_connection = match (e.site.lab()?.mesh().is_some(), self.outside_mesh) {
             (false, _) => 0,
             (true, true) => 1,
             (true, false) => 2,
@@ -157,7 +157,7 @@ impl Transfer {
         let expected = per_connection * done.len();
         let by_port: BTreeMap<u64, &workloads::transfer::Transfer> =
             done.iter().map(|d| (u64::from(d.local_port), d)).collect();
-        let log = e.lab.id().run_dir().join(lab_sandbox::lab::FLOW_LOG);
+        let log = e.site.lab()?.id().run_dir().join(lab_sandbox::lab::FLOW_LOG);
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         let records = loop {
             let r = flow_records(&log, since, self.port, &by_port)?;
@@ -222,8 +222,11 @@ fn netem(e: &Engine<'_>, pod: &str, params: Option<&str>) -> Result<(), String> 
         None => cmd.args(["qdisc", "del", "dev", "eth0", "root"]),
     };
     let what = lab_sandbox::process::describe(&cmd);
-    let out =
-        e.lab.run_status(pod, cmd, Duration::from_secs(10), &e.ctx.cancel).map_err(|e| e.to_string())?;
+    let out = e
+        .site
+        .lab()
+        .and_then(|l| l.run_status(pod, cmd, Duration::from_secs(10), &e.ctx.cancel))
+        .map_err(|e| e.to_string())?;
     if out.status.success() {
         return Ok(());
     }
