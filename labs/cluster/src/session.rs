@@ -4,7 +4,7 @@
 //! deleted again at the end, leaving the mesh as it was found.
 use std::{
     collections::BTreeMap,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    net::{IpAddr, Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
@@ -54,7 +54,7 @@ struct Meta {
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 struct PodStatus {
-    #[serde(default)]
+    #[serde(default, rename = "podIPs")]
     pod_ips: Vec<PodIp>,
     #[serde(default)]
     container_statuses: Vec<ContainerStatus>,
@@ -68,7 +68,7 @@ struct PodIp {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct ContainerStatus {
-    #[serde(default)]
+    #[serde(default, rename = "containerID")]
     container_id: Option<String>,
 }
 
@@ -170,7 +170,7 @@ impl Session {
         #[derive(Deserialize)]
         #[serde(rename_all = "camelCase")]
         struct ServiceSpec {
-            #[serde(default)]
+            #[serde(default, rename = "clusterIP")]
             cluster_ip: String,
             #[serde(default)]
             ports: Vec<Port>,
@@ -319,51 +319,61 @@ impl Session {
 
     fn read_pods(&self, names: &[String]) -> Result<Vec<Pod>, ClusterError> {
         let out = run(self.kubectl().args(["get", "pods", "-o", "json"]))?;
-        let list: PodList = serde_json::from_slice(&out.stdout)
-            .map_err(|e| ClusterError::State(format!("kubectl get pods -o json: {e}")))?;
         let root = mesh::cgroup2_root().unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup")).join("k8s.io");
-        names
-            .iter()
-            .map(|name| {
-                let p = list.items.iter().find(|p| p.metadata.name == *name).ok_or_else(|| {
-                    let known: Vec<&str> = list.items.iter().map(|p| p.metadata.name.as_str()).collect();
-                    ClusterError::State(format!(
-                        "the scenario names pod {name:?}, which its manifests do not make (pods: {})",
-                        known.join(", ")
-                    ))
-                })?;
-                let ipv4 = p.status.pod_ips.iter().find_map(|i| match i.ip {
-                    IpAddr::V4(a) => Some(a),
-                    IpAddr::V6(_) => None,
-                });
-                let ipv6 = p.status.pod_ips.iter().find_map(|i| match i.ip {
-                    IpAddr::V6(a) => Some(a),
-                    IpAddr::V4(_) => None,
-                });
-                let cgroup = p
-                    .status
-                    .container_statuses
-                    .iter()
-                    .find_map(|c| c.container_id.as_deref()?.strip_prefix("containerd://"))
-                    .map(|id| root.join(id))
-                    .unwrap_or_default();
-                Ok(Pod {
-                    name: name.clone(),
-                    labels: p.metadata.labels.clone(),
-                    netns: netns_of(&cgroup).unwrap_or_default(),
-                    cgroup,
-                    interface: "eth0".into(),
-                    ipv4: ipv4.unwrap_or(Ipv4Addr::UNSPECIFIED),
-                    ipv6: ipv6.unwrap_or(Ipv6Addr::UNSPECIFIED),
-                })
-            })
-            .collect()
+        pods_from(&out.stdout, names, &root)
     }
 }
 
 /// Whether the mesh's DaemonSet has its programs attached (its pins are there).
 pub fn mesh_on() -> bool {
     Path::new(MESH_PINS).exists()
+}
+
+/// `names` found in `kubectl get pods -o json`: addresses and labels from the API, the first
+/// container's cgroup under `cgroups` (containerd's `/k8s.io/<container id>`), its network
+/// namespace's name.
+fn pods_from(json: &[u8], names: &[String], cgroups: &Path) -> Result<Vec<Pod>, ClusterError> {
+    let list: PodList = serde_json::from_slice(json)
+        .map_err(|e| ClusterError::State(format!("kubectl get pods -o json: {e}")))?;
+    names
+        .iter()
+        .map(|name| {
+            let p = list.items.iter().find(|p| p.metadata.name == *name).ok_or_else(|| {
+                let known: Vec<&str> = list.items.iter().map(|p| p.metadata.name.as_str()).collect();
+                ClusterError::State(format!(
+                    "the scenario names pod {name:?}, which its manifests do not make (pods: {})",
+                    known.join(", ")
+                ))
+            })?;
+            let ipv4 = p.status.pod_ips.iter().find_map(|i| match i.ip {
+                IpAddr::V4(a) => Some(a),
+                IpAddr::V6(_) => None,
+            });
+            let ipv4 = ipv4.ok_or_else(|| {
+                ClusterError::State(format!("pod {name} has no IPv4 address in its status (status.podIPs)"))
+            })?;
+            let ipv6 = p.status.pod_ips.iter().find_map(|i| match i.ip {
+                IpAddr::V6(a) => Some(a),
+                IpAddr::V4(_) => None,
+            });
+            let cgroup = p
+                .status
+                .container_statuses
+                .iter()
+                .find_map(|c| c.container_id.as_deref()?.strip_prefix("containerd://"))
+                .map(|id| cgroups.join(id))
+                .unwrap_or_default();
+            Ok(Pod {
+                name: name.clone(),
+                labels: p.metadata.labels.clone(),
+                netns: netns_of(&cgroup).unwrap_or_default(),
+                cgroup,
+                interface: "eth0".into(),
+                ipv4,
+                ipv6: ipv6.unwrap_or(Ipv6Addr::UNSPECIFIED),
+            })
+        })
+        .collect()
 }
 
 fn timeout_arg() -> String {
@@ -377,4 +387,30 @@ fn netns_of(cgroup: &Path) -> Option<String> {
     let out = Command::new("ip").args(["netns", "identify", pid]).output().ok()?;
     let name = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     (!name.is_empty()).then_some(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fields as Kubernetes 1.20 spells them (`podIPs`, `containerID`).
+    const PODS: &str = r#"{"items": [
+      {"metadata": {"name": "client", "labels": {"role": "client"}},
+       "status": {"podIP": "10.244.0.7", "podIPs": [{"ip": "10.244.0.7"}],
+                  "containerStatuses": [{"name": "main", "containerID": "containerd://abc123"}]}},
+      {"metadata": {"name": "pending"}, "status": {}}
+    ]}"#;
+
+    #[test]
+    fn pods_are_read_as_the_api_spells_them() {
+        let pods =
+            pods_from(PODS.as_bytes(), &["client".into()], Path::new("/sys/fs/cgroup/k8s.io")).unwrap();
+        assert_eq!(pods[0].ipv4, std::net::Ipv4Addr::new(10, 244, 0, 7));
+        assert_eq!(pods[0].labels["role"], "client");
+        assert_eq!(pods[0].cgroup, Path::new("/sys/fs/cgroup/k8s.io/abc123"));
+        let err = pods_from(PODS.as_bytes(), &["pending".into()], Path::new("/x")).unwrap_err().to_string();
+        assert!(err.contains("pod pending has no IPv4 address"), "{err}");
+        let err = pods_from(PODS.as_bytes(), &["nope".into()], Path::new("/x")).unwrap_err().to_string();
+        assert!(err.contains("pods: client, pending"), "{err}");
+    }
 }
