@@ -45,6 +45,7 @@ fn list_names_the_shipped_scenarios() {
             "crosscheck",
             "flow-control",
             "invisible",
+            "kubernetes",
             "policy",
             "service-lb",
             "service-scale",
@@ -64,7 +65,7 @@ fn unknown_scenario_is_a_usage_error_naming_the_known_ones() {
         .code(2)
         .stderr(predicate::str::contains("unknown scenario \"sockmapp\""))
         .stderr(predicate::str::contains(
-            "known: agent-restart, apps, conformance, crosscheck, flow-control, invisible, policy, service-lb, service-scale, sidecar-baseline, sockmap",
+            "known: agent-restart, apps, conformance, crosscheck, flow-control, invisible, kubernetes, policy, service-lb, service-scale, sidecar-baseline, sockmap",
         ));
 }
 
@@ -84,7 +85,7 @@ fn bad_arguments_are_refused_with_the_reason() {
         .args(["scenario", "sockmap", "--backend", "mainframe"])
         .assert()
         .code(2)
-        .stderr(predicate::str::contains("possible values: qemu, host"));
+        .stderr(predicate::str::contains("possible values: qemu, host, kubernetes"));
     lab_runner().arg("frobnicate").assert().code(2);
     lab_runner()
         .args(["up", "--kernel", "4.19"])
@@ -177,6 +178,55 @@ fn a_command_workload_without_a_program_or_a_missing_mesh_file_is_a_usage_error(
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{tag}: {err}");
         assert_eq!(err.lines().count(), 1, "{tag}: one clear error, got {err}");
+        assert!(err.contains(&format!("{}{want}", path.display())), "{tag}: {err}");
+        std::fs::remove_file(path).unwrap();
+    }
+}
+
+/// A scenario with a `[kubernetes]` section runs on the cluster and nowhere else; the others
+/// never on the cluster. Refused before anything starts, with what to do instead.
+#[test]
+fn kubernetes_scenarios_run_on_the_cluster_only() {
+    lab_runner()
+        .args(["scenario", "kubernetes", "--backend", "qemu"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("runs on Kubernetes ([kubernetes] in scenarios/kubernetes.toml)"));
+    lab_runner()
+        .args(["scenario", "sockmap", "--backend", "kubernetes"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("scenario sockmap has no [kubernetes] section"));
+    lab_runner()
+        .args(["matrix", "--kernels", "6.1", "--scenarios", "kubernetes"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("scenario kubernetes runs on Kubernetes"));
+    // The file's own mistakes, at their lines.
+    let k8s = "name = \"k\"\nsummary = \"s\"\n[kubernetes]\nmanifests = [\"m.yaml\"]\n[files]\n\"m.yaml\" = \"\"\n[[pods]]\nname = \"a\"\n";
+    let step = "[[steps]]\ndo = \"explain\"\ntitle = \"t\"\ntext = \"x\"\n";
+    let cases = [
+        (
+            "k8s-manifest",
+            format!("{}{step}", k8s.replace("[\"m.yaml\"]", "[\"n.yaml\"]")),
+            ":4: [kubernetes] manifest \"n.yaml\": no such file in [files] (known: m.yaml)",
+        ),
+        (
+            "k8s-workload",
+            format!("{k8s}workload = {{ kind = \"echo\", port = 7 }}\n{step}"),
+            ":8: pod \"a\": on Kubernetes a pod runs what its manifest says; drop `workload`",
+        ),
+        (
+            "k8s-step",
+            format!("{k8s}[[steps]]\ndo = \"sidecars\"\nmode = \"per-pod\"\n"),
+            ":9: step 1 (sidecars): runs in the lab's own sandbox only, not on Kubernetes",
+        ),
+    ];
+    for (tag, text, want) in cases {
+        let path = scenario_file(tag, &text);
+        let out = lab_runner().arg("scenario").arg(&path).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{tag}: {err}");
         assert!(err.contains(&format!("{}{want}", path.display())), "{tag}: {err}");
         std::fs::remove_file(path).unwrap();
     }

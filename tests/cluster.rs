@@ -260,6 +260,31 @@ fn a_real_cluster_runs_pods_behind_a_service_and_leaves_nothing() {
     let left = ok("clean --dry-run", &lab(&["clean", "--dry-run", "--json"]));
     let v: serde_json::Value = serde_json::from_str(&left).unwrap();
     assert_eq!(v["found"], serde_json::json!([]), "the cluster left: {left}");
+
+    // The kubernetes scenario, on a cluster started for the run and stopped after it.
+    let results = dir.path().join("results");
+    let o = lab(&["scenario", "kubernetes", "--json", "--results", results.to_str().unwrap()]);
+    let said = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "scenario kubernetes: {}\n{said}", o.status);
+    let run = std::fs::read_dir(results.join("kubernetes")).unwrap().next().unwrap().unwrap().path();
+    let outcome: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("outcome.json")).unwrap()).unwrap();
+    assert_eq!(outcome["passed"], true, "{outcome}");
+    let results = &outcome["report"]["results"];
+    assert_eq!(results["mesh"]["cases"], results["direct"]["cases"], "{results}");
+    assert_eq!(results["mesh"]["differences"], 0.0, "conformance pod to pod: {results}");
+    assert!(results["mesh"]["msg_redirected"].as_f64().unwrap() > 0.0, "{results}");
+    // Denials name the pods as the API does.
+    let denials = outcome["report"]["denials"].as_array().unwrap();
+    assert!(
+        denials.iter().any(|d| d["from"]["pods"] == serde_json::json!(["default/stranger"])),
+        "{denials:?}"
+    );
+    let status = ok("cluster status", &lab(&["cluster", "status", "--json"]));
+    assert_eq!(status.trim(), "null", "the run's cluster went down");
+    let left = ok("clean --dry-run", &lab(&["clean", "--dry-run", "--json"]));
+    let v: serde_json::Value = serde_json::from_str(&left).unwrap();
+    assert_eq!(v["found"], serde_json::json!([]), "the scenario left: {left}");
 }
 
 /// Two rr-servers (the lab's benchmark server, which names its pod to `lb-probe`) behind a
