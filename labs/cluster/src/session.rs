@@ -135,6 +135,7 @@ impl Session {
         self.pods.iter().find(|p| p.name == name)
     }
 
+    // ANCHOR: exec
     /// `argv` run in `pod`'s first container (`kubectl exec`: a process of the container, in its
     /// cgroup and namespaces, started by the container runtime).
     pub fn exec(&self, pod: &str, argv: &[String]) -> Command {
@@ -142,6 +143,7 @@ impl Session {
         c.args(["exec", pod, "--"]).args(argv);
         c
     }
+    // ANCHOR_END: exec
 
     /// A Service's ClusterIP and first port, by name.
     pub fn service_address(&self, name: &str) -> Result<SocketAddr, ClusterError> {

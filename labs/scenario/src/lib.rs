@@ -1,6 +1,7 @@
 //! lab-scenario: step-by-step experiments on a lab, written as TOML files (scenarios/*.toml, see
-//! [`spec`]; one module per step kind in [`steps`]) and run by the [`engine`] against a
-//! `lab_sandbox::Lab`, reporting through [`Event`]s.
+//! [`spec`]; one module per step kind in [`steps`]) and run by the [`engine`] on a [`site`]:
+//! the lab's own sandbox (`lab_sandbox::Lab`) or a Kubernetes cluster's pods, reporting through
+//! [`Event`]s.
 mod dataplane;
 pub mod engine;
 #[cfg(test)]
