@@ -22,7 +22,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     fs,
     mem::size_of,
-    os::unix::fs::MetadataExt as _,
+    os::{fd::AsFd as _, unix::fs::MetadataExt as _},
     path::{Path, PathBuf},
 };
 
@@ -526,8 +526,10 @@ impl Pinned {
                 let entries = match s.map_type {
                     MapType::Array | MapType::PerCpuArray => Ok(s.max_entries as usize),
                     // Bytes, not entries; what is unread is the agent's business.
-                    MapType::RingBuf => Err(aya::maps::MapError::InvalidName { name: s.name.into() }),
-                    _ => count_keys(self.map(s.name), s),
+                    MapType::RingBuf => Err("a ring buffer holds bytes, not entries".to_owned()),
+                    _ => crate::sys::obj_get(&self.layout.join(s.name))
+                        .and_then(|fd| crate::sys::count_keys(fd.as_fd(), s.key_size as usize))
+                        .map_err(|e| e.to_string()),
                 };
                 MapFill {
                     name: s.name,
@@ -560,61 +562,6 @@ pub struct MapFill {
     pub map_type: String,
     pub entries: Option<usize>,
     pub max_entries: u32,
-}
-
-fn count_keys(map: &Map, s: &MapSpec) -> Result<usize, aya::maps::MapError> {
-    use aya::maps::{HashMap, SockHash};
-    match s.name {
-        SOCKETS_MAP => {
-            let m: SockHash<&MapData, SockKey> = map.try_into()?;
-            Ok(m.keys().count())
-        }
-        SOCK_STATE_MAP => {
-            let m: aya::maps::HashMap<&MapData, SockKey, u32> = map.try_into()?;
-            Ok(m.keys().count())
-        }
-        SERVICES_MAP => {
-            let m: HashMap<&MapData, ServiceKey, ServiceValue> = map.try_into()?;
-            Ok(m.keys().count())
-        }
-        BACKENDS_MAP => {
-            let m: HashMap<&MapData, BackendKey, Backend> = map.try_into()?;
-            Ok(m.keys().count())
-        }
-        IDENTITIES_MAP => {
-            let m: aya::maps::LpmTrie<&MapData, IdentityAddr, u32> = map.try_into()?;
-            Ok(m.keys().count())
-        }
-        CGROUP_IDS_MAP => {
-            let m: HashMap<&MapData, u64, u32> = map.try_into()?;
-            Ok(m.keys().count())
-        }
-        POLICY_MAP => {
-            let m: HashMap<&MapData, PolicyKey, u32> = map.try_into()?;
-            Ok(m.keys().count())
-        }
-        POLICED_MAP => {
-            let m: HashMap<&MapData, u32, u32> = map.try_into()?;
-            Ok(m.keys().count())
-        }
-        SOCK_POLICY_MAP => {
-            let m: aya::maps::HashMap<&MapData, SockKey, SockPolicy> = map.try_into()?;
-            Ok(m.keys().count())
-        }
-        MESH_CONNECTS_MAP => {
-            let m: aya::maps::HashMap<&MapData, SockKey, u32> = map.try_into()?;
-            Ok(m.keys().count())
-        }
-        HTTP_RULES_MAP => {
-            let m: HashMap<&MapData, u32, HttpRules> = map.try_into()?;
-            Ok(m.keys().count())
-        }
-        HTTP_PROGS_MAP => {
-            let m: aya::maps::ProgramArray<&MapData> = map.try_into()?;
-            Ok(m.indices().count())
-        }
-        _ => Ok(0),
-    }
 }
 
 /// Refuses a pinned map whose definition is not this build's.

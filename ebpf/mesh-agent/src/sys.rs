@@ -80,3 +80,23 @@ pub fn prog_query(cgroup: BorrowedFd<'_>, attach_type: u32) -> io::Result<Vec<u3
     ids.truncate(count as usize);
     Ok(ids)
 }
+
+/// Keys in a hash-like map (hash, LPM trie, sockhash), counted with `BPF_MAP_GET_NEXT_KEY` over
+/// raw keys of `key_size` bytes: one walk for every key type.
+pub fn count_keys(map: BorrowedFd<'_>, key_size: usize) -> io::Result<usize> {
+    let (mut key, mut next) = (vec![0u8; key_size], vec![0u8; key_size]);
+    let mut n = 0;
+    loop {
+        // The first call asks for the first key (a null key); then the one after `key`.
+        let prev: *const libc::c_void = if n == 0 { std::ptr::null() } else { key.as_ptr().cast() };
+        // SAFETY: `prev` is null or `key_size` readable bytes, `next` has room for `key_size`
+        // bytes, the size the map was created with, which the kernel writes at most.
+        match check(unsafe { sys::bpf_map_get_next_key(map.as_raw_fd(), prev, next.as_mut_ptr().cast()) }) {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(n),
+            Err(e) => return Err(e),
+        }
+        n += 1;
+        std::mem::swap(&mut key, &mut next);
+    }
+}

@@ -1,12 +1,14 @@
-//! The files the cluster's daemons read, all under [`STATE_DIR`](crate::STATE_DIR).
+//! The files the cluster's daemons read, all under [`STATE_DIR`](crate::STATE_DIR), and the
+//! certificates between the API server and the kubelet.
 use std::{
     fs,
     path::{Path, PathBuf},
+    process::Command,
 };
 
 use serde_json::json;
 
-use crate::{APISERVER_PORT, BRIDGE, ClusterError, POD_CIDR};
+use crate::{APISERVER_PORT, BRIDGE, ClusterError, POD_CIDR, run};
 
 /// Where each piece of a cluster's state lives.
 #[derive(Debug, Clone)]
@@ -189,4 +191,51 @@ pub fn cni_conflist(l: &Layout) -> String {
 pub fn write_runtime(l: &Layout, pause_image: &str) -> Result<(), ClusterError> {
     write(&l.containerd_config(), &containerd_config(l, pause_image))?;
     write(&l.cni_conf().join("10-sidecarless-lab.conflist"), &cni_conflist(l))
+}
+
+/// A CA for the kubelet's API and the API server's client certificate from it (`kubectl logs`,
+/// `exec`): the kubelet accepts nobody else.
+pub fn kubelet_client_pki(l: &Layout) -> Result<(), ClusterError> {
+    let ca_key = l.pki().join("kubelet-ca.key");
+    let (crt, key) = l.kubelet_client();
+    let csr = l.pki().join("apiserver-kubelet-client.csr");
+    run(Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "30",
+            "-subj",
+            "/CN=sidecarless-lab-kubelet-ca",
+        ])
+        .arg("-keyout")
+        .arg(&ca_key)
+        .arg("-out")
+        .arg(l.kubelet_ca()))?;
+    run(Command::new("openssl")
+        .args([
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=kube-apiserver-kubelet-client/O=system:masters",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&csr))?;
+    run(Command::new("openssl")
+        .args(["x509", "-req", "-days", "30", "-CAcreateserial", "-in"])
+        .arg(&csr)
+        .arg("-CA")
+        .arg(l.kubelet_ca())
+        .arg("-CAkey")
+        .arg(&ca_key)
+        .arg("-out")
+        .arg(&crt))?;
+    Ok(())
 }

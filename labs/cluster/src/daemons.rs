@@ -291,7 +291,7 @@ impl Cluster {
         let token = config::token()?;
         config::write_auth(&l, &ip, &token)?;
         run(Command::new("openssl").args(["genrsa", "-out"]).arg(l.sa_key()).arg("2048"))?;
-        kubelet_client_pki(&l)?;
+        crate::config::kubelet_client_pki(&l)?;
         let pause_image = format!("docker.io/local/pause:{}", build.pause_tag());
         config::write_runtime(&l, &pause_image)?;
         fs::write("/proc/sys/net/ipv4/ip_forward", "1")
@@ -571,53 +571,6 @@ impl Cluster {
             Err(ClusterError::State(format!("the sweep left: {}", list.join("; "))))
         }
     }
-}
-
-/// A CA for the kubelet's API and the API server's client certificate from it (`kubectl logs`,
-/// `exec`): the kubelet accepts nobody else.
-fn kubelet_client_pki(l: &Layout) -> Result<(), ClusterError> {
-    let ca_key = l.pki().join("kubelet-ca.key");
-    let (crt, key) = l.kubelet_client();
-    let csr = l.pki().join("apiserver-kubelet-client.csr");
-    run(Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "30",
-            "-subj",
-            "/CN=sidecarless-lab-kubelet-ca",
-        ])
-        .arg("-keyout")
-        .arg(&ca_key)
-        .arg("-out")
-        .arg(l.kubelet_ca()))?;
-    run(Command::new("openssl")
-        .args([
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=kube-apiserver-kubelet-client/O=system:masters",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&csr))?;
-    run(Command::new("openssl")
-        .args(["x509", "-req", "-days", "30", "-CAcreateserial", "-in"])
-        .arg(&csr)
-        .arg("-CA")
-        .arg(l.kubelet_ca())
-        .arg("-CAkey")
-        .arg(&ca_key)
-        .arg("-out")
-        .arg(&crt))?;
-    Ok(())
 }
 
 /// SIGTERM, up to 10 s, then SIGKILL (and the group: a daemon's helpers go with it).
