@@ -921,11 +921,66 @@ text = "runs"
 "#,
     )
     .unwrap();
-    let out =
-        Command::new(bin()).args(["scenario", dead.to_str().unwrap(), "--backend", "host"]).output().unwrap();
+    let results = dir.join("results");
+    let run = |file: &std::path::Path| {
+        Command::new(bin())
+            .args(["scenario", file.to_str().unwrap(), "--backend", "host", "--results"])
+            .arg(&results)
+            .output()
+            .unwrap()
+    };
+    let out = run(&dead);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(4), "{err}");
     assert!(err.contains("exited before anything listened on port 9999"), "{err}");
     assert!(err.contains("bind: address is on fire"), "{err}");
+    // The run that broke left its failure bundle beside its report, collected before teardown.
+    let failure = only_run(&results.join("dead")).join("failure");
+    let read =
+        |name: &str| fs::read_to_string(failure.join(name)).unwrap_or_else(|e| panic!("failure/{name}: {e}"));
+    assert!(read("pods/a.log").contains("bind: address is on fire"));
+    assert!(read("bpftool.txt").contains("$ bpftool prog show"));
+    assert!(read("pods/a.ss.txt").contains("$ ip netns exec"));
+    read("dmesg.txt");
+    read("mesh-status.json");
+    // A check that fails: exit 1, and a bundle too (with the mesh's state this time).
+    let failing = dir.join("failing.toml");
+    fs::write(
+        &failing,
+        r#"name = "failing"
+summary = "a check that fails"
+[[pods]]
+name = "a"
+[[steps]]
+do = "mesh"
+state = "on"
+[[steps]]
+do = "exec"
+name = "t"
+pod = "a"
+command = ["true"]
+[[steps]]
+do = "expect"
+metric = "t.exit"
+op = "=="
+value = 1
+"#,
+    )
+    .unwrap();
+    let out = run(&failing);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let failure = only_run(&results.join("failing")).join("failure");
+    let status: Value = serde_json::from_str(&fs::read_to_string(failure.join("mesh-status.json")).unwrap())
+        .expect("mesh-agent status as JSON");
+    assert!(status.get("error").is_none(), "the mesh was on: {status}");
+    let outcome = fs::read_to_string(failure.parent().unwrap().join("outcome.json")).unwrap();
+    assert!(!outcome.contains("\"failure\""), "the bundle stays out of outcome.json");
     fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The one run folder under `scenario_dir` (results/<scenario>/<time>).
+fn only_run(scenario_dir: &std::path::Path) -> std::path::PathBuf {
+    let runs: Vec<_> = fs::read_dir(scenario_dir).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    runs[0].clone()
 }

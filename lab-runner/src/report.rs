@@ -14,10 +14,16 @@ use lab_scenario::{
 const TEMPLATE: &str = include_str!("../templates/report.md.tera");
 
 /// Writes the three files; returns the folder.
-pub fn write(results: &Path, outcome: &Outcome, backend: &str) -> std::io::Result<PathBuf> {
+pub fn write(
+    results: &Path,
+    outcome: &Outcome,
+    backend: &str,
+    failure: &lab_scenario::bundle::Bundle,
+) -> std::io::Result<PathBuf> {
     let when = utc_now();
     let dir = results.join(&outcome.scenario).join(when.replace([':', ' '], "-"));
     fs::create_dir_all(&dir)?;
+    lab_scenario::bundle::write(failure, &dir.join("failure"))?;
     fs::write(dir.join("outcome.json"), serde_json::to_string_pretty(outcome).expect("serializes"))?;
     fs::write(dir.join("latency.svg"), svg(&outcome.report))?;
     if let Some(rtt) = rtt_svg(&outcome.report) {
@@ -439,6 +445,7 @@ mod tests {
             passed: true,
             failures: vec![],
             skipped: None,
+            error: None,
             report: report(serde_json::json!({
                 "errors": { "sidecars-sockmap": [
                     "sidecars per pod + eBPF mesh: 4 stream(s): write after 12000000 bytes: Out of memory (os error 12)",

@@ -217,6 +217,13 @@ fn kernel_row(
                         status: Status::Pass,
                         detail: summary(&o.report),
                     },
+                    Ok(Outcome { error: Some(e), .. }) => Cell {
+                        cases: Vec::new(),
+                        scenario: s.scenario.name.clone(),
+                        engine,
+                        status: Status::Error,
+                        detail: e.lines().next().unwrap_or_default().to_owned(),
+                    },
                     Ok(o) => Cell {
                         cases: Vec::new(),
                         scenario: s.scenario.name.clone(),

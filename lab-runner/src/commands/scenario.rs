@@ -49,19 +49,28 @@ pub fn run(args: ScenarioArgs) -> i32 {
         Backend::Qemu => (in_vm(&args, &loaded, options), "qemu"),
         Backend::Kubernetes => (on_cluster(&args, &loaded, options), "kubernetes"),
     };
-    let (outcome, view) = match result {
+    let (mut outcome, view) = match result {
         Ok(x) => x,
         Err(code) => return code,
     };
+    // The failure bundle goes into its own folder, not into the outcome shown or outcome.json.
+    let failure = std::mem::take(&mut outcome.report.failure);
     view.outcome(&outcome);
-    match report::write(&args.results, &outcome, backend) {
+    match report::write(&args.results, &outcome, backend, &failure) {
+        Ok(dir) if !failure.is_empty() => {
+            eprintln!("results: {} (what the lab looked like when it failed: failure/)", dir.display());
+        }
         Ok(dir) => eprintln!("results: {}", dir.display()),
         Err(e) => eprintln!("lab-runner: cannot write results under {}: {e}", args.results.display()),
     }
-    match (&outcome.skipped, outcome.passed) {
-        (Some(_), _) => exit::UNMET,
-        (None, true) => exit::OK,
-        (None, false) => exit::SCENARIO_FAILED,
+    match (&outcome.skipped, &outcome.error, outcome.passed) {
+        (Some(_), _, _) => exit::UNMET,
+        (None, Some(e), _) => {
+            eprintln!("lab-runner: {e}");
+            exit::BACKEND
+        }
+        (None, None, true) => exit::OK,
+        (None, None, false) => exit::SCENARIO_FAILED,
     }
 }
 

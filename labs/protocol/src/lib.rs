@@ -128,6 +128,11 @@ pub struct Outcome<R = serde_json::Value> {
     /// Set when the kernel lacks something the scenario requires: nothing ran.
     #[serde(default)]
     pub skipped: Option<String>,
+    /// Set when a step could not run at all (a program that would not start, a command that
+    /// failed): the run failed as a backend failure, with its report so far (also among
+    /// `failures`).
+    #[serde(default)]
+    pub error: Option<String>,
     /// The scenario's own figures (the engine's report).
     pub report: R,
 }
@@ -135,8 +140,8 @@ pub struct Outcome<R = serde_json::Value> {
 impl<R> Outcome<R> {
     /// The same outcome with its report converted (to JSON for the wire, or back).
     pub fn try_map<S, E>(self, f: impl FnOnce(R) -> Result<S, E>) -> Result<Outcome<S>, E> {
-        let Outcome { scenario, kernel, passed, failures, skipped, report } = self;
-        Ok(Outcome { scenario, kernel, passed, failures, skipped, report: f(report)? })
+        let Outcome { scenario, kernel, passed, failures, skipped, error, report } = self;
+        Ok(Outcome { scenario, kernel, passed, failures, skipped, error, report: f(report)? })
     }
 }
 

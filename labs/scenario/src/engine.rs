@@ -53,12 +53,13 @@ pub struct Engine<'a> {
 
 /// Runs the scenario in a fresh lab; a scenario whose requirements are missing is skipped.
 pub fn run(sc: &Scenario, ctx: &Context) -> Result<Outcome, LabError> {
-    let outcome = |passed, failures, skipped, report| Outcome {
+    let outcome = |passed, failures, skipped, error, report| Outcome {
         scenario: sc.name.clone(),
         kernel: kernel_release(),
         passed,
         failures,
         skipped,
+        error,
         report,
     };
     let missing = requirements::unmet(&sc.requires, &mut |line| {
@@ -67,7 +68,7 @@ pub fn run(sc: &Scenario, ctx: &Context) -> Result<Outcome, LabError> {
     if !missing.is_empty() {
         let reason = missing.join("; ");
         ctx.emit(Event::StepSkipped { step: "requirements".into(), reason: reason.clone() });
-        return Ok(outcome(false, Vec::new(), Some(reason), Report::default()));
+        return Ok(outcome(false, Vec::new(), Some(reason), None, Report::default()));
     }
     // The kernel log from here on is the run's: a splat in it fails the run.
     let klog = crate::splat::KernelLog::mark();
@@ -101,6 +102,13 @@ pub fn run(sc: &Scenario, ctx: &Context) -> Result<Outcome, LabError> {
         mesh_files: sc.mesh_files.clone(),
     };
     let result = e.steps(sc);
+    // A step that broke (not a cancel, not something this machine lacks) or a failed check: the
+    // failure bundle, while the lab is still there.
+    let broke = matches!(&result, Err(err) if !matches!(err, LabError::Cancelled) && !err.is_unmet());
+    let splatted = klog.as_ref().ok().and_then(|k| k.splats_since().ok()).is_some_and(|s| !s.is_empty());
+    if broke || splatted || !e.failures.is_empty() {
+        e.report.failure = e.failure_bundle(klog.as_ref().ok());
+    }
     // What the agent denied, naming pods (it applied every mesh file itself; on Kubernetes its
     // watcher gave it the pods, and it logs each denial).
     let log = match &e.site {
@@ -137,9 +145,22 @@ pub fn run(sc: &Scenario, ctx: &Context) -> Result<Outcome, LabError> {
             report.skipped_steps.insert("kernel log".into(), format!("cannot read /dev/kmsg: {e}"));
         }
     }
-    result?;
-    teardown?;
-    Ok(outcome(failures.is_empty(), failures, None, report))
+    // A step that broke ends the run as failed, with its report and bundle (the CLI exits as
+    // for a backend failure); a cancel or an unmet requirement is still an error.
+    let error = match result {
+        Ok(()) => None,
+        Err(err) if broke => Some(lab_sandbox::error::chain(&err)),
+        Err(err) => return Err(err),
+    };
+    match (teardown, &error) {
+        (Err(t), Some(_)) => failures.push(format!("teardown: {}", lab_sandbox::error::chain(&t))),
+        (Err(t), None) => return Err(t),
+        (Ok(()), _) => {}
+    }
+    if let Some(err) = &error {
+        failures.push(err.clone());
+    }
+    Ok(outcome(failures.is_empty(), failures, None, error, report))
 }
 
 impl Engine<'_> {

@@ -2,6 +2,7 @@
 //! [`spec`]; one module per step kind in [`steps`]) and run by the [`engine`] on a [`site`]:
 //! the lab's own sandbox (`lab_sandbox::Lab`) or a Kubernetes cluster's pods, reporting through
 //! [`Event`]s.
+pub mod bundle;
 mod dataplane;
 pub mod engine;
 #[cfg(test)]

@@ -124,6 +124,10 @@ pub struct Report {
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub errors: BTreeMap<String, Vec<String>>,
     pub machine: Machine,
+    /// What was collected when the run failed (see `bundle.rs`); `lab-runner` writes it into
+    /// `failure/` and leaves it out of outcome.json.
+    #[serde(default, skip_serializing_if = "crate::bundle::Bundle::is_empty")]
+    pub failure: crate::bundle::Bundle,
 }
 
 /// Denials kept in the report (the rest are counted).

@@ -52,6 +52,15 @@ impl KernelLog {
         Ok(Self { last: read_records()?.last().map(|(seq, _)| *seq) })
     }
 
+    /// Every record logged since the mark, its message on one line each.
+    pub fn text_since(&self) -> io::Result<String> {
+        Ok(read_records()?
+            .into_iter()
+            .filter(|(seq, _)| self.last.is_none_or(|l| *seq > l))
+            .map(|(_, m)| format!("{m}\n"))
+            .collect())
+    }
+
     /// Every splat logged since the mark that [`ALLOWED`] does not excuse, each its lines joined.
     pub fn splats_since(&self) -> io::Result<Vec<String>> {
         let fresh: Vec<(u64, String)> =
