@@ -21,7 +21,7 @@ use crate::{
     exit, ui, vmprep,
 };
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 enum Status {
     Pass,
@@ -106,11 +106,12 @@ pub fn run(args: &MatrixArgs) -> i32 {
         .and_then(|()| {
             fs::write(args.out.join("matrix.json"), serde_json::to_string_pretty(&rows).expect("serializes"))
         })
+        .and_then(|()| fs::write(args.out.join("junit.xml"), junit(&rows, &engines)))
     {
         eprintln!("lab-runner: cannot write the table to {}: {e}", args.out.display());
         return exit::BACKEND;
     }
-    eprintln!("wrote {} and matrix.json", args.out.join("matrix.md").display());
+    eprintln!("wrote {}, matrix.json and junit.xml", args.out.join("matrix.md").display());
     let all_ok = rows.iter().flat_map(|r| &r.cells).all(|c| matches!(c.status, Status::Pass | Status::Skip));
     if all_ok { exit::OK } else { exit::SCENARIO_FAILED }
 }
@@ -200,7 +201,15 @@ fn kernel_row(
             for (s, engine) in scenarios.iter().flat_map(|s| engines.iter().map(move |e| (s, *e))) {
                 let mut quiet = ui::View::new(true, false);
                 let options = lab_scenario::Options { engine, ..args.run.options() };
-                let outcome = run_on(&mut m, s, options, cancel, false, &mut quiet);
+                let mut outcome = run_on(&mut m, s, options, cancel, false, &mut quiet);
+                // A failed cell's bundle: <out>/<kernel>/<scenario>-<engine>/failure/.
+                if let Ok(o) = &mut outcome {
+                    let bundle = std::mem::take(&mut o.report.failure);
+                    let dir = args.out.join(kernel).join(format!("{}-{}", s.scenario.name, engine.name()));
+                    if let Err(e) = lab_scenario::bundle::write(&bundle, &dir.join("failure")) {
+                        eprintln!("lab-runner: cannot write {}: {e}", dir.display());
+                    }
+                }
                 let cases = outcome.as_ref().map(|o| conform_cases(&o.report)).unwrap_or_default();
                 let cell = match outcome {
                     Ok(Outcome { skipped: Some(reason), .. }) => Cell {
@@ -365,6 +374,32 @@ fn row_label(scenario: &str, engine: Engine, engines: &[Engine]) -> String {
     }
 }
 
+/// The matrix as JUnit XML (what CI systems show as tests): a suite per kernel, a case per
+/// scenario (and engine), a failure or error with its detail, a skip with its reason.
+fn junit(rows: &[Row], engines: &[Engine]) -> String {
+    use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
+    let mut report = Report::new("lab-runner matrix");
+    for r in rows {
+        let mut suite = TestSuite::new(format!("kernel {} ({})", r.kernel, r.release));
+        for c in &r.cells {
+            let mut status = match c.status {
+                Status::Pass => TestCaseStatus::success(),
+                Status::Fail => TestCaseStatus::non_success(NonSuccessKind::Failure),
+                Status::Error => TestCaseStatus::non_success(NonSuccessKind::Error),
+                Status::Skip => TestCaseStatus::skipped(),
+            };
+            if c.status != Status::Pass {
+                status.set_message(c.detail.clone());
+            }
+            let mut case = TestCase::new(row_label(&c.scenario, c.engine, engines), status);
+            case.set_classname(format!("kernel-{}", r.kernel));
+            suite.add_test_case(case);
+        }
+        report.add_test_suite(suite);
+    }
+    report.to_string().expect("JUnit XML from strings serializes")
+}
+
 fn markdown(rows: &[Row], scenarios: &[Loaded], engines: &[Engine]) -> String {
     let mut s = String::from("| | ");
     s.push_str(&rows.iter().map(|r| format!("{} ({})", r.kernel, r.release)).collect::<Vec<_>>().join(" | "));
@@ -465,5 +500,35 @@ mod tests {
         let both = markdown(&rows, &scenarios, &[Engine::Aya, Engine::Libbpf]);
         assert!(both.contains("| sockmap (aya) | skip: no \\| pipes |"), "{both}");
         assert!(both.contains("| sockmap (libbpf) | pass |"), "{both}");
+    }
+
+    #[test]
+    fn junit_has_a_suite_per_kernel_and_a_case_per_cell() {
+        let cell = |engine, status, detail: &str| Cell {
+            cases: Vec::new(),
+            scenario: "sockmap".into(),
+            engine,
+            status,
+            detail: detail.into(),
+        };
+        let rows = vec![Row {
+            kernel: "5.10".into(),
+            release: "5.10.0-32-cloud-amd64".into(),
+            accel: "tcg".into(),
+            boot_s: vec![],
+            boot_median_s: None,
+            cells: vec![
+                cell(Engine::Aya, Status::Fail, "sockmap.write_errors_16 (2) == 0 <failed>"),
+                cell(Engine::Libbpf, Status::Skip, "no BTF"),
+            ],
+        }];
+        let xml = junit(&rows, &[Engine::Aya, Engine::Libbpf]);
+        assert!(xml.contains(r#"<testsuite name="kernel 5.10 (5.10.0-32-cloud-amd64)" tests="2" skipped="1" errors="0" failures="1">"#), "{xml}");
+        assert!(xml.contains(r#"<testcase name="sockmap (aya)" classname="kernel-5.10">"#), "{xml}");
+        assert!(
+            xml.contains(r#"<failure message="sockmap.write_errors_16 (2) == 0 &lt;failed&gt;"/>"#),
+            "{xml}"
+        );
+        assert!(xml.contains(r#"<skipped message="no BTF"/>"#), "{xml}");
     }
 }
