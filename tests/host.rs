@@ -940,7 +940,7 @@ text = "runs"
         |name: &str| fs::read_to_string(failure.join(name)).unwrap_or_else(|e| panic!("failure/{name}: {e}"));
     assert!(read("pods/a.log").contains("bind: address is on fire"));
     assert!(read("bpftool.txt").contains("$ bpftool prog show"));
-    assert!(read("pods/a.ss.txt").contains("$ ip netns exec"));
+    assert!(read("pods/a.ss.txt").contains("$ ss -tnie (in pod a)"));
     read("dmesg.txt");
     read("mesh-status.json");
     // A check that fails: exit 1, and a bundle too (with the mesh's state this time).

@@ -324,6 +324,14 @@ command = ["sh", "-c", "for l in '{warning}' 'Call Trace:' '---[ end trace 00000
         fs::read_dir(results.join("splat")).unwrap().next().unwrap().unwrap().path().join("report.md");
     let md = fs::read_to_string(&report).unwrap();
     assert!(md.contains("## Kernel splats") && md.contains(warning), "{md}");
+    // The failure bundle, collected in the guest before teardown, came back with the report.
+    let failure = report.parent().unwrap().join("failure");
+    let dmesg = fs::read_to_string(failure.join("dmesg.txt")).unwrap();
+    assert!(dmesg.contains(warning), "{dmesg}");
+    let bpftool = fs::read_to_string(failure.join("bpftool.txt")).unwrap();
+    assert!(bpftool.contains("$ bpftool prog show"), "{bpftool}");
+    assert!(failure.join("pods/a.ss.txt").exists());
+    assert!(v["report"].get("failure").is_none(), "the bundle stays out of the JSON outcome");
     assert_eq!(qemus_under(&env.root), Vec::<i32>::new());
 }
 

@@ -12,6 +12,7 @@ use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
     process::Command,
+    time::Duration,
 };
 
 use serde::{Deserialize, Serialize};
@@ -116,10 +117,24 @@ impl Engine<'_> {
             }
         }
         for p in self.site.pods() {
-            if p.netns.is_empty() {
-                continue;
-            }
-            let ss = output_of("ip", &["netns", "exec", &p.netns, "ss", "-tnie"]);
+            let ss = match &self.site {
+                // Joined the way the lab joins its pods (a VM's busybox `ip` has no `netns exec`).
+                Site::Sandbox(lab) => {
+                    let mut cmd = Command::new("ss");
+                    cmd.arg("-tnie");
+                    match lab.run_status(&p.name, cmd, Duration::from_secs(10), &self.ctx.cancel) {
+                        Ok(o) => format!(
+                            "$ ss -tnie (in pod {})\n{}{}",
+                            p.name,
+                            String::from_utf8_lossy(&o.stdout),
+                            String::from_utf8_lossy(&o.stderr)
+                        ),
+                        Err(e) => format!("$ ss -tnie (in pod {})\n(cannot run: {e})\n", p.name),
+                    }
+                }
+                Site::Kubernetes(_) if p.netns.is_empty() => continue,
+                Site::Kubernetes(_) => output_of("ip", &["netns", "exec", &p.netns, "ss", "-tnie"]),
+            };
             files.insert(format!("pods/{}.ss.txt", p.name), tail(&ss));
         }
         Bundle { files }
