@@ -40,9 +40,11 @@ use serde::Serialize;
 
 use crate::{Counters, Engine, MeshError, Variant, services};
 
+// ANCHOR: version
 /// Bump when a pinned map's definition or meaning changes (8: `POLICED` holds ingress and egress
 /// flags, which older programs read as ingress only), or the set of pins does.
 pub const LAYOUT_VERSION: u32 = 8;
+// ANCHOR_END: version
 
 /// One pinned map as this build defines it.
 #[derive(Debug, Clone, Copy)]
