@@ -233,6 +233,8 @@ impl Session {
         if self.mesh_on() {
             return Ok(vec!["the mesh's DaemonSet is already running".into()]);
         }
+        // A pod of an earlier DaemonSet still terminating would answer for `logs` below.
+        self.wait_no_mesh_pods(cancel)?;
         let t = Instant::now();
         let manifest = mesh::render(&mesh::Values::lab(&self.cluster.state.node_ip)?)?;
         let kubectl = || self.cluster.kubectl();
@@ -241,18 +243,20 @@ impl Session {
             "DaemonSet sidecarless-mesh/mesh-agent rolled out in {:.1} s",
             t.elapsed().as_secs_f64()
         )];
-        // The watcher's first "applied" line: everything listed at start is in the maps.
+        // Ready when the install is complete (the agent writes its `cgroup-<id>` pin last) and
+        // the watcher has applied what the API lists (its first "applied" line).
         let deadline = Instant::now() + Duration::from_mins(1);
         loop {
             cancel.check().map_err(|_| ClusterError::Cancelled)?;
             let log = self.mesh_log("kubernetes");
-            if let Some(line) = log.lines().find(|l| l.contains("kubernetes: applied")) {
+            let applied = log.lines().find(|l| l.contains("kubernetes: applied"));
+            if let Some(line) = applied.filter(|_| install_complete()) {
                 said.push(line.trim_start_matches("mesh-agent: ").to_owned());
                 break;
             }
             if Instant::now() > deadline {
                 return Err(ClusterError::NotReady {
-                    what: "the mesh's watcher (first apply)".into(),
+                    what: "the mesh (a complete install and the watcher's first apply)".into(),
                     secs: 60,
                     log_tail: log,
                 });
@@ -263,7 +267,8 @@ impl Session {
         Ok(said)
     }
 
-    /// Deletes the mesh's DaemonSet; its agent uninstalls on SIGTERM (the pins go).
+    /// Deletes the mesh's DaemonSet and waits for its pod to go; its agent uninstalls on
+    /// SIGTERM (the pins go).
     pub fn stop_mesh(&mut self, cancel: &lab_protocol::Cancel) -> Result<(), ClusterError> {
         let mut c = self.cluster.kubectl();
         c.args([
@@ -276,6 +281,7 @@ impl Session {
             "--wait=true",
         ]);
         run(c.arg(timeout_arg()))?;
+        self.wait_no_mesh_pods(cancel)?;
         let deadline = Instant::now() + Duration::from_secs(30);
         while self.mesh_on() {
             cancel.check().map_err(|_| ClusterError::Cancelled)?;
@@ -287,6 +293,28 @@ impl Session {
             std::thread::sleep(Duration::from_millis(100));
         }
         Ok(())
+    }
+
+    /// Waits until no pod of the mesh's DaemonSet exists (deleting a DaemonSet leaves its pods
+    /// to the garbage collector, which removes them after the call returns).
+    fn wait_no_mesh_pods(&self, cancel: &lab_protocol::Cancel) -> Result<(), ClusterError> {
+        let deadline = Instant::now() + Duration::from_mins(1);
+        loop {
+            cancel.check().map_err(|_| ClusterError::Cancelled)?;
+            let mut c = self.cluster.kubectl();
+            c.args(["-n", "sidecarless-mesh", "get", "pods", "-l", "app=mesh-agent", "-o", "name"]);
+            let out = run(&mut c)?;
+            if out.stdout.iter().all(u8::is_ascii_whitespace) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(ClusterError::State(format!(
+                    "a pod of the mesh's DaemonSet is still there after 60 s: {}",
+                    String::from_utf8_lossy(&out.stdout).trim()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// The log of one of the mesh pod's containers (`agent` or `kubernetes`); empty when there is
@@ -329,6 +357,16 @@ impl Session {
 /// Whether the mesh's DaemonSet has its programs attached (its pins are there).
 pub fn mesh_on() -> bool {
     Path::new(MESH_PINS).exists()
+}
+
+/// Whether the agent finished installing: the `cgroup-<id>` pin, which it writes last, is in its
+/// layout folder (`<pins>/layout-<N>/`).
+fn install_complete() -> bool {
+    let entries = |dir: &Path| std::fs::read_dir(dir).into_iter().flatten().flatten();
+    entries(Path::new(MESH_PINS)).any(|layout| {
+        layout.file_name().to_string_lossy().starts_with("layout-")
+            && entries(&layout.path()).any(|e| e.file_name().to_string_lossy().starts_with("cgroup-"))
+    })
 }
 
 /// `names` found in `kubectl get pods -o json`: addresses and labels from the API, the first
