@@ -34,6 +34,12 @@ impl Values {
     }
 }
 
+/// The cgroup containerd puts every container of the node under (`<cgroup2>/k8s.io`): where the
+/// mesh attaches, and the parent of each container's own cgroup.
+pub fn pods_cgroup() -> PathBuf {
+    cgroup2_root().unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup")).join("k8s.io")
+}
+
 /// The first cgroup2 mount (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on a hybrid host).
 pub fn cgroup2_root() -> Option<PathBuf> {
     let info = procfs::process::Process::myself().ok()?.mountinfo().ok()?;

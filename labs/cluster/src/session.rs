@@ -222,15 +222,10 @@ impl Session {
         Ok(pods)
     }
 
-    /// Whether the mesh is attached (its pins are there).
-    pub fn mesh_on(&self) -> bool {
-        mesh_on()
-    }
-
     /// Deploys the mesh's DaemonSet and waits until its watcher has applied what the API holds.
     /// What to tell the reader.
     pub fn start_mesh(&mut self, cancel: &lab_protocol::Cancel) -> Result<Vec<String>, ClusterError> {
-        if self.mesh_on() {
+        if mesh_on() {
             return Ok(vec!["the mesh's DaemonSet is already running".into()]);
         }
         // A pod of an earlier DaemonSet still terminating would answer for `logs` below.
@@ -283,7 +278,7 @@ impl Session {
         run(c.arg(timeout_arg()))?;
         self.wait_no_mesh_pods(cancel)?;
         let deadline = Instant::now() + Duration::from_secs(30);
-        while self.mesh_on() {
+        while mesh_on() {
             cancel.check().map_err(|_| ClusterError::Cancelled)?;
             if Instant::now() > deadline {
                 return Err(ClusterError::State(format!(
@@ -336,7 +331,7 @@ impl Session {
                 first.get_or_insert(e);
             }
         }
-        let mesh = match (self.mesh_at_start, self.mesh_on()) {
+        let mesh = match (self.mesh_at_start, mesh_on()) {
             (true, false) => self.start_mesh(cancel).map(|_| ()),
             (false, true) => self.stop_mesh(cancel),
             _ => Ok(()),
@@ -349,8 +344,7 @@ impl Session {
 
     fn read_pods(&self, names: &[String]) -> Result<Vec<Pod>, ClusterError> {
         let out = run(self.kubectl().args(["get", "pods", "-o", "json"]))?;
-        let root = mesh::cgroup2_root().unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup")).join("k8s.io");
-        pods_from(&out.stdout, names, &root)
+        pods_from(&out.stdout, names, &mesh::pods_cgroup())
     }
 }
 

@@ -271,7 +271,7 @@ impl Lab {
         cancel: &Cancel,
     ) -> Result<Output, LabError> {
         let command = process::describe(&cmd);
-        succeeded(command, self.run_to_end(pod, cmd, timeout, cancel, false)?)
+        process::succeeded(command, self.run_to_end(pod, cmd, timeout, cancel, false)?)
     }
 
     /// Where the output of the pod's long-running processes goes.
@@ -330,7 +330,7 @@ impl Lab {
         cancel: &Cancel,
     ) -> Result<Output, LabError> {
         let command = process::describe(&cmd);
-        succeeded(command, self.run_status(pod, cmd, timeout, cancel)?)
+        process::succeeded(command, self.run_status(pod, cmd, timeout, cancel)?)
     }
 
     // ANCHOR: enter_pod
@@ -534,15 +534,6 @@ impl Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         let _ = self.teardown_inner();
-    }
-}
-
-/// `out`, or the failure of `command` with its stderr when it exited non-zero.
-fn succeeded(command: String, out: Output) -> Result<Output, LabError> {
-    if out.status.success() {
-        Ok(out)
-    } else {
-        Err(LabError::Command { command, stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned() })
     }
 }
 

@@ -85,6 +85,11 @@ pub fn run(mut cmd: Command) -> Result<Output, LabError> {
         .stdin(Stdio::null())
         .output()
         .map_err(|source| LabError::Spawn { command: command.clone(), source })?;
+    succeeded(command, out)
+}
+
+/// `out` when its command exited 0; otherwise the error naming `command`, with its stderr.
+pub fn succeeded(command: String, out: Output) -> Result<Output, LabError> {
     if out.status.success() {
         Ok(out)
     } else {

@@ -72,7 +72,7 @@ impl Engine<'_> {
             None => "the kernel log could not be read when the run started\n".into(),
         };
         files.insert("dmesg.txt".into(), tail(&dmesg));
-        let (pin_dir, cgroup) = self.mesh_place();
+        let (pin_dir, cgroup) = self.site.mesh_place();
         let cgroup_shown = cgroup.display().to_string();
         let bpftool: String =
             [&["prog", "show"][..], &["map", "show"], &["link", "show"], &["cgroup", "tree", &cgroup_shown]]
@@ -138,17 +138,6 @@ impl Engine<'_> {
             files.insert(format!("pods/{}.ss.txt", p.name), tail(&ss));
         }
         Bundle { files }
-    }
-
-    /// Where the mesh pins its maps and the cgroup it attaches to.
-    fn mesh_place(&self) -> (PathBuf, PathBuf) {
-        match &self.site {
-            Site::Sandbox(lab) => (lab.id().pin_dir(), lab.cgroup().to_owned()),
-            Site::Kubernetes(_) => (
-                PathBuf::from(lab_cluster::MESH_PINS),
-                lab_cluster::mesh::cgroup2_root().unwrap_or_default().join("k8s.io"),
-            ),
-        }
     }
 }
 

@@ -86,13 +86,7 @@ impl Kube {
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
         let child = cmd.spawn().map_err(|source| LabError::Spawn { command: what.clone(), source })?;
         let out = process::wait_output(child, &what, timeout, cancel)?;
-        if check && !out.status.success() {
-            return Err(LabError::Command {
-                command: what,
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-            });
-        }
-        Ok(out)
+        if check { process::succeeded(what, out) } else { Ok(out) }
     }
 }
 
@@ -145,6 +139,14 @@ impl Site {
         }
     }
 
+    /// Where the mesh pins its maps (the agent's `--pin-dir`) and the cgroup it attaches to.
+    pub fn mesh_place(&self) -> (PathBuf, PathBuf) {
+        match self {
+            Site::Sandbox(lab) => (lab.id().pin_dir(), lab.cgroup().to_owned()),
+            Site::Kubernetes(_) => (PathBuf::from(lab_cluster::MESH_PINS), lab_cluster::mesh::pods_cgroup()),
+        }
+    }
+
     pub fn teardown(self, cancel: &Cancel) -> Result<(), LabError> {
         match self {
             Site::Sandbox(lab) => lab.teardown(),
@@ -169,17 +171,11 @@ impl Engine<'_> {
     /// `<netns:POD>`, `<ip:POD>` and `<ip6:POD>`; on Kubernetes also `<kubectl>` (the cluster's
     /// kubectl with its kubeconfig), and `<cgroup>` is the pods' cgroup.
     pub(crate) fn fill(&self, t: &str) -> String {
-        let (pin_dir, cgroup, flow_log) = match &self.site {
-            Site::Sandbox(lab) => (
-                lab.id().pin_dir(),
-                lab.cgroup().to_owned(),
-                lab.id().run_dir().join(lab_sandbox::lab::FLOW_LOG),
-            ),
-            Site::Kubernetes(_) => (
-                std::path::PathBuf::from(lab_cluster::MESH_PINS),
-                lab_cluster::mesh::cgroup2_root().unwrap_or_default().join("k8s.io"),
-                std::path::PathBuf::from("/run/mesh/flows.jsonl"),
-            ),
+        let (pin_dir, cgroup) = self.site.mesh_place();
+        let flow_log = match &self.site {
+            Site::Sandbox(lab) => lab.id().run_dir().join(lab_sandbox::lab::FLOW_LOG),
+            // The agent container's path (its flow log is in the pod, not on the host).
+            Site::Kubernetes(_) => PathBuf::from("/run/mesh/flows.jsonl"),
         };
         let mut s = t.replace("<pins>", &mesh_agent::pins::layout_dir(&pin_dir).display().to_string());
         s = s.replace("<pin-dir>", &pin_dir.display().to_string());
